@@ -1,0 +1,45 @@
+//! Compiles every `.proto` file under the workspace's `proto/` folder with
+//! `protox` (a pure-Rust protobuf compiler, so no system `protoc` is needed),
+//! writes the encoded `FileDescriptorSet` to `OUT_DIR` for server reflection,
+//! and feeds the same descriptors to tonic's code generator.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto").canonicalize()?;
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+
+    let mut files = Vec::new();
+    collect_protos(&proto_root, &mut files)?;
+    files.sort();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    // `compile` keeps imports (the well-known types) and source info: the
+    // comments in the .proto files are what `grpcurl describe` shows users.
+    let fds = protox::compile(&files, [&proto_root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("testbed_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Binding listeners with errors a user can act on.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::net::TcpListener;
+
+use crate::config::ListenArgs;
+
+/// Why a server could not start listening.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The address is taken, not local, or not permitted.
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    Bind {
+        /// The flag that named the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The `--addr-file` could not be written.
+    #[error("cannot write --addr-file {path}: {source}")]
+    AddrFile {
+        /// The file.
+        path: String,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+}
+
+/// The bound listeners of one process.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC listener.
+    pub grpc: TcpListener,
+    /// The address it is bound to (the real port when port 0 was asked).
+    pub grpc_addr: SocketAddr,
+}
+
+/// Binds the listeners named by `args` and, when asked, writes their
+/// addresses to `--addr-file`.
+pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
+    let grpc = TcpListener::bind(args.grpc_addr)
+        .await
+        .map_err(|source| BindError::Bind {
+            flag: "--grpc-addr",
+            addr: args.grpc_addr,
+            source,
+        })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| BindError::Bind {
+        flag: "--grpc-addr",
+        addr: args.grpc_addr,
+        source,
+    })?;
+    if let Some(path) = &args.addr_file {
+        write_addr_file(path, grpc_addr).map_err(|source| BindError::AddrFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(Listeners { grpc, grpc_addr })
+}
+
+/// Writes the file next to its final name and renames it, so a reader that
+/// polls for the file never sees it half-written.
+fn write_addr_file(path: &Path, grpc: SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    writeln!(file, "{{\"grpc\":\"{grpc}\"}}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn args(addr: &str, addr_file: Option<std::path::PathBuf>) -> ListenArgs {
+        ListenArgs {
+            grpc_addr: addr.parse().unwrap(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace: Duration::from_secs(1),
+            addr_file,
+        }
+    }
+
+    /// Port 0 binds a real port, which the addr file reports.
+    #[tokio::test]
+    async fn port_zero_is_discoverable() {
+        let path = std::env::temp_dir().join(format!("testbed-addr-{}.json", std::process::id()));
+        let listeners = bind(&args("127.0.0.1:0", Some(path.clone())))
+            .await
+            .unwrap();
+        assert_ne!(listeners.grpc_addr.port(), 0);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.trim(),
+            format!("{{\"grpc\":\"{}\"}}", listeners.grpc_addr)
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// A port in use is a one-line error naming the flag and the address.
+    #[tokio::test]
+    async fn port_in_use_names_flag_and_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(&args(&addr.to_string(), None)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("cannot listen on --grpc-addr {addr}: ")),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+    }
+}

@@ -1,0 +1,232 @@
+//! [`GrpcServer`]: health, reflection, serving and graceful shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The health service's full name, as reflection lists it.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// The reflection services' full names.
+pub const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The embedded descriptor sets could not be loaded by reflection (a
+    /// build defect, caught by the tests).
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Health statuses of one process, shared by the server and the services
+/// whose dependencies come and go.
+///
+/// The overall status `""` means "the process is up and not shutting down"
+/// (the liveness question); each served service's full name means "this
+/// service can do its work now" (the readiness question: it goes
+/// `NOT_SERVING` while a dependency it cannot work without is down). Once
+/// shutdown starts, every status is `NOT_SERVING` and stays so.
+#[derive(Debug, Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// Reports whether `service` (a full gRPC service name) can serve now.
+    /// Ignored once shutdown has started, so a dependency coming back cannot
+    /// flip a draining process back to `SERVING`.
+    pub async fn set_serving(&self, service: &str, serving: bool) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(service, status).await;
+    }
+
+    /// Marks every status `NOT_SERVING` for good: the first step of shutdown.
+    async fn begin_shutdown(&self, services: &[&'static str]) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for service in services.iter().copied().chain([""]) {
+            self.reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+    }
+}
+
+/// A gRPC server under construction: add the services, then [`serve`].
+///
+/// Health and reflection are added by [`serve`]; reflection advertises
+/// exactly the services added here plus health and reflection themselves.
+///
+/// [`serve`]: GrpcServer::serve
+#[derive(Debug)]
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    services: Vec<&'static str>,
+    health: Health,
+    health_service:
+        tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcServer {
+    /// An empty server; every status starts `NOT_SERVING` until
+    /// [`GrpcServer::serve`] marks the overall status `SERVING`.
+    pub fn new() -> Self {
+        let reporter = HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        );
+        Self {
+            routes: RoutesBuilder::default(),
+            services: Vec::new(),
+            health: Health {
+                reporter,
+                shutting_down: Arc::new(AtomicBool::new(false)),
+            },
+            health_service,
+        }
+    }
+
+    /// A handle on this server's health statuses, for services that watch a
+    /// dependency.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The full names of the services added so far.
+    pub fn services(&self) -> &[&'static str] {
+        &self.services
+    }
+
+    /// Adds a service. Its health status starts `SERVING`; a service with a
+    /// dependency sets it from then on through [`GrpcServer::health`].
+    pub async fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower_service::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.health.set_serving(S::NAME, true).await;
+        self.services.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then drains.
+    ///
+    /// Shutdown order: every health status goes `NOT_SERVING`; the listener
+    /// stops accepting; in-flight calls and open streams get `grace` to
+    /// finish (streaming handlers watch the same token and end themselves);
+    /// whatever is still open after that is dropped. Returns `Ok` in both
+    /// cases: running out of grace is logged, not an error.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<(), ServeError> {
+        // Each reflection version must also describe the other one: it is
+        // listed, and `buf curl --list-methods` resolves every listed service.
+        let mut reflection_v1 = reflection_builder().register_encoded_file_descriptor_set(
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        );
+        let mut reflection_v1alpha = reflection_builder()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+        let advertised = self
+            .services
+            .iter()
+            .copied()
+            .chain([HEALTH_SERVICE])
+            .chain(REFLECTION_SERVICES);
+        for name in advertised {
+            reflection_v1 = reflection_v1.with_service_name(name);
+            reflection_v1alpha = reflection_v1alpha.with_service_name(name);
+        }
+        self.routes
+            .add_service(self.health_service.clone())
+            .add_service(reflection_v1.build_v1()?)
+            .add_service(reflection_v1alpha.build_v1alpha()?);
+        self.health.set_serving("", true).await;
+
+        let health = self.health.clone();
+        let services = self.services.clone();
+        let signal_token = shutdown.clone();
+        let stopping = async move {
+            signal_token.cancelled().await;
+            health.begin_shutdown(&services).await;
+            tracing::info!("health NOT_SERVING; draining in-flight calls");
+        };
+        // No per-connection Nagle delay: acks are small and latency-bound.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .add_routes(self.routes.routes())
+            .serve_with_incoming_shutdown(incoming, stopping);
+        tokio::pin!(server);
+
+        let grace_expired = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = &mut server => {
+                result?;
+                tracing::info!("gRPC server drained");
+            }
+            () = grace_expired => {
+                tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining calls");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reflection builder that knows every descriptor this process serves.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(testbed_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The answer of an RPC whose behaviour has not landed yet: `UNIMPLEMENTED`
+/// naming the method and the work that will fill it in, so a grpcurl user
+/// knows it is expected rather than a broken deployment.
+pub fn not_implemented_yet(method: &str, work: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!(
+        "{method} is not implemented yet: it lands with the {work} work"
+    ))
+}

@@ -1,0 +1,164 @@
+//! The `testbed sim` flags: the CLI contract scripts and docs rely on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Report formats of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A human table.
+    Text,
+    /// The testbed's own JSON experiment record.
+    Json,
+    /// ghz's JSON report layout, for ghz tooling.
+    GhzJson,
+}
+
+/// `testbed sim`: drive the testbed with a simulated fleet and measure it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Ingest endpoint: `http://host:port`, `https://host:port`, or
+    /// `dns:///name:port` to balance over every address of a headless Service.
+    #[arg(long, env = "TESTBED_SIM_TARGET", default_value = "http://127.0.0.1:50051", value_parser = parse_target)]
+    pub target: String,
+
+    /// Query endpoint used by --verify (defaults to --target).
+    #[arg(long, env = "TESTBED_SIM_QUERY_TARGET", value_parser = parse_target)]
+    pub query_target: Option<String>,
+
+    /// Open-loop schedule in events per second.
+    #[arg(long, env = "TESTBED_SIM_RATE", default_value_t = 1000.0, value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// How long to run (e.g. `30s`, `5m`).
+    #[arg(long, env = "TESTBED_SIM_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Number of simulated devices in the fleet.
+    #[arg(long, env = "TESTBED_SIM_DEVICES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub devices: u32,
+
+    /// After the run, check that every accepted event was processed exactly once.
+    #[arg(long, env = "TESTBED_SIM_VERIFY")]
+    pub verify: bool,
+
+    /// Report format.
+    #[arg(long, env = "TESTBED_SIM_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Write the report to this file instead of stdout.
+    #[arg(long, env = "TESTBED_SIM_OUTPUT_FILE")]
+    pub output_file: Option<PathBuf>,
+}
+
+impl SimArgs {
+    /// The query endpoint: --query-target, or --target when not given.
+    pub fn query_target(&self) -> &str {
+        self.query_target.as_deref().unwrap_or(&self.target)
+    }
+}
+
+fn parse_target(value: &str) -> Result<String, String> {
+    if let Some(name) = value.strip_prefix("dns:///") {
+        // gRPC's DNS resolver syntax: every address of NAME is a backend.
+        let (host, port) = name
+            .rsplit_once(':')
+            .ok_or_else(|| "dns:/// targets need a port: dns:///NAME:PORT".to_owned())?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err("expected dns:///NAME:PORT".to_owned());
+        }
+        return Ok(value.to_owned());
+    }
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err("expected http://HOST:PORT, https://HOST:PORT or dns:///NAME:PORT".to_owned());
+    }
+    let uri = value
+        .parse::<tonic::transport::Uri>()
+        .map_err(|e| format!("not a valid URI: {e}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("missing host".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_rate(value: &str) -> Result<f64, String> {
+    let rate: f64 = value
+        .parse()
+        .map_err(|_| format!("not a number: {value}"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err("must be a positive number of events per second".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    /// The documented defaults hold; the query target follows the target.
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["sim"]).unwrap();
+        assert_eq!(cli.sim.target, "http://127.0.0.1:50051");
+        assert_eq!(cli.sim.query_target(), "http://127.0.0.1:50051");
+        assert_eq!(cli.sim.output, OutputFormat::Text);
+        assert_eq!(cli.sim.duration, Duration::from_secs(30));
+    }
+
+    /// The CLI contract's flags parse, with humane durations.
+    #[test]
+    fn parses_contract_flags() {
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--target",
+            "dns:///ingest-headless.testbed.svc:50051",
+            "--query-target",
+            "http://query:50051",
+            "--rate",
+            "2500",
+            "--duration",
+            "5m",
+            "--devices",
+            "64",
+            "--verify",
+            "--output",
+            "ghz-json",
+            "--output-file",
+            "/tmp/r.json",
+        ])
+        .unwrap();
+        assert_eq!(cli.sim.target, "dns:///ingest-headless.testbed.svc:50051");
+        assert_eq!(cli.sim.query_target(), "http://query:50051");
+        assert_eq!(cli.sim.rate, 2500.0);
+        assert_eq!(cli.sim.duration, Duration::from_secs(300));
+        assert_eq!(cli.sim.devices, 64);
+        assert!(cli.sim.verify);
+        assert_eq!(cli.sim.output, OutputFormat::GhzJson);
+    }
+
+    /// Bad values are rejected with the flag named.
+    #[test]
+    fn rejects_bad_values() {
+        for (flag, value) in [
+            ("--target", "127.0.0.1:50051"),
+            ("--target", "dns:///ingest"),
+            ("--target", "http://"),
+            ("--rate", "0"),
+            ("--rate", "NaN"),
+            ("--devices", "0"),
+            ("--duration", "forever"),
+        ] {
+            let err = Cli::try_parse_from(["sim", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `testbed`: the one binary of the testbed.
+//!
+//! A thin shell: parses flags, starts telemetry, binds listeners, wires the
+//! shutdown signal, and hands everything to the service crates. All logic
+//! lives in the libraries, so tests can start the same servers in-process.
+//!
+//! Exit codes: 0 after a clean shutdown; 1 when a server cannot start or
+//! fails; 2 for bad flags (clap's convention).
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory as _, FromArgMatches as _};
+use testbed_server::{CancellationToken, GrpcServer, ListenArgs, Listeners};
+
+use crate::cli::{Cli, Command};
+
+/// Why the process stops with a non-zero status.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Bind(#[from] testbed_server::BindError),
+    #[error(transparent)]
+    Serve(#[from] testbed_server::ServeError),
+    #[error(transparent)]
+    Sim(#[from] testbed_sim::SimError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn main() -> ExitCode {
+    // `--version` shows the revision and architecture, computed at run time.
+    let version: &'static str = Box::leak(testbed_build_info::long_version().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let _telemetry = match testbed_telemetry::init(&cli.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("testbed: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, no backtrace: the message names the flag and value.
+            tracing::error!(error = %err, "testbed stopped");
+            eprintln!("testbed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), MainError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(MainError::Runtime)?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        // The one shutdown path: signals cancel the root token; every server,
+        // stream and background task watches it (or a child of it).
+        let signals = tokio::spawn(testbed_server::signal::cancel_on_signal(shutdown.clone()));
+        let result = dispatch(command, shutdown).await;
+        signals.abort();
+        result
+    })
+}
+
+async fn dispatch(command: Command, shutdown: CancellationToken) -> Result<(), MainError> {
+    match command {
+        Command::All(args) => {
+            let listeners = bind_and_announce("all", &args.server.listen).await?;
+            let mut server = GrpcServer::new();
+            testbed_ingest::register(&mut server, &args.ingest, shutdown.clone()).await;
+            testbed_worker::register(&mut server, &args.worker, shutdown.clone()).await;
+            testbed_query::register(&mut server, &args.query, shutdown.clone()).await;
+            server
+                .serve(listeners.grpc, shutdown, args.server.listen.shutdown_grace)
+                .await?;
+        }
+        Command::Ingest(args) => {
+            let listeners = bind_and_announce("ingest", &args.server.listen).await?;
+            let grace = args.server.listen.shutdown_grace;
+            testbed_ingest::run(args.ingest, listeners, shutdown, grace).await?;
+        }
+        Command::Worker(args) => {
+            let listeners = bind_and_announce("worker", &args.server.listen).await?;
+            let grace = args.server.listen.shutdown_grace;
+            testbed_worker::run(args.worker, listeners, shutdown, grace).await?;
+        }
+        Command::Query(args) => {
+            let listeners = bind_and_announce("query", &args.server.listen).await?;
+            let grace = args.server.listen.shutdown_grace;
+            testbed_query::run(args.query, listeners, shutdown, grace).await?;
+        }
+        Command::Sim(args) => testbed_sim::run(args, shutdown).await?,
+    }
+    tracing::info!("testbed exited cleanly");
+    Ok(())
+}
+
+/// Binds the listeners and logs the one startup line: what runs, which
+/// build, on which architecture, at which addresses.
+async fn bind_and_announce(
+    role: &'static str,
+    listen: &ListenArgs,
+) -> Result<Listeners, MainError> {
+    let listeners = testbed_server::bind(listen).await?;
+    tracing::info!(
+        role,
+        version = testbed_build_info::VERSION,
+        revision = testbed_build_info::GIT_REVISION,
+        arch = testbed_build_info::arch(),
+        target = testbed_build_info::TARGET,
+        grpc_addr = %listeners.grpc_addr,
+        "testbed {role} listening on {}",
+        listeners.grpc_addr
+    );
+    Ok(listeners)
+}

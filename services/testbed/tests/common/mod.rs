@@ -1,0 +1,142 @@
+//! A harness that runs the real `testbed` binary on an ephemeral port.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A `testbed` process; killed on drop if still running.
+pub struct Testbed {
+    child: Child,
+    /// The bound gRPC address, read from `--addr-file`.
+    pub addr: SocketAddr,
+    addr_file: PathBuf,
+}
+
+impl Testbed {
+    /// Starts `testbed <args> --grpc-addr 127.0.0.1:0 --addr-file …` and
+    /// waits until it has bound its port.
+    pub fn start(args: &[&str]) -> Self {
+        let addr_file = std::env::temp_dir().join(format!(
+            "testbed-it-{}-{}.json",
+            std::process::id(),
+            unique()
+        ));
+        let _ = std::fs::remove_file(&addr_file);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args(args)
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn testbed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                let addr = text
+                    .trim()
+                    .strip_prefix("{\"grpc\":\"")
+                    .and_then(|s| s.strip_suffix("\"}"))
+                    .expect("addr file format");
+                break addr.parse().unwrap();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("testbed exited before listening: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "testbed did not bind within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            addr,
+            addr_file,
+        }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Polls health until `service` reports SERVING (10 s at most).
+    pub async fn wait_serving(&self, service: &str) {
+        let mut health = HealthClient::new(self.channel().await);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .map(|r| r.into_inner().status());
+            if matches!(status, Ok(ServingStatus::Serving)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service:?} not SERVING: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`; returns its status
+    /// and how long it took. Async so that the test's own gRPC connections
+    /// keep running (answering the server's GOAWAY/PING) meanwhile.
+    pub async fn wait_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "testbed still running after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.addr_file);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

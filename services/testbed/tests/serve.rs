@@ -1,0 +1,260 @@
+//! The `testbed` binary as users and kubelet see it: health, reflection,
+//! graceful shutdown, and startup errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Testbed;
+use tokio_stream::StreamExt as _;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const ALL_SERVICES: [&str; 3] = [
+    "testbed.v1.IngestService",
+    "testbed.v1.WorkerControlService",
+    "testbed.v1.QueryService",
+];
+
+/// Services reflection lists, through v1.
+async fn list_services_v1(tb: &Testbed) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(tb.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    match response.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+/// Services reflection lists through v1alpha, and whether it can describe
+/// `symbol` (a file containing it comes back).
+async fn list_and_describe_v1alpha(tb: &Testbed, symbol: &str) -> (BTreeSet<String>, bool) {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(tb.channel().await);
+    let requests = [
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+        },
+    ];
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let services = match responses
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+    {
+        MessageResponse::ListServicesResponse(list) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    };
+    let described = match responses
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+    {
+        MessageResponse::FileDescriptorResponse(files) => !files.file_descriptor_proto.is_empty(),
+        _ => false,
+    };
+    (services, described)
+}
+
+fn expected(services: &[&str]) -> BTreeSet<String> {
+    services
+        .iter()
+        .copied()
+        .chain([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ])
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `testbed all` reports SERVING overall and for each of its three services.
+#[tokio::test]
+async fn all_reports_serving_for_every_service() {
+    let tb = Testbed::start(&["all"]);
+    tb.wait_serving("").await;
+    let mut health = HealthClient::new(tb.channel().await);
+    for service in ALL_SERVICES {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "testbed.v1.Nope".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+/// Reflection v1 and v1alpha both list exactly the served services, and
+/// v1alpha describes google.rpc error details and well-known types.
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_all_services() {
+    let tb = Testbed::start(&["all"]);
+    tb.wait_serving("").await;
+    assert_eq!(list_services_v1(&tb).await, expected(&ALL_SERVICES));
+    for symbol in [
+        "google.rpc.BadRequest",
+        "google.protobuf.Timestamp",
+        "testbed.v1.Event",
+    ] {
+        let (services, described) = list_and_describe_v1alpha(&tb, symbol).await;
+        assert_eq!(services, expected(&ALL_SERVICES));
+        assert!(described, "v1alpha cannot describe {symbol}");
+    }
+}
+
+/// Each single-service subcommand serves and advertises only its service.
+#[tokio::test]
+async fn single_service_subcommands_serve_their_own_service() {
+    for (sub, service) in [
+        ("ingest", "testbed.v1.IngestService"),
+        ("worker", "testbed.v1.WorkerControlService"),
+        ("query", "testbed.v1.QueryService"),
+    ] {
+        let tb = Testbed::start(&[sub]);
+        tb.wait_serving(service).await;
+        assert_eq!(list_services_v1(&tb).await, expected(&[service]), "{sub}");
+    }
+}
+
+/// SIGTERM exits 0 promptly when nothing is in flight.
+#[tokio::test]
+async fn sigterm_exits_zero() {
+    let mut tb = Testbed::start(&["all", "--shutdown-grace", "5s"]);
+    tb.wait_serving("").await;
+    tb.sigterm();
+    let (status, took) = tb.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} with nothing in flight"
+    );
+}
+
+/// With a stream open, SIGTERM turns every health status NOT_SERVING at
+/// once, and the process still exits 0 when the grace period ends.
+#[tokio::test]
+async fn sigterm_reports_not_serving_then_exits_zero_within_grace() {
+    let mut tb = Testbed::start(&["all", "--shutdown-grace", "1s"]);
+    tb.wait_serving("").await;
+    let mut health = HealthClient::new(tb.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "testbed.v1.IngestService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap().status();
+    assert_eq!(first, ServingStatus::Serving);
+
+    tb.sigterm();
+    let next = watch.next().await.unwrap().unwrap().status();
+    assert_eq!(next, ServingStatus::NotServing);
+    let (status, took) = tb.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    // The open watch stream holds the drain until the grace period (1 s) ends.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+/// A port already in use is a one-line error and a non-zero exit, not a panic.
+#[test]
+fn port_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["all", "--grpc-addr", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("testbed: cannot listen on --grpc-addr {addr}: ")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// An unparseable address is rejected by flag parsing with exit code 2.
+#[test]
+fn bad_address_exits_two() {
+    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["all", "--grpc-addr", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--grpc-addr"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `--version` names the version, git revision and architecture.
+#[test]
+fn version_names_revision_and_arch() {
+    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with(&format!("testbed {} (rev ", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(std::env::consts::ARCH)
+            || stdout.contains("amd64")
+            || stdout.contains("arm64"),
+        "{stdout}"
+    );
+}
