@@ -9,6 +9,7 @@ use testbed_ingest::IngestConfig;
 use testbed_query::QueryConfig;
 use testbed_server::ListenArgs;
 use testbed_sim::SimArgs;
+use testbed_stream::StoreArgs;
 use testbed_telemetry::LogArgs;
 use testbed_worker::WorkerConfig;
 
@@ -50,10 +51,8 @@ pub enum Command {
 pub struct ServerArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
-    /// Accepted and validated now; used once the pipeline lands.
-    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
-    pub redis_url: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// `testbed all`.
@@ -96,21 +95,6 @@ pub struct QueryArgs {
     pub query: QueryConfig,
 }
 
-fn parse_redis_url(value: &str) -> Result<String, String> {
-    let (scheme, rest) = value
-        .split_once("://")
-        .ok_or_else(|| "expected redis://HOST:PORT or rediss://HOST:PORT".to_owned())?;
-    if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
-        return Err(format!(
-            "unsupported scheme {scheme:?}: use redis:// or rediss://"
-        ));
-    }
-    if rest.is_empty() {
-        return Err("missing host".to_owned());
-    }
-    Ok(value.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -147,7 +131,7 @@ mod tests {
         };
         assert_eq!(args.server.listen.grpc_addr.to_string(), "127.0.0.1:0");
         assert_eq!(
-            args.server.redis_url.as_deref(),
+            args.server.store.redis_url.as_deref(),
             Some("redis://127.0.0.1:6379/0")
         );
         assert_eq!(args.server.listen.shutdown_grace, Duration::from_secs(3));

@@ -1,0 +1,144 @@
+//! The log's flags, shared by every service that touches it.
+
+use std::time::Duration;
+
+/// Where the log lives and how it is laid out. Ingest, workers and query
+/// must agree on `--partitions` and `--key-prefix`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Redis URL (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
+    /// With --redis-cluster, a comma-separated list of seed nodes. Without
+    /// it, `testbed all` uses the embedded in-memory log (not durable).
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as the seed nodes of a Redis Cluster.
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Number of partitions (streams). An event's partition is a stable hash
+    /// of its device_id. Changing it re-routes devices: drain first.
+    #[arg(long, env = "TESTBED_PARTITIONS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+
+    /// Prefix of every key, so several testbeds can share one Redis.
+    #[arg(long, env = "TESTBED_KEY_PREFIX", default_value = "testbed", value_parser = parse_prefix)]
+    pub key_prefix: String,
+
+    /// Bound on every Redis call: past it the call fails as UNAVAILABLE
+    /// rather than hanging.
+    #[arg(long, env = "TESTBED_REDIS_TIMEOUT", default_value = "500ms",
+          value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Event-id dedupe window: how many recent event ids each partition
+    /// remembers. A retry re-sending an event id still in the window is
+    /// counted once. Memory is bounded by it (about 100 bytes per id in
+    /// Redis): 100000 ids x 4 partitions is roughly 40 MB.
+    #[arg(long, env = "TESTBED_DEDUPE_WINDOW", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub dedupe_window: u64,
+}
+
+impl Default for StoreArgs {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_cluster: false,
+            partitions: 4,
+            key_prefix: "testbed".to_owned(),
+            redis_timeout: Duration::from_millis(500),
+            dedupe_window: 100_000,
+        }
+    }
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    for url in value.split(',') {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| "expected redis://HOST:PORT or rediss://HOST:PORT".to_owned())?;
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(format!(
+                "unsupported scheme {scheme:?}: use redis:// or rediss://"
+            ));
+        }
+        if rest.is_empty() {
+            return Err("missing host".to_owned());
+        }
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_prefix(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("1..64 characters of [A-Za-z0-9._-]".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    /// Defaults match `StoreArgs::default()`.
+    #[test]
+    fn defaults_match() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let d = StoreArgs::default();
+        assert_eq!(cli.store.partitions, d.partitions);
+        assert_eq!(cli.store.key_prefix, d.key_prefix);
+        assert_eq!(cli.store.redis_timeout, d.redis_timeout);
+        assert_eq!(cli.store.dedupe_window, d.dedupe_window);
+        assert!(cli.store.redis_url.is_none());
+    }
+
+    /// Bad values name their flag.
+    #[test]
+    fn rejects_bad_values() {
+        for (flag, value) in [
+            ("--redis-url", "127.0.0.1:6379"),
+            ("--redis-url", "http://x:1"),
+            ("--redis-url", "redis://a:1,nope"),
+            ("--partitions", "0"),
+            ("--key-prefix", "a b"),
+            ("--key-prefix", "{x}"),
+            ("--redis-timeout", "fast"),
+        ] {
+            let err = Cli::try_parse_from(["x", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
+    }
+
+    /// Cluster seeds are a comma-separated list.
+    #[test]
+    fn cluster_seeds() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis-cluster",
+            "--redis-url",
+            "redis://a:1,redis://b:2",
+        ])
+        .unwrap();
+        assert!(cli.store.redis_cluster);
+        assert_eq!(
+            cli.store.redis_url.as_deref(),
+            Some("redis://a:1,redis://b:2")
+        );
+    }
+}

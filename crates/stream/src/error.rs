@@ -1,0 +1,31 @@
+//! What can go wrong talking to the log.
+
+/// Errors of [`crate::EventLog`] operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time; the operation
+    /// may be retried (for an append: with the same events).
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this version cannot understand.
+    #[error("event store returned unexpected data: {0}")]
+    Protocol(String),
+}
+
+impl StoreError {
+    /// Classifies a Redis error: connection and timeout problems are
+    /// `Unavailable`, anything else (a script error, a wrong type) is a
+    /// protocol problem.
+    pub(crate) fn from_redis(err: redis::RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error()
+        {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Protocol(err.to_string())
+        }
+    }
+}

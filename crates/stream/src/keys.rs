@@ -1,0 +1,87 @@
+//! Every key name, in one place.
+//!
+//! All keys one atomic step touches share the partition's hash tag
+//! `{prefix:pN}`, so on Redis Cluster they live in one slot. Cross-partition
+//! figures are summed at read time.
+
+/// Key names of one testbed (one `--key-prefix`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The hash tag of partition `p`: `{prefix:pN}`.
+    pub fn tag(&self, p: u32) -> String {
+        format!("{{{}:p{p}}}", self.prefix)
+    }
+
+    /// The stream of partition `p`.
+    pub fn stream(&self, p: u32) -> String {
+        format!("{}:stream", self.tag(p))
+    }
+
+    /// The dead-letter stream of partition `p`.
+    pub fn dead_letter(&self, p: u32) -> String {
+        format!("{}:dlq", self.tag(p))
+    }
+
+    /// Pipeline counters of partition `p` (hash: ingested, processed,
+    /// duplicates, dead_lettered).
+    pub fn stats(&self, p: u32) -> String {
+        format!("{}:stats", self.tag(p))
+    }
+
+    /// Recently seen event ids of partition `p` (hash id -> 1) ...
+    pub fn recent_ids(&self, p: u32) -> String {
+        format!("{}:ids", self.tag(p))
+    }
+
+    /// ... and their arrival order (list), for eviction past the window.
+    pub fn recent_order(&self, p: u32) -> String {
+        format!("{}:ids:order", self.tag(p))
+    }
+
+    /// End-to-end latency histogram of partition `p` for the minute
+    /// `minute` (Unix minutes) in which entries were appended.
+    pub fn e2e(&self, p: u32, minute: i64) -> String {
+        format!("{}:e2e:{minute}", self.tag(p))
+    }
+
+    /// An aggregate key of partition `p` (the worker names the rest).
+    pub fn aggregate(&self, p: u32, rest: &str) -> String {
+        format!("{}:{rest}", self.tag(p))
+    }
+
+    /// The consumer group name.
+    pub fn group(&self) -> &'static str {
+        "workers"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every per-partition key carries the same hash tag.
+    #[test]
+    fn keys_share_the_partition_tag() {
+        let k = Keys::new("tb");
+        for key in [
+            k.stream(3),
+            k.stats(3),
+            k.recent_ids(3),
+            k.e2e(3, 7),
+            k.aggregate(3, "x"),
+        ] {
+            assert!(key.starts_with("{tb:p3}:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The event log: where ingest appends and workers consume.
+//!
+//! One abstraction, [`EventLog`], over an append-only, partitioned log with
+//! consumer-group semantics (read, ack, claim stale pending entries,
+//! dead-letter, backlog and pending figures), plus the small key-value
+//! surface the worker's aggregates need, applied atomically with the ack.
+//! Two backends implement it:
+//!
+//! - [`RedisLog`] — Redis Streams with one consumer group, on a single Redis
+//!   or a Redis Cluster. Each atomic step is a Lua script whose keys all carry
+//!   the partition's hash tag (`{prefix:pN}`), so every step runs in one slot.
+//! - [`MemoryLog`] — an embedded, non-durable log with the same semantics,
+//!   the default of `testbed all` when no Redis is configured.
+//!
+//! The same conformance tests run against both (see `tests/`).
+//!
+//! This crate knows nothing of events' meaning: ingest validates and encodes
+//! them, the worker decides what aggregates to write. It owns how bytes are
+//! stored, deduplicated by event id, acknowledged and trimmed.
+//!
+//! # Why the `redis` crate
+//! `redis` (redis-rs) has a reconnecting [`redis::aio::ConnectionManager`],
+//! an async Redis Cluster client and script helpers (EVALSHA with an EVAL
+//! fallback) in one well-kept crate; `fred` is a fine alternative with a
+//! larger API surface this project does not need.
+//!
+//! # Layout
+//! - [`StoreArgs`]: the flags (`--redis-url`, `--partitions`, ...).
+//! - [`EventLog`] and [`AnyLog`]: the abstraction and the configured backend.
+//! - [`model`]: entries, append and apply outcomes, aggregate operations.
+//! - [`keys`]: every key name, in one place.
+//! - [`memory`], [`redis_log`]: the backends.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+pub mod keys;
+mod log;
+pub mod memory;
+pub mod model;
+pub mod redis_log;
+
+pub use config::StoreArgs;
+pub use error::StoreError;
+pub use log::{AnyLog, EventLog};
+pub use memory::MemoryLog;
+pub use model::{
+    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
+    PendingSummary, latency_bucket, latency_bucket_upper, partition_of,
+};
+pub use redis_log::RedisLog;

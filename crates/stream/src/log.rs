@@ -1,0 +1,235 @@
+//! [`EventLog`]: the abstraction, and [`AnyLog`]: the configured backend.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::keys::Keys;
+use crate::memory::MemoryLog;
+use crate::model::{
+    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Ops, PartitionFigures,
+    PendingSummary,
+};
+use crate::redis_log::RedisLog;
+use crate::{StoreArgs, StoreError};
+
+/// A partitioned log with one consumer group.
+///
+/// Semantics every backend keeps (the conformance tests check them):
+/// - `append` is atomic per partition: the events not already in the
+///   partition's dedupe window become one entry, or nothing changes.
+/// - An entry read by a consumer stays pending until `apply` or
+///   `dead_letter` acks it; `apply` writes its aggregates and acks in one
+///   atomic step, and does nothing for an entry already acked.
+/// - `claim_stale` hands entries pending longer than `min_idle` (their
+///   consumer died) to another consumer, counting deliveries.
+/// - `trim` removes only entries the group has acknowledged.
+pub trait EventLog: Send + Sync {
+    /// Number of partitions.
+    fn partitions(&self) -> u32;
+
+    /// Key names (aggregates are written under the same prefix and tags).
+    fn keys(&self) -> &Keys;
+
+    /// Whether the store answers now.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates the consumer group on every partition if missing.
+    fn ensure_group(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Appends `events` to `partition` as one entry, minus duplicates.
+    fn append(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent],
+    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
+
+    /// The pipeline counters of `partition`.
+    fn figures(
+        &self,
+        partition: u32,
+    ) -> impl Future<Output = Result<PartitionFigures, StoreError>> + Send;
+
+    /// Reads up to `count` new entries of `partition` for `consumer`,
+    /// waiting up to `block` when there are none.
+    fn read(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// Claims up to `count` entries of `partition` pending for longer than
+    /// `min_idle` for `consumer`, with their delivery counts.
+    fn claim_stale(
+        &self,
+        partition: u32,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// Applies `ops`, counts `events` processed, and acks `entry`, in one
+    /// atomic step; nothing happens if `entry` was already acked.
+    fn apply(
+        &self,
+        entry: &Entry,
+        events: u64,
+        ops: &Ops,
+    ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+
+    /// Moves `entry` to the dead-letter stream with `reason` and acks it,
+    /// atomically; counts `events` dead-lettered.
+    fn dead_letter(
+        &self,
+        entry: &Entry,
+        events: u64,
+        reason: &str,
+    ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
+
+    /// Pending entries of `partition`.
+    fn pending(
+        &self,
+        partition: u32,
+    ) -> impl Future<Output = Result<PendingSummary, StoreError>> + Send;
+
+    /// Removes acknowledged entries of `partition`; returns how many.
+    fn trim(&self, partition: u32) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Reads whole hashes (missing keys give empty maps), for queries and tests.
+    fn read_hashes(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Vec<(String, String)>>, StoreError>> + Send;
+}
+
+/// The backend chosen by configuration.
+#[derive(Debug, Clone)]
+pub enum AnyLog {
+    /// The embedded in-memory log.
+    Memory(MemoryLog),
+    /// Redis Streams (single node or cluster).
+    Redis(RedisLog),
+}
+
+impl AnyLog {
+    /// Connects to Redis when `--redis-url` is set, else builds the
+    /// embedded log (and says loudly that it is not durable).
+    pub async fn from_args(args: &StoreArgs) -> Result<Self, StoreError> {
+        match &args.redis_url {
+            Some(_) => Ok(Self::Redis(RedisLog::connect(args).await?)),
+            None => {
+                tracing::warn!(
+                    "no --redis-url: using the embedded in-memory log; events are NOT durable \
+                     and are lost when this process stops"
+                );
+                Ok(Self::Memory(MemoryLog::new(args)))
+            }
+        }
+    }
+
+    /// The backend's name, for logs and status.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $log:ident => $call:expr) => {
+        match $self {
+            AnyLog::Memory($log) => $call.await,
+            AnyLog::Redis($log) => $call.await,
+        }
+    };
+}
+
+impl EventLog for AnyLog {
+    fn partitions(&self) -> u32 {
+        match self {
+            Self::Memory(log) => log.partitions(),
+            Self::Redis(log) => log.partitions(),
+        }
+    }
+
+    fn keys(&self) -> &Keys {
+        match self {
+            Self::Memory(log) => log.keys(),
+            Self::Redis(log) => log.keys(),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, log => log.ping())
+    }
+
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        delegate!(self, log => log.ensure_group())
+    }
+
+    async fn append(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        delegate!(self, log => log.append(partition, meta, events))
+    }
+
+    async fn figures(&self, partition: u32) -> Result<PartitionFigures, StoreError> {
+        delegate!(self, log => log.figures(partition))
+    }
+
+    async fn read(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, StoreError> {
+        delegate!(self, log => log.read(partition, consumer, count, block))
+    }
+
+    async fn claim_stale(
+        &self,
+        partition: u32,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        delegate!(self, log => log.claim_stale(partition, consumer, min_idle, count))
+    }
+
+    async fn apply(
+        &self,
+        entry: &Entry,
+        events: u64,
+        ops: &Ops,
+    ) -> Result<ApplyOutcome, StoreError> {
+        delegate!(self, log => log.apply(entry, events, ops))
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &Entry,
+        events: u64,
+        reason: &str,
+    ) -> Result<ApplyOutcome, StoreError> {
+        delegate!(self, log => log.dead_letter(entry, events, reason))
+    }
+
+    async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
+        delegate!(self, log => log.pending(partition))
+    }
+
+    async fn trim(&self, partition: u32) -> Result<u64, StoreError> {
+        delegate!(self, log => log.trim(partition))
+    }
+
+    async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
+        delegate!(self, log => log.read_hashes(keys))
+    }
+}

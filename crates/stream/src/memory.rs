@@ -1,0 +1,481 @@
+//! The embedded in-memory log: the same semantics as Redis Streams with a
+//! consumer group, in one process, not durable.
+//!
+//! Used by `testbed all` without `--redis-url`, so the first command of the
+//! README needs nothing installed. Everything is lost when the process
+//! stops; startup says so.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use tokio::sync::Notify;
+
+use crate::keys::Keys;
+use crate::log::EventLog;
+use crate::model::{
+    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
+    PendingSummary, latency_bucket,
+};
+use crate::{StoreArgs, StoreError};
+
+type Id = (u64, u64);
+
+/// The in-memory log. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct MemoryLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keys: Keys,
+    window: usize,
+    parts: Vec<Mutex<Part>>,
+    notify: Vec<Notify>,
+    kv: Mutex<Kv>,
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    entries: BTreeMap<Id, Stored>,
+    last_id: Id,
+    last_delivered: Id,
+    pending: BTreeMap<Id, Pending>,
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+    figures: PartitionFigures,
+    dead: Vec<(Id, String, Stored)>,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    meta: Vec<u8>,
+    events: Vec<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    consumer: String,
+    delivered_at: Instant,
+    deliveries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Kv {
+    hashes: HashMap<String, HashMap<String, String>>,
+    zsets: HashMap<String, HashMap<String, f64>>,
+    expiry: HashMap<String, Instant>,
+}
+
+impl Kv {
+    fn purge(&mut self, key: &str) {
+        if self.expiry.get(key).is_some_and(|at| *at <= Instant::now()) {
+            self.expiry.remove(key);
+            self.hashes.remove(key);
+            self.zsets.remove(key);
+        }
+    }
+
+    fn hash(&mut self, key: &str) -> &mut HashMap<String, String> {
+        self.purge(key);
+        self.hashes.entry(key.to_owned()).or_default()
+    }
+
+    fn apply(&mut self, keys: &[String], op: &Op) {
+        let key = |i: &u16| keys.get(usize::from(*i)).map(String::as_str).unwrap_or("");
+        match op {
+            Op::HashIncr(k, f, by) => {
+                let v = self
+                    .hash(key(k))
+                    .entry(f.clone())
+                    .or_insert_with(|| "0".into());
+                *v = (v.parse::<i64>().unwrap_or(0) + by).to_string();
+            }
+            Op::HashIncrFloat(k, f, by) => {
+                let v = self
+                    .hash(key(k))
+                    .entry(f.clone())
+                    .or_insert_with(|| "0".into());
+                *v = (v.parse::<f64>().unwrap_or(0.0) + by).to_string();
+            }
+            Op::HashMin(k, f, x) | Op::HashMax(k, f, x) => {
+                let min = matches!(op, Op::HashMin(..));
+                let h = self.hash(key(k));
+                let better = match h.get(f).and_then(|c| c.parse::<f64>().ok()) {
+                    None => true,
+                    Some(c) => (min && *x < c) || (!min && *x > c),
+                };
+                if better {
+                    h.insert(f.clone(), x.to_string());
+                }
+            }
+            Op::HashSet(k, f, v) => {
+                self.hash(key(k)).insert(f.clone(), v.clone());
+            }
+            Op::ZIncr(k, m, by) => {
+                let k = key(k);
+                self.purge(k);
+                *self
+                    .zsets
+                    .entry(k.to_owned())
+                    .or_default()
+                    .entry(m.clone())
+                    .or_default() += by;
+            }
+            Op::ZSet(k, m, score) => {
+                let k = key(k);
+                self.purge(k);
+                self.zsets
+                    .entry(k.to_owned())
+                    .or_default()
+                    .insert(m.clone(), *score);
+            }
+            Op::Expire(k, secs) => {
+                self.expiry.insert(
+                    key(k).to_owned(),
+                    Instant::now() + Duration::from_secs(*secs),
+                );
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn id_string(id: Id) -> String {
+    format!("{}-{}", id.0, id.1)
+}
+
+fn parse_id(id: &str) -> Option<Id> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn entry(partition: u32, id: Id, stored: &Stored, deliveries: u64) -> Entry {
+    Entry {
+        id: id_string(id),
+        partition,
+        meta: stored.meta.clone(),
+        events: stored.events.clone(),
+        deliveries,
+    }
+}
+
+impl MemoryLog {
+    /// An empty log laid out as `args` say (partitions, dedupe window).
+    pub fn new(args: &StoreArgs) -> Self {
+        let partitions = args.partitions.max(1) as usize;
+        Self {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&args.key_prefix),
+                window: usize::try_from(args.dedupe_window).unwrap_or(usize::MAX),
+                parts: (0..partitions)
+                    .map(|_| Mutex::new(Part::default()))
+                    .collect(),
+                notify: (0..partitions).map(|_| Notify::new()).collect(),
+                kv: Mutex::new(Kv::default()),
+            }),
+        }
+    }
+
+    fn part(&self, partition: u32) -> Result<MutexGuard<'_, Part>, StoreError> {
+        let part = self
+            .inner
+            .parts
+            .get(partition as usize)
+            .ok_or_else(|| StoreError::Protocol(format!("no partition {partition}")))?;
+        // A panic while holding the lock cannot leave a half-applied step
+        // visible to the caller that panicked; others keep going.
+        Ok(part.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    fn kv(&self) -> MutexGuard<'_, Kv> {
+        self.inner
+            .kv
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take_new(part: &mut Part, partition: u32, consumer: &str, count: usize) -> Vec<Entry> {
+        let start = (
+            part.last_delivered.0,
+            part.last_delivered.1.saturating_add(1),
+        );
+        let ids: Vec<Id> = part
+            .entries
+            .range(start..)
+            .take(count)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            part.last_delivered = id;
+            part.pending.insert(
+                id,
+                Pending {
+                    consumer: consumer.to_owned(),
+                    delivered_at: Instant::now(),
+                    deliveries: 1,
+                },
+            );
+            if let Some(stored) = part.entries.get(&id) {
+                out.push(entry(partition, id, stored, 1));
+            }
+        }
+        out
+    }
+}
+
+impl EventLog for MemoryLog {
+    fn partitions(&self) -> u32 {
+        self.inner.parts.len() as u32
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut part = self.part(partition)?;
+        let mut outcome = AppendOutcome::default();
+        let mut fresh = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            if part.ids.insert(event.event_id.clone()) {
+                part.order.push_back(event.event_id.clone());
+                fresh.push(event.bytes.clone());
+            } else {
+                outcome.duplicates.push(i as u32);
+            }
+        }
+        while part.order.len() > self.inner.window {
+            if let Some(old) = part.order.pop_front() {
+                part.ids.remove(&old);
+            }
+        }
+        part.figures.duplicates += outcome.duplicates.len() as u64;
+        if !fresh.is_empty() {
+            let ms = now_ms();
+            let id = if ms > part.last_id.0 {
+                (ms, 0)
+            } else {
+                (part.last_id.0, part.last_id.1 + 1)
+            };
+            part.last_id = id;
+            part.figures.ingested += fresh.len() as u64;
+            part.entries.insert(
+                id,
+                Stored {
+                    meta: meta.encode_to_vec(),
+                    events: fresh,
+                },
+            );
+            outcome.entry_id = Some(id_string(id));
+            drop(part);
+            if let Some(notify) = self.inner.notify.get(partition as usize) {
+                notify.notify_waiters();
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn figures(&self, partition: u32) -> Result<PartitionFigures, StoreError> {
+        Ok(self.part(partition)?.figures)
+    }
+
+    async fn read(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let notify = self
+            .inner
+            .notify
+            .get(partition as usize)
+            .ok_or_else(|| StoreError::Protocol(format!("no partition {partition}")))?;
+        // Register interest before looking, so an append in between wakes us.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let entries = Self::take_new(&mut *self.part(partition)?, partition, consumer, count);
+        if !entries.is_empty() || block.is_zero() {
+            return Ok(entries);
+        }
+        let _ = tokio::time::timeout(block, notified).await;
+        Ok(Self::take_new(
+            &mut *self.part(partition)?,
+            partition,
+            consumer,
+            count,
+        ))
+    }
+
+    async fn claim_stale(
+        &self,
+        partition: u32,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut part = self.part(partition)?;
+        let part = &mut *part;
+        let mut out = Vec::new();
+        for (id, pending) in part.pending.iter_mut() {
+            if out.len() >= count {
+                break;
+            }
+            if pending.delivered_at.elapsed() < min_idle {
+                continue;
+            }
+            pending.consumer = consumer.to_owned();
+            pending.delivered_at = Instant::now();
+            pending.deliveries += 1;
+            if let Some(stored) = part.entries.get(id) {
+                out.push(entry(partition, *id, stored, pending.deliveries));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(
+        &self,
+        entry: &Entry,
+        events: u64,
+        ops: &Ops,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let id = parse_id(&entry.id)
+            .ok_or_else(|| StoreError::Protocol(format!("bad id {}", entry.id)))?;
+        let mut part = self.part(entry.partition)?;
+        if part.pending.remove(&id).is_none() {
+            return Ok(ApplyOutcome::AlreadyAcked);
+        }
+        part.figures.processed += events;
+        // The kv lock is taken under the partition lock: apply and ack are
+        // one step for any observer.
+        let mut kv = self.kv();
+        for op in &ops.ops {
+            kv.apply(&ops.keys, op);
+        }
+        if let Some((key, weight)) = ops.e2e {
+            let latency = now_ms().saturating_sub(entry.appended_ms());
+            let bucket = latency_bucket(latency).to_string();
+            kv.apply(&ops.keys, &Op::HashIncr(key, bucket, weight as i64));
+        }
+        Ok(ApplyOutcome::Applied)
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &Entry,
+        events: u64,
+        reason: &str,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let id = parse_id(&entry.id)
+            .ok_or_else(|| StoreError::Protocol(format!("bad id {}", entry.id)))?;
+        let mut part = self.part(entry.partition)?;
+        if part.pending.remove(&id).is_none() {
+            return Ok(ApplyOutcome::AlreadyAcked);
+        }
+        part.figures.dead_lettered += events;
+        let stored = Stored {
+            meta: entry.meta.clone(),
+            events: entry.events.clone(),
+        };
+        part.dead.push((id, reason.to_owned(), stored));
+        Ok(ApplyOutcome::Applied)
+    }
+
+    async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
+        let part = self.part(partition)?;
+        Ok(PendingSummary {
+            entries: part.pending.len() as u64,
+            oldest_ms: part.pending.keys().next().map(|id| id.0),
+        })
+    }
+
+    async fn trim(&self, partition: u32) -> Result<u64, StoreError> {
+        let mut part = self.part(partition)?;
+        let next_undelivered = (
+            part.last_delivered.0,
+            part.last_delivered.1.saturating_add(1),
+        );
+        let min_id = part
+            .pending
+            .keys()
+            .next()
+            .copied()
+            .map_or(next_undelivered, |p| p.min(next_undelivered));
+        let keep = part.entries.split_off(&min_id);
+        let removed = part.entries.len() as u64;
+        part.entries = keep;
+        Ok(removed)
+    }
+
+    async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
+        let mut kv = self.kv();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                kv.purge(key);
+                let mut fields: Vec<(String, String)> = kv
+                    .hashes
+                    .get(key)
+                    .map(|h| h.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
+                    .unwrap_or_default();
+                fields.sort();
+                fields
+            })
+            .collect())
+    }
+}
+
+impl MemoryLog {
+    /// Dead-lettered entries of `partition` with their reasons (for tests
+    /// and status).
+    pub fn dead_letters(&self, partition: u32) -> Vec<(String, String)> {
+        self.part(partition)
+            .map(|p| {
+                p.dead
+                    .iter()
+                    .map(|(id, reason, _)| (id_string(*id), reason.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Number of entries still stored in `partition` (for trim tests).
+    pub fn stored_entries(&self, partition: u32) -> usize {
+        self.part(partition).map(|p| p.entries.len()).unwrap_or(0)
+    }
+
+    /// The consumer an entry is pending with, if any (for tests).
+    pub fn pending_consumer(&self, entry: &Entry) -> Option<String> {
+        let id = parse_id(&entry.id)?;
+        self.part(entry.partition)
+            .ok()?
+            .pending
+            .get(&id)
+            .map(|p| p.consumer.clone())
+    }
+}

@@ -1,0 +1,243 @@
+//! Entries, outcomes and aggregate operations: the log's vocabulary.
+
+use std::collections::HashMap;
+use std::hash::Hasher as _;
+use std::time::Duration;
+
+/// The partition of `device_id` among `partitions`: FNV-1a 64 of its UTF-8
+/// bytes, modulo the count. Stable across versions, processes and
+/// architectures (documented so other producers can compute it too).
+pub fn partition_of(device_id: &str, partitions: u32) -> u32 {
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(device_id.as_bytes());
+    // The modulo is < partitions, which is a u32.
+    (hasher.finish() % u64::from(partitions.max(1))) as u32
+}
+
+/// Histogram bucket of a latency in milliseconds: four buckets per
+/// doubling (`floor(4 * log2(1 + ms))`), about 19% wide. The Redis scripts
+/// compute the same function.
+pub fn latency_bucket(ms: u64) -> u32 {
+    (4.0 * (1.0 + ms as f64).log2()).floor() as u32
+}
+
+/// Upper bound of a [`latency_bucket`], as a duration.
+pub fn latency_bucket_upper(bucket: u32) -> Duration {
+    let ms = 2f64.powf(f64::from(bucket + 1) / 4.0) - 1.0;
+    Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+}
+
+/// Metadata stored with every entry (field `m`), beside the events.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EntryMeta {
+    /// The idempotent producer that sent the batch, if any.
+    #[prost(string, tag = "1")]
+    pub producer_id: String,
+    /// The producer's batch sequence.
+    #[prost(uint64, tag = "2")]
+    pub sequence: u64,
+    /// W3C `traceparent` of the ingest span, so the worker continues the trace.
+    #[prost(string, tag = "3")]
+    pub traceparent: String,
+    /// W3C `tracestate`.
+    #[prost(string, tag = "4")]
+    pub tracestate: String,
+}
+
+/// One event of an append: its dedupe key and its encoded bytes.
+#[derive(Debug, Clone)]
+pub struct AppendEvent {
+    /// The client-chosen event id (dedupe key).
+    pub event_id: String,
+    /// The encoded `testbed.v1.Event`.
+    pub bytes: Vec<u8>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The new entry's id; `None` when every event was a duplicate.
+    pub entry_id: Option<String>,
+    /// Positions (in the append's event list) of events whose id was
+    /// already in the dedupe window: acknowledged, not appended again.
+    pub duplicates: Vec<u32>,
+}
+
+/// One log entry as a consumer sees it: a batch of events from one request
+/// for one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Stream entry id (`<ms>-<seq>`).
+    pub id: String,
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Encoded [`EntryMeta`] (empty if missing).
+    pub meta: Vec<u8>,
+    /// Encoded events, in request order.
+    pub events: Vec<Vec<u8>>,
+    /// How many times the entry has been delivered (1 on first read).
+    pub deliveries: u64,
+}
+
+impl Entry {
+    /// The append time, in Unix milliseconds, from the entry id (the log's
+    /// own clock, so end-to-end latency needs no clock agreement).
+    pub fn appended_ms(&self) -> u64 {
+        entry_ms(&self.id)
+    }
+}
+
+/// The millisecond part of a stream entry id.
+pub fn entry_ms(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether an apply changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The entry was pending; its aggregates were applied and it was acked,
+    /// in one atomic step.
+    Applied,
+    /// The entry had already been acked (by this or another consumer):
+    /// nothing was applied, so nothing is counted twice.
+    AlreadyAcked,
+}
+
+/// Pipeline counters of one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionFigures {
+    /// Events appended.
+    pub ingested: u64,
+    /// Events applied to aggregates.
+    pub processed: u64,
+    /// Events dropped as re-sent duplicates at append.
+    pub duplicates: u64,
+    /// Events moved to the dead-letter stream.
+    pub dead_lettered: u64,
+}
+
+impl PartitionFigures {
+    /// Events appended and not yet processed or dead-lettered.
+    pub fn backlog(&self) -> u64 {
+        self.ingested
+            .saturating_sub(self.processed + self.dead_lettered)
+    }
+}
+
+/// Pending entries of a partition (delivered, not yet acked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingSummary {
+    /// Number of pending entries.
+    pub entries: u64,
+    /// Append time (Unix ms) of the oldest pending entry.
+    pub oldest_ms: Option<u64>,
+}
+
+/// One aggregate write. Keys are indexes into [`Ops::keys`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `HINCRBY key field by`.
+    HashIncr(u16, String, i64),
+    /// `HINCRBYFLOAT key field by`.
+    HashIncrFloat(u16, String, f64),
+    /// Keep the minimum of `field` and the value.
+    HashMin(u16, String, f64),
+    /// Keep the maximum of `field` and the value.
+    HashMax(u16, String, f64),
+    /// `HSET key field value`.
+    HashSet(u16, String, String),
+    /// `ZINCRBY key by member`.
+    ZIncr(u16, String, f64),
+    /// `ZADD key score member`.
+    ZSet(u16, String, f64),
+    /// `EXPIRE key seconds`.
+    Expire(u16, u64),
+}
+
+/// The aggregate writes of one entry, applied atomically with its ack.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ops {
+    /// Distinct keys, all of the entry's partition.
+    pub keys: Vec<String>,
+    /// The writes, in order.
+    pub ops: Vec<Op>,
+    /// The end-to-end latency histogram key and the number of events to
+    /// count in it: the backend measures append -> apply on its own clock
+    /// (Redis `TIME`) and increments the bucket.
+    pub e2e: Option<(u16, u64)>,
+    index: HashMap<String, u16>,
+}
+
+impl Ops {
+    /// The index of `key`, added on first use.
+    pub fn key(&mut self, key: String) -> u16 {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let i = u16::try_from(self.keys.len()).unwrap_or(u16::MAX);
+        self.index.insert(key.clone(), i);
+        self.keys.push(key);
+        i
+    }
+
+    /// Adds a write.
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partitioning is stable (pinned values) and spreads devices.
+    #[test]
+    fn partition_is_stable_and_spread() {
+        assert_eq!(
+            partition_of("gpu-node-0001", 4),
+            partition_of("gpu-node-0001", 4)
+        );
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(
+            partition_of("a", 1_000_000_007),
+            (0xaf63dc4c8601ec8c_u64 % 1_000_000_007) as u32
+        );
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[partition_of(&format!("dev-{i}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    /// Buckets grow by 2^(1/4) and their upper bounds bracket the value.
+    #[test]
+    fn latency_buckets_bracket_values() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 4);
+        assert_eq!(latency_bucket(3), 8);
+        for ms in [0u64, 1, 2, 5, 17, 250, 999, 60_000] {
+            let b = latency_bucket(ms);
+            assert!(latency_bucket_upper(b) >= Duration::from_millis(ms), "{ms}");
+        }
+    }
+
+    /// Keys are deduplicated in first-use order.
+    #[test]
+    fn ops_dedupe_keys() {
+        let mut ops = Ops::default();
+        assert_eq!(ops.key("a".into()), 0);
+        assert_eq!(ops.key("b".into()), 1);
+        assert_eq!(ops.key("a".into()), 0);
+        assert_eq!(ops.keys, vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    /// The entry id's milliseconds are the append time.
+    #[test]
+    fn entry_ms_parses_ids() {
+        assert_eq!(entry_ms("1700000000123-7"), 1_700_000_000_123);
+        assert_eq!(entry_ms("garbage"), 0);
+    }
+}

@@ -1,0 +1,466 @@
+//! The Redis backend: Redis Streams with one consumer group, on a single
+//! Redis or a Redis Cluster.
+//!
+//! Every atomic step is one Lua script over keys of one partition (one hash
+//! tag, one slot): `append.lua` (dedupe + XADD + counters), `apply.lua`
+//! (XACK + aggregate writes: the exactly-once step) and `dead_letter.lua`
+//! (XACK + XADD to the dead-letter stream). Blocking reads use a dedicated
+//! connection per partition so they never stall other calls.
+
+mod conn;
+mod parse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use redis::Script;
+use tokio::sync::{Mutex, OnceCell};
+
+use self::conn::{Conn, connect};
+use crate::keys::Keys;
+use crate::log::EventLog;
+use crate::model::{
+    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
+    PendingSummary,
+};
+use crate::{StoreArgs, StoreError};
+
+/// How many entries the dead-letter stream of a partition keeps (approximate).
+const DEAD_LETTER_MAX_LEN: u64 = 100_000;
+
+/// The Redis log. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLog")
+            .field("partitions", &self.inner.args.partitions)
+            .field("cluster", &self.inner.args.redis_cluster)
+            .finish()
+    }
+}
+
+struct Inner {
+    args: StoreArgs,
+    keys: Keys,
+    shared: OnceCell<Conn>,
+    readers: Vec<Mutex<Option<Conn>>>,
+    append: Script,
+    apply: Script,
+    dead_letter: Script,
+}
+
+impl RedisLog {
+    /// A log on the Redis named by `args`. Connecting is lazy and retried,
+    /// so a process can start before Redis is up: calls fail as
+    /// `Unavailable` until it answers.
+    pub async fn connect(args: &StoreArgs) -> Result<Self, StoreError> {
+        let log = Self {
+            inner: Arc::new(Inner {
+                args: args.clone(),
+                keys: Keys::new(&args.key_prefix),
+                shared: OnceCell::new(),
+                readers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
+                append: Script::new(include_str!("append.lua")),
+                apply: Script::new(include_str!("apply.lua")),
+                dead_letter: Script::new(include_str!("dead_letter.lua")),
+            }),
+        };
+        if let Err(err) = log.conn().await {
+            tracing::warn!(error = %err, "Redis not reachable yet; will keep trying");
+        }
+        Ok(log)
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let args = &self.inner.args;
+        self.inner
+            .shared
+            .get_or_try_init(|| connect(args, args.redis_timeout))
+            .await
+            .cloned()
+    }
+
+    /// Runs `f` on the shared connection, bounded by `--redis-timeout`.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let timeout = self.inner.args.redis_timeout;
+        let conn = self.conn().await?;
+        match tokio::time::timeout(timeout, f(conn)).await {
+            Ok(result) => result.map_err(StoreError::from_redis),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{what} timed out after {timeout:?}"
+            ))),
+        }
+    }
+
+    fn group(&self) -> &'static str {
+        self.inner.keys.group()
+    }
+}
+
+impl EventLog for RedisLog {
+    fn partitions(&self) -> u32 {
+        self.inner.args.partitions
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call("PING", |mut c| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        for p in 0..self.partitions() {
+            let key = self.inner.keys.stream(p);
+            let group = self.group();
+            let created = self
+                .call("XGROUP CREATE", |mut c| async move {
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&key)
+                        .arg(group)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(StoreError::Protocol(msg)) if msg.contains("BUSYGROUP") => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent],
+    ) -> Result<AppendOutcome, StoreError> {
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.append.prepare_invoke();
+        invocation
+            .key(keys.stream(partition))
+            .key(keys.recent_ids(partition))
+            .key(keys.recent_order(partition))
+            .key(keys.stats(partition))
+            .arg(self.inner.args.dedupe_window)
+            .arg(meta.encode_to_vec());
+        for event in events {
+            invocation.arg(&event.event_id).arg(&event.bytes);
+        }
+        let (entry_id, duplicates): (Option<String>, Vec<u32>) = self
+            .call("append", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(AppendOutcome {
+            entry_id,
+            duplicates,
+        })
+    }
+
+    async fn figures(&self, partition: u32) -> Result<PartitionFigures, StoreError> {
+        let key = self.inner.keys.stats(partition);
+        let values: Vec<Option<u64>> = self
+            .call("HMGET stats", |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&["ingested", "processed", "duplicates", "dead_lettered"])
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let get = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+        Ok(PartitionFigures {
+            ingested: get(0),
+            processed: get(1),
+            duplicates: get(2),
+            dead_lettered: get(3),
+        })
+    }
+
+    async fn read(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let slot = self
+            .inner
+            .readers
+            .get(partition as usize)
+            .ok_or_else(|| StoreError::Protocol(format!("no partition {partition}")))?;
+        let mut reader = slot.lock().await;
+        let limit = block + self.inner.args.redis_timeout;
+        let mut conn = match reader.take() {
+            Some(conn) => conn,
+            None => connect(&self.inner.args, limit).await?,
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(self.group())
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.inner.keys.stream(partition))
+            .arg(">");
+        let reply =
+            match tokio::time::timeout(limit, cmd.query_async::<redis::Value>(&mut conn)).await {
+                Ok(Ok(value)) => value,
+                Ok(Err(err)) => {
+                    if err.to_string().contains("NOGROUP") {
+                        // The stream or group vanished (FLUSHALL, a new Redis):
+                        // recreate it rather than spin on errors.
+                        *reader = Some(conn);
+                        drop(reader);
+                        self.ensure_group().await?;
+                        return Ok(Vec::new());
+                    }
+                    return Err(StoreError::from_redis(err));
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "XREADGROUP timed out after {limit:?}"
+                    )));
+                }
+            };
+        *reader = Some(conn);
+        parse::read_reply(&reply, partition)
+    }
+
+    async fn claim_stale(
+        &self,
+        partition: u32,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let (k, cons) = (key.clone(), consumer.to_owned());
+        let reply: redis::Value = self
+            .call("XAUTOCLAIM", |mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&k)
+                    .arg(group)
+                    .arg(&cons)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut entries = parse::autoclaim_reply(&reply, partition)?;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let (first, last, cons) = (first.id.clone(), last.id.clone(), consumer.to_owned());
+            let n = entries.len();
+            let pending: redis::Value = self
+                .call("XPENDING", |mut c| async move {
+                    redis::cmd("XPENDING")
+                        .arg(&key)
+                        .arg(group)
+                        .arg(&first)
+                        .arg(&last)
+                        .arg(n)
+                        .arg(&cons)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let deliveries = parse::pending_deliveries(&pending)?;
+            for entry in &mut entries {
+                entry.deliveries = deliveries
+                    .get(&entry.id)
+                    .copied()
+                    .unwrap_or(entry.deliveries);
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn apply(
+        &self,
+        entry: &Entry,
+        events: u64,
+        ops: &Ops,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let keys = &self.inner.keys;
+        let p = entry.partition;
+        // KEYS[1] stream, KEYS[2] stats, KEYS[3..] the aggregate keys; Lua
+        // indexes are 1-based, so aggregate key i is KEYS[i + 3].
+        let mut invocation = self.inner.apply.prepare_invoke();
+        invocation.key(keys.stream(p)).key(keys.stats(p));
+        for key in &ops.keys {
+            invocation.key(key);
+        }
+        let e2e = ops.e2e.map_or(0, |(key, _)| u32::from(key) + 3);
+        invocation
+            .arg(self.group())
+            .arg(&entry.id)
+            .arg(events)
+            .arg(e2e);
+        for op in &ops.ops {
+            let k = |i: &u16| u32::from(*i) + 3;
+            match op {
+                Op::HashIncr(i, f, v) => invocation.arg("I").arg(k(i)).arg(f).arg(v),
+                // Floats as Rust's shortest round-trip text (`3`, `0.25`),
+                // the same text the in-memory backend stores.
+                Op::HashIncrFloat(i, f, v) => {
+                    invocation.arg("F").arg(k(i)).arg(f).arg(v.to_string())
+                }
+                Op::HashMin(i, f, v) => invocation.arg("m").arg(k(i)).arg(f).arg(v.to_string()),
+                Op::HashMax(i, f, v) => invocation.arg("M").arg(k(i)).arg(f).arg(v.to_string()),
+                Op::HashSet(i, f, v) => invocation.arg("S").arg(k(i)).arg(f).arg(v),
+                Op::ZIncr(i, m, v) => invocation.arg("Z").arg(k(i)).arg(m).arg(v.to_string()),
+                Op::ZSet(i, m, v) => invocation.arg("X").arg(k(i)).arg(m).arg(v.to_string()),
+                Op::Expire(i, secs) => invocation.arg("E").arg(k(i)).arg("").arg(secs),
+            };
+        }
+        let applied: i64 = self
+            .call("apply", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(if applied == 1 {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::AlreadyAcked
+        })
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &Entry,
+        events: u64,
+        reason: &str,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let keys = &self.inner.keys;
+        let p = entry.partition;
+        let mut invocation = self.inner.dead_letter.prepare_invoke();
+        invocation
+            .key(keys.stream(p))
+            .key(keys.dead_letter(p))
+            .key(keys.stats(p))
+            .arg(self.group())
+            .arg(&entry.id)
+            .arg(events)
+            .arg(reason)
+            .arg(DEAD_LETTER_MAX_LEN);
+        let moved: i64 = self
+            .call("dead-letter", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(if moved == 1 {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::AlreadyAcked
+        })
+    }
+
+    async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let reply: redis::Value = self
+            .call("XPENDING", |mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(group)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        parse::pending_summary(&reply)
+    }
+
+    async fn trim(&self, partition: u32) -> Result<u64, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let k = key.clone();
+        let groups: redis::Value = self
+            .call("XINFO GROUPS", |mut c| async move {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&k)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some(last_delivered) = parse::group_last_delivered(&groups, group)? else {
+            return Ok(0);
+        };
+        // Everything below both the first pending entry and the first
+        // undelivered one has been acknowledged.
+        let (ms, seq) = parse::split_id(&last_delivered);
+        let mut min_id = format!("{ms}-{}", seq.saturating_add(1));
+        let k = key.clone();
+        let first: redis::Value = self
+            .call("XPENDING", |mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(&k)
+                    .arg(group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if let Some(first_id) = parse::pending_deliveries(&first)?.keys().next()
+            && parse::split_id(first_id) < parse::split_id(&min_id)
+        {
+            min_id = first_id.clone();
+        }
+        self.call("XTRIM", |mut c| async move {
+            redis::cmd("XTRIM")
+                .arg(&key)
+                .arg("MINID")
+                .arg("~")
+                .arg(&min_id)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = key.clone();
+            let mut fields: Vec<(String, String)> = self
+                .call("HGETALL", |mut c| async move {
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+                })
+                .await?;
+            fields.sort();
+            out.push(fields);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,171 @@
+//! Decoding Redis stream replies into the log's types.
+
+use std::collections::BTreeMap;
+
+use redis::Value;
+
+use crate::StoreError;
+use crate::model::{Entry, PendingSummary};
+
+fn bad(what: &str, value: &Value) -> StoreError {
+    StoreError::Protocol(format!("unexpected {what} reply: {value:?}"))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn items(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+/// Splits an entry id into its numeric parts for ordering.
+pub(crate) fn split_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// One `[id, [field, value, ...]]` stream entry.
+fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
+    let parts = items(value).ok_or_else(|| bad("stream entry", value))?;
+    let id = parts
+        .first()
+        .and_then(text)
+        .ok_or_else(|| bad("entry id", value))?;
+    let mut entry = Entry {
+        id,
+        partition,
+        meta: Vec::new(),
+        events: Vec::new(),
+        deliveries: 1,
+    };
+    // A deleted-but-pending entry has a nil body: it is returned with no
+    // events, and the worker dead-letters it.
+    if let Some(fields) = parts.get(1).and_then(items) {
+        for pair in fields.chunks(2) {
+            let (Some(Value::BulkString(name)), Some(Value::BulkString(data))) =
+                (pair.first(), pair.get(1))
+            else {
+                continue;
+            };
+            match name.as_slice() {
+                b"m" => entry.meta = data.clone(),
+                b"e" => entry.events.push(data.clone()),
+                _ => {}
+            }
+        }
+    }
+    Ok(entry)
+}
+
+/// `XREADGROUP ... STREAMS key >`: nil on timeout, else `[[key, [entries]]]`
+/// (RESP2) or a map of key to entries (RESP3).
+pub(crate) fn read_reply(reply: &Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
+    let streams: Vec<&Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| items(s).and_then(|kv| kv.get(1)))
+            .collect(),
+        Value::Map(pairs) => pairs.iter().map(|(_, v)| v).collect(),
+        other => return Err(bad("XREADGROUP", other)),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        for e in items(stream).ok_or_else(|| bad("XREADGROUP entries", stream))? {
+            out.push(entry(e, partition)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `XAUTOCLAIM`: `[next cursor, [entries], [deleted ids]]`.
+pub(crate) fn autoclaim_reply(reply: &Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
+    let parts = items(reply).ok_or_else(|| bad("XAUTOCLAIM", reply))?;
+    let entries = parts
+        .get(1)
+        .and_then(items)
+        .ok_or_else(|| bad("XAUTOCLAIM", reply))?;
+    entries.iter().map(|e| entry(e, partition)).collect()
+}
+
+/// Extended `XPENDING`: `[[id, consumer, idle ms, deliveries], ...]` →
+/// deliveries by id.
+pub(crate) fn pending_deliveries(reply: &Value) -> Result<BTreeMap<String, u64>, StoreError> {
+    let rows = items(reply).ok_or_else(|| bad("XPENDING", reply))?;
+    rows.iter()
+        .map(|row| {
+            let cols = items(row).ok_or_else(|| bad("XPENDING row", row))?;
+            let id = cols
+                .first()
+                .and_then(text)
+                .ok_or_else(|| bad("XPENDING id", row))?;
+            let deliveries = cols
+                .get(3)
+                .and_then(int)
+                .ok_or_else(|| bad("XPENDING count", row))?;
+            Ok((id, deliveries))
+        })
+        .collect()
+}
+
+/// Summary `XPENDING`: `[count, min id, max id, [[consumer, count], ...]]`.
+pub(crate) fn pending_summary(reply: &Value) -> Result<PendingSummary, StoreError> {
+    let parts = items(reply).ok_or_else(|| bad("XPENDING summary", reply))?;
+    let entries = parts
+        .first()
+        .and_then(int)
+        .ok_or_else(|| bad("XPENDING summary", reply))?;
+    let oldest_ms = parts.get(1).and_then(text).map(|id| split_id(&id).0);
+    Ok(PendingSummary {
+        entries,
+        oldest_ms: if entries == 0 { None } else { oldest_ms },
+    })
+}
+
+/// `XINFO GROUPS`: the `last-delivered-id` of `group`, if it exists.
+pub(crate) fn group_last_delivered(
+    reply: &Value,
+    group: &str,
+) -> Result<Option<String>, StoreError> {
+    let groups = items(reply).ok_or_else(|| bad("XINFO GROUPS", reply))?;
+    for g in groups {
+        let fields: Vec<(String, &Value)> = match g {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| Some((text(kv.first()?)?, kv.get(1)?)))
+                .collect(),
+            Value::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, v)))
+                .collect(),
+            _ => continue,
+        };
+        let name = fields
+            .iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, v)| text(v));
+        if name.as_deref() == Some(group) {
+            return Ok(fields
+                .iter()
+                .find(|(k, _)| k == "last-delivered-id")
+                .and_then(|(_, v)| text(v)));
+        }
+    }
+    Ok(None)
+}

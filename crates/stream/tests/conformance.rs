@@ -1,0 +1,459 @@
+//! One conformance suite, run against every backend: the embedded log, a
+//! real single Redis, and (for the whole-pipeline case) a Redis Cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use testbed_stream::{
+    AnyLog, AppendEvent, ApplyOutcome, EntryMeta, EventLog, MemoryLog, Op, Ops, RedisLog, StoreArgs,
+};
+use testbed_test_support::{RedisCluster, RedisServer};
+
+/// A backend under test, with whatever keeps it alive.
+struct Backend {
+    log: AnyLog,
+    _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+}
+
+fn args(partitions: u32, window: u64) -> StoreArgs {
+    StoreArgs {
+        partitions,
+        dedupe_window: window,
+        redis_timeout: Duration::from_secs(2),
+        ..StoreArgs::default()
+    }
+}
+
+async fn memory(partitions: u32, window: u64) -> Backend {
+    Backend {
+        log: AnyLog::Memory(MemoryLog::new(&args(partitions, window))),
+        _redis: None,
+        _cluster: None,
+    }
+}
+
+async fn redis(partitions: u32, window: u64) -> Backend {
+    let server = RedisServer::start();
+    let mut a = args(partitions, window);
+    a.redis_url = Some(server.url());
+    let log = AnyLog::Redis(RedisLog::connect(&a).await.unwrap());
+    log.ensure_group().await.unwrap();
+    Backend {
+        log,
+        _redis: Some(server),
+        _cluster: None,
+    }
+}
+
+async fn cluster(partitions: u32, window: u64) -> Backend {
+    let cluster = RedisCluster::start();
+    let mut a = args(partitions, window);
+    a.redis_url = Some(cluster.url());
+    a.redis_cluster = true;
+    let log = AnyLog::Redis(RedisLog::connect(&a).await.unwrap());
+    log.ensure_group().await.unwrap();
+    Backend {
+        log,
+        _redis: None,
+        _cluster: Some(cluster),
+    }
+}
+
+fn events(ids: &[&str]) -> Vec<AppendEvent> {
+    ids.iter()
+        .map(|id| AppendEvent {
+            event_id: (*id).to_owned(),
+            bytes: format!("payload-{id}").into_bytes(),
+        })
+        .collect()
+}
+
+fn counter_ops(log: &AnyLog, partition: u32, field: &str, by: i64) -> Ops {
+    let mut ops = Ops::default();
+    let k = ops.key(log.keys().aggregate(partition, "test:counters"));
+    ops.push(Op::HashIncr(k, field.to_owned(), by));
+    ops.push(Op::HashMax(k, "max".to_owned(), by as f64));
+    ops.push(Op::HashMin(k, "min".to_owned(), by as f64));
+    ops.push(Op::Expire(k, 600));
+    ops
+}
+
+async fn counters(log: &AnyLog, partition: u32) -> Vec<(String, String)> {
+    log.read_hashes(&[log.keys().aggregate(partition, "test:counters")])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $(
+                /// Conformance case on the embedded log.
+                #[tokio::test]
+                async fn $name() { super::$name(super::memory).await }
+            )*
+        }
+        mod redis_backend {
+            $(
+                /// Conformance case on a real single Redis.
+                #[tokio::test]
+                async fn $name() { super::$name(super::redis).await }
+            )*
+        }
+    };
+}
+
+conformance!(
+    append_read_apply_counts_once,
+    duplicates_are_dropped_at_append,
+    dedupe_window_is_bounded,
+    stale_entries_are_claimed_and_applied_once,
+    dead_letter_acks_and_counts,
+    trim_keeps_unacknowledged_entries,
+    e2e_latency_is_recorded,
+);
+
+async fn append_read_apply_counts_once<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(2, 1000).await;
+    let log = &b.log;
+    let meta = EntryMeta {
+        producer_id: "p".into(),
+        sequence: 7,
+        ..Default::default()
+    };
+    let out = log
+        .append(1, &meta, &events(&["a", "b", "c"]))
+        .await
+        .unwrap();
+    assert!(out.entry_id.is_some());
+    assert!(out.duplicates.is_empty());
+
+    let read = log
+        .read(1, "c1", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let entry = &read[0];
+    assert_eq!(
+        entry.events,
+        vec![
+            b"payload-a".to_vec(),
+            b"payload-b".to_vec(),
+            b"payload-c".to_vec()
+        ]
+    );
+    assert_eq!(entry.partition, 1);
+    assert_eq!(entry.deliveries, 1);
+    use prost::Message as _;
+    assert_eq!(EntryMeta::decode(entry.meta.as_slice()).unwrap(), meta);
+    // Nothing more to read, and the other partition is empty.
+    assert!(
+        log.read(1, "c1", 10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        log.read(0, "c1", 10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let pending = log.pending(1).await.unwrap();
+    assert_eq!(pending.entries, 1);
+
+    let ops = counter_ops(log, 1, "n", 3);
+    assert_eq!(
+        log.apply(entry, 3, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        log.apply(entry, 3, &ops).await.unwrap(),
+        ApplyOutcome::AlreadyAcked
+    );
+    let figures = log.figures(1).await.unwrap();
+    assert_eq!(
+        (figures.ingested, figures.processed, figures.backlog()),
+        (3, 3, 0)
+    );
+    assert_eq!(
+        counters(log, 1).await,
+        vec![
+            ("max".into(), "3".into()),
+            ("min".into(), "3".into()),
+            ("n".into(), "3".into())
+        ]
+    );
+    assert_eq!(log.pending(1).await.unwrap().entries, 0);
+}
+
+async fn duplicates_are_dropped_at_append<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    let meta = EntryMeta::default();
+    log.append(0, &meta, &events(&["a", "b"])).await.unwrap();
+    // A retry of b with a new c, and c twice in the same batch.
+    let out = log
+        .append(0, &meta, &events(&["b", "c", "c"]))
+        .await
+        .unwrap();
+    assert_eq!(out.duplicates, vec![0, 2]);
+    // A batch of only duplicates appends nothing.
+    let out = log.append(0, &meta, &events(&["a"])).await.unwrap();
+    assert_eq!(out.entry_id, None);
+    assert_eq!(out.duplicates, vec![0]);
+
+    let read = log
+        .read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let all: Vec<Vec<u8>> = read.iter().flat_map(|e| e.events.clone()).collect();
+    assert_eq!(
+        all,
+        vec![
+            b"payload-a".to_vec(),
+            b"payload-b".to_vec(),
+            b"payload-c".to_vec()
+        ]
+    );
+    let figures = log.figures(0).await.unwrap();
+    assert_eq!((figures.ingested, figures.duplicates), (3, 3));
+}
+
+async fn dedupe_window_is_bounded<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 2).await;
+    let log = &b.log;
+    let meta = EntryMeta::default();
+    log.append(0, &meta, &events(&["a", "b", "c"]))
+        .await
+        .unwrap();
+    // Only the last two ids are remembered: c is a duplicate, a is not.
+    let out = log.append(0, &meta, &events(&["c", "a"])).await.unwrap();
+    assert_eq!(out.duplicates, vec![0]);
+    assert_eq!(log.figures(0).await.unwrap().ingested, 4);
+}
+
+async fn stale_entries_are_claimed_and_applied_once<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    log.append(0, &EntryMeta::default(), &events(&["a", "b"]))
+        .await
+        .unwrap();
+    let taken = log
+        .read(0, "dead-worker", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    // Not idle long enough yet.
+    let none = log
+        .claim_stale(0, "rescuer", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let claimed = log
+        .claim_stale(0, "rescuer", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, taken[0].id);
+    assert_eq!(claimed[0].deliveries, 2);
+    assert_eq!(claimed[0].events, taken[0].events);
+
+    let ops = counter_ops(log, 0, "n", 2);
+    assert_eq!(
+        log.apply(&claimed[0], 2, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    // The original consumer wakes up and tries to apply too: nothing happens.
+    assert_eq!(
+        log.apply(&taken[0], 2, &ops).await.unwrap(),
+        ApplyOutcome::AlreadyAcked
+    );
+    assert_eq!(log.figures(0).await.unwrap().processed, 2);
+    assert!(counters(log, 0).await.contains(&("n".into(), "2".into())));
+}
+
+async fn dead_letter_acks_and_counts<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    log.append(0, &EntryMeta::default(), &events(&["x", "y", "z"]))
+        .await
+        .unwrap();
+    let read = log
+        .read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        log.dead_letter(&read[0], 3, "undecodable").await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        log.dead_letter(&read[0], 3, "again").await.unwrap(),
+        ApplyOutcome::AlreadyAcked
+    );
+    let ops = counter_ops(log, 0, "n", 3);
+    assert_eq!(
+        log.apply(&read[0], 3, &ops).await.unwrap(),
+        ApplyOutcome::AlreadyAcked
+    );
+    let figures = log.figures(0).await.unwrap();
+    assert_eq!(
+        (figures.dead_lettered, figures.processed, figures.backlog()),
+        (3, 0, 0)
+    );
+}
+
+async fn trim_keeps_unacknowledged_entries<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    let meta = EntryMeta::default();
+    // Many entries so Redis' approximate trimming has whole nodes to drop.
+    for i in 0..300 {
+        log.append(0, &meta, &events(&[&format!("e{i}")]))
+            .await
+            .unwrap();
+    }
+    let first = log
+        .read(0, "c", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let rest = log
+        .read(0, "c", 1000, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 299);
+    let ops = Ops::default();
+    for entry in &rest {
+        log.apply(entry, 1, &ops).await.unwrap();
+    }
+    // The first entry is still pending: nothing at or after it may go.
+    log.trim(0).await.unwrap();
+    let claimed = log
+        .claim_stale(0, "other", Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].events, first[0].events);
+    log.apply(&claimed[0], 1, &ops).await.unwrap();
+    // Now everything is acked and may be trimmed; new appends still flow.
+    log.trim(0).await.unwrap();
+    log.append(0, &meta, &events(&["late"])).await.unwrap();
+    let late = log
+        .read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].events, vec![b"payload-late".to_vec()]);
+    assert_eq!(log.figures(0).await.unwrap().processed, 300);
+}
+
+async fn e2e_latency_is_recorded<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    log.append(0, &EntryMeta::default(), &events(&["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let read = log
+        .read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let mut ops = Ops::default();
+    let key = ops.key(log.keys().e2e(0, 1));
+    ops.e2e = Some((key, 4));
+    log.apply(&read[0], 4, &ops).await.unwrap();
+    let histogram = log
+        .read_hashes(&[log.keys().e2e(0, 1)])
+        .await
+        .unwrap()
+        .remove(0);
+    let total: u64 = histogram
+        .iter()
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 4, "{histogram:?}");
+}
+
+/// The core cases hold on a three-master Redis Cluster, with partitions
+/// spread over its slots.
+#[tokio::test]
+async fn redis_cluster_backend_keeps_the_semantics() {
+    let b = cluster(6, 1000).await;
+    let log = &b.log;
+    for p in 0..6 {
+        let out = log
+            .append(p, &EntryMeta::default(), &events(&["a", "b", "a"]))
+            .await
+            .unwrap();
+        assert_eq!(out.duplicates, vec![2]);
+        let read = log
+            .read(p, "c", 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1);
+        let ops = counter_ops(log, p, "n", 2);
+        assert_eq!(
+            log.apply(&read[0], 2, &ops).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            log.apply(&read[0], 2, &ops).await.unwrap(),
+            ApplyOutcome::AlreadyAcked
+        );
+        assert!(counters(log, p).await.contains(&("n".into(), "2".into())));
+        let f = log.figures(p).await.unwrap();
+        assert_eq!((f.ingested, f.processed, f.duplicates), (2, 2, 1));
+        log.trim(p).await.unwrap();
+    }
+}
+
+/// A blocked read wakes up as soon as an entry is appended.
+#[tokio::test]
+async fn blocked_read_wakes_on_append() {
+    for b in [memory(1, 10).await, redis(1, 10).await] {
+        let log = b.log.clone();
+        let reader =
+            tokio::spawn(async move { log.read(0, "c", 10, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.log
+            .append(0, &EntryMeta::default(), &events(&["a"]))
+            .await
+            .unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(3), reader)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.len(), 1);
+    }
+}
