@@ -38,6 +38,10 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The address it is bound to (the real port when port 0 was asked).
     pub grpc_addr: SocketAddr,
+    /// `--shutdown-grace`.
+    pub grace: std::time::Duration,
+    /// `--health-interval`.
+    pub health_interval: std::time::Duration,
 }
 
 /// Binds the listeners named by `args` and, when asked, writes their
@@ -61,7 +65,12 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
             source,
         })?;
     }
-    Ok(Listeners { grpc, grpc_addr })
+    Ok(Listeners {
+        grpc,
+        grpc_addr,
+        grace: args.shutdown_grace,
+        health_interval: args.health_interval,
+    })
 }
 
 /// Writes the file next to its final name and renames it, so a reader that
@@ -85,6 +94,7 @@ mod tests {
             grpc_addr: addr.parse().unwrap(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace: Duration::from_secs(1),
+            health_interval: Duration::from_millis(250),
             addr_file,
         }
     }

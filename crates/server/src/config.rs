@@ -30,6 +30,16 @@ pub struct ListenArgs {
     )]
     pub shutdown_grace: Duration,
 
+    /// How often a service probes the dependencies its health follows
+    /// (the event store): how fast NOT_SERVING and recovery show.
+    #[arg(
+        long,
+        env = "TESTBED_HEALTH_INTERVAL",
+        default_value = "250ms",
+        value_parser = humantime::parse_duration
+    )]
+    pub health_interval: Duration,
+
     /// Once listening, write the bound addresses to this file as JSON
     /// (`{"grpc":"127.0.0.1:50051"}`), for scripts and tests that bind port 0.
     #[arg(long, env = "TESTBED_ADDR_FILE")]
@@ -56,6 +66,7 @@ mod tests {
         assert_eq!(cli.listen.metrics_addr, "0.0.0.0:9464".parse().unwrap());
         assert_eq!(cli.listen.shutdown_grace, Duration::from_secs(20));
         assert!(cli.listen.addr_file.is_none());
+        assert_eq!(cli.listen.health_interval, Duration::from_millis(250));
     }
 
     /// Humane durations and explicit addresses parse.

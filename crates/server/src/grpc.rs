@@ -84,6 +84,8 @@ impl Health {
 #[derive(Debug)]
 pub struct GrpcServer {
     routes: RoutesBuilder,
+    background: tokio::task::JoinSet<()>,
+    probe_interval: Duration,
     services: Vec<&'static str>,
     health: Health,
     health_service:
@@ -106,6 +108,8 @@ impl GrpcServer {
         );
         Self {
             routes: RoutesBuilder::default(),
+            background: tokio::task::JoinSet::new(),
+            probe_interval: Duration::from_millis(250),
             services: Vec::new(),
             health: Health {
                 reporter,
@@ -119,6 +123,28 @@ impl GrpcServer {
     /// dependency.
     pub fn health(&self) -> Health {
         self.health.clone()
+    }
+
+    /// Runs `task` for as long as the server: a dependency watcher, a
+    /// consumer loop. Tasks must end by themselves once the shutdown token
+    /// is cancelled; [`GrpcServer::serve`] waits for them within the grace
+    /// period (after the gRPC drain) and aborts what is left. A task that
+    /// panics is logged, not lost.
+    pub fn spawn_background<F>(&mut self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.background.spawn(task);
+    }
+
+    /// How often services probe their dependencies (`--health-interval`).
+    pub fn probe_interval(&self) -> Duration {
+        self.probe_interval
+    }
+
+    /// Sets [`GrpcServer::probe_interval`].
+    pub fn set_probe_interval(&mut self, interval: Duration) {
+        self.probe_interval = interval;
     }
 
     /// The full names of the services added so far.
@@ -198,20 +224,48 @@ impl GrpcServer {
             .serve_with_incoming_shutdown(incoming, stopping);
         tokio::pin!(server);
 
-        let grace_expired = async {
+        let mut background = self.background;
+        let grace_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace).await;
         };
+        tokio::pin!(grace_deadline);
+        let mut grace_over = false;
+        let mut result = Ok(());
         tokio::select! {
-            result = &mut server => {
-                result?;
+            served = &mut server => {
+                result = served.map_err(ServeError::from);
                 tracing::info!("gRPC server drained");
             }
-            () = grace_expired => {
+            () = &mut grace_deadline => {
+                grace_over = true;
                 tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining calls");
             }
         }
-        Ok(())
+        // Background tasks (consumers finishing and acking what they hold)
+        // share the same grace period.
+        shutdown.cancel();
+        while !background.is_empty() {
+            if grace_over {
+                tracing::warn!(
+                    tasks = background.len(),
+                    "grace period over; aborting background tasks"
+                );
+                background.abort_all();
+                break;
+            }
+            tokio::select! {
+                joined = background.join_next() => {
+                    if let Some(Err(err)) = joined
+                        && err.is_panic()
+                    {
+                        tracing::error!(error = %err, "background task panicked");
+                    }
+                }
+                () = &mut grace_deadline => grace_over = true,
+            }
+        }
+        result
     }
 }
 

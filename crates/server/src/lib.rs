@@ -19,10 +19,12 @@
 
 pub mod bind;
 pub mod config;
+pub mod dependency;
 pub mod grpc;
 pub mod signal;
 
 pub use bind::{BindError, Listeners, bind};
 pub use config::ListenArgs;
+pub use dependency::watch_dependency;
 pub use grpc::{GrpcServer, Health, ServeError, not_implemented_yet};
 pub use tokio_util::sync::CancellationToken;

@@ -60,9 +60,65 @@ impl Keys {
         format!("{}:{rest}", self.tag(p))
     }
 
+    /// Per-device, per-minute aggregates (hash; fields in [`fields`]).
+    pub fn device_minute(&self, p: u32, device: &str, minute: i64) -> String {
+        format!("{}:dev:{device}:m:{minute}", self.tag(p))
+    }
+
+    /// Per-device state (hash: `seen` Unix ms, `labels` JSON object).
+    pub fn device(&self, p: u32, device: &str) -> String {
+        format!("{}:dev:{device}", self.tag(p))
+    }
+
+    /// Devices of the partition by last-seen time (sorted set, score Unix ms).
+    pub fn devices(&self, p: u32) -> String {
+        format!("{}:devices", self.tag(p))
+    }
+
+    /// Token usage per minute (hash: `model:<m>:<field>`, `tenant:<t>:<field>`
+    /// with fields n, prompt, completion, lat.sum, and latency histogram
+    /// buckets `…:lat:<bucket>`).
+    pub fn tokens_minute(&self, p: u32, minute: i64) -> String {
+        format!("{}:tok:m:{minute}", self.tag(p))
+    }
+
+    /// Per-minute ranking of devices by `metric` (sorted set: device -> sum).
+    /// Metrics: `events`, `tokens`, `gpu.n`, `gpu.util`, `gpu.power`, `gpu.temp`.
+    pub fn top(&self, p: u32, metric: &str, minute: i64) -> String {
+        format!("{}:top:{metric}:m:{minute}", self.tag(p))
+    }
+
+    /// Delivery ledger of a simulator run (hash: processed, gpu, tokens, metric).
+    pub fn run(&self, p: u32, run_id: &str) -> String {
+        format!("{}:run:{run_id}", self.tag(p))
+    }
+
     /// The consumer group name.
     pub fn group(&self) -> &'static str {
         "workers"
+    }
+}
+
+/// Field names of the per-device, per-minute hash.
+pub mod fields {
+    /// Events of any kind.
+    pub const EVENTS: &str = "n";
+    /// GPU samples.
+    pub const GPU_COUNT: &str = "gpu.n";
+    /// Token usage records.
+    pub const TOKENS_COUNT: &str = "tok.n";
+    /// Prompt tokens (sum).
+    pub const PROMPT_TOKENS: &str = "tok.prompt";
+    /// Completion tokens (sum).
+    pub const COMPLETION_TOKENS: &str = "tok.completion";
+    /// Metric samples (all names).
+    pub const METRIC_COUNT: &str = "metric.n";
+
+    /// `<prefix>.sum|min|max` of a summarised value: GPU `gpu.util`,
+    /// `gpu.mem`, `gpu.temp`, `gpu.power`; token `tok.lat` (seconds);
+    /// metric `metric:<name>` (plus `metric:<name>.n` and `.unit`).
+    pub fn summary(prefix: &str, part: &str) -> String {
+        format!("{prefix}.{part}")
     }
 }
 

@@ -124,13 +124,12 @@ impl Kv {
                     .entry(m.clone())
                     .or_default() += by;
             }
-            Op::ZSet(k, m, score) => {
+            Op::ZMax(k, m, score) => {
                 let k = key(k);
                 self.purge(k);
-                self.zsets
-                    .entry(k.to_owned())
-                    .or_default()
-                    .insert(m.clone(), *score);
+                let zset = self.zsets.entry(k.to_owned()).or_default();
+                let current = zset.entry(m.clone()).or_insert(*score);
+                *current = current.max(*score);
             }
             Op::Expire(k, secs) => {
                 self.expiry.insert(

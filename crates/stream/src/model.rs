@@ -151,8 +151,8 @@ pub enum Op {
     HashSet(u16, String, String),
     /// `ZINCRBY key by member`.
     ZIncr(u16, String, f64),
-    /// `ZADD key score member`.
-    ZSet(u16, String, f64),
+    /// `ZADD key GT score member`: keep the greater score (a last-seen time).
+    ZMax(u16, String, f64),
     /// `EXPIRE key seconds`.
     Expire(u16, u64),
 }

@@ -1,25 +1,35 @@
 //! RPC handlers of `testbed.v1.IngestService`.
 
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use testbed_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use testbed_proto::v1::{
     PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
 };
-use testbed_server::{CancellationToken, not_implemented_yet};
+use testbed_server::CancellationToken;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::to_rpc_status;
+use crate::publisher::{Batch, Publisher};
 
 /// The ingest API.
 #[derive(Debug, Clone)]
 pub struct IngestApi {
-    /// Cancelled at shutdown: open streams finish their in-flight batches and end.
-    _shutdown: CancellationToken,
+    publisher: Publisher,
+    /// Cancelled at shutdown: streams stop reading, finish the batches in
+    /// flight, and end.
+    shutdown: CancellationToken,
 }
 
 impl IngestApi {
-    /// A handler set whose streams end when `shutdown` is cancelled.
-    pub fn new(shutdown: CancellationToken) -> Self {
+    /// Handlers over `publisher` whose streams end when `shutdown` is cancelled.
+    pub fn new(publisher: Publisher, shutdown: CancellationToken) -> Self {
         Self {
-            _shutdown: shutdown,
+            publisher,
+            shutdown,
         }
     }
 
@@ -29,27 +39,126 @@ impl IngestApi {
     }
 }
 
+/// The W3C trace context headers of a call, stored with its entries so the
+/// worker's span can continue the caller's trace.
+fn trace_context(metadata: &MetadataMap) -> (String, String) {
+    let get = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    (get("traceparent"), get("tracestate"))
+}
+
 #[tonic::async_trait]
 impl IngestService for IngestApi {
     async fn publish(
         &self,
-        _request: Request<PublishRequest>,
+        request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.IngestService/Publish",
-            "pipeline",
-        ))
+        let (traceparent, tracestate) = trace_context(request.metadata());
+        let request = request.into_inner();
+        let published = self
+            .publisher
+            .publish(Batch {
+                events: request.events,
+                producer_id: request.producer_id,
+                sequence: request.sequence,
+                traceparent,
+                tracestate,
+            })
+            .await?;
+        Ok(Response::new(PublishResponse {
+            accepted_count: published.accepted,
+            rejections: published.rejections,
+            duplicate_count: published.duplicates,
+        }))
     }
 
     type PublishStreamStream = ReceiverStream<Result<PublishStreamResponse, Status>>;
 
     async fn publish_stream(
         &self,
-        _request: Request<Streaming<PublishStreamRequest>>,
+        request: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.IngestService/PublishStream",
-            "pipeline",
-        ))
+        let (traceparent, tracestate) = trace_context(request.metadata());
+        let mut inbound = request.into_inner();
+        let window = self.publisher.config().stream_window as usize;
+        let (tx, rx) = mpsc::channel(window);
+        let publisher = self.publisher.clone();
+        let shutdown = self.shutdown.clone();
+        // One task per stream: reads batches while fewer than `window` are
+        // being appended, and sends acks strictly in request order
+        // (FuturesOrdered) as soon as each batch and all before it are done.
+        tokio::spawn(async move {
+            let mut in_flight = FuturesOrdered::new();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    // Acks first: they free window slots.
+                    biased;
+                    Some(ack) = in_flight.next(), if !in_flight.is_empty() => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    () = shutdown.cancelled(), if reading => {
+                        // Stop taking batches; acknowledge those in flight,
+                        // then end the stream. The client re-sends the rest.
+                        reading = false;
+                    }
+                    message = inbound.message(), if reading && in_flight.len() < window => {
+                        match message {
+                            Ok(Some(req)) => {
+                                let publisher = publisher.clone();
+                                let batch = Batch {
+                                    events: req.events,
+                                    producer_id: req.producer_id,
+                                    sequence: req.sequence,
+                                    traceparent: traceparent.clone(),
+                                    tracestate: tracestate.clone(),
+                                };
+                                let sequence = req.sequence;
+                                in_flight.push_back(async move {
+                                    ack(sequence, publisher.publish(batch).await)
+                                });
+                            }
+                            Ok(None) => reading = false,
+                            Err(status) => {
+                                tracing::debug!(%status, "publish stream broken by the client");
+                                return;
+                            }
+                        }
+                    }
+                    else => break,
+                }
+                if !reading && in_flight.is_empty() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn ack(
+    sequence: u64,
+    result: Result<crate::publisher::Published, crate::error::IngestError>,
+) -> PublishStreamResponse {
+    match result {
+        Ok(published) => PublishStreamResponse {
+            sequence,
+            accepted_count: published.accepted,
+            rejections: published.rejections,
+            status: None,
+            duplicate_count: published.duplicates,
+        },
+        Err(err) => PublishStreamResponse {
+            sequence,
+            status: Some(to_rpc_status(&Status::from(err))),
+            ..Default::default()
+        },
     }
 }

@@ -1,45 +1,70 @@
 //! The ingest service: `testbed.v1.IngestService`.
 //!
-//! Owns the public write path: validating batches of events and appending
-//! them to the stream store. It does not process events (the worker does)
-//! nor read aggregates (the query service does).
+//! Owns the public write path: validating batches of events, refusing
+//! them under backpressure, and appending them to the log (partitioned by
+//! device, deduplicated by event id). It does not process events (the
+//! worker does) nor read aggregates (the query service does).
 //!
 //! # Layout
-//! - [`IngestConfig`]: the `testbed ingest` flags.
+//! - [`IngestConfig`]: the `testbed ingest` flags, every limit of the path.
 //! - [`api`]: the RPC handlers (`Publish`, `PublishStream`).
+//! - [`publisher`]: the write path both handlers share.
+//! - [`validate`]: per-event rules, each naming its field.
+//! - [`error`]: batch-level errors and their one mapping to gRPC codes.
 //! - [`register`] / [`run`]: how the service joins a [`GrpcServer`].
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod config;
+pub mod error;
+pub mod publisher;
+pub mod validate;
 
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_proto::service_names;
+use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
+use testbed_stream::{AnyLog, EventLog as _};
 
 pub use api::IngestApi;
+pub use config::IngestConfig;
+pub use publisher::Publisher;
 
-/// The `testbed ingest` flags that belong to this service.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct IngestConfig {}
-
-/// Adds the ingest service to `server`. Streams it opens end when
-/// `shutdown` is cancelled.
+/// Adds the ingest service to `server`, appending to `log`. Its health
+/// follows the log: `NOT_SERVING` while the store is unreachable.
 pub async fn register(
     server: &mut GrpcServer,
-    _config: &IngestConfig,
+    config: &IngestConfig,
+    log: AnyLog,
     shutdown: CancellationToken,
 ) {
+    let publisher = Publisher::new(log.clone(), config.clone());
     server
-        .add_service(IngestApi::new(shutdown).into_server())
+        .add_service(IngestApi::new(publisher, shutdown.clone()).into_server())
         .await;
+    let health = server.health();
+    server.spawn_background(watch_dependency(
+        "event store",
+        health,
+        vec![service_names::INGEST],
+        server.probe_interval(),
+        shutdown,
+        move || {
+            let log = log.clone();
+            async move { log.ping().await.map_err(|e| e.to_string()) }
+        },
+    ));
 }
 
 /// Serves the ingest service alone on `listeners` until `shutdown`.
 pub async fn run(
     config: IngestConfig,
+    log: AnyLog,
     listeners: Listeners,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
 ) -> Result<(), ServeError> {
     let mut server = GrpcServer::new();
-    register(&mut server, &config, shutdown.clone()).await;
-    server.serve(listeners.grpc, shutdown, grace).await
+    server.set_probe_interval(listeners.health_interval);
+    register(&mut server, &config, log, shutdown.clone()).await;
+    server
+        .serve(listeners.grpc, shutdown, listeners.grace)
+        .await
 }

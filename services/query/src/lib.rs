@@ -14,7 +14,9 @@
 
 pub mod api;
 
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_proto::service_names;
+use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
+use testbed_stream::{AnyLog, EventLog as _};
 
 pub use api::QueryApi;
 
@@ -22,21 +24,42 @@ pub use api::QueryApi;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct QueryConfig {}
 
-/// Adds the query service to `server`.
-pub async fn register(server: &mut GrpcServer, _config: &QueryConfig, shutdown: CancellationToken) {
+/// Adds the query service to `server`, reading `log`'s aggregates. Its
+/// health follows the store.
+pub async fn register(
+    server: &mut GrpcServer,
+    _config: &QueryConfig,
+    log: AnyLog,
+    shutdown: CancellationToken,
+) {
     server
-        .add_service(QueryApi::new(shutdown).into_server())
+        .add_service(QueryApi::new(shutdown.clone()).into_server())
         .await;
+    let health = server.health();
+    server.spawn_background(watch_dependency(
+        "event store",
+        health,
+        vec![service_names::QUERY],
+        server.probe_interval(),
+        shutdown,
+        move || {
+            let log = log.clone();
+            async move { log.ping().await.map_err(|e| e.to_string()) }
+        },
+    ));
 }
 
 /// Serves the query service alone on `listeners` until `shutdown`.
 pub async fn run(
     config: QueryConfig,
+    log: AnyLog,
     listeners: Listeners,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
 ) -> Result<(), ServeError> {
     let mut server = GrpcServer::new();
-    register(&mut server, &config, shutdown.clone()).await;
-    server.serve(listeners.grpc, shutdown, grace).await
+    server.set_probe_interval(listeners.health_interval);
+    register(&mut server, &config, log, shutdown.clone()).await;
+    server
+        .serve(listeners.grpc, shutdown, listeners.grace)
+        .await
 }

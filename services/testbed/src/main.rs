@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use testbed_server::{CancellationToken, GrpcServer, ListenArgs, Listeners};
 
-use crate::cli::{Cli, Command};
+use testbed_stream::{AnyLog, EventLog as _};
+
+use crate::cli::{Cli, Command, ServerArgs};
 
 /// Why the process stops with a non-zero status.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,12 @@ enum MainError {
     Serve(#[from] testbed_server::ServeError),
     #[error(transparent)]
     Sim(#[from] testbed_sim::SimError),
+    #[error(transparent)]
+    Store(#[from] testbed_stream::StoreError),
+    #[error(
+        "`testbed {0}` needs --redis-url (or REDIS_URL): the embedded log only works inside `testbed all`"
+    )]
+    NeedsRedis(&'static str),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -47,6 +55,10 @@ fn main() -> ExitCode {
     };
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ MainError::NeedsRedis(_)) => {
+            eprintln!("testbed: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             // One line, no backtrace: the message names the flag and value.
             tracing::error!(error = %err, "testbed stopped");
@@ -75,29 +87,33 @@ fn run(command: Command) -> Result<(), MainError> {
 async fn dispatch(command: Command, shutdown: CancellationToken) -> Result<(), MainError> {
     match command {
         Command::All(args) => {
-            let listeners = bind_and_announce("all", &args.server.listen).await?;
+            let log = AnyLog::from_args(&args.server.store).await?;
+            let listeners = bind_and_announce("all", &args.server.listen, &log).await?;
             let mut server = GrpcServer::new();
-            testbed_ingest::register(&mut server, &args.ingest, shutdown.clone()).await;
-            testbed_worker::register(&mut server, &args.worker, shutdown.clone()).await;
-            testbed_query::register(&mut server, &args.query, shutdown.clone()).await;
+            server.set_probe_interval(listeners.health_interval);
+            testbed_ingest::register(&mut server, &args.ingest, log.clone(), shutdown.clone())
+                .await;
+            testbed_worker::register(&mut server, &args.worker, log.clone(), shutdown.clone())
+                .await;
+            testbed_query::register(&mut server, &args.query, log, shutdown.clone()).await;
             server
-                .serve(listeners.grpc, shutdown, args.server.listen.shutdown_grace)
+                .serve(listeners.grpc, shutdown, listeners.grace)
                 .await?;
         }
         Command::Ingest(args) => {
-            let listeners = bind_and_announce("ingest", &args.server.listen).await?;
-            let grace = args.server.listen.shutdown_grace;
-            testbed_ingest::run(args.ingest, listeners, shutdown, grace).await?;
+            let log = redis_log("ingest", &args.server).await?;
+            let listeners = bind_and_announce("ingest", &args.server.listen, &log).await?;
+            testbed_ingest::run(args.ingest, log, listeners, shutdown).await?;
         }
         Command::Worker(args) => {
-            let listeners = bind_and_announce("worker", &args.server.listen).await?;
-            let grace = args.server.listen.shutdown_grace;
-            testbed_worker::run(args.worker, listeners, shutdown, grace).await?;
+            let log = redis_log("worker", &args.server).await?;
+            let listeners = bind_and_announce("worker", &args.server.listen, &log).await?;
+            testbed_worker::run(args.worker, log, listeners, shutdown).await?;
         }
         Command::Query(args) => {
-            let listeners = bind_and_announce("query", &args.server.listen).await?;
-            let grace = args.server.listen.shutdown_grace;
-            testbed_query::run(args.query, listeners, shutdown, grace).await?;
+            let log = redis_log("query", &args.server).await?;
+            let listeners = bind_and_announce("query", &args.server.listen, &log).await?;
+            testbed_query::run(args.query, log, listeners, shutdown).await?;
         }
         Command::Sim(args) => testbed_sim::run(args, shutdown).await?,
     }
@@ -105,11 +121,21 @@ async fn dispatch(command: Command, shutdown: CancellationToken) -> Result<(), M
     Ok(())
 }
 
+/// The Redis log of a split-mode service: they share state only through
+/// Redis, so the embedded log is refused rather than silently isolated.
+async fn redis_log(role: &'static str, server: &ServerArgs) -> Result<AnyLog, MainError> {
+    if server.store.redis_url.is_none() {
+        return Err(MainError::NeedsRedis(role));
+    }
+    Ok(AnyLog::from_args(&server.store).await?)
+}
+
 /// Binds the listeners and logs the one startup line: what runs, which
 /// build, on which architecture, at which addresses.
 async fn bind_and_announce(
     role: &'static str,
     listen: &ListenArgs,
+    log: &AnyLog,
 ) -> Result<Listeners, MainError> {
     let listeners = testbed_server::bind(listen).await?;
     tracing::info!(
@@ -119,6 +145,8 @@ async fn bind_and_announce(
         arch = testbed_build_info::arch(),
         target = testbed_build_info::TARGET,
         grpc_addr = %listeners.grpc_addr,
+        store = log.backend(),
+        partitions = log.partitions(),
         "testbed {role} listening on {}",
         listeners.grpc_addr
     );

@@ -155,12 +155,13 @@ async fn reflection_v1_and_v1alpha_list_all_services() {
 /// Each single-service subcommand serves and advertises only its service.
 #[tokio::test]
 async fn single_service_subcommands_serve_their_own_service() {
+    let redis = testbed_test_support::RedisServer::start();
     for (sub, service) in [
         ("ingest", "testbed.v1.IngestService"),
         ("worker", "testbed.v1.WorkerControlService"),
         ("query", "testbed.v1.QueryService"),
     ] {
-        let tb = Testbed::start(&[sub]);
+        let tb = Testbed::start(&[sub, "--redis-url", &redis.url()]);
         tb.wait_serving(service).await;
         assert_eq!(list_services_v1(&tb).await, expected(&[service]), "{sub}");
     }
@@ -257,4 +258,19 @@ fn version_names_revision_and_arch() {
             || stdout.contains("arm64"),
         "{stdout}"
     );
+}
+
+/// Split-mode services refuse to start on the embedded log, with exit 2.
+#[test]
+fn split_services_need_redis() {
+    for sub in ["ingest", "worker", "query"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args([sub, "--grpc-addr", "127.0.0.1:0"])
+            .env_remove("REDIS_URL")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{sub}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains("needs --redis-url"), "{sub}: {stderr}");
+    }
 }

@@ -4,42 +4,73 @@
 //! Owns event processing and its steering. It does not accept events
 //! (ingest does) nor answer aggregate queries (the query service does).
 //!
+//! Exactly-once effect: applying an entry's aggregates and acknowledging
+//! it are one atomic step of the log ([`testbed_stream::EventLog::apply`]);
+//! an entry already acknowledged (because a consumer presumed dead was only
+//! slow, or a worker was killed right after applying) changes nothing.
+//! Client retries are deduplicated by event id when appended.
+//!
 //! # Layout
 //! - [`WorkerConfig`]: the `testbed worker` flags.
+//! - [`consumer`]: read, fold, apply, claim, dead-letter, trim.
+//! - [`fold`]: events → aggregate writes.
 //! - [`control`]: the control RPC handlers (`GetStatus`, `WatchStatus`,
 //!   `Pause`, `Resume`, `SetConcurrency`, `InjectFault`, `ClearFaults`).
 //! - [`register`] / [`run`]: how the worker joins a [`GrpcServer`].
 #![forbid(unsafe_code)]
 
+mod config;
+pub mod consumer;
 pub mod control;
+pub mod fold;
 
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_proto::service_names;
+use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
+use testbed_stream::{AnyLog, EventLog as _};
 
+pub use config::WorkerConfig;
+pub use consumer::Consumer;
 pub use control::WorkerControlApi;
 
-/// The `testbed worker` flags that belong to this service.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct WorkerConfig {}
-
-/// Adds the worker control service to `server`.
+/// Adds the worker control service to `server` and starts consuming `log`
+/// in the background until `shutdown`.
 pub async fn register(
     server: &mut GrpcServer,
-    _config: &WorkerConfig,
+    config: &WorkerConfig,
+    log: AnyLog,
     shutdown: CancellationToken,
-) {
+) -> Consumer {
+    let consumer = Consumer::new(log.clone(), config.clone(), config.consumer());
     server
-        .add_service(WorkerControlApi::new(shutdown).into_server())
+        .add_service(WorkerControlApi::new(shutdown.clone()).into_server())
         .await;
+    server.spawn_background(consumer.clone().run(shutdown.clone()));
+    let health = server.health();
+    server.spawn_background(watch_dependency(
+        "event store",
+        health,
+        vec![service_names::WORKER_CONTROL],
+        server.probe_interval(),
+        shutdown,
+        move || {
+            let log = log.clone();
+            async move { log.ping().await.map_err(|e| e.to_string()) }
+        },
+    ));
+    consumer
 }
 
 /// Serves the worker alone on `listeners` until `shutdown`.
 pub async fn run(
     config: WorkerConfig,
+    log: AnyLog,
     listeners: Listeners,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
 ) -> Result<(), ServeError> {
     let mut server = GrpcServer::new();
-    register(&mut server, &config, shutdown.clone()).await;
-    server.serve(listeners.grpc, shutdown, grace).await
+    server.set_probe_interval(listeners.health_interval);
+    register(&mut server, &config, log, shutdown.clone()).await;
+    server
+        .serve(listeners.grpc, shutdown, listeners.grace)
+        .await
 }

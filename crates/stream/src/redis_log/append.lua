@@ -4,33 +4,41 @@
 -- ARGV[1] dedupe window (ids remembered), ARGV[2] entry meta,
 -- ARGV[3..] pairs of (event_id, event bytes)
 -- Returns {entry id or false, {duplicate positions (0-based)}}.
+--
+-- Order matters because Redis does not roll a script back on error: reads
+-- first, then the XADD (the step that can fail, e.g. on a wrong key type),
+-- and only then the dedupe bookkeeping, so a failed append never leaves
+-- ids marked as seen that a retry would then drop.
 local window = tonumber(ARGV[1])
 local fields = {'m', ARGV[2]}
+local fresh_ids = {}
+local seen_here = {}
 local dups = {}
-local fresh = 0
 local n = (#ARGV - 2) / 2
 for j = 0, n - 1 do
   local id = ARGV[3 + 2 * j]
-  if redis.call('HSETNX', KEYS[2], id, 1) == 1 then
-    redis.call('RPUSH', KEYS[3], id)
+  if seen_here[id] or redis.call('HEXISTS', KEYS[2], id) == 1 then
+    dups[#dups + 1] = j
+  else
+    seen_here[id] = true
+    fresh_ids[#fresh_ids + 1] = id
     fields[#fields + 1] = 'e'
     fields[#fields + 1] = ARGV[4 + 2 * j]
-    fresh = fresh + 1
-  else
-    dups[#dups + 1] = j
-  end
-end
-local excess = redis.call('LLEN', KEYS[3]) - window
-if excess > 0 then
-  local old = redis.call('LPOP', KEYS[3], excess)
-  for _, id in ipairs(old) do
-    redis.call('HDEL', KEYS[2], id)
   end
 end
 local entry = false
-if fresh > 0 then
+if #fresh_ids > 0 then
   entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
-  redis.call('HINCRBY', KEYS[4], 'ingested', fresh)
+  for _, id in ipairs(fresh_ids) do
+    redis.call('HSET', KEYS[2], id, 1)
+  end
+  redis.call('RPUSH', KEYS[3], unpack(fresh_ids))
+  redis.call('HINCRBY', KEYS[4], 'ingested', #fresh_ids)
+  local excess = redis.call('LLEN', KEYS[3]) - window
+  if excess > 0 then
+    local old = redis.call('LPOP', KEYS[3], excess)
+    redis.call('HDEL', KEYS[2], unpack(old))
+  end
 end
 if #dups > 0 then
   redis.call('HINCRBY', KEYS[4], 'duplicates', #dups)

@@ -39,7 +39,7 @@ while i <= #ARGV do
   elseif op == 'Z' then
     redis.call('ZINCRBY', key, value, field)
   elseif op == 'X' then
-    redis.call('ZADD', key, value, field)
+    redis.call('ZADD', key, 'GT', value, field)
   elseif op == 'E' then
     redis.call('EXPIRE', key, value)
   else

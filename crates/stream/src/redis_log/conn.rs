@@ -81,12 +81,12 @@ pub(crate) async fn connect(
                 .map_err(StoreError::from_redis)
         }
     };
-    tokio::time::timeout(connect_timeout * 3, attempt)
+    tokio::time::timeout(connect_timeout, attempt)
         .await
         .map_err(|_| {
             StoreError::Unavailable(format!(
                 "connecting to Redis timed out after {:?}",
-                connect_timeout * 3
+                connect_timeout
             ))
         })?
 }

@@ -338,7 +338,7 @@ impl EventLog for RedisLog {
                 Op::HashMax(i, f, v) => invocation.arg("M").arg(k(i)).arg(f).arg(v.to_string()),
                 Op::HashSet(i, f, v) => invocation.arg("S").arg(k(i)).arg(f).arg(v),
                 Op::ZIncr(i, m, v) => invocation.arg("Z").arg(k(i)).arg(m).arg(v.to_string()),
-                Op::ZSet(i, m, v) => invocation.arg("X").arg(k(i)).arg(m).arg(v.to_string()),
+                Op::ZMax(i, m, v) => invocation.arg("X").arg(k(i)).arg(m).arg(v.to_string()),
                 Op::Expire(i, secs) => invocation.arg("E").arg(k(i)).arg("").arg(secs),
             };
         }

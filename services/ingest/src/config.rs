@@ -1,0 +1,97 @@
+//! The `testbed ingest` flags: every limit of the write path.
+
+use std::time::Duration;
+
+/// Limits and behaviour of the ingest service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestConfig {
+    /// Most events one Publish request or stream message may carry; more is
+    /// INVALID_ARGUMENT for the whole batch.
+    #[arg(long, env = "TESTBED_MAX_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_batch: u32,
+
+    /// How far in the future an event's observed_at may be (clock skew
+    /// allowance).
+    #[arg(long, env = "TESTBED_MAX_FUTURE_SKEW", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub max_future_skew: Duration,
+
+    /// Most labels per event.
+    #[arg(long, env = "TESTBED_MAX_LABELS", default_value_t = 32)]
+    pub max_labels: usize,
+
+    /// Longest label key, in characters.
+    #[arg(long, env = "TESTBED_MAX_LABEL_KEY_LEN", default_value_t = 64)]
+    pub max_label_key_len: usize,
+
+    /// Longest label value, in characters.
+    #[arg(long, env = "TESTBED_MAX_LABEL_VALUE_LEN", default_value_t = 256)]
+    pub max_label_value_len: usize,
+
+    /// Backpressure: when a partition a request touches has more events
+    /// than this appended and not yet processed, the request is refused
+    /// with RESOURCE_EXHAUSTED and nothing of it is appended.
+    #[arg(long, env = "TESTBED_BACKLOG_LIMIT", default_value_t = 1_000_000)]
+    pub backlog_limit: u64,
+
+    /// The retry delay suggested (google.rpc.RetryInfo) under backpressure.
+    #[arg(long, env = "TESTBED_RETRY_AFTER", default_value = "1s",
+          value_parser = humantime::parse_duration)]
+    pub retry_after: Duration,
+
+    /// Batches of one PublishStream being appended at once; the stream
+    /// stops reading past it (per-stream flow control).
+    #[arg(long, env = "TESTBED_STREAM_WINDOW", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub stream_window: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 1000,
+            max_future_skew: Duration::from_secs(300),
+            max_labels: 32,
+            max_label_key_len: 64,
+            max_label_value_len: 256,
+            backlog_limit: 1_000_000,
+            retry_after: Duration::from_secs(1),
+            stream_window: 32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ingest: IngestConfig,
+    }
+
+    /// Flag defaults equal `IngestConfig::default()`.
+    #[test]
+    fn defaults_match() {
+        let parsed = Cli::try_parse_from(["x"]).unwrap().ingest;
+        let d = IngestConfig::default();
+        assert_eq!(parsed.max_batch, d.max_batch);
+        assert_eq!(parsed.max_future_skew, d.max_future_skew);
+        assert_eq!(parsed.max_labels, d.max_labels);
+        assert_eq!(parsed.backlog_limit, d.backlog_limit);
+        assert_eq!(parsed.retry_after, d.retry_after);
+        assert_eq!(parsed.stream_window, d.stream_window);
+    }
+
+    /// Out-of-range limits are refused.
+    #[test]
+    fn rejects_bad_limits() {
+        assert!(Cli::try_parse_from(["x", "--max-batch", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--stream-window", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--retry-after", "soon"]).is_err());
+    }
+}

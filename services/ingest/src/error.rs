@@ -1,0 +1,145 @@
+//! Ingest errors and their one mapping to gRPC status codes.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use testbed_proto::google::rpc;
+use testbed_stream::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// Why a whole batch was refused. Per-event problems are not errors: they
+/// are rejections inside a successful response.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The batch has no events.
+    #[error("the batch has no events")]
+    EmptyBatch {
+        /// The field holding the events.
+        field: &'static str,
+    },
+    /// The batch is over `--max-batch`.
+    #[error("the batch has {len} events; at most {max} are allowed")]
+    BatchTooLarge {
+        /// The field holding the events.
+        field: &'static str,
+        /// Events in the batch.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The producer id breaks the id rules.
+    #[error("invalid producer_id: {0}")]
+    InvalidProducer(String),
+    /// A partition's backlog is over `--backlog-limit`.
+    #[error(
+        "backlog of partition {partition} is {backlog} events, over the limit of {limit}; retry later"
+    )]
+    Backpressure {
+        /// The partition.
+        partition: u32,
+        /// Its backlog.
+        backlog: u64,
+        /// The limit.
+        limit: u64,
+        /// Suggested delay.
+        retry_after: Duration,
+    },
+    /// The store failed; the batch may be retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<IngestError> for Status {
+    fn from(err: IngestError) -> Self {
+        match &err {
+            IngestError::EmptyBatch { field } | IngestError::BatchTooLarge { field, .. } => {
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    err.to_string(),
+                    ErrorDetails::with_bad_request_violation(*field, err.to_string()),
+                )
+            }
+            IngestError::InvalidProducer(reason) => Status::with_error_details(
+                Code::InvalidArgument,
+                err.to_string(),
+                ErrorDetails::with_bad_request_violation("producer_id", reason.clone()),
+            ),
+            IngestError::Backpressure { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                err.to_string(),
+                ErrorDetails::with_retry_info(Some(*retry_after)),
+            ),
+            IngestError::Store(StoreError::Unavailable(_)) => Status::unavailable(format!(
+                "{err}; nothing of this batch is acknowledged, retry it"
+            )),
+            IngestError::Store(StoreError::Protocol(cause)) => {
+                tracing::error!(error = %cause, "store protocol error on the write path");
+                Status::internal("internal error appending the batch; retry it")
+            }
+        }
+    }
+}
+
+/// The `google.rpc.Status` of a refused stream batch: the same code,
+/// message and details a unary call would have had.
+pub fn to_rpc_status(status: &Status) -> rpc::Status {
+    rpc::Status::decode(status.details()).unwrap_or_else(|_| rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each error maps to its documented code, with details naming the field.
+    #[test]
+    fn codes_and_details() {
+        let status = Status::from(IngestError::EmptyBatch { field: "events" });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "events");
+
+        let status = Status::from(IngestError::Backpressure {
+            partition: 1,
+            backlog: 10,
+            limit: 5,
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(1500))
+        );
+
+        let status = Status::from(IngestError::Store(StoreError::Unavailable("down".into())));
+        assert_eq!(status.code(), Code::Unavailable);
+        let status = Status::from(IngestError::Store(StoreError::Protocol("boom".into())));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            !status.message().contains("boom"),
+            "internal causes stay in the logs"
+        );
+    }
+
+    /// A stream ack carries the same code and details as the unary error.
+    #[test]
+    fn rpc_status_keeps_details() {
+        let status = Status::from(IngestError::BatchTooLarge {
+            field: "events",
+            len: 5,
+            max: 2,
+        });
+        let rpc = to_rpc_status(&status);
+        assert_eq!(rpc.code, Code::InvalidArgument as i32);
+        assert_eq!(rpc.message, status.message());
+        assert_eq!(rpc.details.len(), 1);
+        assert_eq!(
+            rpc.details[0].type_url,
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
+    }
+}

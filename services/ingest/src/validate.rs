@@ -1,0 +1,389 @@
+//! Per-event validation: each rule names the offending field, so a
+//! rejection tells the client exactly what to fix.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use testbed_proto::v1::{Event, event::Payload};
+
+use crate::IngestConfig;
+
+/// Why one event was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Field path relative to the event, e.g. `gpu.utilization`.
+    pub field: String,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+fn violation(field: impl Into<String>, reason: impl Into<String>) -> Violation {
+    Violation {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// 1..=128 characters of `[A-Za-z0-9._:-]`: ids and producer names.
+pub fn check_id(field: &str, value: &str, required: bool) -> Result<(), Violation> {
+    if value.is_empty() {
+        return if required {
+            Err(violation(field, "must not be empty"))
+        } else {
+            Ok(())
+        };
+    }
+    if value.len() > 128 {
+        return Err(violation(
+            field,
+            format!("must be at most 128 characters, got {}", value.len()),
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(violation(
+            field,
+            format!("must use only [A-Za-z0-9._:-], found {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Violation> {
+    let len = value.chars().count();
+    if len < min || len > max {
+        return Err(violation(
+            field,
+            format!("must be {min}..{max} characters, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_finite(field: &str, value: f64) -> Result<(), Violation> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(violation(
+            field,
+            format!("must be a finite number, got {value}"),
+        ))
+    }
+}
+
+/// Checks one event against every rule; the first broken rule wins.
+pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result<(), Violation> {
+    check_id("event_id", &event.event_id, true)?;
+    check_id("device_id", &event.device_id, true)?;
+    check_id("run_id", &event.run_id, false)?;
+
+    let observed = event
+        .observed_at
+        .as_ref()
+        .ok_or_else(|| violation("observed_at", "is required"))?;
+    if !(0..1_000_000_000).contains(&observed.nanos) || observed.seconds < 0 {
+        return Err(violation(
+            "observed_at",
+            "is not a valid timestamp after 1970",
+        ));
+    }
+    let observed_at = UNIX_EPOCH
+        + Duration::from_secs(observed.seconds as u64)
+        + Duration::from_nanos(observed.nanos as u64);
+    if let Ok(ahead) = observed_at.duration_since(now)
+        && ahead > config.max_future_skew
+    {
+        return Err(violation(
+            "observed_at",
+            format!(
+                "is {} in the future; at most {} is allowed",
+                humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                humantime::format_duration(config.max_future_skew)
+            ),
+        ));
+    }
+
+    if event.labels.len() > config.max_labels {
+        return Err(violation(
+            "labels",
+            format!(
+                "at most {} labels, got {}",
+                config.max_labels,
+                event.labels.len()
+            ),
+        ));
+    }
+    for (key, value) in &event.labels {
+        check_text(
+            &format!("labels[{key:?}]"),
+            key,
+            1,
+            config.max_label_key_len,
+        )?;
+        check_text(
+            &format!("labels[{key:?}]"),
+            value,
+            0,
+            config.max_label_value_len,
+        )?;
+    }
+
+    match &event.payload {
+        None => Err(violation(
+            "payload",
+            "one of gpu, tokens or metric is required",
+        )),
+        Some(Payload::Gpu(gpu)) => {
+            check_finite("gpu.utilization", gpu.utilization)?;
+            if !(0.0..=1.0).contains(&gpu.utilization) {
+                return Err(violation(
+                    "gpu.utilization",
+                    format!("must be within 0..1, got {}", gpu.utilization),
+                ));
+            }
+            if gpu.memory_total_bytes > 0 && gpu.memory_used_bytes > gpu.memory_total_bytes {
+                return Err(violation(
+                    "gpu.memory_used_bytes",
+                    "must not exceed memory_total_bytes",
+                ));
+            }
+            check_finite("gpu.temperature_celsius", gpu.temperature_celsius)?;
+            check_finite("gpu.power_watts", gpu.power_watts)?;
+            if gpu.power_watts < 0.0 {
+                return Err(violation("gpu.power_watts", "must not be negative"));
+            }
+            Ok(())
+        }
+        Some(Payload::Tokens(tokens)) => {
+            check_text("tokens.model", &tokens.model, 1, 128)?;
+            check_text("tokens.tenant", &tokens.tenant, 1, 128)?;
+            if let Some(latency) = &tokens.latency
+                && (latency.seconds < 0 || latency.nanos < 0 || latency.nanos >= 1_000_000_000)
+            {
+                return Err(violation(
+                    "tokens.latency",
+                    "must be a valid, non-negative duration",
+                ));
+            }
+            Ok(())
+        }
+        Some(Payload::Metric(metric)) => {
+            check_text("metric.name", &metric.name, 1, 128)?;
+            check_finite("metric.value", metric.value)?;
+            check_text("metric.unit", &metric.unit, 0, 32)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use testbed_proto::v1::{GpuSample, Metric, TokenUsage};
+
+    use super::*;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn gpu_event() -> Event {
+        Event {
+            event_id: "ev-1".into(),
+            device_id: "gpu-node-01".into(),
+            observed_at: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 0,
+            }),
+            labels: [("arch".to_owned(), "arm64".to_owned())].into(),
+            run_id: String::new(),
+            payload: Some(Payload::Gpu(GpuSample {
+                gpu_index: 0,
+                utilization: 0.5,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                temperature_celsius: 60.0,
+                power_watts: 250.0,
+            })),
+        }
+    }
+
+    fn field_of(event: &Event) -> Option<String> {
+        validate(event, &IngestConfig::default(), now())
+            .err()
+            .map(|v| v.field)
+    }
+
+    /// A well-formed event of each kind passes.
+    #[test]
+    fn valid_events_pass() {
+        assert_eq!(field_of(&gpu_event()), None);
+        let mut e = gpu_event();
+        e.payload = Some(Payload::Tokens(TokenUsage {
+            model: "llama".into(),
+            tenant: "team-a".into(),
+            prompt_tokens: 10,
+            completion_tokens: 20,
+            latency: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 5,
+            }),
+        }));
+        assert_eq!(field_of(&e), None);
+        e.payload = Some(Payload::Metric(Metric {
+            name: "fan".into(),
+            value: -3.5,
+            unit: "1".into(),
+        }));
+        assert_eq!(field_of(&e), None);
+    }
+
+    /// Each broken rule is reported against its field.
+    #[test]
+    fn each_rule_names_its_field() {
+        type Breaker = Box<dyn Fn(&mut Event)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            ("event_id", Box::new(|e| e.event_id.clear())),
+            ("event_id", Box::new(|e| e.event_id = "a b".into())),
+            ("event_id", Box::new(|e| e.event_id = "x".repeat(129))),
+            ("device_id", Box::new(|e| e.device_id = "dév".into())),
+            ("run_id", Box::new(|e| e.run_id = "run/1".into())),
+            ("observed_at", Box::new(|e| e.observed_at = None)),
+            (
+                "observed_at",
+                Box::new(|e| {
+                    e.observed_at = Some(prost_types::Timestamp {
+                        seconds: 1_800_000_000 + 301,
+                        nanos: 0,
+                    })
+                }),
+            ),
+            (
+                "observed_at",
+                Box::new(|e| {
+                    e.observed_at = Some(prost_types::Timestamp {
+                        seconds: 1,
+                        nanos: -1,
+                    })
+                }),
+            ),
+            (
+                "labels",
+                Box::new(|e| {
+                    e.labels = (0..33).map(|i| (format!("k{i}"), String::new())).collect()
+                }),
+            ),
+            (
+                "labels[\"\"]",
+                Box::new(|e| {
+                    e.labels.insert(String::new(), "v".into());
+                }),
+            ),
+            (
+                "labels[\"k\"]",
+                Box::new(|e| {
+                    e.labels.insert("k".into(), "v".repeat(257));
+                }),
+            ),
+            ("payload", Box::new(|e| e.payload = None)),
+            (
+                "gpu.utilization",
+                Box::new(|e| {
+                    if let Some(Payload::Gpu(g)) = &mut e.payload {
+                        g.utilization = f64::NAN
+                    }
+                }),
+            ),
+            (
+                "gpu.utilization",
+                Box::new(|e| {
+                    if let Some(Payload::Gpu(g)) = &mut e.payload {
+                        g.utilization = 1.01
+                    }
+                }),
+            ),
+            (
+                "gpu.memory_used_bytes",
+                Box::new(|e| {
+                    if let Some(Payload::Gpu(g)) = &mut e.payload {
+                        g.memory_used_bytes = 3
+                    }
+                }),
+            ),
+            (
+                "gpu.temperature_celsius",
+                Box::new(|e| {
+                    if let Some(Payload::Gpu(g)) = &mut e.payload {
+                        g.temperature_celsius = f64::INFINITY
+                    }
+                }),
+            ),
+            (
+                "gpu.power_watts",
+                Box::new(|e| {
+                    if let Some(Payload::Gpu(g)) = &mut e.payload {
+                        g.power_watts = -1.0
+                    }
+                }),
+            ),
+            (
+                "tokens.model",
+                Box::new(|e| {
+                    e.payload = Some(Payload::Tokens(TokenUsage {
+                        tenant: "t".into(),
+                        ..Default::default()
+                    }))
+                }),
+            ),
+            (
+                "tokens.latency",
+                Box::new(|e| {
+                    e.payload = Some(Payload::Tokens(TokenUsage {
+                        model: "m".into(),
+                        tenant: "t".into(),
+                        latency: Some(prost_types::Duration {
+                            seconds: -1,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    }))
+                }),
+            ),
+            (
+                "metric.value",
+                Box::new(|e| {
+                    e.payload = Some(Payload::Metric(Metric {
+                        name: "m".into(),
+                        value: f64::NEG_INFINITY,
+                        unit: String::new(),
+                    }))
+                }),
+            ),
+            (
+                "metric.unit",
+                Box::new(|e| {
+                    e.payload = Some(Payload::Metric(Metric {
+                        name: "m".into(),
+                        value: 1.0,
+                        unit: "u".repeat(33),
+                    }))
+                }),
+            ),
+        ];
+        for (field, breaker) in cases {
+            let mut e = gpu_event();
+            breaker(&mut e);
+            assert_eq!(field_of(&e).as_deref(), Some(field), "{e:?}");
+        }
+    }
+
+    /// Up to the skew allowance in the future is fine.
+    #[test]
+    fn future_within_skew_passes() {
+        let mut e = gpu_event();
+        e.observed_at = Some(prost_types::Timestamp {
+            seconds: 1_800_000_000 + 300,
+            nanos: 0,
+        });
+        assert_eq!(field_of(&e), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! The `testbed worker` flags.
+
+use std::time::Duration;
+
+/// How a worker consumes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerConfig {
+    /// This worker's consumer name in the group. Default: the pod or host
+    /// name plus a unique suffix, so a restarted pod never inherits a dead
+    /// consumer's identity (its pending entries are claimed instead).
+    #[arg(long, env = "TESTBED_CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+
+    /// Entries applied at once by this worker, across partitions.
+    #[arg(long, env = "TESTBED_WORKER_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Entries read per partition per read.
+    #[arg(long, env = "TESTBED_READ_COUNT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub read_count: u32,
+
+    /// How long a read waits for new entries before looking again.
+    #[arg(long, env = "TESTBED_READ_BLOCK", default_value = "500ms",
+          value_parser = humantime::parse_duration)]
+    pub read_block: Duration,
+
+    /// Entries pending longer than this (their consumer died) are claimed.
+    #[arg(long, env = "TESTBED_CLAIM_IDLE", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub claim_idle: Duration,
+
+    /// How often stale pending entries are looked for, and streams trimmed.
+    #[arg(long, env = "TESTBED_MAINTENANCE_INTERVAL", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub maintenance_interval: Duration,
+
+    /// Deliveries after which a failing entry is dead-lettered.
+    #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_deliveries: u64,
+
+    /// How long aggregates are kept.
+    #[arg(long, env = "TESTBED_RETENTION", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            consumer_name: None,
+            concurrency: 4,
+            read_count: 64,
+            read_block: Duration::from_millis(500),
+            claim_idle: Duration::from_secs(30),
+            maintenance_interval: Duration::from_secs(5),
+            max_deliveries: 5,
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The consumer name: the configured one, or `<host>-<pid>-<nanos>`.
+    pub fn consumer(&self) -> String {
+        if let Some(name) = &self.consumer_name {
+            return name.clone();
+        }
+        let host = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!("{host}-{}-{nanos:08x}", std::process::id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerConfig,
+    }
+
+    /// Flag defaults equal `WorkerConfig::default()`.
+    #[test]
+    fn defaults_match() {
+        let parsed = Cli::try_parse_from(["x"]).unwrap().worker;
+        let d = WorkerConfig::default();
+        assert_eq!(parsed.concurrency, d.concurrency);
+        assert_eq!(parsed.read_block, d.read_block);
+        assert_eq!(parsed.claim_idle, d.claim_idle);
+        assert_eq!(parsed.max_deliveries, d.max_deliveries);
+        assert_eq!(parsed.retention, d.retention);
+    }
+
+    /// A configured name wins; a generated one carries the process id.
+    #[test]
+    fn consumer_names() {
+        let c = WorkerConfig::default();
+        assert!(c.consumer().contains(&format!("-{}-", std::process::id())));
+        let named = WorkerConfig {
+            consumer_name: Some("w1".into()),
+            ..c
+        };
+        assert_eq!(named.consumer(), "w1");
+    }
+}

@@ -1,0 +1,233 @@
+//! The consumer: reads every partition, folds entries, applies them
+//! exactly once, claims the entries of dead consumers, dead-letters poison.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
+use prost::Message as _;
+use testbed_proto::v1::Event;
+use testbed_server::CancellationToken;
+use testbed_stream::{AnyLog, ApplyOutcome, Entry, EventLog as _, StoreError};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::WorkerConfig;
+use crate::fold::fold;
+
+/// Figures of this worker process (the cluster-wide ones live in the store).
+#[derive(Debug, Default)]
+pub struct WorkerFigures {
+    /// Events applied by this worker.
+    pub processed: AtomicU64,
+    /// Entries found already acked by someone else (claimed meanwhile).
+    pub already_acked: AtomicU64,
+    /// Events dead-lettered by this worker.
+    pub dead_lettered: AtomicU64,
+}
+
+/// One worker: a consumer-group member over every partition.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    log: AnyLog,
+    config: Arc<WorkerConfig>,
+    name: Arc<str>,
+    permits: Arc<Semaphore>,
+    figures: Arc<WorkerFigures>,
+}
+
+impl Consumer {
+    /// A consumer named `name` reading `log`.
+    pub fn new(log: AnyLog, config: WorkerConfig, name: String) -> Self {
+        let permits = Arc::new(Semaphore::new(config.concurrency as usize));
+        Self {
+            log,
+            config: Arc::new(config),
+            name: name.into(),
+            permits,
+            figures: Arc::default(),
+        }
+    }
+
+    /// This worker's consumer name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This worker's own figures.
+    pub fn figures(&self) -> &WorkerFigures {
+        &self.figures
+    }
+
+    /// Runs until `shutdown`: one reader per partition plus maintenance
+    /// (claiming stale entries, trimming). On shutdown, readers stop reading
+    /// and finish (apply and ack) the entries they hold.
+    pub async fn run(self, shutdown: CancellationToken) {
+        // The group must exist before reading; retry until the store answers.
+        let ensure = || async { self.log.ensure_group().await };
+        let created = ensure
+            .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(2)).without_max_times())
+            .notify(|err: &StoreError, after| tracing::warn!(error = %err, ?after, "cannot create consumer group yet"));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = created => if let Err(err) = result {
+                tracing::error!(error = %err, "consumer group unavailable");
+                return;
+            },
+        }
+        tracing::info!(consumer = %self.name, partitions = self.log.partitions(), "worker consuming");
+        let mut tasks = JoinSet::new();
+        for partition in 0..self.log.partitions() {
+            tasks.spawn(self.clone().read_loop(partition, shutdown.clone()));
+        }
+        tasks.spawn(self.clone().maintenance_loop(shutdown.clone()));
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(error = %err, "consumer task failed");
+            }
+        }
+        tracing::info!(consumer = %self.name, "worker stopped consuming");
+    }
+
+    async fn read_loop(self, partition: u32, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let read = tokio::select! {
+                () = shutdown.cancelled() => break,
+                read = self.log.read(
+                    partition,
+                    &self.name,
+                    self.config.read_count as usize,
+                    self.config.read_block,
+                ) => read,
+            };
+            match read {
+                Ok(entries) => {
+                    failures = 0;
+                    for entry in entries {
+                        // Entries already read are finished even during
+                        // shutdown: they are ours until acked.
+                        self.process(entry).await;
+                    }
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(50u64 << failures.min(5));
+                    if failures == 1 {
+                        tracing::warn!(partition, error = %err, "read failed; retrying");
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn maintenance_loop(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.config.maintenance_interval) => {}
+            }
+            for partition in 0..self.log.partitions() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                self.claim_and_trim(partition).await;
+            }
+        }
+    }
+
+    /// Claims entries of dead consumers in `partition` and processes them,
+    /// then trims what the group has acknowledged.
+    pub async fn claim_and_trim(&self, partition: u32) {
+        match self
+            .log
+            .claim_stale(
+                partition,
+                &self.name,
+                self.config.claim_idle,
+                self.config.read_count as usize,
+            )
+            .await
+        {
+            Ok(entries) => {
+                if !entries.is_empty() {
+                    tracing::info!(partition, entries = entries.len(), "claimed stale entries");
+                }
+                for entry in entries {
+                    self.process(entry).await;
+                }
+            }
+            Err(err) => tracing::warn!(partition, error = %err, "claiming stale entries failed"),
+        }
+        if let Err(err) = self.log.trim(partition).await {
+            tracing::warn!(partition, error = %err, "trimming failed");
+        }
+    }
+
+    /// Applies one entry (or dead-letters it). Store errors are retried
+    /// with backoff a few times; past that the entry stays pending and is
+    /// claimed later, so nothing is lost.
+    pub async fn process(&self, entry: Entry) {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
+        let events = entry.events.len() as u64;
+        let decoded: Result<Vec<Event>, String> = entry
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                Event::decode(bytes.as_slice()).map_err(|e| format!("undecodable event {i}: {e}"))
+            })
+            .collect();
+        let poison = match (&decoded, entry.events.is_empty()) {
+            (Err(reason), _) => Some(reason.clone()),
+            (Ok(_), true) => Some("entry has no events".to_owned()),
+            _ if entry.deliveries > self.config.max_deliveries => Some(format!(
+                "delivered {} times, over --max-deliveries {}",
+                entry.deliveries, self.config.max_deliveries
+            )),
+            _ => None,
+        };
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(5);
+        if let Some(reason) = poison {
+            let dead = || async { self.log.dead_letter(&entry, events, &reason).await };
+            match dead.retry(retry).await {
+                Ok(ApplyOutcome::Applied) => {
+                    tracing::warn!(entry = %entry.id, partition = entry.partition, %reason, "dead-lettered");
+                    self.figures
+                        .dead_lettered
+                        .fetch_add(events, Ordering::Relaxed);
+                }
+                Ok(ApplyOutcome::AlreadyAcked) => {}
+                Err(err) => {
+                    tracing::warn!(entry = %entry.id, error = %err, "dead-letter failed; entry stays pending")
+                }
+            }
+            return;
+        }
+        let Ok(decoded) = decoded else { return };
+        let ops = fold(&entry, &decoded, self.log.keys(), self.config.retention);
+        let apply = || async { self.log.apply(&entry, events, &ops).await };
+        match apply.retry(retry).await {
+            Ok(ApplyOutcome::Applied) => {
+                self.figures.processed.fetch_add(events, Ordering::Relaxed);
+            }
+            Ok(ApplyOutcome::AlreadyAcked) => {
+                self.figures.already_acked.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(entry = %entry.id, "already acked by another consumer");
+            }
+            Err(err) => {
+                tracing::warn!(entry = %entry.id, error = %err, "apply failed; entry stays pending")
+            }
+        }
+    }
+}
