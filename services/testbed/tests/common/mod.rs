@@ -1,6 +1,8 @@
 //! A harness that runs the real `testbed` binary on an ephemeral port.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod pipeline;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -98,6 +100,12 @@ impl Testbed {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// SIGKILL: no chance to finish or ack anything.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM.

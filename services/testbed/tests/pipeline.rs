@@ -1,0 +1,500 @@
+//! The pipeline end to end on real stores: ingest → log → worker →
+//! aggregates, exactly once, on the in-memory log, a single Redis and a
+//! Redis Cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pipeline::{
+    InProcess, actual, event, expected, fast_worker, test_minute, totals, wait_drained,
+};
+use testbed_ingest::IngestConfig;
+use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest};
+use testbed_stream::{AnyLog, EventLog as _, MemoryLog, RedisLog, StoreArgs};
+use testbed_test_support::{RedisCluster, RedisServer};
+use tokio_stream::StreamExt as _;
+use tonic_types::StatusExt as _;
+
+async fn redis_log(url: String, cluster: bool) -> AnyLog {
+    let args = StoreArgs {
+        redis_url: Some(url),
+        redis_cluster: cluster,
+        redis_timeout: Duration::from_millis(300),
+        ..StoreArgs::default()
+    };
+    AnyLog::Redis(RedisLog::connect(&args).await.unwrap())
+}
+
+/// Publishes `events` over `streams` concurrent PublishStreams in batches
+/// of `batch`, and checks every batch was acknowledged in order.
+async fn publish_streams(pipe: &InProcess, events: &[Event], streams: usize, batch: usize) {
+    let chunks: Vec<Vec<Event>> = events.chunks(batch).map(<[Event]>::to_vec).collect();
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let mine: Vec<(u64, Vec<Event>)> = chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % streams == s)
+            .map(|(i, c)| (i as u64, c.clone()))
+            .collect();
+        let mut client = pipe.client().await;
+        tasks.push(tokio::spawn(async move {
+            let sequences: Vec<u64> = mine.iter().map(|(seq, _)| *seq).collect();
+            let requests = tokio_stream::iter(mine.into_iter().map(|(sequence, events)| {
+                PublishStreamRequest {
+                    sequence,
+                    events,
+                    producer_id: String::new(),
+                }
+            }));
+            let mut acks = client.publish_stream(requests).await.unwrap().into_inner();
+            let mut acked = Vec::new();
+            while let Some(ack) = acks.next().await {
+                let ack = ack.unwrap();
+                assert!(ack.status.is_none(), "batch refused: {:?}", ack.status);
+                assert!(ack.rejections.is_empty(), "{:?}", ack.rejections);
+                acked.push(ack.sequence);
+            }
+            assert_eq!(acked, sequences, "one ack per batch, in request order");
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Sends 3000 events over four concurrent streams through ingest and a
+/// worker on `log`, and checks every device's aggregates exactly.
+async fn exact_counts_on(log: AnyLog) {
+    let minute = test_minute();
+    let events: Vec<Event> = (0..3000).map(|i| event("exact", i, 16, minute)).collect();
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    publish_streams(&pipe, &events, 4, 50).await;
+    let figures = wait_drained(&log, 3000, Duration::from_secs(60)).await;
+    assert_eq!(
+        (figures.ingested, figures.processed, figures.duplicates),
+        (3000, 3000, 0)
+    );
+    let want = expected(&events);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    pipe.stop().await;
+}
+
+/// Exact counts on the embedded in-memory log (what `testbed all` uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_in_memory() {
+    exact_counts_on(AnyLog::Memory(MemoryLog::new(&StoreArgs::default()))).await;
+}
+
+/// Exact counts on a real Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_on_redis() {
+    let redis = RedisServer::start();
+    exact_counts_on(redis_log(redis.url(), false).await).await;
+}
+
+/// Exact counts on a three-master Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_on_redis_cluster() {
+    let cluster = RedisCluster::start();
+    exact_counts_on(redis_log(cluster.url(), true).await).await;
+}
+
+/// Re-publishing the same event ids is acknowledged and counted once.
+#[tokio::test]
+async fn republished_event_ids_count_once() {
+    let redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    let minute = test_minute();
+    let events: Vec<Event> = (0..100).map(|i| event("dup", i, 5, minute)).collect();
+    let mut client = pipe.client().await;
+    let first = client
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.accepted_count, first.duplicate_count), (100, 0));
+    // The whole batch again, then half of it mixed with 10 new events.
+    let again = client
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.accepted_count, again.duplicate_count), (100, 100));
+    let mut mixed: Vec<Event> = events[..50].to_vec();
+    mixed.extend((100..110).map(|i| event("dup", i, 5, minute)));
+    let third = client
+        .publish(PublishRequest {
+            events: mixed,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((third.accepted_count, third.duplicate_count), (60, 50));
+
+    let figures = wait_drained(&log, 110, Duration::from_secs(30)).await;
+    assert_eq!(
+        (figures.ingested, figures.processed, figures.duplicates),
+        (110, 110, 150)
+    );
+    let all: Vec<Event> = (0..110).map(|i| event("dup", i, 5, minute)).collect();
+    let want = expected(&all);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    pipe.stop().await;
+}
+
+/// A batch with invalid events: the valid ones are counted, the invalid
+/// ones reported by index with field and reason.
+#[tokio::test]
+async fn invalid_events_are_rejected_by_index() {
+    let log = AnyLog::Memory(MemoryLog::new(&StoreArgs::default()));
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    let minute = test_minute();
+    let mut events: Vec<Event> = (0..6).map(|i| event("inv", i, 2, minute)).collect();
+    events[1].device_id = String::new();
+    events[4].observed_at = None;
+    let response = pipe
+        .client()
+        .await
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.accepted_count, 4);
+    let rejected: Vec<(u32, &str, &str)> = response
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.field.as_str(), r.event_id.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (1, "events[1].device_id", "inv-1"),
+            (4, "events[4].observed_at", "inv-4")
+        ]
+    );
+    assert!(response.rejections.iter().all(|r| !r.reason.is_empty()));
+    wait_drained(&log, 4, Duration::from_secs(10)).await;
+    let valid: Vec<Event> = events
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1 && *i != 4)
+        .map(|(_, e)| e)
+        .collect();
+    let want = expected(&valid);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    pipe.stop().await;
+}
+
+/// Envelope errors are INVALID_ARGUMENT with BadRequest naming the field.
+#[tokio::test]
+async fn empty_and_oversized_batches_are_invalid_argument() {
+    let log = AnyLog::Memory(MemoryLog::new(&StoreArgs::default()));
+    let config = IngestConfig {
+        max_batch: 3,
+        ..IngestConfig::default()
+    };
+    let pipe = InProcess::start(&log, config, None).await;
+    let mut client = pipe.client().await;
+    let err = client.publish(PublishRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "events"
+    );
+    let minute = test_minute();
+    let events: Vec<Event> = (0..4).map(|i| event("big", i, 2, minute)).collect();
+    let err = client
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 3"), "{}", err.message());
+    // On a stream the refusal is the ack's status, and the stream goes on.
+    let requests = tokio_stream::iter([
+        PublishStreamRequest {
+            sequence: 1,
+            events: events.clone(),
+            producer_id: String::new(),
+        },
+        PublishStreamRequest {
+            sequence: 2,
+            events: events[..2].to_vec(),
+            producer_id: String::new(),
+        },
+    ]);
+    let acks: Vec<_> = client
+        .publish_stream(requests)
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    let acks: Vec<_> = acks.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        acks[0].status.as_ref().map(|s| s.code),
+        Some(tonic::Code::InvalidArgument as i32)
+    );
+    assert_eq!(acks[0].accepted_count, 0);
+    assert_eq!(
+        (
+            acks[1].sequence,
+            acks[1].accepted_count,
+            acks[1].status.is_none()
+        ),
+        (2, 2, true)
+    );
+    assert_eq!(totals(&log).await.ingested, 2);
+    pipe.stop().await;
+}
+
+/// Over the backlog limit: RESOURCE_EXHAUSTED with RetryInfo, and nothing
+/// of the refused request appended.
+#[tokio::test]
+async fn backlog_over_limit_is_resource_exhausted_and_appends_nothing() {
+    let redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    let config = IngestConfig {
+        backlog_limit: 5,
+        retry_after: Duration::from_millis(700),
+        ..IngestConfig::default()
+    };
+    // No worker: the backlog only grows.
+    let pipe = InProcess::start(&log, config, None).await;
+    let mut client = pipe.client().await;
+    let minute = test_minute();
+    // One device, one partition: its backlog is exactly what we sent.
+    let batch = |from: u64| -> Vec<Event> {
+        (from..from + 10)
+            .map(|i| event("bp", i, 1, minute))
+            .collect()
+    };
+    client
+        .publish(PublishRequest {
+            events: batch(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = client
+        .publish(PublishRequest {
+            events: batch(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        err.get_details_retry_info().unwrap().retry_delay,
+        Some(Duration::from_millis(700))
+    );
+    assert_eq!(totals(&log).await.ingested, 10);
+    pipe.stop().await;
+}
+
+/// A request whose append fails half-way (one partition's stream is
+/// broken) is an error; once fixed, the retry counts every event exactly once.
+#[tokio::test]
+async fn half_failed_append_retried_counts_exactly() {
+    let redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    log.ensure_group().await.unwrap();
+    // Break partition 1's stream: XADD fails there, other partitions work.
+    let broken = log.keys().stream(1);
+    redis.command(&["DEL", &broken]);
+    redis.command(&["SET", &broken, "not-a-stream"]);
+    let pipe = InProcess::start(&log, IngestConfig::default(), None).await;
+    let minute = test_minute();
+    let events: Vec<Event> = (0..200).map(|i| event("half", i, 8, minute)).collect();
+    let mut client = pipe.client().await;
+    let err = client
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), tonic::Code::Internal | tonic::Code::Unavailable),
+        "{err:?}"
+    );
+    let partial = totals(&log).await.ingested;
+    assert!(partial > 0 && partial < 200, "half-way: {partial}");
+
+    redis.command(&["DEL", &broken]);
+    log.ensure_group().await.unwrap();
+    let retry = client
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (retry.accepted_count, u64::from(retry.duplicate_count)),
+        (200, partial)
+    );
+    pipe.stop().await;
+
+    // Now process everything and check the aggregates.
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    let figures = wait_drained(&log, 200, Duration::from_secs(30)).await;
+    assert_eq!((figures.ingested, figures.processed), (200, 200));
+    let want = expected(&events);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    pipe.stop().await;
+}
+
+/// Redis stopped: UNAVAILABLE within a second and health NOT_SERVING;
+/// Redis back: SERVING and publishing again, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_is_unavailable_then_recovers() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", pipe.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |mut health: HealthClient<_>| async move {
+        health
+            .check(HealthCheckRequest {
+                service: "testbed.v1.IngestService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
+    let wait_for = |want: ServingStatus| {
+        let health = health.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if status(health.clone()).await == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "health never became {want:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(ServingStatus::Serving).await;
+    let minute = test_minute();
+    let mut client = pipe.client().await;
+    client
+        .publish(PublishRequest {
+            events: vec![event("out", 0, 1, minute)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    redis.stop();
+    let started = Instant::now();
+    let err = client
+        .publish(PublishRequest {
+            events: vec![event("out", 1, 1, minute)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_for(ServingStatus::NotServing).await;
+    // The process itself stays live.
+    let overall = health
+        .clone()
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(overall, ServingStatus::Serving);
+
+    redis.restart();
+    wait_for(ServingStatus::Serving).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client
+            .publish(PublishRequest {
+                events: vec![event("out", 2, 1, minute)],
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => {
+                assert_eq!(r.into_inner().accepted_count, 1);
+                break;
+            }
+            Err(err) => assert!(Instant::now() < deadline, "never recovered: {err:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The restarted Redis is empty: the worker recreates its group and
+    // processes the new event.
+    let figures = wait_drained(&log, 1, Duration::from_secs(15)).await;
+    assert_eq!((figures.ingested, figures.processed), (1, 1));
+    pipe.stop().await;
+}
+
+/// An entry whose events cannot be decoded goes to the dead-letter stream
+/// and does not block the partition.
+#[tokio::test]
+async fn poison_entries_are_dead_lettered() {
+    let redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    log.ensure_group().await.unwrap();
+    let poison = testbed_stream::AppendEvent {
+        event_id: "poison".into(),
+        bytes: vec![0xff, 0xff, 0xff],
+    };
+    log.append(0, &Default::default(), &[poison]).await.unwrap();
+    let minute = test_minute();
+    let events: Vec<Event> = (0..50).map(|i| event("after", i, 4, minute)).collect();
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    pipe.client()
+        .await
+        .publish(PublishRequest {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let figures = wait_drained(&log, 51, Duration::from_secs(30)).await;
+    assert_eq!((figures.processed, figures.dead_lettered), (50, 1));
+    let dlq = log.keys().dead_letter(0);
+    assert_eq!(redis.command(&["XLEN", &dlq]), ":1");
+    let want = expected(&events);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    pipe.stop().await;
+}

@@ -1,0 +1,122 @@
+//! Worker processes killed with SIGKILL mid-run, and several workers in
+//! one group: counts stay exact.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Testbed;
+use common::pipeline::{InProcess, actual, event, expected, test_minute, totals, wait_drained};
+use testbed_ingest::IngestConfig;
+use testbed_proto::v1::{Event, PublishRequest};
+use testbed_stream::{AnyLog, RedisLog, StoreArgs};
+use testbed_test_support::RedisServer;
+
+const WORKER_FLAGS: [&str; 6] = [
+    "--claim-idle",
+    "300ms",
+    "--maintenance-interval",
+    "100ms",
+    "--read-block",
+    "100ms",
+];
+
+fn start_worker(redis: &RedisServer) -> Testbed {
+    let url = redis.url();
+    let mut args = vec!["worker", "--redis-url", url.as_str(), "--read-count", "4"];
+    args.extend(WORKER_FLAGS);
+    Testbed::start(&args)
+}
+
+async fn redis_log(redis: &RedisServer) -> AnyLog {
+    let args = StoreArgs {
+        redis_url: Some(redis.url()),
+        ..StoreArgs::default()
+    };
+    AnyLog::Redis(RedisLog::connect(&args).await.unwrap())
+}
+
+/// Publishes `events` in batches of 50 from a background task.
+async fn publish_in_background(
+    pipe: &InProcess,
+    events: Vec<Event>,
+) -> tokio::task::JoinHandle<()> {
+    let mut client = pipe.client().await;
+    tokio::spawn(async move {
+        for batch in events.chunks(50) {
+            let r = client
+                .publish(PublishRequest {
+                    events: batch.to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.accepted_count as usize, batch.len());
+        }
+    })
+}
+
+async fn wait_processed_over(log: &AnyLog, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while totals(log).await.processed <= n {
+        assert!(Instant::now() < deadline, "processing stalled below {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A worker SIGKILLed three times mid-run and restarted: every event is
+/// counted exactly once (pending entries of the dead are claimed, and an
+/// entry applied just before the kill is never applied again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_worker_loses_and_doubles_nothing() {
+    let redis = RedisServer::start();
+    let log = redis_log(&redis).await;
+    let pipe = InProcess::start(&log, IngestConfig::default(), None).await;
+    let minute = test_minute();
+    let events: Vec<Event> = (0..6000).map(|i| event("kill", i, 24, minute)).collect();
+    let publisher = publish_in_background(&pipe, events.clone()).await;
+
+    let mut worker = start_worker(&redis);
+    for round in 1..=3u64 {
+        wait_processed_over(&log, round * 1000).await;
+        worker.kill();
+        worker = start_worker(&redis);
+    }
+    publisher.await.unwrap();
+    let figures = wait_drained(&log, 6000, Duration::from_secs(60)).await;
+    assert_eq!(
+        (figures.ingested, figures.processed, figures.dead_lettered),
+        (6000, 6000, 0)
+    );
+    let want = expected(&events);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    drop(worker);
+    pipe.stop().await;
+}
+
+/// Two workers in one group share the work and together count exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_group_exactly() {
+    let redis = RedisServer::start();
+    let log = redis_log(&redis).await;
+    let pipe = InProcess::start(&log, IngestConfig::default(), None).await;
+    let (a, b) = (start_worker(&redis), start_worker(&redis));
+    let minute = test_minute();
+    let events: Vec<Event> = (0..4000).map(|i| event("two", i, 32, minute)).collect();
+    publish_in_background(&pipe, events.clone())
+        .await
+        .await
+        .unwrap();
+    let figures = wait_drained(&log, 4000, Duration::from_secs(60)).await;
+    assert_eq!((figures.ingested, figures.processed), (4000, 4000));
+    let want = expected(&events);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    // Both consumers joined the group of every partition.
+    let stream = testbed_stream::EventLog::keys(&log).stream(0);
+    let consumers = redis.command(&["XINFO", "CONSUMERS", &stream, "workers"]);
+    assert_eq!(consumers, "*2", "{consumers}");
+    drop((a, b));
+    pipe.stop().await;
+}
