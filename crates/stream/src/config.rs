@@ -39,6 +39,12 @@ pub struct StoreArgs {
     #[arg(long, env = "TESTBED_DEDUPE_WINDOW", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub dedupe_window: u64,
+
+    /// How long aggregates (per-minute buckets, device state, run ledgers)
+    /// are kept; query windows may not exceed it.
+    #[arg(long, env = "TESTBED_RETENTION", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub retention: Duration,
 }
 
 impl Default for StoreArgs {
@@ -50,6 +56,7 @@ impl Default for StoreArgs {
             key_prefix: "testbed".to_owned(),
             redis_timeout: Duration::from_millis(500),
             dedupe_window: 100_000,
+            retention: Duration::from_secs(3600),
         }
     }
 }

@@ -93,6 +93,32 @@ impl Keys {
         format!("{}:run:{run_id}", self.tag(p))
     }
 
+    /// The tag of the control keys (desired state, faults, heartbeats):
+    /// one slot of their own, outside every partition.
+    fn control_tag(&self) -> String {
+        format!("{{{}:control}}", self.prefix)
+    }
+
+    /// Desired worker state (hash: paused, pause_reason, concurrency).
+    pub fn control_desired(&self) -> String {
+        format!("{}:desired", self.control_tag())
+    }
+
+    /// Active faults (hash: fault id -> encoded `testbed.v1.Fault`).
+    pub fn control_faults(&self) -> String {
+        format!("{}:faults", self.control_tag())
+    }
+
+    /// Live workers by last heartbeat (sorted set, score Unix ms).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.control_tag())
+    }
+
+    /// One worker's heartbeat (hash, expires when the worker stops beating).
+    pub fn worker(&self, consumer: &str) -> String {
+        format!("{}:worker:{consumer}", self.control_tag())
+    }
+
     /// The consumer group name.
     pub fn group(&self) -> &'static str {
         "workers"

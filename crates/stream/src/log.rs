@@ -97,6 +97,45 @@ pub trait EventLog: Send + Sync {
     /// Removes acknowledged entries of `partition`; returns how many.
     fn trim(&self, partition: u32) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// How long aggregates are kept (`--retention`).
+    fn retention(&self) -> Duration;
+
+    /// Reads a whole sorted set, lowest score first.
+    fn read_zset(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<(String, f64)>, StoreError>> + Send;
+
+    /// Sets `fields` of the hash `key` and, if given, its time to live.
+    fn write_hash(
+        &self,
+        key: &str,
+        fields: &[(String, String)],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes `fields` from the hash `key`; returns how many existed.
+    fn delete_hash_fields(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Sets `member`'s score in the sorted set `key`.
+    fn zset_set(
+        &self,
+        key: &str,
+        member: &str,
+        score: f64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes members scored below `score`; returns how many.
+    fn zset_remove_below(
+        &self,
+        key: &str,
+        score: f64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Reads whole hashes (missing keys give empty maps), for queries and tests.
     fn read_hashes(
         &self,
@@ -231,5 +270,37 @@ impl EventLog for AnyLog {
 
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
         delegate!(self, log => log.read_hashes(keys))
+    }
+
+    fn retention(&self) -> Duration {
+        match self {
+            Self::Memory(log) => log.retention(),
+            Self::Redis(log) => log.retention(),
+        }
+    }
+
+    async fn read_zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        delegate!(self, log => log.read_zset(key))
+    }
+
+    async fn write_hash(
+        &self,
+        key: &str,
+        fields: &[(String, String)],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, log => log.write_hash(key, fields, ttl))
+    }
+
+    async fn delete_hash_fields(&self, key: &str, fields: &[String]) -> Result<u64, StoreError> {
+        delegate!(self, log => log.delete_hash_fields(key, fields))
+    }
+
+    async fn zset_set(&self, key: &str, member: &str, score: f64) -> Result<(), StoreError> {
+        delegate!(self, log => log.zset_set(key, member, score))
+    }
+
+    async fn zset_remove_below(&self, key: &str, score: f64) -> Result<u64, StoreError> {
+        delegate!(self, log => log.zset_remove_below(key, score))
     }
 }

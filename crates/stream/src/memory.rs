@@ -32,6 +32,7 @@ pub struct MemoryLog {
 struct Inner {
     keys: Keys,
     window: usize,
+    retention: Duration,
     parts: Vec<Mutex<Part>>,
     notify: Vec<Notify>,
     kv: Mutex<Kv>,
@@ -175,6 +176,7 @@ impl MemoryLog {
             inner: Arc::new(Inner {
                 keys: Keys::new(&args.key_prefix),
                 window: usize::try_from(args.dedupe_window).unwrap_or(usize::MAX),
+                retention: args.retention,
                 parts: (0..partitions)
                     .map(|_| Mutex::new(Part::default()))
                     .collect(),
@@ -429,6 +431,66 @@ impl EventLog for MemoryLog {
         let removed = part.entries.len() as u64;
         part.entries = keep;
         Ok(removed)
+    }
+
+    fn retention(&self) -> Duration {
+        self.inner.retention
+    }
+
+    async fn read_zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(key);
+        let mut members: Vec<(String, f64)> = kv
+            .zsets
+            .get(key)
+            .map(|z| z.iter().map(|(m, s)| (m.clone(), *s)).collect())
+            .unwrap_or_default();
+        members.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(members)
+    }
+
+    async fn write_hash(
+        &self,
+        key: &str,
+        fields: &[(String, String)],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let mut kv = self.kv();
+        let hash = kv.hash(key);
+        for (f, v) in fields {
+            hash.insert(f.clone(), v.clone());
+        }
+        if let Some(ttl) = ttl {
+            kv.expiry.insert(key.to_owned(), Instant::now() + ttl);
+        }
+        Ok(())
+    }
+
+    async fn delete_hash_fields(&self, key: &str, fields: &[String]) -> Result<u64, StoreError> {
+        let mut kv = self.kv();
+        let hash = kv.hash(key);
+        Ok(fields.iter().filter(|f| hash.remove(*f).is_some()).count() as u64)
+    }
+
+    async fn zset_set(&self, key: &str, member: &str, score: f64) -> Result<(), StoreError> {
+        let mut kv = self.kv();
+        kv.purge(key);
+        kv.zsets
+            .entry(key.to_owned())
+            .or_default()
+            .insert(member.to_owned(), score);
+        Ok(())
+    }
+
+    async fn zset_remove_below(&self, key: &str, score: f64) -> Result<u64, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(key);
+        let Some(z) = kv.zsets.get_mut(key) else {
+            return Ok(0);
+        };
+        let before = z.len();
+        z.retain(|_, s| *s >= score);
+        Ok((before - z.len()) as u64)
     }
 
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {

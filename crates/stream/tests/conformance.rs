@@ -457,3 +457,46 @@ async fn blocked_read_wakes_on_append() {
         assert_eq!(read.len(), 1);
     }
 }
+
+/// The small key-value surface (control state, heartbeats, indexes)
+/// behaves the same on both backends.
+#[tokio::test]
+async fn key_value_surface() {
+    for b in [memory(1, 10).await, redis(1, 10).await] {
+        let log = &b.log;
+        let fields = vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+        ];
+        log.write_hash("h", &fields, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(log.read_hashes(&["h".into()]).await.unwrap()[0], fields);
+        assert_eq!(
+            log.delete_hash_fields("h", &["a".into(), "zz".into()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            log.read_hashes(&["h".into()]).await.unwrap()[0],
+            vec![("b".into(), "2".into())]
+        );
+        log.write_hash("gone", &fields, Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(log.read_hashes(&["gone".into()]).await.unwrap()[0].is_empty());
+
+        log.zset_set("z", "x", 3.0).await.unwrap();
+        log.zset_set("z", "y", 1.0).await.unwrap();
+        log.zset_set("z", "w", 2.0).await.unwrap();
+        assert_eq!(
+            log.read_zset("z").await.unwrap(),
+            vec![("y".into(), 1.0), ("w".into(), 2.0), ("x".into(), 3.0)]
+        );
+        assert_eq!(log.zset_remove_below("z", 2.0).await.unwrap(), 1);
+        assert_eq!(log.read_zset("z").await.unwrap().len(), 2);
+        assert!(log.read_zset("none").await.unwrap().is_empty());
+    }
+}

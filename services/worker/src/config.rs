@@ -40,11 +40,6 @@ pub struct WorkerConfig {
     #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_deliveries: u64,
-
-    /// How long aggregates are kept.
-    #[arg(long, env = "TESTBED_RETENTION", default_value = "1h",
-          value_parser = humantime::parse_duration)]
-    pub retention: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -57,7 +52,6 @@ impl Default for WorkerConfig {
             claim_idle: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(5),
             max_deliveries: 5,
-            retention: Duration::from_secs(3600),
         }
     }
 }
@@ -104,7 +98,6 @@ mod tests {
         assert_eq!(parsed.read_block, d.read_block);
         assert_eq!(parsed.claim_idle, d.claim_idle);
         assert_eq!(parsed.max_deliveries, d.max_deliveries);
-        assert_eq!(parsed.retention, d.retention);
     }
 
     /// A configured name wins; a generated one carries the process id.

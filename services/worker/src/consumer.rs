@@ -215,7 +215,7 @@ impl Consumer {
             return;
         }
         let Ok(decoded) = decoded else { return };
-        let ops = fold(&entry, &decoded, self.log.keys(), self.config.retention);
+        let ops = fold(&entry, &decoded, self.log.keys(), self.log.retention());
         let apply = || async { self.log.apply(&entry, events, &ops).await };
         match apply.retry(retry).await {
             Ok(ApplyOutcome::Applied) => {

@@ -449,6 +449,88 @@ impl EventLog for RedisLog {
         .await
     }
 
+    fn retention(&self) -> Duration {
+        self.inner.args.retention
+    }
+
+    async fn read_zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let key = key.to_owned();
+        self.call("ZRANGE", |mut c| async move {
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn write_hash(
+        &self,
+        key: &str,
+        fields: &[(String, String)],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HSET").arg(key).arg(fields).ignore();
+        if let Some(ttl) = ttl {
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        self.call("HSET", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn delete_hash_fields(&self, key: &str, fields: &[String]) -> Result<u64, StoreError> {
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let key = key.to_owned();
+        self.call("HDEL", |mut c| async move {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(fields)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn zset_set(&self, key: &str, member: &str, score: f64) -> Result<(), StoreError> {
+        let (key, member) = (key.to_owned(), member.to_owned());
+        self.call("ZADD", |mut c| async move {
+            redis::cmd("ZADD")
+                .arg(&key)
+                .arg(score.to_string())
+                .arg(&member)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn zset_remove_below(&self, key: &str, score: f64) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        self.call("ZREMRANGEBYSCORE", |mut c| async move {
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(format!("({score}"))
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {

@@ -15,7 +15,8 @@ use testbed_worker::WorkerConfig;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-/// Ingest (and optionally a worker) served in-process on 127.0.0.1:0.
+/// Ingest and query (and optionally a worker with its control API) served
+/// in-process on 127.0.0.1:0.
 pub struct InProcess {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
@@ -30,6 +31,13 @@ impl InProcess {
         let mut server = GrpcServer::new();
         server.set_probe_interval(Duration::from_millis(50));
         testbed_ingest::register(&mut server, &ingest, log.clone(), shutdown.clone()).await;
+        testbed_query::register(
+            &mut server,
+            &Default::default(),
+            log.clone(),
+            shutdown.clone(),
+        )
+        .await;
         if let Some(worker) = worker {
             testbed_worker::register(&mut server, &worker, log.clone(), shutdown.clone()).await;
         }
@@ -127,7 +135,12 @@ pub fn event(run: &str, i: u64, devices: u64, minute: i64) -> Event {
         }),
         labels: [(
             "arch".to_owned(),
-            if i.is_multiple_of(2) { "amd64" } else { "arm64" }.to_owned(),
+            if i.is_multiple_of(2) {
+                "amd64"
+            } else {
+                "arm64"
+            }
+            .to_owned(),
         )]
         .into(),
         run_id: run.to_owned(),
