@@ -36,6 +36,18 @@ pub struct WorkerConfig {
           value_parser = humantime::parse_duration)]
     pub maintenance_interval: Duration,
 
+    /// How often each worker reads the cluster-wide desired state (pause,
+    /// concurrency, faults); changes apply within this interval.
+    #[arg(long, env = "TESTBED_CONTROL_INTERVAL", default_value = "250ms",
+          value_parser = humantime::parse_duration)]
+    pub control_interval: Duration,
+
+    /// How often each worker publishes its heartbeat; a worker silent for
+    /// five intervals drops out of GetStatus.
+    #[arg(long, env = "TESTBED_HEARTBEAT_INTERVAL", default_value = "1s",
+          value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
     /// Deliveries after which a failing entry is dead-lettered.
     #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -52,6 +64,8 @@ impl Default for WorkerConfig {
             claim_idle: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(5),
             max_deliveries: 5,
+            control_interval: Duration::from_millis(250),
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }

@@ -3,17 +3,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use prost::Message as _;
+use rand::Rng as _;
 use testbed_proto::v1::Event;
+use testbed_proto::v1::fault::Effect;
 use testbed_server::CancellationToken;
 use testbed_stream::{AnyLog, ApplyOutcome, Entry, EventLog as _, StoreError};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::WorkerConfig;
+use crate::control::LocalControl;
+use crate::control::faults::{expired, matches, sample_delay};
 use crate::fold::fold;
 
 /// Figures of this worker process (the cluster-wide ones live in the store).
@@ -25,6 +28,8 @@ pub struct WorkerFigures {
     pub already_acked: AtomicU64,
     /// Events dead-lettered by this worker.
     pub dead_lettered: AtomicU64,
+    /// Entries failed on purpose by an injected fault (left pending, retried).
+    pub fault_failures: AtomicU64,
 }
 
 /// One worker: a consumer-group member over every partition.
@@ -33,19 +38,19 @@ pub struct Consumer {
     log: AnyLog,
     config: Arc<WorkerConfig>,
     name: Arc<str>,
-    permits: Arc<Semaphore>,
+    local: Arc<LocalControl>,
     figures: Arc<WorkerFigures>,
 }
 
 impl Consumer {
     /// A consumer named `name` reading `log`.
     pub fn new(log: AnyLog, config: WorkerConfig, name: String) -> Self {
-        let permits = Arc::new(Semaphore::new(config.concurrency as usize));
+        let local = Arc::new(LocalControl::new(config.concurrency));
         Self {
             log,
             config: Arc::new(config),
             name: name.into(),
-            permits,
+            local,
             figures: Arc::default(),
         }
     }
@@ -53,6 +58,11 @@ impl Consumer {
     /// This worker's consumer name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The control state this worker applies (pause, concurrency, faults).
+    pub fn local(&self) -> &Arc<LocalControl> {
+        &self.local
     }
 
     /// This worker's own figures.
@@ -92,7 +102,15 @@ impl Consumer {
 
     async fn read_loop(self, partition: u32, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        let mut paused = self.local.watch_paused();
         while !shutdown.is_cancelled() {
+            if *paused.borrow_and_update() {
+                // Paused: read nothing new; what was read is already done.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = paused.changed() => continue,
+                }
+            }
             let read = tokio::select! {
                 () = shutdown.cancelled() => break,
                 read = self.log.read(
@@ -144,6 +162,9 @@ impl Consumer {
     /// Claims entries of dead consumers in `partition` and processes them,
     /// then trims what the group has acknowledged.
     pub async fn claim_and_trim(&self, partition: u32) {
+        if self.local.is_paused() {
+            return;
+        }
         match self
             .log
             .claim_stale(
@@ -167,13 +188,51 @@ impl Consumer {
         if let Err(err) = self.log.trim(partition).await {
             tracing::warn!(partition, error = %err, "trimming failed");
         }
+        // Devices not seen within the retention leave the device index.
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let oldest = now_ms.saturating_sub(self.log.retention().as_millis()) as f64;
+        let devices = self.log.keys().devices(partition);
+        if let Err(err) = self.log.zset_remove_below(&devices, oldest).await {
+            tracing::warn!(partition, error = %err, "pruning the device index failed");
+        }
+    }
+
+    /// Applies the active faults that match `events`: sleeps for delays,
+    /// and returns true when a failure fault decides this entry fails.
+    async fn injected_failure(&self, events: &[Event]) -> bool {
+        let faults = self.local.faults();
+        if faults.is_empty() {
+            return false;
+        }
+        let now = SystemTime::now();
+        let mut delay = Duration::ZERO;
+        let mut fail = false;
+        {
+            let mut rng = rand::rng();
+            for fault in faults
+                .iter()
+                .filter(|f| !expired(f, now) && matches(f, events))
+            {
+                match &fault.effect {
+                    Some(Effect::Delay(d)) => delay += sample_delay(d, &mut rng),
+                    Some(Effect::Failure(f)) => fail |= rng.random::<f64>() < f.ratio,
+                    None => {}
+                }
+            }
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        fail
     }
 
     /// Applies one entry (or dead-letters it). Store errors are retried
     /// with backoff a few times; past that the entry stays pending and is
     /// claimed later, so nothing is lost.
     pub async fn process(&self, entry: Entry) {
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(_permit) = self.local.permits().acquire().await else {
             return;
         };
         let events = entry.events.len() as u64;
@@ -215,6 +274,12 @@ impl Consumer {
             return;
         }
         let Ok(decoded) = decoded else { return };
+        if self.injected_failure(&decoded).await {
+            // Left pending on purpose: claimed again after --claim-idle and
+            // dead-lettered past --max-deliveries, like a real failure.
+            self.figures.fault_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let ops = fold(&entry, &decoded, self.log.keys(), self.log.retention());
         let apply = || async { self.log.apply(&entry, events, &ops).await };
         match apply.retry(retry).await {

@@ -14,8 +14,10 @@
 //! - [`WorkerConfig`]: the `testbed worker` flags.
 //! - [`consumer`]: read, fold, apply, claim, dead-letter, trim.
 //! - [`fold`]: events → aggregate writes.
-//! - [`control`]: the control RPC handlers (`GetStatus`, `WatchStatus`,
-//!   `Pause`, `Resume`, `SetConcurrency`, `InjectFault`, `ClearFaults`).
+//! - [`control`]: cluster-wide control: the RPC handlers in
+//!   [`control::api`] (`GetStatus`, `WatchStatus`, `Pause`, `Resume`,
+//!   `SetConcurrency`, `InjectFault`, `ClearFaults`), the desired state in
+//!   the store, and the follower each replica runs.
 //! - [`register`] / [`run`]: how the worker joins a [`GrpcServer`].
 #![forbid(unsafe_code)]
 
@@ -32,8 +34,8 @@ pub use config::WorkerConfig;
 pub use consumer::Consumer;
 pub use control::WorkerControlApi;
 
-/// Adds the worker control service to `server` and starts consuming `log`
-/// in the background until `shutdown`.
+/// Adds the worker control service to `server`, starts consuming `log`
+/// and following the cluster-wide control state, until `shutdown`.
 pub async fn register(
     server: &mut GrpcServer,
     config: &WorkerConfig,
@@ -41,10 +43,25 @@ pub async fn register(
     shutdown: CancellationToken,
 ) -> Consumer {
     let consumer = Consumer::new(log.clone(), config.clone(), config.consumer());
-    server
-        .add_service(WorkerControlApi::new(shutdown.clone()).into_server())
-        .await;
+    let heartbeat_ttl = config.heartbeat_interval * control::follower::HEARTBEAT_LIVES;
+    let api = WorkerControlApi::new(
+        log.clone(),
+        consumer.local().clone(),
+        heartbeat_ttl,
+        shutdown.clone(),
+    );
+    server.add_service(api.into_server()).await;
     server.spawn_background(consumer.clone().run(shutdown.clone()));
+    server.spawn_background(
+        control::follower::Follower {
+            store: control::store::ControlStore::new(log.clone()),
+            consumer: consumer.clone(),
+            local: consumer.local().clone(),
+            control_interval: config.control_interval,
+            heartbeat_interval: config.heartbeat_interval,
+        }
+        .run(shutdown.clone()),
+    );
     let health = server.health();
     server.spawn_background(watch_dependency(
         "event store",
