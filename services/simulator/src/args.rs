@@ -49,6 +49,103 @@ pub struct SimArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, env = "TESTBED_SIM_OUTPUT_FILE")]
     pub output_file: Option<PathBuf>,
+
+    /// A scenario file (TOML phases: ramp, hold, burst, spike, pause);
+    /// replaces --rate and --duration.
+    #[arg(long, env = "TESTBED_SIM_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+
+    /// HTTP/2 connections to the target (at least one per resolved address
+    /// of a dns:/// target).
+    #[arg(long, env = "TESTBED_SIM_CONNECTIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub connections: u32,
+
+    /// Bidirectional PublishStreams per connection.
+    #[arg(long, env = "TESTBED_SIM_STREAMS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub streams: u32,
+
+    /// Send unary Publish calls instead of streams.
+    #[arg(long, env = "TESTBED_SIM_UNARY")]
+    pub unary: bool,
+
+    /// Largest batch; batches are sized for about 100 per second.
+    #[arg(long, env = "TESTBED_SIM_BATCH_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Payload mix, as weights.
+    #[arg(long, env = "TESTBED_SIM_MIX", default_value = "gpu=0.5,tokens=0.3,metric=0.2",
+          value_parser = parse_mix)]
+    pub mix: crate::fleet::Mix,
+
+    /// Architecture mix of the fleet's nodes, as weights.
+    #[arg(long, env = "TESTBED_SIM_ARCH_MIX", default_value = "amd64=0.5,arm64=0.3,armv7=0.2",
+          value_parser = parse_arch_mix)]
+    pub arch_mix: ArchMix,
+
+    /// Device id prefix: devices are PREFIX-00000, PREFIX-00001, ...
+    #[arg(long, env = "TESTBED_SIM_DEVICE_PREFIX", default_value = "sim")]
+    pub device_prefix: String,
+
+    /// RNG seed; the same seed gives the same fleet and events.
+    #[arg(long, env = "TESTBED_SIM_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// Run id carried by every event (the delivery ledger's key);
+    /// generated when omitted.
+    #[arg(long, env = "TESTBED_SIM_RUN_ID")]
+    pub run_id: Option<String>,
+
+    /// Retries of a refused batch (RESOURCE_EXHAUSTED, UNAVAILABLE) before
+    /// it counts as failed.
+    #[arg(long, env = "TESTBED_SIM_MAX_RETRIES", default_value_t = 10)]
+    pub max_retries: u32,
+
+    /// How long to wait for outstanding acks after the schedule ends.
+    #[arg(long, env = "TESTBED_SIM_DRAIN_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How long --verify waits for the pipeline to process the run.
+    #[arg(long, env = "TESTBED_SIM_VERIFY_TIMEOUT", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub verify_timeout: Duration,
+}
+
+/// Architecture names and weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchMix(pub Vec<(String, f64)>);
+
+fn parse_mix(value: &str) -> Result<crate::fleet::Mix, String> {
+    let w = crate::fleet::parse_weights(value, &["gpu", "tokens", "metric"])?;
+    Ok(crate::fleet::Mix {
+        gpu: w[0],
+        tokens: w[1],
+        metric: w[2],
+    })
+}
+
+fn parse_arch_mix(value: &str) -> Result<ArchMix, String> {
+    let mut out = Vec::new();
+    for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+        let (name, weight) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("expected arch=weight, got {pair:?}"))?;
+        let w: f64 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("weight of {name} is not a number"))?;
+        if !(w.is_finite() && w >= 0.0) || name.trim().is_empty() {
+            return Err(format!("bad entry {pair:?}"));
+        }
+        out.push((name.trim().to_owned(), w));
+    }
+    if out.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
+        return Err("weights must not all be zero".to_owned());
+    }
+    Ok(ArchMix(out))
 }
 
 impl SimArgs {
@@ -112,6 +209,12 @@ mod tests {
         assert_eq!(cli.sim.query_target(), "http://127.0.0.1:50051");
         assert_eq!(cli.sim.output, OutputFormat::Text);
         assert_eq!(cli.sim.duration, Duration::from_secs(30));
+        assert_eq!(
+            (cli.sim.connections, cli.sim.streams, cli.sim.batch_size),
+            (2, 2, 100)
+        );
+        assert_eq!(cli.sim.mix, crate::fleet::Mix::default());
+        assert_eq!(cli.sim.arch_mix.0.len(), 3);
     }
 
     /// The CLI contract's flags parse, with humane durations.
@@ -156,6 +259,9 @@ mod tests {
             ("--rate", "NaN"),
             ("--devices", "0"),
             ("--duration", "forever"),
+            ("--mix", "gpu=1,cpu=2"),
+            ("--arch-mix", "amd64=x"),
+            ("--connections", "0"),
         ] {
             let err = Cli::try_parse_from(["sim", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag} {value}: {err}");

@@ -1,0 +1,249 @@
+//! The run's report: a human table, the testbed's JSON experiment record,
+//! and ghz's JSON layout.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::scenario::Scenario;
+use crate::stats::{Figures, RunFigures};
+use crate::verify::Verification;
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Latency {
+    fn of(f: &Figures) -> Self {
+        Self {
+            p50_ms: ms(f.quantile(0.5)),
+            p90_ms: ms(f.quantile(0.9)),
+            p99_ms: ms(f.quantile(0.99)),
+            p999_ms: ms(f.quantile(0.999)),
+            max_ms: f.latency.max() as f64 / 1000.0,
+            mean_ms: f.latency.mean() / 1000.0,
+        }
+    }
+}
+
+/// Figures of one phase (or the whole run).
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    /// Phase kind, or "total".
+    pub name: String,
+    /// Planned length, seconds.
+    pub duration_s: f64,
+    /// Average target rate, events/s.
+    pub target_rate: f64,
+    /// Accepted events per second of the section.
+    pub achieved_rate: f64,
+    /// Events sent (first attempts).
+    pub sent: u64,
+    /// Events accepted.
+    pub accepted: u64,
+    /// Events rejected by validation.
+    pub rejected: u64,
+    /// Accepted events recognised as duplicates.
+    pub duplicates: u64,
+    /// Batches re-sent.
+    pub retried_batches: u64,
+    /// Events given up.
+    pub failed: u64,
+    /// Batch-ack latency from the intended send time.
+    pub latency: Latency,
+    /// Outcomes by status code.
+    pub status_codes: std::collections::BTreeMap<String, u64>,
+}
+
+impl Section {
+    fn of(name: &str, duration: Duration, planned: f64, f: &Figures) -> Self {
+        let secs = duration.as_secs_f64().max(1e-9);
+        Self {
+            name: name.to_owned(),
+            duration_s: duration.as_secs_f64(),
+            target_rate: planned / secs,
+            achieved_rate: f.accepted as f64 / secs,
+            sent: f.sent,
+            accepted: f.accepted,
+            rejected: f.rejected,
+            duplicates: f.duplicates,
+            retried_batches: f.retried,
+            failed: f.failed,
+            latency: Latency::of(f),
+            status_codes: f.status_codes.clone(),
+        }
+    }
+}
+
+/// The experiment record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Run id (the delivery ledger's key).
+    pub run_id: String,
+    /// The scenario as run.
+    pub scenario: Scenario,
+    /// RNG seed.
+    pub seed: u64,
+    /// Ingest target.
+    pub target: String,
+    /// Simulator version, revision and target.
+    pub version: String,
+    /// Architecture the simulator ran on.
+    pub arch: String,
+    /// Start, RFC 3339.
+    pub start_time: String,
+    /// End, RFC 3339.
+    pub end_time: String,
+    /// The whole run.
+    pub total: Section,
+    /// Per phase.
+    pub phases: Vec<Section>,
+    /// `--verify` outcome, if asked.
+    pub verification: Option<Verification>,
+}
+
+impl Report {
+    /// Builds the record of a run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        run_id: &str,
+        scenario: &Scenario,
+        seed: u64,
+        target: &str,
+        start: SystemTime,
+        end: SystemTime,
+        scheduled: Duration,
+        figures: &RunFigures,
+    ) -> Self {
+        let phases = scenario
+            .phases
+            .iter()
+            .zip(&figures.phases)
+            .map(|(phase, f)| {
+                let one = Scenario {
+                    name: String::new(),
+                    phases: vec![phase.clone()],
+                };
+                Section::of(phase.name(), phase.duration(), one.planned_events(), f)
+            })
+            .collect();
+        Self {
+            run_id: run_id.to_owned(),
+            scenario: scenario.clone(),
+            seed,
+            target: target.to_owned(),
+            version: testbed_build_info::long_version(),
+            arch: testbed_build_info::arch().to_owned(),
+            start_time: humantime::format_rfc3339_millis(start).to_string(),
+            end_time: humantime::format_rfc3339_millis(end).to_string(),
+            total: Section::of(
+                "total",
+                scheduled,
+                scenario.planned_events(),
+                &figures.total,
+            ),
+            phases,
+            verification: None,
+        }
+    }
+
+    /// The human table.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let t = &self.total;
+        out.push_str(&format!(
+            "run {}  scenario {}  seed {}  target {}\n",
+            self.run_id, self.scenario.name, self.seed, self.target
+        ));
+        out.push_str(&format!(
+            "rate     target {:.1}/s  achieved {:.1}/s ({:.1}%)\n",
+            t.target_rate,
+            t.achieved_rate,
+            if t.target_rate > 0.0 {
+                t.achieved_rate / t.target_rate * 100.0
+            } else {
+                0.0
+            }
+        ));
+        out.push_str(&format!(
+            "events   sent {}  accepted {}  rejected {}  duplicates {}  failed {}  retried batches {}\n",
+            t.sent, t.accepted, t.rejected, t.duplicates, t.failed, t.retried_batches
+        ));
+        out.push_str("latency  (batch ack, from intended send time)\n");
+        out.push_str(&format!(
+            "         p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms\n",
+            t.latency.p50_ms,
+            t.latency.p90_ms,
+            t.latency.p99_ms,
+            t.latency.p999_ms,
+            t.latency.max_ms
+        ));
+        let codes: Vec<String> = t
+            .status_codes
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        out.push_str(&format!("status   {}\n", codes.join("  ")));
+        if self.phases.len() > 1 {
+            out.push_str("phase    duration   target/s  achieved/s     p99 ms\n");
+            for p in &self.phases {
+                out.push_str(&format!(
+                    "{:<8} {:>8.1}s {:>10.1} {:>11.1} {:>10.3}\n",
+                    p.name, p.duration_s, p.target_rate, p.achieved_rate, p.latency.p99_ms
+                ));
+            }
+        }
+        if let Some(v) = &self.verification {
+            out.push_str(&format!("verify   {}\n", v.summary()));
+        }
+        out
+    }
+
+    /// ghz's JSON report layout (durations in nanoseconds), for ghz tooling.
+    pub fn ghz_json(&self, figures: &Figures) -> serde_json::Value {
+        let ns = |q: f64| figures.quantile(q).as_nanos() as u64;
+        let batches: u64 = figures.status_codes.values().sum();
+        let total_ns = (self.total.duration_s * 1e9) as u64;
+        let distribution: Vec<serde_json::Value> = [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9]
+            .iter()
+            .map(|p| json!({ "percentage": p, "latency": ns(p / 100.0) }))
+            .collect();
+        json!({
+            "name": format!("testbed sim {}", self.run_id),
+            "endReason": "normal",
+            "date": self.start_time,
+            "count": batches,
+            "total": total_ns,
+            "average": (figures.latency.mean() * 1000.0) as u64,
+            "fastest": figures.latency.min() * 1000,
+            "slowest": figures.latency.max() * 1000,
+            "rps": if self.total.duration_s > 0.0 { batches as f64 / self.total.duration_s } else { 0.0 },
+            "latencyDistribution": distribution,
+            "statusCodeDistribution": figures.status_codes,
+            "errorDistribution": {},
+            "options": {
+                "call": "testbed.v1.IngestService.PublishStream",
+                "host": self.target,
+                "rps": self.total.target_rate,
+            },
+        })
+    }
+}

@@ -1,0 +1,409 @@
+//! The open-loop run: a scheduler that emits batches at their intended
+//! times whatever the server does, and senders that measure each batch's
+//! latency from that intended time (no coordinated omission, as wrk2 does).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt as _;
+use prost::Message as _;
+use rand::Rng as _;
+use testbed_proto::google::rpc;
+use testbed_proto::v1::ingest_service_client::IngestServiceClient;
+use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest, PublishStreamResponse};
+use testbed_server::CancellationToken;
+use tokio::sync::mpsc;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+use crate::fleet::{Fleet, Kind};
+use crate::scenario::Scenario;
+use crate::stats::RunFigures;
+
+/// One batch, as scheduled.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Run-wide batch number (the stream sequence).
+    pub seq: u64,
+    /// The events.
+    pub events: Vec<Event>,
+    /// Their kinds, by position.
+    pub kinds: Vec<Kind>,
+    /// When the schedule wanted it sent: latency is measured from here.
+    pub intended: Instant,
+    /// The scenario phase it belongs to.
+    pub phase: usize,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// How batches are sent.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Bidi streams per connection (ignored with `unary`).
+    pub streams: u32,
+    /// Use unary Publish calls instead of streams.
+    pub unary: bool,
+    /// Retries of one batch before it counts as failed.
+    pub max_retries: u32,
+    /// Largest batch.
+    pub max_batch: u32,
+    /// Producer id sent with every batch.
+    pub producer_id: String,
+    /// How long to wait for outstanding acks after the schedule ends.
+    pub drain: Duration,
+}
+
+/// Shared live figures.
+pub type Shared = Arc<Mutex<RunFigures>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, RunFigures> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the scheduler reports while running (for the progress line).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Current phase index.
+    pub phase: usize,
+    /// Current target rate.
+    pub target_rate: f64,
+}
+
+/// Schedules the scenario and sends it; returns when every batch is
+/// acknowledged, failed, or `drain` has passed after the schedule ended.
+pub async fn run(
+    scenario: &Scenario,
+    mut fleet: Fleet,
+    channels: Vec<Channel>,
+    options: SendOptions,
+    figures: Shared,
+    progress: Arc<Mutex<Progress>>,
+    shutdown: CancellationToken,
+) -> Duration {
+    let drain = options.drain;
+    let lanes = if options.unary {
+        channels.len()
+    } else {
+        channels.len() * options.streams.max(1) as usize
+    };
+    let mut senders = Vec::with_capacity(lanes);
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..lanes {
+        // Unbounded on purpose: the schedule never waits for the server.
+        // A stalled server shows up as growing latency, not a lower rate.
+        let (tx, rx) = mpsc::unbounded_channel::<Batch>();
+        let channel = channels[lane % channels.len()].clone();
+        let (figures, options, retry_tx) = (figures.clone(), options.clone(), tx.clone());
+        if options.unary {
+            tasks.spawn(unary_lane(channel, rx, retry_tx, figures, options));
+        } else {
+            tasks.spawn(stream_lane(channel, rx, retry_tx, figures, options));
+        }
+        senders.push(tx);
+    }
+
+    let start = Instant::now();
+    let mut offset = Duration::ZERO;
+    let mut seq = 0u64;
+    while let Some((rate, phase)) = scenario.rate_at(offset) {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if rate <= 0.0 {
+            // No load in this instant: step forward in 10 ms slices.
+            offset += Duration::from_millis(10);
+            continue;
+        }
+        // About a hundred batches a second, within 1..=max_batch events.
+        let size = (rate / 100.0)
+            .round()
+            .clamp(1.0, f64::from(options.max_batch.max(1))) as usize;
+        let intended = start + offset;
+        if let Ok(mut p) = progress.lock() {
+            *p = Progress {
+                phase,
+                target_rate: rate,
+            };
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep_until(intended.into()) => {}
+        }
+        let now = SystemTime::now();
+        let (events, kinds): (Vec<Event>, Vec<Kind>) =
+            (0..size).map(|_| fleet.next_event(now)).unzip();
+        lock(&figures).update(phase, |f| {
+            f.sent += events.len() as u64;
+            f.batches += 1;
+        });
+        let batch = Batch {
+            seq,
+            events,
+            kinds,
+            intended,
+            phase,
+            attempts: 0,
+        };
+        let lane = (seq as usize) % senders.len();
+        let _ = senders[lane].send(batch);
+        seq += 1;
+        offset += Duration::from_secs_f64(size as f64 / rate);
+    }
+    // The schedule's span: its planned length, or longer if dispatching
+    // fell behind (then the achieved rate shows it).
+    let scheduled = start.elapsed().max(scenario.duration());
+    // Lanes hold a sender of their own (for retries): closing ours lets
+    // each lane finish once it has nothing in flight or queued.
+    drop(senders);
+    let drained = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, drained).await.is_err() {
+        tracing::warn!(
+            ?drain,
+            "batches still unacknowledged after the drain timeout"
+        );
+    }
+    scheduled
+}
+
+/// Whether a refusal should be retried, and after how long.
+fn retry_after(code: Code, hint: Option<Duration>, attempts: u32) -> Option<Duration> {
+    match code {
+        Code::ResourceExhausted | Code::Unavailable | Code::Aborted | Code::DeadlineExceeded => {
+            let base =
+                hint.unwrap_or_else(|| Duration::from_millis(50 * 2u64.pow(attempts.min(6))));
+            // Full jitter on top of the server's hint, so clients spread out.
+            let jitter = base.mul_f64(rand::rng().random::<f64>() * 0.5);
+            Some(base + jitter)
+        }
+        _ => None,
+    }
+}
+
+fn rpc_retry_hint(status: &rpc::Status) -> Option<Duration> {
+    status
+        .details
+        .iter()
+        .find(|d| d.type_url.ends_with("google.rpc.RetryInfo"))
+        .and_then(|d| {
+            let info = rpc::RetryInfo::decode(d.value.as_slice()).ok()?;
+            Duration::try_from(info.retry_delay?).ok()
+        })
+}
+
+/// Either re-queues `batch` after a delay or records it as failed.
+fn retry_or_fail(
+    batch: Batch,
+    code: Code,
+    hint: Option<Duration>,
+    retry_tx: &mpsc::UnboundedSender<Batch>,
+    figures: &Shared,
+    options: &SendOptions,
+) {
+    let phase = batch.phase;
+    match retry_after(code, hint, batch.attempts) {
+        Some(delay) if batch.attempts < options.max_retries => {
+            lock(figures).update(phase, |f| f.retried += 1);
+            let tx = retry_tx.clone();
+            let mut batch = batch;
+            batch.attempts += 1;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(batch);
+            });
+        }
+        _ => lock(figures).update(phase, |f| {
+            f.failed_batches += 1;
+            f.failed += batch.events.len() as u64;
+        }),
+    }
+}
+
+fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], figures: &Shared) {
+    let latency = batch.intended.elapsed();
+    let mut kinds = [0u64; 3];
+    for (i, kind) in batch.kinds.iter().enumerate() {
+        if !rejected.contains(&(i as u32)) {
+            kinds[*kind as usize] += 1;
+        }
+    }
+    lock(figures).update(batch.phase, |f| {
+        f.record_latency(latency);
+        f.count_status(Code::Ok);
+        f.accepted += u64::from(accepted);
+        f.duplicates += u64::from(duplicates);
+        f.rejected += rejected.len() as u64;
+        for (k, n) in kinds.iter().enumerate() {
+            f.accepted_kinds[k] += n;
+        }
+    });
+}
+
+/// Whether a lane is done: the schedule is over (only the lane's own
+/// retry sender is left, and no retry timer holds one), nothing is queued,
+/// nothing is in flight.
+fn lane_done(rx: &mpsc::UnboundedReceiver<Batch>, in_flight: usize) -> bool {
+    in_flight == 0 && rx.is_empty() && rx.sender_strong_count() <= 1
+}
+
+async fn stream_lane(
+    channel: Channel,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    retry_tx: mpsc::UnboundedSender<Batch>,
+    figures: Shared,
+    options: SendOptions,
+) {
+    let mut client = IngestServiceClient::new(channel);
+    let mut backoff = Duration::from_millis(50);
+    // Batches to send first on the next stream (unacknowledged on a broken one).
+    let mut resend: Vec<Batch> = Vec::new();
+    let request = |batch: &Batch| PublishStreamRequest {
+        sequence: batch.seq,
+        events: batch.events.clone(),
+        producer_id: options.producer_id.clone(),
+    };
+    loop {
+        if lane_done(&rx, resend.len()) {
+            return;
+        }
+        let (req_tx, req_rx) = mpsc::channel::<PublishStreamRequest>(1024);
+        let opened = client
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await;
+        let mut responses = match opened {
+            Ok(r) => {
+                backoff = Duration::from_millis(50);
+                r.into_inner()
+            }
+            Err(status) => {
+                tracing::debug!(%status, "cannot open a publish stream; retrying");
+                lock(&figures).total.count_status(status.code());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let mut in_flight: HashMap<u64, Batch> = HashMap::new();
+        for batch in resend.drain(..) {
+            if req_tx.send(request(&batch)).await.is_ok() {
+                in_flight.insert(batch.seq, batch);
+            }
+        }
+        loop {
+            if lane_done(&rx, in_flight.len()) {
+                return;
+            }
+            tokio::select! {
+                Some(batch) = rx.recv() => {
+                    let sent = req_tx.send(request(&batch)).await;
+                    in_flight.insert(batch.seq, batch);
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                ack = responses.next() => match ack {
+                    Some(Ok(ack)) => handle_stream_ack(ack, &mut in_flight, &retry_tx, &figures, &options),
+                    Some(Err(status)) => {
+                        lock(&figures).total.count_status(status.code());
+                        break;
+                    }
+                    None => break,
+                },
+                // Re-check whether the lane is done.
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        // The stream broke: everything unacknowledged is sent again on the
+        // next one (same event ids: the server drops what it already has).
+        let mut again: Vec<Batch> = in_flight.into_values().collect();
+        again.sort_by_key(|b| b.seq);
+        for mut batch in again {
+            lock(&figures).update(batch.phase, |f| f.retried += 1);
+            batch.attempts += 1;
+            resend.push(batch);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn handle_stream_ack(
+    ack: PublishStreamResponse,
+    in_flight: &mut HashMap<u64, Batch>,
+    retry_tx: &mpsc::UnboundedSender<Batch>,
+    figures: &Shared,
+    options: &SendOptions,
+) {
+    let Some(batch) = in_flight.remove(&ack.sequence) else {
+        return;
+    };
+    match ack.status.as_ref().filter(|s| s.code != 0) {
+        None => {
+            let rejected: Vec<u32> = ack.rejections.iter().map(|r| r.index).collect();
+            record_ack(
+                &batch,
+                ack.accepted_count,
+                ack.duplicate_count,
+                &rejected,
+                figures,
+            );
+        }
+        Some(status) => {
+            let code = Code::from_i32(status.code);
+            lock(figures).update(batch.phase, |f| f.count_status(code));
+            retry_or_fail(
+                batch,
+                code,
+                rpc_retry_hint(status),
+                retry_tx,
+                figures,
+                options,
+            );
+        }
+    }
+}
+
+async fn unary_lane(
+    channel: Channel,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    retry_tx: mpsc::UnboundedSender<Batch>,
+    figures: Shared,
+    options: SendOptions,
+) {
+    let client = IngestServiceClient::new(channel);
+    let mut calls = tokio::task::JoinSet::new();
+    loop {
+        if lane_done(&rx, calls.len()) {
+            return;
+        }
+        tokio::select! {
+            Some(batch) = rx.recv() => {
+                let mut client = client.clone();
+                let (figures, options, retry_tx) = (figures.clone(), options.clone(), retry_tx.clone());
+                calls.spawn(async move {
+                    let request = PublishRequest {
+                        events: batch.events.clone(),
+                        producer_id: options.producer_id.clone(),
+                        sequence: batch.seq,
+                    };
+                    match client.publish(request).await {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            let rejected: Vec<u32> = r.rejections.iter().map(|x| x.index).collect();
+                            record_ack(&batch, r.accepted_count, r.duplicate_count, &rejected, &figures);
+                        }
+                        Err(status) => {
+                            lock(&figures).update(batch.phase, |f| f.count_status(status.code()));
+                            let hint = status.get_details_retry_info().and_then(|i| i.retry_delay);
+                            retry_or_fail(batch, status.code(), hint, &retry_tx, &figures, &options);
+                        }
+                    }
+                });
+            }
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Scenarios: phases of load over time, from a TOML file or `--rate` and
+//! `--duration`.
+//!
+//! ```toml
+//! name = "ramp-to-saturation"
+//! [[phase]]
+//! kind = "ramp"      # from -> to events/s, linearly
+//! from = 100
+//! to = 20000
+//! duration = "2m"
+//! [[phase]]
+//! kind = "hold"      # a steady rate
+//! rate = 20000
+//! duration = "1m"
+//! [[phase]]
+//! kind = "burst"     # the base rate (last ramp/hold) times a multiplier
+//! multiplier = 3.0
+//! duration = "20s"
+//! [[phase]]
+//! kind = "spike"     # an absolute rate, then back to the base rate
+//! rate = 50000
+//! duration = "5s"
+//! [[phase]]
+//! kind = "pause"     # no load
+//! duration = "10s"
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a field is wrong (the message has the line,
+    /// column and field).
+    #[error("invalid scenario {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What and where.
+        message: String,
+    },
+}
+
+/// One phase of a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Phase {
+    /// Linear change of rate from `from` to `to` events/s.
+    Ramp {
+        /// Start rate, events/s.
+        from: f64,
+        /// End rate, events/s.
+        to: f64,
+        /// Length.
+        #[serde(with = "humane")]
+        duration: Duration,
+    },
+    /// A steady rate.
+    Hold {
+        /// Events/s.
+        rate: f64,
+        /// Length.
+        #[serde(with = "humane")]
+        duration: Duration,
+    },
+    /// The base rate times `multiplier`.
+    Burst {
+        /// Factor on the base rate.
+        multiplier: f64,
+        /// Length.
+        #[serde(with = "humane")]
+        duration: Duration,
+    },
+    /// An absolute rate that does not change the base rate.
+    Spike {
+        /// Events/s.
+        rate: f64,
+        /// Length.
+        #[serde(with = "humane")]
+        duration: Duration,
+    },
+    /// No load.
+    Pause {
+        /// Length.
+        #[serde(with = "humane")]
+        duration: Duration,
+    },
+}
+
+impl Phase {
+    /// The phase's length.
+    pub fn duration(&self) -> Duration {
+        match self {
+            Phase::Ramp { duration, .. }
+            | Phase::Hold { duration, .. }
+            | Phase::Burst { duration, .. }
+            | Phase::Spike { duration, .. }
+            | Phase::Pause { duration } => *duration,
+        }
+    }
+
+    /// A short name for progress lines and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Ramp { .. } => "ramp",
+            Phase::Hold { .. } => "hold",
+            Phase::Burst { .. } => "burst",
+            Phase::Spike { .. } => "spike",
+            Phase::Pause { .. } => "pause",
+        }
+    }
+}
+
+mod humane {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// A named sequence of phases.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    /// Name, for reports.
+    pub name: String,
+    /// The phases, in order.
+    #[serde(rename = "phase")]
+    pub phases: Vec<Phase>,
+}
+
+/// The file as written: every field spanned, so errors name the line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    phase: Vec<toml::Spanned<PhaseSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhaseSpec {
+    kind: toml::Spanned<String>,
+    from: Option<toml::Spanned<f64>>,
+    to: Option<toml::Spanned<f64>>,
+    rate: Option<toml::Spanned<f64>>,
+    multiplier: Option<toml::Spanned<f64>>,
+    duration: Option<toml::Spanned<String>>,
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Scenario {
+    /// One `hold` phase: the `--rate`/`--duration` shorthand.
+    pub fn steady(rate: f64, duration: Duration) -> Self {
+        Self {
+            name: "steady".to_owned(),
+            phases: vec![Phase::Hold { rate, duration }],
+        }
+    }
+
+    /// Parses TOML text; `path` names the source in errors, which carry
+    /// the line and the field.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let file: File =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim().to_owned()))?;
+        if file.phase.is_empty() {
+            return Err(invalid("needs at least one [[phase]]".to_owned()));
+        }
+        let mut phases = Vec::with_capacity(file.phase.len());
+        for (i, spanned) in file.phase.iter().enumerate() {
+            let spec = spanned.get_ref();
+            let at = |span: std::ops::Range<usize>, field: &str, why: &str| {
+                invalid(format!(
+                    "line {}: phase[{i}].{field} {why}",
+                    line_of(text, span.start)
+                ))
+            };
+            let rate =
+                |v: &Option<toml::Spanned<f64>>, field: &str| -> Result<f64, ScenarioError> {
+                    let v = v
+                        .as_ref()
+                        .ok_or_else(|| at(spanned.span(), field, "is required"))?;
+                    let r = *v.get_ref();
+                    if r.is_finite() && (0.0..=10_000_000.0).contains(&r) {
+                        Ok(r)
+                    } else {
+                        Err(at(v.span(), field, "must be 0..10000000 events/s"))
+                    }
+                };
+            let duration = {
+                let d = spec
+                    .duration
+                    .as_ref()
+                    .ok_or_else(|| at(spanned.span(), "duration", "is required"))?;
+                let parsed = humantime::parse_duration(d.get_ref())
+                    .map_err(|e| at(d.span(), "duration", &format!("{:?}: {e}", d.get_ref())))?;
+                if parsed.is_zero() {
+                    return Err(at(d.span(), "duration", "must be positive"));
+                }
+                parsed
+            };
+            let phase = match spec.kind.get_ref().as_str() {
+                "ramp" => Phase::Ramp {
+                    from: rate(&spec.from, "from")?,
+                    to: rate(&spec.to, "to")?,
+                    duration,
+                },
+                "hold" => Phase::Hold {
+                    rate: rate(&spec.rate, "rate")?,
+                    duration,
+                },
+                "spike" => Phase::Spike {
+                    rate: rate(&spec.rate, "rate")?,
+                    duration,
+                },
+                "burst" => {
+                    let m = spec
+                        .multiplier
+                        .as_ref()
+                        .ok_or_else(|| at(spanned.span(), "multiplier", "is required"))?;
+                    if !(m.get_ref().is_finite() && *m.get_ref() >= 0.0) {
+                        return Err(at(m.span(), "multiplier", "must be a non-negative number"));
+                    }
+                    Phase::Burst {
+                        multiplier: *m.get_ref(),
+                        duration,
+                    }
+                }
+                "pause" => Phase::Pause { duration },
+                other => {
+                    return Err(at(
+                        spec.kind.span(),
+                        "kind",
+                        &format!("{other:?} is not one of ramp, hold, burst, spike, pause"),
+                    ));
+                }
+            };
+            phases.push(phase);
+        }
+        Ok(Self {
+            name: file.name,
+            phases,
+        })
+    }
+
+    /// Reads and parses a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Total length.
+    pub fn duration(&self) -> Duration {
+        self.phases.iter().map(Phase::duration).sum()
+    }
+
+    /// The target rate (events/s) at `t` since the start, and the index of
+    /// the phase in force; `None` after the end.
+    pub fn rate_at(&self, t: Duration) -> Option<(f64, usize)> {
+        let mut start = Duration::ZERO;
+        let mut base = 0.0;
+        for (i, phase) in self.phases.iter().enumerate() {
+            let end = start + phase.duration();
+            if t < end {
+                let into = (t - start).as_secs_f64() / phase.duration().as_secs_f64();
+                let rate = match phase {
+                    Phase::Ramp { from, to, .. } => from + (to - from) * into,
+                    Phase::Hold { rate, .. } | Phase::Spike { rate, .. } => *rate,
+                    Phase::Burst { multiplier, .. } => base * multiplier,
+                    Phase::Pause { .. } => 0.0,
+                };
+                return Some((rate, i));
+            }
+            match phase {
+                Phase::Ramp { to, .. } => base = *to,
+                Phase::Hold { rate, .. } => base = *rate,
+                _ => {}
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// Events the schedule asks for in total (the integral of the rate).
+    pub fn planned_events(&self) -> f64 {
+        let mut base = 0.0;
+        let mut total = 0.0;
+        for phase in &self.phases {
+            let secs = phase.duration().as_secs_f64();
+            total += match phase {
+                Phase::Ramp { from, to, .. } => (from + to) / 2.0 * secs,
+                Phase::Hold { rate, .. } | Phase::Spike { rate, .. } => rate * secs,
+                Phase::Burst { multiplier, .. } => base * multiplier * secs,
+                Phase::Pause { .. } => 0.0,
+            };
+            match phase {
+                Phase::Ramp { to, .. } => base = *to,
+                Phase::Hold { rate, .. } => base = *rate,
+                _ => {}
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+name = "hpa"
+[[phase]]
+kind = "ramp"
+from = 100
+to = 300
+duration = "10s"
+[[phase]]
+kind = "burst"
+multiplier = 2
+duration = "5s"
+[[phase]]
+kind = "spike"
+rate = 1000
+duration = "1s"
+[[phase]]
+kind = "pause"
+duration = "2s"
+"#;
+
+    /// Every phase kind parses, and the rate function follows them.
+    #[test]
+    fn parses_and_follows_phases() {
+        let s = Scenario::parse(FILE, "hpa.toml").unwrap();
+        assert_eq!(s.name, "hpa");
+        assert_eq!(s.duration(), Duration::from_secs(18));
+        assert_eq!(s.rate_at(Duration::ZERO), Some((100.0, 0)));
+        assert_eq!(s.rate_at(Duration::from_secs(5)), Some((200.0, 0)));
+        assert_eq!(s.rate_at(Duration::from_secs(12)), Some((600.0, 1)));
+        assert_eq!(s.rate_at(Duration::from_millis(15_500)), Some((1000.0, 2)));
+        assert_eq!(s.rate_at(Duration::from_secs(17)), Some((0.0, 3)));
+        assert_eq!(s.rate_at(Duration::from_secs(18)), None);
+        assert_eq!(s.planned_events(), 2000.0 + 3000.0 + 1000.0);
+    }
+
+    /// A bad file names the line and the field.
+    #[test]
+    fn errors_name_line_and_field() {
+        let err = Scenario::parse(
+            "[[phase]]\nkind = \"hold\"\nrate = 10\nduration = \"soon\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 4: phase[0].duration") && err.contains("soon"),
+            "{err}"
+        );
+        let err = Scenario::parse(
+            "[[phase]]\nkind = \"hold\"\nrat = 10\nduration = \"1s\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rat") && err.contains("line"), "{err}");
+        let err = Scenario::parse("[[phase]]\nkind = \"warp\"\nduration = \"1s\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2: phase[0].kind") && err.contains("warp"),
+            "{err}"
+        );
+        let err = Scenario::parse(
+            "[[phase]]\nkind = \"hold\"\nrate = -5\nduration = \"1s\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3: phase[0].rate"), "{err}");
+        let err = Scenario::parse("name = \"empty\"\nphase = []\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one"), "{err}");
+    }
+}

@@ -1,0 +1,154 @@
+//! Run figures: the latency histogram (HDR, microseconds) and counters,
+//! overall and per phase.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Highest latency recorded: one hour, in microseconds.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+// The bounds are constants that hdrhistogram accepts (low >= 1, high >=
+// 2 * low, 3 significant figures): this cannot fail at run time.
+#[allow(clippy::expect_used)]
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// Counters of one phase or of the whole run.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Batch-ack latency from each batch's intended send time, µs.
+    pub latency: Histogram<u64>,
+    /// Events handed to the transport (first attempts only).
+    pub sent: u64,
+    /// Batches handed to the transport (first attempts only).
+    pub batches: u64,
+    /// Events acknowledged as accepted (including duplicates of earlier attempts).
+    pub accepted: u64,
+    /// Events refused by validation.
+    pub rejected: u64,
+    /// Accepted events the server recognised as re-sent duplicates.
+    pub duplicates: u64,
+    /// Batches re-sent after a retryable refusal or a broken stream.
+    pub retried: u64,
+    /// Batches given up after the retry limit or a non-retryable error.
+    pub failed_batches: u64,
+    /// Events in failed batches.
+    pub failed: u64,
+    /// Accepted events per kind (gpu, tokens, metric).
+    pub accepted_kinds: [u64; 3],
+    /// Outcomes by gRPC status code name (one per attempt).
+    pub status_codes: BTreeMap<String, u64>,
+}
+
+impl Default for Figures {
+    fn default() -> Self {
+        Self {
+            latency: histogram(),
+            sent: 0,
+            batches: 0,
+            accepted: 0,
+            rejected: 0,
+            duplicates: 0,
+            retried: 0,
+            failed_batches: 0,
+            failed: 0,
+            accepted_kinds: [0; 3],
+            status_codes: BTreeMap::new(),
+        }
+    }
+}
+
+impl Figures {
+    /// Records one latency (saturating at the histogram's top).
+    pub fn record_latency(&mut self, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        let _ = self.latency.record(us);
+    }
+
+    /// A latency quantile (0..1).
+    pub fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.latency.value_at_quantile(q))
+    }
+
+    /// Counts an outcome by status code name.
+    pub fn count_status(&mut self, code: tonic::Code) {
+        *self.status_codes.entry(code_name(code)).or_default() += 1;
+    }
+}
+
+/// gRPC status code names as grpcurl and ghz print them (`OK`,
+/// `RESOURCE_EXHAUSTED`, ...).
+pub fn code_name(code: tonic::Code) -> String {
+    let debug = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    match out.as_str() {
+        "O_K" => "OK".to_owned(),
+        _ => out,
+    }
+}
+
+/// Whole-run and per-phase figures.
+#[derive(Debug, Clone, Default)]
+pub struct RunFigures {
+    /// The whole run.
+    pub total: Figures,
+    /// One per scenario phase.
+    pub phases: Vec<Figures>,
+}
+
+impl RunFigures {
+    /// Figures for `phases` phases.
+    pub fn new(phases: usize) -> Self {
+        Self {
+            total: Figures::default(),
+            phases: vec![Figures::default(); phases],
+        }
+    }
+
+    /// Applies `f` to the total and to the phase's figures.
+    pub fn update(&mut self, phase: usize, mut f: impl FnMut(&mut Figures)) {
+        f(&mut self.total);
+        if let Some(p) = self.phases.get_mut(phase) {
+            f(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Status names match ghz/grpcurl's.
+    #[test]
+    fn code_names() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+
+    /// Quantiles come back within the histogram's precision.
+    #[test]
+    fn quantiles() {
+        let mut f = Figures::default();
+        for ms in 1..=100 {
+            f.record_latency(Duration::from_millis(ms));
+        }
+        let p50 = f.quantile(0.5).as_micros() as f64;
+        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.01, "{p50}");
+        let max = f.quantile(1.0).as_micros() as f64;
+        assert!((max - 100_000.0).abs() / 100_000.0 < 0.01, "{max}");
+    }
+}
