@@ -38,6 +38,10 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The address it is bound to (the real port when port 0 was asked).
     pub grpc_addr: SocketAddr,
+    /// The Prometheus `/metrics` listener, until someone takes it to serve.
+    pub metrics: Option<TcpListener>,
+    /// Its address.
+    pub metrics_addr: SocketAddr,
     /// `--shutdown-grace`.
     pub grace: std::time::Duration,
     /// `--health-interval`.
@@ -59,8 +63,20 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         addr: args.grpc_addr,
         source,
     })?;
+    let metrics = TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| BindError::Bind {
+            flag: "--metrics-addr",
+            addr: args.metrics_addr,
+            source,
+        })?;
+    let metrics_addr = metrics.local_addr().map_err(|source| BindError::Bind {
+        flag: "--metrics-addr",
+        addr: args.metrics_addr,
+        source,
+    })?;
     if let Some(path) = &args.addr_file {
-        write_addr_file(path, grpc_addr).map_err(|source| BindError::AddrFile {
+        write_addr_file(path, grpc_addr, metrics_addr).map_err(|source| BindError::AddrFile {
             path: path.display().to_string(),
             source,
         })?;
@@ -68,6 +84,8 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
     Ok(Listeners {
         grpc,
         grpc_addr,
+        metrics: Some(metrics),
+        metrics_addr,
         grace: args.shutdown_grace,
         health_interval: args.health_interval,
     })
@@ -75,10 +93,10 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
 
 /// Writes the file next to its final name and renames it, so a reader that
 /// polls for the file never sees it half-written.
-fn write_addr_file(path: &Path, grpc: SocketAddr) -> std::io::Result<()> {
+fn write_addr_file(path: &Path, grpc: SocketAddr, metrics: SocketAddr) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{{\"grpc\":\"{grpc}\"}}")?;
+    writeln!(file, "{{\"grpc\":\"{grpc}\",\"metrics\":\"{metrics}\"}}")?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
@@ -110,7 +128,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text.trim(),
-            format!("{{\"grpc\":\"{}\"}}", listeners.grpc_addr)
+            format!(
+                "{{\"grpc\":\"{}\",\"metrics\":\"{}\"}}",
+                listeners.grpc_addr, listeners.metrics_addr
+            )
         );
         let _ = std::fs::remove_file(path);
     }

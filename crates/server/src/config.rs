@@ -14,8 +14,8 @@ pub struct ListenArgs {
     #[arg(long, env = "TESTBED_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
 
-    /// Address of the Prometheus `/metrics` endpoint (served once the
-    /// observability work lands; the flag is accepted and validated now).
+    /// Address of the Prometheus `/metrics` endpoint. Port 0 picks a free
+    /// port (see --addr-file).
     #[arg(long, env = "TESTBED_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
 
@@ -41,7 +41,8 @@ pub struct ListenArgs {
     pub health_interval: Duration,
 
     /// Once listening, write the bound addresses to this file as JSON
-    /// (`{"grpc":"127.0.0.1:50051"}`), for scripts and tests that bind port 0.
+    /// (`{"grpc":"127.0.0.1:50051","metrics":"127.0.0.1:9464"}`), for
+    /// scripts and tests that bind port 0.
     #[arg(long, env = "TESTBED_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
 }

@@ -220,6 +220,9 @@ impl GrpcServer {
         // No per-connection Nagle delay: acks are small and latency-bound.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tonic::transport::Server::builder()
+            // Outermost: every RPC is traced and measured, including the
+            // time spent in any layer added below it.
+            .layer(testbed_telemetry::rpc::RpcLayer::new())
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, stopping);
         tokio::pin!(server);

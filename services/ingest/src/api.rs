@@ -39,17 +39,11 @@ impl IngestApi {
     }
 }
 
-/// The W3C trace context headers of a call, stored with its entries so the
-/// worker's span can continue the caller's trace.
-fn trace_context(metadata: &MetadataMap) -> (String, String) {
-    let get = |name: &str| {
-        metadata
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_default()
-    };
-    (get("traceparent"), get("tracestate"))
+/// The trace context of this call's server span (which continues the
+/// caller's), stored with its entries so the worker's span continues the
+/// trace across the queue.
+fn trace_context(_metadata: &MetadataMap) -> (String, String) {
+    testbed_telemetry::propagation::current_to_strings()
 }
 
 #[tonic::async_trait]

@@ -11,12 +11,14 @@
 //! - [`publisher`]: the write path both handlers share.
 //! - [`validate`]: per-event rules, each naming its field.
 //! - [`error`]: batch-level errors and their one mapping to gRPC codes.
+//! - [`metrics`]: the service's instruments.
 //! - [`register`] / [`run`]: how the service joins a [`GrpcServer`].
 #![forbid(unsafe_code)]
 
 pub mod api;
 mod config;
 pub mod error;
+pub mod metrics;
 pub mod publisher;
 pub mod validate;
 

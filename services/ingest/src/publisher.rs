@@ -11,6 +11,7 @@ use testbed_stream::{AnyLog, AppendEvent, EntryMeta, EventLog as _, partition_of
 
 use crate::IngestConfig;
 use crate::error::IngestError;
+use crate::metrics::IngestMetrics;
 use crate::validate::{check_id, validate};
 
 /// What happened to an accepted batch.
@@ -44,6 +45,7 @@ pub struct Batch {
 pub struct Publisher {
     log: AnyLog,
     config: Arc<IngestConfig>,
+    metrics: IngestMetrics,
 }
 
 impl Publisher {
@@ -52,6 +54,7 @@ impl Publisher {
         Self {
             log,
             config: Arc::new(config),
+            metrics: IngestMetrics::default(),
         }
     }
 
@@ -64,6 +67,30 @@ impl Publisher {
     /// durably appended; an error means the batch must be retried (a retry
     /// never double counts: duplicates are dropped at append).
     pub async fn publish(&self, batch: Batch) -> Result<Published, IngestError> {
+        let received = batch.events.len() as u64;
+        self.metrics.received.add(received, &[]);
+        self.metrics.batch_size.record(received, &[]);
+        let result = self.publish_inner(batch).await;
+        match &result {
+            Ok(p) => {
+                self.metrics.accepted.add(u64::from(p.accepted), &[]);
+                self.metrics
+                    .appended
+                    .add(u64::from(p.accepted - p.duplicates), &[]);
+                self.metrics.duplicates.add(u64::from(p.duplicates), &[]);
+                self.metrics.reject(p.rejections.len() as u64, "validation");
+            }
+            Err(IngestError::Backpressure { .. }) => {
+                self.metrics.backpressure.add(1, &[]);
+                self.metrics.reject(received, "backpressure");
+            }
+            Err(IngestError::Store(_)) => self.metrics.reject(received, "unavailable"),
+            Err(_) => self.metrics.reject(received, "invalid_batch"),
+        }
+        result
+    }
+
+    async fn publish_inner(&self, batch: Batch) -> Result<Published, IngestError> {
         let config = &self.config;
         if batch.events.is_empty() {
             return Err(IngestError::EmptyBatch { field: "events" });

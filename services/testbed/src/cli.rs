@@ -46,6 +46,19 @@ pub enum Command {
     Sim(SimArgs),
 }
 
+impl Command {
+    /// The OpenTelemetry `service.name` of this process.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::All(_) => "testbed",
+            Command::Ingest(_) => "testbed-ingest",
+            Command::Worker(_) => "testbed-worker",
+            Command::Query(_) => "testbed-query",
+            Command::Sim(_) => "testbed-sim",
+        }
+    }
+}
+
 /// Flags every server subcommand shares.
 #[derive(Debug, Args)]
 pub struct ServerArgs {

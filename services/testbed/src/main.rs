@@ -16,6 +16,7 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use testbed_server::{CancellationToken, GrpcServer, ListenArgs, Listeners};
 
 use testbed_stream::{AnyLog, EventLog as _};
+use testbed_telemetry::TelemetryGuard;
 
 use crate::cli::{Cli, Command, ServerArgs};
 
@@ -46,49 +47,58 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let _telemetry = match testbed_telemetry::init(&cli.log) {
-        Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("testbed: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err @ MainError::NeedsRedis(_)) => {
-            eprintln!("testbed: {err}");
-            ExitCode::from(2)
-        }
-        Err(err) => {
-            // One line, no backtrace: the message names the flag and value.
-            tracing::error!(error = %err, "testbed stopped");
-            eprintln!("testbed: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(command: Command) -> Result<(), MainError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(MainError::Runtime)?;
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("testbed: {}", MainError::Runtime(err));
+            return ExitCode::FAILURE;
+        }
+    };
     runtime.block_on(async move {
+        // The exporters run on this runtime, so telemetry starts inside it;
+        // the guard is dropped last, after every server has drained.
+        let telemetry = match testbed_telemetry::init(&cli.log, cli.command.service_name()) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("testbed: {err}");
+                return ExitCode::from(2);
+            }
+        };
         let shutdown = CancellationToken::new();
         // The one shutdown path: signals cancel the root token; every server,
         // stream and background task watches it (or a child of it).
         let signals = tokio::spawn(testbed_server::signal::cancel_on_signal(shutdown.clone()));
-        let result = dispatch(command, shutdown).await;
+        let result = dispatch(cli.command, &telemetry, shutdown).await;
         signals.abort();
-        result
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err @ MainError::NeedsRedis(_)) => {
+                eprintln!("testbed: {err}");
+                ExitCode::from(2)
+            }
+            Err(err) => {
+                // One line, no backtrace: the message names the flag and value.
+                tracing::error!(error = %err, "testbed stopped");
+                eprintln!("testbed: {err}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
-async fn dispatch(command: Command, shutdown: CancellationToken) -> Result<(), MainError> {
+async fn dispatch(
+    command: Command,
+    telemetry: &TelemetryGuard,
+    shutdown: CancellationToken,
+) -> Result<(), MainError> {
     match command {
         Command::All(args) => {
             let log = AnyLog::from_args(&args.server.store).await?;
-            let listeners = bind_and_announce("all", &args.server.listen, &log).await?;
+            let listeners =
+                bind_and_announce("all", &args.server.listen, &log, telemetry, &shutdown).await?;
             let mut server = GrpcServer::new();
             server.set_probe_interval(listeners.health_interval);
             testbed_ingest::register(&mut server, &args.ingest, log.clone(), shutdown.clone())
@@ -102,17 +112,22 @@ async fn dispatch(command: Command, shutdown: CancellationToken) -> Result<(), M
         }
         Command::Ingest(args) => {
             let log = redis_log("ingest", &args.server).await?;
-            let listeners = bind_and_announce("ingest", &args.server.listen, &log).await?;
+            let listeners =
+                bind_and_announce("ingest", &args.server.listen, &log, telemetry, &shutdown)
+                    .await?;
             testbed_ingest::run(args.ingest, log, listeners, shutdown).await?;
         }
         Command::Worker(args) => {
             let log = redis_log("worker", &args.server).await?;
-            let listeners = bind_and_announce("worker", &args.server.listen, &log).await?;
+            let listeners =
+                bind_and_announce("worker", &args.server.listen, &log, telemetry, &shutdown)
+                    .await?;
             testbed_worker::run(args.worker, log, listeners, shutdown).await?;
         }
         Command::Query(args) => {
             let log = redis_log("query", &args.server).await?;
-            let listeners = bind_and_announce("query", &args.server.listen, &log).await?;
+            let listeners =
+                bind_and_announce("query", &args.server.listen, &log, telemetry, &shutdown).await?;
             testbed_query::run(args.query, log, listeners, shutdown).await?;
         }
         Command::Sim(args) => testbed_sim::run(args, shutdown).await?,
@@ -136,8 +151,20 @@ async fn bind_and_announce(
     role: &'static str,
     listen: &ListenArgs,
     log: &AnyLog,
+    telemetry: &TelemetryGuard,
+    shutdown: &CancellationToken,
 ) -> Result<Listeners, MainError> {
-    let listeners = testbed_server::bind(listen).await?;
+    let mut listeners = testbed_server::bind(listen).await?;
+    // The metrics endpoint lives as long as the process: scrapers see the
+    // last figures until the very end.
+    if let Some(metrics) = listeners.metrics.take() {
+        let serving = telemetry.serve_metrics(metrics, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(err) = serving.await {
+                tracing::warn!(error = %err, "metrics endpoint stopped");
+            }
+        });
+    }
     tracing::info!(
         role,
         version = testbed_build_info::VERSION,
@@ -145,6 +172,7 @@ async fn bind_and_announce(
         arch = testbed_build_info::arch(),
         target = testbed_build_info::TARGET,
         grpc_addr = %listeners.grpc_addr,
+        metrics_addr = %listeners.metrics_addr,
         store = log.backend(),
         partitions = log.partitions(),
         "testbed {role} listening on {}",

@@ -2,6 +2,19 @@
 
 use std::time::Duration;
 
+/// How the worker's span for an entry relates to the ingest span stored
+/// with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum QueueTraceMode {
+    /// The processing span is a child of the ingest span: one trace from
+    /// the load generator to the aggregate.
+    #[default]
+    Parent,
+    /// The processing span starts a new trace with a span link to the
+    /// ingest span (the messaging conventions' choice for batch consumers).
+    Link,
+}
+
 /// How a worker consumes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
@@ -48,6 +61,12 @@ pub struct WorkerConfig {
           value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How processing spans relate to the ingest span carried through the
+    /// queue: `parent` (one trace end to end) or `link` (a new trace per
+    /// entry, linked).
+    #[arg(long, env = "TESTBED_QUEUE_TRACE_MODE", value_enum, default_value_t = QueueTraceMode::Parent)]
+    pub queue_trace_mode: QueueTraceMode,
+
     /// Deliveries after which a failing entry is dead-lettered.
     #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -64,6 +83,7 @@ impl Default for WorkerConfig {
             claim_idle: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(5),
             max_deliveries: 5,
+            queue_trace_mode: QueueTraceMode::Parent,
             control_interval: Duration::from_millis(250),
             heartbeat_interval: Duration::from_secs(1),
         }

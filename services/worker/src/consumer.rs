@@ -11,13 +11,15 @@ use rand::Rng as _;
 use testbed_proto::v1::Event;
 use testbed_proto::v1::fault::Effect;
 use testbed_server::CancellationToken;
-use testbed_stream::{AnyLog, ApplyOutcome, Entry, EventLog as _, StoreError};
+use testbed_stream::{AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, StoreError};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
-use crate::WorkerConfig;
 use crate::control::LocalControl;
 use crate::control::faults::{expired, matches, sample_delay};
 use crate::fold::fold;
+use crate::metrics::WorkerMetrics;
+use crate::{QueueTraceMode, WorkerConfig};
 
 /// Figures of this worker process (the cluster-wide ones live in the store).
 #[derive(Debug, Default)]
@@ -40,6 +42,7 @@ pub struct Consumer {
     name: Arc<str>,
     local: Arc<LocalControl>,
     figures: Arc<WorkerFigures>,
+    metrics: WorkerMetrics,
 }
 
 impl Consumer {
@@ -50,6 +53,7 @@ impl Consumer {
             log,
             config: Arc::new(config),
             name: name.into(),
+            metrics: WorkerMetrics::new(local.clone()),
             local,
             figures: Arc::default(),
         }
@@ -63,6 +67,16 @@ impl Consumer {
     /// The control state this worker applies (pause, concurrency, faults).
     pub fn local(&self) -> &Arc<LocalControl> {
         &self.local
+    }
+
+    /// The log this worker consumes.
+    pub fn log(&self) -> &AnyLog {
+        &self.log
+    }
+
+    /// This worker's instruments.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics
     }
 
     /// This worker's own figures.
@@ -232,6 +246,40 @@ impl Consumer {
     /// with backoff a few times; past that the entry stays pending and is
     /// claimed later, so nothing is lost.
     pub async fn process(&self, entry: Entry) {
+        let span = self.entry_span(&entry);
+        self.process_in_span(entry).instrument(span).await;
+    }
+
+    /// The processing span of `entry`, continuing (or linking to) the
+    /// ingest span stored with it, per `--queue-trace-mode`.
+    fn entry_span(&self, entry: &Entry) -> tracing::Span {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = tracing::info_span!(
+            "process entry",
+            otel.kind = "consumer",
+            messaging.system = "redis",
+            messaging.operation.type = "process",
+            messaging.destination.partition.id = entry.partition,
+            messaging.message.id = %entry.id,
+            messaging.batch.message_count = entry.events.len(),
+        );
+        let meta = EntryMeta::decode(entry.meta.as_slice()).unwrap_or_default();
+        let upstream =
+            testbed_telemetry::propagation::from_strings(&meta.traceparent, &meta.tracestate);
+        let upstream_span = upstream.span().span_context().clone();
+        if upstream_span.is_valid() {
+            match self.config.queue_trace_mode {
+                QueueTraceMode::Parent => {
+                    let _ = span.set_parent(upstream);
+                }
+                QueueTraceMode::Link => span.add_link(upstream_span),
+            }
+        }
+        span
+    }
+
+    async fn process_in_span(&self, entry: Entry) {
         let Ok(_permit) = self.local.permits().acquire().await else {
             return;
         };
@@ -265,6 +313,7 @@ impl Consumer {
                     self.figures
                         .dead_lettered
                         .fetch_add(events, Ordering::Relaxed);
+                    self.metrics.dead_lettered.add(events, &[]);
                 }
                 Ok(ApplyOutcome::AlreadyAcked) => {}
                 Err(err) => {
@@ -278,6 +327,7 @@ impl Consumer {
             // Left pending on purpose: claimed again after --claim-idle and
             // dead-lettered past --max-deliveries, like a real failure.
             self.figures.fault_failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.retried.add(events, &[]);
             return;
         }
         let ops = fold(&entry, &decoded, self.log.keys(), self.log.retention());
@@ -285,12 +335,21 @@ impl Consumer {
         match apply.retry(retry).await {
             Ok(ApplyOutcome::Applied) => {
                 self.figures.processed.fetch_add(events, Ordering::Relaxed);
+                self.metrics.processed.add(events, &[]);
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let latency = now_ms.saturating_sub(entry.appended_ms()) as f64 / 1000.0;
+                // One observation per entry: its events share the append time.
+                self.metrics.e2e.record(latency, &[]);
             }
             Ok(ApplyOutcome::AlreadyAcked) => {
                 self.figures.already_acked.fetch_add(1, Ordering::Relaxed);
+                self.metrics.already_acked.add(1, &[]);
                 tracing::debug!(entry = %entry.id, "already acked by another consumer");
             }
             Err(err) => {
+                self.metrics.retried.add(events, &[]);
                 tracing::warn!(entry = %entry.id, error = %err, "apply failed; entry stays pending")
             }
         }

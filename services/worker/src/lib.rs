@@ -14,6 +14,7 @@
 //! - [`WorkerConfig`]: the `testbed worker` flags.
 //! - [`consumer`]: read, fold, apply, claim, dead-letter, trim.
 //! - [`fold`]: events → aggregate writes.
+//! - [`metrics`]: the worker's instruments (`worker_events_processed_total`, ...).
 //! - [`control`]: cluster-wide control: the RPC handlers in
 //!   [`control::api`] (`GetStatus`, `WatchStatus`, `Pause`, `Resume`,
 //!   `SetConcurrency`, `InjectFault`, `ClearFaults`), the desired state in
@@ -25,12 +26,13 @@ mod config;
 pub mod consumer;
 pub mod control;
 pub mod fold;
+pub mod metrics;
 
 use testbed_proto::service_names;
 use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
 use testbed_stream::{AnyLog, EventLog as _};
 
-pub use config::WorkerConfig;
+pub use config::{QueueTraceMode, WorkerConfig};
 pub use consumer::Consumer;
 pub use control::WorkerControlApi;
 

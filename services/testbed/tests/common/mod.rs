@@ -51,7 +51,7 @@ impl Testbed {
                 let addr = text
                     .trim()
                     .strip_prefix("{\"grpc\":\"")
-                    .and_then(|s| s.strip_suffix("\"}"))
+                    .and_then(|s| s.split('"').next())
                     .expect("addr file format");
                 break addr.parse().unwrap();
             }

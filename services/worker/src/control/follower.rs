@@ -40,6 +40,35 @@ fn host() -> String {
 }
 
 impl Follower {
+    /// Reads backlog and pending figures of every partition for the
+    /// `pipeline_*` gauges (lag and oldest-pending age, for autoscalers and
+    /// alerts). Skipped while the store is unreachable.
+    async fn refresh_partition_gauges(&self, now: SystemTime) {
+        use testbed_stream::EventLog as _;
+        let log = self.consumer.log();
+        let mut gauges = Vec::new();
+        for partition in 0..log.partitions() {
+            let (Ok(figures), Ok(pending)) =
+                (log.figures(partition).await, log.pending(partition).await)
+            else {
+                return;
+            };
+            let oldest = pending.oldest_ms.map_or(0.0, |ms| {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                now.duration_since(at).unwrap_or_default().as_secs_f64()
+            });
+            gauges.push(crate::metrics::PartitionGauge {
+                partition,
+                backlog: figures.backlog(),
+                pending: pending.entries,
+                oldest_pending_age: oldest,
+            });
+        }
+        if let Ok(mut slot) = self.consumer.metrics().partitions.lock() {
+            *slot = gauges;
+        }
+    }
+
     /// Follows until `shutdown`, then reports DRAINING once.
     pub async fn run(self, shutdown: CancellationToken) {
         let host = host();
@@ -98,6 +127,7 @@ impl Follower {
                 if let Err(err) = self.store.heartbeat(&info, ttl, now).await {
                     tracing::debug!(error = %err, "heartbeat failed");
                 }
+                self.refresh_partition_gauges(now).await;
                 last_beat = Some((Instant::now(), processed));
             }
             if draining {

@@ -1,0 +1,304 @@
+//! Installing the pipeline, and flushing it at the end.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The logging flags, flattened into the `testbed` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log line format on stdout.
+    #[arg(long, env = "TESTBED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// `RUST_LOG` does not parse.
+    #[error("cannot start logging: RUST_LOG={spec:?}: {reason}")]
+    Filter {
+        /// The value.
+        spec: String,
+        /// Why.
+        reason: String,
+    },
+    /// An exporter could not be built (bad endpoint or headers).
+    #[error("cannot start the OpenTelemetry {signal} exporter: {reason}")]
+    Exporter {
+        /// traces, metrics or logs.
+        signal: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Another subscriber is already installed (only in tests).
+    #[error("cannot start logging: {0}")]
+    Subscriber(String),
+}
+
+/// Keeps the pipeline alive; drop it (last, after the servers have drained)
+/// to flush and stop it. Bind it to a named variable: `let _ = init(..)`
+/// would drop it at once.
+#[must_use = "dropping the guard stops telemetry"]
+pub struct TelemetryGuard {
+    tracer: SdkTracerProvider,
+    meter: SdkMeterProvider,
+    logger: Option<SdkLoggerProvider>,
+    registry: prometheus::Registry,
+    otlp: bool,
+}
+
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("otlp", &self.otlp)
+            .finish()
+    }
+}
+
+impl TelemetryGuard {
+    /// The registry `/metrics` renders.
+    pub fn registry(&self) -> prometheus::Registry {
+        self.registry.clone()
+    }
+
+    /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+    pub fn serve_metrics(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+        crate::serve_metrics(listener, self.registry(), shutdown.cancelled_owned())
+    }
+
+    /// Whether signals are exported over OTLP.
+    pub fn otlp(&self) -> bool {
+        self.otlp
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        // Flush what is buffered; failures only lose telemetry.
+        let _ = self.tracer.shutdown();
+        let _ = self.meter.shutdown();
+        if let Some(logger) = &self.logger {
+            let _ = logger.shutdown();
+        }
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Whether `OTEL_SDK_DISABLED` turns the SDK off.
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Whether an OTLP endpoint is configured for `signal` (TRACES, METRICS, LOGS).
+fn endpoint_for(signal: &str) -> bool {
+    !sdk_disabled()
+        && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || env_set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")))
+}
+
+/// Bound on one export: a slow collector delays only the exporter task.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs the global subscriber and OpenTelemetry providers for a process
+/// running `service` (`testbed-ingest`, ..., or `testbed` in `all` mode).
+/// Must be called inside a Tokio runtime (the exporters run on it).
+pub fn init(args: &LogArgs, service: &str) -> Result<TelemetryGuard, InitError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            EnvFilter::try_new(&spec).map_err(|e| InitError::Filter {
+                spec: spec.clone(),
+                reason: e.to_string(),
+            })?
+        }
+        // The SDK's own export errors are warnings once per batch at most.
+        _ => {
+            EnvFilter::new("info,opentelemetry_sdk=warn,opentelemetry-otlp=warn,h2=warn,tower=warn")
+        }
+    };
+    let resource = crate::resource::build(service);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    // Traces: always a provider (so spans have ids for logs and
+    // propagation); an exporter only when an endpoint is configured.
+    let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
+    let traces_otlp = endpoint_for("TRACES");
+    if traces_otlp {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| InitError::Exporter {
+                signal: "traces",
+                reason: e.to_string(),
+            })?;
+        tracer = tracer.with_batch_exporter(exporter);
+    }
+    let tracer = tracer.build();
+    opentelemetry::global::set_tracer_provider(tracer.clone());
+
+    // Metrics: Prometheus always (pull), OTLP when configured (push).
+    let registry = prometheus::Registry::new();
+    let prometheus_reader = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        // Every series carries the service, architecture and node, so any
+        // figure breaks down by them without joining target_info.
+        .with_resource_selector(opentelemetry_prometheus::ResourceSelector::KeyAllowList(
+            ["service.name", "host.arch", "k8s.node.name"]
+                .into_iter()
+                .map(opentelemetry::Key::from_static_str)
+                .collect(),
+        ))
+        .build()
+        .map_err(|e| InitError::Exporter {
+            signal: "prometheus",
+            reason: e.to_string(),
+        })?;
+    let mut meter = SdkMeterProvider::builder()
+        .with_resource(resource.clone())
+        .with_reader(prometheus_reader);
+    let metrics_otlp = endpoint_for("METRICS");
+    if metrics_otlp {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| InitError::Exporter {
+                signal: "metrics",
+                reason: e.to_string(),
+            })?;
+        // The interval follows OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
+        meter = meter.with_reader(PeriodicReader::builder(exporter).build());
+    }
+    let meter = meter.build();
+    opentelemetry::global::set_meter_provider(meter.clone());
+
+    let logs_otlp = endpoint_for("LOGS");
+    let logger = if logs_otlp {
+        let exporter = opentelemetry_otlp::LogExporter::builder()
+            .with_tonic()
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| InitError::Exporter {
+                signal: "logs",
+                reason: e.to_string(),
+            })?;
+        Some(
+            SdkLoggerProvider::builder()
+                .with_resource(resource)
+                .with_batch_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
+    };
+
+    let otel_traces = tracing_opentelemetry::layer().with_tracer(tracer.tracer("testbed"));
+    let otel_logs = logger
+        .as_ref()
+        .map(opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new);
+    let registry_layers = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_traces)
+        .with(otel_logs);
+    let result = match args.log_format {
+        LogFormat::Human => registry_layers
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    // Colour only for a person at a terminal, never in collected logs.
+                    .with_ansi(std::io::stdout().is_terminal()),
+            )
+            .try_init(),
+        LogFormat::Json => registry_layers.with(json_layer()).try_init(),
+    };
+    result.map_err(|e| InitError::Subscriber(e.to_string()))?;
+    Ok(TelemetryGuard {
+        tracer,
+        meter,
+        logger,
+        registry,
+        otlp: traces_otlp || metrics_otlp || logs_otlp,
+    })
+}
+
+/// JSON lines with the span's trace and span ids (see [`crate::init`]).
+fn json_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(TraceIdFormat)
+}
+
+/// Wraps the JSON formatter to add `trace_id` and `span_id`.
+struct TraceIdFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for TraceIdFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let mut buffer = String::new();
+        let json = tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false);
+        json.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut buffer),
+            event,
+        )?;
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        let line = buffer.trim_end();
+        if sc.is_valid() && line.ends_with('}') {
+            let head = &line[..line.len() - 1];
+            writeln!(
+                writer,
+                "{head},\"trace_id\":\"{}\",\"span_id\":\"{}\"}}",
+                sc.trace_id(),
+                sc.span_id()
+            )
+        } else {
+            writeln!(writer, "{line}")
+        }
+    }
+}
