@@ -116,10 +116,35 @@ def test_grpcio_reflection_client_resolves_services(testbed_all):
         assert [o.name for o in event.oneofs] == ["payload"]
 
 
-def test_unimplemented_rpc_is_clear_from_grpcurl(testbed_all):
-    """An RPC whose work has not landed answers UNIMPLEMENTED naming that work."""
+def test_grpcurl_shows_rich_error_details(testbed_all):
+    """An invalid batch is INVALID_ARGUMENT, and grpcurl decodes the
+    google.rpc.BadRequest details through reflection."""
     proc = run(tool("grpcurl"), "-plaintext", "-d", "{}", testbed_all.addr,
-               "testbed.v1.WorkerControlService/GetStatus", check=False)
+               "testbed.v1.IngestService/Publish", check=False)
+    out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "Code: Unimplemented" in proc.stdout + proc.stderr
-    assert "lands with the worker control work" in proc.stdout + proc.stderr
+    assert "Code: InvalidArgument" in out, out
+    assert "type.googleapis.com/google.rpc.BadRequest" in out, out
+    assert '"field":"events"' in out.replace(" ", ""), out
+
+
+def test_grpcurl_publishes_and_reads_worker_status(testbed_all):
+    """A batch published with grpcurl is accepted (one rejected by index), and
+    GetStatus answers with the group figures."""
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {"events": [
+        {"event_id": "interop-1", "device_id": "pi-01", "observed_at": now,
+         "labels": {"arch": "armv7"}, "metric": {"name": "fan", "value": 3, "unit": "1"}},
+        {"event_id": "interop-2", "device_id": "", "observed_at": now,
+         "metric": {"name": "fan", "value": 3}},
+    ]}
+    out = run(tool("grpcurl"), "-plaintext", "-d", json.dumps(body), testbed_all.addr,
+              "testbed.v1.IngestService/Publish").stdout
+    reply = json.loads(out)
+    assert reply["acceptedCount"] == 1
+    assert reply["rejections"][0]["index"] == 1
+    assert reply["rejections"][0]["field"] == "events[1].device_id"
+    status = json.loads(run(tool("grpcurl"), "-plaintext", "-d", "{}", testbed_all.addr,
+                            "testbed.v1.WorkerControlService/GetStatus").stdout)
+    assert len(status["group"]["partitions"]) == 4

@@ -3,6 +3,10 @@
 //! All keys one atomic step touches share the partition's hash tag
 //! `{prefix:pN}`, so on Redis Cluster they live in one slot. Cross-partition
 //! figures are summed at read time.
+//!
+//! Client-chosen ids (device, run) may contain `:` but never `/`, so they
+//! are always the last `/`-separated part of a key: two different ids can
+//! never name the same key.
 
 /// Key names of one testbed (one `--key-prefix`).
 #[derive(Debug, Clone)]
@@ -62,12 +66,12 @@ impl Keys {
 
     /// Per-device, per-minute aggregates (hash; fields in [`fields`]).
     pub fn device_minute(&self, p: u32, device: &str, minute: i64) -> String {
-        format!("{}:dev:{device}:m:{minute}", self.tag(p))
+        format!("{}:dm/{minute}/{device}", self.tag(p))
     }
 
     /// Per-device state (hash: `seen` Unix ms, `labels` JSON object).
     pub fn device(&self, p: u32, device: &str) -> String {
-        format!("{}:dev:{device}", self.tag(p))
+        format!("{}:dev/{device}", self.tag(p))
     }
 
     /// Devices of the partition by last-seen time (sorted set, score Unix ms).
@@ -90,7 +94,7 @@ impl Keys {
 
     /// Delivery ledger of a simulator run (hash: processed, gpu, tokens, metric).
     pub fn run(&self, p: u32, run_id: &str) -> String {
-        format!("{}:run:{run_id}", self.tag(p))
+        format!("{}:run/{run_id}", self.tag(p))
     }
 
     /// The tag of the control keys (desired state, faults, heartbeats):
@@ -151,6 +155,15 @@ pub mod fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids containing `:` cannot collide with another id's keys.
+    #[test]
+    fn ids_never_collide() {
+        let k = Keys::new("tb");
+        assert_ne!(k.device(0, "x:m:5"), k.device_minute(0, "x", 5));
+        assert_ne!(k.device(0, "a/b"), k.device(0, "a"));
+        assert_eq!(k.device_minute(1, "d", 7), "{tb:p1}:dm/7/d");
+    }
 
     /// Every per-partition key carries the same hash tag.
     #[test]

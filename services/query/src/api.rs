@@ -1,30 +1,50 @@
-//! RPC handlers of `testbed.v1.QueryService`.
+//! RPC handlers of `testbed.v1.QueryService`: each validates its request
+//! (see the `request` module), runs its query and maps errors once, through
+//! `From<QueryError> for Status`.
 
 use testbed_proto::v1::query_service_server::{QueryService, QueryServiceServer};
 use testbed_proto::v1::{
     GetDeviceStatsRequest, GetDeviceStatsResponse, GetPipelineStatsRequest,
     GetPipelineStatsResponse, GetRunStatsRequest, GetRunStatsResponse, GetTokenUsageRequest,
     GetTokenUsageResponse, ListDevicesRequest, ListDevicesResponse, TopDevicesRequest,
-    TopDevicesResponse, WatchPipelineStatsRequest, WatchPipelineStatsResponse,
+    TopDevicesResponse, WatchPipelineStatsRequest,
 };
-use testbed_server::{CancellationToken, not_implemented_yet};
-use tokio_stream::wrappers::ReceiverStream;
+use testbed_server::CancellationToken;
+use testbed_stream::{AnyLog, EventLog as _};
 use tonic::{Request, Response, Status};
 
-const WORK: &str = "query";
+use crate::error::QueryError;
+use crate::paging::{LabelFilter, decode_token};
+use crate::request::{self, DEFAULT_PIPELINE_WINDOW, DEFAULT_WINDOW};
+use crate::store::Reader;
+use crate::time::{Window, now_ms};
+use crate::watch::WatchStream;
+use crate::{QueryConfig, devices, pipeline, runs, tokens};
 
 /// The query API.
 #[derive(Debug, Clone)]
 pub struct QueryApi {
-    /// Cancelled at shutdown: watch streams end.
-    _shutdown: CancellationToken,
+    /// Reads the aggregates, within the configured read limits.
+    reader: Reader,
+    /// Messages each watch stream buffers.
+    watch_buffer: usize,
+    /// Cancelled at shutdown: watch streams end with OK.
+    shutdown: CancellationToken,
 }
 
 impl QueryApi {
-    /// A handler set whose watch streams end when `shutdown` is cancelled.
-    pub fn new(shutdown: CancellationToken) -> Self {
+    /// Handlers over `log` with the default limits, whose watch streams end
+    /// when `shutdown` is cancelled.
+    pub fn new(log: AnyLog, shutdown: CancellationToken) -> Self {
+        Self::with_config(log, &QueryConfig::default(), shutdown)
+    }
+
+    /// Handlers over `log` with the limits of `config`.
+    pub fn with_config(log: AnyLog, config: &QueryConfig, shutdown: CancellationToken) -> Self {
         Self {
-            _shutdown: shutdown,
+            reader: Reader::new(log, config),
+            watch_buffer: config.query_watch_buffer as usize,
+            shutdown,
         }
     }
 
@@ -32,79 +52,117 @@ impl QueryApi {
     pub fn into_server(self) -> QueryServiceServer<Self> {
         QueryServiceServer::new(self)
     }
+
+    /// A window from the request's `window` field, ending now.
+    fn window(
+        &self,
+        value: Option<&testbed_proto::prost_types::Duration>,
+        default: std::time::Duration,
+    ) -> Result<Window, QueryError> {
+        let duration = request::window(value, default, self.reader.log().retention())?;
+        Ok(Window::ending_at(now_ms(), duration))
+    }
 }
 
 #[tonic::async_trait]
 impl QueryService for QueryApi {
     async fn get_device_stats(
         &self,
-        _request: Request<GetDeviceStatsRequest>,
+        request: Request<GetDeviceStatsRequest>,
     ) -> Result<Response<GetDeviceStatsResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/GetDeviceStats",
-            WORK,
+        let req = request.into_inner();
+        let device = request::id("device_id", &req.device_id)?;
+        let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
+        Ok(Response::new(
+            devices::device_stats(&self.reader, device, window).await?,
         ))
     }
 
     async fn list_devices(
         &self,
-        _request: Request<ListDevicesRequest>,
+        request: Request<ListDevicesRequest>,
     ) -> Result<Response<ListDevicesResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/ListDevices",
-            WORK,
+        let req = request.into_inner();
+        let page_size = request::page_size(req.page_size)?;
+        let filter = LabelFilter::parse(&req.filter)?;
+        let after = decode_token(&req.page_token, &req.filter)?;
+        Ok(Response::new(
+            devices::list_devices(
+                &self.reader,
+                page_size,
+                &filter,
+                &req.filter,
+                after.as_deref(),
+            )
+            .await?,
         ))
     }
 
     async fn top_devices(
         &self,
-        _request: Request<TopDevicesRequest>,
+        request: Request<TopDevicesRequest>,
     ) -> Result<Response<TopDevicesResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/TopDevices",
-            WORK,
+        let req = request.into_inner();
+        let metric = request::top_metric(req.metric)?;
+        let limit = request::limit(req.limit)?;
+        let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
+        Ok(Response::new(
+            devices::top_devices(&self.reader, metric, window, limit).await?,
         ))
     }
 
     async fn get_token_usage(
         &self,
-        _request: Request<GetTokenUsageRequest>,
+        request: Request<GetTokenUsageRequest>,
     ) -> Result<Response<GetTokenUsageResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/GetTokenUsage",
-            WORK,
+        let req = request.into_inner();
+        let group_by = request::group_by(req.group_by)?;
+        let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
+        Ok(Response::new(
+            tokens::token_usage(&self.reader, group_by, window).await?,
         ))
     }
 
     async fn get_pipeline_stats(
         &self,
-        _request: Request<GetPipelineStatsRequest>,
+        request: Request<GetPipelineStatsRequest>,
     ) -> Result<Response<GetPipelineStatsResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/GetPipelineStats",
-            WORK,
-        ))
+        let req = request.into_inner();
+        let window = self.window(req.window.as_ref(), DEFAULT_PIPELINE_WINDOW)?;
+        let stats = pipeline::pipeline_stats(&self.reader, window).await?;
+        Ok(Response::new(GetPipelineStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
-    type WatchPipelineStatsStream = ReceiverStream<Result<WatchPipelineStatsResponse, Status>>;
+    type WatchPipelineStatsStream = WatchStream;
 
     async fn watch_pipeline_stats(
         &self,
-        _request: Request<WatchPipelineStatsRequest>,
+        request: Request<WatchPipelineStatsRequest>,
     ) -> Result<Response<Self::WatchPipelineStatsStream>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/WatchPipelineStats",
-            WORK,
-        ))
+        let req = request.into_inner();
+        // Validated once, before the stream starts: a bad request is the
+        // call's status, not a stream message.
+        let interval = request::interval(req.interval.as_ref())?;
+        let window = self
+            .window(req.window.as_ref(), DEFAULT_PIPELINE_WINDOW)?
+            .duration;
+        Ok(Response::new(WatchStream::spawn(
+            self.reader.clone(),
+            interval,
+            window,
+            self.watch_buffer,
+            self.shutdown.clone(),
+        )))
     }
 
     async fn get_run_stats(
         &self,
-        _request: Request<GetRunStatsRequest>,
+        request: Request<GetRunStatsRequest>,
     ) -> Result<Response<GetRunStatsResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.QueryService/GetRunStats",
-            WORK,
-        ))
+        let req = request.into_inner();
+        let run_id = request::id("run_id", &req.run_id)?;
+        Ok(Response::new(runs::run_stats(&self.reader, run_id).await?))
     }
 }

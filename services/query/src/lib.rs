@@ -1,39 +1,66 @@
 //! The query service: `testbed.v1.QueryService`, reads over the aggregates
 //! the worker writes and the pipeline's figures.
 //!
-//! Owns the read path. It never writes aggregates (the worker does) and
-//! never scans the keyspace on a request path.
+//! Owns the read path: validating query requests, reading the per-partition
+//! aggregates of every minute in a window, merging them across partitions
+//! and minutes, and the latency percentiles of their histograms. It never
+//! writes aggregates (the worker does, see `testbed-worker`'s `fold`), and
+//! never scans the keyspace: every key it reads is named from the
+//! partition, the minute and the device, run or metric.
 //!
 //! # Layout
-//! - [`QueryConfig`]: the `testbed query` flags.
-//! - [`api`]: the RPC handlers (`GetDeviceStats`, `ListDevices`,
-//!   `TopDevices`, `GetTokenUsage`, `GetPipelineStats`,
+//! - [`QueryConfig`] (`config`): the `testbed query` flags (read batch,
+//!   read concurrency, watch buffer).
+//! - [`api`]: the RPC handlers, one per RPC (`GetDeviceStats`,
+//!   `ListDevices`, `TopDevices`, `GetTokenUsage`, `GetPipelineStats`,
 //!   `WatchPipelineStats`, `GetRunStats`).
+//! - `request`: defaults and bounds of request fields (windows, interval,
+//!   page size, limit, enums, ids).
+//! - `paging`: ListDevices' label filter and page tokens.
+//! - `devices`, `tokens`, `pipeline`, `runs`: each query, from key
+//!   names to response.
+//! - `watch`: the WatchPipelineStats producer and its stream.
+//! - `store`: batched, bounded reads of hashes and sorted sets.
+//! - `aggregate`: parsing and merging the worker's hashes.
+//! - `percentiles`: latency histograms and their percentiles.
+//! - `time`: windows, minute buckets and protobuf time conversions.
+//! - [`error`]: [`QueryError`] and its one mapping to gRPC status codes.
 //! - [`register`] / [`run`]: how the service joins a [`GrpcServer`].
 #![forbid(unsafe_code)]
 
+mod aggregate;
 pub mod api;
+mod config;
+mod devices;
+pub mod error;
+mod paging;
+mod percentiles;
+mod pipeline;
+mod request;
+mod runs;
+mod store;
+mod time;
+mod tokens;
+mod watch;
 
 use testbed_proto::service_names;
 use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
 use testbed_stream::{AnyLog, EventLog as _};
 
 pub use api::QueryApi;
-
-/// The `testbed query` flags that belong to this service.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct QueryConfig {}
+pub use config::QueryConfig;
+pub use error::QueryError;
 
 /// Adds the query service to `server`, reading `log`'s aggregates. Its
 /// health follows the store.
 pub async fn register(
     server: &mut GrpcServer,
-    _config: &QueryConfig,
+    config: &QueryConfig,
     log: AnyLog,
     shutdown: CancellationToken,
 ) {
     server
-        .add_service(QueryApi::new(shutdown.clone()).into_server())
+        .add_service(QueryApi::with_config(log.clone(), config, shutdown.clone()).into_server())
         .await;
     let health = server.health();
     server.spawn_background(watch_dependency(
