@@ -53,7 +53,9 @@ class Testbed:
             if time.monotonic() > deadline:
                 raise RuntimeError("testbed did not bind within 30 s")
             time.sleep(0.02)
-        self.addr = json.loads(addr_file.read_text())["grpc"]
+        addrs = json.loads(addr_file.read_text())
+        self.addr = addrs["grpc"]
+        self.metrics_addr = addrs["metrics"]
         self.wait_serving("")
 
     def wait_serving(self, service: str, timeout: float = 10.0) -> None:

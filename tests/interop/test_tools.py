@@ -6,6 +6,7 @@ and descriptions.
 """
 
 import json
+import shutil
 import subprocess
 
 import grpc
@@ -148,3 +149,23 @@ def test_grpcurl_publishes_and_reads_worker_status(testbed_all):
     status = json.loads(run(tool("grpcurl"), "-plaintext", "-d", "{}", testbed_all.addr,
                             "testbed.v1.WorkerControlService/GetStatus").stdout)
     assert len(status["group"]["partitions"]) == 4
+
+
+def test_metrics_endpoint_passes_promtool(testbed_all):
+    """GET /metrics is valid Prometheus text under the real promtool, and
+    carries the worker's processed counter once events flowed."""
+    import time
+    import urllib.request
+    test_grpcurl_publishes_and_reads_worker_status(testbed_all)
+    deadline = time.monotonic() + 10
+    while True:
+        text = urllib.request.urlopen(f"http://{testbed_all.metrics_addr}/metrics", timeout=5).read().decode()
+        if "worker_events_processed_total{" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert "worker_events_processed_total{" in text, text[:2000]
+    assert "rpc_server_duration_seconds_bucket{" in text
+    assert 'host_arch="' in text and 'service_name="testbed"' in text
+    check = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"],
+                           input=text, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -29,7 +29,7 @@ impl Default for IngestMetrics {
         let counter = |name: &'static str, help: &'static str| {
             meter.u64_counter(name).with_description(help).build()
         };
-        Self {
+        let metrics = Self {
             received: counter(
                 "ingest.events.received",
                 "Events received in requests, valid or not",
@@ -55,7 +55,18 @@ impl Default for IngestMetrics {
                 "ingest.backpressure.rejections",
                 "Requests refused because the backlog is over the limit",
             ),
+        };
+        // Series exist from the start, so rates and alerts see zeros, not gaps.
+        for c in [
+            &metrics.received,
+            &metrics.accepted,
+            &metrics.appended,
+            &metrics.duplicates,
+            &metrics.backpressure,
+        ] {
+            c.add(0, &[]);
         }
+        metrics
     }
 }
 

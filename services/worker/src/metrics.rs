@@ -100,7 +100,7 @@ impl WorkerMetrics {
         let counter = |name: &'static str, help: &'static str| {
             meter.u64_counter(name).with_description(help).build()
         };
-        Self {
+        let metrics = Self {
             processed: counter(
                 "worker.events.processed",
                 "Events applied to aggregates (exactly once)",
@@ -128,6 +128,12 @@ impl WorkerMetrics {
                 .build(),
             partitions,
             _gauges: Arc::new(gauges),
-        }
+        };
+        // Series exist from the start: an idle worker is visibly idle, not
+        // absent, and the first dead letter shows up in increase().
+        metrics.processed.add(0, &[]);
+        metrics.dead_lettered.add(0, &[]);
+        metrics.retried.add(0, &[]);
+        metrics
     }
 }
