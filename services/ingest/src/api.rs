@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::error::to_rpc_status;
 use crate::publisher::{Batch, Publisher};
@@ -77,7 +78,9 @@ impl IngestService for IngestApi {
         &self,
         request: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let (traceparent, tracestate) = trace_context(request.metadata());
+        // Each batch gets a span: a child of the caller's batch context when
+        // the request carries one, else of this stream's server span.
+        let stream_span = tracing::Span::current();
         let mut inbound = request.into_inner();
         let window = self.publisher.config().stream_window as usize;
         let (tx, rx) = mpsc::channel(window);
@@ -107,17 +110,19 @@ impl IngestService for IngestApi {
                         match message {
                             Ok(Some(req)) => {
                                 let publisher = publisher.clone();
+                                let span = batch_span(&stream_span, &req);
+                                let (traceparent, tracestate) = span.in_scope(testbed_telemetry::propagation::current_to_strings);
                                 let batch = Batch {
                                     events: req.events,
                                     producer_id: req.producer_id,
                                     sequence: req.sequence,
-                                    traceparent: traceparent.clone(),
-                                    tracestate: tracestate.clone(),
+                                    traceparent,
+                                    tracestate,
                                 };
                                 let sequence = req.sequence;
-                                in_flight.push_back(async move {
-                                    ack(sequence, publisher.publish(batch).await)
-                                });
+                                in_flight.push_back(
+                                    async move { ack(sequence, publisher.publish(batch).await) }.instrument(span),
+                                );
                             }
                             Ok(None) => reading = false,
                             Err(status) => {
@@ -135,6 +140,32 @@ impl IngestService for IngestApi {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The span of one streamed batch.
+fn batch_span(stream: &tracing::Span, request: &PublishStreamRequest) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        parent: stream,
+        "publish batch",
+        otel.kind = "server",
+        batch.sequence = request.sequence,
+        batch.events = request.events.len(),
+    );
+    let get = |k: &str| {
+        request
+            .trace_context
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_default()
+    };
+    if !get("traceparent").is_empty() {
+        let _ = span.set_parent(testbed_telemetry::propagation::from_strings(
+            get("traceparent"),
+            get("tracestate"),
+        ));
+    }
+    span
 }
 
 fn ack(

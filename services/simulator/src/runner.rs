@@ -37,6 +37,12 @@ pub struct Batch {
     pub phase: usize,
     /// Attempts so far.
     pub attempts: u32,
+    /// The batch's client span (ends when the last clone is dropped: at
+    /// its final ack or failure).
+    pub span: tracing::Span,
+    /// W3C context of `span`, sent with the batch so ingest and the worker
+    /// continue the trace.
+    pub trace_context: std::collections::HashMap<String, String>,
 }
 
 /// How batches are sent.
@@ -139,6 +145,20 @@ pub async fn run(
             f.sent += events.len() as u64;
             f.batches += 1;
         });
+        let span = tracing::info_span!(
+            "sim batch",
+            otel.kind = "client",
+            batch.sequence = seq,
+            batch.events = events.len(),
+            sim.phase = phase,
+        );
+        let (traceparent, tracestate) =
+            span.in_scope(testbed_telemetry::propagation::current_to_strings);
+        let trace_context = [("traceparent", traceparent), ("tracestate", tracestate)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let batch = Batch {
             seq,
             events,
@@ -146,6 +166,8 @@ pub async fn run(
             intended,
             phase,
             attempts: 0,
+            span,
+            trace_context,
         };
         let lane = (seq as usize) % senders.len();
         let _ = senders[lane].send(batch);
@@ -263,6 +285,7 @@ async fn stream_lane(
         sequence: batch.seq,
         events: batch.events.clone(),
         producer_id: options.producer_id.clone(),
+        trace_context: batch.trace_context.clone(),
     };
     loop {
         if lane_done(&rx, resend.len()) {
@@ -383,11 +406,19 @@ async fn unary_lane(
                 let mut client = client.clone();
                 let (figures, options, retry_tx) = (figures.clone(), options.clone(), retry_tx.clone());
                 calls.spawn(async move {
-                    let request = PublishRequest {
+                    let mut request = tonic::Request::new(PublishRequest {
                         events: batch.events.clone(),
                         producer_id: options.producer_id.clone(),
                         sequence: batch.seq,
-                    };
+                    });
+                    for (key, value) in &batch.trace_context {
+                        if let (Ok(k), Ok(v)) = (
+                            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                            value.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
+                        ) {
+                            request.metadata_mut().insert(k, v);
+                        }
+                    }
                     match client.publish(request).await {
                         Ok(r) => {
                             let r = r.into_inner();

@@ -47,6 +47,7 @@ async fn publish_streams(pipe: &InProcess, events: &[Event], streams: usize, bat
                     sequence,
                     events,
                     producer_id: String::new(),
+                    trace_context: Default::default(),
                 }
             }));
             let mut acks = client.publish_stream(requests).await.unwrap().into_inner();
@@ -232,11 +233,13 @@ async fn empty_and_oversized_batches_are_invalid_argument() {
             sequence: 1,
             events: events.clone(),
             producer_id: String::new(),
+            trace_context: Default::default(),
         },
         PublishStreamRequest {
             sequence: 2,
             events: events[..2].to_vec(),
             producer_id: String::new(),
+            trace_context: Default::default(),
         },
     ]);
     let acks: Vec<_> = client

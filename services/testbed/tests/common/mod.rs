@@ -25,6 +25,11 @@ impl Testbed {
     /// Starts `testbed <args> --grpc-addr 127.0.0.1:0 --addr-file …` and
     /// waits until it has bound its port.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Testbed::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Self {
         let addr_file = std::env::temp_dir().join(format!(
             "testbed-it-{}-{}.json",
             std::process::id(),
@@ -41,6 +46,7 @@ impl Testbed {
             ])
             .arg("--addr-file")
             .arg(&addr_file)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
