@@ -39,8 +39,13 @@ impl Verification {
 
 const KINDS: [&str; 3] = ["gpu", "tokens", "metric"];
 
+/// How long the processed figures may stand still, short of the
+/// expectation, before the run counts as drained as far as it will go.
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// Polls GetRunStats until the run has drained (processed figures reach
-/// the expectation and stop moving) or `timeout`, then compares.
+/// the expectation, or stop moving for a few seconds short of it) or
+/// `timeout`, then compares.
 pub async fn verify(
     channel: Channel,
     run_id: &str,
@@ -50,6 +55,7 @@ pub async fn verify(
     let mut client = QueryServiceClient::new(channel);
     let deadline = Instant::now() + timeout;
     let want: u64 = expected.iter().sum();
+    let mut last = (u64::MAX, Instant::now());
     loop {
         let stats = match client
             .get_run_stats(GetRunStatsRequest {
@@ -65,8 +71,13 @@ pub async fn verify(
             [s.processed_gpu, s.processed_tokens, s.processed_metric]
         });
         let dead = stats.as_ref().map_or(0, |s| s.dead_lettered);
-        let done = processed.iter().sum::<u64>() >= want;
-        if done || Instant::now() >= deadline {
+        let total: u64 = processed.iter().sum();
+        if total != last.0 {
+            last = (total, Instant::now());
+        }
+        let done = total >= want;
+        let stalled = !done && last.1.elapsed() >= SETTLE;
+        if done || stalled || Instant::now() >= deadline {
             let mut diff = Vec::new();
             for (i, kind) in KINDS.iter().enumerate() {
                 if processed[i] != expected[i] {
@@ -74,7 +85,12 @@ pub async fn verify(
                     diff.push(format!("{kind}: processed {p}, accepted {e} ({:+})", p - e));
                 }
             }
-            if !done {
+            if stalled {
+                diff.push(format!(
+                    "processing stopped at {total} of {want} events for {}",
+                    humantime::format_duration(SETTLE)
+                ));
+            } else if !done {
                 diff.push(format!(
                     "not drained after {}",
                     humantime::format_duration(timeout)
