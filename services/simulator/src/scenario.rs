@@ -409,3 +409,23 @@ duration = "2s"
         assert!(err.contains("at least one"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The example scenarios shipped under deploy/scenarios parse.
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(scenario.planned_events() > 0.0, "{}", path.display());
+            names.push(scenario.name);
+        }
+        names.sort();
+        assert_eq!(names, ["hpa-burst", "ramp-to-saturation", "steady"]);
+    }
+}
