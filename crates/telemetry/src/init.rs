@@ -138,7 +138,9 @@ pub fn init(args: &LogArgs, service: &str) -> Result<TelemetryGuard, InitError> 
         }
         // The SDK's own export errors are warnings once per batch at most.
         _ => {
-            EnvFilter::new("info,opentelemetry_sdk=warn,opentelemetry-otlp=warn,h2=warn,tower=warn")
+            // The SDK logs every failed export; the exporters are wrapped to
+            // count failures and warn once a minute instead (see `export`).
+            EnvFilter::new("info,opentelemetry_sdk=off,opentelemetry-otlp=warn,h2=warn,tower=warn")
         }
     };
     let resource = crate::resource::build(service);
@@ -157,7 +159,7 @@ pub fn init(args: &LogArgs, service: &str) -> Result<TelemetryGuard, InitError> 
                 signal: "traces",
                 reason: e.to_string(),
             })?;
-        tracer = tracer.with_batch_exporter(exporter);
+        tracer = tracer.with_batch_exporter(crate::export::Counted::new(exporter, "traces"));
     }
     let tracer = tracer.build();
     opentelemetry::global::set_tracer_provider(tracer.clone());
@@ -194,7 +196,9 @@ pub fn init(args: &LogArgs, service: &str) -> Result<TelemetryGuard, InitError> 
                 reason: e.to_string(),
             })?;
         // The interval follows OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
-        meter = meter.with_reader(PeriodicReader::builder(exporter).build());
+        meter = meter.with_reader(
+            PeriodicReader::builder(crate::export::Counted::new(exporter, "metrics")).build(),
+        );
     }
     let meter = meter.build();
     opentelemetry::global::set_meter_provider(meter.clone());
@@ -212,7 +216,7 @@ pub fn init(args: &LogArgs, service: &str) -> Result<TelemetryGuard, InitError> 
         Some(
             SdkLoggerProvider::builder()
                 .with_resource(resource)
-                .with_batch_exporter(exporter)
+                .with_batch_exporter(crate::export::Counted::new(exporter, "logs"))
                 .build(),
         )
     } else {

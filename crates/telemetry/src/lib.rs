@@ -30,6 +30,7 @@
 //! - [`propagation`]: W3C trace context in and out of gRPC metadata and
 //!   stream entries.
 //! - [`rpc`]: the tower layer that traces and measures every RPC.
+//! - [`export`]: exporters that count failures instead of flooding the log.
 //! - [`serve_metrics`]: the Prometheus endpoint.
 //!
 //! # Why these crates
@@ -40,6 +41,7 @@
 //! metrics` accepts.
 #![forbid(unsafe_code)]
 
+pub mod export;
 mod init;
 pub mod propagation;
 pub mod resource;

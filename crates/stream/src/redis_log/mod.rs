@@ -52,6 +52,8 @@ struct Inner {
     append: Script,
     apply: Script,
     dead_letter: Script,
+    /// `redis_command_duration_seconds{command}`.
+    latency: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl RedisLog {
@@ -68,6 +70,17 @@ impl RedisLog {
                 append: Script::new(include_str!("append.lua")),
                 apply: Script::new(include_str!("apply.lua")),
                 dead_letter: Script::new(include_str!("dead_letter.lua")),
+                latency: opentelemetry::global::meter("testbed-stream")
+                    .f64_histogram("redis.command.duration")
+                    .with_unit("s")
+                    .with_description(
+                        "Redis calls (commands and scripts), including failures and timeouts",
+                    )
+                    .with_boundaries(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0,
+                    ])
+                    .build(),
             }),
         };
         if let Err(err) = log.conn().await {
@@ -85,20 +98,27 @@ impl RedisLog {
             .cloned()
     }
 
-    /// Runs `f` on the shared connection, bounded by `--redis-timeout`.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
+    /// Runs `f` on the shared connection, bounded by `--redis-timeout`, and
+    /// records its latency under `what`.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let timeout = self.inner.args.redis_timeout;
         let conn = self.conn().await?;
-        match tokio::time::timeout(timeout, f(conn)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, f(conn)).await {
             Ok(result) => result.map_err(StoreError::from_redis),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "{what} timed out after {timeout:?}"
             ))),
-        }
+        };
+        self.inner.latency.record(
+            started.elapsed().as_secs_f64(),
+            &[opentelemetry::KeyValue::new("command", what)],
+        );
+        result
     }
 
     fn group(&self) -> &'static str {
