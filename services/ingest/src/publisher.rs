@@ -72,6 +72,16 @@ impl Publisher {
         self.metrics.batch_size.record(received, &[]);
         let result = self.publish_inner(batch).await;
         match &result {
+            Ok(p) => tracing::debug!(
+                received,
+                accepted = p.accepted,
+                duplicates = p.duplicates,
+                rejected = p.rejections.len(),
+                "batch published"
+            ),
+            Err(err) => tracing::debug!(received, error = %err, "batch refused"),
+        }
+        match &result {
             Ok(p) => {
                 self.metrics.accepted.add(u64::from(p.accepted), &[]);
                 self.metrics

@@ -412,3 +412,68 @@ async fn one_trace_links_simulator_ingest_and_worker() {
         ("publish batch".to_owned(), "process entry".to_owned())
     );
 }
+
+/// JSON log lines written inside a request carry that request's trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_trace_ids() {
+    let dir = std::env::temp_dir().join(format!("tb-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr_file = dir.join("addr.json");
+    let log_file = std::fs::File::create(dir.join("out.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "--log-format",
+            "json",
+            "all",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--addr-file",
+        ])
+        .arg(&addr_file)
+        .env("RUST_LOG", "info,testbed_ingest=debug")
+        .stdout(log_file)
+        .spawn()
+        .unwrap();
+    let addr = wait_for("the addr file", || {
+        let text = std::fs::read_to_string(&addr_file).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(v["grpc"].as_str()?.to_owned())
+    })
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(PublishRequest {
+        events: vec![event("logs", 0, 1, test_minute())],
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    IngestServiceClient::new(channel)
+        .publish(request)
+        .await
+        .unwrap();
+    let line = wait_for("the publish log line", || {
+        let text = std::fs::read_to_string(dir.join("out.log")).ok()?;
+        text.lines()
+            .find(|l| l.contains("batch published"))
+            .map(str::to_owned)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["trace_id"], trace_id, "{line}");
+    assert_eq!(json["span_id"].as_str().map(str::len), Some(16), "{line}");
+    assert_eq!(json["level"], "DEBUG");
+    let _ = std::fs::remove_dir_all(dir);
+}
