@@ -123,6 +123,11 @@ impl Keys {
         format!("{}:worker:{consumer}", self.control_tag())
     }
 
+    /// End-to-end latency histogram of a run (hash: bucket -> events).
+    pub fn run_e2e(&self, p: u32, run_id: &str) -> String {
+        format!("{}:run/{run_id}/e2e", self.tag(p))
+    }
+
     /// The consumer group name.
     pub fn group(&self) -> &'static str {
         "workers"

@@ -378,10 +378,10 @@ impl EventLog for MemoryLog {
         for op in &ops.ops {
             kv.apply(&ops.keys, op);
         }
-        if let Some((key, weight)) = ops.e2e {
-            let latency = now_ms().saturating_sub(entry.appended_ms());
-            let bucket = latency_bucket(latency).to_string();
-            kv.apply(&ops.keys, &Op::HashIncr(key, bucket, weight as i64));
+        let latency = now_ms().saturating_sub(entry.appended_ms());
+        let bucket = latency_bucket(latency).to_string();
+        for &(key, weight) in &ops.e2e {
+            kv.apply(&ops.keys, &Op::HashIncr(key, bucket.clone(), weight as i64));
         }
         Ok(ApplyOutcome::Applied)
     }

@@ -164,10 +164,10 @@ pub struct Ops {
     pub keys: Vec<String>,
     /// The writes, in order.
     pub ops: Vec<Op>,
-    /// The end-to-end latency histogram key and the number of events to
-    /// count in it: the backend measures append -> apply on its own clock
-    /// (Redis `TIME`) and increments the bucket.
-    pub e2e: Option<(u16, u64)>,
+    /// End-to-end latency histogram keys and the number of events to count
+    /// in each: the backend measures append -> apply once, on its own clock
+    /// (Redis `TIME`), and increments that bucket in every key.
+    pub e2e: Vec<(u16, u64)>,
     index: HashMap<String, u16>,
 }
 

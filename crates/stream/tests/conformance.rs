@@ -390,7 +390,7 @@ where
         .unwrap();
     let mut ops = Ops::default();
     let key = ops.key(log.keys().e2e(0, 1));
-    ops.e2e = Some((key, 4));
+    ops.e2e = vec![(key, 4)];
     log.apply(&read[0], 4, &ops).await.unwrap();
     let histogram = log
         .read_hashes(&[log.keys().e2e(0, 1)])

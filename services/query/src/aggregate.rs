@@ -344,7 +344,7 @@ pub fn add_histogram(hash: &Fields<'_>, hist: &mut Histogram) -> Result<(), Quer
 }
 
 /// A run's delivery ledger summed over partitions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RunAcc {
     /// Events processed, all kinds.
     pub processed: u64,
@@ -354,6 +354,10 @@ pub struct RunAcc {
     pub tokens: u64,
     /// Of them, metrics.
     pub metric: u64,
+    /// Earliest `observed_at` of the run's events, Unix ms.
+    pub first_event_ms: Option<f64>,
+    /// Latest time one of its entries was applied, Unix ms (workers' clocks).
+    pub last_processed_ms: Option<f64>,
 }
 
 impl RunAcc {
@@ -363,6 +367,12 @@ impl RunAcc {
         self.gpu += hash.count("gpu")?;
         self.tokens += hash.count("tokens")?;
         self.metric += hash.count("metric")?;
+        if let Some(first) = hash.float("first_event_ms")? {
+            self.first_event_ms = Some(self.first_event_ms.map_or(first, |f| f.min(first)));
+        }
+        if let Some(last) = hash.float("last_processed_ms")? {
+            self.last_processed_ms = Some(self.last_processed_ms.map_or(last, |l| l.max(last)));
+        }
         Ok(())
     }
 }

@@ -2,19 +2,18 @@
 
 use testbed_proto::v1::GetRunStatsResponse;
 
-use crate::aggregate::{Fields, RunAcc};
+use crate::aggregate::{Fields, RunAcc, add_histogram};
 use crate::error::QueryError;
+use crate::percentiles::Histogram;
 use crate::store::Reader;
 
 /// The run's processed events per kind, summed over partitions. NOT_FOUND
 /// when no partition holds a ledger for it (unknown run, or expired).
 ///
-/// The worker keeps only processed counts per run today. Duplicates and
-/// dead letters are counted per partition, not per run, and per-run
-/// latency and first/last times are not recorded: `duplicates` and
-/// `dead_lettered` are left 0 and `end_to_end_latency`,
-/// `first_event_time` and `last_processed_time` unset rather than
-/// estimated.
+/// The worker keeps, per run: processed counts per kind, the earliest
+/// event time, the latest apply time, and an end-to-end latency histogram.
+/// Duplicates and dead letters are counted per partition, not per run:
+/// `duplicates` and `dead_lettered` are left 0 rather than estimated.
 pub async fn run_stats(reader: &Reader, run_id: &str) -> Result<GetRunStatsResponse, QueryError> {
     let keys: Vec<String> = reader
         .partitions()
@@ -31,6 +30,24 @@ pub async fn run_stats(reader: &Reader, run_id: &str) -> Result<GetRunStatsRespo
     for (key, hash) in keys.iter().zip(&hashes) {
         run.add(&Fields::new(key, hash))?;
     }
+    let latency_keys: Vec<String> = reader
+        .partitions()
+        .map(|p| reader.keys().run_e2e(p, run_id))
+        .collect();
+    let mut latency = Histogram::default();
+    for (key, hash) in latency_keys
+        .iter()
+        .zip(&reader.hashes(&latency_keys).await?)
+    {
+        add_histogram(&Fields::new(key, hash), &mut latency)?;
+    }
+    let time = |ms: Option<f64>| {
+        ms.map(|ms| {
+            testbed_proto::prost_types::Timestamp::from(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0.0) as u64),
+            )
+        })
+    };
     Ok(GetRunStatsResponse {
         run_id: run_id.to_owned(),
         processed: run.processed,
@@ -39,8 +56,8 @@ pub async fn run_stats(reader: &Reader, run_id: &str) -> Result<GetRunStatsRespo
         processed_metric: run.metric,
         duplicates: 0,
         dead_lettered: 0,
-        end_to_end_latency: None,
-        first_event_time: None,
-        last_processed_time: None,
+        end_to_end_latency: (latency.total() > 0).then(|| latency.percentiles()),
+        first_event_time: time(run.first_event_ms),
+        last_processed_time: time(run.last_processed_ms),
     })
 }

@@ -520,6 +520,23 @@ async fn check_run_stats(q: &mut Query, events: &[Event]) {
             ),
             "{run}"
         );
+        // The run's own latency histogram counts every processed event once,
+        // and its first event is the earliest observed_at of the run.
+        let latency = stats.end_to_end_latency.expect("run latency");
+        assert!(latency.p50.is_some() && latency.max.is_some(), "{run}");
+        let first = mine
+            .iter()
+            .filter_map(|e| e.observed_at.as_ref())
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+            .min()
+            .unwrap();
+        let got = stats.first_event_time.expect("first event time");
+        assert_eq!(
+            got.seconds * 1000 + i64::from(got.nanos) / 1_000_000,
+            first,
+            "{run}"
+        );
+        assert!(stats.last_processed_time.is_some(), "{run}");
     }
 }
 

@@ -81,6 +81,8 @@ pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -
     let mut zincr: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut seen: BTreeMap<String, f64> = BTreeMap::new();
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut run_events: BTreeMap<String, u64> = BTreeMap::new();
+    let mut run_first: BTreeMap<String, f64> = BTreeMap::new();
 
     for event in events {
         let device = event.device_id.as_str();
@@ -141,6 +143,9 @@ pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -
             labels.insert(device.to_owned(), json);
         }
         if !event.run_id.is_empty() {
+            *run_events.entry(event.run_id.clone()).or_default() += 1;
+            let first = run_first.entry(event.run_id.clone()).or_insert(observed_ms);
+            *first = first.min(observed_ms);
             let run = hashes.entry(keys.run(p, &event.run_id)).or_default();
             run.incr("processed", 1);
             run.incr(
@@ -194,8 +199,23 @@ pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -
         ops.push(Op::ZMax(devices, device, ms.floor()));
     }
     let e2e = ops.key(keys.e2e(p, (entry.appended_ms() / 60_000) as i64));
-    ops.e2e = Some((e2e, events.len() as u64));
+    ops.e2e.push((e2e, events.len() as u64));
     ops.push(Op::Expire(e2e, ttl));
+    // The delivery ledger of each simulator run: first event time, last
+    // applied time (this worker's clock), and the run's own latency histogram.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64);
+    for (run_id, n) in run_events {
+        let run = ops.key(keys.run(p, &run_id));
+        if let Some(first) = run_first.get(&run_id) {
+            ops.push(Op::HashMin(run, "first_event_ms".to_owned(), first.floor()));
+        }
+        ops.push(Op::HashMax(run, "last_processed_ms".to_owned(), now_ms));
+        let hist = ops.key(keys.run_e2e(p, &run_id));
+        ops.e2e.push((hist, n));
+        ops.push(Op::Expire(hist, ttl));
+    }
     ops
 }
 
@@ -271,7 +291,11 @@ mod tests {
         assert!(dm.contains(&&Op::HashMax(0, "gpu.power.max".into(), 300.0)));
         assert!(dm.contains(&&Op::Expire(0, 3600)));
         let run = find(&ops, &keys.run(2, "run-1"));
-        assert_eq!(run.len(), 3, "{run:?}"); // gpu, processed, expire
+        // gpu, processed, expire, first event time, last processed time
+        assert_eq!(run.len(), 5, "{run:?}");
+        assert!(run.iter().any(
+            |op| matches!(op, Op::HashMin(_, f, ms) if f == "first_event_ms" && *ms == 60_000.0)
+        ));
         let device = find(&ops, &keys.device(2, "d1"));
         assert!(
             device
@@ -281,7 +305,10 @@ mod tests {
         assert!(device.iter().any(
             |op| matches!(op, Op::HashSet(_, f, v) if f == "labels" && v == "{\"arch\":\"arm64\"}")
         ));
-        assert_eq!(ops.e2e.map(|(_, n)| n), Some(2));
+        assert_eq!(
+            ops.e2e.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![2, 2]
+        );
     }
 
     /// Tokens feed per-model and per-tenant groups; metrics their own names.

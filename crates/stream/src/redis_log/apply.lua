@@ -3,25 +3,29 @@
 -- another consumer) changes nothing.
 -- KEYS[1] stream, KEYS[2] stats, KEYS[3..] aggregate keys
 -- ARGV[1] group, ARGV[2] entry id, ARGV[3] events in the entry,
--- ARGV[4] e2e histogram key index into KEYS (0 = none), then writes as
--- quadruples (op, key index, field or member, value).
+-- ARGV[4] number n of e2e histograms, then n pairs (key index into KEYS,
+-- events to count), then writes as quadruples (op, key index, field or
+-- member, value).
 -- Returns 1 when applied, 0 when the entry was already acked.
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
 local events = tonumber(ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'processed', events)
-local e2e = tonumber(ARGV[4])
-if e2e > 0 then
+local histograms = tonumber(ARGV[4])
+local i = 5
+if histograms > 0 then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local appended_ms = tonumber(string.match(ARGV[2], '^(%d+)'))
   local latency = math.max(now_ms - appended_ms, 0)
   -- Same buckets as latency_bucket() in model.rs: four per doubling.
   local bucket = math.floor(4 * math.log(1 + latency) / math.log(2))
-  redis.call('HINCRBY', KEYS[e2e], bucket, events)
+  for _ = 1, histograms do
+    redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], bucket, ARGV[i + 1])
+    i = i + 2
+  end
 end
-local i = 5
 while i <= #ARGV do
   local op, key, field, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
   if op == 'I' then

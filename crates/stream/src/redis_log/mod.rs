@@ -339,12 +339,14 @@ impl EventLog for RedisLog {
         for key in &ops.keys {
             invocation.key(key);
         }
-        let e2e = ops.e2e.map_or(0, |(key, _)| u32::from(key) + 3);
         invocation
             .arg(self.group())
             .arg(&entry.id)
             .arg(events)
-            .arg(e2e);
+            .arg(ops.e2e.len());
+        for &(key, weight) in &ops.e2e {
+            invocation.arg(u32::from(key) + 3).arg(weight);
+        }
         for op in &ops.ops {
             let k = |i: &u16| u32::from(*i) + 3;
             match op {
