@@ -570,7 +570,9 @@ mod tests {
                 processed: 5,
                 gpu: 3,
                 tokens: 1,
-                metric: 1
+                metric: 1,
+                first_event_ms: None,
+                last_processed_ms: None,
             }
         );
     }
