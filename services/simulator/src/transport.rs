@@ -50,26 +50,109 @@ pub async fn endpoints(target: &str) -> Result<Vec<String>, ConnectError> {
     Ok(addrs)
 }
 
-/// `connections` lazily-connecting channels, spread round-robin over the
-/// target's endpoints. Lazy, so a target that is not up yet shows up as
-/// failed batches (UNAVAILABLE) rather than aborting the run.
-pub async fn channels(target: &str, connections: u32) -> Result<Vec<Channel>, ConnectError> {
-    let uris = endpoints(target).await?;
-    let count = (connections as usize).max(uris.len());
-    (0..count)
-        .map(|i| {
-            let uri = &uris[i % uris.len()];
-            Endpoint::from_shared(uri.clone())
-                .map(|e| {
-                    e.connect_timeout(Duration::from_secs(5))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(30))
-                        .connect_lazy()
-                })
-                .map_err(|e| ConnectError::Invalid {
-                    target: uri.clone(),
-                    reason: e.to_string(),
-                })
+/// How often a `dns:///` target is resolved again, so pods added by a
+/// scale-out receive new streams and removed pods stop receiving them.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+
+fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
+    Endpoint::from_shared(uri.to_owned())
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
         })
-        .collect()
+        .map_err(|e| ConnectError::Invalid {
+            target: uri.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// `connections` lazily-connecting channels to `target`. Lazy, so a target
+/// that is not up yet shows up as failed batches (UNAVAILABLE) rather than
+/// aborting the run.
+///
+/// For `dns:///name:port`, each channel balances calls over every address
+/// the name resolves to, and a background task resolves it again every
+/// [`RESOLVE_EVERY`], adding and removing addresses (the task ends with the
+/// channel). Long-lived streams stay where they were opened; streams opened
+/// later (new lanes, reconnects) go to the current set of pods.
+pub async fn channels(target: &str, connections: u32) -> Result<Vec<Channel>, ConnectError> {
+    let count = connections.max(1) as usize;
+    let Some(name) = target.strip_prefix("dns:///") else {
+        let e = endpoint(target)?;
+        return Ok((0..count).map(|_| e.connect_lazy()).collect());
+    };
+    // Fail early on a name that does not resolve at all.
+    endpoints(target).await?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (channel, changes) = Channel::balance_channel::<String>(64);
+        tokio::spawn(follow_dns(name.to_owned(), changes));
+        out.push(channel);
+    }
+    Ok(out)
+}
+
+/// Keeps a balanced channel's endpoints equal to what `name` resolves to.
+async fn follow_dns(
+    name: String,
+    changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
+) {
+    use tonic::transport::channel::Change;
+    let mut current: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    loop {
+        match tokio::net::lookup_host(&name).await {
+            Ok(addrs) => {
+                let fresh: std::collections::BTreeSet<String> =
+                    addrs.map(|a| format!("http://{a}")).collect();
+                for gone in current.difference(&fresh) {
+                    if changes.send(Change::Remove(gone.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                for added in fresh.difference(&current) {
+                    let Ok(e) = endpoint(added) else { continue };
+                    if changes
+                        .send(Change::Insert(added.clone(), e))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if fresh != current {
+                    tracing::info!(%name, addresses = fresh.len(), "target addresses changed");
+                }
+                current = fresh;
+            }
+            Err(err) => {
+                tracing::warn!(%name, error = %err, "re-resolving the target failed; keeping the last addresses")
+            }
+        }
+        tokio::select! {
+            () = changes.closed() => return,
+            () = tokio::time::sleep(RESOLVE_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dns:/// target resolves to every address of the name.
+    #[tokio::test]
+    async fn dns_targets_resolve_every_address() {
+        let uris = endpoints("dns:///localhost:50051").await.unwrap();
+        assert!(!uris.is_empty());
+        assert!(
+            uris.iter()
+                .all(|u| u.starts_with("http://") && u.ends_with(":50051")),
+            "{uris:?}"
+        );
+        assert_eq!(
+            endpoints("http://10.0.0.1:1").await.unwrap(),
+            vec!["http://10.0.0.1:1".to_owned()]
+        );
+    }
 }

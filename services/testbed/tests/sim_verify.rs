@@ -151,3 +151,40 @@ async fn verify_fails_loudly_when_events_are_dropped() {
         "{diff:?}"
     );
 }
+
+/// A `dns:///` target balances over what the name resolves to (here
+/// localhost) and delivers every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_targets_deliver_every_event() {
+    let tb = Testbed::start(&["all"]);
+    tb.wait_serving("").await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "sim",
+            "--target",
+            &format!("dns:///localhost:{}", tb.addr.port()),
+        ])
+        .args(["--query-target", &format!("http://{}", tb.addr)])
+        .args([
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--verify",
+            "--verify-timeout",
+            "20s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("verify   PASSED: 200 events processed exactly once"),
+        "{stdout}"
+    );
+}
