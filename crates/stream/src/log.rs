@@ -79,13 +79,15 @@ pub trait EventLog: Send + Sync {
         ops: &Ops,
     ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
 
-    /// Moves `entry` to the dead-letter stream with `reason` and acks it,
-    /// atomically; counts `events` dead-lettered.
+    /// Moves `entry` to the dead-letter stream with `reason`, applies `ops`
+    /// (the run ledgers' dead-letter counts) and acks it, atomically; counts
+    /// `events` dead-lettered. Nothing happens if `entry` was already acked.
     fn dead_letter(
         &self,
         entry: &Entry,
         events: u64,
         reason: &str,
+        ops: &Ops,
     ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
 
     /// Pending entries of `partition`.
@@ -256,8 +258,9 @@ impl EventLog for AnyLog {
         entry: &Entry,
         events: u64,
         reason: &str,
+        ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
-        delegate!(self, log => log.dead_letter(entry, events, reason))
+        delegate!(self, log => log.dead_letter(entry, events, reason, ops))
     }
 
     async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {

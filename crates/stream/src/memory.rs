@@ -266,6 +266,13 @@ impl EventLog for MemoryLog {
                 fresh.push(event.bytes.clone());
             } else {
                 outcome.duplicates.push(i as u32);
+                if !event.run_id.is_empty() {
+                    let key = self.inner.keys.run(partition, &event.run_id);
+                    let mut kv = self.kv();
+                    let keys = [key];
+                    kv.apply(&keys, &Op::HashIncr(0, "duplicates".to_owned(), 1));
+                    kv.apply(&keys, &Op::Expire(0, self.inner.retention.as_secs().max(1)));
+                }
             }
         }
         while part.order.len() > self.inner.window {
@@ -391,6 +398,7 @@ impl EventLog for MemoryLog {
         entry: &Entry,
         events: u64,
         reason: &str,
+        ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
         let id = parse_id(&entry.id)
             .ok_or_else(|| StoreError::Protocol(format!("bad id {}", entry.id)))?;
@@ -399,6 +407,11 @@ impl EventLog for MemoryLog {
             return Ok(ApplyOutcome::AlreadyAcked);
         }
         part.figures.dead_lettered += events;
+        let mut kv = self.kv();
+        for op in &ops.ops {
+            kv.apply(&ops.keys, op);
+        }
+        drop(kv);
         let stored = Stored {
             meta: entry.meta.clone(),
             events: entry.events.clone(),

@@ -49,6 +49,9 @@ pub struct EntryMeta {
 pub struct AppendEvent {
     /// The client-chosen event id (dedupe key).
     pub event_id: String,
+    /// The simulator run it belongs to (empty: none), whose ledger counts
+    /// it as a duplicate if it is one.
+    pub run_id: String,
     /// The encoded `testbed.v1.Event`.
     pub bytes: Vec<u8>,
 }

@@ -63,6 +63,7 @@ async fn cluster(partitions: u32, window: u64) -> Backend {
 fn events(ids: &[&str]) -> Vec<AppendEvent> {
     ids.iter()
         .map(|id| AppendEvent {
+            run_id: String::new(),
             event_id: (*id).to_owned(),
             bytes: format!("payload-{id}").into_bytes(),
         })
@@ -307,11 +308,15 @@ where
         .await
         .unwrap();
     assert_eq!(
-        log.dead_letter(&read[0], 3, "undecodable").await.unwrap(),
+        log.dead_letter(&read[0], 3, "undecodable", &Ops::default())
+            .await
+            .unwrap(),
         ApplyOutcome::Applied
     );
     assert_eq!(
-        log.dead_letter(&read[0], 3, "again").await.unwrap(),
+        log.dead_letter(&read[0], 3, "again", &Ops::default())
+            .await
+            .unwrap(),
         ApplyOutcome::AlreadyAcked
     );
     let ops = counter_ops(log, 0, "n", 3);
@@ -498,5 +503,59 @@ async fn key_value_surface() {
         assert_eq!(log.zset_remove_below("z", 2.0).await.unwrap(), 1);
         assert_eq!(log.read_zset("z").await.unwrap().len(), 2);
         assert!(log.read_zset("none").await.unwrap().is_empty());
+    }
+}
+
+/// Duplicates and dead letters are counted in the run ledgers, atomically
+/// with the append and the dead-letter move.
+#[tokio::test]
+async fn run_ledgers_count_duplicates_and_dead_letters() {
+    for b in [memory(1, 100).await, redis(1, 100).await] {
+        let log = &b.log;
+        let with_run = |ids: &[&str]| -> Vec<AppendEvent> {
+            events(ids)
+                .into_iter()
+                .map(|mut e| {
+                    e.run_id = "r1".into();
+                    e
+                })
+                .collect()
+        };
+        log.append(0, &EntryMeta::default(), &with_run(&["a", "b"]))
+            .await
+            .unwrap();
+        let out = log
+            .append(0, &EntryMeta::default(), &with_run(&["a", "b", "c"]))
+            .await
+            .unwrap();
+        assert_eq!(out.duplicates, vec![0, 1]);
+        let read = log
+            .read(0, "c", 10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let mut ops = Ops::default();
+        let run = ops.key(log.keys().run(0, "r1"));
+        ops.push(Op::HashIncr(run, "dead_lettered".into(), 2));
+        assert_eq!(
+            log.dead_letter(&read[0], 2, "poison", &ops).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            log.dead_letter(&read[0], 2, "poison", &ops).await.unwrap(),
+            ApplyOutcome::AlreadyAcked
+        );
+        let ledger = log
+            .read_hashes(&[log.keys().run(0, "r1")])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            ledger,
+            vec![
+                ("dead_lettered".to_owned(), "2".to_owned()),
+                ("duplicates".to_owned(), "2".to_owned())
+            ]
+        );
+        assert_eq!(log.figures(0).await.unwrap().dead_lettered, 2);
     }
 }

@@ -127,6 +127,7 @@ impl Publisher {
                     .or_default()
                     .push(AppendEvent {
                         event_id: event.event_id.clone(),
+                        run_id: event.run_id.clone(),
                         bytes: event.encode_to_vec(),
                     }),
                 Err(violation) => published.rejections.push(EventRejection {

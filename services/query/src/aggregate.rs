@@ -354,6 +354,10 @@ pub struct RunAcc {
     pub tokens: u64,
     /// Of them, metrics.
     pub metric: u64,
+    /// Re-sent events of the run dropped as duplicates at append.
+    pub duplicates: u64,
+    /// Events of the run dead-lettered.
+    pub dead_lettered: u64,
     /// Earliest `observed_at` of the run's events, Unix ms.
     pub first_event_ms: Option<f64>,
     /// Latest time one of its entries was applied, Unix ms (workers' clocks).
@@ -367,6 +371,8 @@ impl RunAcc {
         self.gpu += hash.count("gpu")?;
         self.tokens += hash.count("tokens")?;
         self.metric += hash.count("metric")?;
+        self.duplicates += hash.count("duplicates")?;
+        self.dead_lettered += hash.count("dead_lettered")?;
         if let Some(first) = hash.float("first_event_ms")? {
             self.first_event_ms = Some(self.first_event_ms.map_or(first, |f| f.min(first)));
         }
@@ -571,6 +577,8 @@ mod tests {
                 gpu: 3,
                 tokens: 1,
                 metric: 1,
+                duplicates: 0,
+                dead_lettered: 0,
                 first_event_ms: None,
                 last_processed_ms: None,
             }

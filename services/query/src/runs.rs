@@ -10,10 +10,11 @@ use crate::store::Reader;
 /// The run's processed events per kind, summed over partitions. NOT_FOUND
 /// when no partition holds a ledger for it (unknown run, or expired).
 ///
-/// The worker keeps, per run: processed counts per kind, the earliest
-/// event time, the latest apply time, and an end-to-end latency histogram.
-/// Duplicates and dead letters are counted per partition, not per run:
-/// `duplicates` and `dead_lettered` are left 0 rather than estimated.
+/// Per run, the pipeline keeps: processed counts per kind, the earliest
+/// event time, the latest apply time and an end-to-end latency histogram
+/// (worker, with the aggregates), duplicates (ingest, at append) and dead
+/// letters (worker, with the dead-letter move); all in the same atomic
+/// steps as the figures they belong to.
 pub async fn run_stats(reader: &Reader, run_id: &str) -> Result<GetRunStatsResponse, QueryError> {
     let keys: Vec<String> = reader
         .partitions()
@@ -54,8 +55,8 @@ pub async fn run_stats(reader: &Reader, run_id: &str) -> Result<GetRunStatsRespo
         processed_gpu: run.gpu,
         processed_tokens: run.tokens,
         processed_metric: run.metric,
-        duplicates: 0,
-        dead_lettered: 0,
+        duplicates: run.duplicates,
+        dead_lettered: run.dead_lettered,
         end_to_end_latency: (latency.total() > 0).then(|| latency.percentiles()),
         first_event_time: time(run.first_event_ms),
         last_processed_time: time(run.last_processed_ms),

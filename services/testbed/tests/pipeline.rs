@@ -478,6 +478,7 @@ async fn poison_entries_are_dead_lettered() {
     let log = redis_log(redis.url(), false).await;
     log.ensure_group().await.unwrap();
     let poison = testbed_stream::AppendEvent {
+        run_id: String::new(),
         event_id: "poison".into(),
         bytes: vec![0xff, 0xff, 0xff],
     };

@@ -150,6 +150,12 @@ async fn verify_fails_loudly_when_events_are_dropped() {
         diff.iter().any(|d| d.starts_with("processing stopped at")),
         "{diff:?}"
     );
+    // The run's ledger says where they went.
+    assert_eq!(
+        v["dead_lettered"].as_u64(),
+        Some(expected - processed),
+        "{v}"
+    );
 }
 
 /// A `dns:///` target balances over what the name resolves to (here

@@ -11,7 +11,7 @@ use rand::Rng as _;
 use testbed_proto::v1::Event;
 use testbed_proto::v1::fault::Effect;
 use testbed_server::CancellationToken;
-use testbed_stream::{AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, StoreError};
+use testbed_stream::{AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, Ops, StoreError};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
@@ -306,7 +306,17 @@ impl Consumer {
             .with_max_delay(Duration::from_secs(1))
             .with_max_times(5);
         if let Some(reason) = poison {
-            let dead = || async { self.log.dead_letter(&entry, events, &reason).await };
+            // Decodable entries also count in their runs' ledgers.
+            let ops = match &decoded {
+                Ok(events) => crate::fold::dead_letter_ops(
+                    &entry,
+                    events,
+                    self.log.keys(),
+                    self.log.retention(),
+                ),
+                Err(_) => Ops::default(),
+            };
+            let dead = || async { self.log.dead_letter(&entry, events, &reason, &ops).await };
             match dead.retry(retry).await {
                 Ok(ApplyOutcome::Applied) => {
                     tracing::warn!(entry = %entry.id, partition = entry.partition, %reason, "dead-lettered");

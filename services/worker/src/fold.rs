@@ -219,6 +219,22 @@ pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -
     ops
 }
 
+/// The writes that go with dead-lettering `entry`: each simulator run's
+/// ledger counts its events as dead-lettered.
+pub fn dead_letter_ops(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -> Ops {
+    let mut per_run: BTreeMap<&str, i64> = BTreeMap::new();
+    for event in events.iter().filter(|e| !e.run_id.is_empty()) {
+        *per_run.entry(event.run_id.as_str()).or_default() += 1;
+    }
+    let mut ops = Ops::default();
+    for (run_id, n) in per_run {
+        let run = ops.key(keys.run(entry.partition, run_id));
+        ops.push(Op::HashIncr(run, "dead_lettered".to_owned(), n));
+        ops.push(Op::Expire(run, retention.as_secs().max(1)));
+    }
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use testbed_proto::v1::{GpuSample, Metric, TokenUsage};

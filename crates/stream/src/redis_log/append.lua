@@ -1,8 +1,9 @@
 -- Appends one batch of events to a partition, minus duplicates, atomically.
 -- KEYS[1] stream, KEYS[2] recent ids (hash), KEYS[3] recent id order (list),
--- KEYS[4] stats (hash)
+-- KEYS[4] stats (hash), KEYS[5..] run ledgers of the batch's events
 -- ARGV[1] dedupe window (ids remembered), ARGV[2] entry meta,
--- ARGV[3..] pairs of (event_id, event bytes)
+-- ARGV[3] run ledger time to live (seconds),
+-- ARGV[4..] triples of (event_id, run ledger index into KEYS or 0, event bytes)
 -- Returns {entry id or false, {duplicate positions (0-based)}}.
 --
 -- Order matters because Redis does not roll a script back on error: reads
@@ -14,16 +15,21 @@ local fields = {'m', ARGV[2]}
 local fresh_ids = {}
 local seen_here = {}
 local dups = {}
-local n = (#ARGV - 2) / 2
+local run_dups = {}
+local n = (#ARGV - 3) / 3
 for j = 0, n - 1 do
-  local id = ARGV[3 + 2 * j]
+  local id = ARGV[4 + 3 * j]
   if seen_here[id] or redis.call('HEXISTS', KEYS[2], id) == 1 then
     dups[#dups + 1] = j
+    local run = tonumber(ARGV[5 + 3 * j])
+    if run > 0 then
+      run_dups[run] = (run_dups[run] or 0) + 1
+    end
   else
     seen_here[id] = true
     fresh_ids[#fresh_ids + 1] = id
     fields[#fields + 1] = 'e'
-    fields[#fields + 1] = ARGV[4 + 2 * j]
+    fields[#fields + 1] = ARGV[6 + 3 * j]
   end
 end
 local entry = false
@@ -42,5 +48,9 @@ if #fresh_ids > 0 then
 end
 if #dups > 0 then
   redis.call('HINCRBY', KEYS[4], 'duplicates', #dups)
+  for run, count in pairs(run_dups) do
+    redis.call('HINCRBY', KEYS[run], 'duplicates', count)
+    redis.call('EXPIRE', KEYS[run], ARGV[3])
+  end
 end
 return {entry, dups}

@@ -1,9 +1,13 @@
--- Acks one entry and applies its aggregate writes, atomically: the
--- exactly-once step. An entry no longer pending (already acked by this or
--- another consumer) changes nothing.
--- KEYS[1] stream, KEYS[2] stats, KEYS[3..] aggregate keys
+-- Acks one entry and applies its writes, atomically: the exactly-once step.
+-- An entry no longer pending (already acked by this or another consumer)
+-- changes nothing. In dead-letter mode the entry is copied to the
+-- dead-letter stream with the reason instead of being counted processed.
+-- KEYS[1] stream, KEYS[2] stats, KEYS[3] dead-letter stream,
+-- KEYS[4..] aggregate keys
 -- ARGV[1] group, ARGV[2] entry id, ARGV[3] events in the entry,
--- ARGV[4] number n of e2e histograms, then n pairs (key index into KEYS,
+-- ARGV[4] dead-letter reason ('' = a normal apply),
+-- ARGV[5] dead-letter stream max length (approximate),
+-- ARGV[6] number n of e2e histograms, then n pairs (key index into KEYS,
 -- events to count), then writes as quadruples (op, key index, field or
 -- member, value).
 -- Returns 1 when applied, 0 when the entry was already acked.
@@ -11,9 +15,22 @@ if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end
 local events = tonumber(ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'processed', events)
-local histograms = tonumber(ARGV[4])
-local i = 5
+local reason = ARGV[4]
+if reason ~= '' then
+  local body = {'source_id', ARGV[2], 'reason', reason}
+  local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+  if found[1] then
+    for _, v in ipairs(found[1][2]) do
+      body[#body + 1] = v
+    end
+  end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(body))
+  redis.call('HINCRBY', KEYS[2], 'dead_lettered', events)
+else
+  redis.call('HINCRBY', KEYS[2], 'processed', events)
+end
+local histograms = tonumber(ARGV[6])
+local i = 7
 if histograms > 0 then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -2,10 +2,10 @@
 //! Redis or a Redis Cluster.
 //!
 //! Every atomic step is one Lua script over keys of one partition (one hash
-//! tag, one slot): `append.lua` (dedupe + XADD + counters), `apply.lua`
-//! (XACK + aggregate writes: the exactly-once step) and `dead_letter.lua`
-//! (XACK + XADD to the dead-letter stream). Blocking reads use a dedicated
-//! connection per partition so they never stall other calls.
+//! tag, one slot): `append.lua` (dedupe + XADD + counters) and `apply.lua`
+//! (XACK + aggregate writes: the exactly-once step; in dead-letter mode
+//! XACK + XADD to the dead-letter stream + the run ledgers). Blocking reads
+//! use a dedicated connection per partition so they never stall other calls.
 
 mod conn;
 mod parse;
@@ -51,7 +51,6 @@ struct Inner {
     readers: Vec<Mutex<Option<Conn>>>,
     append: Script,
     apply: Script,
-    dead_letter: Script,
     /// `redis_command_duration_seconds{command}`.
     latency: opentelemetry::metrics::Histogram<f64>,
 }
@@ -69,7 +68,6 @@ impl RedisLog {
                 readers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
                 append: Script::new(include_str!("append.lua")),
                 apply: Script::new(include_str!("apply.lua")),
-                dead_letter: Script::new(include_str!("dead_letter.lua")),
                 latency: opentelemetry::global::meter("testbed-stream")
                     .f64_histogram("redis.command.duration")
                     .with_unit("s")
@@ -119,6 +117,67 @@ impl RedisLog {
             &[opentelemetry::KeyValue::new("command", what)],
         );
         result
+    }
+
+    /// The one atomic step of `apply.lua`: ack `entry` and apply `ops`,
+    /// counting it processed, or dead-lettered with `reason` when not empty.
+    async fn ack_with(
+        &self,
+        entry: &Entry,
+        events: u64,
+        reason: &str,
+        ops: &Ops,
+        what: &'static str,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let keys = &self.inner.keys;
+        let p = entry.partition;
+        // KEYS[1] stream, KEYS[2] stats, KEYS[3] dead letters, KEYS[4..] the
+        // aggregate keys; Lua is 1-based, so aggregate key i is KEYS[i + 4].
+        let k = |i: u16| u32::from(i) + 4;
+        let mut invocation = self.inner.apply.prepare_invoke();
+        invocation
+            .key(keys.stream(p))
+            .key(keys.stats(p))
+            .key(keys.dead_letter(p));
+        for key in &ops.keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(self.group())
+            .arg(&entry.id)
+            .arg(events)
+            .arg(reason)
+            .arg(DEAD_LETTER_MAX_LEN)
+            .arg(ops.e2e.len());
+        for &(key, weight) in &ops.e2e {
+            invocation.arg(k(key)).arg(weight);
+        }
+        for op in &ops.ops {
+            match op {
+                Op::HashIncr(i, f, v) => invocation.arg("I").arg(k(*i)).arg(f).arg(v),
+                // Floats as Rust's shortest round-trip text (`3`, `0.25`),
+                // the same text the in-memory backend stores.
+                Op::HashIncrFloat(i, f, v) => {
+                    invocation.arg("F").arg(k(*i)).arg(f).arg(v.to_string())
+                }
+                Op::HashMin(i, f, v) => invocation.arg("m").arg(k(*i)).arg(f).arg(v.to_string()),
+                Op::HashMax(i, f, v) => invocation.arg("M").arg(k(*i)).arg(f).arg(v.to_string()),
+                Op::HashSet(i, f, v) => invocation.arg("S").arg(k(*i)).arg(f).arg(v),
+                Op::ZIncr(i, m, v) => invocation.arg("Z").arg(k(*i)).arg(m).arg(v.to_string()),
+                Op::ZMax(i, m, v) => invocation.arg("X").arg(k(*i)).arg(m).arg(v.to_string()),
+                Op::Expire(i, secs) => invocation.arg("E").arg(k(*i)).arg("").arg(secs),
+            };
+        }
+        let applied: i64 = self
+            .call(what, |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(if applied == 1 {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::AlreadyAcked
+        })
     }
 
     fn group(&self) -> &'static str {
@@ -182,11 +241,25 @@ impl EventLog for RedisLog {
             .key(keys.stream(partition))
             .key(keys.recent_ids(partition))
             .key(keys.recent_order(partition))
-            .key(keys.stats(partition))
-            .arg(self.inner.args.dedupe_window)
-            .arg(meta.encode_to_vec());
+            .key(keys.stats(partition));
+        // Run ledgers of the batch, for per-run duplicate counts: KEYS[5..].
+        let mut runs: Vec<&str> = Vec::new();
         for event in events {
-            invocation.arg(&event.event_id).arg(&event.bytes);
+            if !event.run_id.is_empty() && !runs.contains(&event.run_id.as_str()) {
+                runs.push(&event.run_id);
+                invocation.key(keys.run(partition, &event.run_id));
+            }
+        }
+        invocation
+            .arg(self.inner.args.dedupe_window)
+            .arg(meta.encode_to_vec())
+            .arg(self.inner.args.retention.as_secs().max(1));
+        for event in events {
+            let run = runs
+                .iter()
+                .position(|r| *r == event.run_id)
+                .map_or(0, |i| i + 5);
+            invocation.arg(&event.event_id).arg(run).arg(&event.bytes);
         }
         let (entry_id, duplicates): (Option<String>, Vec<u32>) = self
             .call("append", |mut c| async move {
@@ -330,50 +403,7 @@ impl EventLog for RedisLog {
         events: u64,
         ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
-        let keys = &self.inner.keys;
-        let p = entry.partition;
-        // KEYS[1] stream, KEYS[2] stats, KEYS[3..] the aggregate keys; Lua
-        // indexes are 1-based, so aggregate key i is KEYS[i + 3].
-        let mut invocation = self.inner.apply.prepare_invoke();
-        invocation.key(keys.stream(p)).key(keys.stats(p));
-        for key in &ops.keys {
-            invocation.key(key);
-        }
-        invocation
-            .arg(self.group())
-            .arg(&entry.id)
-            .arg(events)
-            .arg(ops.e2e.len());
-        for &(key, weight) in &ops.e2e {
-            invocation.arg(u32::from(key) + 3).arg(weight);
-        }
-        for op in &ops.ops {
-            let k = |i: &u16| u32::from(*i) + 3;
-            match op {
-                Op::HashIncr(i, f, v) => invocation.arg("I").arg(k(i)).arg(f).arg(v),
-                // Floats as Rust's shortest round-trip text (`3`, `0.25`),
-                // the same text the in-memory backend stores.
-                Op::HashIncrFloat(i, f, v) => {
-                    invocation.arg("F").arg(k(i)).arg(f).arg(v.to_string())
-                }
-                Op::HashMin(i, f, v) => invocation.arg("m").arg(k(i)).arg(f).arg(v.to_string()),
-                Op::HashMax(i, f, v) => invocation.arg("M").arg(k(i)).arg(f).arg(v.to_string()),
-                Op::HashSet(i, f, v) => invocation.arg("S").arg(k(i)).arg(f).arg(v),
-                Op::ZIncr(i, m, v) => invocation.arg("Z").arg(k(i)).arg(m).arg(v.to_string()),
-                Op::ZMax(i, m, v) => invocation.arg("X").arg(k(i)).arg(m).arg(v.to_string()),
-                Op::Expire(i, secs) => invocation.arg("E").arg(k(i)).arg("").arg(secs),
-            };
-        }
-        let applied: i64 = self
-            .call("apply", |mut c| async move {
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
-        Ok(if applied == 1 {
-            ApplyOutcome::Applied
-        } else {
-            ApplyOutcome::AlreadyAcked
-        })
+        self.ack_with(entry, events, "", ops, "apply").await
     }
 
     async fn dead_letter(
@@ -381,29 +411,16 @@ impl EventLog for RedisLog {
         entry: &Entry,
         events: u64,
         reason: &str,
+        ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
-        let keys = &self.inner.keys;
-        let p = entry.partition;
-        let mut invocation = self.inner.dead_letter.prepare_invoke();
-        invocation
-            .key(keys.stream(p))
-            .key(keys.dead_letter(p))
-            .key(keys.stats(p))
-            .arg(self.group())
-            .arg(&entry.id)
-            .arg(events)
-            .arg(reason)
-            .arg(DEAD_LETTER_MAX_LEN);
-        let moved: i64 = self
-            .call("dead-letter", |mut c| async move {
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
-        Ok(if moved == 1 {
-            ApplyOutcome::Applied
+        // An empty reason would mean a normal apply to the script.
+        let reason = if reason.is_empty() {
+            "unspecified"
         } else {
-            ApplyOutcome::AlreadyAcked
-        })
+            reason
+        };
+        self.ack_with(entry, events, reason, ops, "dead-letter")
+            .await
     }
 
     async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
