@@ -1,21 +1,35 @@
-//! RPC handlers of `testbed.v1.SimulatorService` (`testbed sim --serve`).
+//! RPC handlers of `testbed.v1.SimulatorService` (`testbed sim --serve`):
+//! each checks its request ([`crate::spec`]) and hands it to the run
+//! registry ([`crate::runs`]).
 
 use testbed_proto::v1::simulator_service_server::{SimulatorService, SimulatorServiceServer};
 use testbed_proto::v1::{
     GetRunRequest, GetRunResponse, StartRunRequest, StartRunResponse, StopRunRequest,
     StopRunResponse, UpdateRunRequest, UpdateRunResponse, WatchRunRequest, WatchRunResponse,
 };
-use testbed_server::not_implemented_yet;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-const WORK: &str = "simulator";
+use crate::runs::{Runs, is_final};
+use crate::spec;
 
-/// The simulator API.
-#[derive(Debug, Clone, Default)]
-pub struct SimulatorApi {}
+/// Messages a WatchRun stream may hold for a slow client before the
+/// producer waits for it.
+const WATCH_BUFFER: usize = 4;
+
+/// The simulator API over the runs of this server.
+#[derive(Debug, Clone)]
+pub struct SimulatorApi {
+    runs: Runs,
+}
 
 impl SimulatorApi {
+    /// Handlers over `runs`.
+    pub fn new(runs: Runs) -> Self {
+        Self { runs }
+    }
+
     /// Wraps the handlers in tonic's generated server.
     pub fn into_server(self) -> SimulatorServiceServer<Self> {
         SimulatorServiceServer::new(self)
@@ -26,53 +40,95 @@ impl SimulatorApi {
 impl SimulatorService for SimulatorApi {
     async fn start_run(
         &self,
-        _request: Request<StartRunRequest>,
+        request: Request<StartRunRequest>,
     ) -> Result<Response<StartRunResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.SimulatorService/StartRun",
-            WORK,
-        ))
+        let run = self.runs.start(request.into_inner().spec).await?;
+        Ok(Response::new(StartRunResponse { run: Some(run) }))
     }
 
     async fn update_run(
         &self,
-        _request: Request<UpdateRunRequest>,
+        request: Request<UpdateRunRequest>,
     ) -> Result<Response<UpdateRunResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.SimulatorService/UpdateRun",
-            WORK,
-        ))
+        let request = request.into_inner();
+        spec::run_id(&request.run_id, "run_id")?;
+        let change = spec::change(request.change.as_ref(), self.runs.limits())?;
+        let run = self.runs.update(&request.run_id, change)?;
+        Ok(Response::new(UpdateRunResponse { run: Some(run) }))
     }
 
     async fn stop_run(
         &self,
-        _request: Request<StopRunRequest>,
+        request: Request<StopRunRequest>,
     ) -> Result<Response<StopRunResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.SimulatorService/StopRun",
-            WORK,
-        ))
+        let id = request.into_inner().run_id;
+        spec::run_id(&id, "run_id")?;
+        Ok(Response::new(StopRunResponse {
+            run: Some(self.runs.stop(&id)?),
+        }))
     }
 
     async fn get_run(
         &self,
-        _request: Request<GetRunRequest>,
+        request: Request<GetRunRequest>,
     ) -> Result<Response<GetRunResponse>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.SimulatorService/GetRun",
-            WORK,
-        ))
+        let id = request.into_inner().run_id;
+        spec::run_id(&id, "run_id")?;
+        Ok(Response::new(GetRunResponse {
+            run: Some(self.runs.get(&id)?),
+        }))
     }
 
     type WatchRunStream = ReceiverStream<Result<WatchRunResponse, Status>>;
 
     async fn watch_run(
         &self,
-        _request: Request<WatchRunRequest>,
+        request: Request<WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        Err(not_implemented_yet(
-            "testbed.v1.SimulatorService/WatchRun",
-            WORK,
-        ))
+        let request = request.into_inner();
+        spec::run_id(&request.run_id, "run_id")?;
+        let interval = spec::watch_interval(request.interval.as_ref())?;
+        let (first, mut changes) = self.runs.watch(&request.run_id)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (runs, id) = (self.runs.clone(), request.run_id);
+        // The stream follows the run to its final state, also at shutdown:
+        // shutdown stops the run, and its final message is what a client
+        // most needs (the server's grace period bounds the wait).
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + interval;
+            let mut ticker = tokio::time::interval_at(start, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut run, mut forgotten) = (first, false);
+            loop {
+                let done = forgotten || is_final(run.state());
+                if tx
+                    .send(Ok(WatchRunResponse { run: Some(run) }))
+                    .await
+                    .is_err()
+                    || done
+                {
+                    // The client left, or the final state went out.
+                    return;
+                }
+                run = tokio::select! {
+                    // A change of state goes out at once, not at the next tick.
+                    changed = changes.changed() => match changed {
+                        Ok(()) => changes.borrow_and_update().clone(),
+                        // Forgotten: only ever after its final state, which
+                        // the receiver still holds.
+                        Err(_) => {
+                            forgotten = true;
+                            changes.borrow().clone()
+                        }
+                    },
+                    _ = ticker.tick() => runs.get(&id).unwrap_or_else(|_| {
+                        forgotten = true;
+                        changes.borrow().clone()
+                    }),
+                    () = tx.closed() => return,
+                };
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

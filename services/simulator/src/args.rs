@@ -112,6 +112,10 @@ pub struct SimArgs {
     #[arg(long, env = "TESTBED_SIM_VERIFY_TIMEOUT", default_value = "60s",
           value_parser = humantime::parse_duration)]
     pub verify_timeout: Duration,
+
+    /// `--serve` and the server's flags (see [`crate::serve`]).
+    #[command(flatten)]
+    pub serve: crate::serve::ServeArgs,
 }
 
 /// Architecture names and weights.
@@ -155,7 +159,8 @@ impl SimArgs {
     }
 }
 
-fn parse_target(value: &str) -> Result<String, String> {
+/// Checks an ingest endpoint: `http(s)://HOST:PORT` or `dns:///NAME:PORT`.
+pub(crate) fn parse_target(value: &str) -> Result<String, String> {
     if let Some(name) = value.strip_prefix("dns:///") {
         // gRPC's DNS resolver syntax: every address of NAME is a backend.
         let (host, port) = name

@@ -19,7 +19,14 @@
 //! - [`stats`]: HDR latency histograms and counters.
 //! - [`report`]: text, JSON and ghz-JSON reports.
 //! - [`verify`]: the end-to-end check against `QueryService.GetRunStats`.
-//! - [`api`]: `SimulatorService` for `testbed sim --serve` (not implemented yet).
+//! - [`serve`]: `testbed sim --serve`: the `--serve` flags and how the
+//!   simulator joins a [`testbed_server::GrpcServer`].
+//! - [`api`]: the `SimulatorService` handlers (StartRun, UpdateRun, StopRun,
+//!   GetRun, WatchRun).
+//! - [`spec`]: run specs and changes checked, with the contract's defaults.
+//! - [`runs`]: the runs a server knows, their life cycle and bounds.
+//! - [`live`]: a served run's live figures (load clock, achieved rate).
+//! - [`error`]: the API's errors and their gRPC status codes.
 //!
 //! # Why these crates
 //! `hdrhistogram` (the reference HDR histogram port) records latencies with
@@ -31,11 +38,16 @@
 
 pub mod api;
 mod args;
+pub mod error;
 pub mod fleet;
+pub mod live;
 mod progress;
 pub mod report;
 pub mod runner;
+pub mod runs;
 pub mod scenario;
+pub mod serve;
+pub mod spec;
 pub mod stats;
 pub mod transport;
 pub mod verify;
@@ -48,6 +60,7 @@ use testbed_server::CancellationToken;
 
 pub use api::SimulatorApi;
 pub use args::{OutputFormat, SimArgs};
+pub use serve::ServeArgs;
 
 use crate::fleet::Fleet;
 use crate::report::Report;

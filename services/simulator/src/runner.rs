@@ -13,7 +13,7 @@ use testbed_proto::google::rpc;
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
 use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest, PublishStreamResponse};
 use testbed_server::CancellationToken;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
@@ -82,6 +82,25 @@ pub struct Progress {
 /// acknowledged, failed, or `drain` has passed after the schedule ended.
 pub async fn run(
     scenario: &Scenario,
+    fleet: Fleet,
+    channels: Vec<Channel>,
+    options: SendOptions,
+    figures: Shared,
+    progress: Arc<Mutex<Progress>>,
+    shutdown: CancellationToken,
+) -> Duration {
+    // A fixed scenario is a live one whose sender never sends: kept (not
+    // dropped) until the run ends.
+    let (_fixed, live) = watch::channel(scenario.clone());
+    run_live(live, fleet, channels, options, figures, progress, shutdown).await
+}
+
+/// As [`run`], but follows `scenario`: when a new scenario is sent
+/// (`SimulatorService.UpdateRun`), the schedule switches to it at once,
+/// from its first phase, on the same fleet and streams (event ids and
+/// stream sequences carry on, so nothing is re-sent or deduplicated).
+pub async fn run_live(
+    mut scenario: watch::Receiver<Scenario>,
     mut fleet: Fleet,
     channels: Vec<Channel>,
     options: SendOptions,
@@ -111,16 +130,37 @@ pub async fn run(
         senders.push(tx);
     }
 
-    let start = Instant::now();
+    let mut current = scenario.borrow_and_update().clone();
+    let began = Instant::now();
+    let mut start = began;
     let mut offset = Duration::ZERO;
     let mut seq = 0u64;
-    while let Some((rate, phase)) = scenario.rate_at(offset) {
+    // Set when a change arrived while waiting (`changed` marks it seen).
+    let mut switched = false;
+    loop {
+        if std::mem::take(&mut switched) || scenario.has_changed().unwrap_or(false) {
+            // The new load starts now, at its first phase.
+            current = scenario.borrow_and_update().clone();
+            start = Instant::now();
+            offset = Duration::ZERO;
+        }
+        let Some((rate, phase)) = current.rate_at(offset) else {
+            break;
+        };
         if shutdown.is_cancelled() {
             break;
         }
         if rate <= 0.0 {
-            // No load in this instant: step forward in 10 ms slices.
+            // No load in this instant: step forward in 10 ms slices, in
+            // step with the clock, so that a pause lasts its length (a run
+            // ending in one does not end early), a long one does not spin,
+            // and a change or a stop takes effect during it.
             offset += Duration::from_millis(10);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Ok(()) = scenario.changed() => switched = true,
+                () = tokio::time::sleep_until((start + offset).into()) => {}
+            }
             continue;
         }
         // About a hundred batches a second, within 1..=max_batch events.
@@ -136,6 +176,11 @@ pub async fn run(
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
+            // A change takes effect at once, not after a long gap of a low rate.
+            Ok(()) = scenario.changed() => {
+                switched = true;
+                continue;
+            }
             () = tokio::time::sleep_until(intended.into()) => {}
         }
         let now = SystemTime::now();
@@ -174,9 +219,10 @@ pub async fn run(
         seq += 1;
         offset += Duration::from_secs_f64(size as f64 / rate);
     }
-    // The schedule's span: its planned length, or longer if dispatching
-    // fell behind (then the achieved rate shows it).
-    let scheduled = start.elapsed().max(scenario.duration());
+    // The schedule's span: its planned length (to the end of the last
+    // scenario followed), or longer if dispatching fell behind (then the
+    // achieved rate shows it).
+    let scheduled = (start - began + current.duration()).max(began.elapsed());
     // Lanes hold a sender of their own (for retries): closing ours lets
     // each lane finish once it has nothing in flight or queued.
     drop(senders);

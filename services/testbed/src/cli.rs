@@ -42,7 +42,9 @@ pub enum Command {
     Worker(WorkerArgs),
     /// The query service (testbed.v1.QueryService).
     Query(QueryArgs),
-    /// The load simulator: drives ingest with a simulated fleet and measures it.
+    /// The load simulator: drives ingest with a simulated fleet and measures
+    /// it. With --serve, a server of testbed.v1.SimulatorService that runs
+    /// loads on request instead.
     Sim(SimArgs),
 }
 
@@ -164,6 +166,39 @@ mod tests {
             };
             assert_eq!(listen.grpc_addr.to_string(), "[::1]:7000", "{sub}");
         }
+    }
+
+    /// `testbed sim --serve` takes the listener flags the other servers
+    /// take; without --serve they are refused.
+    #[test]
+    fn sim_serve_parses_listener_flags() {
+        let cli = Cli::try_parse_from([
+            "testbed",
+            "sim",
+            "--serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--addr-file",
+            "/tmp/sim.json",
+            "--max-runs",
+            "2",
+        ])
+        .unwrap();
+        let Command::Sim(args) = cli.command else {
+            panic!("not sim")
+        };
+        assert!(args.serve.serve);
+        assert_eq!(args.serve.listen.grpc_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(
+            args.serve.listen.addr_file.as_deref(),
+            Some(std::path::Path::new("/tmp/sim.json"))
+        );
+        assert_eq!(args.serve.max_runs, 2);
+        let err =
+            Cli::try_parse_from(["testbed", "sim", "--grpc-addr", "127.0.0.1:0"]).unwrap_err();
+        assert!(err.to_string().contains("--serve"), "{err}");
     }
 
     /// A bad Redis URL is a parse error naming the flag.

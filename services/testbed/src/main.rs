@@ -130,6 +130,11 @@ async fn dispatch(
                 bind_and_announce("query", &args.server.listen, &log, telemetry, &shutdown).await?;
             testbed_query::run(args.query, log, listeners, shutdown).await?;
         }
+        Command::Sim(args) if args.serve.serve => {
+            let listeners =
+                bind_and_announce("sim", &args.serve.listen, None, telemetry, &shutdown).await?;
+            testbed_sim::serve::run(args, listeners, shutdown).await?;
+        }
         Command::Sim(args) => testbed_sim::run(args, shutdown).await?,
     }
     tracing::info!("testbed exited cleanly");
@@ -146,14 +151,16 @@ async fn redis_log(role: &'static str, server: &ServerArgs) -> Result<AnyLog, Ma
 }
 
 /// Binds the listeners and logs the one startup line: what runs, which
-/// build, on which architecture, at which addresses.
+/// build, on which architecture, at which addresses, on which event store
+/// (none for `sim --serve`).
 async fn bind_and_announce(
     role: &'static str,
     listen: &ListenArgs,
-    log: &AnyLog,
+    log: impl Into<Option<&AnyLog>>,
     telemetry: &TelemetryGuard,
     shutdown: &CancellationToken,
 ) -> Result<Listeners, MainError> {
+    let log = log.into();
     let mut listeners = testbed_server::bind(listen).await?;
     // The metrics endpoint lives as long as the process: scrapers see the
     // last figures until the very end.
@@ -173,8 +180,8 @@ async fn bind_and_announce(
         target = testbed_build_info::TARGET,
         grpc_addr = %listeners.grpc_addr,
         metrics_addr = %listeners.metrics_addr,
-        store = log.backend(),
-        partitions = log.partitions(),
+        store = log.map_or("none", AnyLog::backend),
+        partitions = log.map_or(0, |log| log.partitions()),
         "testbed {role} listening on {}",
         listeners.grpc_addr
     );

@@ -1,0 +1,515 @@
+//! The runs a `testbed sim --serve` process knows: their life cycle
+//! (RUNNING → STOPPING → CANCELLED, or RUNNING → COMPLETED/FAILED), the
+//! load each follows, and the bounds on how many run and are kept.
+//!
+//! Each run is two tasks: the runner ([`runner::run_live`]) and its
+//! driver, which samples the accepted rate and records the final state
+//! when the runner returns (a panic in the runner becomes FAILED, not a
+//! lost run). Every run's token is a child of the server's shutdown token,
+//! and [`Runs::wait_stopped`] awaits the drivers, so no run outlives the
+//! server unnoticed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use testbed_proto::v1 as pb;
+use testbed_server::CancellationToken;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::SimArgs;
+use crate::error::ApiError;
+use crate::fleet::Fleet;
+use crate::live::{self, LoadClock, RateWindow};
+use crate::runner::{self, Progress, SendOptions, Shared};
+use crate::scenario::Scenario;
+use crate::spec::{self, Change, Limits, StartSpec, UNTIL_STOPPED};
+use crate::stats::RunFigures;
+use crate::transport::{self, ConnectError};
+
+/// How many samples of the accepted counter a rate window holds.
+const SAMPLES_PER_WINDOW: u32 = 12;
+
+/// Server-wide settings of runs, from the `testbed sim --serve` flags.
+#[derive(Debug, Clone)]
+struct Config {
+    target: String,
+    connections: u32,
+    streams: u32,
+    unary: bool,
+    max_retries: u32,
+    drain: Duration,
+    device_prefix: String,
+    arch_mix: Vec<(String, f64)>,
+    max_runs: usize,
+    keep_finished: usize,
+    limits: Limits,
+    rate_window: Duration,
+    retry_after: Duration,
+}
+
+/// The runs of this server; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runs {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    /// The server's token: cancelled at shutdown, it stops every run.
+    shutdown: CancellationToken,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    runs: HashMap<String, Entry>,
+    /// Ids of finished runs, oldest first: the first forgotten.
+    finished: VecDeque<String>,
+    /// Runs not in a final state (bounded by `--max-runs`).
+    active: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The run; once it has ended, with its final figures.
+    run: pb::Run,
+    /// What a run needs while it is not in a final state; dropped at the
+    /// end (the latency histograms are the bulk of a run's memory).
+    live: Option<Live>,
+    /// The run as of its last change of state, for WatchRun.
+    changes: watch::Sender<pb::Run>,
+}
+
+#[derive(Debug)]
+struct Live {
+    figures: Shared,
+    load: LoadClock,
+    /// The end of a constant-rate load with a duration; kept when its rate
+    /// changes.
+    deadline: Option<Instant>,
+    rate: RateWindow,
+    scenario: watch::Sender<Scenario>,
+    cancel: CancellationToken,
+    driver: Option<JoinHandle<()>>,
+}
+
+/// Whether `state` is final (COMPLETED, FAILED or CANCELLED).
+pub fn is_final(state: pb::RunState) -> bool {
+    matches!(
+        state,
+        pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled
+    )
+}
+
+fn lock(figures: &Shared) -> MutexGuard<'_, RunFigures> {
+    figures.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Entry {
+    /// The run with its figures as of `now`.
+    fn snapshot(&self, now: Instant) -> pb::Run {
+        let Some(live) = &self.live else {
+            return self.run.clone();
+        };
+        let figures = lock(&live.figures);
+        let (target, phase) = if self.run.state() == pb::RunState::Running {
+            live.load.at(now)
+        } else {
+            (0.0, String::new())
+        };
+        let achieved = live.rate.rate(now, figures.total.accepted);
+        pb::Run {
+            figures: Some(live::figures(&figures.total, target, achieved, phase)),
+            ..self.run.clone()
+        }
+    }
+
+    fn set_state(&mut self, state: pb::RunState, now: Instant) {
+        self.run.set_state(state);
+        self.changes.send_replace(self.snapshot(now));
+    }
+}
+
+/// The live parts of a run that can still change (PENDING or RUNNING).
+/// Takes the entry's fields apart, so that its spec can change alongside.
+fn changeable<'a>(
+    run: &pb::Run,
+    live: &'a mut Option<Live>,
+    id: &str,
+) -> Result<&'a mut Live, ApiError> {
+    let state = run.state();
+    match live {
+        Some(live) if matches!(state, pb::RunState::Pending | pb::RunState::Running) => Ok(live),
+        _ => Err(ApiError::Ended {
+            id: id.to_owned(),
+            state: state.as_str_name(),
+        }),
+    }
+}
+
+impl Runs {
+    /// No runs yet; runs stop when `shutdown` is cancelled.
+    pub fn new(args: &SimArgs, shutdown: CancellationToken) -> Self {
+        let serve = &args.serve;
+        let config = Config {
+            target: args.target.clone(),
+            connections: args.connections,
+            streams: args.streams,
+            unary: args.unary,
+            max_retries: args.max_retries,
+            drain: args.drain_timeout,
+            device_prefix: args.device_prefix.clone(),
+            arch_mix: args.arch_mix.0.clone(),
+            max_runs: serve.max_runs as usize,
+            keep_finished: serve.keep_finished as usize,
+            limits: Limits {
+                max_rate: serve.max_rate,
+                max_devices: serve.max_devices,
+                max_batch_size: serve.max_batch_size,
+            },
+            rate_window: serve.rate_window,
+            retry_after: serve.retry_after,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                shutdown,
+                table: Mutex::new(Table::default()),
+            }),
+        }
+    }
+
+    /// What a run may ask for.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks `spec`, starts the run and returns it (RUNNING).
+    pub async fn start(&self, spec: Option<pb::RunSpec>) -> Result<pb::Run, ApiError> {
+        let config = &self.inner.config;
+        let StartSpec {
+            mut spec,
+            load,
+            mix,
+        } = spec::start(spec, &config.limits)?;
+        if spec.target.is_empty() {
+            spec.target = config.target.clone();
+        } else {
+            crate::args::parse_target(&spec.target)
+                .map_err(|reason| ApiError::invalid("spec.target", reason))?;
+        }
+        if spec.run_id.is_empty() {
+            let secs = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            spec.run_id = format!("run-{secs}-{:08x}", rand::random::<u32>());
+        }
+        // Lazy channels: only a dns:/// target is resolved here.
+        let channels = transport::channels(&spec.target, config.connections)
+            .await
+            .map_err(|err| match err {
+                ConnectError::Invalid { reason, .. } => ApiError::invalid("spec.target", reason),
+                ConnectError::Resolve { .. } => ApiError::Unavailable(err.to_string()),
+            })?;
+
+        let id = spec.run_id.clone();
+        let scenario = load.scenario();
+        let now = Instant::now();
+        let mut table = self.table();
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ApiError::Unavailable(
+                "the simulator is shutting down".to_owned(),
+            ));
+        }
+        if table.runs.contains_key(&id) {
+            return Err(ApiError::AlreadyExists(id));
+        }
+        if table.active >= config.max_runs {
+            return Err(ApiError::TooManyRuns {
+                max: config.max_runs,
+                retry_after: config.retry_after,
+            });
+        }
+        // Totals only: phases change with UpdateRun, and each phase would
+        // hold a latency histogram of its own.
+        let figures: Shared = Arc::new(Mutex::new(RunFigures::new(0)));
+        let cancel = self.inner.shutdown.child_token();
+        let (scenario_tx, scenario_rx) = watch::channel(scenario.clone());
+        let options = SendOptions {
+            streams: config.streams,
+            unary: config.unary,
+            max_retries: config.max_retries,
+            max_batch: spec.batch_size,
+            producer_id: format!("sim-{id}"),
+            drain: config.drain,
+        };
+        let (devices, seed, prefix, arch_mix) = (
+            spec.devices,
+            spec.seed,
+            config.device_prefix.clone(),
+            config.arch_mix.clone(),
+        );
+        let runner = {
+            let (id, figures, cancel) = (id.clone(), figures.clone(), cancel.clone());
+            tokio::spawn(async move {
+                // Built here, off the request path: a large fleet takes a while.
+                let fleet = Fleet::new(devices, &prefix, &arch_mix, mix, seed, &id);
+                let progress = Arc::new(Mutex::new(Progress::default()));
+                runner::run_live(
+                    scenario_rx,
+                    fleet,
+                    channels,
+                    options,
+                    figures,
+                    progress,
+                    cancel,
+                )
+                .await
+            })
+        };
+        let driver = tokio::spawn(self.clone().drive(id.clone(), runner, figures.clone()));
+        let run = pb::Run {
+            run_id: id.clone(),
+            spec: Some(spec.clone()),
+            state: pb::RunState::Running.into(),
+            start_time: Some(SystemTime::now().into()),
+            ..Default::default()
+        };
+        let (changes, _) = watch::channel(run.clone());
+        let deadline = match &load {
+            spec::Load::Rate {
+                duration: Some(d), ..
+            } => Some(now + *d),
+            _ => None,
+        };
+        let entry = Entry {
+            run,
+            live: Some(Live {
+                figures,
+                load: LoadClock {
+                    scenario,
+                    since: now,
+                    constant: matches!(load, spec::Load::Rate { .. }),
+                },
+                deadline,
+                rate: RateWindow::new(config.rate_window, now),
+                scenario: scenario_tx,
+                cancel,
+                driver: Some(driver),
+            }),
+            changes,
+        };
+        let run = entry.snapshot(now);
+        table.runs.insert(id.clone(), entry);
+        table.active += 1;
+        tracing::info!(
+            run_id = id, target = spec.target, devices = spec.devices,
+            batch_size = spec.batch_size, seed = spec.seed, load = ?load,
+            active = table.active, "sim run started"
+        );
+        Ok(run)
+    }
+
+    /// Follows the runner: samples the accepted rate until it returns, then
+    /// records the final state.
+    async fn drive(self, id: String, mut runner: JoinHandle<Duration>, figures: Shared) {
+        let every = self.inner.config.rate_window / SAMPLES_PER_WINDOW;
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let joined = loop {
+            tokio::select! {
+                joined = &mut runner => break joined,
+                _ = ticker.tick() => {
+                    let accepted = lock(&figures).total.accepted;
+                    if let Some(live) = self.table().runs.get_mut(&id).and_then(|e| e.live.as_mut()) {
+                        live.rate.record(Instant::now(), accepted);
+                    }
+                }
+            }
+        };
+        if let Err(err) = &joined {
+            tracing::error!(run_id = id, error = %err, "sim runner stopped unexpectedly");
+        }
+        self.finish(&id, joined.is_err());
+    }
+
+    /// Records the final state of a run whose runner has returned, and
+    /// forgets the oldest finished runs beyond `--keep-finished`.
+    fn finish(&self, id: &str, panicked: bool) {
+        let config = &self.inner.config;
+        let now = Instant::now();
+        let mut table = self.table();
+        let Some(entry) = table.runs.get_mut(id) else {
+            return;
+        };
+        let Some(mut live) = entry.live.take() else {
+            return;
+        };
+        let (state, reason, run_figures) = {
+            let figures = lock(&live.figures);
+            let t = &figures.total;
+            live.rate.record(now, t.accepted);
+            let achieved = live.rate.rate(now, t.accepted);
+            let unacknowledged = t.sent.saturating_sub(t.accepted + t.rejected + t.failed);
+            let (state, reason) = if panicked {
+                let reason = "internal error: the run's scheduler stopped; see the server log";
+                (pb::RunState::Failed, reason.to_owned())
+            } else if live.cancel.is_cancelled() {
+                (pb::RunState::Cancelled, String::new())
+            } else if t.failed > 0 {
+                let reason = format!(
+                    "{} events were never accepted (status codes: {:?})",
+                    t.failed, t.status_codes
+                );
+                (pb::RunState::Failed, reason)
+            } else if unacknowledged > 0 {
+                let reason = format!(
+                    "{unacknowledged} events were still unacknowledged after the drain timeout ({})",
+                    humantime::format_duration(config.drain)
+                );
+                (pb::RunState::Failed, reason)
+            } else {
+                (pb::RunState::Completed, String::new())
+            };
+            // A final run asks for nothing; its achieved rate is the one
+            // it ended with.
+            (
+                state,
+                reason,
+                live::figures(t, 0.0, achieved, String::new()),
+            )
+        };
+        tracing::info!(
+            run_id = id,
+            state = state.as_str_name(),
+            sent = run_figures.events_sent,
+            accepted = run_figures.events_accepted,
+            reason,
+            "sim run ended"
+        );
+        entry.run.end_time = Some(SystemTime::now().into());
+        entry.run.failure_reason = reason;
+        entry.run.figures = Some(run_figures);
+        entry.set_state(state, now);
+        table.active = table.active.saturating_sub(1);
+        table.finished.push_back(id.to_owned());
+        while table.finished.len() > config.keep_finished {
+            if let Some(old) = table.finished.pop_front() {
+                table.runs.remove(&old);
+            }
+        }
+    }
+
+    /// The run with its current figures.
+    pub fn get(&self, id: &str) -> Result<pb::Run, ApiError> {
+        let table = self.table();
+        let entry = table
+            .runs
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
+        Ok(entry.snapshot(Instant::now()))
+    }
+
+    /// The run now, and a receiver of the run as of each change of state.
+    pub fn watch(&self, id: &str) -> Result<(pb::Run, watch::Receiver<pb::Run>), ApiError> {
+        let table = self.table();
+        let entry = table
+            .runs
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
+        Ok((entry.snapshot(Instant::now()), entry.changes.subscribe()))
+    }
+
+    /// Switches a running run to a new load, from now on.
+    pub fn update(&self, id: &str, change: Change) -> Result<pb::Run, ApiError> {
+        use pb::run_spec::Load as PbLoad;
+        let now = Instant::now();
+        let mut table = self.table();
+        let entry = table
+            .runs
+            .get_mut(id)
+            .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
+        let live = changeable(&entry.run, &mut entry.live, id)?;
+        let spec = entry.run.spec.get_or_insert_with(Default::default);
+        let scenario = match change {
+            Change::Rate(rate) => {
+                // A rate run keeps its end; a scenario run holds the rate
+                // until stopped.
+                let duration = match (&spec.load, live.deadline) {
+                    (Some(PbLoad::Rate(old)), deadline) => {
+                        spec.load = Some(PbLoad::Rate(pb::RateLoad {
+                            events_per_second: rate,
+                            duration: old.duration,
+                        }));
+                        deadline.map_or(UNTIL_STOPPED, |d| d.saturating_duration_since(now))
+                    }
+                    _ => {
+                        spec.load = Some(PbLoad::Rate(pb::RateLoad {
+                            events_per_second: rate,
+                            duration: None,
+                        }));
+                        live.deadline = None;
+                        UNTIL_STOPPED
+                    }
+                };
+                live.load.constant = true;
+                Scenario::steady(rate, duration)
+            }
+            Change::Scenario(scenario, proto) => {
+                spec.load = Some(PbLoad::Scenario(proto));
+                live.deadline = None;
+                live.load.constant = false;
+                scenario
+            }
+        };
+        tracing::info!(run_id = id, load = ?scenario, "sim run updated");
+        live.load.scenario = scenario.clone();
+        live.load.since = now;
+        live.scenario.send_replace(scenario);
+        Ok(entry.snapshot(now))
+    }
+
+    /// Stops a run (STOPPING, then CANCELLED once its batches in flight are
+    /// done); a run already stopping or ended is returned unchanged.
+    pub fn stop(&self, id: &str) -> Result<pb::Run, ApiError> {
+        let now = Instant::now();
+        let mut table = self.table();
+        let entry = table
+            .runs
+            .get_mut(id)
+            .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
+        if let Ok(live) = changeable(&entry.run, &mut entry.live, id) {
+            live.cancel.cancel();
+            entry.set_state(pb::RunState::Stopping, now);
+            tracing::info!(run_id = id, "sim run stopping");
+        }
+        Ok(entry.snapshot(now))
+    }
+
+    /// Waits until every run has ended (after shutdown has cancelled them).
+    pub async fn wait_stopped(&self) {
+        loop {
+            let drivers: Vec<JoinHandle<()>> = self
+                .table()
+                .runs
+                .values_mut()
+                .filter_map(|e| e.live.as_mut()?.driver.take())
+                .collect();
+            if drivers.is_empty() {
+                return;
+            }
+            for driver in drivers {
+                if let Err(err) = driver.await {
+                    tracing::error!(error = %err, "sim run driver stopped unexpectedly");
+                }
+            }
+        }
+    }
+}
