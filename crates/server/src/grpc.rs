@@ -147,6 +147,47 @@ impl GrpcServer {
         self.probe_interval = interval;
     }
 
+    /// Makes `services`' health follow a dependency: `probe` runs every
+    /// [`GrpcServer::probe_interval`] until `shutdown`, and each answer sets
+    /// their status (see [`crate::watch_dependency`]).
+    pub fn follow_dependency<P, Fut>(
+        &mut self,
+        name: &'static str,
+        services: Vec<&'static str>,
+        shutdown: CancellationToken,
+        probe: P,
+    ) where
+        P: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let watch = crate::dependency::watch_dependency(
+            name,
+            self.health(),
+            services,
+            self.probe_interval,
+            shutdown,
+            probe,
+        );
+        self.spawn_background(watch);
+    }
+
+    /// A server configured from bound `listeners` (probe interval).
+    pub fn for_listeners(listeners: &crate::Listeners) -> Self {
+        let mut server = Self::new();
+        server.set_probe_interval(listeners.health_interval);
+        server
+    }
+
+    /// [`GrpcServer::serve`] on the gRPC listener of `listeners`, with their
+    /// grace period.
+    pub async fn serve_on(
+        self,
+        listeners: crate::Listeners,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServeError> {
+        self.serve(listeners.grpc, shutdown, listeners.grace).await
+    }
+
     /// The full names of the services added so far.
     pub fn services(&self) -> &[&'static str] {
         &self.services

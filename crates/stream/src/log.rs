@@ -170,6 +170,20 @@ impl AnyLog {
         }
     }
 
+    /// A health probe of the store, for
+    /// `GrpcServer::follow_dependency`.
+    pub fn probe(
+        &self,
+    ) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+    + Send
+    + 'static {
+        let log = self.clone();
+        move || {
+            let log = log.clone();
+            Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
+        }
+    }
+
     /// The backend's name, for logs and status.
     pub fn backend(&self) -> &'static str {
         match self {

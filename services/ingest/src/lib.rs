@@ -23,8 +23,8 @@ pub mod publisher;
 pub mod validate;
 
 use testbed_proto::service_names;
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
-use testbed_stream::{AnyLog, EventLog as _};
+use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_stream::AnyLog;
 
 pub use api::IngestApi;
 pub use config::IngestConfig;
@@ -42,18 +42,12 @@ pub async fn register(
     server
         .add_service(IngestApi::new(publisher, shutdown.clone()).into_server())
         .await;
-    let health = server.health();
-    server.spawn_background(watch_dependency(
+    server.follow_dependency(
         "event store",
-        health,
         vec![service_names::INGEST],
-        server.probe_interval(),
         shutdown,
-        move || {
-            let log = log.clone();
-            async move { log.ping().await.map_err(|e| e.to_string()) }
-        },
-    ));
+        log.probe(),
+    );
 }
 
 /// Serves the ingest service alone on `listeners` until `shutdown`.
@@ -63,8 +57,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut server = GrpcServer::new();
-    server.set_probe_interval(listeners.health_interval);
+    let mut server = GrpcServer::for_listeners(&listeners);
     register(&mut server, &config, log, shutdown.clone()).await;
     server
         .serve(listeners.grpc, shutdown, listeners.grace)

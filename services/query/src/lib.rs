@@ -44,8 +44,8 @@ mod tokens;
 mod watch;
 
 use testbed_proto::service_names;
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
-use testbed_stream::{AnyLog, EventLog as _};
+use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_stream::AnyLog;
 
 pub use api::QueryApi;
 pub use config::QueryConfig;
@@ -62,18 +62,12 @@ pub async fn register(
     server
         .add_service(QueryApi::with_config(log.clone(), config, shutdown.clone()).into_server())
         .await;
-    let health = server.health();
-    server.spawn_background(watch_dependency(
+    server.follow_dependency(
         "event store",
-        health,
         vec![service_names::QUERY],
-        server.probe_interval(),
         shutdown,
-        move || {
-            let log = log.clone();
-            async move { log.ping().await.map_err(|e| e.to_string()) }
-        },
-    ));
+        log.probe(),
+    );
 }
 
 /// Serves the query service alone on `listeners` until `shutdown`.
@@ -83,8 +77,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut server = GrpcServer::new();
-    server.set_probe_interval(listeners.health_interval);
+    let mut server = GrpcServer::for_listeners(&listeners);
     register(&mut server, &config, log, shutdown.clone()).await;
     server
         .serve(listeners.grpc, shutdown, listeners.grace)

@@ -99,8 +99,7 @@ async fn dispatch(
             let log = AnyLog::from_args(&args.server.store).await?;
             let listeners =
                 bind_and_announce("all", &args.server.listen, &log, telemetry, &shutdown).await?;
-            let mut server = GrpcServer::new();
-            server.set_probe_interval(listeners.health_interval);
+            let mut server = GrpcServer::for_listeners(&listeners);
             testbed_ingest::register(&mut server, &args.ingest, log.clone(), shutdown.clone())
                 .await;
             testbed_worker::register(&mut server, &args.worker, log.clone(), shutdown.clone())

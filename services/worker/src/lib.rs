@@ -29,8 +29,8 @@ pub mod fold;
 pub mod metrics;
 
 use testbed_proto::service_names;
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError, watch_dependency};
-use testbed_stream::{AnyLog, EventLog as _};
+use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_stream::AnyLog;
 
 pub use config::{QueueTraceMode, WorkerConfig};
 pub use consumer::Consumer;
@@ -64,18 +64,12 @@ pub async fn register(
         }
         .run(shutdown.clone()),
     );
-    let health = server.health();
-    server.spawn_background(watch_dependency(
+    server.follow_dependency(
         "event store",
-        health,
         vec![service_names::WORKER_CONTROL],
-        server.probe_interval(),
         shutdown,
-        move || {
-            let log = log.clone();
-            async move { log.ping().await.map_err(|e| e.to_string()) }
-        },
-    ));
+        log.probe(),
+    );
     consumer
 }
 
@@ -86,8 +80,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut server = GrpcServer::new();
-    server.set_probe_interval(listeners.health_interval);
+    let mut server = GrpcServer::for_listeners(&listeners);
     register(&mut server, &config, log, shutdown.clone()).await;
     server
         .serve(listeners.grpc, shutdown, listeners.grace)
