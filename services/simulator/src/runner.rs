@@ -190,6 +190,7 @@ pub async fn run_live(
             f.sent += events.len() as u64;
             f.batches += 1;
         });
+        sim_metrics().sent.add(events.len() as u64, &[]);
         let span = tracing::info_span!(
             "sim batch",
             otel.kind = "client",
@@ -289,8 +290,47 @@ fn retry_or_fail(
     }
 }
 
+/// The simulator's instruments (`sim_events_sent_total`,
+/// `sim_events_acked_total`, `sim_batch_latency_seconds`), made once.
+struct SimMetrics {
+    sent: opentelemetry::metrics::Counter<u64>,
+    acked: opentelemetry::metrics::Counter<u64>,
+    latency: opentelemetry::metrics::Histogram<f64>,
+}
+
+fn sim_metrics() -> &'static SimMetrics {
+    static METRICS: std::sync::OnceLock<SimMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("testbed-sim");
+        SimMetrics {
+            sent: meter
+                .u64_counter("sim.events.sent")
+                .with_description("Events handed to the transport (first attempts)")
+                .build(),
+            acked: meter
+                .u64_counter("sim.events.acked")
+                .with_description("Events acknowledged as accepted")
+                .build(),
+            latency: meter
+                .f64_histogram("sim.batch.latency")
+                .with_unit("s")
+                .with_description(
+                    "Batch-ack latency from the intended send time (no coordinated omission)",
+                )
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .build(),
+        }
+    })
+}
+
 fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], figures: &Shared) {
     let latency = batch.intended.elapsed();
+    let metrics = sim_metrics();
+    metrics.acked.add(u64::from(accepted), &[]);
+    metrics.latency.record(latency.as_secs_f64(), &[]);
     let mut kinds = [0u64; 3];
     for (i, kind) in batch.kinds.iter().enumerate() {
         if !rejected.contains(&(i as u32)) {

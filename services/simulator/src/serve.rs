@@ -122,12 +122,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut server = GrpcServer::new();
-    server.set_probe_interval(listeners.health_interval);
+    let mut server = GrpcServer::for_listeners(&listeners);
     register(&mut server, &args, shutdown.clone()).await;
-    server
-        .serve(listeners.grpc, shutdown, listeners.grace)
-        .await
+    server.serve_on(listeners, shutdown).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,149 @@
+//! Micro-benchmarks of the per-event hot paths, on events from the
+//! simulator's own fleet (same mix, sizes and labels as a real run):
+//! validation at ingest, protobuf encode/decode, partitioning, and the
+//! worker's fold of one entry into aggregate writes.
+//!
+//! The full suite takes about a minute with light settings:
+//! `cargo bench -p testbed-bench --bench hot_paths -- --warm-up-time 1 --measurement-time 2`
+//! (the group settings below are already that light; the flags override them).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message;
+use testbed_ingest::IngestConfig;
+use testbed_proto::v1::Event;
+use testbed_sim::fleet::{Fleet, Mix};
+use testbed_stream::Entry;
+use testbed_stream::keys::Keys;
+
+/// Events per batch: the simulator's default largest batch.
+const BATCH: usize = 100;
+
+fn events(n: usize) -> Vec<Event> {
+    let arch = [
+        ("amd64".to_owned(), 0.5),
+        ("arm64".to_owned(), 0.3),
+        ("armv7".to_owned(), 0.2),
+    ];
+    let mut fleet = Fleet::new(1000, "sim", &arch, Mix::default(), 7, "run-1763790000-1a2b");
+    let now = SystemTime::now();
+    (0..n).map(|_| fleet.next_event(now).0).collect()
+}
+
+fn validate(c: &mut Criterion) {
+    let batch = events(BATCH);
+    let config = IngestConfig::default();
+    let now = SystemTime::now();
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("validate/batch100", |b| {
+        b.iter(|| {
+            for e in &batch {
+                black_box(testbed_ingest::validate::validate(
+                    black_box(e),
+                    &config,
+                    now,
+                ))
+                .unwrap();
+            }
+        });
+    });
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let batch = events(BATCH);
+    let encoded: Vec<Vec<u8>> = batch.iter().map(Message::encode_to_vec).collect();
+    let mut g = c.benchmark_group("proto");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("encode/batch100", |b| {
+        b.iter(|| {
+            for e in &batch {
+                black_box(black_box(e).encode_to_vec());
+            }
+        });
+    });
+    g.bench_function("decode/batch100", |b| {
+        b.iter(|| {
+            for bytes in &encoded {
+                black_box(Event::decode(black_box(bytes.as_slice())).unwrap());
+            }
+        });
+    });
+    g.finish();
+}
+
+fn partition(c: &mut Criterion) {
+    let ids: Vec<String> = (0..1000).map(|i| format!("sim-{i:05}")).collect();
+    let mut g = c.benchmark_group("stream");
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    g.bench_function("partition_of/1000 devices", |b| {
+        b.iter(|| {
+            for id in &ids {
+                black_box(testbed_stream::partition_of(black_box(id), 4));
+            }
+        });
+    });
+    g.finish();
+}
+
+fn fold(c: &mut Criterion) {
+    let batch = events(BATCH);
+    let entry = Entry {
+        id: "1763790000000-0".to_owned(),
+        partition: 0,
+        meta: Vec::new(),
+        events: batch.iter().map(Message::encode_to_vec).collect(),
+        deliveries: 1,
+    };
+    let keys = Keys::new("bench");
+    let retention = Duration::from_secs(3600);
+    let mut g = c.benchmark_group("worker");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("fold/entry100", |b| {
+        b.iter(|| {
+            black_box(testbed_worker::fold::fold(
+                &entry,
+                black_box(&batch),
+                &keys,
+                retention,
+            ))
+        });
+    });
+    // What the worker really does per entry: decode, then fold.
+    g.bench_function("decode+fold/entry100", |b| {
+        b.iter_batched(
+            || entry.clone(),
+            |entry| {
+                let decoded: Vec<Event> = entry
+                    .events
+                    .iter()
+                    .map(|e| Event::decode(e.as_slice()).unwrap())
+                    .collect();
+                black_box(testbed_worker::fold::fold(
+                    &entry, &decoded, &keys, retention,
+                ))
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    g.finish();
+}
+
+fn light() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = hot_paths;
+    config = light();
+    targets = validate, codec, partition, fold
+}
+criterion_main!(hot_paths);

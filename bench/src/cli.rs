@@ -1,0 +1,388 @@
+//! The `testbed-bench` flags. Every one has a `TESTBED_BENCH_*` variable;
+//! paths are relative to the workspace root (where `bench/run` starts it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// A step of the harness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum Step {
+    /// `redis-benchmark` XADD ceiling.
+    Ceiling,
+    /// Highest verified sustained rate (ramp, then bisection).
+    Saturation,
+    /// Batch-ack and end-to-end latency at fractions of saturation.
+    Latency,
+    /// RSS and CPU per process, idle and under load; binary size.
+    Footprint,
+    /// OTLP off vs trace sampling ratios into a local sink.
+    Telemetry,
+    /// `testbed all` vs split processes at the same rates.
+    Monolithic,
+    /// The simulator alone against an acking stub.
+    Simulator,
+}
+
+impl Step {
+    /// Every step, in the order they run.
+    pub const ALL: [Step; 7] = [
+        Step::Ceiling,
+        Step::Saturation,
+        Step::Latency,
+        Step::Footprint,
+        Step::Telemetry,
+        Step::Monolithic,
+        Step::Simulator,
+    ];
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| e.to_string())
+}
+
+fn fraction(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+        _ => Err(format!("expected a positive number, got {value:?}")),
+    }
+}
+
+fn ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("expected a ratio within 0..=1, got {value:?}")),
+    }
+}
+
+/// `testbed-bench`: measures the testbed on this machine and writes
+/// `<out-dir>/<date>-<host>.{json,md,png}`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "testbed-bench", version)]
+pub struct Cli {
+    /// The `testbed` binary under test.
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_TESTBED_BIN",
+        default_value = "target/release/testbed"
+    )]
+    pub testbed_bin: PathBuf,
+
+    /// Steps to run (comma-separated); default: all.
+    #[arg(long, env = "TESTBED_BENCH_STEPS", value_enum, value_delimiter = ',')]
+    pub steps: Vec<Step>,
+
+    /// Steps to leave out (comma-separated).
+    #[arg(long, env = "TESTBED_BENCH_SKIP", value_enum, value_delimiter = ',')]
+    pub skip: Vec<Step>,
+
+    /// Every step for a few seconds at low rates, no targets judged (CI).
+    #[arg(long, env = "TESTBED_BENCH_SMOKE")]
+    pub smoke: bool,
+
+    /// Run the selected steps this many times; the Markdown reports medians.
+    #[arg(long, env = "TESTBED_BENCH_REPEAT", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
+
+    /// Where results go (default: bench/results, or target/bench/smoke with --smoke).
+    #[arg(long, env = "TESTBED_BENCH_OUT_DIR")]
+    pub out_dir: Option<PathBuf>,
+
+    /// A sentence for the top of the Markdown (e.g. how the run was bounded).
+    #[arg(long, env = "TESTBED_BENCH_NOTE")]
+    pub note: Option<String>,
+
+    /// Where probes keep their logs and reports.
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_WORK_DIR",
+        default_value = "target/bench/work"
+    )]
+    pub work_dir: PathBuf,
+
+    /// `redis-server` executable.
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_REDIS_SERVER",
+        default_value = "redis-server"
+    )]
+    pub redis_server: PathBuf,
+
+    /// `redis-benchmark` executable.
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_REDIS_BENCHMARK",
+        default_value = "redis-benchmark"
+    )]
+    pub redis_benchmark: PathBuf,
+
+    /// Ceiling: XADDs sent (`-n`).
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_CEILING_REQUESTS",
+        default_value_t = 1_000_000
+    )]
+    pub ceiling_requests: u64,
+
+    /// Ceiling: pipeline depth (`-P`).
+    #[arg(long, env = "TESTBED_BENCH_CEILING_PIPELINE", default_value_t = 64)]
+    pub ceiling_pipeline: u32,
+
+    /// Ceiling: parallel clients (`-c`).
+    #[arg(long, env = "TESTBED_BENCH_CEILING_CLIENTS", default_value_t = 50)]
+    pub ceiling_clients: u32,
+
+    /// Ceiling: field-value pairs per entry (their values add up to one encoded event).
+    #[arg(long, env = "TESTBED_BENCH_CEILING_FIELDS", default_value_t = 5)]
+    pub ceiling_fields: usize,
+
+    /// Schedule length of every simulator run.
+    #[arg(long, env = "TESTBED_BENCH_DURATION", default_value = "20s", value_parser = duration)]
+    pub duration: Duration,
+
+    /// Footprint: idle settle time, then an idle CPU window as long.
+    #[arg(long, env = "TESTBED_BENCH_IDLE", default_value = "5s", value_parser = duration)]
+    pub idle: Duration,
+
+    /// `--partitions` of the pipeline.
+    #[arg(long, env = "TESTBED_BENCH_PARTITIONS", default_value_t = 4)]
+    pub partitions: u32,
+
+    /// Simulated devices.
+    #[arg(long, env = "TESTBED_BENCH_SIM_DEVICES", default_value_t = 1000)]
+    pub sim_devices: u32,
+
+    /// Simulator HTTP/2 connections.
+    #[arg(long, env = "TESTBED_BENCH_SIM_CONNECTIONS", default_value_t = 2)]
+    pub sim_connections: u32,
+
+    /// Simulator streams per connection.
+    #[arg(long, env = "TESTBED_BENCH_SIM_STREAMS", default_value_t = 2)]
+    pub sim_streams: u32,
+
+    /// Simulator largest batch.
+    #[arg(long, env = "TESTBED_BENCH_SIM_BATCH_SIZE", default_value_t = 100)]
+    pub sim_batch_size: u32,
+
+    /// Simulator `--drain-timeout`.
+    #[arg(long, env = "TESTBED_BENCH_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// Simulator `--verify-timeout`.
+    #[arg(long, env = "TESTBED_BENCH_VERIFY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub verify_timeout: Duration,
+
+    /// `--shutdown-grace` of the services.
+    #[arg(long, env = "TESTBED_BENCH_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// `RUST_LOG` of the services and the simulator (default: theirs, `info`).
+    /// A level above `info` also filters out the spans the telemetry step
+    /// measures.
+    #[arg(long, env = "TESTBED_BENCH_RUST_LOG")]
+    pub rust_log: Option<String>,
+
+    /// Extra `testbed ingest` flags (repeat; also given to `testbed all`).
+    #[arg(long, env = "TESTBED_BENCH_INGEST_ARG", allow_hyphen_values = true)]
+    pub ingest_arg: Vec<String>,
+
+    /// Extra `testbed worker` flags (repeat; also given to `testbed all`).
+    #[arg(long, env = "TESTBED_BENCH_WORKER_ARG", allow_hyphen_values = true)]
+    pub worker_arg: Vec<String>,
+
+    /// Extra `testbed query` flags (repeat; also given to `testbed all`).
+    #[arg(long, env = "TESTBED_BENCH_QUERY_ARG", allow_hyphen_values = true)]
+    pub query_arg: Vec<String>,
+
+    /// Saturation: first rate, events/s.
+    #[arg(long, env = "TESTBED_BENCH_START_RATE", default_value_t = 2000.0, value_parser = fraction)]
+    pub start_rate: f64,
+
+    /// Saturation: highest rate offered.
+    #[arg(long, env = "TESTBED_BENCH_MAX_RATE", default_value_t = 2_000_000.0, value_parser = fraction)]
+    pub max_rate: f64,
+
+    /// Saturation: lowest rate tried when the first rates fail.
+    #[arg(long, env = "TESTBED_BENCH_MIN_RATE", default_value_t = 50.0, value_parser = fraction)]
+    pub min_rate: f64,
+
+    /// Saturation: ramp multiplier.
+    #[arg(long, env = "TESTBED_BENCH_RAMP_FACTOR", default_value_t = 2.0, value_parser = fraction)]
+    pub ramp_factor: f64,
+
+    /// Saturation: stop bisecting when failed and sustained are this close (relative).
+    #[arg(long, env = "TESTBED_BENCH_PRECISION", default_value_t = 0.05, value_parser = fraction)]
+    pub precision: f64,
+
+    /// Saturation: most probes.
+    #[arg(long, env = "TESTBED_BENCH_MAX_PROBES", default_value_t = 14)]
+    pub max_probes: usize,
+
+    /// Saturation: no new probe after this much time in the search.
+    #[arg(long, env = "TESTBED_BENCH_SEARCH_BUDGET", default_value = "15m", value_parser = duration)]
+    pub search_budget: Duration,
+
+    /// Skip the search and use this saturation rate for the dependent steps.
+    #[arg(long, env = "TESTBED_BENCH_SATURATION_RATE", value_parser = fraction)]
+    pub saturation_rate: Option<f64>,
+
+    /// Sustained: achieved at least this share of offered.
+    #[arg(long, env = "TESTBED_BENCH_SUSTAIN_RATIO", default_value_t = 0.98, value_parser = ratio)]
+    pub sustain_ratio: f64,
+
+    /// Sustained: backlog at the end at most this many seconds of events…
+    #[arg(long, env = "TESTBED_BENCH_BACKLOG_SECONDS", default_value_t = 1.0, value_parser = fraction)]
+    pub backlog_seconds: f64,
+
+    /// …or this many events, whichever is larger.
+    #[arg(long, env = "TESTBED_BENCH_BACKLOG_MIN", default_value_t = 1000)]
+    pub backlog_min: u64,
+
+    /// Sustained: batch-ack p99 at most this (0 = not judged).
+    #[arg(long, env = "TESTBED_BENCH_SUSTAIN_P99", default_value = "1s", value_parser = duration)]
+    pub sustain_p99: Duration,
+
+    /// Latency: fractions of the saturation rate.
+    #[arg(long, env = "TESTBED_BENCH_LATENCY_LEVELS", value_delimiter = ',',
+          default_values_t = [0.25, 0.5, 0.8], value_parser = fraction)]
+    pub latency_levels: Vec<f64>,
+
+    /// Footprint: fraction of the saturation rate for the loaded part.
+    #[arg(long, env = "TESTBED_BENCH_FOOTPRINT_LEVEL", default_value_t = 1.0, value_parser = fraction)]
+    pub footprint_level: f64,
+
+    /// Telemetry: trace sampling ratios compared with OTLP off.
+    #[arg(long, env = "TESTBED_BENCH_SAMPLING", value_delimiter = ',',
+          default_values_t = [0.1, 1.0], value_parser = ratio)]
+    pub sampling: Vec<f64>,
+
+    /// Telemetry: fraction of the saturation rate offered in every mode.
+    #[arg(long, env = "TESTBED_BENCH_TELEMETRY_LEVEL", default_value_t = 1.0, value_parser = fraction)]
+    pub telemetry_level: f64,
+
+    /// Monolithic: fractions of the saturation rate.
+    #[arg(long, env = "TESTBED_BENCH_MONOLITHIC_LEVELS", value_delimiter = ',',
+          default_values_t = [0.25, 0.5, 0.8, 1.0], value_parser = fraction)]
+    pub monolithic_levels: Vec<f64>,
+
+    /// Simulator: multiples of the saturation rate offered to the stub.
+    #[arg(long, env = "TESTBED_BENCH_STUB_MULTIPLES", value_delimiter = ',',
+          default_values_t = [3.0, 6.0], value_parser = fraction)]
+    pub stub_multiples: Vec<f64>,
+
+    /// Serve `IngestService` acking every batch without storing it, instead
+    /// of running the harness (the simulator step starts this itself).
+    #[arg(long, env = "TESTBED_BENCH_STUB", conflicts_with = "otlp_sink")]
+    pub stub: bool,
+
+    /// Serve an OTLP receiver that counts and drops, instead of running the
+    /// harness (the telemetry step starts this itself).
+    #[arg(long, env = "TESTBED_BENCH_OTLP_SINK")]
+    pub otlp_sink: bool,
+
+    /// `--stub`/`--otlp-sink`: address to listen on.
+    #[arg(long, env = "TESTBED_BENCH_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+
+    /// `--stub`/`--otlp-sink`: write `{"grpc":"HOST:PORT"}` here once bound.
+    #[arg(long, env = "TESTBED_BENCH_ADDR_FILE")]
+    pub addr_file: Option<PathBuf>,
+
+    /// `--otlp-sink`: write the received counts here on exit.
+    #[arg(long, env = "TESTBED_BENCH_STATS_FILE")]
+    pub stats_file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The steps to run, in order.
+    pub fn selected(&self) -> Vec<Step> {
+        Step::ALL
+            .into_iter()
+            .filter(|s| self.steps.is_empty() || self.steps.contains(s))
+            .filter(|s| !self.skip.contains(s))
+            .collect()
+    }
+
+    /// `--smoke`: a few seconds per step at low rates. Explicit flags for
+    /// other settings still apply where smoke does not override them.
+    pub fn apply_smoke(&mut self) {
+        if !self.smoke {
+            return;
+        }
+        self.duration = Duration::from_secs(2);
+        self.idle = Duration::from_millis(500);
+        self.ceiling_requests = self.ceiling_requests.min(20_000);
+        self.start_rate = 200.0;
+        self.max_probes = 2;
+        self.ramp_factor = 2.0;
+        self.drain_timeout = Duration::from_secs(5);
+        self.verify_timeout = Duration::from_secs(15);
+        self.sim_devices = self.sim_devices.min(50);
+        self.sustain_p99 = Duration::ZERO;
+        self.telemetry_level = 0.5;
+        self.footprint_level = 0.5;
+        self.monolithic_levels = vec![0.5];
+        self.stub_multiples = vec![3.0];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defaults: every step, one repetition, the release binary.
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["testbed-bench"]).unwrap();
+        assert_eq!(cli.selected(), Step::ALL.to_vec());
+        assert_eq!(cli.repeat, 1);
+        assert_eq!(cli.testbed_bin, PathBuf::from("target/release/testbed"));
+        assert_eq!(cli.latency_levels, vec![0.25, 0.5, 0.8]);
+        assert_eq!(cli.sampling, vec![0.1, 1.0]);
+    }
+
+    /// Steps are selected and skipped by name, and run in the fixed order.
+    #[test]
+    fn selects_and_skips_steps() {
+        let cli = Cli::try_parse_from([
+            "testbed-bench",
+            "--steps",
+            "saturation,ceiling,latency",
+            "--skip",
+            "latency",
+        ])
+        .unwrap();
+        assert_eq!(cli.selected(), vec![Step::Ceiling, Step::Saturation]);
+    }
+
+    /// Smoke shortens everything and turns off the latency criterion.
+    #[test]
+    fn smoke_is_short() {
+        let mut cli = Cli::try_parse_from(["testbed-bench", "--smoke"]).unwrap();
+        cli.apply_smoke();
+        assert_eq!(cli.duration, Duration::from_secs(2));
+        assert_eq!(cli.max_probes, 2);
+        assert_eq!(cli.sustain_p99, Duration::ZERO);
+    }
+
+    /// Bad values name their flag; pass-through flags may start with dashes.
+    #[test]
+    fn rejects_bad_values_and_passes_flags_through() {
+        for (flag, value) in [
+            ("--sustain-ratio", "1.5"),
+            ("--duration", "soon"),
+            ("--steps", "warp"),
+            ("--repeat", "0"),
+            ("--sampling", "2"),
+        ] {
+            let err = Cli::try_parse_from(["testbed-bench", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+        let cli =
+            Cli::try_parse_from(["testbed-bench", "--worker-arg", "--concurrency=8"]).unwrap();
+        assert_eq!(cli.worker_arg, vec!["--concurrency=8"]);
+    }
+}

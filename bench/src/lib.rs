@@ -1,0 +1,284 @@
+//! The testbed's benchmark harness.
+//!
+//! It owns measuring the testbed on one machine and writing the results
+//! under `bench/results/`: the Redis XADD ceiling, the pipeline's verified
+//! saturation throughput as a ratio to it, batch-ack and end-to-end
+//! latency below saturation (open loop, so without coordinated omission),
+//! per-process footprint, the cost of trace sampling, monolithic against
+//! split processes, and the simulator's own ceiling against an acking stub.
+//! It does not own the services or the simulator (it runs the `testbed`
+//! binary as a user would), and it enforces nothing: targets are judged in
+//! the Markdown summary only.
+//!
+//! # Layout
+//! - [`cli`]: flags; [`steps`]: one repetition of the selected steps;
+//!   [`search`]: the saturation search's bookkeeping.
+//! - [`probe`]: one measurement, judged by [`sustain`] (fresh processes, one simulator run,
+//!   figures, every process stopped); [`pipeline`], [`redis`], [`sim`]:
+//!   the processes it drives; [`process`]: the guard that stops them;
+//!   [`procfs`]: RSS and CPU time.
+//! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
+//!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
+//! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
+//!   written.
+#![forbid(unsafe_code)]
+
+pub mod ceiling;
+pub mod chart;
+pub mod cli;
+pub mod error;
+pub mod machine;
+pub mod markdown;
+pub mod pipeline;
+pub mod probe;
+pub mod process;
+pub mod procfs;
+pub mod redis;
+pub mod results;
+pub mod search;
+pub mod serve;
+pub mod sim;
+pub mod steps;
+pub mod stub;
+pub mod summary;
+pub mod sustain;
+pub mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use crate::cli::{Cli, Step};
+use crate::error::{Context as _, Error, Result};
+use crate::machine::Machine;
+use crate::pipeline::{PipelineOptions, Topology};
+use crate::probe::{ProbeEnv, ProbeResult, SimShape};
+use crate::results::{Record, RunResult};
+use crate::search::SearchOptions;
+use crate::steps::StepOptions;
+use crate::sustain::Sustain;
+use crate::telemetry::Telemetry;
+
+/// The files a run wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Raw figures.
+    pub json: PathBuf,
+    /// The summary.
+    pub markdown: PathBuf,
+    /// The chart, if there was anything to draw.
+    pub chart: Option<PathBuf>,
+    /// The summary's text.
+    pub summary: String,
+}
+
+/// `<dir>/<stem>.json` etc., with `-2`, `-3`… if a run of the same day and
+/// host is already there.
+fn unique_stem(dir: &Path, stem: &str) -> String {
+    (1..)
+        .map(|i| {
+            if i == 1 {
+                stem.to_owned()
+            } else {
+                format!("{stem}-{i}")
+            }
+        })
+        .find(|s| !dir.join(format!("{s}.json")).exists())
+        .unwrap_or_else(|| stem.to_owned())
+}
+
+/// Runs the harness as `cli` says and writes the results.
+pub async fn run(mut cli: Cli) -> Result<Written> {
+    cli.apply_smoke();
+    let steps = cli.selected();
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    let needs_testbed = steps.iter().any(|s| *s != Step::Ceiling);
+    if needs_testbed && !cli.testbed_bin.exists() {
+        return Err(Error::Process(format!(
+            "{} not found: build it (bench/run does) or pass --testbed-bin",
+            cli.testbed_bin.display()
+        )));
+    }
+    let self_exe = std::env::current_exe().context(|| "locating testbed-bench itself")?;
+    let stamp = humantime::format_rfc3339_seconds(started_at).to_string();
+    let work = cli.work_dir.join(stamp.replace(':', ""));
+    std::fs::create_dir_all(&work).context(|| format!("creating {}", work.display()))?;
+    let mut machine = Machine::detect(&cli.testbed_bin, &cli.redis_server);
+
+    let env = ProbeEnv {
+        pipeline: PipelineOptions {
+            testbed: cli.testbed_bin.clone(),
+            redis_server: cli.redis_server.clone(),
+            topology: Topology::Split,
+            partitions: cli.partitions,
+            shutdown_grace: cli.shutdown_grace,
+            telemetry: Telemetry::default(),
+            ingest_args: cli.ingest_arg.clone(),
+            worker_args: cli.worker_arg.clone(),
+            query_args: cli.query_arg.clone(),
+            ready_timeout: std::time::Duration::from_secs(30),
+            rust_log: cli.rust_log.clone(),
+        },
+        self_exe,
+        work: work.clone(),
+        duration: cli.duration,
+        drain_timeout: cli.drain_timeout,
+        verify_timeout: cli.verify_timeout,
+        sim: SimShape {
+            devices: cli.sim_devices,
+            connections: cli.sim_connections,
+            streams: cli.sim_streams,
+            batch_size: cli.sim_batch_size,
+        },
+        sustain: Sustain {
+            min_ratio: cli.sustain_ratio,
+            backlog_seconds: cli.backlog_seconds,
+            backlog_min: cli.backlog_min,
+            max_p99_ms: (!cli.sustain_p99.is_zero()).then_some(cli.sustain_p99.as_secs_f64() * 1e3),
+        },
+    };
+    let options = StepOptions {
+        steps: steps.clone(),
+        redis_benchmark: cli.redis_benchmark.clone(),
+        ceiling: (
+            cli.ceiling_requests,
+            cli.ceiling_pipeline,
+            cli.ceiling_clients,
+            cli.ceiling_fields,
+        ),
+        search: SearchOptions {
+            start: cli.start_rate,
+            max: cli.max_rate,
+            min: cli.min_rate,
+            factor: cli.ramp_factor.max(1.05),
+            precision: cli.precision,
+            max_probes: cli.max_probes,
+        },
+        search_budget: cli.search_budget,
+        saturation_rate: cli.saturation_rate,
+        latency_levels: cli.latency_levels.clone(),
+        footprint: (cli.footprint_level, cli.idle),
+        telemetry: (cli.sampling.clone(), cli.telemetry_level),
+        monolithic_levels: cli.monolithic_levels.clone(),
+        stub_multiples: cli.stub_multiples.clone(),
+    };
+    let settings = serde_json::json!({
+        "steps": steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
+        "repeat": cli.repeat,
+        "duration_s": cli.duration.as_secs_f64(),
+        "partitions": cli.partitions,
+        "sim": { "devices": cli.sim_devices, "connections": cli.sim_connections,
+                 "streams": cli.sim_streams, "batch_size": cli.sim_batch_size },
+        "ceiling": { "requests": cli.ceiling_requests, "pipeline": cli.ceiling_pipeline,
+                     "clients": cli.ceiling_clients, "fields": cli.ceiling_fields },
+        "search": { "start": cli.start_rate, "max": cli.max_rate, "factor": cli.ramp_factor,
+                    "precision": cli.precision, "max_probes": cli.max_probes,
+                    "budget_s": cli.search_budget.as_secs_f64() },
+        "sustain": env.sustain,
+        "levels": { "latency": cli.latency_levels, "footprint": cli.footprint_level,
+                    "telemetry": cli.telemetry_level, "sampling": cli.sampling,
+                    "monolithic": cli.monolithic_levels, "stub_multiples": cli.stub_multiples },
+        "rust_log": cli.rust_log,
+        "extra_args": { "ingest": cli.ingest_arg, "worker": cli.worker_arg, "query": cli.query_arg },
+        "work_dir": work.display().to_string(),
+    });
+
+    let mut notes = Vec::new();
+    let mut runs: Vec<RunResult> = Vec::new();
+    for rep in 1..=cli.repeat {
+        tracing::info!(repetition = rep, of = cli.repeat, steps = ?steps, "repetition starting");
+        runs.push(steps::run_repetition(&options, &env, rep, &mut notes).await?);
+    }
+    machine.loadavg_end = machine::loadavg();
+
+    let binary = std::fs::metadata(&cli.testbed_bin).ok().map(|m| m.len());
+    let summaries: Vec<_> = runs.iter().map(|r| summary::summarize(r, binary)).collect();
+    let median = results::median_summary(&summaries);
+    let record = Record {
+        schema: 1,
+        started: stamp.clone(),
+        wall_s: started.elapsed().as_secs_f64(),
+        smoke: cli.smoke,
+        command: std::env::args().collect(),
+        settings,
+        machine,
+        runs,
+        summaries,
+        median,
+        notes,
+    };
+    write(&cli, &record, &stamp)
+}
+
+/// Every split, OTLP-off probe of a record (the chart's points).
+fn chart_probes(record: &Record) -> Vec<&ProbeResult> {
+    let mut out = Vec::new();
+    for r in &record.runs {
+        out.extend(r.saturation.iter().flat_map(|s| s.probes.iter()));
+        out.extend(r.latency.iter().flatten().map(|l| &l.probe));
+        out.extend(r.footprint.iter().map(|l| &l.probe));
+        out.extend(r.split_extra.iter().flatten().map(|l| &l.probe));
+        out.extend(
+            r.telemetry
+                .iter()
+                .flatten()
+                .filter(|p| p.sampling.is_none()),
+        );
+    }
+    out
+}
+
+fn write(cli: &Cli, record: &Record, stamp: &str) -> Result<Written> {
+    let out_dir = cli.out_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(if cli.smoke {
+            "target/bench/smoke"
+        } else {
+            "bench/results"
+        })
+    });
+    std::fs::create_dir_all(&out_dir).context(|| format!("creating {}", out_dir.display()))?;
+    let host = if record.machine.host.is_empty() {
+        "host"
+    } else {
+        &record.machine.host
+    };
+    let stem = unique_stem(
+        &out_dir,
+        &format!("{}-{host}", &stamp[..stamp.len().min(10)]),
+    );
+    let json = out_dir.join(format!("{stem}.json"));
+    let markdown = out_dir.join(format!("{stem}.md"));
+    let png = out_dir.join(format!("{stem}.png"));
+
+    let body = serde_json::to_vec_pretty(record).map_err(|e| Error::parse("results JSON", e))?;
+    std::fs::write(&json, body).context(|| format!("writing {}", json.display()))?;
+    let probes = chart_probes(record);
+    let chart = if probes.iter().any(|p| p.accepted > 0) {
+        let title = format!(
+            "testbed latency vs offered rate, {} ({})",
+            record.machine.host,
+            &stamp[..10.min(stamp.len())]
+        );
+        match chart::draw(&png, &title, &probes) {
+            Ok(()) => Some(png),
+            Err(e) => {
+                tracing::warn!(error = %e, "chart not drawn");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let chart_name = chart
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let summary = markdown::render(record, chart_name.as_deref(), cli.note.as_deref());
+    std::fs::write(&markdown, &summary).context(|| format!("writing {}", markdown.display()))?;
+    Ok(Written {
+        json,
+        markdown,
+        chart,
+        summary,
+    })
+}

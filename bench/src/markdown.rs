@@ -1,0 +1,446 @@
+//! The Markdown summary: the targets and whether each was met (as ratios
+//! to the ceiling measured in the same run), then every step's table.
+
+use std::fmt::Write as _;
+
+use crate::results::{Record, Summary};
+use crate::summary::is_service;
+
+/// One target and its verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The target, in words.
+    pub target: &'static str,
+    /// What was measured.
+    pub measured: String,
+    /// Met, not met, or not measured.
+    pub met: Option<bool>,
+}
+
+fn verdict(target: &'static str, measured: Option<(String, bool)>) -> Verdict {
+    match measured {
+        Some((measured, met)) => Verdict {
+            target,
+            measured,
+            met: Some(met),
+        },
+        None => Verdict {
+            target,
+            measured: "not measured".into(),
+            met: None,
+        },
+    }
+}
+
+/// Judges the targets on the (median) summary.
+pub fn verdicts(m: &Summary) -> Vec<Verdict> {
+    let services = || m.footprint.iter().filter(|f| is_service(&f.name));
+    let idle_max = services()
+        .filter_map(|f| f.idle_rss_mib.map(|r| (r, f.name.clone())))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let peak_max = services()
+        .map(|f| (f.peak_rss_mib, f.name.clone()))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let half = m.latency.iter().find(|l| (l.fraction - 0.5).abs() < 1e-9);
+    let off = m.telemetry.iter().find(|t| t.mode == "off");
+    let tenth = m.telemetry.iter().find(|t| t.mode == "0.1");
+    vec![
+        verdict(
+            "sustained end-to-end throughput >= 50% of the XADD ceiling",
+            m.saturation_ratio
+                .zip(m.saturation_rate)
+                .map(|(ratio, rate)| {
+                    (
+                        format!("{:.1}% ({rate:.0} events/s)", ratio * 100.0),
+                        ratio >= 0.5,
+                    )
+                }),
+        ),
+        verdict(
+            "batch-ack p99 <= 5 ms at 50% of saturation",
+            half.map(|l| {
+                (
+                    format!("{:.2} ms at {:.0} events/s", l.ack_p99_ms, l.offered_rate),
+                    l.ack_p99_ms <= 5.0,
+                )
+            }),
+        ),
+        verdict(
+            "idle RSS <= 20 MiB per service process",
+            idle_max.map(|(r, name)| (format!("largest {r:.1} MiB ({name})"), r <= 20.0)),
+        ),
+        verdict(
+            "RSS <= 100 MiB per service process at saturation",
+            peak_max.map(|(r, name)| (format!("largest peak {r:.1} MiB ({name})"), r <= 100.0)),
+        ),
+        verdict(
+            "10% trace sampling costs <= 5% of saturation throughput",
+            off.zip(tenth).and_then(|(off, on)| {
+                if off.service_cpu_s_per_million_events <= 0.0 || off.achieved_rate <= 0.0 {
+                    return None;
+                }
+                let cpu = on.service_cpu_s_per_million_events
+                    / off.service_cpu_s_per_million_events
+                    - 1.0;
+                let rate = 1.0 - on.achieved_rate / off.achieved_rate;
+                Some((
+                    format!(
+                        "CPU per event {:+.1}%, achieved rate {:+.1}%",
+                        cpu * 100.0,
+                        -rate * 100.0
+                    ),
+                    cpu <= 0.05,
+                ))
+            }),
+        ),
+        verdict(
+            "simulator alone (acking stub) >= 3x the pipeline's saturation rate",
+            m.simulator_multiple.map(|x| {
+                let sustained = m.simulator_sustained_multiple.unwrap_or(0.0);
+                (
+                    format!("{x:.1}x achieved; sustained up to {sustained:.0}x offered"),
+                    sustained >= 3.0 || x >= 3.0,
+                )
+            }),
+        ),
+    ]
+}
+
+/// A ratio as a percentage without float noise: 0.1 is `10%`, 0.005 `0.5%`.
+fn percent(ratio: f64) -> String {
+    let text = format!("{:.2}", ratio * 100.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// Renders the whole summary.
+pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> String {
+    let mut out = String::new();
+    let m = &record.median;
+    let mc = &record.machine;
+    let _ = writeln!(
+        out,
+        "# Testbed benchmark: {} on {}\n",
+        &record.started, mc.host
+    );
+    if record.smoke {
+        let _ = writeln!(
+            out,
+            "> **Smoke run** (`--smoke`): every step for a few seconds at low rates to keep the harness working. The figures mean nothing and no target is judged.\n"
+        );
+    }
+    if let Some(note) = note {
+        let _ = writeln!(out, "> {note}\n");
+    }
+    if record.runs.len() > 1 {
+        let _ = writeln!(
+            out,
+            "Figures are the median of {} repetitions (each repetition's ratios use its own ceiling); raw figures of every probe are in the JSON file.\n",
+            record.runs.len()
+        );
+    }
+    let _ = writeln!(out, "| machine | |\n|---|---|");
+    for (k, v) in [
+        ("CPU", format!("{} × {}", mc.nproc, mc.cpu_model)),
+        ("memory", format!("{} MiB", mc.memory_mib)),
+        ("kernel", mc.kernel.clone()),
+        (
+            "load average (start → end)",
+            format!("{} → {}", mc.loadavg_start, mc.loadavg_end),
+        ),
+        ("git revision", mc.git_revision.clone()),
+        (
+            "testbed",
+            format!("{} (`{}`)", mc.testbed_version, mc.testbed_bin),
+        ),
+        ("redis", mc.redis_version.clone()),
+        ("wall time", format!("{:.0} s", record.wall_s)),
+    ] {
+        let _ = writeln!(out, "| {k} | {v} |");
+    }
+
+    let _ = writeln!(out, "\n## Targets\n");
+    if record.smoke {
+        let _ = writeln!(out, "Not judged in a smoke run.");
+    } else {
+        let _ = writeln!(out, "| target | measured | met |\n|---|---|---|");
+        for v in verdicts(m) {
+            let met = match v.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            };
+            let _ = writeln!(out, "| {} | {} | {met} |", v.target, v.measured);
+        }
+    }
+
+    let _ = writeln!(out, "\n## Ceiling and saturation\n");
+    let _ = writeln!(out, "| figure | value |\n|---|---|");
+    let _ = writeln!(
+        out,
+        "| XADD ceiling (redis-benchmark -P 64, one event-sized entry) | {} ops/s |",
+        opt(m.ceiling_xadd_per_sec, 0)
+    );
+    if let Some(c) = record.runs.first().and_then(|r| r.ceiling.as_ref()) {
+        let _ = writeln!(
+            out,
+            "| entry | {} fields × {} bytes (mean encoded event {:.0} bytes) |",
+            c.entry.fields, c.entry.value_bytes, c.entry.mean_encoded_bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| highest verified sustained rate | {} events/s |",
+        opt(m.saturation_rate, 0)
+    );
+    let _ = writeln!(
+        out,
+        "| ratio to the ceiling | {} |",
+        m.saturation_ratio
+            .map_or("–".into(), |r| format!("{:.1}%", r * 100.0))
+    );
+    if let Some(sat) = record.runs.first().and_then(|r| r.saturation.as_ref()) {
+        let _ = writeln!(
+            out,
+            "\nSearch of repetition 1 (stopped by: {}):\n",
+            sat.stopped_by
+        );
+        let _ = writeln!(
+            out,
+            "| offered/s | achieved/s | ack p50 ms | ack p99 ms | ack p99.9 ms | e2e p50 ms | e2e p99 ms | backlog mid → end (limit) | verified | sustained | why not |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &sat.probes {
+            let _ = writeln!(
+                out,
+                "| {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                p.offered_rate,
+                p.achieved_rate,
+                p.ack_latency.p50_ms,
+                p.ack_latency.p99_ms,
+                p.ack_latency.p999_ms,
+                opt(p.e2e.map(|e| e.p50_ms), 1),
+                opt(p.e2e.map(|e| e.p99_ms), 1),
+                p.backlog_end.map_or("–".into(), |b| format!(
+                    "{} → {b} ({})",
+                    p.backlog_mid.unwrap_or(0),
+                    p.backlog_limit
+                )),
+                match p.verified {
+                    Some(true) => "yes",
+                    Some(false) if p.workers_paused => "paused",
+                    Some(false) => "no",
+                    None => "–",
+                },
+                if p.sustained { "yes" } else { "no" },
+                p.reasons.join("; ").replace('|', "/"),
+            );
+        }
+    }
+
+    if !m.latency.is_empty() {
+        let _ = writeln!(out, "\n## Latency (split processes)\n");
+        let _ = writeln!(
+            out,
+            "| share of saturation | offered/s | achieved/s | ack p50 ms | ack p99 ms | ack p99.9 ms | e2e p50 ms | e2e p99 ms |\n|---|---|---|---|---|---|---|---|"
+        );
+        for l in &m.latency {
+            let _ = writeln!(
+                out,
+                "| {:.0}% | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                l.fraction * 100.0,
+                l.offered_rate,
+                l.achieved_rate,
+                l.ack_p50_ms,
+                l.ack_p99_ms,
+                l.ack_p999_ms,
+                opt(l.e2e_p50_ms, 2),
+                opt(l.e2e_p99_ms, 2)
+            );
+        }
+    }
+
+    if m.binary_mib.is_some() {
+        let _ = writeln!(out, "\n## Footprint\n");
+        let _ = writeln!(out, "`testbed` binary: {} MiB.\n", opt(m.binary_mib, 1));
+    }
+    if !m.footprint.is_empty() {
+        let _ = writeln!(
+            out,
+            "| process | idle RSS MiB | idle CPU (cores) | peak RSS MiB | CPU s per million events |\n|---|---|---|---|---|"
+        );
+        for f in &m.footprint {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} | {:.2} |",
+                f.name,
+                opt(f.idle_rss_mib, 1),
+                opt(f.idle_cpu_cores, 3),
+                f.peak_rss_mib,
+                f.cpu_s_per_million_events
+            );
+        }
+    }
+
+    if !m.telemetry.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Telemetry cost (OTLP into a local sink that drops)\n"
+        );
+        let _ = writeln!(
+            out,
+            "| trace sampling | offered/s | achieved/s | service CPU s per million events | ack p99 ms | spans received |\n|---|---|---|---|---|---|"
+        );
+        for t in &m.telemetry {
+            let mode = t
+                .mode
+                .parse::<f64>()
+                .map_or_else(|_| t.mode.clone(), percent);
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
+                mode,
+                t.offered_rate,
+                t.achieved_rate,
+                t.service_cpu_s_per_million_events,
+                t.ack_p99_ms,
+                t.spans.map_or("–".into(), |s| s.to_string())
+            );
+        }
+    }
+
+    if !m.topology.is_empty() {
+        let _ = writeln!(out, "\n## Monolithic (`testbed all`) vs split\n");
+        let _ = writeln!(
+            out,
+            "| share | offered/s | split achieved/s | mono achieved/s | split ack p99 ms | mono ack p99 ms | split CPU s/M ev | mono CPU s/M ev | split RSS MiB | mono RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for t in &m.topology {
+            let s = t.split.map_or(
+                ["–".to_owned(), "–".into(), "–".into(), "–".into()],
+                |s| {
+                    [
+                        format!("{:.0}", s[0]),
+                        format!("{:.2}", s[1]),
+                        format!("{:.2}", s[2]),
+                        format!("{:.1}", s[3]),
+                    ]
+                },
+            );
+            let mo = &t.monolithic;
+            let _ = writeln!(
+                out,
+                "| {:.0}% | {:.0} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.1} |",
+                t.fraction * 100.0,
+                t.offered_rate,
+                s[0],
+                mo[0],
+                s[1],
+                mo[1],
+                s[2],
+                mo[2],
+                s[3],
+                mo[3]
+            );
+        }
+    }
+
+    if m.simulator_rate.is_some() {
+        let _ = writeln!(out, "\n## Simulator alone (against an acking stub)\n");
+        let _ = writeln!(
+            out,
+            "Highest achieved: {} events/s ({}× the saturation rate).",
+            opt(m.simulator_rate, 0),
+            opt(m.simulator_multiple, 1)
+        );
+    }
+    if let Some(chart) = chart {
+        let _ = writeln!(
+            out,
+            "\n## Latency against offered rate\n\n![latency percentiles against offered rate]({chart})"
+        );
+    }
+    if !record.notes.is_empty() {
+        let _ = writeln!(out, "\n## Notes\n");
+        for n in &record.notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{FootprintRow, LatencyRow, TelemetryRow};
+
+    /// Sampling ratios print as clean percentages.
+    #[test]
+    fn percentages() {
+        assert_eq!(percent(0.1), "10%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(0.005), "0.5%");
+    }
+
+    /// Each target is judged on its own figure; missing figures are "not measured".
+    #[test]
+    fn judges_targets() {
+        let m = Summary {
+            saturation_rate: Some(200_000.0),
+            saturation_ratio: Some(0.4),
+            latency: vec![LatencyRow {
+                fraction: 0.5,
+                ack_p99_ms: 4.0,
+                ..Default::default()
+            }],
+            footprint: vec![
+                FootprintRow {
+                    name: "ingest".into(),
+                    idle_rss_mib: Some(12.0),
+                    peak_rss_mib: 60.0,
+                    ..Default::default()
+                },
+                FootprintRow {
+                    name: "redis".into(),
+                    idle_rss_mib: Some(500.0),
+                    peak_rss_mib: 900.0,
+                    ..Default::default()
+                },
+            ],
+            telemetry: vec![
+                TelemetryRow {
+                    mode: "off".into(),
+                    achieved_rate: 1000.0,
+                    service_cpu_s_per_million_events: 10.0,
+                    ..Default::default()
+                },
+                TelemetryRow {
+                    mode: "0.1".into(),
+                    achieved_rate: 990.0,
+                    service_cpu_s_per_million_events: 10.4,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let v = verdicts(&m);
+        let met: Vec<Option<bool>> = v.iter().map(|v| v.met).collect();
+        assert_eq!(
+            met,
+            vec![
+                Some(false),
+                Some(true),
+                Some(true),
+                Some(true),
+                Some(true),
+                None
+            ]
+        );
+        assert_eq!(v[0].measured, "40.0% (200000 events/s)");
+        assert_eq!(v[2].measured, "largest 12.0 MiB (ingest)");
+        assert_eq!(v[4].measured, "CPU per event +4.0%, achieved rate -1.0%");
+    }
+}

@@ -1,0 +1,410 @@
+//! The system under test: a fresh `redis-server` and the testbed's
+//! processes, split (`ingest`, `worker`, `query`, as in a cluster) or
+//! monolithic (`all --redis-url`), each on free loopback ports, announced
+//! through `--addr-file` and ready once `grpc.health.v1` says SERVING.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use testbed_proto::v1::query_service_client::QueryServiceClient;
+use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
+use testbed_proto::v1::{GetPipelineStatsRequest, PauseRequest, PipelineStats};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::error::{Context as _, Error, Result};
+use crate::process::Proc;
+use crate::redis::Redis;
+use crate::telemetry::Telemetry;
+
+/// How the services are deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// `testbed ingest`, `testbed worker`, `testbed query`.
+    Split,
+    /// `testbed all --redis-url`.
+    Monolithic,
+}
+
+/// What the services are started with.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// The `testbed` binary.
+    pub testbed: PathBuf,
+    /// `redis-server`.
+    pub redis_server: PathBuf,
+    /// Split or monolithic.
+    pub topology: Topology,
+    /// `--partitions`.
+    pub partitions: u32,
+    /// `--shutdown-grace` of each service (and how long SIGTERM may take).
+    pub shutdown_grace: Duration,
+    /// OTLP export and sampling.
+    pub telemetry: Telemetry,
+    /// Extra flags per role (`all` gets every role's).
+    pub ingest_args: Vec<String>,
+    /// Extra `testbed worker` flags.
+    pub worker_args: Vec<String>,
+    /// Extra `testbed query` flags.
+    pub query_args: Vec<String>,
+    /// How long a process may take to become ready.
+    pub ready_timeout: Duration,
+    /// `RUST_LOG` of the services and the simulator; none: their default.
+    /// Its filter applies to spans too, so a level above `info` also turns
+    /// off the traces the telemetry step measures.
+    pub rust_log: Option<String>,
+}
+
+impl PipelineOptions {
+    /// `RUST_LOG` for the processes under test, when set.
+    pub fn log_env(&self) -> Vec<(String, String)> {
+        self.rust_log
+            .iter()
+            .map(|l| ("RUST_LOG".to_owned(), l.clone()))
+            .collect()
+    }
+}
+
+/// One running testbed process.
+#[derive(Debug)]
+pub struct Service {
+    /// `ingest`, `worker`, `query` or `all`.
+    pub role: &'static str,
+    proc: Proc,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// `/metrics` address.
+    pub metrics: SocketAddr,
+}
+
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    redis: Redis,
+    services: Vec<Service>,
+    grace: Duration,
+}
+
+#[derive(Deserialize)]
+struct Announced {
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+}
+
+/// Environment variables a child must not inherit: the harness passes
+/// every setting as a flag, so a stray `TESTBED_*`, `OTEL_*` or `RUST_LOG`
+/// in the caller's environment cannot change what is measured.
+pub fn inherited_settings() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.starts_with("TESTBED_")
+                || k.starts_with("OTEL_")
+                || k == "REDIS_URL"
+                || k == "REDIS_CLUSTER"
+                || k == "RUST_LOG"
+        })
+        .collect()
+}
+
+impl Pipeline {
+    /// Starts Redis and the services in `dir` and waits until all are ready.
+    pub async fn start(o: &PipelineOptions, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        let redis = Redis::start(&o.redis_server, &dir.join("redis")).await?;
+        let roles: &[&'static str] = match o.topology {
+            Topology::Split => &["ingest", "worker", "query"],
+            Topology::Monolithic => &["all"],
+        };
+        let mut env = o.log_env();
+        env.extend(o.telemetry.env());
+        let remove = inherited_settings();
+        let mut starting = Vec::new();
+        for role in roles {
+            let addr_file = dir.join(format!("{role}.addr.json"));
+            let _ = std::fs::remove_file(&addr_file);
+            let mut args: Vec<String> = vec![
+                (*role).to_owned(),
+                "--redis-url".into(),
+                redis.url(),
+                "--grpc-addr".into(),
+                "127.0.0.1:0".into(),
+                "--metrics-addr".into(),
+                "127.0.0.1:0".into(),
+                "--addr-file".into(),
+                addr_file.display().to_string(),
+                "--partitions".into(),
+                o.partitions.to_string(),
+                "--key-prefix".into(),
+                "bench".into(),
+                "--shutdown-grace".into(),
+                humantime::format_duration(o.shutdown_grace).to_string(),
+            ];
+            if matches!(*role, "ingest" | "all") {
+                args.extend(o.ingest_args.iter().cloned());
+            }
+            if matches!(*role, "worker" | "all") {
+                args.extend(o.worker_args.iter().cloned());
+            }
+            if matches!(*role, "query" | "all") {
+                args.extend(o.query_args.iter().cloned());
+            }
+            let mut role_env = env.clone();
+            role_env.push(("OTEL_SERVICE_NAME".into(), format!("testbed-{role}")));
+            let proc = Proc::spawn(
+                role,
+                &o.testbed,
+                &args,
+                &role_env,
+                &remove,
+                &dir.join(format!("{role}.log")),
+            )?;
+            starting.push((*role, proc, addr_file));
+        }
+        let mut services = Vec::new();
+        for (role, mut proc, addr_file) in starting {
+            let announced = wait_ready(&mut proc, &addr_file, o.ready_timeout).await?;
+            services.push(Service {
+                role,
+                proc,
+                grpc: announced.grpc,
+                metrics: announced.metrics,
+            });
+        }
+        Ok(Self {
+            redis,
+            services,
+            grace: o.shutdown_grace,
+        })
+    }
+
+    fn role(&self, roles: &[&str]) -> Result<&Service> {
+        self.services
+            .iter()
+            .find(|s| roles.contains(&s.role))
+            .ok_or_else(|| Error::Process(format!("no {roles:?} process in this pipeline")))
+    }
+
+    /// `http://…` of the ingest service.
+    pub fn ingest_target(&self) -> Result<String> {
+        Ok(format!("http://{}", self.role(&["ingest", "all"])?.grpc))
+    }
+
+    /// `http://…` of the query service.
+    pub fn query_target(&self) -> Result<String> {
+        Ok(format!("http://{}", self.role(&["query", "all"])?.grpc))
+    }
+
+    /// Name and pid of every process, Redis included.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .services
+            .iter()
+            .map(|s| (s.role.to_owned(), s.proc.pid()))
+            .collect();
+        out.push(("redis".to_owned(), self.redis.pid()));
+        out
+    }
+
+    /// Events appended and not yet processed, summed over partitions, from
+    /// the worker's `pipeline_backlog_events` gauges.
+    pub async fn backlog(&self) -> Result<u64> {
+        let addr = self.role(&["worker", "all"])?.metrics;
+        let body = http_get(addr, "/metrics").await?;
+        parse_backlog(&body).ok_or_else(|| {
+            Error::parse(
+                format!("http://{addr}/metrics"),
+                "no pipeline_backlog_events",
+            )
+        })
+    }
+
+    /// `QueryService.GetPipelineStats` over `window`.
+    pub async fn pipeline_stats(&self, window: Duration) -> Result<PipelineStats> {
+        let channel = connect(&self.query_target()?).await?;
+        let reply = QueryServiceClient::new(channel)
+            .get_pipeline_stats(GetPipelineStatsRequest {
+                window: Some(prost_types::Duration {
+                    seconds: window.as_secs() as i64,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .context(|| "GetPipelineStats")?;
+        reply
+            .into_inner()
+            .stats
+            .ok_or_else(|| Error::parse("GetPipelineStats", "no stats in the reply"))
+    }
+
+    /// Pauses the workers, so a run whose verification cannot pass stops
+    /// waiting for it (processing stalls, the simulator reports at once).
+    pub async fn pause_workers(&self, reason: &str) -> Result<()> {
+        let channel = connect(&format!("http://{}", self.role(&["worker", "all"])?.grpc)).await?;
+        WorkerControlServiceClient::new(channel)
+            .pause(PauseRequest {
+                reason: reason.to_owned(),
+            })
+            .await
+            .context(|| "WorkerControlService.Pause")?;
+        Ok(())
+    }
+
+    /// SIGTERM to every service (ingest first, so nothing new arrives while
+    /// the others drain), then Redis. Returns the roles that did not exit 0
+    /// within the grace period.
+    pub async fn stop(self) -> Result<Vec<String>> {
+        let mut unclean = Vec::new();
+        for service in self.services {
+            let role = service.role;
+            let stopped = service
+                .proc
+                .terminate(self.grace + Duration::from_secs(2))
+                .await?;
+            if stopped.killed || !stopped.status.success() {
+                unclean.push(format!("{role}: {}", stopped.status));
+            }
+        }
+        self.redis.stop().await?;
+        Ok(unclean)
+    }
+}
+
+/// A channel to `url`.
+pub async fn connect(url: &str) -> Result<Channel> {
+    let endpoint = Channel::from_shared(url.to_owned())
+        .map_err(|e| Error::parse(format!("endpoint {url}"), e))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Error::Process(format!("cannot connect to {url}: {e}")))
+}
+
+/// Waits for the address file, then for `grpc.health.v1` SERVING.
+async fn wait_ready(proc: &mut Proc, addr_file: &Path, timeout: Duration) -> Result<Announced> {
+    let deadline = Instant::now() + timeout;
+    let mut announced: Option<Announced> = None;
+    loop {
+        if let Some(status) = proc.try_exit()? {
+            return Err(Error::Process(format!(
+                "{} exited with {status} before it was ready: {}",
+                proc.name(),
+                log_tail(proc.log())
+            )));
+        }
+        if announced.is_none() {
+            announced = std::fs::read(addr_file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        }
+        if let Some(a) = &announced
+            && serving(a.grpc).await
+        {
+            return announced.ok_or_else(|| Error::Process("unreachable".into()));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Process(format!(
+                "{} not ready within {timeout:?}: {}",
+                proc.name(),
+                log_tail(proc.log())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn serving(addr: SocketAddr) -> bool {
+    let Ok(channel) = connect(&format!("http://{addr}")).await else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// The last line of a log, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(empty log)");
+    format!("{last} (log: {})", path.display())
+}
+
+/// A plain HTTP/1.1 GET (the metrics endpoint is HTTP/1).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut body = Vec::new();
+        stream.read_to_end(&mut body).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&body).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(3), fetch)
+        .await
+        .map_err(|_| Error::Process(format!("GET http://{addr}{path} timed out")))?
+        .context(|| format!("GET http://{addr}{path}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| Error::parse(format!("GET http://{addr}{path}"), "no HTTP header end"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(Error::parse(
+            format!("GET http://{addr}{path}"),
+            head.lines().next().unwrap_or(""),
+        ));
+    }
+    Ok(body.to_owned())
+}
+
+/// Sums the `pipeline_backlog_events` samples of a Prometheus text page.
+fn parse_backlog(page: &str) -> Option<u64> {
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("pipeline_backlog_events") else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())?;
+        sum += value;
+        found = true;
+    }
+    found.then_some(sum.max(0.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-partition samples are summed; HELP/TYPE lines and look-alike
+    /// names are ignored.
+    #[test]
+    fn backlog_sums_partitions() {
+        let page = "# HELP pipeline_backlog_events Events appended\n\
+                    # TYPE pipeline_backlog_events gauge\n\
+                    pipeline_backlog_events{partition=\"0\",otel_scope_name=\"w\"} 10\n\
+                    pipeline_backlog_events{partition=\"1\"} 32.0\n\
+                    pipeline_backlog_events_total 99\n";
+        assert_eq!(parse_backlog(page), Some(42));
+        assert_eq!(parse_backlog("up 1\n"), None);
+    }
+}

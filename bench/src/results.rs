@@ -1,0 +1,316 @@
+//! What a harness run records: every step's raw figures per repetition, a
+//! fixed-shape summary of each repetition, and the element-wise median of
+//! those summaries (the figures the Markdown judges).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ceiling::Ceiling;
+use crate::machine::Machine;
+use crate::probe::ProbeResult;
+
+/// The saturation search of one repetition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Saturation {
+    /// Highest sustained offered rate, events/s.
+    pub sustained_rate: Option<f64>,
+    /// Lowest failed rate above it.
+    pub failed_rate: Option<f64>,
+    /// Sustained rate / XADD ceiling of the same repetition.
+    pub ratio_to_ceiling: Option<f64>,
+    /// Why the search stopped: `precision`, `max-probes`, `budget`, `max-rate`
+    /// or `floor`.
+    pub stopped_by: String,
+    /// Every probe, in order.
+    pub probes: Vec<ProbeResult>,
+}
+
+/// One rate of a step run at a fraction of the saturation rate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Level {
+    /// Fraction of the sustained rate.
+    pub fraction: f64,
+    /// The probe.
+    pub probe: ProbeResult,
+}
+
+/// Everything one repetition measured; a step not run is `None`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    /// XADD ceiling.
+    pub ceiling: Option<Ceiling>,
+    /// Saturation search.
+    pub saturation: Option<Saturation>,
+    /// The saturation rate the dependent steps used (searched or given).
+    pub reference_rate: Option<f64>,
+    /// Latency at fractions of saturation (split topology).
+    pub latency: Option<Vec<Level>>,
+    /// The footprint probe (idle, then loaded).
+    pub footprint: Option<Level>,
+    /// One probe per telemetry mode (OTLP off, then each sampling ratio).
+    pub telemetry: Option<Vec<ProbeResult>>,
+    /// Monolithic probes at fractions of saturation.
+    pub monolithic: Option<Vec<Level>>,
+    /// Split probes for the monolithic comparison not already run by the
+    /// latency step.
+    pub split_extra: Option<Vec<Level>>,
+    /// The simulator against the stub, at multiples of saturation.
+    pub simulator: Option<Vec<Level>>,
+    /// Wall time of the repetition, s.
+    pub wall_s: f64,
+}
+
+/// One latency level, summarised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyRow {
+    /// Fraction of saturation.
+    pub fraction: f64,
+    /// Offered events/s.
+    pub offered_rate: f64,
+    /// Achieved events/s.
+    pub achieved_rate: f64,
+    /// Batch-ack percentiles, ms.
+    pub ack_p50_ms: f64,
+    /// p99.
+    pub ack_p99_ms: f64,
+    /// p99.9.
+    pub ack_p999_ms: f64,
+    /// End-to-end p50 from GetPipelineStats, ms.
+    pub e2e_p50_ms: Option<f64>,
+    /// End-to-end p99.
+    pub e2e_p99_ms: Option<f64>,
+    /// Sustained.
+    pub sustained: bool,
+}
+
+/// One process's footprint, summarised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FootprintRow {
+    /// Process.
+    pub name: String,
+    /// Idle RSS, MiB.
+    pub idle_rss_mib: Option<f64>,
+    /// Idle CPU, share of a core.
+    pub idle_cpu_cores: Option<f64>,
+    /// Peak RSS under load, MiB.
+    pub peak_rss_mib: f64,
+    /// CPU seconds per million events.
+    pub cpu_s_per_million_events: f64,
+}
+
+/// One telemetry mode, summarised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TelemetryRow {
+    /// `off`, or the sampling ratio.
+    pub mode: String,
+    /// Offered events/s.
+    pub offered_rate: f64,
+    /// Achieved events/s.
+    pub achieved_rate: f64,
+    /// CPU seconds per million events, testbed services summed.
+    pub service_cpu_s_per_million_events: f64,
+    /// Batch-ack p99, ms.
+    pub ack_p99_ms: f64,
+    /// Spans the sink received.
+    pub spans: Option<u64>,
+}
+
+/// One rate of the monolithic comparison.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TopologyRow {
+    /// Fraction of saturation.
+    pub fraction: f64,
+    /// Offered events/s.
+    pub offered_rate: f64,
+    /// Split: achieved events/s, ack p99 ms, CPU s per M events, peak RSS MiB (all processes but Redis).
+    pub split: Option<[f64; 4]>,
+    /// Monolithic: the same figures.
+    pub monolithic: [f64; 4],
+}
+
+/// The headline figures of one repetition, in a shape that is the same
+/// for every repetition so their median can be taken field by field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// XADD/s.
+    pub ceiling_xadd_per_sec: Option<f64>,
+    /// Highest sustained events/s.
+    pub saturation_rate: Option<f64>,
+    /// Its ratio to the ceiling.
+    pub saturation_ratio: Option<f64>,
+    /// Latency levels.
+    pub latency: Vec<LatencyRow>,
+    /// `testbed` binary size, MiB.
+    pub binary_mib: Option<f64>,
+    /// Footprint per process.
+    pub footprint: Vec<FootprintRow>,
+    /// Telemetry modes.
+    pub telemetry: Vec<TelemetryRow>,
+    /// Split vs monolithic.
+    pub topology: Vec<TopologyRow>,
+    /// Highest rate the simulator achieved against the stub.
+    pub simulator_rate: Option<f64>,
+    /// That rate as a multiple of the saturation rate.
+    pub simulator_multiple: Option<f64>,
+    /// The largest multiple of the saturation rate the simulator sustained.
+    pub simulator_sustained_multiple: Option<f64>,
+}
+
+/// The whole record written to `<date>-<host>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Format version of this file.
+    pub schema: u32,
+    /// When the run started, RFC 3339.
+    pub started: String,
+    /// Wall time, s.
+    pub wall_s: f64,
+    /// `--smoke`: figures are not meaningful, targets not judged.
+    pub smoke: bool,
+    /// The command line.
+    pub command: Vec<String>,
+    /// Effective settings (durations, search bounds, sim shape, criteria).
+    pub settings: Value,
+    /// The machine and revision measured.
+    pub machine: Machine,
+    /// Per repetition: raw figures.
+    pub runs: Vec<RunResult>,
+    /// Per repetition: the summary.
+    pub summaries: Vec<Summary>,
+    /// Element-wise median of the summaries.
+    pub median: Summary,
+    /// Steps that could not run, and why.
+    pub notes: Vec<String>,
+}
+
+/// The median of numbers (mean of the middle two for an even count).
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+/// Element-wise median of JSON values of the same shape: numbers by
+/// median, objects key by key, arrays of equal length element by element;
+/// anything else (strings, booleans, mismatched shapes) from the first.
+/// Nulls are skipped, so a figure missing from one repetition does not
+/// erase the others.
+pub fn median_value(values: &[&Value]) -> Value {
+    let present: Vec<&Value> = values.iter().copied().filter(|v| !v.is_null()).collect();
+    let Some(first) = present.first() else {
+        return Value::Null;
+    };
+    match first {
+        Value::Number(_) => {
+            let mut numbers: Vec<f64> = present.iter().filter_map(|v| v.as_f64()).collect();
+            let all_integers = present.iter().all(|v| v.is_u64() || v.is_i64());
+            match median(&mut numbers) {
+                // Counts stay integers (an even count's median is rounded).
+                Some(m) if all_integers => Value::from(m.round() as i64),
+                Some(m) => Value::from(m),
+                None => Value::Null,
+            }
+        }
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for key in map.keys() {
+                let column: Vec<&Value> = present.iter().filter_map(|v| v.get(key)).collect();
+                out.insert(key.clone(), median_value(&column));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => {
+            let same = present
+                .iter()
+                .all(|v| v.as_array().is_some_and(|a| a.len() == items.len()));
+            if !same {
+                return (*first).clone();
+            }
+            let out = (0..items.len())
+                .map(|i| {
+                    let column: Vec<&Value> = present.iter().filter_map(|v| v.get(i)).collect();
+                    median_value(&column)
+                })
+                .collect();
+            Value::Array(out)
+        }
+        _ => (*first).clone(),
+    }
+}
+
+/// The median summary of several repetitions.
+pub fn median_summary(summaries: &[Summary]) -> Summary {
+    let values: Vec<Value> = summaries
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+        .collect();
+    let refs: Vec<&Value> = values.iter().collect();
+    serde_json::from_value(median_value(&refs))
+        .unwrap_or_else(|_| summaries.first().cloned().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Odd and even counts; empty has no median.
+    #[test]
+    fn median_of_numbers() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    /// Nested objects and arrays are reduced field by field.
+    #[test]
+    fn median_of_shapes() {
+        let a = json!({"rate": 100.0, "rows": [{"p99": 1.0}, {"p99": 9.0}], "name": "x", "n": 1});
+        let b = json!({"rate": 300.0, "rows": [{"p99": 2.0}, {"p99": 7.0}], "name": "y", "n": 3});
+        let c = json!({"rate": 200.0, "rows": [{"p99": 3.0}, {"p99": 8.0}], "name": "z", "n": 2});
+        let m = median_value(&[&a, &b, &c]);
+        assert_eq!(
+            m,
+            json!({"rate": 200.0, "rows": [{"p99": 2.0}, {"p99": 8.0}], "name": "x", "n": 2})
+        );
+    }
+
+    /// A figure missing from one repetition is the median of the others.
+    #[test]
+    fn nulls_are_skipped() {
+        let a = json!({"e2e": null});
+        let b = json!({"e2e": 4.0});
+        let c = json!({"e2e": 6.0});
+        assert_eq!(median_value(&[&a, &b, &c]), json!({"e2e": 5.0}));
+    }
+
+    /// The typed summary survives the round trip.
+    #[test]
+    fn summary_median_round_trips() {
+        let one = Summary {
+            saturation_rate: Some(1000.0),
+            latency: vec![LatencyRow {
+                fraction: 0.5,
+                ack_p99_ms: 2.0,
+                sustained: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut two = one.clone();
+        two.saturation_rate = Some(3000.0);
+        two.latency[0].ack_p99_ms = 4.0;
+        let m = median_summary(&[one, two]);
+        assert_eq!(m.saturation_rate, Some(2000.0));
+        assert_eq!(m.latency[0].ack_p99_ms, 3.0);
+        assert!(m.latency[0].sustained);
+    }
+}

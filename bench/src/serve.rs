@@ -1,0 +1,93 @@
+//! The harness's own small servers (`--stub`, `--otlp-sink`): bind,
+//! announce the address like the testbed does (`{"grpc":"HOST:PORT"}` in
+//! an address file), serve until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+
+use crate::error::{Context as _, Error, Result};
+use crate::pipeline::{inherited_settings, log_tail};
+use crate::process::Proc;
+
+/// Serves `router` on `listen` until a signal.
+pub async fn run(router: Router, listen: SocketAddr, addr_file: &Path) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .context(|| format!("binding {listen}"))?;
+    let bound = listener
+        .local_addr()
+        .context(|| format!("reading the address bound for {listen}"))?;
+    let announced = serde_json::json!({ "grpc": bound.to_string() }).to_string();
+    // Written whole under a temporary name, then renamed, so a reader never
+    // sees half a file.
+    let tmp = addr_file.with_extension("tmp");
+    std::fs::write(&tmp, announced).context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, addr_file).context(|| format!("writing {}", addr_file.display()))?;
+    tracing::info!(%bound, "serving");
+    let mut term = signal(SignalKind::terminate()).context(|| "installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context(|| "installing a SIGINT handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await
+        .map_err(|e| Error::Process(format!("serving on {bound}: {e}")))
+}
+
+/// Starts this executable with `--stub` or `--otlp-sink` in `dir` and
+/// waits for its address file; returns it and its `http://` URL.
+pub async fn start_helper(self_exe: &Path, dir: &Path, mode: &str) -> Result<(Proc, String)> {
+    let addr_file = dir.join(format!("{mode}.addr.json"));
+    let mut args = vec![
+        format!("--{mode}"),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--addr-file".into(),
+        addr_file.display().to_string(),
+    ];
+    if mode == "otlp-sink" {
+        args.extend([
+            "--stats-file".into(),
+            dir.join("otlp-sink.stats.json").display().to_string(),
+        ]);
+    }
+    let mut proc = Proc::spawn(
+        mode,
+        self_exe,
+        &args,
+        &[("RUST_LOG".into(), "warn".into())],
+        &inherited_settings(),
+        &dir.join(format!("{mode}.log")),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let announced = std::fs::read(&addr_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("grpc").and_then(|g| g.as_str()).map(str::to_owned));
+        if let Some(addr) = announced {
+            return Ok((proc, format!("http://{addr}")));
+        }
+        if let Some(status) = proc.try_exit()? {
+            return Err(Error::Process(format!(
+                "{mode} exited with {status}: {}",
+                log_tail(proc.log())
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Process(format!(
+                "{mode} did not announce its address"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,210 @@
+//! From one repetition's raw probes to its fixed-shape [`Summary`].
+
+use crate::probe::ProbeResult;
+use crate::results::{
+    FootprintRow, LatencyRow, Level, RunResult, Summary, TelemetryRow, TopologyRow,
+};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The testbed's own processes (not Redis, not the simulator).
+pub fn is_service(name: &str) -> bool {
+    matches!(name, "ingest" | "worker" | "query" | "all")
+}
+
+fn service_cpu(p: &ProbeResult) -> f64 {
+    p.processes
+        .iter()
+        .filter(|f| is_service(&f.name))
+        .map(|f| f.cpu_s_per_million_events)
+        .sum()
+}
+
+fn service_peak_mib(p: &ProbeResult) -> f64 {
+    p.processes
+        .iter()
+        .filter(|f| is_service(&f.name))
+        .map(|f| f.peak_rss_bytes as f64 / MIB)
+        .sum()
+}
+
+fn topology_figures(p: &ProbeResult) -> [f64; 4] {
+    [
+        p.achieved_rate,
+        p.ack_latency.p99_ms,
+        service_cpu(p),
+        service_peak_mib(p),
+    ]
+}
+
+fn latency_row(l: &Level) -> LatencyRow {
+    let p = &l.probe;
+    LatencyRow {
+        fraction: l.fraction,
+        offered_rate: p.offered_rate,
+        achieved_rate: p.achieved_rate,
+        ack_p50_ms: p.ack_latency.p50_ms,
+        ack_p99_ms: p.ack_latency.p99_ms,
+        ack_p999_ms: p.ack_latency.p999_ms,
+        e2e_p50_ms: p.e2e.map(|e| e.p50_ms),
+        e2e_p99_ms: p.e2e.map(|e| e.p99_ms),
+        sustained: p.sustained,
+    }
+}
+
+/// Summarises a repetition; `binary_bytes` is the size of `testbed`.
+pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
+    let saturation_rate = r.saturation.as_ref().and_then(|s| s.sustained_rate);
+    let mut s = Summary {
+        ceiling_xadd_per_sec: r.ceiling.as_ref().map(|c| c.xadd_per_sec),
+        saturation_rate,
+        saturation_ratio: r.saturation.as_ref().and_then(|s| s.ratio_to_ceiling),
+        binary_mib: binary_bytes
+            .filter(|_| r.footprint.is_some())
+            .map(|b| b as f64 / MIB),
+        ..Default::default()
+    };
+    if let Some(levels) = &r.latency {
+        s.latency = levels.iter().map(latency_row).collect();
+    }
+    if let Some(fp) = &r.footprint {
+        s.footprint = fp
+            .probe
+            .processes
+            .iter()
+            .map(|f| FootprintRow {
+                name: f.name.clone(),
+                idle_rss_mib: f.idle_rss_bytes.map(|b| b as f64 / MIB),
+                idle_cpu_cores: f.idle_cpu_cores,
+                peak_rss_mib: f.peak_rss_bytes as f64 / MIB,
+                cpu_s_per_million_events: f.cpu_s_per_million_events,
+            })
+            .collect();
+    }
+    if let Some(modes) = &r.telemetry {
+        s.telemetry = modes
+            .iter()
+            .map(|p| TelemetryRow {
+                mode: p
+                    .sampling
+                    .map_or_else(|| "off".to_owned(), |x| x.to_string()),
+                offered_rate: p.offered_rate,
+                achieved_rate: p.achieved_rate,
+                service_cpu_s_per_million_events: service_cpu(p),
+                ack_p99_ms: p.ack_latency.p99_ms,
+                spans: p.otlp.map(|o| o.spans),
+            })
+            .collect();
+    }
+    if let Some(mono) = &r.monolithic {
+        let split_at = |f: f64| {
+            r.latency
+                .iter()
+                .chain(r.split_extra.iter())
+                .flatten()
+                .find(|l| (l.fraction - f).abs() < 1e-9)
+                .map(|l| topology_figures(&l.probe))
+        };
+        s.topology = mono
+            .iter()
+            .map(|m| TopologyRow {
+                fraction: m.fraction,
+                offered_rate: m.probe.offered_rate,
+                split: split_at(m.fraction),
+                monolithic: topology_figures(&m.probe),
+            })
+            .collect();
+    }
+    if let Some(stub) = &r.simulator {
+        s.simulator_rate = stub
+            .iter()
+            .map(|l| l.probe.achieved_rate)
+            .max_by(f64::total_cmp);
+        if let (Some(sim), Some(sat)) = (s.simulator_rate, r.reference_rate) {
+            s.simulator_multiple = Some(sim / sat);
+        }
+        s.simulator_sustained_multiple = stub
+            .iter()
+            .filter(|l| l.probe.sustained)
+            .map(|l| l.fraction)
+            .max_by(f64::total_cmp);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Footprint;
+    use crate::results::Saturation;
+
+    fn probe(rate: f64, cpu: [f64; 3]) -> ProbeResult {
+        ProbeResult {
+            offered_rate: rate,
+            achieved_rate: rate,
+            processes: ["ingest", "worker", "redis"]
+                .iter()
+                .zip(cpu)
+                .map(|(n, c)| Footprint {
+                    name: (*n).into(),
+                    cpu_s_per_million_events: c,
+                    peak_rss_bytes: 10 << 20,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Service CPU leaves Redis out; split figures come from the latency
+    /// step at the same fraction; the simulator multiple uses the
+    /// reference rate.
+    #[test]
+    fn summarises_a_repetition() {
+        let r = RunResult {
+            footprint: Some(Level::default()),
+            saturation: Some(Saturation {
+                sustained_rate: Some(1000.0),
+                ratio_to_ceiling: Some(0.25),
+                ..Default::default()
+            }),
+            reference_rate: Some(1000.0),
+            latency: Some(vec![Level {
+                fraction: 0.5,
+                probe: probe(500.0, [1.0, 2.0, 4.0]),
+            }]),
+            telemetry: Some(vec![probe(1000.0, [1.0, 1.0, 9.0])]),
+            monolithic: Some(vec![Level {
+                fraction: 0.5,
+                probe: probe(500.0, [2.0, 0.0, 0.0]),
+            }]),
+            simulator: Some(vec![
+                Level {
+                    fraction: 3.0,
+                    probe: ProbeResult {
+                        sustained: true,
+                        ..probe(3000.0, [0.0; 3])
+                    },
+                },
+                Level {
+                    fraction: 6.0,
+                    probe: ProbeResult {
+                        achieved_rate: 4500.0,
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        };
+        let s = summarize(&r, Some(20 << 20));
+        assert_eq!(s.saturation_ratio, Some(0.25));
+        assert_eq!(s.binary_mib, Some(20.0));
+        assert_eq!(s.telemetry[0].service_cpu_s_per_million_events, 2.0);
+        assert_eq!(s.telemetry[0].mode, "off");
+        assert_eq!(s.topology[0].split, Some([500.0, 0.0, 3.0, 20.0]));
+        assert_eq!(s.topology[0].monolithic[2], 2.0);
+        assert_eq!(s.simulator_rate, Some(4500.0));
+        assert_eq!(s.simulator_multiple, Some(4.5));
+        assert_eq!(s.simulator_sustained_multiple, Some(3.0));
+    }
+}
