@@ -108,6 +108,12 @@ pub struct SimArgs {
           value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// With a dns:/// target, close and reopen each stream after this long,
+    /// so pods added by a scale-out receive streams too.
+    #[arg(long, env = "TESTBED_SIM_STREAM_MAX_AGE", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub stream_max_age: Duration,
+
     /// How long --verify waits for the pipeline to process the run.
     #[arg(long, env = "TESTBED_SIM_VERIFY_TIMEOUT", default_value = "60s",
           value_parser = humantime::parse_duration)]

@@ -125,6 +125,10 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         max_batch: args.batch_size,
         producer_id: format!("sim-{run_id}"),
         drain: args.drain_timeout,
+        stream_max_age: args
+            .target
+            .starts_with("dns:///")
+            .then_some(args.stream_max_age),
     };
     tracing::info!(
         run_id, scenario = scenario.name, duration = %humantime::format_duration(scenario.duration()),

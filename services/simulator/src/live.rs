@@ -108,7 +108,7 @@ pub fn figures(
         events_accepted: total.accepted,
         events_rejected: total.rejected,
         // The runner counts re-sent batches, not events (see stats::Figures).
-        events_retried: total.retried,
+        events_retried: total.retried_events,
         target_rate,
         achieved_rate,
         current_phase: phase,

@@ -60,6 +60,10 @@ pub struct SendOptions {
     pub producer_id: String,
     /// How long to wait for outstanding acks after the schedule ends.
     pub drain: Duration,
+    /// Close and reopen each stream after this long (when set), so a
+    /// `dns:///` target's new pods receive streams: a long-lived HTTP/2
+    /// stream otherwise stays on the pod it was opened to.
+    pub stream_max_age: Option<Duration>,
 }
 
 /// Shared live figures.
@@ -274,7 +278,11 @@ fn retry_or_fail(
     let phase = batch.phase;
     match retry_after(code, hint, batch.attempts) {
         Some(delay) if batch.attempts < options.max_retries => {
-            lock(figures).update(phase, |f| f.retried += 1);
+            let n = batch.events.len() as u64;
+            lock(figures).update(phase, |f| {
+                f.retried += 1;
+                f.retried_events += n;
+            });
             let tx = retry_tx.clone();
             let mut batch = batch;
             batch.attempts += 1;
@@ -400,15 +408,33 @@ async fn stream_lane(
                 in_flight.insert(batch.seq, batch);
             }
         }
+        let opened_at = Instant::now();
+        let mut sending = Some(req_tx);
+        let mut recycled = false;
         loop {
             if lane_done(&rx, in_flight.len()) {
                 return;
             }
+            if options
+                .stream_max_age
+                .is_some_and(|age| opened_at.elapsed() >= age)
+            {
+                // Half-close: the server acknowledges what it has and ends
+                // the stream; new batches wait for the next stream.
+                sending = None;
+                if in_flight.is_empty() {
+                    recycled = true;
+                    break;
+                }
+            }
             tokio::select! {
-                Some(batch) = rx.recv() => {
-                    let sent = req_tx.send(request(&batch)).await;
+                Some(batch) = rx.recv(), if sending.is_some() => {
+                    let sent = match &sending {
+                        Some(tx) => tx.send(request(&batch)).await.is_ok(),
+                        None => false,
+                    };
                     in_flight.insert(batch.seq, batch);
-                    if sent.is_err() {
+                    if !sent {
                         break;
                     }
                 }
@@ -424,12 +450,20 @@ async fn stream_lane(
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
+        if recycled {
+            tracing::debug!("publish stream recycled");
+            continue;
+        }
         // The stream broke: everything unacknowledged is sent again on the
         // next one (same event ids: the server drops what it already has).
         let mut again: Vec<Batch> = in_flight.into_values().collect();
         again.sort_by_key(|b| b.seq);
         for mut batch in again {
-            lock(&figures).update(batch.phase, |f| f.retried += 1);
+            let n = batch.events.len() as u64;
+            lock(&figures).update(batch.phase, |f| {
+                f.retried += 1;
+                f.retried_events += n;
+            });
             batch.attempts += 1;
             resend.push(batch);
         }

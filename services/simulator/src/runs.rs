@@ -249,6 +249,11 @@ impl Runs {
             max_batch: spec.batch_size,
             producer_id: format!("sim-{id}"),
             drain: config.drain,
+            // Streams to a headless Service are recycled so new pods get load.
+            stream_max_age: spec
+                .target
+                .starts_with("dns:///")
+                .then_some(Duration::from_secs(30)),
         };
         let (devices, seed, prefix, arch_mix) = (
             spec.devices,

@@ -33,6 +33,8 @@ pub struct Figures {
     pub duplicates: u64,
     /// Batches re-sent after a retryable refusal or a broken stream.
     pub retried: u64,
+    /// Events in those re-sent batches.
+    pub retried_events: u64,
     /// Batches given up after the retry limit or a non-retryable error.
     pub failed_batches: u64,
     /// Events in failed batches.
@@ -53,6 +55,7 @@ impl Default for Figures {
             rejected: 0,
             duplicates: 0,
             retried: 0,
+            retried_events: 0,
             failed_batches: 0,
             failed: 0,
             accepted_kinds: [0; 3],

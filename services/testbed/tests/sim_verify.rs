@@ -159,7 +159,8 @@ async fn verify_fails_loudly_when_events_are_dropped() {
 }
 
 /// A `dns:///` target balances over what the name resolves to (here
-/// localhost) and delivers every event.
+/// localhost) and delivers every event, with streams recycled every 300 ms
+/// (cleanly: nothing is re-sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_targets_deliver_every_event() {
     let tb = Testbed::start(&["all"]);
@@ -175,10 +176,12 @@ async fn dns_targets_deliver_every_event() {
             "--rate",
             "200",
             "--duration",
-            "1s",
+            "2s",
             "--verify",
             "--verify-timeout",
             "20s",
+            "--stream-max-age",
+            "300ms",
         ])
         .output()
         .await
@@ -190,7 +193,8 @@ async fn dns_targets_deliver_every_event() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("verify   PASSED: 200 events processed exactly once"),
+        stdout.contains("verify   PASSED: 400 events processed exactly once"),
         "{stdout}"
     );
+    assert!(stdout.contains("retried batches 0"), "{stdout}");
 }
