@@ -371,7 +371,10 @@ async fn stream_lane(
     figures: Shared,
     options: SendOptions,
 ) {
-    let mut client = IngestServiceClient::new(channel);
+    let mut client = IngestServiceClient::new(tower_layer::Layer::layer(
+        &testbed_telemetry::rpc::RpcClientLayer::new(),
+        channel,
+    ));
     let mut backoff = Duration::from_millis(50);
     // Batches to send first on the next stream (unacknowledged on a broken one).
     let mut resend: Vec<Batch> = Vec::new();
@@ -515,7 +518,10 @@ async fn unary_lane(
     figures: Shared,
     options: SendOptions,
 ) {
-    let client = IngestServiceClient::new(channel);
+    let client = IngestServiceClient::new(tower_layer::Layer::layer(
+        &testbed_telemetry::rpc::RpcClientLayer::new(),
+        channel,
+    ));
     let mut calls = tokio::task::JoinSet::new();
     loop {
         if lane_done(&rx, calls.len()) {

@@ -411,6 +411,19 @@ async fn one_trace_links_simulator_ingest_and_worker() {
         chain,
         ("publish batch".to_owned(), "process entry".to_owned())
     );
+    // The client side of the same calls is measured too.
+    wait_for("rpc.client.duration from testbed-sim", || {
+        let got = received.lock().unwrap();
+        got.metrics
+            .iter()
+            .any(|(r, n, v)| {
+                n == "rpc.client.duration"
+                    && *v > 0.0
+                    && attr(r, "service.name").as_deref() == Some("testbed-sim")
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 /// JSON log lines written inside a request carry that request's trace id.
