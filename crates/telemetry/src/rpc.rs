@@ -21,6 +21,64 @@ use opentelemetry::metrics::Histogram;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+/// Bucket boundaries of the RPC duration histograms, in seconds.
+const RPC_BOUNDARIES: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// An RPC duration histogram (`rpc.server.duration` or `rpc.client.duration`).
+fn duration_histogram(name: &'static str, description: &'static str) -> Histogram<f64> {
+    opentelemetry::global::meter("testbed")
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(RPC_BOUNDARIES.to_vec())
+        .build()
+}
+
+/// `package.Service` and `Method` of a gRPC path.
+fn split_path(path: &str) -> (String, String) {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    (service.to_owned(), method.to_owned())
+}
+
+/// The gRPC status code of a response as far as its headers tell (errors
+/// and trailers-only responses carry it there), or `on_error` when the
+/// call failed below gRPC.
+fn status_code<R, E>(result: &Result<http::Response<R>, E>, on_error: i64) -> i64 {
+    match result {
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0),
+        Err(_) => on_error,
+    }
+}
+
+/// Records one call in `histogram` with the semantic-convention attributes.
+fn record(
+    histogram: &Histogram<f64>,
+    started: Instant,
+    service: String,
+    method: String,
+    code: i64,
+) {
+    histogram.record(
+        started.elapsed().as_secs_f64(),
+        &[
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service),
+            KeyValue::new("rpc.method", method),
+            KeyValue::new("rpc.grpc.status_code", code),
+        ],
+    );
+}
+
 /// Adds [`RpcService`] around a gRPC service.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
@@ -36,16 +94,12 @@ impl Default for RpcLayer {
 impl RpcLayer {
     /// A layer recording into the global meter provider.
     pub fn new() -> Self {
-        let duration = opentelemetry::global::meter("testbed")
-            .f64_histogram("rpc.server.duration")
-            .with_unit("s")
-            .with_description("Duration of inbound RPCs, to the response headers")
-            .with_boundaries(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ])
-            .build();
-        Self { duration }
+        Self {
+            duration: duration_histogram(
+                "rpc.server.duration",
+                "Duration of inbound RPCs, to the response headers",
+            ),
+        }
     }
 }
 
@@ -90,11 +144,7 @@ where
         if is_infrastructure(&path) {
             return Box::pin(self.inner.call(request));
         }
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path.as_str(), ""));
-        let (service, method) = (service.to_owned(), method.to_owned());
+        let (service, method) = split_path(&path);
         let span = tracing::info_span!(
             "rpc",
             otel.name = %path.trim_start_matches('/'),
@@ -116,30 +166,14 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .unwrap_or(0),
-                    // A transport-level failure: UNKNOWN.
-                    Err(_) => 2,
-                };
+                // A failure below gRPC: UNKNOWN.
+                let code = status_code(&result, 2);
                 let current = tracing::Span::current();
                 current.record("rpc.grpc.status_code", code);
                 if code != 0 {
                     current.record("otel.status_code", "ERROR");
                 }
-                duration.record(
-                    started.elapsed().as_secs_f64(),
-                    &[
-                        KeyValue::new("rpc.system", "grpc"),
-                        KeyValue::new("rpc.service", service),
-                        KeyValue::new("rpc.method", method),
-                        KeyValue::new("rpc.grpc.status_code", code),
-                    ],
-                );
+                record(&duration, started, service, method, code);
                 result
             }
             .instrument(span),
@@ -180,16 +214,12 @@ impl Default for RpcClientLayer {
 impl RpcClientLayer {
     /// A layer recording into the global meter provider.
     pub fn new() -> Self {
-        let duration = opentelemetry::global::meter("testbed")
-            .f64_histogram("rpc.client.duration")
-            .with_unit("s")
-            .with_description("Duration of outbound RPCs, to the response headers")
-            .with_boundaries(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ])
-            .build();
-        Self { duration }
+        Self {
+            duration: duration_histogram(
+                "rpc.client.duration",
+                "Duration of outbound RPCs, to the response headers",
+            ),
+        }
     }
 }
 
@@ -226,11 +256,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path.as_str(), ""));
-        let (service, method) = (service.to_owned(), method.to_owned());
+        let (service, method) = split_path(&path);
         let span = tracing::info_span!(
             "rpc client",
             otel.name = %path.trim_start_matches('/'),
@@ -247,26 +273,10 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i64>().ok())
-                        .unwrap_or(0),
-                    // Unreachable or broken transport: UNAVAILABLE.
-                    Err(_) => 14,
-                };
+                // Unreachable or broken transport: UNAVAILABLE.
+                let code = status_code(&result, 14);
                 tracing::Span::current().record("rpc.grpc.status_code", code);
-                duration.record(
-                    started.elapsed().as_secs_f64(),
-                    &[
-                        KeyValue::new("rpc.system", "grpc"),
-                        KeyValue::new("rpc.service", service),
-                        KeyValue::new("rpc.method", method),
-                        KeyValue::new("rpc.grpc.status_code", code),
-                    ],
-                );
+                record(&duration, started, service, method, code);
                 result
             }
             .instrument(span),
