@@ -37,7 +37,7 @@ def tool(name: str) -> str:
 class Testbed:
     """A running `testbed` process."""
 
-    def __init__(self, *args: str, grace: str = "5s"):
+    def __init__(self, *args: str, grace: str = "5s", env: dict | None = None):
         self._dir = tempfile.TemporaryDirectory(prefix="testbed-interop-")
         addr_file = pathlib.Path(self._dir.name) / "addr.json"
         self.log = open(pathlib.Path(self._dir.name) / "testbed.log", "w+b")
@@ -45,6 +45,7 @@ class Testbed:
             [str(BIN), *args, "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
              "--addr-file", str(addr_file), "--shutdown-grace", grace],
             stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 30
         while not addr_file.exists():

@@ -10,6 +10,12 @@
 //! - **Metrics**: OpenTelemetry instruments, read both by a Prometheus
 //!   registry served at `GET /metrics` ([`serve_metrics`]) and, when
 //!   configured, by a periodic OTLP exporter: one set of instruments, two ways out.
+//! - **Exemplars**: histograms made with [`ExemplarHistogram`] keep the trace
+//!   id of the latest sampled observation per bucket; `/metrics` shows them
+//!   when the scraper negotiates OpenMetrics (Prometheus does by default;
+//!   it stores them with `--enable-feature=exemplar-storage`). OTLP-pushed
+//!   histograms carry none: opentelemetry_sdk 0.33 does not record exemplars
+//!   (open-telemetry/opentelemetry-rust#3369).
 //!
 //! Configuration uses the standard OpenTelemetry variables, not home-made
 //! ones: `OTEL_EXPORTER_OTLP_ENDPOINT` (and the per-signal
@@ -31,22 +37,30 @@
 //!   stream entries.
 //! - [`rpc`]: the tower layer that traces and measures every RPC.
 //! - [`export`]: exporters that count failures instead of flooding the log.
-//! - [`serve_metrics`]: the Prometheus endpoint.
+//! - [`exemplars`]: histograms that keep exemplars for `/metrics`.
+//! - [`serve_metrics`]: the Prometheus endpoint, classic text or OpenMetrics
+//!   by content negotiation (`openmetrics` renders the latter).
 //!
 //! # Why these crates
 //! `opentelemetry-otlp` (gRPC via tonic, the same tonic as the services),
 //! `tracing-opentelemetry` and `opentelemetry-appender-tracing` are the
 //! OpenTelemetry project's own bridges; `opentelemetry-prometheus` renders
 //! the same instruments in the Prometheus text format that `promtool check
-//! metrics` accepts.
+//! metrics` accepts. The OpenMetrics rendering (with exemplars) is written
+//! here on top of the same gathered families: the `prometheus` crate only
+//! writes the classic format, and `prometheus-client` would mean a second
+//! set of instruments.
 #![forbid(unsafe_code)]
 
+pub mod exemplars;
 pub mod export;
 mod init;
+mod openmetrics;
 pub mod propagation;
 pub mod resource;
 pub mod rpc;
 mod serve;
 
+pub use exemplars::ExemplarHistogram;
 pub use init::{InitError, LogArgs, LogFormat, TelemetryGuard, init};
 pub use serve::serve_metrics;

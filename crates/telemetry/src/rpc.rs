@@ -3,8 +3,10 @@
 //! `package.Service/Method` with `rpc.system=grpc`, `rpc.service`,
 //! `rpc.method` and `rpc.grpc.status_code`, continuing the caller's W3C
 //! trace context; and the `rpc.server.duration` histogram (seconds) with
-//! the same attributes. Health and reflection calls are neither traced nor
-//! measured: probes every few seconds would drown the real traffic.
+//! the same attributes, whose buckets carry the trace id of a recent call as
+//! an exemplar on `/metrics` (see [`crate::exemplars`]). Health and
+//! reflection calls are neither traced nor measured: probes every few
+//! seconds would drown the real traffic.
 //!
 //! The status is read from the response headers (where tonic puts it for
 //! every error and for trailers-only responses); a successful stream's
@@ -17,23 +19,26 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::Histogram;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::exemplars::ExemplarHistogram;
 
 /// Bucket boundaries of the RPC duration histograms, in seconds.
 const RPC_BOUNDARIES: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// An RPC duration histogram (`rpc.server.duration` or `rpc.client.duration`).
-fn duration_histogram(name: &'static str, description: &'static str) -> Histogram<f64> {
-    opentelemetry::global::meter("testbed")
-        .f64_histogram(name)
-        .with_unit("s")
-        .with_description(description)
-        .with_boundaries(RPC_BOUNDARIES.to_vec())
-        .build()
+/// An RPC duration histogram (`rpc.server.duration` or `rpc.client.duration`,
+/// exported as `rpc_{server,client}_duration_seconds`), with exemplars: calls
+/// are recorded inside their span, so each bucket shows a trace of its own.
+fn duration_histogram(name: &'static str, description: &'static str) -> ExemplarHistogram {
+    ExemplarHistogram::seconds(
+        &opentelemetry::global::meter("testbed"),
+        name,
+        description,
+        &RPC_BOUNDARIES,
+    )
 }
 
 /// `package.Service` and `Method` of a gRPC path.
@@ -60,9 +65,10 @@ fn status_code<R, E>(result: &Result<http::Response<R>, E>, on_error: i64) -> i6
     }
 }
 
-/// Records one call in `histogram` with the semantic-convention attributes.
+/// Records one call in `histogram` with the semantic-convention attributes
+/// (inside the call's span, which the exemplar refers to).
 fn record(
-    histogram: &Histogram<f64>,
+    histogram: &ExemplarHistogram,
     started: Instant,
     service: String,
     method: String,
@@ -82,7 +88,7 @@ fn record(
 /// Adds [`RpcService`] around a gRPC service.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
-    duration: Histogram<f64>,
+    duration: ExemplarHistogram,
 }
 
 impl Default for RpcLayer {
@@ -118,7 +124,7 @@ impl<S> tower_layer::Layer<S> for RpcLayer {
 #[derive(Debug, Clone)]
 pub struct RpcService<S> {
     inner: S,
-    duration: Histogram<f64>,
+    duration: ExemplarHistogram,
 }
 
 /// Whether a path is a probe or tooling call that is not traced.
@@ -202,7 +208,7 @@ mod tests {
 /// server side.
 #[derive(Debug, Clone)]
 pub struct RpcClientLayer {
-    duration: Histogram<f64>,
+    duration: ExemplarHistogram,
 }
 
 impl Default for RpcClientLayer {
@@ -238,7 +244,7 @@ impl<S> tower_layer::Layer<S> for RpcClientLayer {
 #[derive(Debug, Clone)]
 pub struct RpcClientService<S> {
     inner: S,
-    duration: Histogram<f64>,
+    duration: ExemplarHistogram,
 }
 
 impl<S, B, R> tower_service::Service<http::Request<B>> for RpcClientService<S>

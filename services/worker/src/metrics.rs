@@ -7,7 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
+use opentelemetry::metrics::{Counter, ObservableGauge};
+use testbed_telemetry::ExemplarHistogram;
 
 use crate::control::LocalControl;
 
@@ -37,8 +38,10 @@ pub struct WorkerMetrics {
     pub already_acked: Counter<u64>,
     /// `pipeline_e2e_latency_seconds`: append to applied, on this worker's
     /// clock, one observation per entry (the query API's figures, weighted
-    /// by events and on Redis' clock, are the exact ones).
-    pub e2e: Histogram<f64>,
+    /// by events and on Redis' clock, are the exact ones). Recorded inside
+    /// the entry's "process entry" span, which continues the ingest trace,
+    /// so its exemplars on `/metrics` lead from a slow bucket to the trace.
+    pub e2e: ExemplarHistogram,
     /// Latest per-partition figures, read by the gauges.
     pub partitions: Arc<Mutex<Vec<PartitionGauge>>>,
     _gauges: Arc<Vec<ObservableGauge<f64>>>,
@@ -117,15 +120,15 @@ impl WorkerMetrics {
                 "worker.entries.already_acked",
                 "Entries found already acknowledged by another consumer",
             ),
-            e2e: meter
-                .f64_histogram("pipeline.e2e.latency")
-                .with_unit("s")
-                .with_description("Time from append to aggregates applied")
-                .with_boundaries(vec![
+            e2e: ExemplarHistogram::seconds(
+                &meter,
+                "pipeline.e2e.latency",
+                "Time from append to aggregates applied",
+                &[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0,
-                ])
-                .build(),
+                ],
+            ),
             partitions,
             _gauges: Arc::new(gauges),
         };

@@ -18,6 +18,8 @@ pub struct Testbed {
     child: Child,
     /// The bound gRPC address, read from `--addr-file`.
     pub addr: SocketAddr,
+    /// The bound `/metrics` address, from the same file.
+    pub metrics_addr: SocketAddr,
     addr_file: PathBuf,
 }
 
@@ -52,14 +54,18 @@ impl Testbed {
             .spawn()
             .expect("spawn testbed");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
+        let (addr, metrics_addr) = loop {
             if let Ok(text) = std::fs::read_to_string(&addr_file) {
-                let addr = text
-                    .trim()
-                    .strip_prefix("{\"grpc\":\"")
-                    .and_then(|s| s.split('"').next())
-                    .expect("addr file format");
-                break addr.parse().unwrap();
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).expect("addr file format");
+                let addr = |key: &str| -> SocketAddr {
+                    json[key]
+                        .as_str()
+                        .expect("addr file format")
+                        .parse()
+                        .unwrap()
+                };
+                break (addr("grpc"), addr("metrics"));
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("testbed exited before listening: {status}");
@@ -73,6 +79,7 @@ impl Testbed {
         Self {
             child,
             addr,
+            metrics_addr,
             addr_file,
         }
     }
