@@ -18,8 +18,9 @@ use crate::{StoreArgs, StoreError};
 /// - `append` is atomic per partition: the events not already in the
 ///   partition's dedupe window become one entry, or nothing changes.
 /// - An entry read by a consumer stays pending until `apply` or
-///   `dead_letter` acks it; `apply` writes its aggregates and acks in one
-///   atomic step, and does nothing for an entry already acked.
+///   `dead_letter` acks it; `apply` writes the aggregates of a batch of
+///   entries and acks them in one atomic step, and does nothing at all if
+///   one of them was already acked.
 /// - `claim_stale` hands entries pending longer than `min_idle` (their
 ///   consumer died) to another consumer, counting deliveries.
 /// - `trim` removes only entries the group has acknowledged.
@@ -70,11 +71,13 @@ pub trait EventLog: Send + Sync {
         count: usize,
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
 
-    /// Applies `ops`, counts `events` processed, and acks `entry`, in one
-    /// atomic step; nothing happens if `entry` was already acked.
+    /// Applies `ops`, counts `events` processed, and acks `entries` (all of
+    /// `partition`), in one atomic step. If any of them was already acked,
+    /// nothing happens and the outcome names them.
     fn apply(
         &self,
-        entry: &Entry,
+        partition: u32,
+        entries: &[Entry],
         events: u64,
         ops: &Ops,
     ) -> impl Future<Output = Result<ApplyOutcome, StoreError>> + Send;
@@ -260,11 +263,12 @@ impl EventLog for AnyLog {
 
     async fn apply(
         &self,
-        entry: &Entry,
+        partition: u32,
+        entries: &[Entry],
         events: u64,
         ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
-        delegate!(self, log => log.apply(entry, events, ops))
+        delegate!(self, log => log.apply(partition, entries, events, ops))
     }
 
     async fn dead_letter(

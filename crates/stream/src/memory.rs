@@ -368,15 +368,29 @@ impl EventLog for MemoryLog {
 
     async fn apply(
         &self,
-        entry: &Entry,
+        partition: u32,
+        entries: &[Entry],
         events: u64,
         ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
-        let id = parse_id(&entry.id)
-            .ok_or_else(|| StoreError::Protocol(format!("bad id {}", entry.id)))?;
-        let mut part = self.part(entry.partition)?;
-        if part.pending.remove(&id).is_none() {
-            return Ok(ApplyOutcome::AlreadyAcked);
+        let ids = entries
+            .iter()
+            .map(|e| {
+                parse_id(&e.id).ok_or_else(|| StoreError::Protocol(format!("bad id {}", e.id)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut part = self.part(partition)?;
+        let missing: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !part.pending.contains_key(id))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            return Ok(ApplyOutcome::NotPending(missing));
+        }
+        for id in &ids {
+            part.pending.remove(id);
         }
         part.figures.processed += events;
         // The kv lock is taken under the partition lock: apply and ack are
@@ -385,10 +399,11 @@ impl EventLog for MemoryLog {
         for op in &ops.ops {
             kv.apply(&ops.keys, op);
         }
-        let latency = now_ms().saturating_sub(entry.appended_ms());
-        let bucket = latency_bucket(latency).to_string();
-        for &(key, weight) in &ops.e2e {
-            kv.apply(&ops.keys, &Op::HashIncr(key, bucket.clone(), weight as i64));
+        let now = now_ms();
+        for &(key, entry, weight) in &ops.e2e {
+            let appended = entries.get(entry as usize).map_or(now, Entry::appended_ms);
+            let bucket = latency_bucket(now.saturating_sub(appended)).to_string();
+            kv.apply(&ops.keys, &Op::HashIncr(key, bucket, weight as i64));
         }
         Ok(ApplyOutcome::Applied)
     }
@@ -404,7 +419,7 @@ impl EventLog for MemoryLog {
             .ok_or_else(|| StoreError::Protocol(format!("bad id {}", entry.id)))?;
         let mut part = self.part(entry.partition)?;
         if part.pending.remove(&id).is_none() {
-            return Ok(ApplyOutcome::AlreadyAcked);
+            return Ok(ApplyOutcome::NotPending(vec![0]));
         }
         part.figures.dead_lettered += events;
         let mut kv = self.kv();

@@ -99,16 +99,17 @@ pub fn entry_ms(id: &str) -> u64 {
 }
 
 /// Whether an apply changed anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// The entry was pending; its aggregates were applied and it was acked,
-    /// in one atomic step.
+    /// Every entry was pending; their aggregates were applied and they were
+    /// acked, in one atomic step.
     Applied,
-    /// The entry had already been acked (by this or another consumer):
-    /// nothing was applied, so nothing is counted twice.
-    AlreadyAcked,
+    /// These entries (indexes into the batch) had already been acked, by
+    /// this or another consumer, so nothing at all was applied: the caller
+    /// folds the other entries again without them, and nothing is counted
+    /// twice.
+    NotPending(Vec<usize>),
 }
-
 /// Pipeline counters of one partition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionFigures {
@@ -160,17 +161,19 @@ pub enum Op {
     Expire(u16, u64),
 }
 
-/// The aggregate writes of one entry, applied atomically with its ack.
+/// The aggregate writes of a batch of entries of one partition, applied
+/// atomically with their acks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ops {
     /// Distinct keys, all of the entry's partition.
     pub keys: Vec<String>,
     /// The writes, in order.
     pub ops: Vec<Op>,
-    /// End-to-end latency histogram keys and the number of events to count
-    /// in each: the backend measures append -> apply once, on its own clock
-    /// (Redis `TIME`), and increments that bucket in every key.
-    pub e2e: Vec<(u16, u64)>,
+    /// End-to-end latency histogram increments: (key, entry index in the
+    /// batch, events to count). The backend measures each entry's append ->
+    /// apply time on its own clock (Redis `TIME`) and increments that
+    /// bucket.
+    pub e2e: Vec<(u16, u32, u64)>,
     index: HashMap<String, u16>,
 }
 

@@ -114,6 +114,8 @@ conformance!(
     dead_letter_acks_and_counts,
     trim_keeps_unacknowledged_entries,
     e2e_latency_is_recorded,
+    batch_apply_is_all_or_nothing,
+    merges_agree_across_backends,
 );
 
 async fn append_read_apply_counts_once<F, Fut>(make: F)
@@ -172,12 +174,16 @@ where
 
     let ops = counter_ops(log, 1, "n", 3);
     assert_eq!(
-        log.apply(entry, 3, &ops).await.unwrap(),
+        log.apply(entry.partition, std::slice::from_ref(entry), 3, &ops)
+            .await
+            .unwrap(),
         ApplyOutcome::Applied
     );
     assert_eq!(
-        log.apply(entry, 3, &ops).await.unwrap(),
-        ApplyOutcome::AlreadyAcked
+        log.apply(entry.partition, std::slice::from_ref(entry), 3, &ops)
+            .await
+            .unwrap(),
+        ApplyOutcome::NotPending(vec![0])
     );
     let figures = log.figures(1).await.unwrap();
     assert_eq!(
@@ -281,13 +287,22 @@ where
 
     let ops = counter_ops(log, 0, "n", 2);
     assert_eq!(
-        log.apply(&claimed[0], 2, &ops).await.unwrap(),
+        log.apply(
+            claimed[0].partition,
+            std::slice::from_ref(&claimed[0]),
+            2,
+            &ops
+        )
+        .await
+        .unwrap(),
         ApplyOutcome::Applied
     );
     // The original consumer wakes up and tries to apply too: nothing happens.
     assert_eq!(
-        log.apply(&taken[0], 2, &ops).await.unwrap(),
-        ApplyOutcome::AlreadyAcked
+        log.apply(taken[0].partition, std::slice::from_ref(&taken[0]), 2, &ops)
+            .await
+            .unwrap(),
+        ApplyOutcome::NotPending(vec![0])
     );
     assert_eq!(log.figures(0).await.unwrap().processed, 2);
     assert!(counters(log, 0).await.contains(&("n".into(), "2".into())));
@@ -317,12 +332,14 @@ where
         log.dead_letter(&read[0], 3, "again", &Ops::default())
             .await
             .unwrap(),
-        ApplyOutcome::AlreadyAcked
+        ApplyOutcome::NotPending(vec![0])
     );
     let ops = counter_ops(log, 0, "n", 3);
     assert_eq!(
-        log.apply(&read[0], 3, &ops).await.unwrap(),
-        ApplyOutcome::AlreadyAcked
+        log.apply(read[0].partition, std::slice::from_ref(&read[0]), 3, &ops)
+            .await
+            .unwrap(),
+        ApplyOutcome::NotPending(vec![0])
     );
     let figures = log.figures(0).await.unwrap();
     assert_eq!(
@@ -356,7 +373,9 @@ where
     assert_eq!(rest.len(), 299);
     let ops = Ops::default();
     for entry in &rest {
-        log.apply(entry, 1, &ops).await.unwrap();
+        log.apply(entry.partition, std::slice::from_ref(entry), 1, &ops)
+            .await
+            .unwrap();
     }
     // The first entry is still pending: nothing at or after it may go.
     log.trim(0).await.unwrap();
@@ -366,7 +385,14 @@ where
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].events, first[0].events);
-    log.apply(&claimed[0], 1, &ops).await.unwrap();
+    log.apply(
+        claimed[0].partition,
+        std::slice::from_ref(&claimed[0]),
+        1,
+        &ops,
+    )
+    .await
+    .unwrap();
     // Now everything is acked and may be trimmed; new appends still flow.
     log.trim(0).await.unwrap();
     log.append(0, &meta, &events(&["late"])).await.unwrap();
@@ -395,8 +421,10 @@ where
         .unwrap();
     let mut ops = Ops::default();
     let key = ops.key(log.keys().e2e(0, 1));
-    ops.e2e = vec![(key, 4)];
-    log.apply(&read[0], 4, &ops).await.unwrap();
+    ops.e2e = vec![(key, 0, 4)];
+    log.apply(read[0].partition, std::slice::from_ref(&read[0]), 4, &ops)
+        .await
+        .unwrap();
     let histogram = log
         .read_hashes(&[log.keys().e2e(0, 1)])
         .await
@@ -428,12 +456,16 @@ async fn redis_cluster_backend_keeps_the_semantics() {
         assert_eq!(read.len(), 1);
         let ops = counter_ops(log, p, "n", 2);
         assert_eq!(
-            log.apply(&read[0], 2, &ops).await.unwrap(),
+            log.apply(read[0].partition, std::slice::from_ref(&read[0]), 2, &ops)
+                .await
+                .unwrap(),
             ApplyOutcome::Applied
         );
         assert_eq!(
-            log.apply(&read[0], 2, &ops).await.unwrap(),
-            ApplyOutcome::AlreadyAcked
+            log.apply(read[0].partition, std::slice::from_ref(&read[0]), 2, &ops)
+                .await
+                .unwrap(),
+            ApplyOutcome::NotPending(vec![0])
         );
         assert!(counters(log, p).await.contains(&("n".into(), "2".into())));
         let f = log.figures(p).await.unwrap();
@@ -542,7 +574,7 @@ async fn run_ledgers_count_duplicates_and_dead_letters() {
         );
         assert_eq!(
             log.dead_letter(&read[0], 2, "poison", &ops).await.unwrap(),
-            ApplyOutcome::AlreadyAcked
+            ApplyOutcome::NotPending(vec![0])
         );
         let ledger = log
             .read_hashes(&[log.keys().run(0, "r1")])
@@ -558,4 +590,132 @@ async fn run_ledgers_count_duplicates_and_dead_letters() {
         );
         assert_eq!(log.figures(0).await.unwrap().dead_lettered, 2);
     }
+}
+
+/// A batch of entries is applied and acked as one step; if one of them was
+/// already acked, nothing of the batch is applied, and the outcome names it.
+async fn batch_apply_is_all_or_nothing<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    for id in ["a", "b", "c"] {
+        log.append(0, &EntryMeta::default(), &events(&[id]))
+            .await
+            .unwrap();
+    }
+    let read = log
+        .read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 3);
+    // The middle entry is acked on its own first (as if another consumer
+    // claimed and applied it).
+    let ops = counter_ops(log, 0, "n", 1);
+    assert_eq!(
+        log.apply(0, &read[1..2], 1, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let ops = counter_ops(log, 0, "n", 3);
+    assert_eq!(
+        log.apply(0, &read, 3, &ops).await.unwrap(),
+        ApplyOutcome::NotPending(vec![1])
+    );
+    // Nothing of the refused batch happened: still two pending, n = 1.
+    assert_eq!(log.pending(0).await.unwrap().entries, 2);
+    assert!(counters(log, 0).await.contains(&("n".into(), "1".into())));
+    // The rest, folded again without the acked entry.
+    let rest = [read[0].clone(), read[2].clone()];
+    let mut ops = counter_ops(log, 0, "n", 2);
+    let key = ops.key(log.keys().e2e(0, 1));
+    ops.e2e = vec![(key, 0, 1), (key, 1, 1)];
+    assert_eq!(
+        log.apply(0, &rest, 2, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(log.pending(0).await.unwrap().entries, 0);
+    assert!(counters(log, 0).await.contains(&("n".into(), "3".into())));
+    let figures = log.figures(0).await.unwrap();
+    assert_eq!((figures.processed, figures.backlog()), (3, 0));
+    let histogram = log
+        .read_hashes(&[log.keys().e2e(0, 1)])
+        .await
+        .unwrap()
+        .remove(0);
+    let total: u64 = histogram
+        .iter()
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 2, "{histogram:?}");
+}
+
+/// Every kind of write, including one field written twice in a batch and
+/// a large hash, gives the same values on every backend.
+async fn merges_agree_across_backends<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    log.append(0, &EntryMeta::default(), &events(&["a"]))
+        .await
+        .unwrap();
+    log.append(0, &EntryMeta::default(), &events(&["b"]))
+        .await
+        .unwrap();
+    let read = log
+        .read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let hash = log.keys().aggregate(0, "test:merge");
+    let zset = log.keys().aggregate(0, "test:top");
+    let mut ops = Ops::default();
+    let h = ops.key(hash.clone());
+    let z = ops.key(zset.clone());
+    ops.push(Op::HashIncr(h, "n".into(), 2));
+    ops.push(Op::HashIncr(h, "n".into(), 3));
+    ops.push(Op::HashIncrFloat(h, "sum".into(), 0.25));
+    ops.push(Op::HashIncrFloat(h, "sum".into(), 0.5));
+    ops.push(Op::HashMin(h, "min".into(), 4.5));
+    ops.push(Op::HashMin(h, "min".into(), 2.5));
+    ops.push(Op::HashMax(h, "max".into(), 1.5));
+    ops.push(Op::HashMax(h, "max".into(), 9.0));
+    ops.push(Op::HashSet(h, "unit".into(), "W".into()));
+    ops.push(Op::HashIncr(h, "big".into(), 1 << 40));
+    // More writes to one key than one script group takes.
+    for i in 0..2500 {
+        ops.push(Op::HashIncr(h, format!("f{i}"), i));
+    }
+    ops.push(Op::ZIncr(z, "d1".into(), 1.5));
+    ops.push(Op::ZIncr(z, "d1".into(), 2.0));
+    ops.push(Op::ZMax(z, "d2".into(), 7.0));
+    ops.push(Op::ZMax(z, "d2".into(), 5.0));
+    ops.push(Op::Expire(h, 600));
+    ops.push(Op::Expire(z, 600));
+    assert_eq!(
+        log.apply(0, &read, 2, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    let fields: std::collections::HashMap<String, String> = log
+        .read_hashes(&[hash])
+        .await
+        .unwrap()
+        .remove(0)
+        .into_iter()
+        .collect();
+    assert_eq!(fields["n"], "5");
+    assert_eq!(fields["sum"].parse::<f64>().unwrap(), 0.75);
+    assert_eq!(fields["min"].parse::<f64>().unwrap(), 2.5);
+    assert_eq!(fields["max"].parse::<f64>().unwrap(), 9.0);
+    assert_eq!(fields["unit"], "W");
+    assert_eq!(fields["big"], (1i64 << 40).to_string());
+    assert_eq!(fields["f2499"], "2499");
+    assert_eq!(fields.len(), 2506);
+    assert_eq!(
+        log.read_zset(&zset).await.unwrap(),
+        vec![("d1".to_owned(), 3.5), ("d2".to_owned(), 7.0)]
+    );
 }

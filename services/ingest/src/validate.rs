@@ -38,6 +38,10 @@ pub fn check_id(field: &str, value: &str, required: bool) -> Result<(), Violatio
             format!("must be at most 128 characters, got {}", value.len()),
         ));
     }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+    if value.bytes().all(allowed) {
+        return Ok(());
+    }
     if let Some(bad) = value
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
@@ -50,13 +54,15 @@ pub fn check_id(field: &str, value: &str, required: bool) -> Result<(), Violatio
     Ok(())
 }
 
-fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Violation> {
-    let len = value.chars().count();
+/// `Err(reason)` unless `value` has `min..=max` characters.
+fn check_text(value: &str, min: usize, max: usize) -> Result<(), String> {
+    let len = if value.is_ascii() {
+        value.len()
+    } else {
+        value.chars().count()
+    };
     if len < min || len > max {
-        return Err(violation(
-            field,
-            format!("must be {min}..{max} characters, got {len}"),
-        ));
+        return Err(format!("must be {min}..{max} characters, got {len}"));
     }
     Ok(())
 }
@@ -115,18 +121,11 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
         ));
     }
     for (key, value) in &event.labels {
-        check_text(
-            &format!("labels[{key:?}]"),
-            key,
-            1,
-            config.max_label_key_len,
-        )?;
-        check_text(
-            &format!("labels[{key:?}]"),
-            value,
-            0,
-            config.max_label_value_len,
-        )?;
+        // The field name is only formatted for a violation (hot path).
+        check_text(key, 1, config.max_label_key_len)
+            .map_err(|reason| violation(format!("labels[{key:?}]"), reason))?;
+        check_text(value, 0, config.max_label_value_len)
+            .map_err(|reason| violation(format!("labels[{key:?}]"), reason))?;
     }
 
     match &event.payload {
@@ -156,8 +155,10 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
             Ok(())
         }
         Some(Payload::Tokens(tokens)) => {
-            check_text("tokens.model", &tokens.model, 1, 128)?;
-            check_text("tokens.tenant", &tokens.tenant, 1, 128)?;
+            check_text(&tokens.model, 1, 128)
+                .map_err(|reason| violation("tokens.model", reason))?;
+            check_text(&tokens.tenant, 1, 128)
+                .map_err(|reason| violation("tokens.tenant", reason))?;
             if let Some(latency) = &tokens.latency
                 && (latency.seconds < 0 || latency.nanos < 0 || latency.nanos >= 1_000_000_000)
             {
@@ -169,9 +170,9 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
             Ok(())
         }
         Some(Payload::Metric(metric)) => {
-            check_text("metric.name", &metric.name, 1, 128)?;
+            check_text(&metric.name, 1, 128).map_err(|reason| violation("metric.name", reason))?;
             check_finite("metric.value", metric.value)?;
-            check_text("metric.unit", &metric.unit, 0, 32)
+            check_text(&metric.unit, 0, 32).map_err(|reason| violation("metric.unit", reason))
         }
     }
 }

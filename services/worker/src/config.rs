@@ -24,15 +24,32 @@ pub struct WorkerConfig {
     #[arg(long, env = "TESTBED_CONSUMER_NAME")]
     pub consumer_name: Option<String>,
 
-    /// Entries applied at once by this worker, across partitions.
+    /// Batches applied at once by this worker, across partitions.
     #[arg(long, env = "TESTBED_WORKER_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
 
     /// Entries read per partition per read.
-    #[arg(long, env = "TESTBED_READ_COUNT", default_value_t = 64,
+    #[arg(long, env = "TESTBED_READ_COUNT", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub read_count: u32,
+
+    /// Most events folded into one atomic apply. Entries read together are
+    /// applied together (one script, one ack for all), so the store's cost
+    /// is per distinct key rather than per event; this bounds how long one
+    /// apply holds Redis.
+    #[arg(long, env = "TESTBED_APPLY_MAX_EVENTS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub apply_max_events: u64,
+
+    /// After a read finds entries, how long to keep gathering more before
+    /// applying (up to `--read-count` entries and `--apply-max-events`
+    /// events): the longer, the more events each write carries, which
+    /// bounds the store's cost whatever the rate, at the price of this much
+    /// end-to-end latency. 0 applies what each read returns at once.
+    #[arg(long, env = "TESTBED_APPLY_LINGER", default_value = "50ms",
+          value_parser = humantime::parse_duration)]
+    pub apply_linger: Duration,
 
     /// How long a read waits for new entries before looking again.
     #[arg(long, env = "TESTBED_READ_BLOCK", default_value = "500ms",
@@ -78,7 +95,9 @@ impl Default for WorkerConfig {
         Self {
             consumer_name: None,
             concurrency: 4,
-            read_count: 64,
+            read_count: 256,
+            apply_max_events: 20_000,
+            apply_linger: Duration::from_millis(50),
             read_block: Duration::from_millis(500),
             claim_idle: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(5),
@@ -129,6 +148,9 @@ mod tests {
         let parsed = Cli::try_parse_from(["x"]).unwrap().worker;
         let d = WorkerConfig::default();
         assert_eq!(parsed.concurrency, d.concurrency);
+        assert_eq!(parsed.read_count, d.read_count);
+        assert_eq!(parsed.apply_max_events, d.apply_max_events);
+        assert_eq!(parsed.apply_linger, d.apply_linger);
         assert_eq!(parsed.read_block, d.read_block);
         assert_eq!(parsed.claim_idle, d.claim_idle);
         assert_eq!(parsed.max_deliveries, d.max_deliveries);

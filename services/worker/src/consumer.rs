@@ -17,7 +17,6 @@ use tracing::Instrument as _;
 
 use crate::control::LocalControl;
 use crate::control::faults::{expired, matches, sample_delay};
-use crate::fold::fold;
 use crate::metrics::WorkerMetrics;
 use crate::{QueueTraceMode, WorkerConfig};
 
@@ -125,23 +124,15 @@ impl Consumer {
                     _ = paused.changed() => continue,
                 }
             }
-            let read = tokio::select! {
-                () = shutdown.cancelled() => break,
-                read = self.log.read(
-                    partition,
-                    &self.name,
-                    self.config.read_count as usize,
-                    self.config.read_block,
-                ) => read,
+            let Some(read) = self.read_batch(partition, &shutdown).await else {
+                break;
             };
             match read {
                 Ok(entries) => {
                     failures = 0;
-                    for entry in entries {
-                        // Entries already read are finished even during
-                        // shutdown: they are ours until acked.
-                        self.process(entry).await;
-                    }
+                    // Entries already read are finished even during
+                    // shutdown: they are ours until acked.
+                    self.process(partition, entries).await;
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -156,6 +147,49 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// One read, then, if it found entries, more for up to
+    /// `--apply-linger` (or until shutdown), so that one apply carries more
+    /// events. `None` when shutdown came first.
+    async fn read_batch(
+        &self,
+        partition: u32,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Vec<Entry>, StoreError>> {
+        let count = self.config.read_count as usize;
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            read = self.log.read(partition, &self.name, count, self.config.read_block) => read,
+        };
+        let mut entries = match first {
+            Ok(entries) if !entries.is_empty() && !self.config.apply_linger.is_zero() => entries,
+            other => return Some(other),
+        };
+        // Gather for the linger, then take what arrived meanwhile in one
+        // more read (cheaper for the store than a read per new entry).
+        tokio::select! {
+            () = shutdown.cancelled() => return Some(Ok(entries)),
+            () = tokio::time::sleep(self.config.apply_linger) => {}
+        }
+        let events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
+        if entries.len() < count && events < self.config.apply_max_events {
+            // What was read is ours whatever happens: a failed read here is
+            // reported by the next one.
+            if let Ok(more) = self
+                .log
+                .read(
+                    partition,
+                    &self.name,
+                    count - entries.len(),
+                    Duration::from_millis(1),
+                )
+                .await
+            {
+                entries.extend(more);
+            }
+        }
+        Some(Ok(entries))
     }
 
     async fn maintenance_loop(self, shutdown: CancellationToken) {
@@ -193,9 +227,7 @@ impl Consumer {
                 if !entries.is_empty() {
                     tracing::info!(partition, entries = entries.len(), "claimed stale entries");
                 }
-                for entry in entries {
-                    self.process(entry).await;
-                }
+                self.process(partition, entries).await;
             }
             Err(err) => tracing::warn!(partition, error = %err, "claiming stale entries failed"),
         }
@@ -242,12 +274,186 @@ impl Consumer {
         fail
     }
 
-    /// Applies one entry (or dead-letters it). Store errors are retried
-    /// with backoff a few times; past that the entry stays pending and is
-    /// claimed later, so nothing is lost.
-    pub async fn process(&self, entry: Entry) {
-        let span = self.entry_span(&entry);
-        self.process_in_span(entry).instrument(span).await;
+    /// Processes entries read together from `partition`: poison entries
+    /// are dead-lettered one by one, entries an injected fault fails stay
+    /// pending, and the rest are folded and applied together, in batches
+    /// of at most `--apply-max-events` events, each one atomic step.
+    pub async fn process(&self, partition: u32, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(_permit) = self.local.permits().acquire().await else {
+            return;
+        };
+        let mut batch: Vec<Decoded> = Vec::new();
+        let mut batch_events = 0u64;
+        for entry in entries {
+            let span = self.entry_span(&entry);
+            let Some(decoded) = self.prepare(entry).instrument(span.clone()).await else {
+                continue;
+            };
+            batch_events += decoded.events.len() as u64;
+            batch.push(Decoded { span, ..decoded });
+            if batch_events >= self.config.apply_max_events {
+                self.apply_batch(partition, std::mem::take(&mut batch))
+                    .await;
+                batch_events = 0;
+            }
+        }
+        self.apply_batch(partition, batch).await;
+    }
+
+    /// Decodes `entry`; dead-letters it if it is poison, and leaves it
+    /// pending if an injected fault fails it. `Some` when it is to be applied.
+    async fn prepare(&self, entry: Entry) -> Option<Decoded> {
+        let events = entry.events.len() as u64;
+        let decoded: Result<Vec<Event>, String> = entry
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                Event::decode(bytes.as_slice()).map_err(|e| format!("undecodable event {i}: {e}"))
+            })
+            .collect();
+        let poison = match (&decoded, entry.events.is_empty()) {
+            (Err(reason), _) => Some(reason.clone()),
+            (Ok(_), true) => Some("entry has no events".to_owned()),
+            _ if entry.deliveries > self.config.max_deliveries => Some(format!(
+                "delivered {} times, over --max-deliveries {}",
+                entry.deliveries, self.config.max_deliveries
+            )),
+            _ => None,
+        };
+        if let Some(reason) = poison {
+            self.dead_letter(&entry, decoded.as_deref().ok(), &reason)
+                .await;
+            return None;
+        }
+        let decoded = decoded.ok()?;
+        if self.injected_failure(&decoded).await {
+            // Left pending on purpose: claimed again after --claim-idle and
+            // dead-lettered past --max-deliveries, like a real failure.
+            self.figures.fault_failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.retried.add(events, &[]);
+            return None;
+        }
+        Some(Decoded {
+            entry,
+            events: decoded,
+            span: tracing::Span::none(),
+        })
+    }
+
+    /// Dead-letters `entry` (its decoded `events`, when decodable, also
+    /// count in their runs' ledgers).
+    async fn dead_letter(&self, entry: &Entry, events: Option<&[Event]>, reason: &str) {
+        let count = entry.events.len() as u64;
+        let ops = match events {
+            Some(events) => {
+                crate::fold::dead_letter_ops(entry, events, self.log.keys(), self.log.retention())
+            }
+            None => Ops::default(),
+        };
+        let dead = || async { self.log.dead_letter(entry, count, reason, &ops).await };
+        match dead.retry(store_retry()).await {
+            Ok(ApplyOutcome::Applied) => {
+                tracing::warn!(entry = %entry.id, partition = entry.partition, %reason, "dead-lettered");
+                self.figures
+                    .dead_lettered
+                    .fetch_add(count, Ordering::Relaxed);
+                self.metrics.dead_lettered.add(count, &[]);
+            }
+            Ok(ApplyOutcome::NotPending(_)) => {}
+            Err(err) => {
+                tracing::warn!(entry = %entry.id, error = %err, "dead-letter failed; entry stays pending")
+            }
+        }
+    }
+
+    /// Folds `batch` and applies it in one atomic step. Entries found
+    /// already acked (another consumer claimed and applied them) leave the
+    /// batch and the rest is folded again, so nothing counts twice. Store
+    /// errors are retried with backoff a few times; past that the entries
+    /// stay pending and are claimed later, so nothing is lost.
+    async fn apply_batch(&self, partition: u32, mut batch: Vec<Decoded>) {
+        while !batch.is_empty() {
+            let entries: Vec<Entry> = batch.iter().map(|d| d.entry.clone()).collect();
+            let events: u64 = batch.iter().map(|d| d.events.len() as u64).sum();
+            let mut folder =
+                crate::fold::Folder::new(partition, self.log.keys(), self.log.retention());
+            for (i, d) in batch.iter().enumerate() {
+                folder.add(i as u32, &d.entry, &d.events);
+            }
+            let ops = folder.finish();
+            let span = self.apply_span(&batch, events);
+            let apply = || async { self.log.apply(partition, &entries, events, &ops).await };
+            let outcome = apply.retry(store_retry()).instrument(span).await;
+            match outcome {
+                Ok(ApplyOutcome::Applied) => {
+                    self.figures.processed.fetch_add(events, Ordering::Relaxed);
+                    self.metrics.processed.add(events, &[]);
+                    let now_ms = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    for d in &batch {
+                        let latency = now_ms.saturating_sub(d.entry.appended_ms()) as f64 / 1000.0;
+                        // One observation per entry: its events share the
+                        // append time. Recorded in the entry's span, so an
+                        // exemplar points at the entry's trace.
+                        d.span.in_scope(|| self.metrics.e2e.record(latency, &[]));
+                    }
+                    return;
+                }
+                Ok(ApplyOutcome::NotPending(gone)) => {
+                    self.figures
+                        .already_acked
+                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                    self.metrics.already_acked.add(gone.len() as u64, &[]);
+                    tracing::debug!(
+                        partition,
+                        entries = gone.len(),
+                        "already acked by another consumer"
+                    );
+                    let mut i = 0;
+                    batch.retain(|_| {
+                        i += 1;
+                        !gone.contains(&(i - 1))
+                    });
+                }
+                Err(err) => {
+                    self.metrics.retried.add(events, &[]);
+                    tracing::warn!(partition, entries = batch.len(), error = %err, "apply failed; entries stay pending");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The span of one batch apply: linked to every entry's processing
+    /// span; in `parent` mode a batch of one entry is its child, so a
+    /// lightly loaded pipeline shows one unbroken trace.
+    fn apply_span(&self, batch: &[Decoded], events: u64) -> tracing::Span {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let parent = match (self.config.queue_trace_mode, batch) {
+            (QueueTraceMode::Parent, [one]) => one.span.id(),
+            _ => None,
+        };
+        let span = tracing::info_span!(
+            parent: parent,
+            "apply batch",
+            otel.kind = "internal",
+            messaging.system = "redis",
+            messaging.batch.message_count = batch.len(),
+            testbed.events = events,
+        );
+        for d in batch {
+            let context = d.span.context().span().span_context().clone();
+            if context.is_valid() {
+                span.add_link(context);
+            }
+        }
+        span
     }
 
     /// The processing span of `entry`, continuing (or linking to) the
@@ -278,90 +484,20 @@ impl Consumer {
         }
         span
     }
+}
 
-    async fn process_in_span(&self, entry: Entry) {
-        let Ok(_permit) = self.local.permits().acquire().await else {
-            return;
-        };
-        let events = entry.events.len() as u64;
-        let decoded: Result<Vec<Event>, String> = entry
-            .events
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                Event::decode(bytes.as_slice()).map_err(|e| format!("undecodable event {i}: {e}"))
-            })
-            .collect();
-        let poison = match (&decoded, entry.events.is_empty()) {
-            (Err(reason), _) => Some(reason.clone()),
-            (Ok(_), true) => Some("entry has no events".to_owned()),
-            _ if entry.deliveries > self.config.max_deliveries => Some(format!(
-                "delivered {} times, over --max-deliveries {}",
-                entry.deliveries, self.config.max_deliveries
-            )),
-            _ => None,
-        };
-        let retry = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(1))
-            .with_max_times(5);
-        if let Some(reason) = poison {
-            // Decodable entries also count in their runs' ledgers.
-            let ops = match &decoded {
-                Ok(events) => crate::fold::dead_letter_ops(
-                    &entry,
-                    events,
-                    self.log.keys(),
-                    self.log.retention(),
-                ),
-                Err(_) => Ops::default(),
-            };
-            let dead = || async { self.log.dead_letter(&entry, events, &reason, &ops).await };
-            match dead.retry(retry).await {
-                Ok(ApplyOutcome::Applied) => {
-                    tracing::warn!(entry = %entry.id, partition = entry.partition, %reason, "dead-lettered");
-                    self.figures
-                        .dead_lettered
-                        .fetch_add(events, Ordering::Relaxed);
-                    self.metrics.dead_lettered.add(events, &[]);
-                }
-                Ok(ApplyOutcome::AlreadyAcked) => {}
-                Err(err) => {
-                    tracing::warn!(entry = %entry.id, error = %err, "dead-letter failed; entry stays pending")
-                }
-            }
-            return;
-        }
-        let Ok(decoded) = decoded else { return };
-        if self.injected_failure(&decoded).await {
-            // Left pending on purpose: claimed again after --claim-idle and
-            // dead-lettered past --max-deliveries, like a real failure.
-            self.figures.fault_failures.fetch_add(1, Ordering::Relaxed);
-            self.metrics.retried.add(events, &[]);
-            return;
-        }
-        let ops = fold(&entry, &decoded, self.log.keys(), self.log.retention());
-        let apply = || async { self.log.apply(&entry, events, &ops).await };
-        match apply.retry(retry).await {
-            Ok(ApplyOutcome::Applied) => {
-                self.figures.processed.fetch_add(events, Ordering::Relaxed);
-                self.metrics.processed.add(events, &[]);
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let latency = now_ms.saturating_sub(entry.appended_ms()) as f64 / 1000.0;
-                // One observation per entry: its events share the append time.
-                self.metrics.e2e.record(latency, &[]);
-            }
-            Ok(ApplyOutcome::AlreadyAcked) => {
-                self.figures.already_acked.fetch_add(1, Ordering::Relaxed);
-                self.metrics.already_acked.add(1, &[]);
-                tracing::debug!(entry = %entry.id, "already acked by another consumer");
-            }
-            Err(err) => {
-                self.metrics.retried.add(events, &[]);
-                tracing::warn!(entry = %entry.id, error = %err, "apply failed; entry stays pending")
-            }
-        }
-    }
+/// An entry ready to apply: decoded, with its processing span.
+struct Decoded {
+    entry: Entry,
+    events: Vec<Event>,
+    span: tracing::Span,
+}
+
+/// Backoff for store calls that failed: a few quick retries, then the
+/// entries stay pending and are claimed later.
+fn store_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(5)
 }

@@ -1,10 +1,15 @@
-//! Folding a batch of events into aggregate writes.
+//! Folding a batch of entries into aggregate writes.
 //!
-//! One entry's events become per-key deltas in Rust (sums and counts added
-//! up, minima and maxima taken) before one atomic apply, so the cost in the
-//! store is per distinct key, not per event.
+//! The events of every entry of one apply become per-key deltas in Rust
+//! (sums and counts added up, minima and maxima taken) before one atomic
+//! apply, so the cost in the store is per distinct key, not per event: the
+//! more entries a worker finds waiting, the more each write carries.
+//!
+//! Accumulators borrow the decoded events (device ids, run ids, metric
+//! names) and key and field names are formatted once per distinct key at
+//! the end, so folding allocates per key, not per event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use testbed_proto::v1::{Event, event::Payload};
@@ -30,33 +35,123 @@ impl Summary {
         }
     }
 
-    fn add(&mut self, v: f64) {
-        self.n += 1;
-        self.sum += v;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
+    fn add(slot: &mut Option<Self>, v: f64) {
+        match slot {
+            Some(s) => {
+                s.n += 1;
+                s.sum += v;
+                s.min = s.min.min(v);
+                s.max = s.max.max(v);
+            }
+            None => *slot = Some(Self::of(v)),
+        }
+    }
+
+    fn push(self, ops: &mut Ops, k: u16, prefix: &str) {
+        ops.push(Op::HashIncr(k, fields::summary(prefix, "count"), self.n));
+        ops.push(Op::HashIncrFloat(
+            k,
+            fields::summary(prefix, "sum"),
+            self.sum,
+        ));
+        ops.push(Op::HashMin(k, fields::summary(prefix, "min"), self.min));
+        ops.push(Op::HashMax(k, fields::summary(prefix, "max"), self.max));
     }
 }
 
-/// Deltas for one hash key.
+/// A metric's figures in one device-minute.
+#[derive(Debug)]
+struct MetricAcc<'a> {
+    name: &'a str,
+    unit: &'a str,
+    summary: Option<Summary>,
+}
+
+/// The deltas of one device-minute hash.
 #[derive(Debug, Default)]
-struct HashDelta {
-    ints: BTreeMap<String, i64>,
-    summaries: BTreeMap<String, Summary>,
-    sets: BTreeMap<String, String>,
+struct DeviceMinute<'a> {
+    events: i64,
+    gpu: i64,
+    tokens: i64,
+    prompt: i64,
+    completion: i64,
+    metrics: i64,
+    gpu_util: Option<Summary>,
+    gpu_mem: Option<Summary>,
+    gpu_temp: Option<Summary>,
+    gpu_power: Option<Summary>,
+    tok_lat: Option<Summary>,
+    /// Few names per device: a linear search beats hashing.
+    named: Vec<MetricAcc<'a>>,
 }
 
-impl HashDelta {
-    fn incr(&mut self, field: impl Into<String>, by: i64) {
-        *self.ints.entry(field.into()).or_default() += by;
-    }
+/// The per-minute top sets (sorted sets of devices) a device feeds.
+const TOP: [&str; 6] = [
+    "events",
+    "gpu.n",
+    "gpu.util",
+    "gpu.power",
+    "gpu.temp",
+    "tokens",
+];
 
-    fn summarise(&mut self, prefix: &str, v: f64) {
-        self.summaries
-            .entry(prefix.to_owned())
-            .and_modify(|s| s.add(v))
-            .or_insert_with(|| Summary::of(v));
+/// A device's contributions to the top sets of one minute.
+#[derive(Debug, Default)]
+struct TopAcc {
+    by: [f64; TOP.len()],
+    touched: [bool; TOP.len()],
+}
+
+impl TopAcc {
+    fn add(&mut self, i: usize, v: f64) {
+        self.by[i] += v;
+        self.touched[i] = true;
     }
+}
+
+/// One model's or tenant's token figures in one minute.
+#[derive(Debug, Default)]
+struct TokenGroup {
+    n: i64,
+    prompt: i64,
+    completion: i64,
+    latency: BTreeMap<u32, i64>,
+}
+
+/// A device's last-seen time and labels.
+#[derive(Debug)]
+struct DeviceAcc<'a> {
+    seen_ms: f64,
+    labels: Option<&'a HashMap<String, String>>,
+}
+
+/// A simulator run's delivery-ledger figures.
+#[derive(Debug, Default)]
+struct RunAcc {
+    processed: i64,
+    gpu: i64,
+    tokens: i64,
+    metric: i64,
+    none: i64,
+    first_ms: Option<f64>,
+    /// Events per entry of the batch, for the run's latency histogram.
+    per_entry: Vec<(u32, u64)>,
+}
+
+/// Folds entries of one partition into one [`Ops`].
+#[derive(Debug)]
+pub struct Folder<'a> {
+    partition: u32,
+    keys: &'a Keys,
+    retention: Duration,
+    device_minutes: HashMap<(&'a str, i64), DeviceMinute<'a>>,
+    top: HashMap<(i64, &'a str), TopAcc>,
+    token_groups: HashMap<(i64, bool, &'a str), TokenGroup>,
+    devices: HashMap<&'a str, DeviceAcc<'a>>,
+    runs: HashMap<&'a str, RunAcc>,
+    /// (entry index, append minute, events) of every entry.
+    entries: Vec<(u32, i64, u64)>,
+    events: u64,
 }
 
 /// The minute (Unix seconds / 60) of a timestamp.
@@ -74,149 +169,269 @@ fn seconds_of(d: Option<&prost_types::Duration>) -> f64 {
     d.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
 }
 
-/// Builds the aggregate writes of `entry`, whose decoded events are `events`.
-pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -> Ops {
-    let p = entry.partition;
-    let mut hashes: BTreeMap<String, HashDelta> = BTreeMap::new();
-    let mut zincr: BTreeMap<(String, String), f64> = BTreeMap::new();
-    let mut seen: BTreeMap<String, f64> = BTreeMap::new();
-    let mut labels: BTreeMap<String, String> = BTreeMap::new();
-    let mut run_events: BTreeMap<String, u64> = BTreeMap::new();
-    let mut run_first: BTreeMap<String, f64> = BTreeMap::new();
+impl<'a> Folder<'a> {
+    /// An empty fold for `partition`.
+    pub fn new(partition: u32, keys: &'a Keys, retention: Duration) -> Self {
+        Self {
+            partition,
+            keys,
+            retention,
+            device_minutes: HashMap::new(),
+            top: HashMap::new(),
+            token_groups: HashMap::new(),
+            devices: HashMap::new(),
+            runs: HashMap::new(),
+            entries: Vec::new(),
+            events: 0,
+        }
+    }
 
-    for event in events {
+    /// Events folded so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Distinct aggregate keys so far (a bound on the apply's size).
+    pub fn distinct_keys(&self) -> usize {
+        self.device_minutes.len() + self.devices.len() + self.runs.len() * 2 + self.entries.len()
+    }
+
+    /// Adds the decoded `events` of `entry`, the batch's entry number `index`.
+    pub fn add(&mut self, index: u32, entry: &Entry, events: &'a [Event]) {
+        self.entries.push((
+            index,
+            (entry.appended_ms() / 60_000) as i64,
+            events.len() as u64,
+        ));
+        self.events += events.len() as u64;
+        for event in events {
+            self.add_event(index, event);
+        }
+    }
+
+    fn add_event(&mut self, index: u32, event: &'a Event) {
         let device = event.device_id.as_str();
         let minute = minute_of(event.observed_at.as_ref());
         let observed_ms = millis_of(event.observed_at.as_ref());
-        let dm = hashes
-            .entry(keys.device_minute(p, device, minute))
-            .or_default();
-        dm.incr(fields::EVENTS, 1);
-        let mut top = |metric: &str, by: f64| {
-            *zincr
-                .entry((keys.top(p, metric, minute), device.to_owned()))
-                .or_default() += by;
-        };
-        top("events", 1.0);
+        let dm = self.device_minutes.entry((device, minute)).or_default();
+        dm.events += 1;
+        let top = self.top.entry((minute, device)).or_default();
+        top.add(0, 1.0);
         match &event.payload {
             Some(Payload::Gpu(g)) => {
-                dm.incr(fields::GPU_COUNT, 1);
-                dm.summarise("gpu.util", g.utilization);
-                dm.summarise("gpu.mem", g.memory_used_bytes as f64);
-                dm.summarise("gpu.temp", g.temperature_celsius);
-                dm.summarise("gpu.power", g.power_watts);
-                top("gpu.n", 1.0);
-                top("gpu.util", g.utilization);
-                top("gpu.power", g.power_watts);
-                top("gpu.temp", g.temperature_celsius);
+                dm.gpu += 1;
+                Summary::add(&mut dm.gpu_util, g.utilization);
+                Summary::add(&mut dm.gpu_mem, g.memory_used_bytes as f64);
+                Summary::add(&mut dm.gpu_temp, g.temperature_celsius);
+                Summary::add(&mut dm.gpu_power, g.power_watts);
+                top.add(1, 1.0);
+                top.add(2, g.utilization);
+                top.add(3, g.power_watts);
+                top.add(4, g.temperature_celsius);
             }
             Some(Payload::Tokens(t)) => {
                 let latency = seconds_of(t.latency.as_ref());
-                dm.incr(fields::TOKENS_COUNT, 1);
-                dm.incr(fields::PROMPT_TOKENS, t.prompt_tokens as i64);
-                dm.incr(fields::COMPLETION_TOKENS, t.completion_tokens as i64);
-                dm.summarise("tok.lat", latency);
-                top("tokens", (t.prompt_tokens + t.completion_tokens) as f64);
+                dm.tokens += 1;
+                dm.prompt += t.prompt_tokens as i64;
+                dm.completion += t.completion_tokens as i64;
+                Summary::add(&mut dm.tok_lat, latency);
+                top.add(5, (t.prompt_tokens + t.completion_tokens) as f64);
                 let bucket = latency_bucket((latency * 1000.0) as u64);
-                let tok = hashes.entry(keys.tokens_minute(p, minute)).or_default();
-                for group in [format!("model:{}", t.model), format!("tenant:{}", t.tenant)] {
-                    tok.incr(format!("{group}:n"), 1);
-                    tok.incr(format!("{group}:prompt"), t.prompt_tokens as i64);
-                    tok.incr(format!("{group}:completion"), t.completion_tokens as i64);
-                    tok.incr(format!("{group}:lat:{bucket}"), 1);
+                for (is_model, name) in [(true, t.model.as_str()), (false, t.tenant.as_str())] {
+                    let group = self
+                        .token_groups
+                        .entry((minute, is_model, name))
+                        .or_default();
+                    group.n += 1;
+                    group.prompt += t.prompt_tokens as i64;
+                    group.completion += t.completion_tokens as i64;
+                    *group.latency.entry(bucket).or_default() += 1;
                 }
             }
             Some(Payload::Metric(m)) => {
-                dm.incr(fields::METRIC_COUNT, 1);
-                let prefix = format!("metric:{}", m.name);
-                dm.incr(format!("{prefix}.n"), 1);
-                dm.summarise(&prefix, m.value);
-                dm.sets.insert(format!("{prefix}.unit"), m.unit.clone());
+                dm.metrics += 1;
+                let acc = match dm.named.iter_mut().position(|a| a.name == m.name) {
+                    Some(i) => &mut dm.named[i],
+                    None => {
+                        dm.named.push(MetricAcc {
+                            name: &m.name,
+                            unit: &m.unit,
+                            summary: None,
+                        });
+                        let last = dm.named.len() - 1;
+                        &mut dm.named[last]
+                    }
+                };
+                acc.unit = &m.unit;
+                Summary::add(&mut acc.summary, m.value);
             }
             // Validated at ingest; an event without payload is still counted.
             None => {}
         }
-        let s = seen.entry(device.to_owned()).or_insert(observed_ms);
-        *s = s.max(observed_ms);
-        if !event.labels.is_empty() {
-            let json = serde_json::to_string(&event.labels).unwrap_or_else(|_| "{}".to_owned());
-            labels.insert(device.to_owned(), json);
-        }
+        let labels = (!event.labels.is_empty()).then_some(&event.labels);
+        self.devices
+            .entry(device)
+            .and_modify(|d| {
+                d.seen_ms = d.seen_ms.max(observed_ms);
+                if labels.is_some() {
+                    d.labels = labels;
+                }
+            })
+            .or_insert(DeviceAcc {
+                seen_ms: observed_ms,
+                labels,
+            });
         if !event.run_id.is_empty() {
-            *run_events.entry(event.run_id.clone()).or_default() += 1;
-            let first = run_first.entry(event.run_id.clone()).or_insert(observed_ms);
-            *first = first.min(observed_ms);
-            let run = hashes.entry(keys.run(p, &event.run_id)).or_default();
-            run.incr("processed", 1);
-            run.incr(
-                match &event.payload {
-                    Some(Payload::Gpu(_)) => "gpu",
-                    Some(Payload::Tokens(_)) => "tokens",
-                    Some(Payload::Metric(_)) => "metric",
-                    None => "none",
-                },
-                1,
-            );
+            let run = self.runs.entry(event.run_id.as_str()).or_default();
+            run.processed += 1;
+            match &event.payload {
+                Some(Payload::Gpu(_)) => run.gpu += 1,
+                Some(Payload::Tokens(_)) => run.tokens += 1,
+                Some(Payload::Metric(_)) => run.metric += 1,
+                None => run.none += 1,
+            }
+            run.first_ms = Some(run.first_ms.map_or(observed_ms, |f| f.min(observed_ms)));
+            match run.per_entry.last_mut() {
+                Some((i, n)) if *i == index => *n += 1,
+                _ => run.per_entry.push((index, 1)),
+            }
         }
     }
 
-    let ttl = retention.as_secs().max(1);
-    let mut ops = Ops::default();
-    for (key, delta) in hashes {
-        let k = ops.key(key);
-        for (field, by) in delta.ints {
-            ops.push(Op::HashIncr(k, field, by));
+    /// The writes of everything added.
+    pub fn finish(self) -> Ops {
+        let p = self.partition;
+        let keys = self.keys;
+        let ttl = self.retention.as_secs().max(1);
+        let mut ops = Ops::default();
+        for ((device, minute), dm) in self.device_minutes {
+            let k = ops.key(keys.device_minute(p, device, minute));
+            // A counter appears once its kind of event has.
+            for (field, by, present) in [
+                (fields::EVENTS, dm.events, true),
+                (fields::GPU_COUNT, dm.gpu, dm.gpu > 0),
+                (fields::TOKENS_COUNT, dm.tokens, dm.tokens > 0),
+                (fields::PROMPT_TOKENS, dm.prompt, dm.tokens > 0),
+                (fields::COMPLETION_TOKENS, dm.completion, dm.tokens > 0),
+                (fields::METRIC_COUNT, dm.metrics, dm.metrics > 0),
+            ] {
+                if present {
+                    ops.push(Op::HashIncr(k, field.to_owned(), by));
+                }
+            }
+            for (prefix, summary) in [
+                ("gpu.util", dm.gpu_util),
+                ("gpu.mem", dm.gpu_mem),
+                ("gpu.temp", dm.gpu_temp),
+                ("gpu.power", dm.gpu_power),
+                ("tok.lat", dm.tok_lat),
+            ] {
+                if let Some(s) = summary {
+                    s.push(&mut ops, k, prefix);
+                }
+            }
+            for m in dm.named {
+                let prefix = format!("metric:{}", m.name);
+                if let Some(s) = m.summary {
+                    ops.push(Op::HashIncr(k, format!("{prefix}.n"), s.n));
+                    s.push(&mut ops, k, &prefix);
+                }
+                ops.push(Op::HashSet(k, format!("{prefix}.unit"), m.unit.to_owned()));
+            }
+            ops.push(Op::Expire(k, ttl));
         }
-        for (prefix, s) in delta.summaries {
-            ops.push(Op::HashIncr(k, fields::summary(&prefix, "count"), s.n));
-            ops.push(Op::HashIncrFloat(k, fields::summary(&prefix, "sum"), s.sum));
-            ops.push(Op::HashMin(k, fields::summary(&prefix, "min"), s.min));
-            ops.push(Op::HashMax(k, fields::summary(&prefix, "max"), s.max));
+        let mut top_keys: HashMap<(usize, i64), u16> = HashMap::new();
+        for ((minute, device), acc) in self.top {
+            for (i, metric) in TOP.iter().enumerate() {
+                if !acc.touched[i] {
+                    continue;
+                }
+                let k = *top_keys
+                    .entry((i, minute))
+                    .or_insert_with(|| ops.key(keys.top(p, metric, minute)));
+                ops.push(Op::ZIncr(k, device.to_owned(), acc.by[i]));
+            }
         }
-        for (field, value) in delta.sets {
-            ops.push(Op::HashSet(k, field, value));
+        for k in top_keys.into_values() {
+            ops.push(Op::Expire(k, ttl));
         }
-        ops.push(Op::Expire(k, ttl));
-    }
-    let mut zkeys = Vec::new();
-    for ((key, member), by) in zincr {
-        let k = ops.key(key);
-        ops.push(Op::ZIncr(k, member, by));
-        zkeys.push(k);
-    }
-    zkeys.dedup();
-    for k in zkeys {
-        ops.push(Op::Expire(k, ttl));
-    }
-    let devices = ops.key(keys.devices(p));
-    for (device, ms) in seen {
-        let d = ops.key(keys.device(p, &device));
-        ops.push(Op::HashMax(d, "seen".to_owned(), ms.floor()));
-        if let Some(json) = labels.remove(&device) {
-            ops.push(Op::HashSet(d, "labels".to_owned(), json));
+        let mut token_keys: HashMap<i64, u16> = HashMap::new();
+        for ((minute, is_model, name), g) in self.token_groups {
+            let k = *token_keys
+                .entry(minute)
+                .or_insert_with(|| ops.key(keys.tokens_minute(p, minute)));
+            let group = if is_model {
+                format!("model:{name}")
+            } else {
+                format!("tenant:{name}")
+            };
+            ops.push(Op::HashIncr(k, format!("{group}:n"), g.n));
+            ops.push(Op::HashIncr(k, format!("{group}:prompt"), g.prompt));
+            ops.push(Op::HashIncr(k, format!("{group}:completion"), g.completion));
+            for (bucket, n) in g.latency {
+                ops.push(Op::HashIncr(k, format!("{group}:lat:{bucket}"), n));
+            }
         }
-        ops.push(Op::Expire(d, ttl));
-        ops.push(Op::ZMax(devices, device, ms.floor()));
-    }
-    let e2e = ops.key(keys.e2e(p, (entry.appended_ms() / 60_000) as i64));
-    ops.e2e.push((e2e, events.len() as u64));
-    ops.push(Op::Expire(e2e, ttl));
-    // The delivery ledger of each simulator run: first event time, last
-    // applied time (this worker's clock), and the run's own latency histogram.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_millis() as f64);
-    for (run_id, n) in run_events {
-        let run = ops.key(keys.run(p, &run_id));
-        if let Some(first) = run_first.get(&run_id) {
-            ops.push(Op::HashMin(run, "first_event_ms".to_owned(), first.floor()));
+        for k in token_keys.into_values() {
+            ops.push(Op::Expire(k, ttl));
         }
-        ops.push(Op::HashMax(run, "last_processed_ms".to_owned(), now_ms));
-        let hist = ops.key(keys.run_e2e(p, &run_id));
-        ops.e2e.push((hist, n));
-        ops.push(Op::Expire(hist, ttl));
+        let devices = ops.key(keys.devices(p));
+        for (device, acc) in self.devices {
+            let d = ops.key(keys.device(p, device));
+            ops.push(Op::HashMax(d, "seen".to_owned(), acc.seen_ms.floor()));
+            if let Some(labels) = acc.labels {
+                // A map of strings always serialises.
+                let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned());
+                ops.push(Op::HashSet(d, "labels".to_owned(), json));
+            }
+            ops.push(Op::Expire(d, ttl));
+            ops.push(Op::ZMax(devices, device.to_owned(), acc.seen_ms.floor()));
+        }
+        for (index, minute, events) in self.entries {
+            let e2e = ops.key(keys.e2e(p, minute));
+            ops.e2e.push((e2e, index, events));
+            ops.push(Op::Expire(e2e, ttl));
+        }
+        // The delivery ledger of each simulator run: counts, first event
+        // time, last applied time (this worker's clock), and the run's own
+        // latency histogram.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64);
+        for (run_id, acc) in self.runs {
+            let run = ops.key(keys.run(p, run_id));
+            for (field, by) in [
+                ("processed", acc.processed),
+                ("gpu", acc.gpu),
+                ("tokens", acc.tokens),
+                ("metric", acc.metric),
+                ("none", acc.none),
+            ] {
+                if by != 0 {
+                    ops.push(Op::HashIncr(run, field.to_owned(), by));
+                }
+            }
+            if let Some(first) = acc.first_ms {
+                ops.push(Op::HashMin(run, "first_event_ms".to_owned(), first.floor()));
+            }
+            ops.push(Op::HashMax(run, "last_processed_ms".to_owned(), now_ms));
+            ops.push(Op::Expire(run, ttl));
+            let hist = ops.key(keys.run_e2e(p, run_id));
+            for (index, n) in acc.per_entry {
+                ops.e2e.push((hist, index, n));
+            }
+            ops.push(Op::Expire(hist, ttl));
+        }
+        ops
     }
-    ops
+}
+
+/// Builds the aggregate writes of one `entry`, whose decoded events are
+/// `events` (a batch of one).
+pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -> Ops {
+    let mut folder = Folder::new(entry.partition, keys, retention);
+    folder.add(0, entry, events);
+    folder.finish()
 }
 
 /// The writes that go with dead-lettering `entry`: each simulator run's
@@ -322,7 +537,7 @@ mod tests {
             |op| matches!(op, Op::HashSet(_, f, v) if f == "labels" && v == "{\"arch\":\"arm64\"}")
         ));
         assert_eq!(
-            ops.e2e.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            ops.e2e.iter().map(|(_, _, n)| *n).collect::<Vec<_>>(),
             vec![2, 2]
         );
     }

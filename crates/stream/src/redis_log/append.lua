@@ -11,15 +11,43 @@
 -- and only then the dedupe bookkeeping, so a failed append never leaves
 -- ids marked as seen that a retry would then drop.
 local window = tonumber(ARGV[1])
+local n = (#ARGV - 3) / 3
+-- Lua's unpack takes a few thousand values at most: bulk calls go in chunks.
+local CHUNK = 1000
+local function chunked(command, key, list, pairs_of)
+  local out = {}
+  for from = 1, #list, CHUNK do
+    local to = math.min(from + CHUNK - 1, #list)
+    local args = {}
+    for j = from, to do
+      args[#args + 1] = list[j]
+      if pairs_of then
+        args[#args + 1] = pairs_of
+      end
+    end
+    local reply = redis.call(command, key, unpack(args))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
+
+local ids = {}
+for j = 0, n - 1 do
+  ids[j + 1] = ARGV[4 + 3 * j]
+end
+local known = chunked('HMGET', KEYS[2], ids)
 local fields = {'m', ARGV[2]}
 local fresh_ids = {}
 local seen_here = {}
 local dups = {}
 local run_dups = {}
-local n = (#ARGV - 3) / 3
 for j = 0, n - 1 do
-  local id = ARGV[4 + 3 * j]
-  if seen_here[id] or redis.call('HEXISTS', KEYS[2], id) == 1 then
+  local id = ids[j + 1]
+  if seen_here[id] or known[j + 1] then
     dups[#dups + 1] = j
     local run = tonumber(ARGV[5 + 3 * j])
     if run > 0 then
@@ -35,15 +63,13 @@ end
 local entry = false
 if #fresh_ids > 0 then
   entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
-  for _, id in ipairs(fresh_ids) do
-    redis.call('HSET', KEYS[2], id, 1)
-  end
-  redis.call('RPUSH', KEYS[3], unpack(fresh_ids))
+  chunked('HSET', KEYS[2], fresh_ids, 1)
+  chunked('RPUSH', KEYS[3], fresh_ids)
   redis.call('HINCRBY', KEYS[4], 'ingested', #fresh_ids)
   local excess = redis.call('LLEN', KEYS[3]) - window
   if excess > 0 then
     local old = redis.call('LPOP', KEYS[3], excess)
-    redis.call('HDEL', KEYS[2], unpack(old))
+    chunked('HDEL', KEYS[2], old)
   end
 end
 if #dups > 0 then

@@ -1,71 +1,183 @@
--- Acks one entry and applies its writes, atomically: the exactly-once step.
--- An entry no longer pending (already acked by this or another consumer)
--- changes nothing. In dead-letter mode the entry is copied to the
--- dead-letter stream with the reason instead of being counted processed.
+-- Acks a batch of entries of one partition and applies their writes,
+-- atomically: the exactly-once step. If any entry of the batch is no longer
+-- pending (already acked by this or another consumer), nothing changes and
+-- the script answers which ones, so the caller folds the rest again. In
+-- dead-letter mode the entries are copied to the dead-letter stream with
+-- the reason instead of being counted processed.
+--
 -- KEYS[1] stream, KEYS[2] stats, KEYS[3] dead-letter stream,
 -- KEYS[4..] aggregate keys
--- ARGV[1] group, ARGV[2] entry id, ARGV[3] events in the entry,
--- ARGV[4] dead-letter reason ('' = a normal apply),
+-- ARGV[1] group, ARGV[2] number n of entries, ARGV[3] events in the
+-- entries, ARGV[4] dead-letter reason ('' = a normal apply),
 -- ARGV[5] dead-letter stream max length (approximate),
--- ARGV[6] number n of e2e histograms, then n pairs (key index into KEYS,
--- events to count), then writes as quadruples (op, key index, field or
--- member, value).
--- Returns 1 when applied, 0 when the entry was already acked.
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
+-- ARGV[6 .. 5+n] the entry ids,
+-- then h, the number of e2e histogram increments, and h triples (key index
+-- into KEYS, entry number 1..n, events to count),
+-- then groups of writes, one key each: (key index, kind 'H' hash or
+-- 'Z' sorted set, number f of writes, seconds to live or 0), then f
+-- triples (op, field or member, value).
+-- Returns {1} when applied, or {0, i, j, ...}: the entry numbers (1..n)
+-- that were no longer pending, and nothing was changed.
+--
+-- Every group costs a fixed three calls whatever its number of writes:
+-- one read of every field (HMGET / ZMSCORE), the merge here, one write of
+-- every field (HSET / ZADD), one EXPIRE. That keeps a fold of thousands of
+-- events to a few calls per distinct key.
+local n = tonumber(ARGV[2])
+local ids = {}
+for e = 1, n do
+  ids[e] = ARGV[5 + e]
 end
+
+-- Still pending (for anyone)? One XPENDING per entry: entries carry many
+-- events, so this is a small cost per event.
+local missing = {0}
+for e = 1, n do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ids[e], ids[e], 1) == 0 then
+    missing[#missing + 1] = e
+  end
+end
+if #missing > 1 then
+  return missing
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, 1, n))
+
 local events = tonumber(ARGV[3])
 local reason = ARGV[4]
 if reason ~= '' then
-  local body = {'source_id', ARGV[2], 'reason', reason}
-  local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-  if found[1] then
-    for _, v in ipairs(found[1][2]) do
-      body[#body + 1] = v
+  for e = 1, n do
+    local body = {'source_id', ids[e], 'reason', reason}
+    local found = redis.call('XRANGE', KEYS[1], ids[e], ids[e])
+    if found[1] then
+      for _, v in ipairs(found[1][2]) do
+        body[#body + 1] = v
+      end
     end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(body))
   end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(body))
   redis.call('HINCRBY', KEYS[2], 'dead_lettered', events)
 else
   redis.call('HINCRBY', KEYS[2], 'processed', events)
 end
-local histograms = tonumber(ARGV[6])
-local i = 7
+
+local i = 6 + n
+local histograms = tonumber(ARGV[i])
+i = i + 1
 if histograms > 0 then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local appended_ms = tonumber(string.match(ARGV[2], '^(%d+)'))
-  local latency = math.max(now_ms - appended_ms, 0)
   -- Same buckets as latency_bucket() in model.rs: four per doubling.
-  local bucket = math.floor(4 * math.log(1 + latency) / math.log(2))
+  local buckets = {}
+  for e = 1, n do
+    local latency = math.max(now_ms - tonumber(string.match(ids[e], '^(%d+)')), 0)
+    buckets[e] = math.floor(4 * math.log(1 + latency) / math.log(2))
+  end
+  local sums = {}
+  local order = {}
   for _ = 1, histograms do
-    redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], bucket, ARGV[i + 1])
-    i = i + 2
-  end
-end
-while i <= #ARGV do
-  local op, key, field, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
-  if op == 'I' then
-    redis.call('HINCRBY', key, field, value)
-  elseif op == 'F' then
-    redis.call('HINCRBYFLOAT', key, field, value)
-  elseif op == 'm' or op == 'M' then
-    local current = tonumber(redis.call('HGET', key, field))
-    local v = tonumber(value)
-    if current == nil or (op == 'm' and v < current) or (op == 'M' and v > current) then
-      redis.call('HSET', key, field, value)
+    local slot = ARGV[i] .. ' ' .. buckets[tonumber(ARGV[i + 1])]
+    if not sums[slot] then
+      sums[slot] = 0
+      order[#order + 1] = slot
     end
-  elseif op == 'S' then
-    redis.call('HSET', key, field, value)
-  elseif op == 'Z' then
-    redis.call('ZINCRBY', key, value, field)
-  elseif op == 'X' then
-    redis.call('ZADD', key, 'GT', value, field)
-  elseif op == 'E' then
-    redis.call('EXPIRE', key, value)
-  else
-    return redis.error_reply('unknown aggregate op ' .. tostring(op))
+    sums[slot] = sums[slot] + tonumber(ARGV[i + 2])
+    i = i + 3
   end
-  i = i + 4
+  for _, slot in ipairs(order) do
+    local key, bucket = string.match(slot, '^(%d+) (%d+)$')
+    redis.call('HINCRBY', KEYS[tonumber(key)], bucket, sums[slot])
+  end
 end
-return 1
+
+-- Numbers are written so that they read back as the same double: whole
+-- numbers (exact below 2^53) in full, others as %.17g. ('%d' would be a
+-- 32-bit long on armv7 builds of Redis.)
+local function number(v)
+  if v == math.floor(v) and math.abs(v) < 9007199254740992 then
+    return string.format('%.0f', v)
+  end
+  return string.format('%.17g', v)
+end
+
+while i <= #ARGV do
+  local key = KEYS[tonumber(ARGV[i])]
+  local kind = ARGV[i + 1]
+  local f = tonumber(ARGV[i + 2])
+  local ttl = tonumber(ARGV[i + 3])
+  i = i + 4
+  local names = {}
+  for j = 0, f - 1 do
+    names[j + 1] = ARGV[i + 3 * j + 1]
+  end
+  local current = {}
+  if kind ~= 'H' and kind ~= 'Z' then
+    return redis.error_reply('unknown aggregate kind ' .. tostring(kind))
+  elseif f == 0 then
+    -- only a time to live
+  elseif kind == 'H' then
+    current = redis.call('HMGET', key, unpack(names, 1, f))
+  else
+    current = redis.call('ZMSCORE', key, unpack(names, 1, f))
+  end
+  -- Merge in order; a field written twice in one group sees its own update.
+  local values = {}
+  local touched = {}
+  for j = 0, f - 1 do
+    local op, name, v = ARGV[i + 3 * j], ARGV[i + 3 * j + 1], ARGV[i + 3 * j + 2]
+    local old = values[name]
+    if old == nil then
+      old = current[j + 1]
+      if old == false then
+        old = nil
+      end
+    end
+    local new
+    if op == 'I' or op == 'F' or op == 'Z' then
+      new = (tonumber(old) or 0) + tonumber(v)
+    elseif op == 'm' then
+      new = tonumber(v)
+      if old ~= nil and tonumber(old) ~= nil and tonumber(old) <= new then
+        new = old
+      end
+    elseif op == 'M' or op == 'X' then
+      new = tonumber(v)
+      if old ~= nil and tonumber(old) ~= nil and tonumber(old) >= new then
+        new = old
+      end
+    elseif op == 'S' then
+      new = v
+    else
+      return redis.error_reply('unknown aggregate op ' .. tostring(op))
+    end
+    if values[name] == nil then
+      touched[#touched + 1] = name
+    end
+    values[name] = new
+  end
+  local out = {}
+  for _, name in ipairs(touched) do
+    local v = values[name]
+    if type(v) == 'number' then
+      v = number(v)
+    end
+    if kind == 'H' then
+      out[#out + 1] = name
+      out[#out + 1] = v
+    else
+      out[#out + 1] = v
+      out[#out + 1] = name
+    end
+  end
+  if #out == 0 then
+    -- nothing to write (an empty group)
+  elseif kind == 'H' then
+    redis.call('HSET', key, unpack(out))
+  else
+    redis.call('ZADD', key, unpack(out))
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  end
+  i = i + 3 * f
+end
+return {1}

@@ -29,6 +29,75 @@ use crate::{StoreArgs, StoreError};
 /// How many entries the dead-letter stream of a partition keeps (approximate).
 const DEAD_LETTER_MAX_LEN: u64 = 100_000;
 
+/// At most this many writes go in one group of `apply.lua` (Lua's `unpack`
+/// is limited to a few thousand values).
+const MAX_GROUP_WRITES: usize = 1000;
+
+/// The writes of one key, as `apply.lua` takes them.
+struct Group<'a> {
+    key: u16,
+    sorted_set: bool,
+    ttl: u64,
+    writes: Vec<&'a Op>,
+}
+
+/// `ops` grouped by key (in order of first use), expiries folded into each
+/// group's time to live, large groups split.
+fn groups(ops: &Ops) -> Vec<Group<'_>> {
+    let mut by_key: Vec<Option<Group<'_>>> = Vec::new();
+    by_key.resize_with(ops.keys.len(), || None);
+    let mut order = Vec::new();
+    for op in &ops.ops {
+        let (key, sorted_set) = match op {
+            Op::HashIncr(k, ..)
+            | Op::HashIncrFloat(k, ..)
+            | Op::HashMin(k, ..)
+            | Op::HashMax(k, ..)
+            | Op::HashSet(k, ..)
+            | Op::Expire(k, ..) => (*k, false),
+            Op::ZIncr(k, ..) | Op::ZMax(k, ..) => (*k, true),
+        };
+        let Some(slot) = by_key.get_mut(usize::from(key)) else {
+            continue;
+        };
+        let group = slot.get_or_insert_with(|| {
+            order.push(key);
+            Group {
+                key,
+                sorted_set,
+                ttl: 0,
+                writes: Vec::new(),
+            }
+        });
+        match op {
+            Op::Expire(_, secs) => group.ttl = group.ttl.max(*secs),
+            _ => {
+                group.sorted_set = sorted_set;
+                group.writes.push(op);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for key in order {
+        let Some(group) = by_key.get_mut(usize::from(key)).and_then(Option::take) else {
+            continue;
+        };
+        if group.writes.len() <= MAX_GROUP_WRITES {
+            out.push(group);
+            continue;
+        }
+        for chunk in group.writes.chunks(MAX_GROUP_WRITES) {
+            out.push(Group {
+                key,
+                sorted_set: group.sorted_set,
+                ttl: group.ttl,
+                writes: chunk.to_vec(),
+            });
+        }
+    }
+    out
+}
+
 /// The Redis log. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisLog {
@@ -119,65 +188,84 @@ impl RedisLog {
         result
     }
 
-    /// The one atomic step of `apply.lua`: ack `entry` and apply `ops`,
-    /// counting it processed, or dead-lettered with `reason` when not empty.
+    /// The one atomic step of `apply.lua`: ack `entries` (all of
+    /// `partition`) and apply `ops`, counting them processed, or
+    /// dead-lettered with `reason` when not empty.
     async fn ack_with(
         &self,
-        entry: &Entry,
+        partition: u32,
+        entries: &[Entry],
         events: u64,
         reason: &str,
         ops: &Ops,
         what: &'static str,
     ) -> Result<ApplyOutcome, StoreError> {
+        if entries.is_empty() {
+            return Ok(ApplyOutcome::Applied);
+        }
         let keys = &self.inner.keys;
-        let p = entry.partition;
         // KEYS[1] stream, KEYS[2] stats, KEYS[3] dead letters, KEYS[4..] the
         // aggregate keys; Lua is 1-based, so aggregate key i is KEYS[i + 4].
         let k = |i: u16| u32::from(i) + 4;
         let mut invocation = self.inner.apply.prepare_invoke();
         invocation
-            .key(keys.stream(p))
-            .key(keys.stats(p))
-            .key(keys.dead_letter(p));
+            .key(keys.stream(partition))
+            .key(keys.stats(partition))
+            .key(keys.dead_letter(partition));
         for key in &ops.keys {
             invocation.key(key);
         }
         invocation
             .arg(self.group())
-            .arg(&entry.id)
+            .arg(entries.len())
             .arg(events)
             .arg(reason)
-            .arg(DEAD_LETTER_MAX_LEN)
-            .arg(ops.e2e.len());
-        for &(key, weight) in &ops.e2e {
-            invocation.arg(k(key)).arg(weight);
+            .arg(DEAD_LETTER_MAX_LEN);
+        for entry in entries {
+            invocation.arg(&entry.id);
         }
-        for op in &ops.ops {
-            match op {
-                Op::HashIncr(i, f, v) => invocation.arg("I").arg(k(*i)).arg(f).arg(v),
-                // Floats as Rust's shortest round-trip text (`3`, `0.25`),
-                // the same text the in-memory backend stores.
-                Op::HashIncrFloat(i, f, v) => {
-                    invocation.arg("F").arg(k(*i)).arg(f).arg(v.to_string())
-                }
-                Op::HashMin(i, f, v) => invocation.arg("m").arg(k(*i)).arg(f).arg(v.to_string()),
-                Op::HashMax(i, f, v) => invocation.arg("M").arg(k(*i)).arg(f).arg(v.to_string()),
-                Op::HashSet(i, f, v) => invocation.arg("S").arg(k(*i)).arg(f).arg(v),
-                Op::ZIncr(i, m, v) => invocation.arg("Z").arg(k(*i)).arg(m).arg(v.to_string()),
-                Op::ZMax(i, m, v) => invocation.arg("X").arg(k(*i)).arg(m).arg(v.to_string()),
-                Op::Expire(i, secs) => invocation.arg("E").arg(k(*i)).arg("").arg(secs),
-            };
+        invocation.arg(ops.e2e.len());
+        for &(key, entry, weight) in &ops.e2e {
+            invocation.arg(k(key)).arg(entry + 1).arg(weight);
         }
-        let applied: i64 = self
+        for group in groups(ops) {
+            invocation
+                .arg(k(group.key))
+                .arg(if group.sorted_set { "Z" } else { "H" })
+                .arg(group.writes.len())
+                .arg(group.ttl);
+            for op in group.writes {
+                match op {
+                    Op::HashIncr(_, f, v) => invocation.arg("I").arg(f).arg(v),
+                    // Floats as Rust's shortest round-trip text (`3`, `0.25`).
+                    Op::HashIncrFloat(_, f, v) => invocation.arg("F").arg(f).arg(v.to_string()),
+                    Op::HashMin(_, f, v) => invocation.arg("m").arg(f).arg(v.to_string()),
+                    Op::HashMax(_, f, v) => invocation.arg("M").arg(f).arg(v.to_string()),
+                    Op::HashSet(_, f, v) => invocation.arg("S").arg(f).arg(v),
+                    Op::ZIncr(_, m, v) => invocation.arg("Z").arg(m).arg(v.to_string()),
+                    Op::ZMax(_, m, v) => invocation.arg("X").arg(m).arg(v.to_string()),
+                    // Folded into the group's time to live.
+                    Op::Expire(..) => continue,
+                };
+            }
+        }
+        let reply: Vec<i64> = self
             .call(what, |mut c| async move {
                 invocation.invoke_async(&mut c).await
             })
             .await?;
-        Ok(if applied == 1 {
-            ApplyOutcome::Applied
-        } else {
-            ApplyOutcome::AlreadyAcked
-        })
+        match reply.split_first() {
+            Some((1, _)) => Ok(ApplyOutcome::Applied),
+            Some((0, missing)) => Ok(ApplyOutcome::NotPending(
+                missing
+                    .iter()
+                    .map(|&e| usize::try_from(e - 1).unwrap_or(0))
+                    .collect(),
+            )),
+            _ => Err(StoreError::Protocol(format!(
+                "unexpected apply reply {reply:?}"
+            ))),
+        }
     }
 
     fn group(&self) -> &'static str {
@@ -317,7 +405,8 @@ impl EventLog for RedisLog {
             .arg("COUNT")
             .arg(count)
             .arg("BLOCK")
-            .arg(block.as_millis() as u64)
+            // BLOCK 0 would wait forever.
+            .arg((block.as_millis() as u64).max(1))
             .arg("STREAMS")
             .arg(self.inner.keys.stream(partition))
             .arg(">");
@@ -399,11 +488,13 @@ impl EventLog for RedisLog {
 
     async fn apply(
         &self,
-        entry: &Entry,
+        partition: u32,
+        entries: &[Entry],
         events: u64,
         ops: &Ops,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.ack_with(entry, events, "", ops, "apply").await
+        self.ack_with(partition, entries, events, "", ops, "apply")
+            .await
     }
 
     async fn dead_letter(
@@ -419,8 +510,15 @@ impl EventLog for RedisLog {
         } else {
             reason
         };
-        self.ack_with(entry, events, reason, ops, "dead-letter")
-            .await
+        self.ack_with(
+            entry.partition,
+            std::slice::from_ref(entry),
+            events,
+            reason,
+            ops,
+            "dead-letter",
+        )
+        .await
     }
 
     async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
