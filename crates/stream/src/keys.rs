@@ -149,11 +149,26 @@ pub mod fields {
     /// Metric samples (all names).
     pub const METRIC_COUNT: &str = "metric.n";
 
-    /// `<prefix>.sum|min|max` of a summarised value: GPU `gpu.util`,
-    /// `gpu.mem`, `gpu.temp`, `gpu.power`; token `tok.lat` (seconds);
-    /// metric `metric:<name>` (plus `metric:<name>.n` and `.unit`).
-    pub fn summary(prefix: &str, part: &str) -> String {
-        format!("{prefix}.{part}")
+    /// GPU utilisation summary (see [`crate::Op::HashSummary`]).
+    pub const GPU_UTIL: &str = "gpu.util";
+    /// GPU memory used (bytes) summary.
+    pub const GPU_MEM: &str = "gpu.mem";
+    /// GPU temperature summary.
+    pub const GPU_TEMP: &str = "gpu.temp";
+    /// GPU power summary.
+    pub const GPU_POWER: &str = "gpu.power";
+    /// Token latency (seconds) summary.
+    pub const TOKENS_LATENCY: &str = "tok.lat";
+
+    /// The summary of metric `name`.
+    pub fn metric(name: &str) -> String {
+        format!("metric:{name}")
+    }
+
+    /// The unit of metric `name` (a separate prefix, so that no metric
+    /// name, dots included, can collide with another's unit).
+    pub fn metric_unit(name: &str) -> String {
+        format!("unit:{name}")
     }
 }
 

@@ -46,6 +46,7 @@ pub use log::{AnyLog, EventLog};
 pub use memory::MemoryLog;
 pub use model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary, latency_bucket, latency_bucket_upper, partition_of,
+    PendingSummary, latency_bucket, latency_bucket_upper, merge_summary, parse_summary,
+    partition_of, summary_text,
 };
 pub use redis_log::RedisLog;

@@ -115,6 +115,12 @@ impl Kv {
             Op::HashSet(k, f, v) => {
                 self.hash(key(k)).insert(f.clone(), v.clone());
             }
+            Op::HashSummary(k, f, delta) => {
+                let h = self.hash(key(k));
+                let base = h.get(f).and_then(|v| crate::model::parse_summary(v));
+                let merged = crate::model::merge_summary(base, *delta);
+                h.insert(f.clone(), crate::model::summary_text(&merged));
+            }
             Op::ZIncr(k, m, by) => {
                 let k = key(k);
                 self.purge(k);

@@ -27,6 +27,39 @@ pub fn latency_bucket_upper(bucket: u32) -> Duration {
     Duration::from_secs_f64(ms.max(0.0) / 1000.0)
 }
 
+/// The text form of a summary `[count, sum, min, max]` as backends return
+/// it: four numbers separated by spaces, each in Rust's shortest form that
+/// reads back as the same `f64`.
+pub fn summary_text(summary: &[f64; 4]) -> String {
+    let [count, sum, min, max] = summary;
+    format!("{count} {sum} {min} {max}")
+}
+
+/// Parses [`summary_text`]; `None` unless it is four numbers.
+pub fn parse_summary(text: &str) -> Option<[f64; 4]> {
+    let mut parts = text.split(' ').map(|p| p.parse::<f64>());
+    let summary = [
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ];
+    parts.next().is_none().then_some(summary)
+}
+
+/// Merges summary `delta` into `base` (`None`: nothing yet).
+pub fn merge_summary(base: Option<[f64; 4]>, delta: [f64; 4]) -> [f64; 4] {
+    match base {
+        None => delta,
+        Some([n, s, lo, hi]) => [
+            n + delta[0],
+            s + delta[1],
+            lo.min(delta[2]),
+            hi.max(delta[3]),
+        ],
+    }
+}
+
 /// Metadata stored with every entry (field `m`), beside the events.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EntryMeta {
@@ -159,6 +192,12 @@ pub enum Op {
     ZMax(u16, String, f64),
     /// `EXPIRE key seconds`.
     Expire(u16, u64),
+    /// Merge `[count, sum, min, max]` into the summary held in one field:
+    /// counts and sums add up, the minimum and maximum are kept. One field
+    /// instead of four keeps a device-minute hash small and its merge to
+    /// one read and one write in the store (Redis keeps it as MessagePack;
+    /// every backend reads it as [`summary_text`]).
+    HashSummary(u16, String, [f64; 4]),
 }
 
 /// The aggregate writes of a batch of entries of one partition, applied
@@ -198,6 +237,20 @@ impl Ops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Summaries read back exactly and merge count/sum/min/max.
+    #[test]
+    fn summaries_round_trip_and_merge() {
+        let a = [2.0, 0.1 + 0.2, -3.5, 1e300];
+        assert_eq!(parse_summary(&summary_text(&a)), Some(a));
+        assert_eq!(parse_summary("1 2 3"), None);
+        assert_eq!(parse_summary("1 2 3 4 5"), None);
+        assert_eq!(
+            merge_summary(Some([1.0, 2.0, 2.0, 2.0]), [2.0, 5.0, 1.0, 4.0]),
+            [3.0, 7.0, 1.0, 4.0]
+        );
+        assert_eq!(merge_summary(None, a), a);
+    }
 
     /// Partitioning is stable (pinned values) and spreads devices.
     #[test]

@@ -685,6 +685,8 @@ where
     ops.push(Op::HashMax(h, "max".into(), 9.0));
     ops.push(Op::HashSet(h, "unit".into(), "W".into()));
     ops.push(Op::HashIncr(h, "big".into(), 1 << 40));
+    ops.push(Op::HashSummary(h, "util".into(), [2.0, 0.75, 0.25, 0.5]));
+    ops.push(Op::HashSummary(h, "util".into(), [1.0, 0.1, 0.1, 0.1]));
     // More writes to one key than one script group takes.
     for i in 0..2500 {
         ops.push(Op::HashIncr(h, format!("f{i}"), i));
@@ -713,7 +715,11 @@ where
     assert_eq!(fields["unit"], "W");
     assert_eq!(fields["big"], (1i64 << 40).to_string());
     assert_eq!(fields["f2499"], "2499");
-    assert_eq!(fields.len(), 2506);
+    assert_eq!(
+        testbed_stream::parse_summary(&fields["util"]),
+        Some([3.0, 0.75 + 0.1, 0.1, 0.5])
+    );
+    assert_eq!(fields.len(), 2507);
     assert_eq!(
         log.read_zset(&zset).await.unwrap(),
         vec![("d1".to_owned(), 3.5), ("d2".to_owned(), 7.0)]

@@ -81,20 +81,23 @@ pub struct Acc {
 }
 
 impl Acc {
-    /// Reads `<prefix>.count|sum|min|max`.
-    pub fn read(hash: &Fields<'_>, prefix: &str) -> Result<Self, QueryError> {
-        let count = hash.count(&fields::summary(prefix, "count"))?;
-        if count == 0 {
+    /// Reads the summary field `name` (`count sum min max`, see
+    /// [`testbed_stream::summary_text`]); empty when missing.
+    pub fn read(hash: &Fields<'_>, name: &str) -> Result<Self, QueryError> {
+        let Some(text) = hash.get(name) else {
+            return Ok(Self::default());
+        };
+        let [count, sum, min, max] = testbed_stream::parse_summary(text)
+            .filter(|s| s[0] >= 0.0 && s[0].fract() == 0.0)
+            .ok_or_else(|| QueryError::corrupt(hash.key, name, text))?;
+        if count == 0.0 {
             return Ok(Self::default());
         }
-        let float = |part: &str| -> Result<f64, QueryError> {
-            Ok(hash.float(&fields::summary(prefix, part))?.unwrap_or(0.0))
-        };
         Ok(Self {
-            count,
-            sum: float("sum")?,
-            min: float("min")?,
-            max: float("max")?,
+            count: count as u64,
+            sum,
+            min,
+            max,
         })
     }
 
@@ -156,31 +159,30 @@ impl DeviceAcc {
     pub fn read(hash: &Fields<'_>) -> Result<Self, QueryError> {
         let mut metrics = BTreeMap::new();
         for (field, value) in hash.iter() {
-            // `metric:<name>.<part>`; the part never holds a dot, the name may.
-            let Some((name, part)) = field
-                .strip_prefix("metric:")
-                .and_then(|rest| rest.rsplit_once('.'))
-            else {
-                continue;
-            };
-            let entry: &mut MetricAcc = metrics.entry(name.to_owned()).or_default();
-            match part {
-                "unit" => entry.unit = value.to_owned(),
-                "count" => entry.value = Acc::read(hash, &format!("metric:{name}"))?,
-                _ => {}
+            // `metric:<name>` (the summary) and `unit:<name>`.
+            if let Some(name) = field.strip_prefix("metric:") {
+                metrics
+                    .entry(name.to_owned())
+                    .or_insert_with(MetricAcc::default)
+                    .value = Acc::read(hash, field)?;
+            } else if let Some(name) = field.strip_prefix("unit:") {
+                metrics
+                    .entry(name.to_owned())
+                    .or_insert_with(MetricAcc::default)
+                    .unit = value.to_owned();
             }
         }
         Ok(Self {
             events: hash.count(fields::EVENTS)?,
             gpu: hash.count(fields::GPU_COUNT)?,
-            util: Acc::read(hash, "gpu.util")?,
-            mem: Acc::read(hash, "gpu.mem")?,
-            temp: Acc::read(hash, "gpu.temp")?,
-            power: Acc::read(hash, "gpu.power")?,
+            util: Acc::read(hash, fields::GPU_UTIL)?,
+            mem: Acc::read(hash, fields::GPU_MEM)?,
+            temp: Acc::read(hash, fields::GPU_TEMP)?,
+            power: Acc::read(hash, fields::GPU_POWER)?,
             tokens: hash.count(fields::TOKENS_COUNT)?,
             prompt: hash.count(fields::PROMPT_TOKENS)?,
             completion: hash.count(fields::COMPLETION_TOKENS)?,
-            latency: Acc::read(hash, "tok.lat")?,
+            latency: Acc::read(hash, fields::TOKENS_LATENCY)?,
             metrics,
         })
     }
@@ -400,24 +402,14 @@ mod tests {
         hash(&[
             ("n", "4"),
             ("gpu.n", "2"),
-            ("gpu.util.count", "2"),
-            ("gpu.util.sum", "1"),
-            ("gpu.util.min", "0.25"),
-            ("gpu.util.max", "0.75"),
+            ("gpu.util", "2 1 0.25 0.75"),
             ("tok.n", "1"),
             ("tok.prompt", "10"),
             ("tok.completion", "5"),
-            ("tok.lat.count", "1"),
-            ("tok.lat.sum", "0.5"),
-            ("tok.lat.min", "0.5"),
-            ("tok.lat.max", "0.5"),
+            ("tok.lat", "1 0.5 0.5 0.5"),
             ("metric.n", "1"),
-            ("metric:fan.speed.n", "1"),
-            ("metric:fan.speed.count", "1"),
-            ("metric:fan.speed.sum", "3"),
-            ("metric:fan.speed.min", "3"),
-            ("metric:fan.speed.max", "3"),
-            ("metric:fan.speed.unit", "rpm"),
+            ("metric:fan.speed", "1 3 3 3"),
+            ("unit:fan.speed", "rpm"),
         ])
     }
 
@@ -425,16 +417,10 @@ mod tests {
         hash(&[
             ("n", "2"),
             ("gpu.n", "1"),
-            ("gpu.util.count", "1"),
-            ("gpu.util.sum", "0.5"),
-            ("gpu.util.min", "0.5"),
-            ("gpu.util.max", "0.5"),
+            ("gpu.util", "1 0.5 0.5 0.5"),
             ("metric.n", "1"),
-            ("metric:fan.speed.count", "1"),
-            ("metric:fan.speed.sum", "9"),
-            ("metric:fan.speed.min", "9"),
-            ("metric:fan.speed.max", "9"),
-            ("metric:fan.speed.unit", "krpm"),
+            ("metric:fan.speed", "1 9 9 9"),
+            ("unit:fan.speed", "krpm"),
         ])
     }
 
@@ -491,6 +477,11 @@ mod tests {
         let bad = hash(&[("n", "many")]);
         let err = DeviceAcc::read(&Fields::new("k", &bad)).unwrap_err();
         assert!(matches!(err, QueryError::Store(_)), "{err:?}");
+        for summary in ["1 2 3", "1 2 3 4 5", "1.5 2 3 4", "-1 2 3 4", "a b c d"] {
+            let bad = hash(&[("gpu.util", summary)]);
+            let err = DeviceAcc::read(&Fields::new("k", &bad)).unwrap_err();
+            assert!(matches!(err, QueryError::Store(_)), "{summary}: {err:?}");
+        }
     }
 
     /// The state hash gives labels and the last-seen time; a missing hash

@@ -115,6 +115,9 @@ impl Consumer {
 
     async fn read_loop(self, partition: u32, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        // Events per entry seen lately: reads ask for about
+        // --apply-max-events events, so a read of large entries stays small.
+        let mut per_entry = 100u64;
         let mut paused = self.local.watch_paused();
         while !shutdown.is_cancelled() {
             if *paused.borrow_and_update() {
@@ -124,12 +127,16 @@ impl Consumer {
                     _ = paused.changed() => continue,
                 }
             }
-            let Some(read) = self.read_batch(partition, &shutdown).await else {
+            let Some(read) = self.read_batch(partition, per_entry, &shutdown).await else {
                 break;
             };
             match read {
                 Ok(entries) => {
                     failures = 0;
+                    if !entries.is_empty() {
+                        let events: usize = entries.iter().map(|e| e.events.len()).sum();
+                        per_entry = (events / entries.len()).max(1) as u64;
+                    }
                     // Entries already read are finished even during
                     // shutdown: they are ours until acked.
                     self.process(partition, entries).await;
@@ -155,9 +162,11 @@ impl Consumer {
     async fn read_batch(
         &self,
         partition: u32,
+        per_entry: u64,
         shutdown: &CancellationToken,
     ) -> Option<Result<Vec<Entry>, StoreError>> {
-        let count = self.config.read_count as usize;
+        let count = (self.config.apply_max_events / per_entry.max(1))
+            .clamp(1, u64::from(self.config.read_count)) as usize;
         let first = tokio::select! {
             () = shutdown.cancelled() => return None,
             read = self.log.read(partition, &self.name, count, self.config.read_block) => read,

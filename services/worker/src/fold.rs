@@ -47,15 +47,12 @@ impl Summary {
         }
     }
 
-    fn push(self, ops: &mut Ops, k: u16, prefix: &str) {
-        ops.push(Op::HashIncr(k, fields::summary(prefix, "count"), self.n));
-        ops.push(Op::HashIncrFloat(
+    fn push(self, ops: &mut Ops, k: u16, field: String) {
+        ops.push(Op::HashSummary(
             k,
-            fields::summary(prefix, "sum"),
-            self.sum,
+            field,
+            [self.n as f64, self.sum, self.min, self.max],
         ));
-        ops.push(Op::HashMin(k, fields::summary(prefix, "min"), self.min));
-        ops.push(Op::HashMax(k, fields::summary(prefix, "max"), self.max));
     }
 }
 
@@ -319,24 +316,26 @@ impl<'a> Folder<'a> {
                     ops.push(Op::HashIncr(k, field.to_owned(), by));
                 }
             }
-            for (prefix, summary) in [
-                ("gpu.util", dm.gpu_util),
-                ("gpu.mem", dm.gpu_mem),
-                ("gpu.temp", dm.gpu_temp),
-                ("gpu.power", dm.gpu_power),
-                ("tok.lat", dm.tok_lat),
+            for (field, summary) in [
+                (fields::GPU_UTIL, dm.gpu_util),
+                (fields::GPU_MEM, dm.gpu_mem),
+                (fields::GPU_TEMP, dm.gpu_temp),
+                (fields::GPU_POWER, dm.gpu_power),
+                (fields::TOKENS_LATENCY, dm.tok_lat),
             ] {
                 if let Some(s) = summary {
-                    s.push(&mut ops, k, prefix);
+                    s.push(&mut ops, k, field.to_owned());
                 }
             }
             for m in dm.named {
-                let prefix = format!("metric:{}", m.name);
                 if let Some(s) = m.summary {
-                    ops.push(Op::HashIncr(k, format!("{prefix}.n"), s.n));
-                    s.push(&mut ops, k, &prefix);
+                    s.push(&mut ops, k, fields::metric(m.name));
                 }
-                ops.push(Op::HashSet(k, format!("{prefix}.unit"), m.unit.to_owned()));
+                ops.push(Op::HashSet(
+                    k,
+                    fields::metric_unit(m.name),
+                    m.unit.to_owned(),
+                ));
             }
             ops.push(Op::Expire(k, ttl));
         }
@@ -491,6 +490,7 @@ mod tests {
                 | Op::HashMin(k, ..)
                 | Op::HashMax(k, ..)
                 | Op::HashSet(k, ..)
+                | Op::HashSummary(k, ..)
                 | Op::ZIncr(k, ..)
                 | Op::ZMax(k, ..)
                 | Op::Expire(k, ..) => usize::from(*k) == i,
@@ -516,10 +516,16 @@ mod tests {
         let ops = fold(&entry, &events, &keys, Duration::from_secs(3600));
         let dm = find(&ops, &keys.device_minute(2, "d1", 1));
         assert!(dm.contains(&&Op::HashIncr(0, "n".into(), 2)));
-        assert!(dm.contains(&&Op::HashIncrFloat(0, "gpu.util.sum".into(), 1.0)));
-        assert!(dm.contains(&&Op::HashMin(0, "gpu.util.min".into(), 0.25)));
-        assert!(dm.contains(&&Op::HashMax(0, "gpu.util.max".into(), 0.75)));
-        assert!(dm.contains(&&Op::HashMax(0, "gpu.power.max".into(), 300.0)));
+        assert!(dm.contains(&&Op::HashSummary(
+            0,
+            "gpu.util".into(),
+            [2.0, 1.0, 0.25, 0.75]
+        )));
+        assert!(dm.contains(&&Op::HashSummary(
+            0,
+            "gpu.power".into(),
+            [2.0, 400.0, 100.0, 300.0]
+        )));
         assert!(dm.contains(&&Op::Expire(0, 3600)));
         let run = find(&ops, &keys.run(2, "run-1"));
         // gpu, processed, expire, first event time, last processed time
@@ -589,11 +595,11 @@ mod tests {
         ));
         let dm = find(&ops, &keys.device_minute(0, "d", 0));
         assert!(dm.iter().any(
-            |op| matches!(op, Op::HashIncrFloat(_, f, v) if f == "metric:fan.sum" && *v == 3.0)
+            |op| matches!(op, Op::HashSummary(_, f, v) if f == "metric:fan" && *v == [1.0, 3.0, 3.0, 3.0])
         ));
         assert!(
             dm.iter()
-                .any(|op| matches!(op, Op::HashSet(_, f, v) if f == "metric:fan.unit" && v == "1"))
+                .any(|op| matches!(op, Op::HashSet(_, f, v) if f == "unit:fan" && v == "1"))
         );
         let top = find(&ops, &keys.top(0, "tokens", 0));
         assert!(

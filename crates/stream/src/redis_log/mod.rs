@@ -33,6 +33,48 @@ const DEAD_LETTER_MAX_LEN: u64 = 100_000;
 /// is limited to a few thousand values).
 const MAX_GROUP_WRITES: usize = 1000;
 
+/// A summary as a MessagePack array of four float64, what `apply.lua`
+/// unpacks (`cmsgpack`, in C) to merge it.
+fn msgpack_summary(summary: &[f64; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(37);
+    // Writing to a Vec cannot fail.
+    let _ = rmp::encode::write_array_len(&mut out, 4);
+    for v in summary {
+        let _ = rmp::encode::write_f64(&mut out, *v);
+    }
+    out
+}
+
+/// A stored hash value as text: a summary (a MessagePack array, which no
+/// UTF-8 text starts with) as [`summary_text`], anything else as UTF-8.
+fn stored_text(bytes: Vec<u8>) -> String {
+    if let Some(summary) = unpack_summary(&bytes) {
+        return crate::model::summary_text(&summary);
+    }
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Decodes a MessagePack array of four numbers (Lua's `cmsgpack` writes
+/// whole numbers as integers and exact ones as float32).
+fn unpack_summary(bytes: &[u8]) -> Option<[f64; 4]> {
+    if !matches!(bytes.first(), Some(0x90..=0x9f | 0xdc)) {
+        return None;
+    }
+    let mut rd = bytes;
+    if rmp::decode::read_array_len(&mut rd).ok()? != 4 {
+        return None;
+    }
+    let mut out = [0.0; 4];
+    for slot in &mut out {
+        *slot = match rd.first()? {
+            0xca => f64::from(rmp::decode::read_f32(&mut rd).ok()?),
+            0xcb => rmp::decode::read_f64(&mut rd).ok()?,
+            _ => rmp::decode::read_int::<i64, _>(&mut rd).ok()? as f64,
+        };
+    }
+    rd.is_empty().then_some(out)
+}
+
 /// The writes of one key, as `apply.lua` takes them.
 struct Group<'a> {
     key: u16,
@@ -54,6 +96,7 @@ fn groups(ops: &Ops) -> Vec<Group<'_>> {
             | Op::HashMin(k, ..)
             | Op::HashMax(k, ..)
             | Op::HashSet(k, ..)
+            | Op::HashSummary(k, ..)
             | Op::Expire(k, ..) => (*k, false),
             Op::ZIncr(k, ..) | Op::ZMax(k, ..) => (*k, true),
         };
@@ -244,6 +287,7 @@ impl RedisLog {
                     Op::HashSet(_, f, v) => invocation.arg("S").arg(f).arg(v),
                     Op::ZIncr(_, m, v) => invocation.arg("Z").arg(m).arg(v.to_string()),
                     Op::ZMax(_, m, v) => invocation.arg("X").arg(m).arg(v.to_string()),
+                    Op::HashSummary(_, f, v) => invocation.arg("U").arg(f).arg(msgpack_summary(v)),
                     // Folded into the group's time to live.
                     Op::Expire(..) => continue,
                 };
@@ -672,14 +716,40 @@ impl EventLog for RedisLog {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let key = key.clone();
-            let mut fields: Vec<(String, String)> = self
+            let raw: Vec<(String, Vec<u8>)> = self
                 .call("HGETALL", |mut c| async move {
                     redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
                 })
                 .await?;
+            let mut fields: Vec<(String, String)> =
+                raw.into_iter().map(|(f, v)| (f, stored_text(v))).collect();
             fields.sort();
             out.push(fields);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Lua's cmsgpack writes (integers of every width, float32 when
+    /// exact, float64) and what Rust writes both decode; text stays text.
+    #[test]
+    fn summaries_decode_from_msgpack() {
+        assert_eq!(
+            unpack_summary(&msgpack_summary(&[3.0, 0.3, -1.5, 7.25])),
+            Some([3.0, 0.3, -1.5, 7.25])
+        );
+        // fixarray(4): positive fixint 3, int16 -300, float32 0.5, uint32 70000
+        let lua = [
+            0x94, 0x03, 0xd1, 0xfe, 0xd4, 0xca, 0x3f, 0x00, 0x00, 0x00, 0xce, 0x00, 0x01, 0x11,
+            0x70,
+        ];
+        assert_eq!(unpack_summary(&lua), Some([3.0, -300.0, 0.5, 70000.0]));
+        assert_eq!(stored_text(lua.to_vec()), "3 -300 0.5 70000");
+        assert_eq!(stored_text(b"rpm".to_vec()), "rpm");
+        assert_eq!(unpack_summary(&[0x93, 1, 2, 3]), None);
     }
 }
