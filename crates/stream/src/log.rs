@@ -61,6 +61,17 @@ pub trait EventLog: Send + Sync {
         block: Duration,
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
 
+    /// Reads up to `count` entries of `partition` delivered to `consumer`
+    /// and not yet acked (its own pending entries, oldest first): what a
+    /// worker holds after a read whose reply it never saw (a timeout), or
+    /// after a restart under the same name.
+    fn read_own_pending(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
     /// Claims up to `count` entries of `partition` pending for longer than
     /// `min_idle` for `consumer`, with their delivery counts.
     fn claim_stale(
@@ -249,6 +260,15 @@ impl EventLog for AnyLog {
         block: Duration,
     ) -> Result<Vec<Entry>, StoreError> {
         delegate!(self, log => log.read(partition, consumer, count, block))
+    }
+
+    async fn read_own_pending(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        delegate!(self, log => log.read_own_pending(partition, consumer, count))
     }
 
     async fn claim_stale(

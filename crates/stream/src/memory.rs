@@ -345,6 +345,31 @@ impl EventLog for MemoryLog {
         ))
     }
 
+    async fn read_own_pending(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut part = self.part(partition)?;
+        let part = &mut *part;
+        let mut out = Vec::new();
+        for (id, pending) in part.pending.iter_mut() {
+            if out.len() >= count {
+                break;
+            }
+            if pending.consumer != consumer {
+                continue;
+            }
+            pending.delivered_at = Instant::now();
+            pending.deliveries += 1;
+            if let Some(stored) = part.entries.get(id) {
+                out.push(entry(partition, *id, stored, pending.deliveries));
+            }
+        }
+        Ok(out)
+    }
+
     async fn claim_stale(
         &self,
         partition: u32,

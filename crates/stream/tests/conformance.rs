@@ -116,6 +116,7 @@ conformance!(
     e2e_latency_is_recorded,
     batch_apply_is_all_or_nothing,
     merges_agree_across_backends,
+    own_pending_entries_can_be_read_again,
 );
 
 async fn append_read_apply_counts_once<F, Fut>(make: F)
@@ -723,5 +724,44 @@ where
     assert_eq!(
         log.read_zset(&zset).await.unwrap(),
         vec![("d1".to_owned(), 3.5), ("d2".to_owned(), 7.0)]
+    );
+}
+
+/// A consumer can read again what was delivered to it and not acked (a
+/// read whose reply was lost); other consumers' entries are not included.
+async fn own_pending_entries_can_be_read_again<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    log.append(0, &EntryMeta::default(), &events(&["a"]))
+        .await
+        .unwrap();
+    log.append(0, &EntryMeta::default(), &events(&["b"]))
+        .await
+        .unwrap();
+    let first = log
+        .read(0, "c1", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let second = log
+        .read(0, "c2", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let again = log.read_own_pending(0, "c1", 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(again[0].events, vec![b"payload-a".to_vec()]);
+    let ops = counter_ops(log, 0, "n", 1);
+    assert_eq!(
+        log.apply(0, &again, 1, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert!(log.read_own_pending(0, "c1", 10).await.unwrap().is_empty());
+    assert_eq!(
+        log.read_own_pending(0, "c2", 10).await.unwrap()[0].id,
+        second[0].id
     );
 }

@@ -118,6 +118,11 @@ impl Consumer {
         // Events per entry seen lately: reads ask for about
         // --apply-max-events events, so a read of large entries stays small.
         let mut per_entry = 100u64;
+        // Own pending entries first: at start (a restart under the same
+        // name) and after a failed read, whose entries may have been
+        // delivered to us with the reply lost (a timeout). Otherwise they
+        // would wait --claim-idle for someone to claim them.
+        let mut recover = true;
         let mut paused = self.local.watch_paused();
         while !shutdown.is_cancelled() {
             if *paused.borrow_and_update() {
@@ -125,6 +130,27 @@ impl Consumer {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = paused.changed() => continue,
+                }
+            }
+            if recover {
+                let count = (self.config.apply_max_events / per_entry.max(1))
+                    .clamp(1, u64::from(self.config.read_count))
+                    as usize;
+                // One pass: an entry an injected fault fails stays pending
+                // and waits for --claim-idle like any failed entry.
+                recover = false;
+                if let Ok(entries) = self
+                    .log
+                    .read_own_pending(partition, &self.name, count)
+                    .await
+                    && !entries.is_empty()
+                {
+                    tracing::info!(
+                        partition,
+                        entries = entries.len(),
+                        "resuming own pending entries"
+                    );
+                    self.process(partition, entries).await;
                 }
             }
             let Some(read) = self.read_batch(partition, per_entry, &shutdown).await else {
@@ -142,6 +168,7 @@ impl Consumer {
                     self.process(partition, entries).await;
                 }
                 Err(err) => {
+                    recover = true;
                     failures = failures.saturating_add(1);
                     let delay = Duration::from_millis(50u64 << failures.min(5));
                     if failures == 1 {

@@ -3,7 +3,11 @@
 -- KEYS[4] stats (hash), KEYS[5..] run ledgers of the batch's events
 -- ARGV[1] dedupe window (ids remembered), ARGV[2] entry meta,
 -- ARGV[3] run ledger time to live (seconds),
--- ARGV[4..] triples of (event_id, run ledger index into KEYS or 0, event bytes)
+-- ARGV[4] the events: each length-delimited (protobuf `repeated bytes`),
+-- ARGV[5..] pairs of (event_id, run ledger index into KEYS or 0)
+-- The entry holds the meta (field m), the blob (b) and, when some events
+-- were duplicates, their positions (d, comma-separated, 0-based): readers
+-- skip those. Duplicates are rare (retries), so the blob is never rebuilt.
 -- Returns {entry id or false, {duplicate positions (0-based)}}.
 --
 -- Order matters because Redis does not roll a script back on error: reads
@@ -11,7 +15,7 @@
 -- and only then the dedupe bookkeeping, so a failed append never leaves
 -- ids marked as seen that a retry would then drop.
 local window = tonumber(ARGV[1])
-local n = (#ARGV - 3) / 3
+local n = (#ARGV - 4) / 2
 -- Lua's unpack takes a few thousand values at most: bulk calls go in chunks.
 local CHUNK = 1000
 local function chunked(command, key, list, pairs_of)
@@ -37,10 +41,9 @@ end
 
 local ids = {}
 for j = 0, n - 1 do
-  ids[j + 1] = ARGV[4 + 3 * j]
+  ids[j + 1] = ARGV[5 + 2 * j]
 end
 local known = chunked('HMGET', KEYS[2], ids)
-local fields = {'m', ARGV[2]}
 local fresh_ids = {}
 local seen_here = {}
 local dups = {}
@@ -49,20 +52,22 @@ for j = 0, n - 1 do
   local id = ids[j + 1]
   if seen_here[id] or known[j + 1] then
     dups[#dups + 1] = j
-    local run = tonumber(ARGV[5 + 3 * j])
+    local run = tonumber(ARGV[6 + 2 * j])
     if run > 0 then
       run_dups[run] = (run_dups[run] or 0) + 1
     end
   else
     seen_here[id] = true
     fresh_ids[#fresh_ids + 1] = id
-    fields[#fields + 1] = 'e'
-    fields[#fields + 1] = ARGV[6 + 3 * j]
   end
 end
 local entry = false
 if #fresh_ids > 0 then
-  entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
+  if #dups > 0 then
+    entry = redis.call('XADD', KEYS[1], '*', 'm', ARGV[2], 'b', ARGV[4], 'd', table.concat(dups, ','))
+  else
+    entry = redis.call('XADD', KEYS[1], '*', 'm', ARGV[2], 'b', ARGV[4])
+  end
   chunked('HSET', KEYS[2], fresh_ids, 1)
   chunked('RPUSH', KEYS[3], fresh_ids)
   redis.call('HINCRBY', KEYS[4], 'ingested', #fresh_ids)

@@ -382,16 +382,25 @@ impl EventLog for RedisLog {
                 invocation.key(keys.run(partition, &event.run_id));
             }
         }
+        // Every event goes in one blob (each length-delimited, as protobuf
+        // `repeated bytes`): one stream field and one script argument per
+        // batch instead of one per event.
+        let mut blob = Vec::with_capacity(events.iter().map(|e| e.bytes.len() + 3).sum());
+        for event in events {
+            prost::encoding::encode_varint(event.bytes.len() as u64, &mut blob);
+            blob.extend_from_slice(&event.bytes);
+        }
         invocation
             .arg(self.inner.args.dedupe_window)
             .arg(meta.encode_to_vec())
-            .arg(self.inner.args.retention.as_secs().max(1));
+            .arg(self.inner.args.retention.as_secs().max(1))
+            .arg(blob);
         for event in events {
             let run = runs
                 .iter()
                 .position(|r| *r == event.run_id)
                 .map_or(0, |i| i + 5);
-            invocation.arg(&event.event_id).arg(run).arg(&event.bytes);
+            invocation.arg(&event.event_id).arg(run);
         }
         let (entry_id, duplicates): (Option<String>, Vec<u32>) = self
             .call("append", |mut c| async move {
@@ -475,6 +484,34 @@ impl EventLog for RedisLog {
                 }
             };
         *reader = Some(conn);
+        parse::read_reply(&reply, partition)
+    }
+
+    async fn read_own_pending(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let consumer = consumer.to_owned();
+        // ID 0 instead of `>`: this consumer's history, i.e. its pending list.
+        let reply: redis::Value = self
+            .call("XREADGROUP", |mut c| async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(&consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg("0")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         parse::read_reply(&reply, partition)
     }
 

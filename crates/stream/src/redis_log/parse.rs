@@ -56,6 +56,8 @@ fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
     };
     // A deleted-but-pending entry has a nil body: it is returned with no
     // events, and the worker dead-letters it.
+    let mut blob: Option<&[u8]> = None;
+    let mut skip: Vec<usize> = Vec::new();
     if let Some(fields) = parts.get(1).and_then(items) {
         for pair in fields.chunks(2) {
             let (Some(Value::BulkString(name)), Some(Value::BulkString(data))) =
@@ -65,12 +67,44 @@ fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
             };
             match name.as_slice() {
                 b"m" => entry.meta = data.clone(),
+                // One field per event: entries written before the blob.
                 b"e" => entry.events.push(data.clone()),
+                b"b" => blob = Some(data),
+                b"d" => {
+                    skip = String::from_utf8_lossy(data)
+                        .split(',')
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                }
                 _ => {}
             }
         }
     }
+    if let Some(blob) = blob {
+        // A blob that does not split cleanly leaves the entry with no
+        // events, which the worker dead-letters rather than guess.
+        let events = split_blob(blob).unwrap_or_default();
+        entry.events.extend(
+            events
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !skip.contains(i))
+                .map(|(_, e)| e.to_vec()),
+        );
+    }
     Ok(entry)
+}
+
+/// The events of a blob: each length-delimited (protobuf `repeated bytes`).
+pub(crate) fn split_blob(mut blob: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !blob.is_empty() {
+        let len = usize::try_from(prost::encoding::decode_varint(&mut blob).ok()?).ok()?;
+        let event = blob.get(..len)?;
+        blob = blob.get(len..)?;
+        out.push(event);
+    }
+    Some(out)
 }
 
 /// `XREADGROUP ... STREAMS key >`: nil on timeout, else `[[key, [entries]]]`
@@ -168,4 +202,49 @@ pub(crate) fn group_last_delivered(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blobs split back into their events; a truncated blob is refused.
+    #[test]
+    fn blobs_split() {
+        let mut blob = Vec::new();
+        for event in [&b"one"[..], b"", &[7u8; 300]] {
+            prost::encoding::encode_varint(event.len() as u64, &mut blob);
+            blob.extend_from_slice(event);
+        }
+        let events = split_blob(&blob).unwrap();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0], b"one");
+        assert_eq!(events[2].len(), 300);
+        assert_eq!(split_blob(&blob[..blob.len() - 1]), None);
+        assert_eq!(split_blob(&[]), Some(Vec::new()));
+    }
+
+    /// Duplicates listed in `d` are skipped.
+    #[test]
+    fn duplicate_positions_are_skipped() {
+        let mut blob = Vec::new();
+        for event in [&b"a"[..], b"b", b"c"] {
+            prost::encoding::encode_varint(event.len() as u64, &mut blob);
+            blob.extend_from_slice(event);
+        }
+        let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
+        let value = Value::Array(vec![
+            bulk(b"1-0"),
+            Value::Array(vec![
+                bulk(b"m"),
+                bulk(b""),
+                bulk(b"b"),
+                bulk(&blob),
+                bulk(b"d"),
+                bulk(b"1"),
+            ]),
+        ]);
+        let e = entry(&value, 0).unwrap();
+        assert_eq!(e.events, vec![b"a".to_vec(), b"c".to_vec()]);
+    }
 }
