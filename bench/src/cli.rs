@@ -163,8 +163,10 @@ pub struct Cli {
     #[arg(long, env = "TESTBED_BENCH_SIM_STREAMS", default_value_t = 2)]
     pub sim_streams: u32,
 
-    /// Simulator largest batch.
-    #[arg(long, env = "TESTBED_BENCH_SIM_BATCH_SIZE", default_value_t = 100)]
+    /// Simulator largest batch. 1000 is ingest's default `--max-batch`:
+    /// producers that care about throughput batch, and the XADD ceiling is
+    /// per event, so batching is what the comparison allows.
+    #[arg(long, env = "TESTBED_BENCH_SIM_BATCH_SIZE", default_value_t = 1000)]
     pub sim_batch_size: u32,
 
     /// Simulator `--drain-timeout`.

@@ -4,11 +4,17 @@
 //! Owns event processing and its steering. It does not accept events
 //! (ingest does) nor answer aggregate queries (the query service does).
 //!
-//! Exactly-once effect: applying an entry's aggregates and acknowledging
-//! it are one atomic step of the log ([`testbed_stream::EventLog::apply`]);
-//! an entry already acknowledged (because a consumer presumed dead was only
-//! slow, or a worker was killed right after applying) changes nothing.
-//! Client retries are deduplicated by event id when appended.
+//! Exactly-once effect: applying the aggregates of a batch of entries and
+//! acknowledging them are one atomic step of the log
+//! ([`testbed_stream::EventLog::apply`]); if one of them was already
+//! acknowledged (because a consumer presumed dead was only slow, or a
+//! worker was killed right after applying), nothing of the batch is
+//! applied and the worker folds the rest again without it. Client retries
+//! are deduplicated by event id when appended.
+//!
+//! Throughput: entries read together (gathered for `--apply-linger`) are
+//! folded into one set of per-key deltas ([`fold::Folder`]) before the
+//! apply, so the store's work grows with distinct keys, not events.
 //!
 //! # Layout
 //! - [`WorkerConfig`]: the `testbed worker` flags.

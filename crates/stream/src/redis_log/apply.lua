@@ -14,8 +14,9 @@
 -- then h, the number of e2e histogram increments, and h triples (key index
 -- into KEYS, entry number 1..n, events to count),
 -- then groups of writes, one key each: (key index, kind 'H' hash or
--- 'Z' sorted set, number f of writes, seconds to live or 0), then f
--- triples (op, field or member, value).
+-- 'Z' sorted set, number f of writes, seconds to live or 0, the f ops as
+-- one string of letters), then the f fields or members, then the f values.
+-- No field appears twice in one group.
 -- Returns {1} when applied, or {0, i, j, ...}: the entry numbers (1..n)
 -- that were no longer pending, and nothing was changed.
 --
@@ -99,101 +100,76 @@ local function number(v)
   return string.format('%.17g', v)
 end
 
-while i <= #ARGV do
+local last = #ARGV
+while i <= last do
   local key = KEYS[tonumber(ARGV[i])]
   local kind = ARGV[i + 1]
   local f = tonumber(ARGV[i + 2])
   local ttl = tonumber(ARGV[i + 3])
-  i = i + 4
-  local names = {}
-  for j = 0, f - 1 do
-    names[j + 1] = ARGV[i + 3 * j + 1]
-  end
-  local current = {}
+  local ops = ARGV[i + 4]
+  local first_name = i + 5
+  local first_value = first_name + f
   if kind ~= 'H' and kind ~= 'Z' then
     return redis.error_reply('unknown aggregate kind ' .. tostring(kind))
-  elseif f == 0 then
-    -- only a time to live
-  elseif kind == 'H' then
-    current = redis.call('HMGET', key, unpack(names, 1, f))
-  else
-    current = redis.call('ZMSCORE', key, unpack(names, 1, f))
   end
-  -- Merge in order; a field written twice in one group sees its own update.
-  local values = {}
-  local touched = {}
-  for j = 0, f - 1 do
-    local op, name, v = ARGV[i + 3 * j], ARGV[i + 3 * j + 1], ARGV[i + 3 * j + 2]
-    local old = values[name]
-    if old == nil then
-      old = current[j + 1]
-      if old == false then
-        old = nil
-      end
-    end
-    local new
-    if op == 'I' or op == 'F' or op == 'Z' then
-      new = (tonumber(old) or 0) + tonumber(v)
-    elseif op == 'm' then
-      new = tonumber(v)
-      if old ~= nil and tonumber(old) ~= nil and tonumber(old) <= new then
-        new = old
-      end
-    elseif op == 'M' or op == 'X' then
-      new = tonumber(v)
-      if old ~= nil and tonumber(old) ~= nil and tonumber(old) >= new then
-        new = old
-      end
-    elseif op == 'S' then
-      new = v
-    elseif op == 'U' then
-      -- A summary {count, sum, min, max}, kept as MessagePack: unpacked and
-      -- packed in C, so one field costs about what one counter does.
-      local d = cmsgpack.unpack(v)
-      local b = old
-      if type(b) == 'string' then
-        local ok, t = pcall(cmsgpack.unpack, b)
-        b = ok and t or nil
-      end
-      if type(b) == 'table' and #b == 4 then
-        new = {b[1] + d[1], b[2] + d[2], math.min(b[3], d[3]), math.max(b[4], d[4])}
-      else
-        new = d
-      end
+  if f > 0 then
+    -- Names are contiguous arguments: the read takes them as they are.
+    local current
+    if kind == 'H' then
+      current = redis.call('HMGET', key, unpack(ARGV, first_name, first_value - 1))
     else
-      return redis.error_reply('unknown aggregate op ' .. tostring(op))
+      current = redis.call('ZMSCORE', key, unpack(ARGV, first_name, first_value - 1))
     end
-    if values[name] == nil then
-      touched[#touched + 1] = name
-    end
-    values[name] = new
-  end
-  local out = {}
-  for _, name in ipairs(touched) do
-    local v = values[name]
-    if type(v) == 'number' then
-      v = number(v)
-    elseif type(v) == 'table' then
-      v = cmsgpack.pack(v)
+    -- A group never names a field twice (the caller splits it), so each
+    -- write merges with the value read.
+    local out = {}
+    for j = 0, f - 1 do
+      local op = string.byte(ops, j + 1)
+      local v = ARGV[first_value + j]
+      local old = current[j + 1]
+      local new
+      if op == 73 or op == 70 or op == 90 then -- I, F, Z: add
+        new = number((tonumber(old) or 0) + tonumber(v))
+      elseif op == 109 then -- m: keep the minimum
+        local o = tonumber(old)
+        if o ~= nil and o <= tonumber(v) then new = old else new = v end
+      elseif op == 77 or op == 88 then -- M, X: keep the maximum
+        local o = tonumber(old)
+        if o ~= nil and o >= tonumber(v) then new = old else new = v end
+      elseif op == 83 then -- S: set
+        new = v
+      elseif op == 85 then -- U: a summary {count, sum, min, max}, MessagePack
+        -- unpacked and packed in C, so one field costs about one counter.
+        local d = cmsgpack.unpack(v)
+        local b = nil
+        if old then
+          local ok, t = pcall(cmsgpack.unpack, old)
+          if ok and type(t) == 'table' and #t == 4 then b = t end
+        end
+        if b then
+          d = {b[1] + d[1], b[2] + d[2], math.min(b[3], d[3]), math.max(b[4], d[4])}
+        end
+        new = cmsgpack.pack(d)
+      else
+        return redis.error_reply('unknown aggregate op ' .. tostring(op))
+      end
+      if kind == 'H' then
+        out[2 * j + 1] = ARGV[first_name + j]
+        out[2 * j + 2] = new
+      else
+        out[2 * j + 1] = new
+        out[2 * j + 2] = ARGV[first_name + j]
+      end
     end
     if kind == 'H' then
-      out[#out + 1] = name
-      out[#out + 1] = v
+      redis.call('HSET', key, unpack(out))
     else
-      out[#out + 1] = v
-      out[#out + 1] = name
+      redis.call('ZADD', key, unpack(out))
     end
-  end
-  if #out == 0 then
-    -- nothing to write (an empty group)
-  elseif kind == 'H' then
-    redis.call('HSET', key, unpack(out))
-  else
-    redis.call('ZADD', key, unpack(out))
   end
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
   end
-  i = i + 3 * f
+  i = first_value + f
 end
 return {1}

@@ -3,9 +3,24 @@
 //!
 //! Every atomic step is one Lua script over keys of one partition (one hash
 //! tag, one slot): `append.lua` (dedupe + XADD + counters) and `apply.lua`
-//! (XACK + aggregate writes: the exactly-once step; in dead-letter mode
-//! XACK + XADD to the dead-letter stream + the run ledgers). Blocking reads
-//! use a dedicated connection per partition so they never stall other calls.
+//! (pending check + XACK of a batch of entries + aggregate writes: the
+//! exactly-once step; in dead-letter mode XACK + XADD to the dead-letter
+//! stream + the run ledgers). Blocking reads use a dedicated connection per
+//! partition so they never stall other calls.
+//!
+//! Layout of an entry: `m` (the [`EntryMeta`]), `b` (the events, each
+//! length-delimited, as protobuf `repeated bytes`) and, when some events of
+//! the request were duplicates, `d` (their positions, comma-separated),
+//! which readers skip. Entries of one field `e` per event (the first
+//! layout) are still read.
+//!
+//! Why scripts and not MULTI: each step reads before it writes (dedupe
+//! window, pending check, min/max merges), and a script does that without
+//! a round trip per key. Script time is what limits Redis here, so the
+//! scripts take whole batches and each key costs one read and one write
+//! whatever its number of fields; summaries are MessagePack arrays that
+//! `cmsgpack` (C) unpacks and packs. `redis-benchmark`'s XADD ceiling is
+//! what `bench/` compares against.
 
 mod conn;
 mod parse;
@@ -86,56 +101,77 @@ struct Group<'a> {
 /// `ops` grouped by key (in order of first use), expiries folded into each
 /// group's time to live, large groups split.
 fn groups(ops: &Ops) -> Vec<Group<'_>> {
-    let mut by_key: Vec<Option<Group<'_>>> = Vec::new();
-    by_key.resize_with(ops.keys.len(), || None);
+    // Per key: its groups so far; a field written again, or a full group,
+    // starts a new group of the same key (applied after, so it sees the
+    // first one's result).
+    let mut by_key: Vec<Vec<(Group<'_>, std::collections::HashSet<&str>)>> = Vec::new();
+    by_key.resize_with(ops.keys.len(), Vec::new);
+    let mut ttl = vec![0u64; ops.keys.len()];
     let mut order = Vec::new();
     for op in &ops.ops {
-        let (key, sorted_set) = match op {
-            Op::HashIncr(k, ..)
-            | Op::HashIncrFloat(k, ..)
-            | Op::HashMin(k, ..)
-            | Op::HashMax(k, ..)
-            | Op::HashSet(k, ..)
-            | Op::HashSummary(k, ..)
-            | Op::Expire(k, ..) => (*k, false),
-            Op::ZIncr(k, ..) | Op::ZMax(k, ..) => (*k, true),
+        let (key, sorted_set, field) = match op {
+            Op::HashIncr(k, f, _)
+            | Op::HashIncrFloat(k, f, _)
+            | Op::HashMin(k, f, _)
+            | Op::HashMax(k, f, _)
+            | Op::HashSet(k, f, _)
+            | Op::HashSummary(k, f, _) => (*k, false, Some(f.as_str())),
+            Op::ZIncr(k, m, _) | Op::ZMax(k, m, _) => (*k, true, Some(m.as_str())),
+            Op::Expire(k, _) => (*k, false, None),
         };
-        let Some(slot) = by_key.get_mut(usize::from(key)) else {
+        let Some(groups) = by_key.get_mut(usize::from(key)) else {
             continue;
         };
-        let group = slot.get_or_insert_with(|| {
+        if groups.is_empty() {
             order.push(key);
-            Group {
-                key,
-                sorted_set,
-                ttl: 0,
-                writes: Vec::new(),
+        }
+        let Some(field) = field else {
+            if let (Op::Expire(_, secs), Some(t)) = (op, ttl.get_mut(usize::from(key))) {
+                *t = (*t).max(*secs);
             }
-        });
-        match op {
-            Op::Expire(_, secs) => group.ttl = group.ttl.max(*secs),
-            _ => {
-                group.sorted_set = sorted_set;
-                group.writes.push(op);
+            if groups.is_empty() {
+                groups.push((
+                    Group {
+                        key,
+                        sorted_set,
+                        ttl: 0,
+                        writes: Vec::new(),
+                    },
+                    std::collections::HashSet::new(),
+                ));
             }
+            continue;
+        };
+        let fresh = match groups.last() {
+            None => true,
+            Some((g, fields)) => g.writes.len() >= MAX_GROUP_WRITES || fields.contains(field),
+        };
+        if fresh {
+            groups.push((
+                Group {
+                    key,
+                    sorted_set,
+                    ttl: 0,
+                    writes: Vec::new(),
+                },
+                std::collections::HashSet::new(),
+            ));
+        }
+        if let Some((group, fields)) = groups.last_mut() {
+            group.sorted_set = sorted_set;
+            group.writes.push(op);
+            fields.insert(field);
         }
     }
     let mut out = Vec::new();
     for key in order {
-        let Some(group) = by_key.get_mut(usize::from(key)).and_then(Option::take) else {
+        let Some(groups) = by_key.get_mut(usize::from(key)) else {
             continue;
         };
-        if group.writes.len() <= MAX_GROUP_WRITES {
+        let secs = ttl.get(usize::from(key)).copied().unwrap_or(0);
+        for (mut group, _) in groups.drain(..) {
+            group.ttl = secs;
             out.push(group);
-            continue;
-        }
-        for chunk in group.writes.chunks(MAX_GROUP_WRITES) {
-            out.push(Group {
-                key,
-                sorted_set: group.sorted_set,
-                ttl: group.ttl,
-                writes: chunk.to_vec(),
-            });
         }
     }
     out
@@ -272,23 +308,51 @@ impl RedisLog {
             invocation.arg(k(key)).arg(entry + 1).arg(weight);
         }
         for group in groups(ops) {
+            let mut letters = String::with_capacity(group.writes.len());
+            for op in &group.writes {
+                letters.push(match op {
+                    Op::HashIncr(..) => 'I',
+                    Op::HashIncrFloat(..) => 'F',
+                    Op::HashMin(..) => 'm',
+                    Op::HashMax(..) => 'M',
+                    Op::HashSet(..) => 'S',
+                    Op::HashSummary(..) => 'U',
+                    Op::ZIncr(..) => 'Z',
+                    Op::ZMax(..) => 'X',
+                    // Not in a group's writes: folded into its ttl.
+                    Op::Expire(..) => '-',
+                });
+            }
             invocation
                 .arg(k(group.key))
                 .arg(if group.sorted_set { "Z" } else { "H" })
                 .arg(group.writes.len())
-                .arg(group.ttl);
-            for op in group.writes {
+                .arg(group.ttl)
+                .arg(letters);
+            for op in &group.writes {
                 match op {
-                    Op::HashIncr(_, f, v) => invocation.arg("I").arg(f).arg(v),
+                    Op::HashIncr(_, f, _)
+                    | Op::HashIncrFloat(_, f, _)
+                    | Op::HashMin(_, f, _)
+                    | Op::HashMax(_, f, _)
+                    | Op::HashSet(_, f, _)
+                    | Op::HashSummary(_, f, _)
+                    | Op::ZIncr(_, f, _)
+                    | Op::ZMax(_, f, _) => invocation.arg(f),
+                    Op::Expire(..) => continue,
+                };
+            }
+            for op in &group.writes {
+                match op {
+                    Op::HashIncr(_, _, v) => invocation.arg(v),
                     // Floats as Rust's shortest round-trip text (`3`, `0.25`).
-                    Op::HashIncrFloat(_, f, v) => invocation.arg("F").arg(f).arg(v.to_string()),
-                    Op::HashMin(_, f, v) => invocation.arg("m").arg(f).arg(v.to_string()),
-                    Op::HashMax(_, f, v) => invocation.arg("M").arg(f).arg(v.to_string()),
-                    Op::HashSet(_, f, v) => invocation.arg("S").arg(f).arg(v),
-                    Op::ZIncr(_, m, v) => invocation.arg("Z").arg(m).arg(v.to_string()),
-                    Op::ZMax(_, m, v) => invocation.arg("X").arg(m).arg(v.to_string()),
-                    Op::HashSummary(_, f, v) => invocation.arg("U").arg(f).arg(msgpack_summary(v)),
-                    // Folded into the group's time to live.
+                    Op::HashIncrFloat(_, _, v)
+                    | Op::HashMin(_, _, v)
+                    | Op::HashMax(_, _, v)
+                    | Op::ZIncr(_, _, v)
+                    | Op::ZMax(_, _, v) => invocation.arg(v.to_string()),
+                    Op::HashSet(_, _, v) => invocation.arg(v),
+                    Op::HashSummary(_, _, v) => invocation.arg(msgpack_summary(v)),
                     Op::Expire(..) => continue,
                 };
             }
