@@ -20,14 +20,6 @@ use testbed_telemetry::TelemetryGuard;
 
 use crate::cli::{Cli, Command, ServerArgs};
 
-/// mimalloc instead of the system allocator: the request paths allocate
-/// per event (decoded strings, label maps, encoded bytes), and glibc's
-/// malloc measured as a quarter of ingest's CPU under load (perf, see
-/// bench/README.md). A small, widely used crate building from C sources
-/// on every target we ship (amd64, arm64, armv7).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Why the process stops with a non-zero status.
 #[derive(Debug, thiserror::Error)]
 enum MainError {

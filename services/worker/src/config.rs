@@ -38,7 +38,7 @@ pub struct WorkerConfig {
     /// applied together (one script, one ack for all), so the store's cost
     /// is per distinct key rather than per event; this bounds how long one
     /// apply holds Redis.
-    #[arg(long, env = "TESTBED_APPLY_MAX_EVENTS", default_value_t = 20_000,
+    #[arg(long, env = "TESTBED_APPLY_MAX_EVENTS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub apply_max_events: u64,
 
@@ -47,7 +47,9 @@ pub struct WorkerConfig {
     /// events): the longer, the more events each write carries, which
     /// bounds the store's cost whatever the rate, at the price of this much
     /// end-to-end latency. 0 applies what each read returns at once.
-    #[arg(long, env = "TESTBED_APPLY_LINGER", default_value = "50ms",
+    /// Measured at 90k events/s over 1000 devices on 2 cores, Redis CPU per
+    /// event was 9.2 µs at 50ms, 7.6 µs at 100ms and 5.6 µs at 200ms.
+    #[arg(long, env = "TESTBED_APPLY_LINGER", default_value = "100ms",
           value_parser = humantime::parse_duration)]
     pub apply_linger: Duration,
 
@@ -96,8 +98,8 @@ impl Default for WorkerConfig {
             consumer_name: None,
             concurrency: 4,
             read_count: 256,
-            apply_max_events: 20_000,
-            apply_linger: Duration::from_millis(50),
+            apply_max_events: 10_000,
+            apply_linger: Duration::from_millis(100),
             read_block: Duration::from_millis(500),
             claim_idle: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(5),
