@@ -177,8 +177,10 @@ async fn pause_and_resume_steer_every_replica() {
     assert!(!resumed.state.unwrap().paused);
     let t = wait_drained(&s.log, 500, Duration::from_secs(30)).await;
     assert_eq!((t.ingested, t.processed), (500, 500));
-    let status = status_until(&mut ca, "running again", |st| {
+    // Heartbeats carry each worker's count a little after the apply.
+    let status = status_until(&mut ca, "running again, counts reported", |st| {
         st.workers.iter().all(|w| w.state() == WorkerState::Running)
+            && st.workers.iter().map(|w| w.events_processed).sum::<u64>() >= 500
     })
     .await;
     assert_eq!(
