@@ -352,22 +352,13 @@ impl EventLog for MemoryLog {
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let mut part = self.part(partition)?;
-        let part = &mut *part;
-        let mut out = Vec::new();
-        for (id, pending) in part.pending.iter_mut() {
-            if out.len() >= count {
-                break;
-            }
-            if pending.consumer != consumer {
-                continue;
-            }
-            pending.delivered_at = Instant::now();
-            pending.deliveries += 1;
-            if let Some(stored) = part.entries.get(id) {
-                out.push(entry(partition, *id, stored, pending.deliveries));
-            }
-        }
-        Ok(out)
+        Ok(Self::redeliver(
+            &mut part,
+            partition,
+            count,
+            consumer,
+            |p| p.consumer == consumer,
+        ))
     }
 
     async fn claim_stale(
@@ -378,23 +369,13 @@ impl EventLog for MemoryLog {
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let mut part = self.part(partition)?;
-        let part = &mut *part;
-        let mut out = Vec::new();
-        for (id, pending) in part.pending.iter_mut() {
-            if out.len() >= count {
-                break;
-            }
-            if pending.delivered_at.elapsed() < min_idle {
-                continue;
-            }
-            pending.consumer = consumer.to_owned();
-            pending.delivered_at = Instant::now();
-            pending.deliveries += 1;
-            if let Some(stored) = part.entries.get(id) {
-                out.push(entry(partition, *id, stored, pending.deliveries));
-            }
-        }
-        Ok(out)
+        Ok(Self::redeliver(
+            &mut part,
+            partition,
+            count,
+            consumer,
+            |p| p.delivered_at.elapsed() >= min_idle,
+        ))
     }
 
     async fn apply(
@@ -571,6 +552,33 @@ impl EventLog for MemoryLog {
 }
 
 impl MemoryLog {
+    /// Delivers again, to `consumer`, up to `count` pending entries of
+    /// `part` that `pick` selects, oldest first, counting the delivery.
+    fn redeliver(
+        part: &mut Part,
+        partition: u32,
+        count: usize,
+        consumer: &str,
+        pick: impl Fn(&Pending) -> bool,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (id, pending) in part.pending.iter_mut() {
+            if out.len() >= count {
+                break;
+            }
+            if !pick(pending) {
+                continue;
+            }
+            pending.consumer = consumer.to_owned();
+            pending.delivered_at = Instant::now();
+            pending.deliveries += 1;
+            if let Some(stored) = part.entries.get(id) {
+                out.push(entry(partition, *id, stored, pending.deliveries));
+            }
+        }
+        out
+    }
+
     /// Dead-lettered entries of `partition` with their reasons (for tests
     /// and status).
     pub fn dead_letters(&self, partition: u32) -> Vec<(String, String)> {

@@ -98,6 +98,19 @@ struct Group<'a> {
     writes: Vec<&'a Op>,
 }
 
+impl<'a> Group<'a> {
+    /// A group of `key` with no writes yet, and the fields it names.
+    fn empty(key: u16, sorted_set: bool) -> (Self, std::collections::HashSet<&'a str>) {
+        let group = Self {
+            key,
+            sorted_set,
+            ttl: 0,
+            writes: Vec::new(),
+        };
+        (group, std::collections::HashSet::new())
+    }
+}
+
 /// `ops` grouped by key (in order of first use), expiries folded into each
 /// group's time to live, large groups split.
 fn groups(ops: &Ops) -> Vec<Group<'_>> {
@@ -130,15 +143,7 @@ fn groups(ops: &Ops) -> Vec<Group<'_>> {
                 *t = (*t).max(*secs);
             }
             if groups.is_empty() {
-                groups.push((
-                    Group {
-                        key,
-                        sorted_set,
-                        ttl: 0,
-                        writes: Vec::new(),
-                    },
-                    std::collections::HashSet::new(),
-                ));
+                groups.push(Group::empty(key, sorted_set));
             }
             continue;
         };
@@ -147,15 +152,7 @@ fn groups(ops: &Ops) -> Vec<Group<'_>> {
             Some((g, fields)) => g.writes.len() >= MAX_GROUP_WRITES || fields.contains(field),
         };
         if fresh {
-            groups.push((
-                Group {
-                    key,
-                    sorted_set,
-                    ttl: 0,
-                    writes: Vec::new(),
-                },
-                std::collections::HashSet::new(),
-            ));
+            groups.push(Group::empty(key, sorted_set));
         }
         if let Some((group, fields)) = groups.last_mut() {
             group.sorted_set = sorted_set;
