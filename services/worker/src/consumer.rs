@@ -150,7 +150,7 @@ impl Consumer {
                         entries = entries.len(),
                         "resuming own pending entries"
                     );
-                    self.process(partition, entries).await;
+                    recover = self.process(partition, entries).await;
                 }
             }
             let Some(read) = self.read_batch(partition, per_entry, &shutdown).await else {
@@ -164,8 +164,9 @@ impl Consumer {
                         per_entry = (events / entries.len()).max(1) as u64;
                     }
                     // Entries already read are finished even during
-                    // shutdown: they are ours until acked.
-                    self.process(partition, entries).await;
+                    // shutdown: they are ours until acked. A store error
+                    // leaves some pending: read them again next.
+                    recover |= self.process(partition, entries).await;
                 }
                 Err(err) => {
                     recover = true;
@@ -314,13 +315,15 @@ impl Consumer {
     /// are dead-lettered one by one, entries an injected fault fails stay
     /// pending, and the rest are folded and applied together, in batches
     /// of at most `--apply-max-events` events, each one atomic step.
-    pub async fn process(&self, partition: u32, entries: Vec<Entry>) {
+    /// Returns true when a store error left some of them pending.
+    pub async fn process(&self, partition: u32, entries: Vec<Entry>) -> bool {
         if entries.is_empty() {
-            return;
+            return false;
         }
         let Ok(_permit) = self.local.permits().acquire().await else {
-            return;
+            return false;
         };
+        let mut store_failed = false;
         let mut batch: Vec<Decoded> = Vec::new();
         let mut batch_events = 0u64;
         for entry in entries {
@@ -331,12 +334,13 @@ impl Consumer {
             batch_events += decoded.events.len() as u64;
             batch.push(Decoded { span, ..decoded });
             if batch_events >= self.config.apply_max_events {
-                self.apply_batch(partition, std::mem::take(&mut batch))
+                store_failed |= self
+                    .apply_batch(partition, std::mem::take(&mut batch))
                     .await;
                 batch_events = 0;
             }
         }
-        self.apply_batch(partition, batch).await;
+        store_failed | self.apply_batch(partition, batch).await
     }
 
     /// Decodes `entry`; dead-letters it if it is poison, and leaves it
@@ -410,8 +414,9 @@ impl Consumer {
     /// already acked (another consumer claimed and applied them) leave the
     /// batch and the rest is folded again, so nothing counts twice. Store
     /// errors are retried with backoff a few times; past that the entries
-    /// stay pending and are claimed later, so nothing is lost.
-    async fn apply_batch(&self, partition: u32, mut batch: Vec<Decoded>) {
+    /// stay pending (true is returned: the read loop reads its own pending
+    /// entries again next), so nothing is lost.
+    async fn apply_batch(&self, partition: u32, mut batch: Vec<Decoded>) -> bool {
         while !batch.is_empty() {
             let entries: Vec<Entry> = batch.iter().map(|d| d.entry.clone()).collect();
             let events: u64 = batch.iter().map(|d| d.events.len() as u64).sum();
@@ -438,7 +443,7 @@ impl Consumer {
                         // exemplar points at the entry's trace.
                         d.span.in_scope(|| self.metrics.e2e.record(latency, &[]));
                     }
-                    return;
+                    return false;
                 }
                 Ok(ApplyOutcome::NotPending(gone)) => {
                     self.figures
@@ -459,10 +464,11 @@ impl Consumer {
                 Err(err) => {
                     self.metrics.retried.add(events, &[]);
                     tracing::warn!(partition, entries = batch.len(), error = %err, "apply failed; entries stay pending");
-                    return;
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// The span of one batch apply: linked to every entry's processing
@@ -530,7 +536,7 @@ struct Decoded {
 }
 
 /// Backoff for store calls that failed: a few quick retries, then the
-/// entries stay pending and are claimed later.
+/// entries stay pending and are read again (or claimed) later.
 fn store_retry() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
