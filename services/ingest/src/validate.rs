@@ -39,19 +39,20 @@ pub fn check_id(field: &str, value: &str, required: bool) -> Result<(), Violatio
         ));
     }
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
-    if value.bytes().all(allowed) {
-        return Ok(());
+    // The first refused byte starts a character: every byte before it is ASCII.
+    match value.bytes().position(|b| !allowed(b)) {
+        None => Ok(()),
+        Some(at) => {
+            let bad = value.get(at..).and_then(|rest| rest.chars().next());
+            Err(violation(
+                field,
+                format!(
+                    "must use only [A-Za-z0-9._:-], found {:?}",
+                    bad.unwrap_or('?')
+                ),
+            ))
+        }
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return Err(violation(
-            field,
-            format!("must use only [A-Za-z0-9._:-], found {bad:?}"),
-        ));
-    }
-    Ok(())
 }
 
 /// `Err(reason)` unless `value` has `min..=max` characters.

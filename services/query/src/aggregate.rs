@@ -157,19 +157,13 @@ pub struct DeviceAcc {
 impl DeviceAcc {
     /// Reads one `device_minute` hash.
     pub fn read(hash: &Fields<'_>) -> Result<Self, QueryError> {
-        let mut metrics = BTreeMap::new();
+        let mut metrics: BTreeMap<String, MetricAcc> = BTreeMap::new();
         for (field, value) in hash.iter() {
             // `metric:<name>` (the summary) and `unit:<name>`.
             if let Some(name) = field.strip_prefix("metric:") {
-                metrics
-                    .entry(name.to_owned())
-                    .or_insert_with(MetricAcc::default)
-                    .value = Acc::read(hash, field)?;
+                metrics.entry(name.to_owned()).or_default().value = Acc::read(hash, field)?;
             } else if let Some(name) = field.strip_prefix("unit:") {
-                metrics
-                    .entry(name.to_owned())
-                    .or_insert_with(MetricAcc::default)
-                    .unit = value.to_owned();
+                metrics.entry(name.to_owned()).or_default().unit = value.to_owned();
             }
         }
         Ok(Self {

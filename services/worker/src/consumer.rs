@@ -133,9 +133,7 @@ impl Consumer {
                 }
             }
             if recover {
-                let count = (self.config.apply_max_events / per_entry.max(1))
-                    .clamp(1, u64::from(self.config.read_count))
-                    as usize;
+                let count = self.read_size(per_entry);
                 // One pass: an entry an injected fault fails stays pending
                 // and waits for --claim-idle like any failed entry.
                 recover = false;
@@ -184,6 +182,13 @@ impl Consumer {
         }
     }
 
+    /// Entries to ask for in one read: about `--apply-max-events` events
+    /// at `per_entry` events per entry, within `--read-count`.
+    fn read_size(&self, per_entry: u64) -> usize {
+        (self.config.apply_max_events / per_entry.max(1))
+            .clamp(1, u64::from(self.config.read_count)) as usize
+    }
+
     /// One read, then, if it found entries, more for up to
     /// `--apply-linger` (or until shutdown), so that one apply carries more
     /// events. `None` when shutdown came first.
@@ -193,8 +198,7 @@ impl Consumer {
         per_entry: u64,
         shutdown: &CancellationToken,
     ) -> Option<Result<Vec<Entry>, StoreError>> {
-        let count = (self.config.apply_max_events / per_entry.max(1))
-            .clamp(1, u64::from(self.config.read_count)) as usize;
+        let count = self.read_size(per_entry);
         let first = tokio::select! {
             () = shutdown.cancelled() => return None,
             read = self.log.read(partition, &self.name, count, self.config.read_block) => read,
@@ -328,11 +332,15 @@ impl Consumer {
         let mut batch_events = 0u64;
         for entry in entries {
             let span = self.entry_span(&entry);
-            let Some(decoded) = self.prepare(entry).instrument(span.clone()).await else {
+            let Some((entry, events)) = self.prepare(entry).instrument(span.clone()).await else {
                 continue;
             };
-            batch_events += decoded.events.len() as u64;
-            batch.push(Decoded { span, ..decoded });
+            batch_events += events.len() as u64;
+            batch.push(Decoded {
+                entry,
+                events,
+                span,
+            });
             if batch_events >= self.config.apply_max_events {
                 store_failed |= self
                     .apply_batch(partition, std::mem::take(&mut batch))
@@ -344,8 +352,10 @@ impl Consumer {
     }
 
     /// Decodes `entry`; dead-letters it if it is poison, and leaves it
-    /// pending if an injected fault fails it. `Some` when it is to be applied.
-    async fn prepare(&self, entry: Entry) -> Option<Decoded> {
+    /// pending if an injected fault fails it. `Some` when it is to be
+    /// applied: the entry, its encoded events dropped (the batch keeps the
+    /// decoded ones only), and its events.
+    async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<Event>)> {
         let events = entry.events.len() as u64;
         let decoded: Result<Vec<Event>, String> = entry
             .events
@@ -377,11 +387,8 @@ impl Consumer {
             self.metrics.retried.add(events, &[]);
             return None;
         }
-        Some(Decoded {
-            entry,
-            events: decoded,
-            span: tracing::Span::none(),
-        })
+        entry.events = Vec::new();
+        Some((entry, decoded))
     }
 
     /// Dead-letters `entry` (its decoded `events`, when decodable, also

@@ -188,11 +188,6 @@ impl<'a> Folder<'a> {
         self.events
     }
 
-    /// Distinct aggregate keys so far (a bound on the apply's size).
-    pub fn distinct_keys(&self) -> usize {
-        self.device_minutes.len() + self.devices.len() + self.runs.len() * 2 + self.entries.len()
-    }
-
     /// Adds the decoded `events` of `entry`, the batch's entry number `index`.
     pub fn add(&mut self, index: u32, entry: &Entry, events: &'a [Event]) {
         self.entries.push((
