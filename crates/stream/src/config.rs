@@ -40,6 +40,17 @@ pub struct StoreArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub dedupe_window: u64,
 
+    /// Idempotent-producer window: how many recent batch sequences each
+    /// partition remembers per producer_id (a bitmap, one bit per
+    /// sequence: 65536 is 8 KiB per producer and partition). Batches that
+    /// carry a producer_id and a sequence are deduplicated by it instead of
+    /// by event id; a sequence older than the window is refused
+    /// (FAILED_PRECONDITION), since whether it was appended cannot be told.
+    /// Rounded up to a multiple of 8.
+    #[arg(long, env = "TESTBED_PRODUCER_WINDOW", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(8..=1 << 30))]
+    pub producer_window: u64,
+
     /// How long aggregates (per-minute buckets, device state, run ledgers)
     /// are kept; query windows may not exceed it.
     #[arg(long, env = "TESTBED_RETENTION", default_value = "1h",
@@ -56,6 +67,7 @@ impl Default for StoreArgs {
             key_prefix: "testbed".to_owned(),
             redis_timeout: Duration::from_millis(500),
             dedupe_window: 100_000,
+            producer_window: 65_536,
             retention: Duration::from_secs(3600),
         }
     }
@@ -112,6 +124,7 @@ mod tests {
         assert_eq!(cli.store.key_prefix, d.key_prefix);
         assert_eq!(cli.store.redis_timeout, d.redis_timeout);
         assert_eq!(cli.store.dedupe_window, d.dedupe_window);
+        assert_eq!(cli.store.producer_window, d.producer_window);
         assert!(cli.store.redis_url.is_none());
     }
 
@@ -126,6 +139,7 @@ mod tests {
             ("--key-prefix", "a b"),
             ("--key-prefix", "{x}"),
             ("--redis-timeout", "fast"),
+            ("--producer-window", "4"),
         ] {
             let err = Cli::try_parse_from(["x", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag} {value}: {err}");

@@ -10,6 +10,23 @@ pub enum StoreError {
     /// The store answered something this version cannot understand.
     #[error("event store returned unexpected data: {0}")]
     Protocol(String),
+    /// An idempotent producer's batch sequence is older than the window of
+    /// sequences the partition remembers for it: whether that batch was
+    /// appended before cannot be told, so it is refused rather than risk a
+    /// double count. Not retryable as it is.
+    #[error(
+        "sequence {sequence} of producer {producer_id:?} is older than the {window} sequences remembered (newest {highest}); whether it was appended cannot be told"
+    )]
+    StaleSequence {
+        /// The producer.
+        producer_id: String,
+        /// The refused sequence.
+        sequence: u64,
+        /// The newest sequence the partition has seen from the producer.
+        highest: u64,
+        /// The producer window (`--producer-window`).
+        window: u64,
+    },
 }
 
 impl StoreError {

@@ -53,6 +53,18 @@ impl Keys {
         format!("{}:ids:order", self.tag(p))
     }
 
+    /// An idempotent producer's state in partition `p` (hash: `hi`, the
+    /// newest sequence seen) ...
+    pub fn producer(&self, p: u32, producer_id: &str) -> String {
+        format!("{}:producer/{producer_id}", self.tag(p))
+    }
+
+    /// ... and its window of recent sequences (bitmap, bit `sequence mod
+    /// window` set once that sequence was appended).
+    pub fn producer_seen(&self, p: u32, producer_id: &str) -> String {
+        format!("{}:producer/{producer_id}/seen", self.tag(p))
+    }
+
     /// End-to-end latency histogram of partition `p` for the minute
     /// `minute` (Unix minutes) in which entries were appended.
     pub fn e2e(&self, p: u32, minute: i64) -> String {

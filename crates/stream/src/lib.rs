@@ -16,7 +16,24 @@
 //!
 //! This crate knows nothing of events' meaning: ingest validates and encodes
 //! them, the worker decides what aggregates to write. It owns how bytes are
-//! stored, deduplicated by event id, acknowledged and trimmed.
+//! stored, deduplicated (by producer sequence or by event id), acknowledged
+//! and trimmed.
+//!
+//! # Deduplication
+//! An append is deduplicated one of two ways, both bounded in memory:
+//! - **Idempotent producers** (a batch with a `producer_id` and a sequence
+//!   above 0, as the simulator sends): by sequence, Kafka-style. Each
+//!   partition remembers, per producer, the newest sequence and a bitmap of
+//!   the last `--producer-window` sequences (8 KiB for 65536). A sequence
+//!   already set is a retry: the whole batch is a duplicate. One older than
+//!   the window is refused ([`StoreError::StaleSequence`]). The cost is a
+//!   few commands per batch, not per event. Events repeated inside one
+//!   batch are still dropped (in Rust, before the append). Each partition
+//!   judges its own share of a request: a retry can be a duplicate on one
+//!   partition and stale on another whose window moved on.
+//! - **Everyone else**: by event id, within a window of the last
+//!   `--dedupe-window` ids of the partition (a hash and a list in Redis,
+//!   about 100 bytes per id).
 //!
 //! # Why the `redis` crate
 //! `redis` (redis-rs) has a reconnecting [`redis::aio::ConnectionManager`],
@@ -45,8 +62,8 @@ pub use error::StoreError;
 pub use log::{AnyLog, EventLog};
 pub use memory::MemoryLog;
 pub use model::{
-    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary, latency_bucket, latency_bucket_upper, merge_summary, parse_summary,
-    partition_of, summary_text,
+    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, MAX_SEQUENCE, Op, Ops,
+    PartitionFigures, PendingSummary, latency_bucket, latency_bucket_upper, merge_summary,
+    parse_summary, partition_of, repeated_ids, summary_text,
 };
 pub use redis_log::RedisLog;

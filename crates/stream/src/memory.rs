@@ -5,7 +5,7 @@
 //! README needs nothing installed. Everything is lost when the process
 //! stops; startup says so.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use crate::keys::Keys;
 use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary, latency_bucket,
+    PendingSummary, latency_bucket, repeated_ids,
 };
 use crate::{StoreArgs, StoreError};
 
@@ -32,6 +32,7 @@ pub struct MemoryLog {
 struct Inner {
     keys: Keys,
     window: usize,
+    producer_window: u64,
     retention: Duration,
     parts: Vec<Mutex<Part>>,
     notify: Vec<Notify>,
@@ -46,8 +47,46 @@ struct Part {
     pending: BTreeMap<Id, Pending>,
     ids: HashSet<String>,
     order: VecDeque<String>,
+    /// Idempotent producers' recent sequences (never expire here: the
+    /// embedded log lives as long as its process).
+    producers: HashMap<String, ProducerWindow>,
     figures: PartitionFigures,
     dead: Vec<(Id, String, Stored)>,
+}
+
+/// The sequences of one producer the partition remembers: the newest and
+/// those within the window below it (as `append_producer.lua` does with a
+/// bitmap).
+#[derive(Debug, Default)]
+struct ProducerWindow {
+    highest: Option<u64>,
+    seen: BTreeSet<u64>,
+}
+
+enum SequenceCheck {
+    New,
+    Seen,
+    /// Older than the window; the newest sequence.
+    Stale(u64),
+}
+
+impl ProducerWindow {
+    fn check(&self, sequence: u64, window: u64) -> SequenceCheck {
+        match self.highest {
+            None => SequenceCheck::New,
+            Some(hi) if sequence.saturating_add(window) <= hi => SequenceCheck::Stale(hi),
+            Some(_) if self.seen.contains(&sequence) => SequenceCheck::Seen,
+            Some(_) => SequenceCheck::New,
+        }
+    }
+
+    fn mark(&mut self, sequence: u64, window: u64) {
+        let hi = self.highest.map_or(sequence, |hi| hi.max(sequence));
+        self.highest = Some(hi);
+        self.seen.insert(sequence);
+        // Keep (hi - window, hi].
+        self.seen = self.seen.split_off(&(hi.saturating_sub(window) + 1));
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +221,7 @@ impl MemoryLog {
             inner: Arc::new(Inner {
                 keys: Keys::new(&args.key_prefix),
                 window: usize::try_from(args.dedupe_window).unwrap_or(usize::MAX),
+                producer_window: args.producer_window.next_multiple_of(8),
                 retention: args.retention,
                 parts: (0..partitions)
                     .map(|_| Mutex::new(Part::default()))
@@ -265,25 +305,49 @@ impl EventLog for MemoryLog {
     ) -> Result<AppendOutcome, StoreError> {
         let mut part = self.part(partition)?;
         let mut outcome = AppendOutcome::default();
-        let mut fresh = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            if part.ids.insert(event.event_id.clone()) {
-                part.order.push_back(event.event_id.clone());
-                fresh.push(event.bytes.clone());
-            } else {
-                outcome.duplicates.push(i as u32);
-                if !event.run_id.is_empty() {
-                    let key = self.inner.keys.run(partition, &event.run_id);
-                    let mut kv = self.kv();
-                    let keys = [key];
-                    kv.apply(&keys, &Op::HashIncr(0, "duplicates".to_owned(), 1));
-                    kv.apply(&keys, &Op::Expire(0, self.inner.retention.as_secs().max(1)));
+        if let Some((producer, sequence)) = meta.idempotent() {
+            let window = self.inner.producer_window;
+            let seen = part.producers.entry(producer.to_owned()).or_default();
+            match seen.check(sequence, window) {
+                SequenceCheck::Stale(highest) => {
+                    return Err(StoreError::StaleSequence {
+                        producer_id: producer.to_owned(),
+                        sequence,
+                        highest,
+                        window,
+                    });
+                }
+                SequenceCheck::Seen => outcome.duplicates = (0..events.len() as u32).collect(),
+                SequenceCheck::New => {
+                    seen.mark(sequence, window);
+                    outcome.duplicates = repeated_ids(events);
+                }
+            }
+        } else {
+            for (i, event) in events.iter().enumerate() {
+                if part.ids.insert(event.event_id.clone()) {
+                    part.order.push_back(event.event_id.clone());
+                } else {
+                    outcome.duplicates.push(i as u32);
+                }
+            }
+            while part.order.len() > self.inner.window {
+                if let Some(old) = part.order.pop_front() {
+                    part.ids.remove(&old);
                 }
             }
         }
-        while part.order.len() > self.inner.window {
-            if let Some(old) = part.order.pop_front() {
-                part.ids.remove(&old);
+        let mut fresh = Vec::with_capacity(events.len() - outcome.duplicates.len());
+        let mut dups = outcome.duplicates.iter().peekable();
+        for (i, event) in events.iter().enumerate() {
+            if dups.next_if_eq(&&(i as u32)).is_none() {
+                fresh.push(event.bytes.clone());
+            } else if !event.run_id.is_empty() {
+                let key = self.inner.keys.run(partition, &event.run_id);
+                let mut kv = self.kv();
+                let keys = [key];
+                kv.apply(&keys, &Op::HashIncr(0, "duplicates".to_owned(), 1));
+                kv.apply(&keys, &Op::Expire(0, self.inner.retention.as_secs().max(1)));
             }
         }
         part.figures.duplicates += outcome.duplicates.len() as u64;

@@ -77,6 +77,32 @@ pub struct EntryMeta {
     pub tracestate: String,
 }
 
+/// The largest producer sequence: sequences are compared in the store's
+/// scripts, whose numbers are doubles (exact up to 2^53).
+pub const MAX_SEQUENCE: u64 = (1 << 53) - 1;
+
+impl EntryMeta {
+    /// The idempotent producer and sequence of the batch, when it has both
+    /// (a `producer_id` and a sequence above 0): such a batch is
+    /// deduplicated by its sequence, not by its event ids.
+    pub fn idempotent(&self) -> Option<(&str, u64)> {
+        (!self.producer_id.is_empty() && self.sequence > 0)
+            .then_some((self.producer_id.as_str(), self.sequence))
+    }
+}
+
+/// Positions of events whose id already appeared earlier in the same batch
+/// (the batch-level dedupe of idempotent producers still drops those).
+pub fn repeated_ids(events: &[AppendEvent]) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !seen.insert(e.event_id.as_str()))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
 /// One event of an append: its dedupe key and its encoded bytes.
 #[derive(Debug, Clone)]
 pub struct AppendEvent {

@@ -20,6 +20,8 @@ fn args(partitions: u32, window: u64) -> StoreArgs {
     StoreArgs {
         partitions,
         dedupe_window: window,
+        // Small, so the cases below slide it and wrap around it.
+        producer_window: 16,
         redis_timeout: Duration::from_secs(2),
         ..StoreArgs::default()
     }
@@ -117,6 +119,7 @@ conformance!(
     batch_apply_is_all_or_nothing,
     merges_agree_across_backends,
     own_pending_entries_can_be_read_again,
+    producer_sequences_dedupe_batches,
 );
 
 async fn append_read_apply_counts_once<F, Fut>(make: F)
@@ -764,4 +767,139 @@ where
         log.read_own_pending(0, "c2", 10).await.unwrap()[0].id,
         second[0].id
     );
+}
+
+/// Batches of an idempotent producer are deduplicated by sequence within
+/// the producer window (16 here): retries are whole duplicates, batches may
+/// arrive out of order, ids repeated inside a batch are dropped, ids are
+/// not compared across batches, and a sequence older than the window is
+/// refused. The jumps below slide the window by less than its width, by
+/// more, and across its wrap-around.
+async fn producer_sequences_dedupe_batches<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    let meta = |sequence: u64| EntryMeta {
+        producer_id: "sim-1".into(),
+        sequence,
+        ..EntryMeta::default()
+    };
+    let append = |sequence: u64, ids: &'static [&'static str]| async move {
+        log.append(0, &meta(sequence), &events(ids)).await
+    };
+    let dups = |sequence: u64, ids: &'static [&'static str]| async move {
+        append(sequence, ids).await.unwrap().duplicates
+    };
+    let stale = |sequence: u64| async move {
+        match append(sequence, &["x"]).await {
+            Err(testbed_stream::StoreError::StaleSequence {
+                highest, window, ..
+            }) => (highest, window),
+            other => panic!("sequence {sequence}: expected StaleSequence, got {other:?}"),
+        }
+    };
+
+    let first = append(1, &["a", "b"]).await.unwrap();
+    assert!(first.entry_id.is_some());
+    assert!(first.duplicates.is_empty());
+    // A retry of sequence 1 is a duplicate as a whole and appends nothing.
+    let retry = append(1, &["a", "b"]).await.unwrap();
+    assert_eq!((retry.entry_id, retry.duplicates), (None, vec![0, 1]));
+    // A gap, then a late batch below the newest: both new.
+    assert_eq!(
+        dups(3, &["c", "c", "d"]).await,
+        vec![1],
+        "repeat in the batch"
+    );
+    assert_eq!(dups(2, &["e"]).await, Vec::<u32>::new());
+    assert_eq!(dups(2, &["e"]).await, vec![0]);
+    // Under a new sequence, an old event id is not a duplicate.
+    assert_eq!(dups(4, &["a"]).await, Vec::<u32>::new());
+    // A jump of the whole window forgets everything below it ...
+    assert_eq!(dups(20, &["f"]).await, Vec::<u32>::new());
+    assert_eq!(stale(4).await, (20, 16));
+    assert_eq!(
+        dups(5, &["g"]).await,
+        Vec::<u32>::new(),
+        "in the window, never seen"
+    );
+    // ... a slide by two drops 5 (and frees its slot for 21) ...
+    assert_eq!(dups(22, &["h"]).await, Vec::<u32>::new());
+    assert_eq!(stale(5).await, (22, 16));
+    assert_eq!(dups(21, &["i"]).await, Vec::<u32>::new());
+    assert_eq!(dups(21, &["i"]).await, vec![0]);
+    // ... and a slide by 15 across the wrap-around clears the slots of 23..36
+    // (20's among them), keeps 22 and drops 21.
+    assert_eq!(dups(37, &["j"]).await, Vec::<u32>::new());
+    assert_eq!(dups(36, &["k"]).await, Vec::<u32>::new(), "20's old slot");
+    assert_eq!(dups(22, &["h"]).await, vec![0]);
+    assert_eq!(stale(21).await, (37, 16));
+    // Another producer has its own window.
+    let other = EntryMeta {
+        producer_id: "sim-2".into(),
+        sequence: 1,
+        ..EntryMeta::default()
+    };
+    let out = log.append(0, &other, &events(&["a"])).await.unwrap();
+    assert!(out.duplicates.is_empty());
+
+    let read = log
+        .read(0, "c", 100, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let all: Vec<String> = read
+        .iter()
+        .flat_map(|e| {
+            e.events
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        })
+        .collect();
+    let want: Vec<String> = [
+        "a", "b", "c", "d", "e", "a", "f", "g", "h", "i", "j", "k", "a",
+    ]
+    .iter()
+    .map(|id| format!("payload-{id}"))
+    .collect();
+    assert_eq!(all, want);
+    let figures = log.figures(0).await.unwrap();
+    // 13 appended; duplicates: 2 (retry of 1) + 1 (repeat) + 1 + 1 + 1.
+    assert_eq!((figures.ingested, figures.duplicates), (13, 6));
+}
+
+/// An idempotent producer's duplicates count in its run ledgers, the
+/// repeats inside a new batch as well as a whole retried batch.
+#[tokio::test]
+async fn producer_duplicates_count_in_run_ledgers() {
+    for b in [memory(1, 100).await, redis(1, 100).await] {
+        let log = &b.log;
+        let meta = EntryMeta {
+            producer_id: "sim-r1".into(),
+            sequence: 1,
+            ..EntryMeta::default()
+        };
+        let mut batch = events(&["a", "b", "a", "c"]);
+        for e in &mut batch[..3] {
+            e.run_id = "r1".into();
+        }
+        assert_eq!(
+            log.append(0, &meta, &batch).await.unwrap().duplicates,
+            vec![2]
+        );
+        assert_eq!(
+            log.append(0, &meta, &batch).await.unwrap().duplicates,
+            vec![0, 1, 2, 3]
+        );
+        let ledger = log
+            .read_hashes(&[log.keys().run(0, "r1")])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(ledger, vec![("duplicates".to_owned(), "4".to_owned())]);
+        let figures = log.figures(0).await.unwrap();
+        assert_eq!((figures.ingested, figures.duplicates), (3, 5));
+    }
 }

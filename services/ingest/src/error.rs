@@ -31,6 +31,9 @@ pub enum IngestError {
     /// The producer id breaks the id rules.
     #[error("invalid producer_id: {0}")]
     InvalidProducer(String),
+    /// A producer's sequence is past what the store can compare exactly.
+    #[error("sequence {0} is over the largest producer sequence, 2^53-1")]
+    SequenceTooLarge(u64),
     /// A partition's backlog is over `--backlog-limit`.
     #[error(
         "backlog of partition {partition} is {backlog} events, over the limit of {limit}; retry later"
@@ -65,6 +68,22 @@ impl From<IngestError> for Status {
                 err.to_string(),
                 ErrorDetails::with_bad_request_violation("producer_id", reason.clone()),
             ),
+            IngestError::SequenceTooLarge(_) => Status::with_error_details(
+                Code::InvalidArgument,
+                err.to_string(),
+                ErrorDetails::with_bad_request_violation("sequence", err.to_string()),
+            ),
+            IngestError::Store(StoreError::StaleSequence { producer_id, .. }) => {
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!("{err}; send it again under a new producer_id if it must go in"),
+                    ErrorDetails::with_precondition_failure_violation(
+                        "STALE_SEQUENCE",
+                        format!("producer_id {producer_id:?}, field sequence"),
+                        err.to_string(),
+                    ),
+                )
+            }
             IngestError::Backpressure { retry_after, .. } => Status::with_error_details(
                 Code::ResourceExhausted,
                 err.to_string(),
@@ -117,6 +136,22 @@ mod tests {
 
         let status = Status::from(IngestError::Store(StoreError::Unavailable("down".into())));
         assert_eq!(status.code(), Code::Unavailable);
+        let status = Status::from(IngestError::SequenceTooLarge(1 << 60));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "sequence");
+
+        let status = Status::from(IngestError::Store(StoreError::StaleSequence {
+            producer_id: "sim-1".into(),
+            sequence: 3,
+            highest: 70_000,
+            window: 65_536,
+        }));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let failure = status.get_details_precondition_failure().unwrap();
+        assert_eq!(failure.violations[0].r#type, "STALE_SEQUENCE");
+        assert!(failure.violations[0].subject.contains("sequence"));
+
         let status = Status::from(IngestError::Store(StoreError::Protocol("boom".into())));
         assert_eq!(status.code(), Code::Internal);
         assert!(

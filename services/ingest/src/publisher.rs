@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use prost::Message as _;
 use testbed_proto::v1::{Event, EventRejection};
-use testbed_stream::{AnyLog, AppendEvent, EntryMeta, EventLog as _, partition_of};
+use testbed_stream::{AnyLog, AppendEvent, EntryMeta, EventLog as _, MAX_SEQUENCE, partition_of};
 
 use crate::IngestConfig;
 use crate::error::IngestError;
@@ -114,6 +114,9 @@ impl Publisher {
         }
         check_id("producer_id", &batch.producer_id, false)
             .map_err(|v| IngestError::InvalidProducer(v.reason))?;
+        if !batch.producer_id.is_empty() && batch.sequence > MAX_SEQUENCE {
+            return Err(IngestError::SequenceTooLarge(batch.sequence));
+        }
 
         let now = SystemTime::now();
         let partitions = self.log.partitions();

@@ -58,7 +58,8 @@ impl From<QueryError> for Status {
             QueryError::Store(StoreError::Unavailable(_)) => {
                 Status::unavailable(format!("{err}; retry later"))
             }
-            QueryError::Store(StoreError::Protocol(cause)) => {
+            // A stale producer sequence only happens on appends.
+            QueryError::Store(cause) => {
                 tracing::error!(error = %cause, "store protocol error on the read path");
                 Status::internal("internal error reading statistics")
             }

@@ -123,7 +123,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         unary: args.unary,
         max_retries: args.max_retries,
         max_batch: args.batch_size,
-        producer_id: format!("sim-{run_id}"),
+        producer_id: runner::producer_id(&run_id),
         drain: args.drain_timeout,
         stream_max_age: args
             .target

@@ -99,6 +99,15 @@ pub async fn run(
     run_live(live, fleet, channels, options, figures, progress, shutdown).await
 }
 
+/// The idempotent-producer id of one run of this process: the run id (cut
+/// to fit the 128-character limit) and a random suffix, so a rerun under
+/// the same `--run-id` is a new producer whose sequences, starting again at
+/// 1, are not taken for retries of the earlier run's batches.
+pub fn producer_id(run_id: &str) -> String {
+    let run: String = run_id.chars().take(100).collect();
+    format!("sim-{run}-{:016x}", rand::random::<u64>())
+}
+
 /// As [`run`], but follows `scenario`: when a new scenario is sent
 /// (`SimulatorService.UpdateRun`), the schedule switches to it at once,
 /// from its first phase, on the same fleet and streams (event ids and
@@ -138,7 +147,8 @@ pub async fn run_live(
     let began = Instant::now();
     let mut start = began;
     let mut offset = Duration::ZERO;
-    let mut seq = 0u64;
+    // From 1: sequence 0 means "none" to the idempotent-producer dedupe.
+    let mut seq = 1u64;
     // Set when a change arrived while waiting (`changed` marks it seen).
     let mut switched = false;
     loop {

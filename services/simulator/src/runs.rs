@@ -247,7 +247,7 @@ impl Runs {
             unary: config.unary,
             max_retries: config.max_retries,
             max_batch: spec.batch_size,
-            producer_id: format!("sim-{id}"),
+            producer_id: crate::runner::producer_id(&id),
             drain: config.drain,
             // Streams to a headless Service are recycled so new pods get load.
             stream_max_age: spec

@@ -154,6 +154,73 @@ async fn republished_event_ids_count_once() {
     pipe.stop().await;
 }
 
+/// An idempotent producer's retried batch (same producer_id and sequence)
+/// counts once on every partition it spans, with no event-id window at
+/// all; a sequence older than the producer window is FAILED_PRECONDITION
+/// with PreconditionFailure details, and one over 2^53-1 INVALID_ARGUMENT
+/// naming `sequence`.
+#[tokio::test]
+async fn idempotent_producer_retries_count_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let log = AnyLog::Redis(
+        RedisLog::connect(&StoreArgs {
+            redis_url: Some(url),
+            // The event-id window cannot be what catches the retries below.
+            dedupe_window: 1,
+            producer_window: 64,
+            ..StoreArgs::default()
+        })
+        .await
+        .unwrap(),
+    );
+    log.ensure_group().await.unwrap();
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    let minute = test_minute();
+    let events: Vec<Event> = (0..100).map(|i| event("idem", i, 7, minute)).collect();
+    let mut client = pipe.client().await;
+    let request = |sequence: u64| PublishRequest {
+        events: events.clone(),
+        producer_id: "sim-test".into(),
+        sequence,
+    };
+    let first = client.publish(request(1)).await.unwrap().into_inner();
+    assert_eq!((first.accepted_count, first.duplicate_count), (100, 0));
+    let retry = client.publish(request(1)).await.unwrap().into_inner();
+    assert_eq!((retry.accepted_count, retry.duplicate_count), (100, 100));
+
+    // Sequence 200, on every device's partition, slides the window past 1:
+    // a retry of 1 is refused.
+    let others: Vec<Event> = (100..107).map(|i| event("idem", i, 7, minute)).collect();
+    let moved = PublishRequest {
+        events: others.clone(),
+        producer_id: "sim-test".into(),
+        sequence: 200,
+    };
+    client.publish(moved).await.unwrap();
+    let err = client.publish(request(1)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let failure = err.get_details_precondition_failure().unwrap();
+    assert_eq!(failure.violations[0].r#type, "STALE_SEQUENCE");
+    let err = client.publish(request(1 << 53)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.get_details_bad_request().unwrap().field_violations[0].field,
+        "sequence"
+    );
+
+    let figures = wait_drained(&log, 107, Duration::from_secs(30)).await;
+    assert_eq!(
+        (figures.ingested, figures.processed, figures.duplicates),
+        (107, 107, 100)
+    );
+    let mut all = events.clone();
+    all.extend(others);
+    let want = expected(&all);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    pipe.stop().await;
+}
+
 /// A batch with invalid events: the valid ones are counted, the invalid
 /// ones reported by index with field and reason.
 #[tokio::test]

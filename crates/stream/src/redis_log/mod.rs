@@ -2,7 +2,9 @@
 //! Redis or a Redis Cluster.
 //!
 //! Every atomic step is one Lua script over keys of one partition (one hash
-//! tag, one slot): `append.lua` (dedupe + XADD + counters) and `apply.lua`
+//! tag, one slot): `append.lua` (event-id dedupe + XADD + counters),
+//! `append_producer.lua` (the same, deduplicated by an idempotent
+//! producer's sequence) and `apply.lua`
 //! (pending check + XACK of a batch of entries + aggregate writes: the
 //! exactly-once step; in dead-letter mode XACK + XADD to the dead-letter
 //! stream + the run ledgers). Blocking reads use a dedicated connection per
@@ -37,7 +39,7 @@ use crate::keys::Keys;
 use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary,
+    PendingSummary, repeated_ids,
 };
 use crate::{StoreArgs, StoreError};
 
@@ -189,12 +191,25 @@ impl std::fmt::Debug for RedisLog {
     }
 }
 
+/// Every event of an append in one blob (each length-delimited, as
+/// protobuf `repeated bytes`): one stream field and one script argument per
+/// batch instead of one per event.
+fn blob<'a>(events: impl Iterator<Item = &'a AppendEvent> + Clone) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(events.clone().map(|e| e.bytes.len() + 3).sum());
+    for event in events {
+        prost::encoding::encode_varint(event.bytes.len() as u64, &mut blob);
+        blob.extend_from_slice(&event.bytes);
+    }
+    blob
+}
+
 struct Inner {
     args: StoreArgs,
     keys: Keys,
     shared: OnceCell<Conn>,
     readers: Vec<Mutex<Option<Conn>>>,
     append: Script,
+    append_producer: Script,
     apply: Script,
     /// `redis_command_duration_seconds{command}`.
     latency: opentelemetry::metrics::Histogram<f64>,
@@ -212,6 +227,7 @@ impl RedisLog {
                 shared: OnceCell::new(),
                 readers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
                 append: Script::new(include_str!("append.lua")),
+                append_producer: Script::new(include_str!("append_producer.lua")),
                 apply: Script::new(include_str!("apply.lua")),
                 latency: opentelemetry::global::meter("testbed-stream")
                     .f64_histogram("redis.command.duration")
@@ -230,6 +246,90 @@ impl RedisLog {
             tracing::warn!(error = %err, "Redis not reachable yet; will keep trying");
         }
         Ok(log)
+    }
+
+    /// [`EventLog::append`] of an idempotent producer's batch: deduplicated
+    /// by `sequence` (`append_producer.lua`), repeats inside the batch
+    /// dropped here.
+    async fn append_idempotent(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent],
+        producer: &str,
+        sequence: u64,
+    ) -> Result<AppendOutcome, StoreError> {
+        let keys = &self.inner.keys;
+        let window = self.inner.args.producer_window.next_multiple_of(8);
+        let repeated = repeated_ids(events);
+        let is_repeat = |i: usize| repeated.binary_search(&(i as u32)).is_ok();
+        // Per run ledger: (run, events in the blob, repeats left out).
+        let mut runs: Vec<(&str, u64, u64)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            if event.run_id.is_empty() {
+                continue;
+            }
+            let slot = match runs.iter().position(|r| r.0 == event.run_id) {
+                Some(slot) => slot,
+                None => {
+                    runs.push((&event.run_id, 0, 0));
+                    runs.len() - 1
+                }
+            };
+            if is_repeat(i) {
+                runs[slot].2 += 1;
+            } else {
+                runs[slot].1 += 1;
+            }
+        }
+        let mut invocation = self.inner.append_producer.prepare_invoke();
+        invocation
+            .key(keys.stream(partition))
+            .key(keys.stats(partition))
+            .key(keys.producer(partition, producer))
+            .key(keys.producer_seen(partition, producer));
+        for (run, _, _) in &runs {
+            invocation.key(keys.run(partition, run));
+        }
+        let fresh = events.len() - repeated.len();
+        invocation
+            .arg(window)
+            .arg(sequence)
+            .arg(meta.encode_to_vec())
+            .arg(self.inner.args.retention.as_secs().max(1))
+            .arg(blob(
+                events
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !is_repeat(*i))
+                    .map(|(_, e)| e),
+            ))
+            .arg(fresh)
+            .arg(repeated.len());
+        for (k, (_, in_blob, repeats)) in runs.iter().enumerate() {
+            invocation.arg(k + 5).arg(in_blob).arg(repeats);
+        }
+        let (entry_id, state, highest): (Option<String>, u8, String) = self
+            .call("append", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        match state {
+            0 => Ok(AppendOutcome {
+                entry_id,
+                duplicates: repeated,
+            }),
+            1 => Ok(AppendOutcome {
+                entry_id: None,
+                duplicates: (0..events.len() as u32).collect(),
+            }),
+            _ => Err(StoreError::StaleSequence {
+                producer_id: producer.to_owned(),
+                sequence,
+                highest: highest.parse().unwrap_or(0),
+                window,
+            }),
+        }
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
@@ -428,6 +528,11 @@ impl EventLog for RedisLog {
         meta: &EntryMeta,
         events: &[AppendEvent],
     ) -> Result<AppendOutcome, StoreError> {
+        if let Some((producer, sequence)) = meta.idempotent() {
+            return self
+                .append_idempotent(partition, meta, events, producer, sequence)
+                .await;
+        }
         let keys = &self.inner.keys;
         let mut invocation = self.inner.append.prepare_invoke();
         invocation
@@ -443,14 +548,7 @@ impl EventLog for RedisLog {
                 invocation.key(keys.run(partition, &event.run_id));
             }
         }
-        // Every event goes in one blob (each length-delimited, as protobuf
-        // `repeated bytes`): one stream field and one script argument per
-        // batch instead of one per event.
-        let mut blob = Vec::with_capacity(events.iter().map(|e| e.bytes.len() + 3).sum());
-        for event in events {
-            prost::encoding::encode_varint(event.bytes.len() as u64, &mut blob);
-            blob.extend_from_slice(&event.bytes);
-        }
+        let blob = blob(events.iter());
         invocation
             .arg(self.inner.args.dedupe_window)
             .arg(meta.encode_to_vec())

@@ -38,7 +38,8 @@ impl From<ControlError> for Status {
                 ErrorDetails::with_bad_request_violation(*field, reason.clone()),
             ),
             ControlError::Store(StoreError::Unavailable(_)) => Status::unavailable(err.to_string()),
-            ControlError::Store(StoreError::Protocol(cause)) => {
+            // A stale producer sequence only happens on appends.
+            ControlError::Store(cause) => {
                 tracing::error!(error = %cause, "store protocol error on the control path");
                 Status::internal("internal error reading or writing control state")
             }
