@@ -10,6 +10,12 @@
 //! the end, so folding allocates per key, not per event.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// The fold's maps, hashed several times per event: foldhash (hashbrown's
+/// default hasher, seeded per process) instead of std's SipHash, which
+/// showed up in profiles. One fold lives for one batch of at most
+/// `--apply-max-events` events, which bounds what colliding ids could cost.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
 use std::time::Duration;
 
 use testbed_proto::v1::{Event, event::Payload};
@@ -141,11 +147,11 @@ pub struct Folder<'a> {
     partition: u32,
     keys: &'a Keys,
     retention: Duration,
-    device_minutes: HashMap<(&'a str, i64), DeviceMinute<'a>>,
-    top: HashMap<(i64, &'a str), TopAcc>,
-    token_groups: HashMap<(i64, bool, &'a str), TokenGroup>,
-    devices: HashMap<&'a str, DeviceAcc<'a>>,
-    runs: HashMap<&'a str, RunAcc>,
+    device_minutes: FastMap<(&'a str, i64), DeviceMinute<'a>>,
+    top: FastMap<(i64, &'a str), TopAcc>,
+    token_groups: FastMap<(i64, bool, &'a str), TokenGroup>,
+    devices: FastMap<&'a str, DeviceAcc<'a>>,
+    runs: FastMap<&'a str, RunAcc>,
     /// (entry index, append minute, events) of every entry.
     entries: Vec<(u32, i64, u64)>,
     events: u64,
@@ -173,11 +179,11 @@ impl<'a> Folder<'a> {
             partition,
             keys,
             retention,
-            device_minutes: HashMap::new(),
-            top: HashMap::new(),
-            token_groups: HashMap::new(),
-            devices: HashMap::new(),
-            runs: HashMap::new(),
+            device_minutes: FastMap::default(),
+            top: FastMap::default(),
+            token_groups: FastMap::default(),
+            devices: FastMap::default(),
+            runs: FastMap::default(),
             entries: Vec::new(),
             events: 0,
         }
@@ -334,7 +340,7 @@ impl<'a> Folder<'a> {
             }
             ops.push(Op::Expire(k, ttl));
         }
-        let mut top_keys: HashMap<(usize, i64), u16> = HashMap::new();
+        let mut top_keys: FastMap<(usize, i64), u16> = FastMap::default();
         for ((minute, device), acc) in self.top {
             for (i, metric) in TOP.iter().enumerate() {
                 if !acc.touched[i] {
@@ -349,7 +355,7 @@ impl<'a> Folder<'a> {
         for k in top_keys.into_values() {
             ops.push(Op::Expire(k, ttl));
         }
-        let mut token_keys: HashMap<i64, u16> = HashMap::new();
+        let mut token_keys: FastMap<i64, u16> = FastMap::default();
         for ((minute, is_model, name), g) in self.token_groups {
             let k = *token_keys
                 .entry(minute)
