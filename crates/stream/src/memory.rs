@@ -351,6 +351,9 @@ impl EventLog for MemoryLog {
             }
         }
         part.figures.duplicates += outcome.duplicates.len() as u64;
+        if fresh.is_empty() {
+            outcome.backlog = Some(part.figures.backlog());
+        }
         if !fresh.is_empty() {
             let ms = now_ms();
             let id = if ms > part.last_id.0 {
@@ -360,6 +363,7 @@ impl EventLog for MemoryLog {
             };
             part.last_id = id;
             part.figures.ingested += fresh.len() as u64;
+            outcome.backlog = Some(part.figures.backlog());
             part.entries.insert(
                 id,
                 Stored {

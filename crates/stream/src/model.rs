@@ -123,6 +123,10 @@ pub struct AppendOutcome {
     /// Positions (in the append's event list) of events whose id was
     /// already in the dedupe window: acknowledged, not appended again.
     pub duplicates: Vec<u32>,
+    /// The partition's backlog (see [`PartitionFigures::backlog`]) right
+    /// after the append, when the backend reports it: ingest's
+    /// backpressure check uses it instead of reading the figures again.
+    pub backlog: Option<u64>,
 }
 
 /// One log entry as a consumer sees it: a batch of events from one request

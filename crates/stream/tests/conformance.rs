@@ -213,17 +213,20 @@ where
     let b = make(1, 1000).await;
     let log = &b.log;
     let meta = EntryMeta::default();
-    log.append(0, &meta, &events(&["a", "b"])).await.unwrap();
+    let out = log.append(0, &meta, &events(&["a", "b"])).await.unwrap();
+    assert_eq!(out.backlog, Some(2), "the backlog after the append");
     // A retry of b with a new c, and c twice in the same batch.
     let out = log
         .append(0, &meta, &events(&["b", "c", "c"]))
         .await
         .unwrap();
     assert_eq!(out.duplicates, vec![0, 2]);
+    assert_eq!(out.backlog, Some(3));
     // A batch of only duplicates appends nothing.
     let out = log.append(0, &meta, &events(&["a"])).await.unwrap();
     assert_eq!(out.entry_id, None);
     assert_eq!(out.duplicates, vec![0]);
+    assert_eq!(out.backlog, Some(3));
 
     let read = log
         .read(0, "c", 10, Duration::from_millis(100))
@@ -807,7 +810,10 @@ where
     assert!(first.duplicates.is_empty());
     // A retry of sequence 1 is a duplicate as a whole and appends nothing.
     let retry = append(1, &["a", "b"]).await.unwrap();
-    assert_eq!((retry.entry_id, retry.duplicates), (None, vec![0, 1]));
+    assert_eq!(
+        (retry.entry_id, retry.duplicates, retry.backlog),
+        (None, vec![0, 1], Some(2))
+    );
     // A gap, then a late batch below the newest: both new.
     assert_eq!(
         dups(3, &["c", "c", "d"]).await,

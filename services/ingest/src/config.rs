@@ -35,6 +35,15 @@ pub struct IngestConfig {
     #[arg(long, env = "TESTBED_BACKLOG_LIMIT", default_value_t = 1_000_000)]
     pub backlog_limit: u64,
 
+    /// How old the backlog figure behind --backlog-limit may be. Every
+    /// append reports its partition's backlog for free; only when the last
+    /// figure is older than this does ingest read it before appending (one
+    /// more Redis round trip, which can wait behind a worker's apply). 0:
+    /// read it before every request.
+    #[arg(long, env = "TESTBED_BACKLOG_MAX_AGE", default_value = "100ms",
+          value_parser = humantime::parse_duration)]
+    pub backlog_max_age: Duration,
+
     /// The retry delay suggested (google.rpc.RetryInfo) under backpressure.
     #[arg(long, env = "TESTBED_RETRY_AFTER", default_value = "1s",
           value_parser = humantime::parse_duration)]
@@ -56,6 +65,7 @@ impl Default for IngestConfig {
             max_label_key_len: 64,
             max_label_value_len: 256,
             backlog_limit: 1_000_000,
+            backlog_max_age: Duration::from_millis(100),
             retry_after: Duration::from_secs(1),
             stream_window: 32,
         }

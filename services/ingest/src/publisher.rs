@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message as _;
 use testbed_proto::v1::{Event, EventRejection};
@@ -40,18 +41,59 @@ pub struct Batch {
     pub tracestate: String,
 }
 
+/// The last backlog figure seen per partition and when: from the appends
+/// themselves, or from a read when none is recent enough.
+#[derive(Debug)]
+struct Backlogs {
+    base: Instant,
+    /// (backlog, microseconds since `base` + 1; 0: never seen).
+    seen: Vec<(AtomicU64, AtomicU64)>,
+}
+
+impl Backlogs {
+    fn new(partitions: u32) -> Self {
+        Self {
+            base: Instant::now(),
+            seen: (0..partitions)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64 + 1
+    }
+
+    /// The partition's backlog if seen less than `max_age` ago.
+    fn fresh(&self, partition: u32, max_age: Duration) -> Option<u64> {
+        let (backlog, at) = self.seen.get(partition as usize)?;
+        let at = at.load(Ordering::Acquire);
+        (at > 0 && self.now() - at < max_age.as_micros() as u64)
+            .then(|| backlog.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, partition: u32, backlog: u64) {
+        if let Some((b, at)) = self.seen.get(partition as usize) {
+            b.store(backlog, Ordering::Relaxed);
+            at.store(self.now(), Ordering::Release);
+        }
+    }
+}
+
 /// The write path.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     log: AnyLog,
     config: Arc<IngestConfig>,
     metrics: IngestMetrics,
+    backlogs: Arc<Backlogs>,
 }
 
 impl Publisher {
     /// A publisher appending to `log`.
     pub fn new(log: AnyLog, config: IngestConfig) -> Self {
         Self {
+            backlogs: Arc::new(Backlogs::new(log.partitions())),
             log,
             config: Arc::new(config),
             metrics: IngestMetrics::default(),
@@ -144,18 +186,23 @@ impl Publisher {
 
         // Backpressure before any append, so a refused request appends
         // nothing. The check is advisory under concurrency (another request
-        // may fill the backlog meanwhile); the limit is soft by a few batches.
-        let figures = futures::future::try_join_all(
-            by_partition
-                .keys()
-                .map(|&p| async move { Ok::<_, IngestError>((p, self.log.figures(p).await?)) }),
-        )
+        // may fill the backlog meanwhile) and uses the figure the last
+        // append reported when it is recent (--backlog-max-age): the limit
+        // is soft by a few batches.
+        let backlogs = futures::future::try_join_all(by_partition.keys().map(|&p| async move {
+            if let Some(backlog) = self.backlogs.fresh(p, config.backlog_max_age) {
+                return Ok::<_, IngestError>((p, backlog));
+            }
+            let backlog = self.log.figures(p).await?.backlog();
+            self.backlogs.record(p, backlog);
+            Ok((p, backlog))
+        }))
         .await?;
-        for (partition, f) in figures {
-            if f.backlog() > config.backlog_limit {
+        for (partition, backlog) in backlogs {
+            if backlog > config.backlog_limit {
                 return Err(IngestError::Backpressure {
                     partition,
-                    backlog: f.backlog(),
+                    backlog,
                     limit: config.backlog_limit,
                     retry_after: config.retry_after,
                 });
@@ -176,7 +223,10 @@ impl Publisher {
             async move { self.log.append(p, meta, events).await }
         }))
         .await?;
-        for ((_, events), outcome) in by_partition.iter().zip(outcomes) {
+        for ((&partition, events), outcome) in by_partition.iter().zip(outcomes) {
+            if let Some(backlog) = outcome.backlog {
+                self.backlogs.record(partition, backlog);
+            }
             published.accepted += events.len() as u32;
             published.duplicates += outcome.duplicates.len() as u32;
         }

@@ -375,6 +375,40 @@ async fn backlog_over_limit_is_resource_exhausted_and_appends_nothing() {
         Some(Duration::from_millis(700))
     );
     assert_eq!(totals(&log).await.ingested, 10);
+
+    // Once the backlog is gone (marked processed here: no worker runs), the
+    // figure the append reported goes stale after --backlog-max-age and is
+    // read again: requests are accepted.
+    for partition in 0..log.partitions() {
+        log.write_hash(
+            &log.keys().stats(partition),
+            &[("processed".to_owned(), "10".to_owned())],
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let result = client
+            .publish(PublishRequest {
+                events: batch(10),
+                ..Default::default()
+            })
+            .await;
+        match result {
+            Ok(r) => {
+                assert_eq!(r.into_inner().accepted_count, 10);
+                break;
+            }
+            Err(err) if err.code() == tonic::Code::ResourceExhausted => {
+                assert!(Instant::now() < deadline, "still refused: {err:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(err) => panic!("{err:?}"),
+        }
+    }
+    assert_eq!(totals(&log).await.ingested, 20);
     pipe.stop().await;
 }
 

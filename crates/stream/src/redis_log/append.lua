@@ -8,7 +8,9 @@
 -- The entry holds the meta (field m), the blob (b) and, when some events
 -- were duplicates, their positions (d, comma-separated, 0-based): readers
 -- skip those. Duplicates are rare (retries), so the blob is never rebuilt.
--- Returns {entry id or false, {duplicate positions (0-based)}}.
+-- Returns {entry id or false, {duplicate positions (0-based)}, backlog}:
+-- the backlog (ingested - processed - dead-lettered) after the append, so
+-- ingest's backpressure check needs no read of its own while it appends.
 --
 -- Order matters because Redis does not roll a script back on error: reads
 -- first, then the XADD (the step that can fail, e.g. on a wrong key type),
@@ -84,4 +86,6 @@ if #dups > 0 then
     redis.call('EXPIRE', KEYS[run], ARGV[3])
   end
 end
-return {entry, dups}
+local f = redis.call('HMGET', KEYS[4], 'ingested', 'processed', 'dead_lettered')
+local backlog = (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0) - (tonumber(f[3]) or 0)
+return {entry, dups, backlog}

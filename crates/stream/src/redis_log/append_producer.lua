@@ -12,10 +12,12 @@
 -- blob as repeats of an id earlier in the batch,
 -- ARGV[8..] triples (run ledger index into KEYS, events of that run in the
 -- blob, its repeats left out)
--- Returns {entry id or false, state, newest sequence or ''}: state 0
--- appended, 1 the sequence was already appended (nothing changes but the
--- duplicate counters), 2 the sequence is older than the window (nothing
--- changes; whether it was appended cannot be told).
+-- Returns {entry id or false, state, newest sequence or '', backlog}:
+-- state 0 appended, 1 the sequence was already appended (nothing changes
+-- but the duplicate counters), 2 the sequence is older than the window
+-- (nothing changes; whether it was appended cannot be told). The backlog
+-- (ingested - processed - dead-lettered) is the partition's after the
+-- call, for ingest's backpressure check (0 with state 2).
 --
 -- Reads first, then the XADD (the step that can fail), then the window
 -- bookkeeping, so a failed append never marks a sequence as seen.
@@ -24,6 +26,11 @@ local seq = tonumber(ARGV[2])
 local ttl = ARGV[4]
 local hi_text = redis.call('HGET', KEYS[3], 'hi')
 local hi = tonumber(hi_text)
+
+local function backlog()
+  local f = redis.call('HMGET', KEYS[2], 'ingested', 'processed', 'dead_lettered')
+  return (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0) - (tonumber(f[3]) or 0)
+end
 
 local function count_duplicates(total, of_run)
   if total > 0 then
@@ -41,13 +48,13 @@ end
 
 if hi ~= nil then
   if seq <= hi - window then
-    return {false, 2, hi_text}
+    return {false, 2, hi_text, 0}
   end
   if seq <= hi and redis.call('GETBIT', KEYS[4], seq % window) == 1 then
     count_duplicates(tonumber(ARGV[6]) + tonumber(ARGV[7]), function(i)
       return tonumber(ARGV[i + 1]) + tonumber(ARGV[i + 2])
     end)
-    return {false, 1, ''}
+    return {false, 1, '', backlog()}
   end
 end
 
@@ -99,4 +106,4 @@ redis.call('EXPIRE', KEYS[4], ttl)
 count_duplicates(tonumber(ARGV[7]), function(i)
   return tonumber(ARGV[i + 2])
 end)
-return {entry, 0, ''}
+return {entry, 0, '', backlog()}

@@ -309,7 +309,7 @@ impl RedisLog {
         for (k, (_, in_blob, repeats)) in runs.iter().enumerate() {
             invocation.arg(k + 5).arg(in_blob).arg(repeats);
         }
-        let (entry_id, state, highest): (Option<String>, u8, String) = self
+        let (entry_id, state, highest, backlog): (Option<String>, u8, String, i64) = self
             .call("append", |mut c| async move {
                 invocation.invoke_async(&mut c).await
             })
@@ -318,10 +318,12 @@ impl RedisLog {
             0 => Ok(AppendOutcome {
                 entry_id,
                 duplicates: repeated,
+                backlog: Some(backlog.max(0) as u64),
             }),
             1 => Ok(AppendOutcome {
                 entry_id: None,
                 duplicates: (0..events.len() as u32).collect(),
+                backlog: Some(backlog.max(0) as u64),
             }),
             _ => Err(StoreError::StaleSequence {
                 producer_id: producer.to_owned(),
@@ -561,7 +563,7 @@ impl EventLog for RedisLog {
                 .map_or(0, |i| i + 5);
             invocation.arg(&event.event_id).arg(run);
         }
-        let (entry_id, duplicates): (Option<String>, Vec<u32>) = self
+        let (entry_id, duplicates, backlog): (Option<String>, Vec<u32>, i64) = self
             .call("append", |mut c| async move {
                 invocation.invoke_async(&mut c).await
             })
@@ -569,6 +571,7 @@ impl EventLog for RedisLog {
         Ok(AppendOutcome {
             entry_id,
             duplicates,
+            backlog: Some(backlog.max(0) as u64),
         })
     }
 
