@@ -4,9 +4,18 @@
 //! `{prefix:pN}`, so on Redis Cluster they live in one slot. Cross-partition
 //! figures are summed at read time.
 //!
-//! Client-chosen ids (device, run) may contain `:` but never `/`, so they
-//! are always the last `/`-separated part of a key: two different ids can
-//! never name the same key.
+//! Client-chosen ids (device, run) may contain `:` but never `/` or `#`,
+//! so they are always the last `/`-separated part of a key: two different
+//! ids can never name the same key.
+//!
+//! # Records
+//! A key of the form `<container>#<record>` ([`record_parts`]) is a
+//! *record*: to the [`crate::EventLog`] API a hash like any other, but the
+//! Redis backend keeps it as one field `<record>` of the hash `<container>`
+//! (a MessagePack map of the record's fields), its time to live the
+//! container's. Thousands of small hashes merged in one apply then cost one
+//! read and one write of the container instead of three commands each.
+//! Records are written by `apply` and read by `read_hashes` only.
 
 /// Key names of one testbed (one `--key-prefix`).
 #[derive(Debug, Clone)]
@@ -76,9 +85,10 @@ impl Keys {
         format!("{}:{rest}", self.tag(p))
     }
 
-    /// Per-device, per-minute aggregates (hash; fields in [`fields`]).
+    /// Per-device, per-minute aggregates (a record of the minute's
+    /// container `{tag}:dm/<minute>`; fields in [`fields`]).
     pub fn device_minute(&self, p: u32, device: &str, minute: i64) -> String {
-        format!("{}:dm/{minute}/{device}", self.tag(p))
+        format!("{}:dm/{minute}#{device}", self.tag(p))
     }
 
     /// Per-device state (hash: `seen` Unix ms, `labels` JSON object).
@@ -146,6 +156,12 @@ impl Keys {
     }
 }
 
+/// The container and the record of a record key (`<container>#<record>`;
+/// see the module docs), `None` for any other key.
+pub fn record_parts(key: &str) -> Option<(&str, &str)> {
+    key.split_once('#')
+}
+
 /// Field names of the per-device, per-minute hash.
 pub mod fields {
     /// Events of any kind.
@@ -194,7 +210,7 @@ mod tests {
         let k = Keys::new("tb");
         assert_ne!(k.device(0, "x:m:5"), k.device_minute(0, "x", 5));
         assert_ne!(k.device(0, "a/b"), k.device(0, "a"));
-        assert_eq!(k.device_minute(1, "d", 7), "{tb:p1}:dm/7/d");
+        assert_eq!(k.device_minute(1, "d", 7), "{tb:p1}:dm/7#d");
     }
 
     /// Every per-partition key carries the same hash tag.
@@ -210,5 +226,18 @@ mod tests {
         ] {
             assert!(key.starts_with("{tb:p3}:"), "{key}");
         }
+    }
+
+    /// Device-minutes are records of a per-minute container; other keys
+    /// are not records.
+    #[test]
+    fn device_minutes_are_records() {
+        let k = Keys::new("tb");
+        assert_eq!(
+            record_parts(&k.device_minute(3, "gpu:7", 42)),
+            Some(("{tb:p3}:dm/42", "gpu:7"))
+        );
+        assert_eq!(record_parts(&k.device(3, "gpu:7")), None);
+        assert_eq!(record_parts(&k.stats(3)), None);
     }
 }

@@ -17,6 +17,12 @@
 -- 'Z' sorted set, number f of writes, seconds to live or 0, the f ops as
 -- one string of letters), then the f fields or members, then the f values.
 -- No field appears twice in one group.
+-- A group of kind 'R' writes records of one container hash instead (see
+-- keys.rs: each record is one field of the container, a MessagePack map
+-- of the record's fields): (container key index, 'R', number r of records,
+-- seconds to live or 0), then per record (its name, number f of writes, the
+-- f ops as letters, the f fields, the f values). No record appears twice
+-- in one group, nor a field twice in one record.
 -- Returns {1} when applied, or {0, i, j, ...}: the entry numbers (1..n)
 -- that were no longer pending, and nothing was changed.
 --
@@ -100,10 +106,70 @@ local function number(v)
   return string.format('%.17g', v)
 end
 
-local last = #ARGV
-while i <= last do
-  local key = KEYS[tonumber(ARGV[i])]
-  local kind = ARGV[i + 1]
+-- The records group at ARGV[i] of `container`: one HMGET of every
+-- record, the merges on Lua tables (numbers stay numbers: no parsing or
+-- formatting per field), one HSET. Returns the index past the group.
+local function apply_records(container, i)
+  local r = tonumber(ARGV[i + 2])
+  local ttl = tonumber(ARGV[i + 3])
+  local names, starts = {}, {}
+  local j = i + 4
+  for x = 1, r do
+    names[x] = ARGV[j]
+    starts[x] = j
+    j = j + 3 + 2 * tonumber(ARGV[j + 1])
+  end
+  if r > 0 then
+    local current = redis.call('HMGET', container, unpack(names))
+    local out = {}
+    for x = 1, r do
+      local s = starts[x]
+      local f = tonumber(ARGV[s + 1])
+      local ops = ARGV[s + 2]
+      local rec = {}
+      if current[x] then
+        local ok, t = pcall(cmsgpack.unpack, current[x])
+        if ok and type(t) == 'table' then rec = t end
+      end
+      for y = 0, f - 1 do
+        local op = string.byte(ops, y + 1)
+        local name = ARGV[s + 3 + y]
+        local v = ARGV[s + 3 + f + y]
+        local old = rec[name]
+        if op == 73 or op == 70 then -- I, F: add
+          rec[name] = (tonumber(old) or 0) + tonumber(v)
+        elseif op == 109 then -- m: keep the minimum
+          local n = tonumber(v)
+          if type(old) ~= 'number' or n < old then rec[name] = n end
+        elseif op == 77 then -- M: keep the maximum
+          local n = tonumber(v)
+          if type(old) ~= 'number' or n > old then rec[name] = n end
+        elseif op == 83 then -- S: set
+          rec[name] = v
+        elseif op == 85 then -- U: a summary {count, sum, min, max}
+          local d = cmsgpack.unpack(v)
+          if type(old) == 'table' and #old == 4 then
+            d = {old[1] + d[1], old[2] + d[2], math.min(old[3], d[3]), math.max(old[4], d[4])}
+          end
+          rec[name] = d
+        else
+          return redis.error_reply('unknown record op ' .. tostring(op))
+        end
+      end
+      out[2 * x - 1] = names[x]
+      out[2 * x] = cmsgpack.pack(rec)
+    end
+    redis.call('HSET', container, unpack(out))
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', container, ttl)
+  end
+  return j
+end
+
+-- The hash or sorted-set group at ARGV[i] of `key`. Returns the index
+-- past the group.
+local function apply_group(key, kind, i)
   local f = tonumber(ARGV[i + 2])
   local ttl = tonumber(ARGV[i + 3])
   local ops = ARGV[i + 4]
@@ -170,6 +236,22 @@ while i <= last do
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
   end
-  i = first_value + f
+  return first_value + f
+end
+
+local last = #ARGV
+while i <= last do
+  local key = KEYS[tonumber(ARGV[i])]
+  local kind = ARGV[i + 1]
+  local next_i
+  if kind == 'R' then
+    next_i = apply_records(key, i)
+  else
+    next_i = apply_group(key, kind, i)
+  end
+  if type(next_i) == 'table' then
+    return next_i
+  end
+  i = next_i
 end
 return {1}

@@ -16,6 +16,15 @@
 //! which readers skip. Entries of one field `e` per event (the first
 //! layout) are still read.
 //!
+//! Records (keys `<container>#<record>`, see [`crate::keys`]) are fields
+//! of their container hash holding a MessagePack map: `apply.lua` merges
+//! all the records of a container it touches with one `HMGET` and one
+//! `HSET`, and [`EventLog::read_hashes`] decodes them to the same text as
+//! any hash. Device-minutes are records of a per-minute container, which
+//! took a 250-device apply from about 500 key groups to about 250. Device
+//! minutes written in the earlier layout (a hash per device-minute) are no
+//! longer read; they expire with `--retention`.
+//!
 //! Why scripts and not MULTI: each step reads before it writes (dedupe
 //! window, pending check, min/max merges), and a script does that without
 //! a round trip per key. Script time is what limits Redis here, so the
@@ -35,7 +44,7 @@ use redis::Script;
 use tokio::sync::{Mutex, OnceCell};
 
 use self::conn::{Conn, connect};
-use crate::keys::Keys;
+use crate::keys::{Keys, record_parts};
 use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
@@ -74,22 +83,64 @@ fn stored_text(bytes: Vec<u8>) -> String {
 /// Decodes a MessagePack array of four numbers (Lua's `cmsgpack` writes
 /// whole numbers as integers and exact ones as float32).
 fn unpack_summary(bytes: &[u8]) -> Option<[f64; 4]> {
-    if !matches!(bytes.first(), Some(0x90..=0x9f | 0xdc)) {
+    let mut rd = bytes;
+    let summary = read_summary(&mut rd)?;
+    rd.is_empty().then_some(summary)
+}
+
+/// Reads a summary (an array of four numbers) off the front of `rd`.
+fn read_summary(rd: &mut &[u8]) -> Option<[f64; 4]> {
+    if !matches!(rd.first(), Some(0x90..=0x9f | 0xdc)) {
         return None;
     }
-    let mut rd = bytes;
-    if rmp::decode::read_array_len(&mut rd).ok()? != 4 {
+    if rmp::decode::read_array_len(rd).ok()? != 4 {
         return None;
     }
     let mut out = [0.0; 4];
     for slot in &mut out {
-        *slot = match rd.first()? {
-            0xca => f64::from(rmp::decode::read_f32(&mut rd).ok()?),
-            0xcb => rmp::decode::read_f64(&mut rd).ok()?,
-            _ => rmp::decode::read_int::<i64, _>(&mut rd).ok()? as f64,
-        };
+        *slot = read_number(rd)?;
     }
-    rd.is_empty().then_some(out)
+    Some(out)
+}
+
+/// Reads a number (an integer, float32 or float64) off the front of `rd`.
+fn read_number(rd: &mut &[u8]) -> Option<f64> {
+    Some(match rd.first()? {
+        0xca => f64::from(rmp::decode::read_f32(rd).ok()?),
+        0xcb => rmp::decode::read_f64(rd).ok()?,
+        _ => rmp::decode::read_int::<i64, _>(rd).ok()? as f64,
+    })
+}
+
+/// Reads a string off the front of `rd`.
+fn read_text(rd: &mut &[u8]) -> Option<String> {
+    let len = rmp::decode::read_str_len(rd).ok()? as usize;
+    let (text, rest) = (rd.get(..len)?, rd.get(len..)?);
+    *rd = rest;
+    Some(String::from_utf8_lossy(text).into_owned())
+}
+
+/// The fields of a record as `apply.lua` packs it (a MessagePack map of
+/// numbers, strings and summaries), as text the way every backend reads
+/// hash fields: integers in full, other numbers in Rust's shortest
+/// round-trip form, summaries as [`crate::model::summary_text`]. Sorted by
+/// field; `None` if it is not such a map.
+fn unpack_record(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    let mut rd = bytes;
+    let len = rmp::decode::read_map_len(&mut rd).ok()?;
+    let mut fields = Vec::with_capacity(len as usize);
+    for _ in 0..len {
+        let name = read_text(&mut rd)?;
+        let value = match rd.first()? {
+            0xa0..=0xbf | 0xd9..=0xdb => read_text(&mut rd)?,
+            0x90..=0x9f | 0xdc => crate::model::summary_text(&read_summary(&mut rd)?),
+            0xca | 0xcb => read_number(&mut rd)?.to_string(),
+            _ => rmp::decode::read_int::<i64, _>(&mut rd).ok()?.to_string(),
+        };
+        fields.push((name, value));
+    }
+    fields.sort();
+    rd.is_empty().then_some(fields)
 }
 
 /// The writes of one key, as `apply.lua` takes them.
@@ -174,6 +225,126 @@ fn groups(ops: &Ops) -> Vec<Group<'_>> {
         }
     }
     out
+}
+
+/// At most this many records go in one records group of `apply.lua`.
+const MAX_GROUP_RECORDS: usize = 500;
+
+/// One group of `apply.lua`: the writes of one key, or of several records
+/// of one container (see [`crate::keys`], "Records").
+enum Planned<'a> {
+    Key(Group<'a>),
+    Records {
+        /// Index into the containers passed after the aggregate keys.
+        container: usize,
+        ttl: u64,
+        /// (record name, its writes).
+        records: Vec<(&'a str, Group<'a>)>,
+    },
+}
+
+/// [`groups`], with the groups of record keys gathered into records groups
+/// of their container (in order: a record split over several groups lands
+/// in successive records groups, so each sees the one before), and the
+/// containers named.
+fn plan(ops: &Ops) -> (Vec<Planned<'_>>, Vec<&str>) {
+    let mut out: Vec<Planned<'_>> = Vec::new();
+    let mut containers: Vec<&str> = Vec::new();
+    // Per container: its open records group (index into `out`) and the
+    // records in it.
+    let mut open: std::collections::HashMap<&str, (usize, std::collections::HashSet<&str>)> =
+        std::collections::HashMap::new();
+    for group in groups(ops) {
+        let parts = ops
+            .keys
+            .get(usize::from(group.key))
+            .and_then(|key| record_parts(key))
+            .filter(|_| !group.sorted_set);
+        let Some((container, record)) = parts else {
+            out.push(Planned::Key(group));
+            continue;
+        };
+        let c = match containers.iter().position(|c| *c == container) {
+            Some(c) => c,
+            None => {
+                containers.push(container);
+                containers.len() - 1
+            }
+        };
+        let reusable = open
+            .get(container)
+            .is_some_and(|(_, names)| names.len() < MAX_GROUP_RECORDS && !names.contains(record));
+        if !reusable {
+            out.push(Planned::Records {
+                container: c,
+                ttl: 0,
+                records: Vec::new(),
+            });
+            open.insert(container, (out.len() - 1, std::collections::HashSet::new()));
+        }
+        let Some((at, names)) = open.get_mut(container) else {
+            continue;
+        };
+        if let Some(Planned::Records { ttl, records, .. }) = out.get_mut(*at) {
+            *ttl = (*ttl).max(group.ttl);
+            // A record with no writes (an expiry only) only sets the ttl.
+            if !group.writes.is_empty() {
+                names.insert(record);
+                records.push((record, group));
+            }
+        }
+    }
+    (out, containers)
+}
+
+/// The op letters of `writes`, as `apply.lua` reads them.
+fn letters(writes: &[&Op]) -> String {
+    writes
+        .iter()
+        .map(|op| match op {
+            Op::HashIncr(..) => 'I',
+            Op::HashIncrFloat(..) => 'F',
+            Op::HashMin(..) => 'm',
+            Op::HashMax(..) => 'M',
+            Op::HashSet(..) => 'S',
+            Op::HashSummary(..) => 'U',
+            Op::ZIncr(..) => 'Z',
+            Op::ZMax(..) => 'X',
+            // Not in a group's writes: folded into its ttl.
+            Op::Expire(..) => '-',
+        })
+        .collect()
+}
+
+/// The fields (or members), then the values, of `writes`.
+fn push_writes(invocation: &mut redis::ScriptInvocation<'_>, writes: &[&Op]) {
+    for op in writes {
+        match op {
+            Op::HashIncr(_, f, _)
+            | Op::HashIncrFloat(_, f, _)
+            | Op::HashMin(_, f, _)
+            | Op::HashMax(_, f, _)
+            | Op::HashSet(_, f, _)
+            | Op::HashSummary(_, f, _)
+            | Op::ZIncr(_, f, _)
+            | Op::ZMax(_, f, _) => invocation.arg(f),
+            Op::Expire(..) => continue,
+        };
+    }
+    for op in writes {
+        match op {
+            Op::HashIncr(_, _, v) => invocation.arg(v),
+            // Floats as Rust's shortest round-trip text (`3`, `0.25`).
+            Op::HashIncrFloat(_, _, v)
+            | Op::HashMin(_, _, v)
+            | Op::HashMax(_, _, v)
+            | Op::ZIncr(_, _, v)
+            | Op::ZMax(_, _, v) => invocation.arg(v.to_string()),
+            Op::HashSet(_, _, v) => invocation.arg(v),
+            Op::HashSummary(_, _, v) => invocation.arg(msgpack_summary(v)),
+            Op::Expire(..) => continue,
+        };
+    }
 }
 
 /// The Redis log. Cheap to clone.
@@ -406,54 +577,41 @@ impl RedisLog {
         for &(key, entry, weight) in &ops.e2e {
             invocation.arg(k(key)).arg(entry + 1).arg(weight);
         }
-        for group in groups(ops) {
-            let mut letters = String::with_capacity(group.writes.len());
-            for op in &group.writes {
-                letters.push(match op {
-                    Op::HashIncr(..) => 'I',
-                    Op::HashIncrFloat(..) => 'F',
-                    Op::HashMin(..) => 'm',
-                    Op::HashMax(..) => 'M',
-                    Op::HashSet(..) => 'S',
-                    Op::HashSummary(..) => 'U',
-                    Op::ZIncr(..) => 'Z',
-                    Op::ZMax(..) => 'X',
-                    // Not in a group's writes: folded into its ttl.
-                    Op::Expire(..) => '-',
-                });
-            }
-            invocation
-                .arg(k(group.key))
-                .arg(if group.sorted_set { "Z" } else { "H" })
-                .arg(group.writes.len())
-                .arg(group.ttl)
-                .arg(letters);
-            for op in &group.writes {
-                match op {
-                    Op::HashIncr(_, f, _)
-                    | Op::HashIncrFloat(_, f, _)
-                    | Op::HashMin(_, f, _)
-                    | Op::HashMax(_, f, _)
-                    | Op::HashSet(_, f, _)
-                    | Op::HashSummary(_, f, _)
-                    | Op::ZIncr(_, f, _)
-                    | Op::ZMax(_, f, _) => invocation.arg(f),
-                    Op::Expire(..) => continue,
-                };
-            }
-            for op in &group.writes {
-                match op {
-                    Op::HashIncr(_, _, v) => invocation.arg(v),
-                    // Floats as Rust's shortest round-trip text (`3`, `0.25`).
-                    Op::HashIncrFloat(_, _, v)
-                    | Op::HashMin(_, _, v)
-                    | Op::HashMax(_, _, v)
-                    | Op::ZIncr(_, _, v)
-                    | Op::ZMax(_, _, v) => invocation.arg(v.to_string()),
-                    Op::HashSet(_, _, v) => invocation.arg(v),
-                    Op::HashSummary(_, _, v) => invocation.arg(msgpack_summary(v)),
-                    Op::Expire(..) => continue,
-                };
+        let (plan, containers) = plan(ops);
+        // Containers of records come after the aggregate keys.
+        for container in &containers {
+            invocation.key(*container);
+        }
+        let container_key = |c: usize| ops.keys.len() + c + 4;
+        for planned in &plan {
+            match planned {
+                Planned::Key(group) => {
+                    invocation
+                        .arg(k(group.key))
+                        .arg(if group.sorted_set { "Z" } else { "H" })
+                        .arg(group.writes.len())
+                        .arg(group.ttl)
+                        .arg(letters(&group.writes));
+                    push_writes(&mut invocation, &group.writes);
+                }
+                Planned::Records {
+                    container,
+                    ttl,
+                    records,
+                } => {
+                    invocation
+                        .arg(container_key(*container))
+                        .arg("R")
+                        .arg(records.len())
+                        .arg(*ttl);
+                    for (name, group) in records {
+                        invocation
+                            .arg(*name)
+                            .arg(group.writes.len())
+                            .arg(letters(&group.writes));
+                        push_writes(&mut invocation, &group.writes);
+                    }
+                }
             }
         }
         let reply: Vec<i64> = self
@@ -914,6 +1072,26 @@ impl EventLog for RedisLog {
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
+            if let Some((container, record)) = record_parts(key) {
+                let (container, record) = (container.to_owned(), record.to_owned());
+                let packed: Option<Vec<u8>> = self
+                    .call("HGET record", |mut c| async move {
+                        redis::cmd("HGET")
+                            .arg(&container)
+                            .arg(&record)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                let fields = match packed {
+                    None => Vec::new(),
+                    Some(bytes) => unpack_record(&bytes).ok_or_else(|| {
+                        StoreError::Protocol(format!("record {key} is not a MessagePack map"))
+                    })?,
+                };
+                out.push(fields);
+                continue;
+            }
             let key = key.clone();
             let raw: Vec<(String, Vec<u8>)> = self
                 .call("HGETALL", |mut c| async move {
