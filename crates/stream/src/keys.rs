@@ -91,9 +91,17 @@ impl Keys {
         format!("{}:dm/{minute}#{device}", self.tag(p))
     }
 
-    /// Per-device state (hash: `seen` Unix ms, `labels` JSON object).
+    /// Per-device state (a record of [`Keys::device_states`]: `seen` Unix
+    /// ms, `labels` JSON object).
     pub fn device(&self, p: u32, device: &str) -> String {
-        format!("{}:dev/{device}", self.tag(p))
+        format!("{}#{device}", self.device_states(p))
+    }
+
+    /// The container of the device states of partition `p`; a state
+    /// leaves it when its device leaves the [`Keys::devices`] index
+    /// (`EventLog::prune_index`).
+    pub fn device_states(&self, p: u32) -> String {
+        format!("{}:dev", self.tag(p))
     }
 
     /// Devices of the partition by last-seen time (sorted set, score Unix ms).
@@ -228,8 +236,7 @@ mod tests {
         }
     }
 
-    /// Device-minutes are records of a per-minute container; other keys
-    /// are not records.
+    /// Device-minutes and device states are records; other keys are not.
     #[test]
     fn device_minutes_are_records() {
         let k = Keys::new("tb");
@@ -237,7 +244,10 @@ mod tests {
             record_parts(&k.device_minute(3, "gpu:7", 42)),
             Some(("{tb:p3}:dm/42", "gpu:7"))
         );
-        assert_eq!(record_parts(&k.device(3, "gpu:7")), None);
+        assert_eq!(
+            record_parts(&k.device(3, "gpu:7")),
+            Some(("{tb:p3}:dev", "gpu:7"))
+        );
         assert_eq!(record_parts(&k.stats(3)), None);
     }
 }

@@ -157,6 +157,18 @@ pub trait EventLog: Send + Sync {
         &self,
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<Vec<(String, String)>>, StoreError>> + Send;
+
+    /// Removes the members of the sorted set `index` scored below `score`
+    /// and, atomically with them, each one's record `<records>#<member>`
+    /// (see [`crate::keys`], "Records"); returns how many. Records share
+    /// their container's time to live, so an index is what lets records of
+    /// members gone quiet leave one by one.
+    fn prune_index(
+        &self,
+        index: &str,
+        score: f64,
+        records: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The backend chosen by configuration.
@@ -343,5 +355,9 @@ impl EventLog for AnyLog {
 
     async fn zset_remove_below(&self, key: &str, score: f64) -> Result<u64, StoreError> {
         delegate!(self, log => log.zset_remove_below(key, score))
+    }
+
+    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
+        delegate!(self, log => log.prune_index(index, score, records))
     }
 }

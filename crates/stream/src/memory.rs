@@ -601,6 +601,26 @@ impl EventLog for MemoryLog {
         Ok((before - z.len()) as u64)
     }
 
+    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(index);
+        let Some(z) = kv.zsets.get_mut(index) else {
+            return Ok(0);
+        };
+        let gone: Vec<String> = z
+            .iter()
+            .filter(|(_, s)| **s < score)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for member in &gone {
+            z.remove(member);
+        }
+        for member in &gone {
+            kv.hashes.remove(&format!("{records}#{member}"));
+        }
+        Ok(gone.len() as u64)
+    }
+
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
         let mut kv = self.kv();
         Ok(keys

@@ -942,3 +942,54 @@ async fn producer_duplicates_count_in_run_ledgers() {
         assert_eq!((figures.ingested, figures.duplicates), (3, 5));
     }
 }
+
+/// Pruning an index below a score removes those members and their records
+/// (device states), atomically, and leaves the others.
+#[tokio::test]
+async fn pruning_an_index_removes_its_records() {
+    for b in [memory(1, 100).await, redis(1, 100).await] {
+        let log = &b.log;
+        log.append(0, &EntryMeta::default(), &events(&["a"]))
+            .await
+            .unwrap();
+        let read = log
+            .read(0, "c", 10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        let keys = log.keys();
+        let mut ops = Ops::default();
+        let index = ops.key(keys.devices(0));
+        for (device, seen) in [("d1", 1000.0), ("d2", 2000.0), ("d3", 3000.0)] {
+            let state = ops.key(keys.device(0, device));
+            ops.push(Op::HashMax(state, "seen".into(), seen));
+            ops.push(Op::HashSet(state, "labels".into(), "{}".into()));
+            ops.push(Op::Expire(state, 600));
+            ops.push(Op::ZMax(index, device.into(), seen));
+        }
+        assert_eq!(
+            log.apply(0, &read, 1, &ops).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+        let removed = log
+            .prune_index(&keys.devices(0), 2500.0, &keys.device_states(0))
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(
+            log.read_zset(&keys.devices(0)).await.unwrap(),
+            vec![("d3".to_owned(), 3000.0)]
+        );
+        let states = log
+            .read_hashes(&[keys.device(0, "d1"), keys.device(0, "d3")])
+            .await
+            .unwrap();
+        assert!(states[0].is_empty(), "d1's state left with it");
+        assert_eq!(
+            states[1],
+            vec![
+                ("labels".to_owned(), "{}".to_owned()),
+                ("seen".to_owned(), "3000".to_owned())
+            ]
+        );
+    }
+}

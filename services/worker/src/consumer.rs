@@ -281,13 +281,15 @@ impl Consumer {
         if let Err(err) = self.log.trim(partition).await {
             tracing::warn!(partition, error = %err, "trimming failed");
         }
-        // Devices not seen within the retention leave the device index.
+        // Devices not seen within the retention leave the device index, and
+        // their states with them.
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let oldest = now_ms.saturating_sub(self.log.retention().as_millis()) as f64;
-        let devices = self.log.keys().devices(partition);
-        if let Err(err) = self.log.zset_remove_below(&devices, oldest).await {
+        let keys = self.log.keys();
+        let (devices, states) = (keys.devices(partition), keys.device_states(partition));
+        if let Err(err) = self.log.prune_index(&devices, oldest, &states).await {
             tracing::warn!(partition, error = %err, "pruning the device index failed");
         }
     }

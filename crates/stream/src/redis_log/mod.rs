@@ -20,10 +20,12 @@
 //! of their container hash holding a MessagePack map: `apply.lua` merges
 //! all the records of a container it touches with one `HMGET` and one
 //! `HSET`, and [`EventLog::read_hashes`] decodes them to the same text as
-//! any hash. Device-minutes are records of a per-minute container, which
-//! took a 250-device apply from about 500 key groups to about 250. Device
-//! minutes written in the earlier layout (a hash per device-minute) are no
-//! longer read; they expire with `--retention`.
+//! any hash. Device-minutes are records of a per-minute container and
+//! device states records of a per-partition one (pruned with the device
+//! index, `prune.lua`), which took a 250-device apply from about 500 key
+//! groups to a handful. Aggregates written in the earlier layout (a hash
+//! per device-minute and per device) are no longer read; they expire with
+//! `--retention`.
 //!
 //! Why scripts and not MULTI: each step reads before it writes (dedupe
 //! window, pending check, min/max merges), and a script does that without
@@ -382,6 +384,7 @@ struct Inner {
     append: Script,
     append_producer: Script,
     apply: Script,
+    prune: Script,
     /// `redis_command_duration_seconds{command}`.
     latency: opentelemetry::metrics::Histogram<f64>,
 }
@@ -400,6 +403,7 @@ impl RedisLog {
                 append: Script::new(include_str!("append.lua")),
                 append_producer: Script::new(include_str!("append_producer.lua")),
                 apply: Script::new(include_str!("apply.lua")),
+                prune: Script::new(include_str!("prune.lua")),
                 latency: opentelemetry::global::meter("testbed-stream")
                     .f64_histogram("redis.command.duration")
                     .with_unit("s")
@@ -1065,6 +1069,15 @@ impl EventLog for RedisLog {
                 .arg(format!("({score}"))
                 .query_async(&mut c)
                 .await
+        })
+        .await
+    }
+
+    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
+        let mut invocation = self.inner.prune.prepare_invoke();
+        invocation.key(index).key(records).arg(format!("({score}"));
+        self.call("prune", |mut c| async move {
+            invocation.invoke_async(&mut c).await
         })
         .await
     }

@@ -1,0 +1,12 @@
+-- Removes the members of sorted set KEYS[1] scored below ARGV[1] (a
+-- ZRANGEBYSCORE bound such as '(1700000000000') and their records: the
+-- fields of the same names in the container hash KEYS[2].
+-- Returns how many members were removed.
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+-- Lua's unpack takes a few thousand values at most: in chunks.
+for from = 1, #gone, 1000 do
+  local to = math.min(from + 999, #gone)
+  redis.call('ZREM', KEYS[1], unpack(gone, from, to))
+  redis.call('HDEL', KEYS[2], unpack(gone, from, to))
+end
+return #gone
