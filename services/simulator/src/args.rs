@@ -14,6 +14,17 @@ pub enum OutputFormat {
     GhzJson,
 }
 
+/// How the server deduplicates the run's retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dedupe {
+    /// An idempotent producer: a producer_id (one per run) and batch
+    /// sequences, deduplicated per batch.
+    Sequence,
+    /// No producer_id: the server's event-id window deduplicates, as for
+    /// clients that do not number their batches.
+    EventId,
+}
+
 /// `testbed sim`: drive the testbed with a simulated fleet and measure it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
@@ -97,6 +108,13 @@ pub struct SimArgs {
     /// generated when omitted.
     #[arg(long, env = "TESTBED_SIM_RUN_ID")]
     pub run_id: Option<String>,
+
+    /// How the server deduplicates retries: `sequence` (an idempotent
+    /// producer: per batch, Kafka-style) or `event-id` (the server's window
+    /// of recent event ids, what clients without a producer_id get; it
+    /// costs the server more per event).
+    #[arg(long, env = "TESTBED_SIM_DEDUPE", value_enum, default_value_t = Dedupe::Sequence)]
+    pub dedupe: Dedupe,
 
     /// Retries of a refused batch (RESOURCE_EXHAUSTED, UNAVAILABLE) before
     /// it counts as failed.

@@ -59,7 +59,7 @@ use std::time::SystemTime;
 use testbed_server::CancellationToken;
 
 pub use api::SimulatorApi;
-pub use args::{OutputFormat, SimArgs};
+pub use args::{Dedupe, OutputFormat, SimArgs};
 pub use serve::ServeArgs;
 
 use crate::fleet::Fleet;
@@ -123,7 +123,10 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         unary: args.unary,
         max_retries: args.max_retries,
         max_batch: args.batch_size,
-        producer_id: runner::producer_id(&run_id),
+        producer_id: match args.dedupe {
+            args::Dedupe::Sequence => runner::producer_id(&run_id),
+            args::Dedupe::EventId => String::new(),
+        },
         drain: args.drain_timeout,
         stream_max_age: args
             .target

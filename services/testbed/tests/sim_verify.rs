@@ -29,7 +29,11 @@ fn pipeline(redis: &RedisServer) -> Testbed {
     ])
 }
 
-async fn sim(tb: &Testbed, run_id: &str) -> (std::process::Output, serde_json::Value) {
+async fn sim(
+    tb: &Testbed,
+    run_id: &str,
+    extra: &[&str],
+) -> (std::process::Output, serde_json::Value) {
     let report = std::env::temp_dir().join(format!("verify-{run_id}-{}.json", std::process::id()));
     let target = format!("http://{}", tb.addr);
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
@@ -53,6 +57,7 @@ async fn sim(tb: &Testbed, run_id: &str) -> (std::process::Output, serde_json::V
             "--output-file",
         ])
         .arg(&report)
+        .args(extra)
         .output()
         .await
         .unwrap();
@@ -68,24 +73,28 @@ async fn verify_passes_on_a_healthy_pipeline() {
     let redis = RedisServer::start();
     let tb = pipeline(&redis);
     tb.wait_serving("testbed.v1.QueryService").await;
-    let (output, report) = sim(&tb, "healthy-run").await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let v = &report["verification"];
-    assert_eq!(v["passed"], true, "{v}");
-    let accepted = report["total"]["accepted"].as_u64().unwrap();
-    assert_eq!(accepted, 400);
-    let processed: u64 = v["processed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .sum();
-    assert_eq!(processed, accepted);
-    assert_eq!(v["expected"], v["processed"]);
+    // Deduplicated by producer sequence (the default), then by event id.
+    for dedupe in ["sequence", "event-id"] {
+        let run_id = format!("healthy-run-{dedupe}");
+        let (output, report) = sim(&tb, &run_id, &["--dedupe", dedupe]).await;
+        assert!(
+            output.status.success(),
+            "{dedupe}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let v = &report["verification"];
+        assert_eq!(v["passed"], true, "{dedupe}: {v}");
+        let accepted = report["total"]["accepted"].as_u64().unwrap();
+        assert_eq!(accepted, 400);
+        let processed: u64 = v["processed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .sum();
+        assert_eq!(processed, accepted);
+        assert_eq!(v["expected"], v["processed"]);
+    }
 }
 
 /// Events dead-lettered on purpose (a failure fault on one device): the
@@ -113,7 +122,7 @@ async fn verify_fails_loudly_when_events_are_dropped() {
         })
         .await
         .unwrap();
-    let (output, report) = sim(&tb, "dropping-run").await;
+    let (output, report) = sim(&tb, "dropping-run", &[]).await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("verification FAILED"), "{stderr}");
