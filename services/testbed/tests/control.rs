@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Testbed;
 use common::pipeline::{InProcess, event, test_minute, totals, wait_drained};
@@ -78,6 +78,20 @@ async fn status_until(
     done: impl Fn(&GetStatusResponse) -> bool,
 ) -> GetStatusResponse {
     status_within(Duration::from_secs(5), client, what, done).await
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// The `worker_faults_active` gauge of a worker process.
+async fn faults_active(tb: &Testbed) -> f64 {
+    let (_, text) = common::scrape(tb.metrics_addr, "text/plain;version=0.0.4").await;
+    text.lines()
+        .find(|l| l.starts_with("worker_faults_active"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn publish(pipe: &InProcess, events: &[Event]) {
@@ -157,9 +171,20 @@ async fn pause_and_resume_steer_every_replica() {
     let minute = test_minute();
     let events: Vec<Event> = (0..500).map(|i| event("pause", i, 10, minute)).collect();
     publish(&s.pipe, &events).await;
-    // Paused workers read nothing new: give them several read cycles
-    // (reads block 100 ms) and check that the backlog stays whole.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Paused workers read nothing new: an absence, so it is watched for a
+    // while, but a while the workers are seen to live through: three of
+    // their heartbeats (every 100 ms) after the publish, each a pass of
+    // their control loop, then the backlog must still be whole.
+    let published_ms = unix_ms(SystemTime::now());
+    status_until(&mut cb, "three heartbeats after the publish", |st| {
+        st.workers.len() == 2
+            && st.workers.iter().all(|w| {
+                w.last_heartbeat_time.as_ref().is_some_and(|t| {
+                    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000 >= published_ms + 300
+                })
+            })
+    })
+    .await;
     let t = totals(&s.log).await;
     assert_eq!((t.ingested, t.processed), (500, 0));
     let status = cb
@@ -263,8 +288,17 @@ async fn faults_apply_everywhere_and_expire() {
         .unwrap()
         .into_inner();
     assert_eq!(status.desired.unwrap().faults, vec![injected.clone()]);
-    // Let both replicas pick it up (control interval 100 ms).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Both replicas have picked it up: their worker_faults_active gauge.
+    for tb in [&s.a, &s.b] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while faults_active(tb).await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "a replica never took the fault up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     let minute = test_minute();
     // Ten devices; dev-0 is the only one matching the prefix "dev-0".

@@ -426,27 +426,6 @@ async fn one_trace_links_simulator_ingest_and_worker() {
     .await;
 }
 
-/// `GET /metrics` with an `Accept` header; returns the `Content-Type` and
-/// the body.
-async fn scrape(addr: std::net::SocketAddr, accept: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type: "))
-        .unwrap_or_default()
-        .to_owned();
-    (content_type, body.to_owned())
-}
-
 /// With no OTLP endpoint at all, `/metrics` negotiated as OpenMetrics (what
 /// Prometheus asks for) carries exemplars pointing to the caller's trace on
 /// both the ingest RPC's duration buckets and the worker's end-to-end
@@ -462,7 +441,7 @@ async fn metrics_exemplars_point_to_the_trace() {
     let exemplar = format!(" # {{trace_id=\"{trace_id}\",span_id=\"");
     let deadline = Instant::now() + Duration::from_secs(20);
     let (content_type, text) = loop {
-        let (content_type, text) = scrape(tb.metrics_addr, prometheus_accept).await;
+        let (content_type, text) = common::scrape(tb.metrics_addr, prometheus_accept).await;
         if text
             .lines()
             .any(|l| l.starts_with("pipeline_e2e_latency_seconds_bucket{") && l.contains(&exemplar))
@@ -491,7 +470,7 @@ async fn metrics_exemplars_point_to_the_trace() {
     assert!(text.ends_with("\n# EOF\n") && text.matches("# EOF").count() == 1);
     assert!(text.contains("\n# TYPE worker_events_processed counter\n"));
 
-    let (classic_type, classic) = scrape(tb.metrics_addr, "text/plain;version=0.0.4").await;
+    let (classic_type, classic) = common::scrape(tb.metrics_addr, "text/plain;version=0.0.4").await;
     assert_eq!(classic_type, "text/plain; version=0.0.4");
     assert!(classic.contains("pipeline_e2e_latency_seconds_bucket{"));
     assert!(!classic.contains(" # {") && !classic.contains("# EOF"));
