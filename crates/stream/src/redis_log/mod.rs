@@ -1142,4 +1142,39 @@ mod tests {
         assert_eq!(stored_text(b"rpm".to_vec()), "rpm");
         assert_eq!(unpack_summary(&[0x93, 1, 2, 3]), None);
     }
+
+    /// A record as Lua's cmsgpack packs it reads back as hash text: integers
+    /// in full, floats in shortest form, strings as they are, summaries as
+    /// `count sum min max`, sorted by field; anything else is refused.
+    #[test]
+    fn records_decode_from_msgpack() {
+        let mut packed = Vec::new();
+        rmp::encode::write_map_len(&mut packed, 5).unwrap();
+        rmp::encode::write_str(&mut packed, "n").unwrap();
+        rmp::encode::write_uint(&mut packed, 1 << 40).unwrap();
+        rmp::encode::write_str(&mut packed, "unit").unwrap();
+        rmp::encode::write_str(&mut packed, "°C").unwrap();
+        rmp::encode::write_str(&mut packed, "min").unwrap();
+        rmp::encode::write_sint(&mut packed, -3).unwrap();
+        rmp::encode::write_str(&mut packed, "avg").unwrap();
+        rmp::encode::write_f64(&mut packed, 0.1).unwrap();
+        rmp::encode::write_str(&mut packed, "util").unwrap();
+        packed.extend_from_slice(&msgpack_summary(&[2.0, 0.75, 0.25, 0.5]));
+        assert_eq!(
+            unpack_record(&packed),
+            Some(vec![
+                ("avg".to_owned(), "0.1".to_owned()),
+                ("min".to_owned(), "-3".to_owned()),
+                ("n".to_owned(), (1u64 << 40).to_string()),
+                ("unit".to_owned(), "°C".to_owned()),
+                ("util".to_owned(), "2 0.75 0.25 0.5".to_owned()),
+            ])
+        );
+        // Truncated, trailing bytes, not a map.
+        assert_eq!(unpack_record(&packed[..packed.len() - 1]), None);
+        let mut longer = packed.clone();
+        longer.push(0);
+        assert_eq!(unpack_record(&longer), None);
+        assert_eq!(unpack_record(b"text"), None);
+    }
 }
