@@ -42,7 +42,7 @@ pub trait EventLog: Send + Sync {
         &self,
         partition: u32,
         meta: &EntryMeta,
-        events: &[AppendEvent],
+        events: &[AppendEvent<'_>],
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
     /// The pipeline counters of `partition`.
@@ -255,7 +255,7 @@ impl EventLog for AnyLog {
         &self,
         partition: u32,
         meta: &EntryMeta,
-        events: &[AppendEvent],
+        events: &[AppendEvent<'_>],
     ) -> Result<AppendOutcome, StoreError> {
         delegate!(self, log => log.append(partition, meta, events))
     }

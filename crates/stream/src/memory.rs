@@ -301,7 +301,7 @@ impl EventLog for MemoryLog {
         &self,
         partition: u32,
         meta: &EntryMeta,
-        events: &[AppendEvent],
+        events: &[AppendEvent<'_>],
     ) -> Result<AppendOutcome, StoreError> {
         let mut part = self.part(partition)?;
         let mut outcome = AppendOutcome::default();
@@ -325,8 +325,8 @@ impl EventLog for MemoryLog {
             }
         } else {
             for (i, event) in events.iter().enumerate() {
-                if part.ids.insert(event.event_id.clone()) {
-                    part.order.push_back(event.event_id.clone());
+                if part.ids.insert(event.event_id.to_owned()) {
+                    part.order.push_back(event.event_id.to_owned());
                 } else {
                     outcome.duplicates.push(i as u32);
                 }
@@ -343,7 +343,7 @@ impl EventLog for MemoryLog {
             if dups.next_if_eq(&&(i as u32)).is_none() {
                 fresh.push(event.bytes.clone());
             } else if !event.run_id.is_empty() {
-                let key = self.inner.keys.run(partition, &event.run_id);
+                let key = self.inner.keys.run(partition, event.run_id);
                 let mut kv = self.kv();
                 let keys = [key];
                 kv.apply(&keys, &Op::HashIncr(0, "duplicates".to_owned(), 1));

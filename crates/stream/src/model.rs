@@ -93,24 +93,25 @@ impl EntryMeta {
 
 /// Positions of events whose id already appeared earlier in the same batch
 /// (the batch-level dedupe of idempotent producers still drops those).
-pub fn repeated_ids(events: &[AppendEvent]) -> Vec<u32> {
+pub fn repeated_ids(events: &[AppendEvent<'_>]) -> Vec<u32> {
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     events
         .iter()
         .enumerate()
-        .filter(|(_, e)| !seen.insert(e.event_id.as_str()))
+        .filter(|(_, e)| !seen.insert(e.event_id))
         .map(|(i, _)| i as u32)
         .collect()
 }
 
-/// One event of an append: its dedupe key and its encoded bytes.
+/// One event of an append: its dedupe key and its encoded bytes. The ids
+/// borrow from the decoded request, so an append copies no id per event.
 #[derive(Debug, Clone)]
-pub struct AppendEvent {
+pub struct AppendEvent<'a> {
     /// The client-chosen event id (dedupe key).
-    pub event_id: String,
+    pub event_id: &'a str,
     /// The simulator run it belongs to (empty: none), whose ledger counts
     /// it as a duplicate if it is one.
-    pub run_id: String,
+    pub run_id: &'a str,
     /// The encoded `testbed.v1.Event`.
     pub bytes: Vec<u8>,
 }

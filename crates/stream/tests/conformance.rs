@@ -62,11 +62,11 @@ async fn cluster(partitions: u32, window: u64) -> Backend {
     }
 }
 
-fn events(ids: &[&str]) -> Vec<AppendEvent> {
+fn events<'a>(ids: &[&'a str]) -> Vec<AppendEvent<'a>> {
     ids.iter()
         .map(|id| AppendEvent {
-            run_id: String::new(),
-            event_id: (*id).to_owned(),
+            run_id: "",
+            event_id: id,
             bytes: format!("payload-{id}").into_bytes(),
         })
         .collect()
@@ -551,11 +551,11 @@ async fn key_value_surface() {
 async fn run_ledgers_count_duplicates_and_dead_letters() {
     for b in [memory(1, 100).await, redis(1, 100).await] {
         let log = &b.log;
-        let with_run = |ids: &[&str]| -> Vec<AppendEvent> {
+        let with_run = |ids: &[&'static str]| -> Vec<AppendEvent<'static>> {
             events(ids)
                 .into_iter()
                 .map(|mut e| {
-                    e.run_id = "r1".into();
+                    e.run_id = "r1";
                     e
                 })
                 .collect()
@@ -922,7 +922,7 @@ async fn producer_duplicates_count_in_run_ledgers() {
         };
         let mut batch = events(&["a", "b", "a", "c"]);
         for e in &mut batch[..3] {
-            e.run_id = "r1".into();
+            e.run_id = "r1";
         }
         assert_eq!(
             log.append(0, &meta, &batch).await.unwrap().duplicates,

@@ -171,8 +171,8 @@ impl Publisher {
                     .entry(partition_of(&event.device_id, partitions))
                     .or_default()
                     .push(AppendEvent {
-                        event_id: event.event_id.clone(),
-                        run_id: event.run_id.clone(),
+                        event_id: &event.event_id,
+                        run_id: &event.run_id,
                         bytes: event.encode_to_vec(),
                     }),
                 Err(violation) => published.rejections.push(EventRejection {

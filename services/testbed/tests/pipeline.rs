@@ -579,8 +579,8 @@ async fn poison_entries_are_dead_lettered() {
     let log = redis_log(redis.url(), false).await;
     log.ensure_group().await.unwrap();
     let poison = testbed_stream::AppendEvent {
-        run_id: String::new(),
-        event_id: "poison".into(),
+        run_id: "",
+        event_id: "poison",
         bytes: vec![0xff, 0xff, 0xff],
     };
     log.append(0, &Default::default(), &[poison]).await.unwrap();

@@ -367,7 +367,7 @@ impl std::fmt::Debug for RedisLog {
 /// Every event of an append in one blob (each length-delimited, as
 /// protobuf `repeated bytes`): one stream field and one script argument per
 /// batch instead of one per event.
-fn blob<'a>(events: impl Iterator<Item = &'a AppendEvent> + Clone) -> Vec<u8> {
+fn blob<'a, 'b: 'a>(events: impl Iterator<Item = &'a AppendEvent<'b>> + Clone) -> Vec<u8> {
     let mut blob = Vec::with_capacity(events.clone().map(|e| e.bytes.len() + 3).sum());
     for event in events {
         prost::encoding::encode_varint(event.bytes.len() as u64, &mut blob);
@@ -430,7 +430,7 @@ impl RedisLog {
         &self,
         partition: u32,
         meta: &EntryMeta,
-        events: &[AppendEvent],
+        events: &[AppendEvent<'_>],
         producer: &str,
         sequence: u64,
     ) -> Result<AppendOutcome, StoreError> {
@@ -447,7 +447,7 @@ impl RedisLog {
             let slot = match runs.iter().position(|r| r.0 == event.run_id) {
                 Some(slot) => slot,
                 None => {
-                    runs.push((&event.run_id, 0, 0));
+                    runs.push((event.run_id, 0, 0));
                     runs.len() - 1
                 }
             };
@@ -690,7 +690,7 @@ impl EventLog for RedisLog {
         &self,
         partition: u32,
         meta: &EntryMeta,
-        events: &[AppendEvent],
+        events: &[AppendEvent<'_>],
     ) -> Result<AppendOutcome, StoreError> {
         if let Some((producer, sequence)) = meta.idempotent() {
             return self
@@ -707,9 +707,9 @@ impl EventLog for RedisLog {
         // Run ledgers of the batch, for per-run duplicate counts: KEYS[5..].
         let mut runs: Vec<&str> = Vec::new();
         for event in events {
-            if !event.run_id.is_empty() && !runs.contains(&event.run_id.as_str()) {
-                runs.push(&event.run_id);
-                invocation.key(keys.run(partition, &event.run_id));
+            if !event.run_id.is_empty() && !runs.contains(&event.run_id) {
+                runs.push(event.run_id);
+                invocation.key(keys.run(partition, event.run_id));
             }
         }
         let blob = blob(events.iter());
@@ -723,7 +723,7 @@ impl EventLog for RedisLog {
                 .iter()
                 .position(|r| *r == event.run_id)
                 .map_or(0, |i| i + 5);
-            invocation.arg(&event.event_id).arg(run);
+            invocation.arg(event.event_id).arg(run);
         }
         let (entry_id, duplicates, backlog): (Option<String>, Vec<u32>, i64) = self
             .call("append", |mut c| async move {
