@@ -351,9 +351,8 @@ impl EventLog for MemoryLog {
             }
         }
         part.figures.duplicates += outcome.duplicates.len() as u64;
-        if fresh.is_empty() {
-            outcome.backlog = Some(part.figures.backlog());
-        }
+        part.figures.ingested += fresh.len() as u64;
+        outcome.backlog = Some(part.figures.backlog());
         if !fresh.is_empty() {
             let ms = now_ms();
             let id = if ms > part.last_id.0 {
@@ -362,8 +361,6 @@ impl EventLog for MemoryLog {
                 (part.last_id.0, part.last_id.1 + 1)
             };
             part.last_id = id;
-            part.figures.ingested += fresh.len() as u64;
-            outcome.backlog = Some(part.figures.backlog());
             part.entries.insert(
                 id,
                 Stored {

@@ -72,6 +72,19 @@ fn events<'a>(ids: &[&'a str]) -> Vec<AppendEvent<'a>> {
         .collect()
 }
 
+/// Appends each of `ids` as an entry of its own to partition 0 and reads
+/// them all for consumer `c`: entries pending, ready to apply.
+async fn pending(log: &AnyLog, ids: &[&str]) -> Vec<testbed_stream::Entry> {
+    for id in ids {
+        log.append(0, &EntryMeta::default(), &events(&[id]))
+            .await
+            .unwrap();
+    }
+    log.read(0, "c", 10, Duration::from_millis(100))
+        .await
+        .unwrap()
+}
+
 fn counter_ops(log: &AnyLog, partition: u32, field: &str, by: i64) -> Ops {
     let mut ops = Ops::default();
     let k = ops.key(log.keys().aggregate(partition, "test:counters"));
@@ -667,16 +680,7 @@ where
 {
     let b = make(1, 1000).await;
     let log = &b.log;
-    log.append(0, &EntryMeta::default(), &events(&["a"]))
-        .await
-        .unwrap();
-    log.append(0, &EntryMeta::default(), &events(&["b"]))
-        .await
-        .unwrap();
-    let read = log
-        .read(0, "c", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let read = pending(log, &["a", "b"]).await;
     let hash = log.keys().aggregate(0, "test:merge");
     // The same writes to a record (see keys.rs), beside another record of
     // the same container, read back the same.
@@ -949,13 +953,7 @@ async fn producer_duplicates_count_in_run_ledgers() {
 async fn pruning_an_index_removes_its_records() {
     for b in [memory(1, 100).await, redis(1, 100).await] {
         let log = &b.log;
-        log.append(0, &EntryMeta::default(), &events(&["a"]))
-            .await
-            .unwrap();
-        let read = log
-            .read(0, "c", 10, Duration::from_millis(100))
-            .await
-            .unwrap();
+        let read = pending(log, &["a"]).await;
         let keys = log.keys();
         let mut ops = Ops::default();
         let index = ops.key(keys.devices(0));
