@@ -52,6 +52,13 @@ impl Keys {
         format!("{}:stats", self.tag(p))
     }
 
+    /// The version of partition `p`'s aggregates: a counter every apply
+    /// and every prune of the partition increments, so that values read
+    /// outside an atomic step can be checked unchanged inside it.
+    pub fn version(&self, p: u32) -> String {
+        format!("{}:version", self.tag(p))
+    }
+
     /// Recently seen event ids of partition `p` (hash id -> 1) ...
     pub fn recent_ids(&self, p: u32) -> String {
         format!("{}:ids", self.tag(p))
@@ -162,6 +169,14 @@ impl Keys {
     pub fn group(&self) -> &'static str {
         "workers"
     }
+}
+
+/// The version key (see [`Keys::version`]) of the partition `key` belongs
+/// to, `None` if `key` has no partition hash tag.
+pub fn version_of(key: &str) -> Option<String> {
+    let end = key.find('}')?;
+    let tag = key.get(..=end).filter(|t| t.starts_with('{'))?;
+    Some(format!("{tag}:version"))
 }
 
 /// The container and the record of a record key (`<container>#<record>`;

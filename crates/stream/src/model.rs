@@ -231,6 +231,23 @@ pub enum Op {
     HashSummary(u16, String, [f64; 4]),
 }
 
+impl Op {
+    /// Its key (index into [`Ops::keys`]), whether that key is a sorted
+    /// set, and the field or member written (`None` for an expiry).
+    pub fn target(&self) -> (u16, bool, Option<&str>) {
+        match self {
+            Op::HashIncr(k, f, _)
+            | Op::HashIncrFloat(k, f, _)
+            | Op::HashMin(k, f, _)
+            | Op::HashMax(k, f, _)
+            | Op::HashSet(k, f, _)
+            | Op::HashSummary(k, f, _) => (*k, false, Some(f.as_str())),
+            Op::ZIncr(k, m, _) | Op::ZMax(k, m, _) => (*k, true, Some(m.as_str())),
+            Op::Expire(k, _) => (*k, false, None),
+        }
+    }
+}
+
 /// The aggregate writes of a batch of entries of one partition, applied
 /// atomically with their acks.
 #[derive(Debug, Clone, Default, PartialEq)]

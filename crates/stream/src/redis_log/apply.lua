@@ -5,26 +5,33 @@
 -- dead-letter mode the entries are copied to the dead-letter stream with
 -- the reason instead of being counted processed.
 --
--- KEYS[1] stream, KEYS[2] stats, KEYS[3] dead-letter stream,
--- KEYS[4..] aggregate keys
+-- KEYS[1] stream, KEYS[2] stats, KEYS[3] dead-letter stream, KEYS[4] the
+-- version of the partition's aggregates (a counter every apply and prune
+-- increments), KEYS[5..] aggregate keys
 -- ARGV[1] group, ARGV[2] number n of entries, ARGV[3] events in the
 -- entries, ARGV[4] dead-letter reason ('' = a normal apply),
 -- ARGV[5] dead-letter stream max length (approximate),
--- ARGV[6 .. 5+n] the entry ids,
+-- ARGV[6] the version the caller read its values at ('*' = any: nothing
+-- was read outside this script), ARGV[7 .. 6+n] the entry ids,
 -- then h, the number of e2e histogram increments, and h triples (key index
 -- into KEYS, entry number 1..n, events to count),
 -- then groups of writes, one key each: (key index, kind 'H' hash or
 -- 'Z' sorted set, number f of writes, seconds to live or 0, the f ops as
 -- one string of letters), then the f fields or members, then the f values.
 -- No field appears twice in one group.
+-- Groups of kind 'h' (hash) and 'z' (sorted set) hold values the caller
+-- already merged with what it read at version ARGV[6]: (key index, kind,
+-- number f of pairs, seconds to live or 0), then f (field, value) pairs
+-- ('h') or (score, member) pairs ('z'), written as they are.
 -- A group of kind 'R' writes records of one container hash instead (see
 -- keys.rs: each record is one field of the container, a MessagePack map
 -- of the record's fields): (container key index, 'R', number r of records,
 -- seconds to live or 0), then per record (its name, number f of writes, the
 -- f ops as letters, the f fields, the f values). No record appears twice
 -- in one group, nor a field twice in one record.
--- Returns {1} when applied, or {0, i, j, ...}: the entry numbers (1..n)
--- that were no longer pending, and nothing was changed.
+-- Returns {1} when applied, {0, i, j, ...}: the entry numbers (1..n)
+-- that were no longer pending, or {2} when the version is no longer
+-- ARGV[6]; in both refusals nothing was changed.
 --
 -- Every group costs a fixed three calls whatever its number of writes:
 -- one read of every field (HMGET / ZMSCORE), the merge here, one write of
@@ -33,7 +40,13 @@
 local n = tonumber(ARGV[2])
 local ids = {}
 for e = 1, n do
-  ids[e] = ARGV[5 + e]
+  ids[e] = ARGV[6 + e]
+end
+
+-- Values merged by the caller are only right if nothing was written since
+-- it read them.
+if ARGV[6] ~= '*' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[6] then
+  return {2}
 end
 
 -- Still pending (for anyone)? One XPENDING per entry: entries carry many
@@ -48,6 +61,7 @@ if #missing > 1 then
   return missing
 end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, 1, n))
+redis.call('INCR', KEYS[4])
 
 local events = tonumber(ARGV[3])
 local reason = ARGV[4]
@@ -67,7 +81,7 @@ else
   redis.call('HINCRBY', KEYS[2], 'processed', events)
 end
 
-local i = 6 + n
+local i = 7 + n
 local histograms = tonumber(ARGV[i])
 i = i + 1
 if histograms > 0 then
@@ -239,6 +253,20 @@ local function apply_group(key, kind, i)
   return first_value + f
 end
 
+-- A group of values merged by the caller at ARGV[i] of `key`, written as
+-- they are. Returns the index past the group.
+local function write_group(key, kind, i)
+  local f = tonumber(ARGV[i + 2])
+  local ttl = tonumber(ARGV[i + 3])
+  if f > 0 then
+    redis.call(kind == 'h' and 'HSET' or 'ZADD', key, unpack(ARGV, i + 4, i + 3 + 2 * f))
+  end
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  end
+  return i + 4 + 2 * f
+end
+
 local last = #ARGV
 while i <= last do
   local key = KEYS[tonumber(ARGV[i])]
@@ -246,6 +274,8 @@ while i <= last do
   local next_i
   if kind == 'R' then
     next_i = apply_records(key, i)
+  elseif kind == 'h' or kind == 'z' then
+    next_i = write_group(key, kind, i)
   else
     next_i = apply_group(key, kind, i)
   end

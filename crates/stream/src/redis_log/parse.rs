@@ -204,6 +204,27 @@ pub(crate) fn group_last_delivered(
     Ok(None)
 }
 
+/// The values of an `HMGET` or a `ZMSCORE` (`None`: absent), taken apart.
+pub(crate) fn optional_values(reply: Option<Value>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let Some(Value::Array(items)) = reply else {
+        return Err(StoreError::Protocol(format!(
+            "unexpected field values reply: {reply:?}"
+        )));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) => Ok(Some(bytes)),
+            Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+            Value::Int(i) => Ok(Some(i.to_string().into_bytes())),
+            // RESP3 scores.
+            Value::Double(d) => Ok(Some(d.to_string().into_bytes())),
+            other => Err(bad("field value", &other)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
