@@ -13,6 +13,8 @@
 //! - [`google::rpc`]: the `google.rpc` status and error-detail messages, used
 //!   inside acks (`PublishStreamResponse.status`) and served by reflection so
 //!   that clients can decode rich error details.
+//! - [`raw`]: publish requests carrying already-encoded events (wire-identical
+//!   to the generated ones) and a client for them, for load generators.
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types they
 //!   import, with source info (comments) kept.
 #![forbid(unsafe_code)]
@@ -32,6 +34,8 @@ pub mod testbed {
 }
 
 pub use testbed::v1;
+
+pub mod raw;
 
 /// The `google.rpc` messages (status and error details).
 pub mod google {

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use prost::Message as _;
+use prost::bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
@@ -87,6 +89,9 @@ pub struct Device {
     pub id: String,
     /// node, arch, zone.
     pub labels: Vec<(String, String)>,
+    /// The labels as an `Event`'s encoded `labels` field, appended to each
+    /// encoded event ([`Fleet::next_event_into`]) instead of a map per event.
+    labels_wire: Vec<u8>,
     util: f64,
     temp: f64,
     power: f64,
@@ -132,16 +137,23 @@ impl Fleet {
                 let arch = arch_mix
                     .get(pick(&arch_weights, &mut rng))
                     .map_or("amd64", |(a, _)| a.as_str());
+                let labels = vec![
+                    ("node".to_owned(), format!("node-{:03}", i / 4)),
+                    ("arch".to_owned(), arch.to_owned()),
+                    (
+                        "zone".to_owned(),
+                        format!("zone-{}", ["a", "b", "c"][(i % 3) as usize]),
+                    ),
+                ];
+                let labels_wire = Event {
+                    labels: labels.iter().cloned().collect(),
+                    ..Event::default()
+                }
+                .encode_to_vec();
                 Device {
                     id: format!("{prefix}-{i:05}"),
-                    labels: vec![
-                        ("node".to_owned(), format!("node-{:03}", i / 4)),
-                        ("arch".to_owned(), arch.to_owned()),
-                        (
-                            "zone".to_owned(),
-                            format!("zone-{}", ["a", "b", "c"][(i % 3) as usize]),
-                        ),
-                    ],
+                    labels,
+                    labels_wire,
                     util: rng.random_range(0.2..0.9),
                     temp: rng.random_range(45.0..75.0),
                     power: rng.random_range(120.0..350.0),
@@ -161,10 +173,32 @@ impl Fleet {
     /// around the device's baseline. Event ids are `<run_id>-<n>`, unique
     /// within the run.
     pub fn next_event(&mut self, observed_at: SystemTime) -> (Event, Kind) {
+        let (mut event, device, kind) = self.generate(observed_at);
+        if let Some(device) = self.devices.get(device) {
+            event.labels = device.labels.iter().cloned().collect();
+        }
+        (event, kind)
+    }
+
+    /// [`Self::next_event`], encoded at the end of `buf`: the same event
+    /// on the wire, with the device's labels spliced in already encoded.
+    pub fn next_event_into(&mut self, observed_at: SystemTime, buf: &mut BytesMut) -> Kind {
+        let (event, device, kind) = self.generate(observed_at);
+        // Encoding into a growable buffer cannot fail.
+        let _ = event.encode(buf);
+        if let Some(device) = self.devices.get(device) {
+            buf.extend_from_slice(&device.labels_wire);
+        }
+        kind
+    }
+
+    /// The next event without its labels, and its device's index.
+    fn generate(&mut self, observed_at: SystemTime) -> (Event, usize, Kind) {
         let n = self.next;
         self.next += 1;
         let rng = &mut self.rng;
-        let device = &self.devices[(n % self.devices.len().max(1) as u64) as usize];
+        let index = (n % self.devices.len().max(1) as u64) as usize;
+        let device = &self.devices[index];
         let (payload, kind) = match pick(&self.mix, rng) {
             0 => {
                 let util = (device.util + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0);
@@ -220,11 +254,11 @@ impl Fleet {
             event_id: format!("{}-{n}", self.run_id),
             device_id: device.id.clone(),
             observed_at: Some(observed_at.into()),
-            labels: device.labels.iter().cloned().collect(),
+            labels: std::collections::HashMap::new(),
             run_id: self.run_id.clone(),
             payload: Some(payload),
         };
-        (event, kind)
+        (event, index, kind)
     }
 }
 
@@ -292,5 +326,21 @@ mod tests {
         assert!(parse_weights("cpu=1", &["gpu"]).is_err());
         assert!(parse_weights("gpu=0", &["gpu"]).is_err());
         assert!(parse_weights("gpu=-1", &["gpu"]).is_err());
+    }
+
+    /// An event encoded by `next_event_into` decodes to the one
+    /// `next_event` makes from the same seed.
+    #[test]
+    fn encoded_events_are_the_events() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut a = Fleet::new(5, "d", &archs(), Mix::default(), 7, "run");
+        let mut b = Fleet::new(5, "d", &archs(), Mix::default(), 7, "run");
+        let mut buf = BytesMut::new();
+        for _ in 0..20 {
+            let (event, kind) = a.next_event(t);
+            let encoded_kind = b.next_event_into(t, &mut buf);
+            let decoded = Event::decode(buf.split().freeze()).unwrap();
+            assert_eq!((decoded, encoded_kind), (event, kind));
+        }
     }
 }

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use prost::Message as _;
+use prost::bytes::{Bytes, BytesMut};
 use rand::Rng as _;
 use testbed_proto::google::rpc;
-use testbed_proto::v1::ingest_service_client::IngestServiceClient;
-use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest, PublishStreamResponse};
+use testbed_proto::raw::{RawIngestClient, RawPublishRequest, RawPublishStreamRequest};
+use testbed_proto::v1::PublishStreamResponse;
 use testbed_server::CancellationToken;
 use tokio::sync::{mpsc, watch};
 use tonic::Code;
@@ -27,8 +28,8 @@ use crate::stats::RunFigures;
 pub struct Batch {
     /// Run-wide batch number (the stream sequence).
     pub seq: u64,
-    /// The events.
-    pub events: Vec<Event>,
+    /// The events, encoded (parts of one buffer, shared with retries).
+    pub events: Vec<Bytes>,
     /// Their kinds, by position.
     pub kinds: Vec<Kind>,
     /// When the schedule wanted it sent: latency is measured from here.
@@ -198,8 +199,14 @@ pub async fn run_live(
             () = tokio::time::sleep_until(intended.into()) => {}
         }
         let now = SystemTime::now();
-        let (events, kinds): (Vec<Event>, Vec<Kind>) =
-            (0..size).map(|_| fleet.next_event(now)).unzip();
+        // One buffer per batch; each event is a part of it.
+        let mut buf = BytesMut::with_capacity(size * 192);
+        let mut events = Vec::with_capacity(size);
+        let mut kinds = Vec::with_capacity(size);
+        for _ in 0..size {
+            kinds.push(fleet.next_event_into(now, &mut buf));
+            events.push(buf.split().freeze());
+        }
         lock(&figures).update(phase, |f| {
             f.sent += events.len() as u64;
             f.batches += 1;
@@ -381,14 +388,14 @@ async fn stream_lane(
     figures: Shared,
     options: SendOptions,
 ) {
-    let mut client = IngestServiceClient::new(tower_layer::Layer::layer(
+    let mut client = RawIngestClient::new(tower_layer::Layer::layer(
         &testbed_telemetry::rpc::RpcClientLayer::new(),
         channel,
     ));
     let mut backoff = Duration::from_millis(50);
     // Batches to send first on the next stream (unacknowledged on a broken one).
     let mut resend: Vec<Batch> = Vec::new();
-    let request = |batch: &Batch| PublishStreamRequest {
+    let request = |batch: &Batch| RawPublishStreamRequest {
         sequence: batch.seq,
         events: batch.events.clone(),
         producer_id: options.producer_id.clone(),
@@ -398,7 +405,7 @@ async fn stream_lane(
         if lane_done(&rx, resend.len()) {
             return;
         }
-        let (req_tx, req_rx) = mpsc::channel::<PublishStreamRequest>(1024);
+        let (req_tx, req_rx) = mpsc::channel::<RawPublishStreamRequest>(1024);
         let opened = client
             .publish_stream(tokio_stream::wrappers::ReceiverStream::new(req_rx))
             .await;
@@ -528,7 +535,7 @@ async fn unary_lane(
     figures: Shared,
     options: SendOptions,
 ) {
-    let client = IngestServiceClient::new(tower_layer::Layer::layer(
+    let client = RawIngestClient::new(tower_layer::Layer::layer(
         &testbed_telemetry::rpc::RpcClientLayer::new(),
         channel,
     ));
@@ -542,7 +549,7 @@ async fn unary_lane(
                 let mut client = client.clone();
                 let (figures, options, retry_tx) = (figures.clone(), options.clone(), retry_tx.clone());
                 calls.spawn(async move {
-                    let mut request = tonic::Request::new(PublishRequest {
+                    let mut request = tonic::Request::new(RawPublishRequest {
                         events: batch.events.clone(),
                         producer_id: options.producer_id.clone(),
                         sequence: batch.seq,
