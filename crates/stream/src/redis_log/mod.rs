@@ -34,6 +34,10 @@
 //! unchanged; otherwise the apply is merged in the script as before. That
 //! took the script of a 250-device apply from about 10 ms to 3 ms of
 //! Redis time, during which appends wait.
+//! Workers of an earlier release do not increment the version: while
+//! both releases apply to the same Redis, a merged apply can overwrite an
+//! old worker's concurrent one. Replace all workers at once when upgrading
+//! across this change (Kubernetes: `strategy: Recreate`).
 //!
 //! Why scripts and not MULTI: each step reads before it writes (dedupe
 //! window, pending check, min/max merges), and a script does that without
