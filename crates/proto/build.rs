@@ -29,6 +29,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+
+    // IngestService once more, over requests whose events stay encoded
+    // (`src/raw.rs`): same service and method names, other message types.
+    let raw_dir = out_dir.join("raw");
+    std::fs::create_dir_all(&raw_dir)?;
+    let method = |name: &str, route: &str, input: &str, output: &str| {
+        tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec")
+    };
+    let ingest = tonic_build::manual::Service::builder()
+        .name("IngestService")
+        .package("testbed.v1")
+        .method(
+            method(
+                "publish",
+                "Publish",
+                "crate::raw::RawPublishRequest",
+                "crate::v1::PublishResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "publish_stream",
+                "PublishStream",
+                "crate::raw::RawPublishStreamRequest",
+                "crate::v1::PublishStreamResponse",
+            )
+            .client_streaming()
+            .server_streaming()
+            .build(),
+        )
+        .build();
+    tonic_build::manual::Builder::new()
+        .out_dir(&raw_dir)
+        .compile(&[ingest]);
     Ok(())
 }
 

@@ -14,7 +14,8 @@
 //!   inside acks (`PublishStreamResponse.status`) and served by reflection so
 //!   that clients can decode rich error details.
 //! - [`raw`]: publish requests carrying already-encoded events (wire-identical
-//!   to the generated ones) and a client for them, for load generators.
+//!   to the generated ones), the `IngestService` client and server over
+//!   them, and [`raw::EventView`], an event decoded without allocating.
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types they
 //!   import, with source info (comments) kept.
 #![forbid(unsafe_code)]

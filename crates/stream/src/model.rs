@@ -112,8 +112,9 @@ pub struct AppendEvent<'a> {
     /// The simulator run it belongs to (empty: none), whose ledger counts
     /// it as a duplicate if it is one.
     pub run_id: &'a str,
-    /// The encoded `testbed.v1.Event`.
-    pub bytes: Vec<u8>,
+    /// The encoded `testbed.v1.Event`: borrowed from the request when ingest
+    /// stores the bytes it was sent.
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// What an append did.

@@ -67,7 +67,7 @@ fn events<'a>(ids: &[&'a str]) -> Vec<AppendEvent<'a>> {
         .map(|id| AppendEvent {
             run_id: "",
             event_id: id,
-            bytes: format!("payload-{id}").into_bytes(),
+            bytes: format!("payload-{id}").into_bytes().into(),
         })
         .collect()
 }

@@ -1,11 +1,14 @@
 //! RPC handlers of `testbed.v1.IngestService`.
+//!
+//! The server is the one generated over [`testbed_proto::raw`] requests:
+//! the same service on the wire, with each event left encoded for the
+//! publisher to validate through a view and store as it came.
 
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
-use testbed_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
-use testbed_proto::v1::{
-    PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
-};
+use testbed_proto::raw::ingest_service_server::{IngestService, IngestServiceServer};
+use testbed_proto::raw::{RawPublishRequest, RawPublishStreamRequest};
+use testbed_proto::v1::{PublishResponse, PublishStreamResponse};
 use testbed_server::CancellationToken;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,7 +54,7 @@ fn trace_context(_metadata: &MetadataMap) -> (String, String) {
 impl IngestService for IngestApi {
     async fn publish(
         &self,
-        request: Request<PublishRequest>,
+        request: Request<RawPublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let (traceparent, tracestate) = trace_context(request.metadata());
         let request = request.into_inner();
@@ -76,7 +79,7 @@ impl IngestService for IngestApi {
 
     async fn publish_stream(
         &self,
-        request: Request<Streaming<PublishStreamRequest>>,
+        request: Request<Streaming<RawPublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         // Each batch gets a span: a child of the caller's batch context when
         // the request carries one, else of this stream's server span.
@@ -143,7 +146,7 @@ impl IngestService for IngestApi {
 }
 
 /// The span of one streamed batch.
-fn batch_span(stream: &tracing::Span, request: &PublishStreamRequest) -> tracing::Span {
+fn batch_span(stream: &tracing::Span, request: &RawPublishStreamRequest) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::info_span!(
         parent: stream,

@@ -1,13 +1,24 @@
 //! The write path shared by `Publish` and `PublishStream`: validate, check
 //! backpressure, split by partition, append.
+//!
+//! Events arrive encoded (the server decodes [`testbed_proto::raw`]
+//! requests): each is validated through an [`EventView`] of its bytes and,
+//! when valid, appended as the very bytes the client sent, unless they hold
+//! something the view dropped (unknown fields, a field sent twice), in
+//! which case the view's own encoding is stored. Decoding every event into
+//! `Event` structs (a `String` per text field, a `HashMap` of labels) and
+//! encoding it again was most of ingest's CPU (`bench/README.md`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message as _;
-use testbed_proto::v1::{Event, EventRejection};
+use testbed_proto::prost::bytes::Bytes;
+use testbed_proto::raw::EventView;
+use testbed_proto::v1::EventRejection;
 use testbed_stream::{AnyLog, AppendEvent, EntryMeta, EventLog as _, MAX_SEQUENCE, partition_of};
 
 use crate::IngestConfig;
@@ -29,8 +40,8 @@ pub struct Published {
 /// One batch to publish.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// The events.
-    pub events: Vec<Event>,
+    /// The encoded `testbed.v1.Event`s.
+    pub events: Vec<Bytes>,
     /// Producer id (may be empty).
     pub producer_id: String,
     /// Producer sequence.
@@ -165,19 +176,40 @@ impl Publisher {
         let mut published = Published::default();
         // Per partition, in request order.
         let mut by_partition: BTreeMap<u32, Vec<AppendEvent>> = BTreeMap::new();
-        for (index, event) in batch.events.iter().enumerate() {
-            match validate(event, config, now) {
-                Ok(()) => by_partition
-                    .entry(partition_of(&event.device_id, partitions))
+        let views: Vec<_> = batch
+            .events
+            .iter()
+            .map(|bytes| EventView::decode(bytes.clone()))
+            .collect();
+        for (index, (bytes, view)) in batch.events.iter().zip(&views).enumerate() {
+            let view = match view {
+                Ok(view) => view,
+                Err(err) => {
+                    published.rejections.push(EventRejection {
+                        index: index as u32,
+                        event_id: String::new(),
+                        field: format!("events[{index}]"),
+                        reason: format!("is not a valid testbed.v1.Event: {err}"),
+                    });
+                    continue;
+                }
+            };
+            match validate(view, config, now) {
+                Ok(ids) => by_partition
+                    .entry(partition_of(ids.device_id, partitions))
                     .or_default()
                     .push(AppendEvent {
-                        event_id: &event.event_id,
-                        run_id: &event.run_id,
-                        bytes: event.encode_to_vec(),
+                        event_id: ids.event_id,
+                        run_id: ids.run_id,
+                        bytes: if view.encoded_len() == bytes.len() {
+                            Cow::Borrowed(&bytes[..])
+                        } else {
+                            Cow::Owned(view.encode_to_vec())
+                        },
                     }),
                 Err(violation) => published.rejections.push(EventRejection {
                     index: index as u32,
-                    event_id: event.event_id.clone(),
+                    event_id: String::from_utf8_lossy(&view.event_id).into_owned(),
                     field: format!("events[{index}].{}", violation.field),
                     reason: violation.reason,
                 }),
@@ -231,5 +263,119 @@ impl Publisher {
             published.duplicates += outcome.duplicates.len() as u32;
         }
         Ok(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use testbed_proto::v1::event::Payload;
+    use testbed_proto::v1::{Event, GpuSample};
+    use testbed_stream::{EventLog as _, MemoryLog, StoreArgs};
+
+    use super::*;
+
+    fn event(id: &str) -> Event {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Event {
+            event_id: id.into(),
+            device_id: "gpu-1".into(),
+            observed_at: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: 0,
+            }),
+            labels: Default::default(),
+            run_id: String::new(),
+            payload: Some(Payload::Gpu(GpuSample {
+                utilization: 0.5,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Appends `events` to a one-partition log and returns what was stored.
+    async fn publish_and_read(events: Vec<Bytes>) -> (Published, Vec<Vec<u8>>) {
+        let log = AnyLog::Memory(MemoryLog::new(&StoreArgs {
+            partitions: 1,
+            ..StoreArgs::default()
+        }));
+        log.ensure_group().await.unwrap();
+        let publisher = Publisher::new(log.clone(), IngestConfig::default());
+        let published = publisher
+            .publish(Batch {
+                events,
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+        let entries = log.read(0, "t", 10, Duration::ZERO).await.unwrap();
+        (
+            published,
+            entries.into_iter().flat_map(|e| e.events).collect(),
+        )
+    }
+
+    /// A valid event is stored as the very bytes it was sent in (here with
+    /// its labels last, not in field order, so a re-encoding would differ);
+    /// one carrying an unknown field is stored without it; bytes that are
+    /// no event are rejected alone, by index.
+    #[tokio::test]
+    async fn events_are_stored_as_sent_unless_they_carry_extras() {
+        // Labels spliced in after the payload, as the simulator does.
+        let mut spliced = event("a").encode_to_vec();
+        let entry = [0x0a, 1, b'k', 0x12, 1, b'v'];
+        spliced.extend_from_slice(&[0x22, entry.len() as u8]);
+        spliced.extend_from_slice(&entry);
+        assert_ne!(
+            Event::decode(spliced.as_slice()).unwrap().encode_to_vec(),
+            spliced
+        );
+        let mut unknown = event("b").encode_to_vec();
+        unknown.extend_from_slice(&[0x98, 0x06, 7]); // field 99
+        let garbage = vec![0x0a, 0x10, b'x']; // a length past the end
+
+        let (published, stored) = publish_and_read(vec![
+            Bytes::from(spliced.clone()),
+            Bytes::from(unknown),
+            Bytes::from(garbage),
+        ])
+        .await;
+        assert_eq!((published.accepted, published.duplicates), (2, 0));
+        let rejected: Vec<(u32, &str, &str)> = published
+            .rejections
+            .iter()
+            .map(|r| (r.index, r.field.as_str(), r.event_id.as_str()))
+            .collect();
+        assert_eq!(rejected, [(2, "events[2]", "")]);
+        assert!(
+            published.rejections[0]
+                .reason
+                .starts_with("is not a valid testbed.v1.Event"),
+            "{:?}",
+            published.rejections
+        );
+        assert_eq!(stored, [spliced, event("b").encode_to_vec()]);
+    }
+
+    /// Text that is not UTF-8 rejects its event alone, naming the field and
+    /// the event's id.
+    #[tokio::test]
+    async fn text_that_is_not_utf8_rejects_its_event_alone() {
+        let mut bad = event("c").encode_to_vec();
+        bad.extend_from_slice(&[0x2a, 2, 0xff, 0xfe]); // run_id
+        let good = event("d").encode_to_vec();
+        let (published, stored) =
+            publish_and_read(vec![Bytes::from(bad), Bytes::from(good.clone())]).await;
+        assert_eq!(published.accepted, 1);
+        assert_eq!(published.rejections.len(), 1);
+        let r = &published.rejections[0];
+        assert_eq!(
+            (r.index, r.field.as_str(), r.event_id.as_str()),
+            (0, "events[0].run_id", "c")
+        );
+        assert_eq!(stored, [good]);
     }
 }

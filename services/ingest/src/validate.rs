@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use testbed_proto::v1::{Event, event::Payload};
+use testbed_proto::raw::{EventView, PayloadView};
 
 use crate::IngestConfig;
 
@@ -79,11 +79,46 @@ fn check_finite(field: &str, value: f64) -> Result<(), Violation> {
     }
 }
 
-/// Checks one event against every rule; the first broken rule wins.
-pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result<(), Violation> {
-    check_id("event_id", &event.event_id, true)?;
-    check_id("device_id", &event.device_id, true)?;
-    check_id("run_id", &event.run_id, false)?;
+/// `value` as text, or a violation naming `field`.
+fn utf8<'a>(field: &str, value: &'a [u8]) -> Result<&'a str, Violation> {
+    std::str::from_utf8(value).map_err(|e| {
+        violation(
+            field,
+            format!(
+                "must be UTF-8 text, found a bad byte at {}",
+                e.valid_up_to()
+            ),
+        )
+    })
+}
+
+/// The ids of a valid event, borrowed from its view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids<'a> {
+    /// `event_id`.
+    pub event_id: &'a str,
+    /// `device_id`.
+    pub device_id: &'a str,
+    /// `run_id` (may be empty).
+    pub run_id: &'a str,
+}
+
+/// Checks one event, seen through a view of its encoding (no copies),
+/// against every rule; the first broken rule wins. Text that is not UTF-8
+/// breaks the rule of its field, so one such event is rejected on its own.
+pub fn validate<'a>(
+    event: &'a EventView,
+    config: &IngestConfig,
+    now: SystemTime,
+) -> Result<Ids<'a>, Violation> {
+    let ids = Ids {
+        event_id: utf8("event_id", &event.event_id)?,
+        device_id: utf8("device_id", &event.device_id)?,
+        run_id: utf8("run_id", &event.run_id)?,
+    };
+    check_id("event_id", ids.event_id, true)?;
+    check_id("device_id", ids.device_id, true)?;
+    check_id("run_id", ids.run_id, false)?;
 
     let observed = event
         .observed_at
@@ -111,6 +146,7 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
         ));
     }
 
+    // A key sent twice counts twice here (a view keeps every entry).
     if event.labels.len() > config.max_labels {
         return Err(violation(
             "labels",
@@ -121,20 +157,27 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
             ),
         ));
     }
-    for (key, value) in &event.labels {
+    for label in &event.labels {
         // The field name is only formatted for a violation (hot path).
+        let field = || format!("labels[{:?}]", String::from_utf8_lossy(&label.key));
+        let key = std::str::from_utf8(&label.key)
+            .map_err(|_| violation(field(), "key must be UTF-8 text"))?;
+        let value = std::str::from_utf8(&label.value)
+            .map_err(|_| violation(field(), "value must be UTF-8 text"))?;
         check_text(key, 1, config.max_label_key_len)
-            .map_err(|reason| violation(format!("labels[{key:?}]"), reason))?;
+            .map_err(|reason| violation(field(), reason))?;
         check_text(value, 0, config.max_label_value_len)
-            .map_err(|reason| violation(format!("labels[{key:?}]"), reason))?;
+            .map_err(|reason| violation(field(), reason))?;
     }
 
     match &event.payload {
-        None => Err(violation(
-            "payload",
-            "one of gpu, tokens or metric is required",
-        )),
-        Some(Payload::Gpu(gpu)) => {
+        None => {
+            return Err(violation(
+                "payload",
+                "one of gpu, tokens or metric is required",
+            ));
+        }
+        Some(PayloadView::Gpu(gpu)) => {
             check_finite("gpu.utilization", gpu.utilization)?;
             if !(0.0..=1.0).contains(&gpu.utilization) {
                 return Err(violation(
@@ -153,12 +196,11 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
             if gpu.power_watts < 0.0 {
                 return Err(violation("gpu.power_watts", "must not be negative"));
             }
-            Ok(())
         }
-        Some(Payload::Tokens(tokens)) => {
-            check_text(&tokens.model, 1, 128)
+        Some(PayloadView::Tokens(tokens)) => {
+            check_text(utf8("tokens.model", &tokens.model)?, 1, 128)
                 .map_err(|reason| violation("tokens.model", reason))?;
-            check_text(&tokens.tenant, 1, 128)
+            check_text(utf8("tokens.tenant", &tokens.tenant)?, 1, 128)
                 .map_err(|reason| violation("tokens.tenant", reason))?;
             if let Some(latency) = &tokens.latency
                 && (latency.seconds < 0 || latency.nanos < 0 || latency.nanos >= 1_000_000_000)
@@ -168,19 +210,23 @@ pub fn validate(event: &Event, config: &IngestConfig, now: SystemTime) -> Result
                     "must be a valid, non-negative duration",
                 ));
             }
-            Ok(())
         }
-        Some(Payload::Metric(metric)) => {
-            check_text(&metric.name, 1, 128).map_err(|reason| violation("metric.name", reason))?;
+        Some(PayloadView::Metric(metric)) => {
+            check_text(utf8("metric.name", &metric.name)?, 1, 128)
+                .map_err(|reason| violation("metric.name", reason))?;
             check_finite("metric.value", metric.value)?;
-            check_text(&metric.unit, 0, 32).map_err(|reason| violation("metric.unit", reason))
+            check_text(utf8("metric.unit", &metric.unit)?, 0, 32)
+                .map_err(|reason| violation("metric.unit", reason))?;
         }
     }
+    Ok(ids)
 }
 
 #[cfg(test)]
 mod tests {
-    use testbed_proto::v1::{GpuSample, Metric, TokenUsage};
+    use testbed_proto::prost::Message as _;
+    use testbed_proto::prost::bytes::Bytes;
+    use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
 
     use super::*;
 
@@ -209,8 +255,14 @@ mod tests {
         }
     }
 
+    /// The field `validate` names for `event` sent as it encodes.
     fn field_of(event: &Event) -> Option<String> {
-        validate(event, &IngestConfig::default(), now())
+        field_of_bytes(event.encode_to_vec())
+    }
+
+    fn field_of_bytes(bytes: Vec<u8>) -> Option<String> {
+        let view = EventView::decode(Bytes::from(bytes)).unwrap();
+        validate(&view, &IngestConfig::default(), now())
             .err()
             .map(|v| v.field)
     }
@@ -387,5 +439,59 @@ mod tests {
             nanos: 0,
         });
         assert_eq!(field_of(&e), None);
+    }
+
+    /// The ids come back borrowed from the view, for the append.
+    #[test]
+    fn valid_events_give_their_ids() {
+        let mut e = gpu_event();
+        e.run_id = "run-1".into();
+        let view = EventView::decode(Bytes::from(e.encode_to_vec())).unwrap();
+        let ids = validate(&view, &IngestConfig::default(), now()).unwrap();
+        assert_eq!(
+            ids,
+            Ids {
+                event_id: "ev-1",
+                device_id: "gpu-node-01",
+                run_id: "run-1"
+            }
+        );
+    }
+
+    /// Text that is not UTF-8 is a violation of its own field, wherever it
+    /// is; the generated decoder would have refused the whole request.
+    #[test]
+    fn text_that_is_not_utf8_names_its_field() {
+        let base = gpu_event().encode_to_vec();
+        let bad = [0xff, 0xfe];
+        // (field number, wire bytes of the field) appended to a valid event;
+        // the last occurrence of a field wins.
+        let len_field = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag, body.len() as u8];
+            v.extend_from_slice(body);
+            v
+        };
+        let label = {
+            let mut entry = len_field(0x0a, &bad); // key
+            entry.extend(len_field(0x12, b"v"));
+            len_field(0x22, &entry)
+        };
+        let metric = {
+            let mut m = len_field(0x0a, &bad); // name
+            m.extend([0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]); // value 1.0
+            len_field(0x62, &m)
+        };
+        let cases = [
+            ("event_id", len_field(0x0a, &bad)),
+            ("device_id", len_field(0x12, &bad)),
+            ("run_id", len_field(0x2a, &bad)),
+            ("labels[\"\u{fffd}\u{fffd}\"]", label),
+            ("metric.name", metric),
+        ];
+        for (field, extra) in cases {
+            let mut bytes = base.clone();
+            bytes.extend_from_slice(&extra);
+            assert_eq!(field_of_bytes(bytes).as_deref(), Some(field));
+        }
     }
 }

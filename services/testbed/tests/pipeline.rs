@@ -581,7 +581,7 @@ async fn poison_entries_are_dead_lettered() {
     let poison = testbed_stream::AppendEvent {
         run_id: "",
         event_id: "poison",
-        bytes: vec![0xff, 0xff, 0xff],
+        bytes: vec![0xff, 0xff, 0xff].into(),
     };
     log.append(0, &Default::default(), &[poison]).await.unwrap();
     let minute = test_minute();

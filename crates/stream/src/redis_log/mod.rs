@@ -1331,7 +1331,7 @@ mod tests {
             let event = AppendEvent {
                 run_id: "",
                 event_id: id,
-                bytes: b"x".to_vec(),
+                bytes: b"x".to_vec().into(),
             };
             log.append(0, &EntryMeta::default(), &[event])
                 .await
