@@ -111,14 +111,21 @@ fn partition(c: &mut Criterion) {
 }
 
 fn fold(c: &mut Criterion) {
-    let batch = events(BATCH);
     let entry = Entry {
         id: "1763790000000-0".to_owned(),
         partition: 0,
         meta: Vec::new(),
-        events: batch.iter().map(Message::encode_to_vec).collect(),
+        events: events(BATCH)
+            .iter()
+            .map(|e| Bytes::from(e.encode_to_vec()))
+            .collect(),
         deliveries: 1,
     };
+    let batch: Vec<EventView> = entry
+        .events
+        .iter()
+        .map(|e| testbed_worker::fold::decode(e).unwrap())
+        .collect();
     let keys = Keys::new("bench");
     let retention = Duration::from_secs(3600);
     let mut g = c.benchmark_group("worker");
@@ -138,10 +145,10 @@ fn fold(c: &mut Criterion) {
         b.iter_batched(
             || entry.clone(),
             |entry| {
-                let decoded: Vec<Event> = entry
+                let decoded: Vec<EventView> = entry
                     .events
                     .iter()
-                    .map(|e| Event::decode(e.as_slice()).unwrap())
+                    .map(|e| testbed_worker::fold::decode(e).unwrap())
                     .collect();
                 black_box(testbed_worker::fold::fold(
                     &entry, &decoded, &keys, retention,

@@ -92,7 +92,7 @@ impl ProducerWindow {
 #[derive(Debug, Clone)]
 struct Stored {
     meta: Vec<u8>,
-    events: Vec<Vec<u8>>,
+    events: Vec<prost::bytes::Bytes>,
 }
 
 #[derive(Debug)]
@@ -341,7 +341,7 @@ impl EventLog for MemoryLog {
         let mut dups = outcome.duplicates.iter().peekable();
         for (i, event) in events.iter().enumerate() {
             if dups.next_if_eq(&&(i as u32)).is_none() {
-                fresh.push(event.bytes.to_vec());
+                fresh.push(prost::bytes::Bytes::copy_from_slice(&event.bytes));
             } else if !event.run_id.is_empty() {
                 let key = self.inner.keys.run(partition, event.run_id);
                 let mut kv = self.kv();

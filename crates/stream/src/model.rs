@@ -141,8 +141,10 @@ pub struct Entry {
     pub partition: u32,
     /// Encoded [`EntryMeta`] (empty if missing).
     pub meta: Vec<u8>,
-    /// Encoded events, in request order.
-    pub events: Vec<Vec<u8>>,
+    /// Encoded events, in request order: slices of one buffer per entry,
+    /// which a reader decodes without copying (see
+    /// `testbed_proto::raw::EventView`).
+    pub events: Vec<prost::bytes::Bytes>,
     /// How many times the entry has been delivered (1 on first read).
     pub deliveries: u64,
 }

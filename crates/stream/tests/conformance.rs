@@ -245,7 +245,10 @@ where
         .read(0, "c", 10, Duration::from_millis(100))
         .await
         .unwrap();
-    let all: Vec<Vec<u8>> = read.iter().flat_map(|e| e.events.clone()).collect();
+    let all: Vec<Vec<u8>> = read
+        .iter()
+        .flat_map(|e| e.events.iter().map(|b| b.to_vec()))
+        .collect();
     assert_eq!(
         all,
         vec![

@@ -314,7 +314,11 @@ mod tests {
         let entries = log.read(0, "t", 10, Duration::ZERO).await.unwrap();
         (
             published,
-            entries.into_iter().flat_map(|e| e.events).collect(),
+            entries
+                .into_iter()
+                .flat_map(|e| e.events)
+                .map(|b| b.to_vec())
+                .collect(),
         )
     }
 

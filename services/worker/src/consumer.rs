@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::{ExponentialBuilder, Retryable as _};
 use prost::Message as _;
 use rand::Rng as _;
-use testbed_proto::v1::Event;
+use testbed_proto::raw::EventView;
 use testbed_proto::v1::fault::Effect;
 use testbed_server::CancellationToken;
 use testbed_stream::{AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, Ops, StoreError};
@@ -296,7 +296,7 @@ impl Consumer {
 
     /// Applies the active faults that match `events`: sleeps for delays,
     /// and returns true when a failure fault decides this entry fails.
-    async fn injected_failure(&self, events: &[Event]) -> bool {
+    async fn injected_failure(&self, events: &[EventView]) -> bool {
         let faults = self.local.faults();
         if faults.is_empty() {
             return false;
@@ -363,14 +363,14 @@ impl Consumer {
     /// pending if an injected fault fails it. `Some` when it is to be
     /// applied: the entry, its encoded events dropped (the batch keeps the
     /// decoded ones only), and its events.
-    async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<Event>)> {
+    async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<EventView>)> {
         let events = entry.events.len() as u64;
-        let decoded: Result<Vec<Event>, String> = entry
+        let decoded: Result<Vec<EventView>, String> = entry
             .events
             .iter()
             .enumerate()
             .map(|(i, bytes)| {
-                Event::decode(bytes.as_slice()).map_err(|e| format!("undecodable event {i}: {e}"))
+                crate::fold::decode(bytes).map_err(|e| format!("undecodable event {i}: {e}"))
             })
             .collect();
         let poison = match (&decoded, entry.events.is_empty()) {
@@ -401,7 +401,7 @@ impl Consumer {
 
     /// Dead-letters `entry` (its decoded `events`, when decodable, also
     /// count in their runs' ledgers).
-    async fn dead_letter(&self, entry: &Entry, events: Option<&[Event]>, reason: &str) {
+    async fn dead_letter(&self, entry: &Entry, events: Option<&[EventView]>, reason: &str) {
         let count = entry.events.len() as u64;
         let ops = match events {
             Some(events) => {
@@ -549,7 +549,7 @@ impl Consumer {
 /// An entry ready to apply: decoded, with its processing span.
 struct Decoded {
     entry: Entry,
-    events: Vec<Event>,
+    events: Vec<EventView>,
     span: tracing::Span,
 }
 

@@ -5,11 +5,15 @@
 //! apply, so the cost in the store is per distinct key, not per event: the
 //! more entries a worker finds waiting, the more each write carries.
 //!
-//! Accumulators borrow the decoded events (device ids, run ids, metric
-//! names) and key and field names are formatted once per distinct key at
-//! the end, so folding allocates per key, not per event.
+//! Events are decoded as [`EventView`]s: their text stays a slice of the
+//! entry's one buffer, so decoding allocates only each event's list of
+//! labels (decoding into `Event` allocated a `String` per text field and a
+//! hashed map of labels per event, most of the worker's CPU). Accumulators
+//! borrow the views (device ids, run ids, metric names), a device's labels
+//! are read once per apply, and key and field names are formatted once per
+//! distinct key at the end, so folding allocates per key, not per event.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// The fold's maps, hashed several times per event: foldhash (hashbrown's
 /// default hasher, seeded per process) instead of std's SipHash, which
@@ -18,7 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 use std::time::Duration;
 
-use testbed_proto::v1::{Event, event::Payload};
+use prost::Message as _;
+use prost::bytes::Bytes;
+use testbed_proto::raw::{EventView, LabelView, PayloadView};
 use testbed_stream::keys::{Keys, fields};
 use testbed_stream::{Entry, Op, Ops, latency_bucket};
 
@@ -125,7 +131,7 @@ struct TokenGroup {
 #[derive(Debug)]
 struct DeviceAcc<'a> {
     seen_ms: f64,
-    labels: Option<&'a HashMap<String, String>>,
+    labels: Option<&'a [LabelView]>,
 }
 
 /// A simulator run's delivery-ledger figures.
@@ -155,6 +161,43 @@ pub struct Folder<'a> {
     /// (entry index, append minute, events) of every entry.
     entries: Vec<(u32, i64, u64)>,
     events: u64,
+}
+
+/// Text of a decoded view: [`decode`] has checked that it is UTF-8.
+fn text(bytes: &Bytes) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Decodes one encoded event of an entry, sharing its buffer, and checks
+/// that every text field the fold reads is UTF-8 (ingest validated it; an
+/// entry that fails here was not written by ingest and is dead-lettered).
+pub fn decode(bytes: &Bytes) -> Result<EventView, String> {
+    let event = EventView::decode(bytes.clone()).map_err(|e| e.to_string())?;
+    match not_utf8(&event) {
+        Some(field) => Err(format!("{field} is not UTF-8 text")),
+        None => Ok(event),
+    }
+}
+
+/// The first text field of `event` the fold reads that is not UTF-8.
+fn not_utf8(event: &EventView) -> Option<&'static str> {
+    let bad = |b: &Bytes| std::str::from_utf8(b).is_err();
+    if bad(&event.device_id) {
+        return Some("device_id");
+    }
+    if bad(&event.run_id) {
+        return Some("run_id");
+    }
+    match &event.payload {
+        Some(PayloadView::Tokens(t)) if bad(&t.model) || bad(&t.tenant) => return Some("tokens"),
+        Some(PayloadView::Metric(m)) if bad(&m.name) || bad(&m.unit) => return Some("metric"),
+        _ => {}
+    }
+    event
+        .labels
+        .iter()
+        .any(|l| bad(&l.key) || bad(&l.value))
+        .then_some("labels")
 }
 
 /// The minute (Unix seconds / 60) of a timestamp.
@@ -195,7 +238,7 @@ impl<'a> Folder<'a> {
     }
 
     /// Adds the decoded `events` of `entry`, the batch's entry number `index`.
-    pub fn add(&mut self, index: u32, entry: &Entry, events: &'a [Event]) {
+    pub fn add(&mut self, index: u32, entry: &Entry, events: &'a [EventView]) {
         self.entries.push((
             index,
             (entry.appended_ms() / 60_000) as i64,
@@ -207,8 +250,8 @@ impl<'a> Folder<'a> {
         }
     }
 
-    fn add_event(&mut self, index: u32, event: &'a Event) {
-        let device = event.device_id.as_str();
+    fn add_event(&mut self, index: u32, event: &'a EventView) {
+        let device = text(&event.device_id);
         let minute = minute_of(event.observed_at.as_ref());
         let observed_ms = millis_of(event.observed_at.as_ref());
         let dm = self.device_minutes.entry((device, minute)).or_default();
@@ -216,7 +259,7 @@ impl<'a> Folder<'a> {
         let top = self.top.entry((minute, device)).or_default();
         top.add(0, 1.0);
         match &event.payload {
-            Some(Payload::Gpu(g)) => {
+            Some(PayloadView::Gpu(g)) => {
                 dm.gpu += 1;
                 Summary::add(&mut dm.gpu_util, g.utilization);
                 Summary::add(&mut dm.gpu_mem, g.memory_used_bytes as f64);
@@ -227,7 +270,7 @@ impl<'a> Folder<'a> {
                 top.add(3, g.power_watts);
                 top.add(4, g.temperature_celsius);
             }
-            Some(Payload::Tokens(t)) => {
+            Some(PayloadView::Tokens(t)) => {
                 let latency = seconds_of(t.latency.as_ref());
                 dm.tokens += 1;
                 dm.prompt += t.prompt_tokens as i64;
@@ -235,7 +278,7 @@ impl<'a> Folder<'a> {
                 Summary::add(&mut dm.tok_lat, latency);
                 top.add(5, (t.prompt_tokens + t.completion_tokens) as f64);
                 let bucket = latency_bucket((latency * 1000.0) as u64);
-                for (is_model, name) in [(true, t.model.as_str()), (false, t.tenant.as_str())] {
+                for (is_model, name) in [(true, text(&t.model)), (false, text(&t.tenant))] {
                     let group = self
                         .token_groups
                         .entry((minute, is_model, name))
@@ -246,27 +289,28 @@ impl<'a> Folder<'a> {
                     *group.latency.entry(bucket).or_default() += 1;
                 }
             }
-            Some(Payload::Metric(m)) => {
+            Some(PayloadView::Metric(m)) => {
                 dm.metrics += 1;
-                let acc = match dm.named.iter_mut().position(|a| a.name == m.name) {
+                let (name, unit) = (text(&m.name), text(&m.unit));
+                let acc = match dm.named.iter_mut().position(|a| a.name == name) {
                     Some(i) => &mut dm.named[i],
                     None => {
                         dm.named.push(MetricAcc {
-                            name: &m.name,
-                            unit: &m.unit,
+                            name,
+                            unit,
                             summary: None,
                         });
                         let last = dm.named.len() - 1;
                         &mut dm.named[last]
                     }
                 };
-                acc.unit = &m.unit;
+                acc.unit = unit;
                 Summary::add(&mut acc.summary, m.value);
             }
             // Validated at ingest; an event without payload is still counted.
             None => {}
         }
-        let labels = (!event.labels.is_empty()).then_some(&event.labels);
+        let labels = (!event.labels.is_empty()).then_some(event.labels.as_slice());
         self.devices
             .entry(device)
             .and_modify(|d| {
@@ -280,12 +324,12 @@ impl<'a> Folder<'a> {
                 labels,
             });
         if !event.run_id.is_empty() {
-            let run = self.runs.entry(event.run_id.as_str()).or_default();
+            let run = self.runs.entry(text(&event.run_id)).or_default();
             run.processed += 1;
             match &event.payload {
-                Some(Payload::Gpu(_)) => run.gpu += 1,
-                Some(Payload::Tokens(_)) => run.tokens += 1,
-                Some(Payload::Metric(_)) => run.metric += 1,
+                Some(PayloadView::Gpu(_)) => run.gpu += 1,
+                Some(PayloadView::Tokens(_)) => run.tokens += 1,
+                Some(PayloadView::Metric(_)) => run.metric += 1,
                 None => run.none += 1,
             }
             run.first_ms = Some(run.first_ms.map_or(observed_ms, |f| f.min(observed_ms)));
@@ -380,8 +424,13 @@ impl<'a> Folder<'a> {
             let d = ops.key(keys.device(p, device));
             ops.push(Op::HashMax(d, "seen".to_owned(), acc.seen_ms.floor()));
             if let Some(labels) = acc.labels {
-                // A map of strings always serialises.
-                let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned());
+                // As a map: the last of a key sent twice wins. A map of
+                // strings always serialises.
+                let labels: BTreeMap<&str, &str> = labels
+                    .iter()
+                    .map(|l| (text(&l.key), text(&l.value)))
+                    .collect();
+                let json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".to_owned());
                 ops.push(Op::HashSet(d, "labels".to_owned(), json));
             }
             ops.push(Op::Expire(d, ttl));
@@ -428,7 +477,7 @@ impl<'a> Folder<'a> {
 
 /// Builds the aggregate writes of one `entry`, whose decoded events are
 /// `events` (a batch of one).
-pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -> Ops {
+pub fn fold(entry: &Entry, events: &[EventView], keys: &Keys, retention: Duration) -> Ops {
     let mut folder = Folder::new(entry.partition, keys, retention);
     folder.add(0, entry, events);
     folder.finish()
@@ -436,10 +485,15 @@ pub fn fold(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -
 
 /// The writes that go with dead-lettering `entry`: each simulator run's
 /// ledger counts its events as dead-lettered.
-pub fn dead_letter_ops(entry: &Entry, events: &[Event], keys: &Keys, retention: Duration) -> Ops {
+pub fn dead_letter_ops(
+    entry: &Entry,
+    events: &[EventView],
+    keys: &Keys,
+    retention: Duration,
+) -> Ops {
     let mut per_run: BTreeMap<&str, i64> = BTreeMap::new();
     for event in events.iter().filter(|e| !e.run_id.is_empty()) {
-        *per_run.entry(event.run_id.as_str()).or_default() += 1;
+        *per_run.entry(text(&event.run_id)).or_default() += 1;
     }
     let mut ops = Ops::default();
     for (run_id, n) in per_run {
@@ -452,12 +506,17 @@ pub fn dead_letter_ops(entry: &Entry, events: &[Event], keys: &Keys, retention: 
 
 #[cfg(test)]
 mod tests {
-    use testbed_proto::v1::{GpuSample, Metric, TokenUsage};
+    use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
 
     use super::*;
 
-    fn event(device: &str, secs: i64, payload: Payload) -> Event {
-        Event {
+    /// The view of `event` as the worker decodes it from an entry.
+    fn view(event: &Event) -> EventView {
+        decode(&Bytes::from(event.encode_to_vec())).unwrap()
+    }
+
+    fn event(device: &str, secs: i64, payload: Payload) -> EventView {
+        view(&Event {
             event_id: format!("{device}-{secs}"),
             device_id: device.into(),
             observed_at: Some(prost_types::Timestamp {
@@ -467,7 +526,7 @@ mod tests {
             labels: [("arch".to_owned(), "arm64".to_owned())].into(),
             run_id: "run-1".into(),
             payload: Some(payload),
-        }
+        })
     }
 
     fn gpu(util: f64, power: f64) -> Payload {
@@ -607,5 +666,76 @@ mod tests {
             top.iter()
                 .any(|op| matches!(op, Op::ZIncr(_, m, v) if m == "d" && *v == 15.0))
         );
+    }
+
+    /// A device's labels are those of its last event that had any; a key
+    /// sent twice in one event keeps its last value, as a map would.
+    #[test]
+    fn labels_come_from_the_last_labelled_event() {
+        let keys = Keys::new("t");
+        let entry = Entry {
+            id: "60000-0".into(),
+            partition: 0,
+            meta: vec![],
+            events: vec![],
+            deliveries: 1,
+        };
+        let mut unlabelled =
+            Event::decode(Bytes::from(view_bytes(&event("d", 2, gpu(0.5, 1.0))))).unwrap();
+        unlabelled.labels.clear();
+        // zone twice: b wins.
+        let mut twice = Event {
+            labels: Default::default(),
+            ..unlabelled.clone()
+        }
+        .encode_to_vec();
+        for (k, v) in [("zone", "a"), ("zone", "b")] {
+            let entry = [
+                &[0x0a, k.len() as u8][..],
+                k.as_bytes(),
+                &[0x12, v.len() as u8],
+                v.as_bytes(),
+            ]
+            .concat();
+            twice.extend([0x22, entry.len() as u8]);
+            twice.extend(entry);
+        }
+        let events = [
+            event("d", 0, gpu(0.5, 1.0)),
+            decode(&Bytes::from(twice)).unwrap(),
+            view(&unlabelled),
+        ];
+        let ops = fold(&entry, &events, &keys, Duration::from_secs(60));
+        let device = find(&ops, &keys.device(0, "d"));
+        assert!(
+            device.iter().any(
+                |op| matches!(op, Op::HashSet(_, f, v) if f == "labels" && v == "{\"zone\":\"b\"}")
+            ),
+            "{device:?}"
+        );
+    }
+
+    fn view_bytes(view: &EventView) -> Vec<u8> {
+        view.encode_to_vec()
+    }
+
+    /// Text the fold reads that is not UTF-8 makes the event undecodable
+    /// (the entry is dead-lettered), naming the field.
+    #[test]
+    fn text_that_is_not_utf8_is_undecodable() {
+        let good = view_bytes(&event("d", 0, gpu(0.5, 1.0)));
+        assert!(decode(&Bytes::from(good.clone())).is_ok());
+        for (extra, field) in [
+            (vec![0x12, 1, 0xff], "device_id"),
+            (vec![0x2a, 1, 0xff], "run_id"),
+            (vec![0x22, 5, 0x0a, 1, 0xff, 0x12, 0], "labels"),
+            (vec![0x62, 3, 0x0a, 1, 0xff], "metric"),
+        ] {
+            let mut bytes = good.clone();
+            bytes.extend(extra);
+            let err = decode(&Bytes::from(bytes)).unwrap_err();
+            assert!(err.starts_with(field), "{err}");
+        }
+        assert!(decode(&Bytes::from_static(&[0x0a, 9])).is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use prost::bytes::Bytes;
 use redis::Value;
 
 use crate::StoreError;
@@ -68,7 +69,7 @@ fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
             match name.as_slice() {
                 b"m" => entry.meta = data.clone(),
                 // One field per event: entries written before the blob.
-                b"e" => entry.events.push(data.clone()),
+                b"e" => entry.events.push(Bytes::copy_from_slice(data)),
                 b"b" => blob = Some(data),
                 b"d" => {
                     skip = String::from_utf8_lossy(data)
@@ -83,13 +84,15 @@ fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
     if let Some(blob) = blob {
         // A blob that does not split cleanly leaves the entry with no
         // events, which the worker dead-letters rather than guess.
-        let events = split_blob(blob).unwrap_or_default();
+        // One copy of the blob; the events are slices of it.
+        let shared = Bytes::copy_from_slice(blob);
+        let events = split_blob(&shared).unwrap_or_default();
         entry.events.extend(
             events
                 .into_iter()
                 .enumerate()
                 .filter(|(i, _)| !skip.contains(i))
-                .map(|(_, e)| e.to_vec()),
+                .map(|(_, e)| shared.slice_ref(e)),
         );
     }
     Ok(entry)

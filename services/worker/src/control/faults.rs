@@ -3,9 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
+use testbed_proto::raw::{EventView, PayloadView};
 use testbed_proto::v1::{
-    DelayDistribution, DelayFault, Event, Fault, FaultScope, InjectFaultRequest, PayloadKind,
-    event::Payload, fault::Effect,
+    DelayDistribution, DelayFault, Fault, FaultScope, InjectFaultRequest, PayloadKind,
+    fault::Effect,
 };
 
 use crate::control::error::ControlError;
@@ -97,22 +98,22 @@ pub fn expired(fault: &Fault, now: SystemTime) -> bool {
     SystemTime::try_from(*at).map_or(true, |at| at <= now)
 }
 
-fn kind(event: &Event) -> PayloadKind {
+fn kind(event: &EventView) -> PayloadKind {
     match event.payload {
-        Some(Payload::Gpu(_)) => PayloadKind::Gpu,
-        Some(Payload::Tokens(_)) => PayloadKind::Tokens,
-        Some(Payload::Metric(_)) => PayloadKind::Metric,
+        Some(PayloadView::Gpu(_)) => PayloadKind::Gpu,
+        Some(PayloadView::Tokens(_)) => PayloadKind::Tokens,
+        Some(PayloadView::Metric(_)) => PayloadKind::Metric,
         None => PayloadKind::Unspecified,
     }
 }
 
 /// Whether `fault` applies to an entry holding `events`: it does when any
 /// of them is in scope (an entry is processed, delayed or failed as a whole).
-pub fn matches(fault: &Fault, events: &[Event]) -> bool {
+pub fn matches(fault: &Fault, events: &[EventView]) -> bool {
     let scope = fault.scope.clone().unwrap_or_default();
     let want = PayloadKind::try_from(scope.payload_kind).unwrap_or(PayloadKind::Unspecified);
     events.iter().any(|e| {
-        e.device_id.starts_with(&scope.device_prefix)
+        e.device_id.starts_with(scope.device_prefix.as_bytes())
             && (want == PayloadKind::Unspecified || kind(e) == want)
     })
 }
@@ -226,9 +227,9 @@ mod tests {
     /// Scope: device prefix and payload kind.
     #[test]
     fn scope_matching() {
-        let gpu = Event {
+        let gpu = EventView {
             device_id: "dev-12".into(),
-            payload: Some(Payload::Gpu(Default::default())),
+            payload: Some(PayloadView::Gpu(Default::default())),
             ..Default::default()
         };
         let mut f = Fault {
