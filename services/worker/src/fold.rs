@@ -510,6 +510,17 @@ mod tests {
 
     use super::*;
 
+    /// An entry (its events are passed to the fold decoded).
+    fn entry(id: &str, partition: u32) -> Entry {
+        Entry {
+            id: id.into(),
+            partition,
+            meta: vec![],
+            events: vec![],
+            deliveries: 1,
+        }
+    }
+
     /// The view of `event` as the worker decodes it from an entry.
     fn view(event: &Event) -> EventView {
         decode(&Bytes::from(event.encode_to_vec())).unwrap()
@@ -562,13 +573,7 @@ mod tests {
     #[test]
     fn folds_same_minute_into_one_delta() {
         let keys = Keys::new("t");
-        let entry = Entry {
-            id: "120000-0".into(),
-            partition: 2,
-            meta: vec![],
-            events: vec![],
-            deliveries: 1,
-        };
+        let entry = entry("120000-0", 2);
         let events = [
             event("d1", 60, gpu(0.25, 100.0)),
             event("d1", 61, gpu(0.75, 300.0)),
@@ -612,13 +617,7 @@ mod tests {
     #[test]
     fn folds_tokens_and_metrics() {
         let keys = Keys::new("t");
-        let entry = Entry {
-            id: "60000-0".into(),
-            partition: 0,
-            meta: vec![],
-            events: vec![],
-            deliveries: 1,
-        };
+        let entry = entry("60000-0", 0);
         let tokens = Payload::Tokens(TokenUsage {
             model: "llama".into(),
             tenant: "a".into(),
@@ -673,13 +672,7 @@ mod tests {
     #[test]
     fn labels_come_from_the_last_labelled_event() {
         let keys = Keys::new("t");
-        let entry = Entry {
-            id: "60000-0".into(),
-            partition: 0,
-            meta: vec![],
-            events: vec![],
-            deliveries: 1,
-        };
+        let entry = entry("60000-0", 0);
         let mut unlabelled =
             Event::decode(Bytes::from(view_bytes(&event("d", 2, gpu(0.5, 1.0))))).unwrap();
         unlabelled.labels.clear();
