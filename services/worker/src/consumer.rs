@@ -213,14 +213,22 @@ impl Consumer {
             Ok(entries) if !entries.is_empty() && !self.config.apply_linger.is_zero() => entries,
             other => return Some(other),
         };
+        let full = |entries: &[Entry]| {
+            let events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
+            entries.len() >= count || events >= self.config.apply_max_events
+        };
+        // A read that filled its batch is applied at once: a backlog drains
+        // at the speed of the applies, not one batch per linger.
+        if full(&entries) {
+            return Some(Ok(entries));
+        }
         // Gather for the linger, then take what arrived meanwhile in one
         // more read (cheaper for the store than a read per new entry).
         tokio::select! {
             () = shutdown.cancelled() => return Some(Ok(entries)),
             () = tokio::time::sleep(self.config.apply_linger) => {}
         }
-        let events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
-        if entries.len() < count && events < self.config.apply_max_events {
+        if !full(&entries) {
             // What was read is ours whatever happens: a failed read here is
             // reported by the next one.
             if let Ok(more) = self
@@ -560,4 +568,67 @@ fn store_retry() -> ExponentialBuilder {
         .with_min_delay(Duration::from_millis(20))
         .with_max_delay(Duration::from_secs(1))
         .with_max_times(5)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use testbed_stream::{AppendEvent, MemoryLog, StoreArgs};
+
+    use super::*;
+
+    /// A consumer lingering an hour after a read, reading at most two
+    /// entries, on an embedded log holding `entries` one-event entries in
+    /// partition 0.
+    async fn lingering_consumer(entries: usize) -> Consumer {
+        let log = AnyLog::Memory(MemoryLog::new(&StoreArgs::default()));
+        log.ensure_group().await.unwrap();
+        for i in 0..entries {
+            let id = format!("e{i}");
+            let event = AppendEvent {
+                run_id: "",
+                event_id: &id,
+                bytes: Vec::new().into(),
+            };
+            log.append(0, &EntryMeta::default(), &[event])
+                .await
+                .unwrap();
+        }
+        let config = WorkerConfig {
+            apply_linger: Duration::from_secs(3600),
+            read_count: 2,
+            ..WorkerConfig::default()
+        };
+        Consumer::new(log, config, "c".to_owned())
+    }
+
+    /// A backlog is read batch after batch without waiting for the linger.
+    #[tokio::test]
+    async fn a_read_that_fills_its_batch_does_not_linger() {
+        let consumer = lingering_consumer(5).await;
+        let shutdown = CancellationToken::new();
+        for _ in 0..2 {
+            let read = tokio::time::timeout(
+                Duration::from_secs(30),
+                consumer.read_batch(0, 1, &shutdown),
+            )
+            .await
+            .expect("a full read waited for the linger");
+            assert_eq!(read.unwrap().unwrap().len(), 2);
+        }
+    }
+
+    /// A read short of a batch waits for the linger to gather more.
+    #[tokio::test]
+    async fn a_read_short_of_its_batch_lingers() {
+        let consumer = lingering_consumer(1).await;
+        let shutdown = CancellationToken::new();
+        let read = tokio::time::timeout(
+            Duration::from_millis(300),
+            consumer.read_batch(0, 1, &shutdown),
+        )
+        .await;
+        assert!(read.is_err(), "returned before the linger: {read:?}");
+    }
 }
