@@ -45,6 +45,11 @@ pub struct RunResult {
     pub reference_rate: Option<f64>,
     /// Latency at fractions of saturation (split topology).
     pub latency: Option<Vec<Level>>,
+    /// The latency step's rates against the acking stub: what the load
+    /// generator and gRPC alone cost on this host, the floor under the
+    /// pipeline's batch-ack latency.
+    #[serde(default)]
+    pub latency_floor: Option<Vec<Level>>,
     /// The footprint probe (idle, then loaded).
     pub footprint: Option<Level>,
     /// One probe per telemetry mode (OTLP off, then each sampling ratio).
@@ -81,6 +86,13 @@ pub struct LatencyRow {
     pub e2e_p99_ms: Option<f64>,
     /// Sustained.
     pub sustained: bool,
+    /// Batch-ack p50 at the same rate against the acking stub (nothing
+    /// validated or stored), ms.
+    #[serde(default)]
+    pub floor_ack_p50_ms: Option<f64>,
+    /// Its p99, ms.
+    #[serde(default)]
+    pub floor_ack_p99_ms: Option<f64>,
 }
 
 /// One process's footprint, summarised.

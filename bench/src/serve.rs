@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Router, TcpIncoming};
 
 use crate::error::{Context as _, Error, Result};
 use crate::pipeline::{inherited_settings, log_tail};
@@ -37,8 +36,12 @@ pub async fn run(router: Router, listen: SocketAddr, addr_file: &Path) -> Result
             _ = int.recv() => {}
         }
     };
+    // No Nagle delay on acks, as the testbed's own servers: otherwise a
+    // small ack waits for the client's delayed ACK and the stub looks
+    // slower than the pipeline it stands in for.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(incoming, stop)
         .await
         .map_err(|e| Error::Process(format!("serving on {bound}: {e}")))
 }

@@ -117,15 +117,23 @@ pub async fn run_repetition(
     };
 
     if has(Step::Latency) {
-        let mut levels = Vec::new();
+        let (mut levels, mut floor) = (Vec::new(), Vec::new());
         for f in &o.latency_levels {
             let p = probe::run(&env, &spec(format!("latency-{f}"), rate * f, split)).await?;
             levels.push(Level {
                 fraction: *f,
                 probe: p,
             });
+            // The same load against the acking stub: the share of the
+            // simulator, gRPC and this host in the latency above.
+            let stub = spec(format!("latency-floor-{f}"), rate * f, Target::Stub);
+            floor.push(Level {
+                fraction: *f,
+                probe: probe::run(&env, &stub).await?,
+            });
         }
         r.latency = Some(levels);
+        r.latency_floor = Some(floor);
     }
 
     if has(Step::Footprint) {

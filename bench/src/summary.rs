@@ -37,9 +37,11 @@ fn topology_figures(p: &ProbeResult) -> [f64; 4] {
     ]
 }
 
-fn latency_row(l: &Level) -> LatencyRow {
+fn latency_row(l: &Level, floor: Option<&Level>) -> LatencyRow {
     let p = &l.probe;
     LatencyRow {
+        floor_ack_p50_ms: floor.map(|f| f.probe.ack_latency.p50_ms),
+        floor_ack_p99_ms: floor.map(|f| f.probe.ack_latency.p99_ms),
         fraction: l.fraction,
         offered_rate: p.offered_rate,
         achieved_rate: p.achieved_rate,
@@ -65,7 +67,16 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
         ..Default::default()
     };
     if let Some(levels) = &r.latency {
-        s.latency = levels.iter().map(latency_row).collect();
+        let floor = |fraction: f64| {
+            r.latency_floor
+                .iter()
+                .flatten()
+                .find(|f| (f.fraction - fraction).abs() < 1e-9)
+        };
+        s.latency = levels
+            .iter()
+            .map(|l| latency_row(l, floor(l.fraction)))
+            .collect();
     }
     if let Some(fp) = &r.footprint {
         s.footprint = fp
@@ -137,6 +148,7 @@ mod tests {
     use super::*;
     use crate::probe::Footprint;
     use crate::results::Saturation;
+    use crate::sim::Latency;
 
     fn probe(rate: f64, cpu: [f64; 3]) -> ProbeResult {
         ProbeResult {
@@ -173,6 +185,17 @@ mod tests {
                 fraction: 0.5,
                 probe: probe(500.0, [1.0, 2.0, 4.0]),
             }]),
+            latency_floor: Some(vec![Level {
+                fraction: 0.5,
+                probe: ProbeResult {
+                    ack_latency: Latency {
+                        p50_ms: 0.5,
+                        p99_ms: 1.5,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            }]),
             telemetry: Some(vec![probe(1000.0, [1.0, 1.0, 9.0])]),
             monolithic: Some(vec![Level {
                 fraction: 0.5,
@@ -206,5 +229,10 @@ mod tests {
         assert_eq!(s.simulator_rate, Some(4500.0));
         assert_eq!(s.simulator_multiple, Some(4.5));
         assert_eq!(s.simulator_sustained_multiple, Some(3.0));
+        let half = &s.latency[0];
+        assert_eq!(
+            (half.floor_ack_p50_ms, half.floor_ack_p99_ms),
+            (Some(0.5), Some(1.5))
+        );
     }
 }
