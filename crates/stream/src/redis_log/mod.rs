@@ -965,7 +965,7 @@ impl EventLog for RedisLog {
             .arg("STREAMS")
             .arg(self.inner.keys.stream(partition))
             .arg(">");
-        let reply =
+        let mut reply =
             match tokio::time::timeout(limit, cmd.query_async::<redis::Value>(&mut conn)).await {
                 Ok(Ok(value)) => value,
                 Ok(Err(err)) => {
@@ -986,7 +986,7 @@ impl EventLog for RedisLog {
                 }
             };
         *reader = Some(conn);
-        parse::read_reply(&reply, partition)
+        parse::read_reply(&mut reply, partition)
     }
 
     async fn read_own_pending(
@@ -999,7 +999,7 @@ impl EventLog for RedisLog {
         let group = self.group();
         let consumer = consumer.to_owned();
         // ID 0 instead of `>`: this consumer's history, i.e. its pending list.
-        let reply: redis::Value = self
+        let mut reply: redis::Value = self
             .call("XREADGROUP", |mut c| async move {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
@@ -1014,7 +1014,7 @@ impl EventLog for RedisLog {
                     .await
             })
             .await?;
-        parse::read_reply(&reply, partition)
+        parse::read_reply(&mut reply, partition)
     }
 
     async fn claim_stale(
@@ -1027,7 +1027,7 @@ impl EventLog for RedisLog {
         let key = self.inner.keys.stream(partition);
         let group = self.group();
         let (k, cons) = (key.clone(), consumer.to_owned());
-        let reply: redis::Value = self
+        let mut reply: redis::Value = self
             .call("XAUTOCLAIM", |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(&k)
@@ -1041,7 +1041,7 @@ impl EventLog for RedisLog {
                     .await
             })
             .await?;
-        let mut entries = parse::autoclaim_reply(&reply, partition)?;
+        let mut entries = parse::autoclaim_reply(&mut reply, partition)?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let (first, last, cons) = (first.id.clone(), last.id.clone(), consumer.to_owned());
             let n = entries.len();

@@ -35,19 +35,28 @@ fn items(value: &Value) -> Option<&[Value]> {
     }
 }
 
+fn items_mut(value: &mut Value) -> Option<&mut [Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
 /// Splits an entry id into its numeric parts for ordering.
 pub(crate) fn split_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// One `[id, [field, value, ...]]` stream entry.
-fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
-    let parts = items(value).ok_or_else(|| bad("stream entry", value))?;
-    let id = parts
-        .first()
-        .and_then(text)
-        .ok_or_else(|| bad("entry id", value))?;
+/// One `[id, [field, value, ...]]` stream entry. Its data is taken out of
+/// `value`, not copied: the events are slices of the reply's own buffer.
+fn entry(value: &mut Value, partition: u32) -> Result<Entry, StoreError> {
+    let Some(parts) = items_mut(value) else {
+        return Err(bad("stream entry", value));
+    };
+    let Some(id) = parts.first().and_then(text) else {
+        return Err(bad("entry id", value));
+    };
     let mut entry = Entry {
         id,
         partition,
@@ -57,20 +66,18 @@ fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
     };
     // A deleted-but-pending entry has a nil body: it is returned with no
     // events, and the worker dead-letters it.
-    let mut blob: Option<&[u8]> = None;
+    let mut blob: Option<Vec<u8>> = None;
     let mut skip: Vec<usize> = Vec::new();
-    if let Some(fields) = parts.get(1).and_then(items) {
-        for pair in fields.chunks(2) {
-            let (Some(Value::BulkString(name)), Some(Value::BulkString(data))) =
-                (pair.first(), pair.get(1))
-            else {
+    if let Some(fields) = parts.get_mut(1).and_then(items_mut) {
+        for pair in fields.chunks_mut(2) {
+            let [Value::BulkString(name), Value::BulkString(data)] = pair else {
                 continue;
             };
             match name.as_slice() {
-                b"m" => entry.meta = data.clone(),
+                b"m" => entry.meta = std::mem::take(data),
                 // One field per event: entries written before the blob.
-                b"e" => entry.events.push(Bytes::copy_from_slice(data)),
-                b"b" => blob = Some(data),
+                b"e" => entry.events.push(Bytes::from(std::mem::take(data))),
+                b"b" => blob = Some(std::mem::take(data)),
                 b"d" => {
                     skip = String::from_utf8_lossy(data)
                         .split(',')
@@ -84,8 +91,8 @@ fn entry(value: &Value, partition: u32) -> Result<Entry, StoreError> {
     if let Some(blob) = blob {
         // A blob that does not split cleanly leaves the entry with no
         // events, which the worker dead-letters rather than guess.
-        // One copy of the blob; the events are slices of it.
-        let shared = Bytes::copy_from_slice(blob);
+        // The events are slices of the blob the reply was parsed into.
+        let shared = Bytes::from(blob);
         let events = split_blob(&shared).unwrap_or_default();
         entry.events.extend(
             events
@@ -112,19 +119,22 @@ pub(crate) fn split_blob(mut blob: &[u8]) -> Option<Vec<&[u8]>> {
 
 /// `XREADGROUP ... STREAMS key >`: nil on timeout, else `[[key, [entries]]]`
 /// (RESP2) or a map of key to entries (RESP3).
-pub(crate) fn read_reply(reply: &Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
-    let streams: Vec<&Value> = match reply {
+pub(crate) fn read_reply(reply: &mut Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
+    let streams: Vec<&mut Value> = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams
-            .iter()
-            .filter_map(|s| items(s).and_then(|kv| kv.get(1)))
+            .iter_mut()
+            .filter_map(|s| items_mut(s).and_then(|kv| kv.get_mut(1)))
             .collect(),
-        Value::Map(pairs) => pairs.iter().map(|(_, v)| v).collect(),
+        Value::Map(pairs) => pairs.iter_mut().map(|(_, v)| v).collect(),
         other => return Err(bad("XREADGROUP", other)),
     };
     let mut out = Vec::new();
     for stream in streams {
-        for e in items(stream).ok_or_else(|| bad("XREADGROUP entries", stream))? {
+        let Some(entries) = items_mut(stream) else {
+            return Err(bad("XREADGROUP entries", stream));
+        };
+        for e in entries {
             out.push(entry(e, partition)?);
         }
     }
@@ -132,13 +142,14 @@ pub(crate) fn read_reply(reply: &Value, partition: u32) -> Result<Vec<Entry>, St
 }
 
 /// `XAUTOCLAIM`: `[next cursor, [entries], [deleted ids]]`.
-pub(crate) fn autoclaim_reply(reply: &Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
-    let parts = items(reply).ok_or_else(|| bad("XAUTOCLAIM", reply))?;
-    let entries = parts
-        .get(1)
-        .and_then(items)
-        .ok_or_else(|| bad("XAUTOCLAIM", reply))?;
-    entries.iter().map(|e| entry(e, partition)).collect()
+pub(crate) fn autoclaim_reply(reply: &mut Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
+    let Some(entries) = items_mut(reply)
+        .and_then(|parts| parts.get_mut(1))
+        .and_then(items_mut)
+    else {
+        return Err(bad("XAUTOCLAIM", reply));
+    };
+    entries.iter_mut().map(|e| entry(e, partition)).collect()
 }
 
 /// Extended `XPENDING`: `[[id, consumer, idle ms, deliveries], ...]` →
@@ -257,7 +268,7 @@ mod tests {
             blob.extend_from_slice(event);
         }
         let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
-        let value = Value::Array(vec![
+        let mut value = Value::Array(vec![
             bulk(b"1-0"),
             Value::Array(vec![
                 bulk(b"m"),
@@ -268,7 +279,7 @@ mod tests {
                 bulk(b"1"),
             ]),
         ]);
-        let e = entry(&value, 0).unwrap();
+        let e = entry(&mut value, 0).unwrap();
         assert_eq!(e.events, vec![b"a".to_vec(), b"c".to_vec()]);
     }
 }
