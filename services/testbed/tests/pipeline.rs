@@ -103,6 +103,39 @@ async fn exact_counts_on_redis_cluster() {
     exact_counts_on(redis_log(cluster.url(), true).await).await;
 }
 
+/// Workers trim what the group has acknowledged: once everything is
+/// processed, the streams shrink with nobody else calling trim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_entries_are_trimmed() {
+    let redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    let minute = test_minute();
+    let events: Vec<Event> = (0..2000).map(|i| event("trim", i, 16, minute)).collect();
+    let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
+    // 200 batches: at least 200 entries, each batch one per partition it touches.
+    publish_streams(&pipe, &events, 2, 10).await;
+    wait_drained(&log, 2000, Duration::from_secs(60)).await;
+    let length = || -> u64 {
+        (0..log.partitions())
+            .map(|p| {
+                let reply = redis.command(&["XLEN", &log.keys().stream(p)]);
+                reply.trim_start_matches(':').parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    // Approximate trimming keeps each stream's last, partly filled node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while length() >= 100 {
+        assert!(
+            Instant::now() < deadline,
+            "not trimmed: {} entries",
+            length()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipe.stop().await;
+}
+
 /// Re-publishing the same event ids is acknowledged and counted once.
 #[tokio::test]
 async fn republished_event_ids_count_once() {

@@ -111,6 +111,7 @@ impl Consumer {
             tasks.spawn(self.clone().read_loop(partition, shutdown.clone()));
         }
         tasks.spawn(self.clone().maintenance_loop(shutdown.clone()));
+        tasks.spawn(self.clone().trim_loop(shutdown.clone()));
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {
                 tracing::error!(error = %err, "consumer task failed");
@@ -257,14 +258,36 @@ impl Consumer {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                self.claim_and_trim(partition).await;
+                self.claim_and_prune(partition).await;
+            }
+        }
+    }
+
+    /// Trims every partition's stream of what the group has acknowledged,
+    /// every `--trim-interval`: a second's worth of entries at a time.
+    async fn trim_loop(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.config.trim_interval) => {}
+            }
+            if self.local.is_paused() {
+                continue;
+            }
+            for partition in 0..self.log.partitions() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                if let Err(err) = self.log.trim(partition).await {
+                    tracing::warn!(partition, error = %err, "trimming failed");
+                }
             }
         }
     }
 
     /// Claims entries of dead consumers in `partition` and processes them,
-    /// then trims what the group has acknowledged.
-    pub async fn claim_and_trim(&self, partition: u32) {
+    /// then prunes devices idle past the retention from its index.
+    pub async fn claim_and_prune(&self, partition: u32) {
         if self.local.is_paused() {
             return;
         }
@@ -285,9 +308,6 @@ impl Consumer {
                 self.process(partition, entries).await;
             }
             Err(err) => tracing::warn!(partition, error = %err, "claiming stale entries failed"),
-        }
-        if let Err(err) = self.log.trim(partition).await {
-            tracing::warn!(partition, error = %err, "trimming failed");
         }
         // Devices not seen within the retention leave the device index, and
         // their states with them.

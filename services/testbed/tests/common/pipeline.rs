@@ -84,6 +84,7 @@ pub fn fast_worker() -> WorkerConfig {
     WorkerConfig {
         claim_idle: Duration::from_millis(500),
         maintenance_interval: Duration::from_millis(100),
+        trim_interval: Duration::from_millis(100),
         read_block: Duration::from_millis(100),
         ..WorkerConfig::default()
     }
