@@ -110,8 +110,9 @@ impl Consumer {
         for partition in 0..self.log.partitions() {
             tasks.spawn(self.clone().read_loop(partition, shutdown.clone()));
         }
-        tasks.spawn(self.clone().maintenance_loop(shutdown.clone()));
-        tasks.spawn(self.clone().trim_loop(shutdown.clone()));
+        for chore in [Chore::ClaimAndPrune, Chore::Trim] {
+            tasks.spawn(self.clone().chore_loop(chore, shutdown.clone()));
+        }
         while let Some(joined) = tasks.join_next().await {
             if let Err(err) = joined {
                 tracing::error!(error = %err, "consumer task failed");
@@ -214,13 +215,10 @@ impl Consumer {
             Ok(entries) if !entries.is_empty() && !self.config.apply_linger.is_zero() => entries,
             other => return Some(other),
         };
-        let full = |entries: &[Entry]| {
-            let events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
-            entries.len() >= count || events >= self.config.apply_max_events
-        };
+        let events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
         // A read that filled its batch is applied at once: a backlog drains
         // at the speed of the applies, not one batch per linger.
-        if full(&entries) {
+        if entries.len() >= count || events >= self.config.apply_max_events {
             return Some(Ok(entries));
         }
         // Gather for the linger, then take what arrived meanwhile in one
@@ -229,59 +227,54 @@ impl Consumer {
             () = shutdown.cancelled() => return Some(Ok(entries)),
             () = tokio::time::sleep(self.config.apply_linger) => {}
         }
-        if !full(&entries) {
-            // What was read is ours whatever happens: a failed read here is
-            // reported by the next one.
-            if let Ok(more) = self
-                .log
-                .read(
-                    partition,
-                    &self.name,
-                    count - entries.len(),
-                    Duration::from_millis(1),
-                )
-                .await
-            {
-                entries.extend(more);
-            }
+        // What was read is ours whatever happens: a failed read here is
+        // reported by the next one.
+        if let Ok(more) = self
+            .log
+            .read(
+                partition,
+                &self.name,
+                count - entries.len(),
+                Duration::from_millis(1),
+            )
+            .await
+        {
+            entries.extend(more);
         }
         Some(Ok(entries))
     }
 
-    async fn maintenance_loop(self, shutdown: CancellationToken) {
+    /// Runs `chore` on every partition at its interval, until shutdown.
+    async fn chore_loop(self, chore: Chore, shutdown: CancellationToken) {
+        let interval = match chore {
+            Chore::ClaimAndPrune => self.config.maintenance_interval,
+            Chore::Trim => self.config.trim_interval,
+        };
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.config.maintenance_interval) => {}
+                () = tokio::time::sleep(interval) => {}
             }
             for partition in 0..self.log.partitions() {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                self.claim_and_prune(partition).await;
+                match chore {
+                    Chore::ClaimAndPrune => self.claim_and_prune(partition).await,
+                    Chore::Trim => self.trim(partition).await,
+                }
             }
         }
     }
 
-    /// Trims every partition's stream of what the group has acknowledged,
-    /// every `--trim-interval`: a second's worth of entries at a time.
-    async fn trim_loop(self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(self.config.trim_interval) => {}
-            }
-            if self.local.is_paused() {
-                continue;
-            }
-            for partition in 0..self.log.partitions() {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                if let Err(err) = self.log.trim(partition).await {
-                    tracing::warn!(partition, error = %err, "trimming failed");
-                }
-            }
+    /// Trims `partition`'s stream of what the group has acknowledged
+    /// (every `--trim-interval`: a second's worth of entries at a time).
+    async fn trim(&self, partition: u32) {
+        if self.local.is_paused() {
+            return;
+        }
+        if let Err(err) = self.log.trim(partition).await {
+            tracing::warn!(partition, error = %err, "trimming failed");
         }
     }
 
@@ -572,6 +565,15 @@ impl Consumer {
         }
         span
     }
+}
+
+/// The periodic work of a worker besides reading.
+#[derive(Debug, Clone, Copy)]
+enum Chore {
+    /// Claim stale entries, prune idle devices (`--maintenance-interval`).
+    ClaimAndPrune,
+    /// Trim acknowledged entries (`--trim-interval`).
+    Trim,
 }
 
 /// An entry ready to apply: decoded, with its processing span.
