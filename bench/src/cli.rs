@@ -265,6 +265,15 @@ pub struct Cli {
     #[arg(long, env = "TESTBED_BENCH_TELEMETRY_LEVEL", default_value_t = 1.0, value_parser = fraction)]
     pub telemetry_level: f64,
 
+    /// Telemetry: rounds per repetition. A round runs OTLP off and every
+    /// sampling ratio back to back (in an order rotated each round); each
+    /// mode's cost is its CPU per event against the off probe of the same
+    /// round, and the median of the rounds is reported. Pairing adjacent
+    /// probes keeps a VM's drift in speed over minutes out of the cost.
+    #[arg(long, env = "TESTBED_BENCH_TELEMETRY_ROUNDS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub telemetry_rounds: u32,
+
     /// Monolithic: fractions of the saturation rate.
     #[arg(long, env = "TESTBED_BENCH_MONOLITHIC_LEVELS", value_delimiter = ',',
           default_values_t = [0.25, 0.5, 0.8, 1.0], value_parser = fraction)]
@@ -325,6 +334,7 @@ impl Cli {
         self.sim_devices = self.sim_devices.min(50);
         self.sustain_p99 = Duration::ZERO;
         self.telemetry_level = 0.5;
+        self.telemetry_rounds = 1;
         self.footprint_level = 0.5;
         self.monolithic_levels = vec![0.5];
         self.stub_multiples = vec![3.0];

@@ -158,7 +158,11 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
         saturation_rate: cli.saturation_rate,
         latency_levels: cli.latency_levels.clone(),
         footprint: (cli.footprint_level, cli.idle),
-        telemetry: (cli.sampling.clone(), cli.telemetry_level),
+        telemetry: (
+            cli.sampling.clone(),
+            cli.telemetry_level,
+            cli.telemetry_rounds,
+        ),
         monolithic_levels: cli.monolithic_levels.clone(),
         stub_multiples: cli.stub_multiples.clone(),
     };
@@ -177,6 +181,7 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
         "sustain": env.sustain,
         "levels": { "latency": cli.latency_levels, "footprint": cli.footprint_level,
                     "telemetry": cli.telemetry_level, "sampling": cli.sampling,
+                    "telemetry_rounds": cli.telemetry_rounds,
                     "monolithic": cli.monolithic_levels, "stub_multiples": cli.stub_multiples },
         "rust_log": cli.rust_log,
         "extra_args": { "ingest": cli.ingest_arg, "worker": cli.worker_arg, "query": cli.query_arg },

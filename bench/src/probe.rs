@@ -118,6 +118,9 @@ pub struct ProbeResult {
     pub target: String,
     /// OTLP sampling ratio; none: OTLP off.
     pub sampling: Option<f64>,
+    /// The telemetry step's round this probe belongs to (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
     /// Offered events/s.
     pub offered_rate: f64,
     /// Accepted events per second of the schedule.

@@ -52,7 +52,8 @@ pub struct RunResult {
     pub latency_floor: Option<Vec<Level>>,
     /// The footprint probe (idle, then loaded).
     pub footprint: Option<Level>,
-    /// One probe per telemetry mode (OTLP off, then each sampling ratio).
+    /// One probe per telemetry mode and round, in the order they ran
+    /// (each has its `round`).
     pub telemetry: Option<Vec<ProbeResult>>,
     /// Monolithic probes at fractions of saturation.
     pub monolithic: Option<Vec<Level>>,
@@ -119,12 +120,24 @@ pub struct TelemetryRow {
     pub offered_rate: f64,
     /// Achieved events/s.
     pub achieved_rate: f64,
-    /// CPU seconds per million events, testbed services summed.
+    /// CPU seconds per million events, testbed services summed (median
+    /// of the rounds).
     pub service_cpu_s_per_million_events: f64,
     /// Batch-ack p99, ms.
     pub ack_p99_ms: f64,
     /// Spans the sink received.
     pub spans: Option<u64>,
+    /// The cost against OTLP off: this mode's service CPU per event over
+    /// the off probe's of the same round, minus one (0.05 is 5% more),
+    /// the median of the rounds; none for `off` itself.
+    #[serde(default)]
+    pub cpu_cost: Option<f64>,
+    /// The smallest and largest of the rounds' costs.
+    #[serde(default)]
+    pub cpu_cost_range: Option<[f64; 2]>,
+    /// Rounds measured.
+    #[serde(default)]
+    pub rounds: u32,
 }
 
 /// One rate of the monolithic comparison.

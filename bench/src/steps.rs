@@ -32,8 +32,9 @@ pub struct StepOptions {
     pub latency_levels: Vec<f64>,
     /// Footprint fraction, and idle period.
     pub footprint: (f64, Duration),
-    /// Sampling ratios compared with OTLP off, and the fraction offered.
-    pub telemetry: (Vec<f64>, f64),
+    /// Sampling ratios compared with OTLP off, the fraction offered, and
+    /// the rounds (each runs every mode once).
+    pub telemetry: (Vec<f64>, f64, u32),
     /// Monolithic fractions.
     pub monolithic_levels: Vec<f64>,
     /// Stub multiples.
@@ -147,15 +148,28 @@ pub async fn run_repetition(
     }
 
     if has(Step::Telemetry) {
-        let (ratios, f) = &o.telemetry;
-        let mut modes =
-            vec![probe::run(&env, &spec(format!("telemetry-off-{f}"), rate * f, split)).await?];
-        for ratio in ratios {
-            let mut s = spec(format!("telemetry-{ratio}-{f}"), rate * f, split);
-            s.sampling = Some(*ratio);
-            modes.push(probe::run(&env, &s).await?);
+        let (ratios, f, rounds) = &o.telemetry;
+        let modes: Vec<Option<f64>> = std::iter::once(None)
+            .chain(ratios.iter().copied().map(Some))
+            .collect();
+        let mut probes = Vec::new();
+        for round in 0..*rounds as usize {
+            // Rotated each round, so no mode always runs first or last.
+            for i in 0..modes.len() {
+                let sampling = modes[(i + round) % modes.len()];
+                let name = sampling.map_or_else(|| "off".to_owned(), |x| x.to_string());
+                let mut s = spec(
+                    format!("telemetry-{name}-{f}-r{}", round + 1),
+                    rate * f,
+                    split,
+                );
+                s.sampling = sampling;
+                let mut p = probe::run(&env, &s).await?;
+                p.round = Some(round as u32 + 1);
+                probes.push(p);
+            }
         }
-        r.telemetry = Some(modes);
+        r.telemetry = Some(probes);
     }
 
     if has(Step::Monolithic) {

@@ -20,6 +20,64 @@ fn service_cpu(p: &ProbeResult) -> f64 {
         .sum()
 }
 
+/// One row per telemetry mode (off first, then in the order they first
+/// ran): medians over the rounds, and each mode's cost against the off
+/// probe of its own round.
+fn telemetry_rows(probes: &[ProbeResult]) -> Vec<TelemetryRow> {
+    let mut modes: Vec<Option<f64>> = Vec::new();
+    for p in probes {
+        if !modes.contains(&p.sampling) {
+            modes.push(p.sampling);
+        }
+    }
+    modes.sort_by_key(Option::is_some);
+    let round = |p: &ProbeResult| p.round.unwrap_or(1);
+    let off_cpu = |r: u32| {
+        probes
+            .iter()
+            .find(|p| p.sampling.is_none() && round(p) == r)
+            .map(service_cpu)
+            .filter(|c| *c > 0.0)
+    };
+    let median = |mut v: Vec<f64>| crate::results::median(&mut v).unwrap_or(0.0);
+    modes
+        .into_iter()
+        .map(|mode| {
+            let of_mode: Vec<&ProbeResult> = probes.iter().filter(|p| p.sampling == mode).collect();
+            let mut costs: Vec<f64> = if mode.is_none() {
+                Vec::new()
+            } else {
+                of_mode
+                    .iter()
+                    .filter_map(|p| off_cpu(round(p)).map(|off| service_cpu(p) / off - 1.0))
+                    .collect()
+            };
+            costs.sort_by(f64::total_cmp);
+            TelemetryRow {
+                mode: mode.map_or_else(|| "off".to_owned(), |x| x.to_string()),
+                offered_rate: median(of_mode.iter().map(|p| p.offered_rate).collect()),
+                achieved_rate: median(of_mode.iter().map(|p| p.achieved_rate).collect()),
+                service_cpu_s_per_million_events: median(
+                    of_mode.iter().map(|p| service_cpu(p)).collect(),
+                ),
+                ack_p99_ms: median(of_mode.iter().map(|p| p.ack_latency.p99_ms).collect()),
+                spans: of_mode.iter().any(|p| p.otlp.is_some()).then(|| {
+                    median(
+                        of_mode
+                            .iter()
+                            .filter_map(|p| p.otlp.map(|o| o.spans as f64))
+                            .collect(),
+                    )
+                    .round() as u64
+                }),
+                cpu_cost: crate::results::median(&mut costs.clone()),
+                cpu_cost_range: costs.first().zip(costs.last()).map(|(a, b)| [*a, *b]),
+                rounds: of_mode.len() as u32,
+            }
+        })
+        .collect()
+}
+
 fn service_peak_mib(p: &ProbeResult) -> f64 {
     p.processes
         .iter()
@@ -92,20 +150,8 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
             })
             .collect();
     }
-    if let Some(modes) = &r.telemetry {
-        s.telemetry = modes
-            .iter()
-            .map(|p| TelemetryRow {
-                mode: p
-                    .sampling
-                    .map_or_else(|| "off".to_owned(), |x| x.to_string()),
-                offered_rate: p.offered_rate,
-                achieved_rate: p.achieved_rate,
-                service_cpu_s_per_million_events: service_cpu(p),
-                ack_p99_ms: p.ack_latency.p99_ms,
-                spans: p.otlp.map(|o| o.spans),
-            })
-            .collect();
+    if let Some(probes) = &r.telemetry {
+        s.telemetry = telemetry_rows(probes);
     }
     if let Some(mono) = &r.monolithic {
         let split_at = |f: f64| {
@@ -166,6 +212,38 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Each mode's cost is paired with the off probe of its own round, so
+    /// a round that ran slow as a whole costs nothing; rows are medians.
+    #[test]
+    fn telemetry_cost_pairs_rounds() {
+        let at = |sampling: Option<f64>, round: u32, cpu: f64| ProbeResult {
+            sampling,
+            round: Some(round),
+            ..probe(1000.0, [cpu, 0.0, 50.0])
+        };
+        let rows = telemetry_rows(&[
+            at(None, 1, 10.0),
+            at(Some(0.1), 1, 11.0),
+            at(Some(0.1), 2, 12.5),
+            at(None, 2, 12.0),
+            at(None, 3, 8.0),
+            at(Some(0.1), 3, 7.9),
+        ]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].mode, "off");
+        assert_eq!(rows[0].cpu_cost, None);
+        assert_eq!(rows[0].service_cpu_s_per_million_events, 10.0);
+        assert_eq!(rows[1].mode, "0.1");
+        assert_eq!(rows[1].rounds, 3);
+        assert_eq!(rows[1].service_cpu_s_per_million_events, 11.0);
+        // Rounds: +10%, +4.2%, -1.25%: the median is +4.2%, where the
+        // medians of the modes (11 against 10) would say +10%.
+        let cost = rows[1].cpu_cost.unwrap();
+        assert!((cost - 0.5 / 12.0).abs() < 1e-9, "{cost}");
+        let [low, high] = rows[1].cpu_cost_range.unwrap();
+        assert!((low + 0.0125).abs() < 1e-9 && (high - 0.1).abs() < 1e-9);
     }
 
     /// Service CPU leaves Redis out; split figures come from the latency

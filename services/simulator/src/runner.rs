@@ -1,6 +1,14 @@
 //! The open-loop run: a scheduler that emits batches at their intended
 //! times whatever the server does, and senders that measure each batch's
 //! latency from that intended time (no coordinated omission, as wrk2 does).
+//!
+//! The generator's own delays are kept out of the figures without hiding
+//! the server's: Tokio's timer has millisecond ticks and rounds a deadline
+//! up to the next one, so the scheduler wakes up to [`EARLY`] before a
+//! batch is due, builds it, and hands it to its lane at once. A batch
+//! handed over early is measured from that moment (its true latency); one
+//! handed over late (a slow generator, a starved process) is measured from
+//! its intended time, so the delay still counts, as it must.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,8 +40,10 @@ pub struct Batch {
     pub events: Vec<Bytes>,
     /// Their kinds, by position.
     pub kinds: Vec<Kind>,
-    /// When the schedule wanted it sent: latency is measured from here.
+    /// When the schedule wanted it sent.
     pub intended: Instant,
+    /// Latency is measured from here: see [`latency_origin`].
+    pub origin: Instant,
     /// The scenario phase it belongs to.
     pub phase: usize,
     /// Attempts so far.
@@ -69,6 +79,20 @@ pub struct SendOptions {
 
 /// Shared live figures.
 pub type Shared = Arc<Mutex<RunFigures>>;
+
+/// How long before its intended time the scheduler wakes to build a batch:
+/// one tick of Tokio's timer, which rounds a deadline up to its next
+/// millisecond (without this, every batch left 0-1 ms late, plus the time
+/// to build it, and that delay counted as the server's latency).
+pub const EARLY: Duration = Duration::from_millis(1);
+
+/// When a batch's latency is measured from: the moment it was handed to
+/// its lane if that was before its intended time (its true latency), its
+/// intended time otherwise (a late batch's delay counts: no coordinated
+/// omission).
+pub fn latency_origin(intended: Instant, dispatched: Instant) -> Instant {
+    intended.min(dispatched)
+}
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, RunFigures> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
@@ -196,7 +220,7 @@ pub async fn run_live(
                 switched = true;
                 continue;
             }
-            () = tokio::time::sleep_until(intended.into()) => {}
+            () = tokio::time::sleep_until(intended.checked_sub(EARLY).unwrap_or(intended).into()) => {}
         }
         let now = SystemTime::now();
         // One buffer per batch; each event is a part of it.
@@ -231,6 +255,7 @@ pub async fn run_live(
             events,
             kinds,
             intended,
+            origin: latency_origin(intended, Instant::now()),
             phase,
             attempts: 0,
             span,
@@ -352,7 +377,7 @@ fn sim_metrics() -> &'static SimMetrics {
 }
 
 fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], figures: &Shared) {
-    let latency = batch.intended.elapsed();
+    let latency = batch.origin.elapsed();
     let metrics = sim_metrics();
     metrics.acked.add(u64::from(accepted), &[]);
     metrics.latency.record(latency.as_secs_f64(), &[]);
@@ -579,5 +604,22 @@ async fn unary_lane(
             Some(_) = calls.join_next(), if !calls.is_empty() => {}
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch handed to its lane before it was due is measured from then;
+    /// one handed over late from when it was due, so the delay counts.
+    #[test]
+    fn latency_is_measured_from_the_earlier_of_intended_and_dispatched() {
+        let intended = Instant::now() + Duration::from_secs(10);
+        let early = intended - Duration::from_micros(400);
+        let late = intended + Duration::from_millis(30);
+        assert_eq!(latency_origin(intended, early), early);
+        assert_eq!(latency_origin(intended, late), intended);
+        assert_eq!(latency_origin(intended, intended), intended);
     }
 }
