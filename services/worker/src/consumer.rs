@@ -386,14 +386,16 @@ impl Consumer {
     /// decoded ones only), and its events.
     async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<EventView>)> {
         let events = entry.events.len() as u64;
+        let mut views = Vec::with_capacity(entry.events.len());
         let decoded: Result<Vec<EventView>, String> = entry
             .events
             .iter()
             .enumerate()
-            .map(|(i, bytes)| {
-                crate::fold::decode(bytes).map_err(|e| format!("undecodable event {i}: {e}"))
+            .try_for_each(|(i, bytes)| {
+                crate::fold::decode_into(bytes, &mut views)
+                    .map_err(|e| format!("undecodable event {i}: {e}"))
             })
-            .collect();
+            .map(|()| views);
         let poison = match (&decoded, entry.events.is_empty()) {
             (Err(reason), _) => Some(reason.clone()),
             (Ok(_), true) => Some("entry has no events".to_owned()),

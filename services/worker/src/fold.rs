@@ -172,11 +172,30 @@ fn text(bytes: &Bytes) -> &str {
 /// that every text field the fold reads is UTF-8 (ingest validated it; an
 /// entry that fails here was not written by ingest and is dead-lettered).
 pub fn decode(bytes: &Bytes) -> Result<EventView, String> {
-    let event = EventView::decode(bytes.clone()).map_err(|e| e.to_string())?;
-    match not_utf8(&event) {
-        Some(field) => Err(format!("{field} is not UTF-8 text")),
-        None => Ok(event),
+    let mut events = Vec::with_capacity(1);
+    decode_into(bytes, &mut events)?;
+    events.pop().ok_or_else(|| "nothing decoded".to_owned())
+}
+
+/// [`decode`] into the end of `events`, in place: a view is a few hundred
+/// bytes, and decoding one then moving it into the vector was about 5% of
+/// the worker's CPU. Nothing is added when it fails.
+pub fn decode_into(bytes: &Bytes, events: &mut Vec<EventView>) -> Result<(), String> {
+    events.push(EventView::default());
+    let checked = match events.last_mut() {
+        Some(event) => event
+            .merge(bytes.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|()| match not_utf8(event) {
+                Some(field) => Err(format!("{field} is not UTF-8 text")),
+                None => Ok(()),
+            }),
+        None => Err("nothing decoded".to_owned()),
+    };
+    if checked.is_err() {
+        events.pop();
     }
+    checked
 }
 
 /// The first text field of `event` the fold reads that is not UTF-8.
@@ -730,5 +749,22 @@ mod tests {
             assert!(err.starts_with(field), "{err}");
         }
         assert!(decode(&Bytes::from_static(&[0x0a, 9])).is_err());
+    }
+
+    /// Decoding in place appends a good event and leaves nothing behind
+    /// for a bad one (truncated, or text that is not UTF-8).
+    #[test]
+    fn decode_into_adds_only_what_decodes() {
+        let good = Bytes::from(view_bytes(&event("d", 0, gpu(0.5, 1.0))));
+        let mut bad_text = view_bytes(&event("d", 0, gpu(0.5, 1.0)));
+        bad_text.extend([0x12, 1, 0xff]);
+        let mut views = Vec::new();
+        decode_into(&good, &mut views).unwrap();
+        assert!(decode_into(&Bytes::from_static(&[0x0a, 9]), &mut views).is_err());
+        assert!(decode_into(&Bytes::from(bad_text), &mut views).is_err());
+        decode_into(&good, &mut views).unwrap();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0], views[1]);
+        assert_eq!(text(&views[1].device_id), "d");
     }
 }
