@@ -12,6 +12,14 @@
 //! script refuses, and the caller falls back to the merge in the script,
 //! which cannot race.
 //!
+//! The read itself held Redis about 1.2 ms per apply at 224k events/s, so a
+//! process keeps what its last apply of a partition wrote (`Written` in
+//! `mod.rs`) and merges the next apply with those values: it reads only the
+//! version and the fields that apply did not write, and nothing at all when
+//! it wrote them all (the script's version check then stands for the read).
+//! A version that moved means another writer came in between, and
+//! everything is read again.
+//!
 //! The merges here are those of `apply.lua`, field for field: numbers add
 //! as doubles, minimum and maximum keep the old value when it is a number
 //! at least as good, summaries merge as [`crate::model::merge_summary`], and

@@ -361,6 +361,89 @@ struct Merged<'o> {
     values: Vec<Vec<Vec<u8>>>,
 }
 
+/// The partition version a read returned (`0` when it was never set).
+fn parse_version(reply: Option<redis::Value>) -> Result<String, StoreError> {
+    match reply {
+        Some(redis::Value::BulkString(v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
+        Some(redis::Value::SimpleString(v)) => Ok(v),
+        Some(redis::Value::Int(v)) => Ok(v.to_string()),
+        Some(redis::Value::Nil) => Ok("0".to_owned()),
+        other => Err(StoreError::Protocol(format!(
+            "unexpected version reply {other:?}"
+        ))),
+    }
+}
+
+/// What one merged apply of a partition wrote, and the version it left:
+/// the next apply of the partition takes its current values from here
+/// instead of reading them, as long as the version it reads (or, when
+/// every value is here, the version `apply.lua` checks) is still this one.
+///
+/// Only applies and prunes change aggregates, and both move the version,
+/// so an unchanged version means these are still the values in Redis, with
+/// two exceptions handled here: a key's time to live (a value is used only
+/// until [`EXPIRY_MARGIN`] before its key can have expired; a key written
+/// without an expiry is taken to have none, as the fold writes every key
+/// with an expiry every time or never) and eviction under `maxmemory`,
+/// which the testbed does not support anyway (evicted stream entries would
+/// be lost): run Redis with `maxmemory-policy noeviction`.
+#[derive(Debug)]
+struct Written {
+    /// The version after the apply (the one it read, plus one).
+    version: String,
+    /// By key: when it may expire (`None`: never) and its fields' values.
+    keys: std::collections::HashMap<String, WrittenKey>,
+}
+
+#[derive(Debug)]
+struct WrittenKey {
+    expires: Option<std::time::Instant>,
+    fields: std::collections::HashMap<String, Vec<u8>>,
+}
+
+/// A written value is not used within this long of its key's expiry.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
+
+impl Written {
+    /// What `merged` wrote at `sent` (just before its script was sent, so
+    /// every expiry here is no later than Redis' own), if its version is
+    /// a counter.
+    fn after(merged: Merged<'_>, sent: std::time::Instant) -> Option<Self> {
+        let version = merged.version.parse::<u64>().ok()?.checked_add(1)?;
+        let keys = merged
+            .targets
+            .iter()
+            .zip(merged.values)
+            .map(|(t, values)| {
+                let expires = (t.ttl > 0)
+                    .then(|| sent.checked_add(Duration::from_secs(t.ttl)))
+                    .flatten();
+                let fields = t
+                    .fields
+                    .iter()
+                    .map(|(name, _)| (*name).to_owned())
+                    .zip(values)
+                    .collect();
+                (t.key.to_owned(), WrittenKey { expires, fields })
+            })
+            .collect();
+        Some(Self {
+            version: version.to_string(),
+            keys,
+        })
+    }
+
+    /// The value of `field` of `key`, if written here and not about to
+    /// expire at `now`.
+    fn get(&self, key: &str, field: &str, now: std::time::Instant) -> Option<&[u8]> {
+        let k = self.keys.get(key)?;
+        if k.expires.is_some_and(|e| e <= now + EXPIRY_MARGIN) {
+            return None;
+        }
+        k.fields.get(field).map(Vec::as_slice)
+    }
+}
+
 /// What `apply.lua` answered.
 enum Applied {
     Done(ApplyOutcome),
@@ -408,6 +491,9 @@ struct Inner {
     append_producer: Script,
     apply: Script,
     prune: Script,
+    /// Per partition, what this process's last merged apply wrote
+    /// ([`Written`]); taken out while an apply runs.
+    written: Vec<std::sync::Mutex<Option<Written>>>,
     /// `redis_command_duration_seconds{command}`.
     latency: opentelemetry::metrics::Histogram<f64>,
 }
@@ -427,6 +513,9 @@ impl RedisLog {
                 append_producer: Script::new(include_str!("append_producer.lua")),
                 apply: Script::new(include_str!("apply.lua")),
                 prune: Script::new(include_str!("prune.lua")),
+                written: (0..args.partitions)
+                    .map(|_| std::sync::Mutex::new(None))
+                    .collect(),
                 latency: opentelemetry::global::meter("testbed-stream")
                     .f64_histogram("redis.command.duration")
                     .with_unit("s")
@@ -648,9 +737,126 @@ impl RedisLog {
         events: u64,
         ops: &Ops,
     ) -> Result<Option<ApplyOutcome>, StoreError> {
-        let snapshot = self.merged(partition, ops).await?;
-        self.commit_merged(partition, entries, events, ops, &snapshot)
-            .await
+        // Taken out, so whatever happens below (an error, a refusal) the
+        // next apply reads again unless this one succeeds.
+        let written = self.written(partition).and_then(|w| match w.lock() {
+            Ok(mut w) => w.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        });
+        let snapshot = match written {
+            Some(w) => self.merged_with(partition, ops, &w).await?,
+            None => self.merged(partition, ops).await?,
+        };
+        let sent = std::time::Instant::now();
+        let outcome = self
+            .commit_merged(partition, entries, events, ops, &snapshot)
+            .await?;
+        if outcome == Some(ApplyOutcome::Applied)
+            && let (Some(next), Some(slot)) =
+                (Written::after(snapshot, sent), self.written(partition))
+        {
+            match slot.lock() {
+                Ok(mut w) => *w = Some(next),
+                Err(poisoned) => *poisoned.into_inner() = Some(next),
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn written(&self, partition: u32) -> Option<&std::sync::Mutex<Option<Written>>> {
+        self.inner.written.get(partition as usize)
+    }
+
+    /// [`Self::merged`] taking what `written` holds instead of reading it:
+    /// no read at all when it holds every value (`apply.lua` then checks
+    /// its version), else one read of the version and the missing values,
+    /// and a full read if that version is not `written`'s.
+    async fn merged_with<'o>(
+        &self,
+        partition: u32,
+        ops: &'o Ops,
+        written: &Written,
+    ) -> Result<Merged<'o>, StoreError> {
+        let targets = merge::targets(ops);
+        let now = std::time::Instant::now();
+        let known: Vec<Vec<Option<&[u8]>>> = targets
+            .iter()
+            .map(|t| {
+                t.fields
+                    .iter()
+                    .map(|(name, _)| written.get(t.key, name, now))
+                    .collect()
+            })
+            .collect();
+        let missing = known.iter().flatten().filter(|v| v.is_none()).count();
+        let (version, mut read) = if missing == 0 {
+            (written.version.clone(), Vec::new().into_iter())
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("GET")
+                .arg(self.inner.keys.version(partition));
+            for (t, known) in targets.iter().zip(&known) {
+                if known.iter().all(Option::is_some) {
+                    continue;
+                }
+                pipe.cmd(if t.sorted_set { "ZMSCORE" } else { "HMGET" })
+                    .arg(t.key);
+                for ((name, _), _) in t.fields.iter().zip(known).filter(|(_, k)| k.is_none()) {
+                    pipe.arg(*name);
+                }
+            }
+            let mut replies = self.read_values(pipe).await?;
+            let version = parse_version(replies.next())?;
+            if version != written.version {
+                // Someone else applied or pruned since: nothing here holds.
+                return self.merged(partition, ops).await;
+            }
+            (version, replies)
+        };
+        let mut merged = Vec::with_capacity(targets.len());
+        for (t, known) in targets.iter().zip(known) {
+            let missing = known.iter().filter(|v| v.is_none()).count();
+            let mut fresh = if missing > 0 {
+                let values = parse::optional_values(read.next())?;
+                if values.len() != missing {
+                    return Err(StoreError::Protocol(format!(
+                        "read {} values of {missing} for {}",
+                        values.len(),
+                        t.key
+                    )));
+                }
+                values.into_iter()
+            } else {
+                Vec::new().into_iter()
+            };
+            let old = known
+                .into_iter()
+                .map(|k| match k {
+                    Some(v) => Some(v.to_vec()),
+                    None => fresh.next().flatten(),
+                })
+                .collect();
+            merged.push(merge::merge(t, old));
+        }
+        Ok(Merged {
+            version,
+            targets,
+            values: merged,
+        })
+    }
+
+    /// Runs the `MULTI` of a read of current values.
+    async fn read_values(
+        &self,
+        read: redis::Pipeline,
+    ) -> Result<std::vec::IntoIter<redis::Value>, StoreError> {
+        Ok(self
+            .call("apply-read", |mut c| async move {
+                read.query_async::<Vec<redis::Value>>(&mut c).await
+            })
+            .await?
+            .into_iter())
     }
 
     /// The first half of [`Self::apply_merged`]: the version read and the
@@ -668,23 +874,8 @@ impl RedisLog {
                 read.arg(*name);
             }
         }
-        let mut replies: std::vec::IntoIter<redis::Value> = self
-            .call("apply-read", |mut c| async move {
-                read.query_async::<Vec<redis::Value>>(&mut c).await
-            })
-            .await?
-            .into_iter();
-        let version = match replies.next() {
-            Some(redis::Value::BulkString(v)) => String::from_utf8_lossy(&v).into_owned(),
-            Some(redis::Value::SimpleString(v)) => v,
-            Some(redis::Value::Int(v)) => v.to_string(),
-            Some(redis::Value::Nil) => "0".to_owned(),
-            other => {
-                return Err(StoreError::Protocol(format!(
-                    "unexpected version reply {other:?}"
-                )));
-            }
-        };
+        let mut replies = self.read_values(read).await?;
+        let version = parse_version(replies.next())?;
         let mut merged = Vec::with_capacity(targets.len());
         for t in &targets {
             if t.fields.is_empty() {
@@ -1394,6 +1585,140 @@ mod tests {
         );
         assert_eq!(totals(&log).await, ("5".into(), "5".into(), 5.0));
         assert_eq!(log.pending(0).await.unwrap().entries, 0);
+    }
+
+    /// Calls of `command` the server has run (`INFO commandstats`).
+    async fn calls(server: &RedisServer, command: &str) -> u64 {
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// An apply that writes only what the previous apply of the partition
+    /// wrote reads nothing: it merges with the values it wrote, and the
+    /// script's version check stands for the read.
+    #[tokio::test]
+    async fn an_apply_merges_with_what_the_last_one_wrote_without_reading() {
+        let server = RedisServer::start();
+        let log = log_on(&server).await;
+        let entries = two_entries(&log).await;
+        log.apply(0, &entries[..1], 1, &writes(&log, 2))
+            .await
+            .unwrap();
+        let reads = calls(&server, "exec").await;
+        assert_eq!(reads, 1, "the first apply reads");
+        assert_eq!(
+            log.apply(0, &entries[1..], 1, &writes(&log, 3))
+                .await
+                .unwrap(),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(calls(&server, "exec").await, reads, "no second read");
+        assert_eq!(totals(&log).await, ("5".into(), "5".into(), 5.0));
+        assert_eq!(log.pending(0).await.unwrap().entries, 0);
+    }
+
+    /// When another process applied to the partition in between, the
+    /// values this one wrote are stale: its next apply reads again (or the
+    /// script refuses and merges), and every apply counts exactly once.
+    #[tokio::test]
+    async fn written_values_are_not_used_after_another_writer() {
+        let server = RedisServer::start();
+        let log = log_on(&server).await;
+        let other = log_on(&server).await;
+        for n in 0..7 {
+            let id = format!("e{n}");
+            let event = AppendEvent {
+                run_id: "",
+                event_id: &id,
+                bytes: b"x".to_vec().into(),
+            };
+            log.append(0, &EntryMeta::default(), &[event])
+                .await
+                .unwrap();
+        }
+        let entries = log.read(0, "c", 10, Duration::ZERO).await.unwrap();
+        assert_eq!(entries.len(), 7);
+        let with_run = |by: i64, run: &str| {
+            let mut ops = writes(&log, by);
+            let k = ops.key(log.keys().run(0, run));
+            ops.push(Op::HashIncr(k, "processed".into(), 7));
+            ops
+        };
+        let apply = |log: &RedisLog, e: usize, ops: Ops| {
+            let log = log.clone();
+            let entry = entries[e..=e].to_vec();
+            async move {
+                assert_eq!(
+                    log.apply(0, &entry, 1, &ops).await.unwrap(),
+                    ApplyOutcome::Applied
+                );
+            }
+        };
+        apply(&log, 0, writes(&log, 1)).await;
+        apply(&other, 1, writes(&log, 10)).await;
+        // Every value is known, so nothing is read: the script refuses the
+        // stale version and merges itself.
+        apply(&log, 2, writes(&log, 100)).await;
+        assert_eq!(totals(&log).await, ("111".into(), "111".into(), 111.0));
+        apply(&log, 3, writes(&log, 1000)).await;
+        apply(&other, 4, writes(&log, 10_000)).await;
+        // A value that is not known is read with the version, which shows
+        // the other writer: everything is read again.
+        apply(&log, 5, with_run(100_000, "r2")).await;
+        assert_eq!(
+            totals(&log).await,
+            ("111111".into(), "111111".into(), 111_111.0)
+        );
+        // Nobody else wrote: only the unknown value is read.
+        let reads = calls(&server, "hmget").await;
+        apply(&log, 6, with_run(1_000_000, "r3")).await;
+        assert_eq!(calls(&server, "hmget").await, reads + 1, "one HMGET");
+        assert_eq!(
+            totals(&log).await,
+            ("1111111".into(), "1111111".into(), 1_111_111.0)
+        );
+        let runs = log
+            .read_hashes(&[log.keys().run(0, "r2"), log.keys().run(0, "r3")])
+            .await
+            .unwrap();
+        for run in runs {
+            assert_eq!(run, vec![("processed".to_owned(), "7".to_owned())]);
+        }
+        assert_eq!(log.pending(0).await.unwrap().entries, 0);
+    }
+
+    /// A written value is not used once its key may have expired.
+    #[test]
+    fn written_values_expire_with_their_key() {
+        let now = std::time::Instant::now();
+        let key = |expires| WrittenKey {
+            expires,
+            fields: [("f".to_owned(), b"1".to_vec())].into(),
+        };
+        let written = Written {
+            version: "3".into(),
+            keys: [
+                ("forever".to_owned(), key(None)),
+                ("soon".to_owned(), key(Some(now + EXPIRY_MARGIN / 2))),
+                ("later".to_owned(), key(Some(now + EXPIRY_MARGIN * 10))),
+            ]
+            .into(),
+        };
+        assert_eq!(written.get("forever", "f", now), Some(&b"1"[..]));
+        assert_eq!(written.get("later", "f", now), Some(&b"1"[..]));
+        assert_eq!(written.get("soon", "f", now), None);
+        assert_eq!(written.get("later", "g", now), None);
+        assert_eq!(written.get("other", "f", now), None);
     }
 
     /// A prune of the partition moves its version too.
