@@ -39,6 +39,19 @@ enum MainError {
     Runtime(std::io::Error),
 }
 
+/// `--cpu-class` of `testbed worker`. Refused by `testbed all`, where it
+/// would slow ingest and query too.
+fn cpu_class(command: &Command) -> Result<(), String> {
+    match command {
+        Command::Worker(args) => testbed_worker::cpu::apply_to_this_thread(args.worker.cpu_class),
+        Command::All(args) if args.worker.cpu_class != testbed_worker::CpuClass::Normal => Err(
+            "--cpu-class applies to `testbed worker` only: in `testbed all` it would slow ingest and query as well"
+                .to_owned(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     // `--version` shows the revision and architecture, computed at run time.
     let version: &'static str = Box::leak(testbed_build_info::long_version().into_boxed_str());
@@ -47,6 +60,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
+    // Before the runtime starts, so that its threads inherit the class.
+    if let Err(err) = cpu_class(&cli.command) {
+        eprintln!("testbed: {err}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -274,3 +274,27 @@ fn split_services_need_redis() {
         assert!(stderr.contains("needs --redis-url"), "{sub}: {stderr}");
     }
 }
+
+/// `--cpu-class` would slow ingest and query too in `testbed all`: refused
+/// with exit 2 and the reason, before anything starts. An unknown class is
+/// a flag error.
+#[test]
+fn cpu_class_is_for_the_worker_only() {
+    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["all", "--grpc-addr", "127.0.0.1:0", "--cpu-class", "idle"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("--cpu-class applies to `testbed worker` only"),
+        "{stderr}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["worker", "--cpu-class", "lowest"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--cpu-class"), "{stderr}");
+}

@@ -120,3 +120,59 @@ async fn two_workers_share_the_group_exactly() {
     drop((a, b));
     pipe.stop().await;
 }
+
+/// The scheduling policy of every thread of `pid` (field 41 of
+/// `/proc/<pid>/task/<tid>/stat`: 0 normal, 3 batch, 5 idle).
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+        // Fields after the command name, which is in parentheses: field 3 on.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = rest.split(' ').nth(41 - 3).unwrap();
+        out.push(policy.parse().unwrap());
+    }
+    out
+}
+
+/// `--cpu-class idle` puts every thread of a running worker (the runtime's
+/// workers, blocking pool and all) in SCHED_IDLE, and it still works;
+/// without the flag they stay at the normal policy.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_class_idle_covers_every_worker_thread() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut args = vec!["worker", "--redis-url", url.as_str(), "--cpu-class", "idle"];
+    args.extend(WORKER_FLAGS);
+    let idle = Testbed::start(&args);
+    idle.wait_serving("testbed.v1.WorkerControlService").await;
+    let normal = start_worker(&redis);
+    normal.wait_serving("testbed.v1.WorkerControlService").await;
+
+    let policies = thread_policies(idle.pid());
+    assert!(policies.len() > 1, "{policies:?}");
+    assert!(policies.iter().all(|p| *p == SCHED_IDLE), "{policies:?}");
+    let policies = thread_policies(normal.pid());
+    assert!(policies.iter().all(|p| *p == SCHED_OTHER), "{policies:?}");
+
+    // The idle worker still folds: with the normal one stopped, it drains.
+    drop(normal);
+    let log = redis_log(&redis).await;
+    let pipe = InProcess::start(&log, IngestConfig::default(), None).await;
+    let minute = test_minute();
+    let events: Vec<Event> = (0..400).map(|i| event("idle", i, 8, minute)).collect();
+    publish_in_background(&pipe, events.clone())
+        .await
+        .await
+        .unwrap();
+    let figures = wait_drained(&log, 400, Duration::from_secs(60)).await;
+    assert_eq!((figures.ingested, figures.processed), (400, 400));
+    let want = expected(&events);
+    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    drop(idle);
+    pipe.stop().await;
+}

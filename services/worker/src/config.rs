@@ -15,6 +15,18 @@ pub enum QueueTraceMode {
     Link,
 }
 
+/// The Linux scheduling class of the worker's threads (`--cpu-class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CpuClass {
+    /// `SCHED_OTHER`, like every other process.
+    #[default]
+    Normal,
+    /// `SCHED_BATCH` at nice 19: never preempts a waking task.
+    Batch,
+    /// `SCHED_IDLE`: runs only on CPU time nothing else wants.
+    Idle,
+}
+
 /// How a worker consumes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
@@ -96,6 +108,19 @@ pub struct WorkerConfig {
     #[arg(long, env = "TESTBED_QUEUE_TRACE_MODE", value_enum, default_value_t = QueueTraceMode::Parent)]
     pub queue_trace_mode: QueueTraceMode,
 
+    /// Scheduling class of the worker's threads, for a node it shares with
+    /// latency-sensitive processes (ingest, Redis, an inference server):
+    /// folding is batch work whose delay only adds to the aggregates' lag,
+    /// while an append's latency is what producers wait on. With `idle`
+    /// the worker runs only on CPU time nothing else wants: on a node that
+    /// is busy for long, its backlog grows until ingest's backpressure
+    /// refuses appends, so give it CPU of its own (a request) there.
+    /// `testbed worker` only; Linux (elsewhere only `normal`). In one 2-core
+    /// benchmark host (bench/README.md) `idle` took the batch-ack p99 at
+    /// 248k events/s from about 10 to 7 ms.
+    #[arg(long, env = "TESTBED_WORKER_CPU_CLASS", value_enum, default_value_t = CpuClass::Normal)]
+    pub cpu_class: CpuClass,
+
     /// Deliveries after which a failing entry is dead-lettered.
     #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -115,6 +140,7 @@ impl Default for WorkerConfig {
             maintenance_interval: Duration::from_secs(5),
             trim_interval: Duration::from_secs(1),
             max_deliveries: 5,
+            cpu_class: CpuClass::Normal,
             queue_trace_mode: QueueTraceMode::Parent,
             control_interval: Duration::from_millis(250),
             heartbeat_interval: Duration::from_secs(1),

@@ -19,6 +19,7 @@
 //! # Layout
 //! - [`WorkerConfig`]: the `testbed worker` flags.
 //! - [`consumer`]: read, fold, apply, claim, dead-letter, trim.
+//! - [`cpu`]: `--cpu-class`, the scheduling class of the worker's threads.
 //! - [`fold`]: events → aggregate writes.
 //! - [`metrics`]: the worker's instruments (`worker_events_processed_total`, ...).
 //! - [`control`]: cluster-wide control: the RPC handlers in
@@ -31,6 +32,7 @@
 mod config;
 pub mod consumer;
 pub mod control;
+pub mod cpu;
 pub mod fold;
 pub mod metrics;
 
@@ -38,7 +40,7 @@ use testbed_proto::service_names;
 use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
 use testbed_stream::AnyLog;
 
-pub use config::{QueueTraceMode, WorkerConfig};
+pub use config::{CpuClass, QueueTraceMode, WorkerConfig};
 pub use consumer::Consumer;
 pub use control::WorkerControlApi;
 

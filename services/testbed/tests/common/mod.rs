@@ -115,6 +115,11 @@ impl Testbed {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to finish or ack anything.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();

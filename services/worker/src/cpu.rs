@@ -1,0 +1,84 @@
+//! `--cpu-class`: the scheduling class of the worker's threads.
+//!
+//! Set on the main thread before the async runtime starts, so that every
+//! thread of the process inherits it (Linux threads inherit their
+//! creator's policy and nice value). Uses the `thread-priority` crate: the
+//! one maintained safe wrapper of `pthread_setschedparam`/`setpriority`
+//! (rustix has no `sched_setscheduler`, and this workspace forbids unsafe
+//! code).
+
+use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
+
+use crate::CpuClass;
+
+/// Puts the calling thread, and the threads it starts afterwards, in
+/// `class`. `Normal` changes nothing. Lowering a thread's class needs no
+/// privilege; an error means the platform (or a seccomp profile) refused.
+pub fn apply_to_this_thread(class: CpuClass) -> Result<(), String> {
+    let Some(policy) = policy(class) else {
+        return Ok(());
+    };
+    set(policy).map_err(|err| format!("cannot set --cpu-class {class:?}: {err:?}"))
+}
+
+#[cfg(target_os = "linux")]
+fn policy(class: CpuClass) -> Option<ThreadSchedulePolicy> {
+    use thread_priority::unix::NormalThreadSchedulePolicy as P;
+    match class {
+        CpuClass::Normal => None,
+        CpuClass::Batch => Some(ThreadSchedulePolicy::Normal(P::Batch)),
+        CpuClass::Idle => Some(ThreadSchedulePolicy::Normal(P::Idle)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn policy(class: CpuClass) -> Option<ThreadSchedulePolicy> {
+    let _ = class;
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn set(policy: ThreadSchedulePolicy) -> Result<(), thread_priority::Error> {
+    // `Min`: nice 19 for SCHED_BATCH, 0 (the only value) for SCHED_IDLE.
+    thread_priority::unix::set_thread_priority_and_policy(
+        thread_priority::unix::thread_native_id(),
+        ThreadPriority::Min,
+        policy,
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set(_: ThreadSchedulePolicy) -> Result<(), thread_priority::Error> {
+    Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use thread_priority::unix::{NormalThreadSchedulePolicy as P, thread_schedule_policy};
+
+    use super::*;
+
+    /// The class is set on the calling thread and inherited by the threads
+    /// it starts (as the runtime's threads are); `Normal` changes nothing.
+    #[test]
+    fn a_class_is_set_and_inherited() {
+        for (class, expected) in [
+            (CpuClass::Normal, P::Other),
+            (CpuClass::Batch, P::Batch),
+            (CpuClass::Idle, P::Idle),
+        ] {
+            let (own, child) = std::thread::spawn(move || {
+                apply_to_this_thread(class).unwrap();
+                let own = thread_schedule_policy().unwrap();
+                let child = std::thread::spawn(|| thread_schedule_policy().unwrap())
+                    .join()
+                    .unwrap();
+                (own, child)
+            })
+            .join()
+            .unwrap();
+            let want = ThreadSchedulePolicy::Normal(expected);
+            assert_eq!((own, child), (want, want), "{class:?}");
+        }
+    }
+}
