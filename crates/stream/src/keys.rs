@@ -15,7 +15,8 @@
 //! (a MessagePack map of the record's fields), its time to live the
 //! container's. Thousands of small hashes merged in one apply then cost one
 //! read and one write of the container instead of three commands each.
-//! Records are written by `apply` and read by `read_hashes` only.
+//! Records are written by `apply` and read by `read_hashes` (one record)
+//! or `read_records` (every record of a container).
 
 /// Key names of one testbed (one `--key-prefix`).
 #[derive(Debug, Clone)]
@@ -93,9 +94,15 @@ impl Keys {
     }
 
     /// Per-device, per-minute aggregates (a record of the minute's
-    /// container `{tag}:dm/<minute>`; fields in [`fields`]).
+    /// container, [`Keys::device_minutes`]; fields in [`fields`]).
     pub fn device_minute(&self, p: u32, device: &str, minute: i64) -> String {
-        format!("{}:dm/{minute}#{device}", self.tag(p))
+        format!("{}#{device}", self.device_minutes(p, minute))
+    }
+
+    /// The container of the device-minute records of partition `p` in
+    /// `minute`: what rankings of devices read (`TopDevices`).
+    pub fn device_minutes(&self, p: u32, minute: i64) -> String {
+        format!("{}:dm/{minute}", self.tag(p))
     }
 
     /// Per-device state (a record of [`Keys::device_states`]: `seen` Unix
@@ -121,12 +128,6 @@ impl Keys {
     /// buckets `…:lat:<bucket>`).
     pub fn tokens_minute(&self, p: u32, minute: i64) -> String {
         format!("{}:tok:m:{minute}", self.tag(p))
-    }
-
-    /// Per-minute ranking of devices by `metric` (sorted set: device -> sum).
-    /// Metrics: `events`, `tokens`, `gpu.n`, `gpu.util`, `gpu.power`, `gpu.temp`.
-    pub fn top(&self, p: u32, metric: &str, minute: i64) -> String {
-        format!("{}:top:{metric}:m:{minute}", self.tag(p))
     }
 
     /// Delivery ledger of a simulator run (hash: processed, gpu, tokens, metric).

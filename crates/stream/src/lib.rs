@@ -59,7 +59,7 @@ pub mod redis_log;
 
 pub use config::StoreArgs;
 pub use error::StoreError;
-pub use log::{AnyLog, EventLog};
+pub use log::{AnyLog, EventLog, HashFields};
 pub use memory::MemoryLog;
 pub use model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, MAX_SEQUENCE, Op, Ops,

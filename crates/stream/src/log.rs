@@ -12,6 +12,9 @@ use crate::model::{
 use crate::redis_log::RedisLog;
 use crate::{StoreArgs, StoreError};
 
+/// A hash or a record as text: (field, value), sorted by field.
+pub type HashFields = Vec<(String, String)>;
+
 /// A partitioned log with one consumer group.
 ///
 /// Semantics every backend keeps (the conformance tests check them):
@@ -157,6 +160,14 @@ pub trait EventLog: Send + Sync {
         &self,
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<Vec<(String, String)>>, StoreError>> + Send;
+
+    /// Reads every record of `container` (see [`crate::keys`], "Records"):
+    /// (record name, its fields as [`EventLog::read_hashes`] gives them),
+    /// by record name; a missing container has none.
+    fn read_records(
+        &self,
+        container: &str,
+    ) -> impl Future<Output = Result<Vec<(String, HashFields)>, StoreError>> + Send;
 
     /// Removes the members of the sorted set `index` scored below `score`
     /// and, atomically with them, each one's record `<records>#<member>`
@@ -323,6 +334,10 @@ impl EventLog for AnyLog {
 
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
         delegate!(self, log => log.read_hashes(keys))
+    }
+
+    async fn read_records(&self, container: &str) -> Result<Vec<(String, HashFields)>, StoreError> {
+        delegate!(self, log => log.read_records(container))
     }
 
     fn retention(&self) -> Duration {

@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use crate::keys::Keys;
-use crate::log::EventLog;
+use crate::log::{EventLog, HashFields};
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
     PendingSummary, latency_bucket, repeated_ids,
@@ -633,6 +633,31 @@ impl EventLog for MemoryLog {
                 fields
             })
             .collect())
+    }
+
+    async fn read_records(&self, container: &str) -> Result<Vec<(String, HashFields)>, StoreError> {
+        let mut kv = self.kv();
+        // Records are hashes named `<container>#<record>` here.
+        let prefix = format!("{container}#");
+        let keys: Vec<String> = kv
+            .hashes
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            kv.purge(&key);
+            let Some(hash) = kv.hashes.get(&key).filter(|h| !h.is_empty()) else {
+                continue;
+            };
+            let mut fields: Vec<(String, String)> =
+                hash.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
+            fields.sort();
+            out.push((key[prefix.len()..].to_owned(), fields));
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

@@ -732,6 +732,28 @@ where
         log.read_zset(&zset).await.unwrap(),
         vec![("d1".to_owned(), 3.5), ("d2".to_owned(), 7.0)]
     );
+    // A container's records read together, by name, as each reads alone.
+    let records = log
+        .read_records(&log.keys().aggregate(0, "test:recs"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = records.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["r1", "r2"]);
+    assert_eq!(records[0].1, read[1]);
+    check_merged(records[0].1.iter().cloned().collect());
+    assert_eq!(
+        records[1].1,
+        vec![
+            ("n".to_owned(), "1".to_owned()),
+            ("unit".to_owned(), "°C".to_owned())
+        ]
+    );
+    assert!(
+        log.read_records(&log.keys().aggregate(0, "test:none"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The writes [`merges_agree_across_backends`] makes to key `h`.

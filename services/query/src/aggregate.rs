@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use testbed_proto::v1::{
-    Device, DeviceStats, GpuStats, MetricStats, MinuteBucket, Summary, TokenStats,
+    Device, DeviceStats, GpuStats, MetricStats, MinuteBucket, Summary, TokenStats, TopMetric,
 };
 use testbed_stream::keys::fields;
 
@@ -233,6 +233,23 @@ impl DeviceAcc {
             .collect()
     }
 
+    /// What `TopDevices` ranks the device by for `metric`: the sum of its
+    /// events or tokens, the mean of a GPU metric; `None` without data for
+    /// it (or for `Unspecified`).
+    pub fn rank_value(&self, metric: TopMetric) -> Option<f64> {
+        let mean = |acc: &Acc| (acc.count > 0).then(|| acc.sum / acc.count as f64);
+        match metric {
+            TopMetric::EventCount => (self.events > 0).then_some(self.events as f64),
+            TopMetric::Tokens => {
+                (self.tokens > 0).then_some((self.prompt + self.completion) as f64)
+            }
+            TopMetric::GpuUtilization => mean(&self.util),
+            TopMetric::GpuPower => mean(&self.power),
+            TopMetric::GpuTemperature => mean(&self.temp),
+            TopMetric::Unspecified => None,
+        }
+    }
+
     /// As window totals.
     pub fn stats(&self) -> DeviceStats {
         DeviceStats {
@@ -416,6 +433,25 @@ mod tests {
             ("metric:fan.speed", "1 9 9 9"),
             ("unit:fan.speed", "krpm"),
         ])
+    }
+
+    /// Rankings over merged minutes: sums for events and tokens, means
+    /// (sum / samples) for GPU metrics, and nothing for a metric a device
+    /// has no data for.
+    #[test]
+    fn rank_values() {
+        let mut acc = DeviceAcc::read(&Fields::new("k1", &minute_one())).unwrap();
+        acc.merge(&DeviceAcc::read(&Fields::new("k2", &minute_two())).unwrap());
+        assert_eq!(acc.rank_value(TopMetric::EventCount), Some(6.0));
+        assert_eq!(acc.rank_value(TopMetric::Tokens), Some(15.0));
+        assert_eq!(acc.rank_value(TopMetric::GpuUtilization), Some(0.5));
+        assert_eq!(acc.rank_value(TopMetric::GpuPower), None);
+        assert_eq!(acc.rank_value(TopMetric::Unspecified), None);
+        let gpu_only = DeviceAcc::read(&Fields::new("k2", &minute_two())).unwrap();
+        assert_eq!(gpu_only.rank_value(TopMetric::Tokens), None);
+        let hot = hash(&[("n", "1"), ("gpu.n", "1"), ("gpu.temp", "1 80 80 80")]);
+        let hot = DeviceAcc::read(&Fields::new("k3", &hot)).unwrap();
+        assert_eq!(hot.rank_value(TopMetric::GpuTemperature), Some(80.0));
     }
 
     /// Two minutes merge into exact totals; metric names may hold dots and

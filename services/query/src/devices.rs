@@ -112,36 +112,30 @@ pub async fn list_devices(
     })
 }
 
-/// The `top` sorted sets a metric ranks by: the summed value, and for the
-/// means, the sample count to divide by.
-fn ranked_by(metric: TopMetric) -> Result<(&'static str, Option<&'static str>), QueryError> {
-    Ok(match metric {
-        TopMetric::EventCount => ("events", None),
-        TopMetric::Tokens => ("tokens", None),
-        TopMetric::GpuUtilization => ("gpu.util", Some("gpu.n")),
-        TopMetric::GpuPower => ("gpu.power", Some("gpu.n")),
-        TopMetric::GpuTemperature => ("gpu.temp", Some("gpu.n")),
-        TopMetric::Unspecified => return Err(QueryError::invalid("metric", "must be set")),
-    })
-}
-
-/// Sums each device's score in the `metric` sets of every partition and
-/// minute of `window`.
-async fn summed(
+/// Each device's statistics over `window`, from the device-minute
+/// records of every partition and minute (one container read each).
+async fn device_totals(
     reader: &Reader,
-    metric: &str,
     window: Window,
-) -> Result<HashMap<String, f64>, QueryError> {
-    let keys: Vec<String> = reader
+) -> Result<HashMap<String, DeviceAcc>, QueryError> {
+    let containers: Vec<String> = reader
         .partitions()
         .flat_map(|p| window.minutes().map(move |m| (p, m)))
-        .map(|(p, m)| reader.keys().top(p, metric, m))
+        .map(|(p, m)| reader.keys().device_minutes(p, m))
         .collect();
-    let mut sums: HashMap<String, f64> = HashMap::new();
-    for (device, score) in reader.zsets(&keys).await?.into_iter().flatten() {
-        *sums.entry(device).or_default() += score;
+    let mut totals: HashMap<String, DeviceAcc> = HashMap::new();
+    for (container, records) in containers.iter().zip(reader.records(&containers).await?) {
+        for (device, hash) in records {
+            let acc = DeviceAcc::read(&Fields::new(container, &hash))?;
+            match totals.get_mut(&device) {
+                Some(total) => total.merge(&acc),
+                None => {
+                    totals.insert(device, acc);
+                }
+            }
+        }
     }
-    Ok(sums)
+    Ok(totals)
 }
 
 /// Orders by value, highest first, ties by device id, and keeps `limit`.
@@ -161,22 +155,14 @@ pub async fn top_devices(
     window: Window,
     limit: usize,
 ) -> Result<TopDevicesResponse, QueryError> {
-    let (sum_set, count_set) = ranked_by(metric)?;
-    let values = match count_set {
-        None => summed(reader, sum_set, window).await?,
-        Some(count_set) => {
-            let (sums, counts) = tokio::try_join!(
-                summed(reader, sum_set, window),
-                summed(reader, count_set, window)
-            )?;
-            sums.into_iter()
-                .filter_map(|(device, sum)| {
-                    let n = counts.get(&device).copied().unwrap_or(0.0);
-                    (n > 0.0).then(|| (device, sum / n))
-                })
-                .collect()
-        }
-    };
+    if metric == TopMetric::Unspecified {
+        return Err(QueryError::invalid("metric", "must be set"));
+    }
+    let values: HashMap<String, f64> = device_totals(reader, window)
+        .await?
+        .into_iter()
+        .filter_map(|(device, acc)| acc.rank_value(metric).map(|v| (device, v)))
+        .collect();
     let ranked = rank(values, limit);
     let ids: Vec<String> = ranked.iter().map(|(id, _)| id.clone()).collect();
     let states = reader.devices(&ids).await?;
@@ -280,16 +266,5 @@ mod tests {
                 ("b".to_owned(), 5.0)
             ]
         );
-    }
-
-    /// Means divide by the GPU sample count; sums stand alone.
-    #[test]
-    fn metric_sets() {
-        assert_eq!(ranked_by(TopMetric::Tokens).unwrap(), ("tokens", None));
-        assert_eq!(
-            ranked_by(TopMetric::GpuPower).unwrap(),
-            ("gpu.power", Some("gpu.n"))
-        );
-        assert!(ranked_by(TopMetric::Unspecified).is_err());
     }
 }

@@ -86,6 +86,22 @@ impl Reader {
             .await?)
     }
 
+    /// Every record of each container, in the order of `containers`: (record
+    /// name, fields sorted by name); a missing container has none.
+    pub async fn records(
+        &self,
+        containers: &[String],
+    ) -> Result<Vec<Vec<(String, Hash)>>, QueryError> {
+        let calls: Vec<_> = containers
+            .iter()
+            .map(|container| self.log.read_records(container))
+            .collect();
+        Ok(stream::iter(calls)
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?)
+    }
+
     /// The pipeline counters and pending entries of every partition.
     pub async fn partition_figures(
         &self,

@@ -94,30 +94,6 @@ struct DeviceMinute<'a> {
     named: Vec<MetricAcc<'a>>,
 }
 
-/// The per-minute top sets (sorted sets of devices) a device feeds.
-const TOP: [&str; 6] = [
-    "events",
-    "gpu.n",
-    "gpu.util",
-    "gpu.power",
-    "gpu.temp",
-    "tokens",
-];
-
-/// A device's contributions to the top sets of one minute.
-#[derive(Debug, Default)]
-struct TopAcc {
-    by: [f64; TOP.len()],
-    touched: [bool; TOP.len()],
-}
-
-impl TopAcc {
-    fn add(&mut self, i: usize, v: f64) {
-        self.by[i] += v;
-        self.touched[i] = true;
-    }
-}
-
 /// One model's or tenant's token figures in one minute.
 #[derive(Debug, Default)]
 struct TokenGroup {
@@ -154,7 +130,6 @@ pub struct Folder<'a> {
     keys: &'a Keys,
     retention: Duration,
     device_minutes: FastMap<(&'a str, i64), DeviceMinute<'a>>,
-    top: FastMap<(i64, &'a str), TopAcc>,
     token_groups: FastMap<(i64, bool, &'a str), TokenGroup>,
     devices: FastMap<&'a str, DeviceAcc<'a>>,
     runs: FastMap<&'a str, RunAcc>,
@@ -242,7 +217,6 @@ impl<'a> Folder<'a> {
             keys,
             retention,
             device_minutes: FastMap::default(),
-            top: FastMap::default(),
             token_groups: FastMap::default(),
             devices: FastMap::default(),
             runs: FastMap::default(),
@@ -275,8 +249,6 @@ impl<'a> Folder<'a> {
         let observed_ms = millis_of(event.observed_at.as_ref());
         let dm = self.device_minutes.entry((device, minute)).or_default();
         dm.events += 1;
-        let top = self.top.entry((minute, device)).or_default();
-        top.add(0, 1.0);
         match &event.payload {
             Some(PayloadView::Gpu(g)) => {
                 dm.gpu += 1;
@@ -284,10 +256,6 @@ impl<'a> Folder<'a> {
                 Summary::add(&mut dm.gpu_mem, g.memory_used_bytes as f64);
                 Summary::add(&mut dm.gpu_temp, g.temperature_celsius);
                 Summary::add(&mut dm.gpu_power, g.power_watts);
-                top.add(1, 1.0);
-                top.add(2, g.utilization);
-                top.add(3, g.power_watts);
-                top.add(4, g.temperature_celsius);
             }
             Some(PayloadView::Tokens(t)) => {
                 let latency = seconds_of(t.latency.as_ref());
@@ -295,7 +263,6 @@ impl<'a> Folder<'a> {
                 dm.prompt += t.prompt_tokens as i64;
                 dm.completion += t.completion_tokens as i64;
                 Summary::add(&mut dm.tok_lat, latency);
-                top.add(5, (t.prompt_tokens + t.completion_tokens) as f64);
                 let bucket = latency_bucket((latency * 1000.0) as u64);
                 for (is_model, name) in [(true, text(&t.model)), (false, text(&t.tenant))] {
                     let group = self
@@ -401,21 +368,6 @@ impl<'a> Folder<'a> {
                     m.unit.to_owned(),
                 ));
             }
-            ops.push(Op::Expire(k, ttl));
-        }
-        let mut top_keys: FastMap<(usize, i64), u16> = FastMap::default();
-        for ((minute, device), acc) in self.top {
-            for (i, metric) in TOP.iter().enumerate() {
-                if !acc.touched[i] {
-                    continue;
-                }
-                let k = *top_keys
-                    .entry((i, minute))
-                    .or_insert_with(|| ops.key(keys.top(p, metric, minute)));
-                ops.push(Op::ZIncr(k, device.to_owned(), acc.by[i]));
-            }
-        }
-        for k in top_keys.into_values() {
             ops.push(Op::Expire(k, ttl));
         }
         let mut token_keys: FastMap<i64, u16> = FastMap::default();
@@ -679,10 +631,19 @@ mod tests {
             dm.iter()
                 .any(|op| matches!(op, Op::HashSet(_, f, v) if f == "unit:fan" && v == "1"))
         );
-        let top = find(&ops, &keys.top(0, "tokens", 0));
+        // Rankings are read from the device-minute records: no sorted set
+        // per metric (the devices index is the one sorted set written).
+        let zsets: Vec<&str> = ops
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::ZIncr(k, ..) | Op::ZMax(k, ..) => Some(ops.keys[usize::from(*k)].as_str()),
+                _ => None,
+            })
+            .collect();
         assert!(
-            top.iter()
-                .any(|op| matches!(op, Op::ZIncr(_, m, v) if m == "d" && *v == 15.0))
+            !zsets.is_empty() && zsets.iter().all(|k| *k == keys.devices(0)),
+            "{zsets:?}"
         );
     }
 

@@ -23,7 +23,12 @@
 //! any hash. Device-minutes are records of a per-minute container and
 //! device states records of a per-partition one (pruned with the device
 //! index, `prune.lua`), which took a 250-device apply from about 500 key
-//! groups to a handful. Aggregates written in the earlier layout (a hash
+//! groups to a handful. Rankings of devices (`TopDevices`) read the
+//! device-minute containers ([`EventLog::read_records`]) rather than
+//! sorted sets of their own: the six per-minute `top:` sets an apply used
+//! to write cost about half of its script time (250-member `ZADD`s) and
+//! repeated what the records hold; sets written by an earlier release
+//! are no longer read and expire with `--retention`. Aggregates written in the earlier layout (a hash
 //! per device-minute and per device) are no longer read; they expire with
 //! `--retention`.
 //!
@@ -60,7 +65,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use self::conn::{Conn, connect};
 use crate::keys::{Keys, record_parts};
-use crate::log::EventLog;
+use crate::log::{EventLog, HashFields};
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
     PendingSummary, repeated_ids,
@@ -1496,6 +1501,28 @@ impl EventLog for RedisLog {
         }
         Ok(out)
     }
+
+    async fn read_records(&self, container: &str) -> Result<Vec<(String, HashFields)>, StoreError> {
+        let key = container.to_owned();
+        let raw: Vec<(String, Vec<u8>)> = self
+            .call("HGETALL records", |mut c| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        let mut out = raw
+            .into_iter()
+            .map(|(record, bytes)| {
+                let fields = unpack_record(&bytes).ok_or_else(|| {
+                    StoreError::Protocol(format!(
+                        "record {container}#{record} is not a MessagePack map"
+                    ))
+                })?;
+                Ok((record, fields))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -1539,7 +1566,7 @@ mod tests {
         let mut ops = Ops::default();
         let record = ops.key(keys.device(0, "d1"));
         let hash = ops.key(keys.run(0, "r"));
-        let top = ops.key(keys.top(0, "util", 1));
+        let top = ops.key(keys.aggregate(0, "zset"));
         ops.push(Op::HashIncr(record, "n".into(), by));
         ops.push(Op::HashIncr(hash, "processed".into(), by));
         ops.push(Op::ZIncr(top, "d1".into(), by as f64));
@@ -1552,7 +1579,7 @@ mod tests {
             .read_hashes(&[keys.device(0, "d1"), keys.run(0, "r")])
             .await
             .unwrap();
-        let top = log.read_zset(&keys.top(0, "util", 1)).await.unwrap();
+        let top = log.read_zset(&keys.aggregate(0, "zset")).await.unwrap();
         (hashes[0][0].1.clone(), hashes[1][0].1.clone(), top[0].1)
     }
 
