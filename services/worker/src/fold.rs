@@ -103,6 +103,17 @@ struct TokenGroup {
     latency: BTreeMap<u32, i64>,
 }
 
+/// A device's last-seen time is kept to the second (rounded down): it
+/// then moves once a second, and the applies in between leave the device
+/// states and the devices index as they were (an unchanged value is not
+/// sent to Redis), where every apply used to rewrite all of them.
+const SEEN_RESOLUTION_MS: f64 = 1000.0;
+
+/// `ms` rounded down to [`SEEN_RESOLUTION_MS`].
+fn seen(ms: f64) -> f64 {
+    (ms / SEEN_RESOLUTION_MS).floor() * SEEN_RESOLUTION_MS
+}
+
 /// A device's last-seen time and labels.
 #[derive(Debug)]
 struct DeviceAcc<'a> {
@@ -393,7 +404,7 @@ impl<'a> Folder<'a> {
         let devices = ops.key(keys.devices(p));
         for (device, acc) in self.devices {
             let d = ops.key(keys.device(p, device));
-            ops.push(Op::HashMax(d, "seen".to_owned(), acc.seen_ms.floor()));
+            ops.push(Op::HashMax(d, "seen".to_owned(), seen(acc.seen_ms)));
             if let Some(labels) = acc.labels {
                 // As a map: the last of a key sent twice wins. A map of
                 // strings always serialises.
@@ -405,7 +416,7 @@ impl<'a> Folder<'a> {
                 ops.push(Op::HashSet(d, "labels".to_owned(), json));
             }
             ops.push(Op::Expire(d, ttl));
-            ops.push(Op::ZMax(devices, device.to_owned(), acc.seen_ms.floor()));
+            ops.push(Op::ZMax(devices, device.to_owned(), seen(acc.seen_ms)));
         }
         for (index, minute, events) in self.entries {
             let e2e = ops.key(keys.e2e(p, minute));
@@ -538,6 +549,40 @@ mod tests {
                 | Op::Expire(k, ..) => usize::from(*k) == i,
             })
             .collect()
+    }
+
+    /// Last-seen times are kept to the second, rounded down, in the state
+    /// record and in the devices index alike.
+    #[test]
+    fn last_seen_is_rounded_down_to_the_second() {
+        let keys = Keys::new("t");
+        let entry = entry("120000-0", 2);
+        let late = view(&Event {
+            event_id: "late".into(),
+            device_id: "d1".into(),
+            observed_at: Some(prost_types::Timestamp {
+                seconds: 61,
+                nanos: 999_000_000,
+            }),
+            payload: Some(gpu(0.5, 1.0)),
+            ..Default::default()
+        });
+        let events = [event("d1", 60, gpu(0.25, 100.0)), late];
+        let ops = fold(&entry, &events, &keys, Duration::from_secs(3600));
+        let device = find(&ops, &keys.device(2, "d1"));
+        assert!(
+            device
+                .iter()
+                .any(|op| matches!(op, Op::HashMax(_, f, ms) if f == "seen" && *ms == 61_000.0)),
+            "{device:?}"
+        );
+        let index = find(&ops, &keys.devices(2));
+        assert!(
+            index
+                .iter()
+                .any(|op| matches!(op, Op::ZMax(_, m, ms) if m == "d1" && *ms == 61_000.0)),
+            "{index:?}"
+        );
     }
 
     /// Two GPU samples of one device in one minute fold into one delta set.

@@ -364,6 +364,8 @@ struct Merged<'o> {
     targets: Vec<merge::Target<'o>>,
     /// Per target, the values of its fields.
     values: Vec<Vec<Vec<u8>>>,
+    /// Per target, whether each value differs from what the field held.
+    changed: Vec<Vec<bool>>,
 }
 
 /// The partition version a read returned (`0` when it was never set).
@@ -819,7 +821,10 @@ impl RedisLog {
             }
             (version, replies)
         };
-        let mut merged = Vec::with_capacity(targets.len());
+        let (mut merged, mut changed) = (
+            Vec::with_capacity(targets.len()),
+            Vec::with_capacity(targets.len()),
+        );
         for (t, known) in targets.iter().zip(known) {
             let missing = known.iter().filter(|v| v.is_none()).count();
             let mut fresh = if missing > 0 {
@@ -842,12 +847,15 @@ impl RedisLog {
                     None => fresh.next().flatten(),
                 })
                 .collect();
-            merged.push(merge::merge(t, old));
+            let (values, moved) = merge::merge(t, old);
+            merged.push(values);
+            changed.push(moved);
         }
         Ok(Merged {
             version,
             targets,
             values: merged,
+            changed,
         })
     }
 
@@ -881,10 +889,14 @@ impl RedisLog {
         }
         let mut replies = self.read_values(read).await?;
         let version = parse_version(replies.next())?;
-        let mut merged = Vec::with_capacity(targets.len());
+        let (mut merged, mut changed) = (
+            Vec::with_capacity(targets.len()),
+            Vec::with_capacity(targets.len()),
+        );
         for t in &targets {
             if t.fields.is_empty() {
                 merged.push(Vec::new());
+                changed.push(Vec::new());
                 continue;
             }
             let old = parse::optional_values(replies.next())?;
@@ -896,12 +908,15 @@ impl RedisLog {
                     t.key
                 )));
             }
-            merged.push(merge::merge(t, old));
+            let (values, moved) = merge::merge(t, old);
+            merged.push(values);
+            changed.push(moved);
         }
         Ok(Merged {
             version,
             targets,
             values: merged,
+            changed,
         })
     }
 
@@ -918,7 +933,12 @@ impl RedisLog {
         let (mut invocation, k) =
             self.invocation(partition, entries, events, "", &merged.version, ops);
         let mut containers = 0usize;
-        for (t, values) in merged.targets.iter().zip(&merged.values) {
+        for ((t, values), changed) in merged
+            .targets
+            .iter()
+            .zip(&merged.values)
+            .zip(&merged.changed)
+        {
             let index = match t.slot {
                 merge::Slot::Key(i) => k(i) as usize,
                 merge::Slot::Container(c) => {
@@ -927,7 +947,7 @@ impl RedisLog {
                     ops.keys.len() + containers - 1 + FIRST_AGGREGATE_KEY
                 }
             };
-            for group in merge::pairs(t, values) {
+            for group in merge::pairs(t, values, changed) {
                 invocation
                     .arg(index)
                     .arg(if t.sorted_set { "z" } else { "h" })
@@ -1543,12 +1563,13 @@ mod tests {
         log
     }
 
-    /// Two entries of partition 0, read by one consumer.
-    async fn two_entries(log: &RedisLog) -> Vec<Entry> {
-        for id in ["e1", "e2"] {
+    /// `n` entries of partition 0 (one event each), read by one consumer.
+    async fn entries_of(log: &RedisLog, n: usize) -> Vec<Entry> {
+        for i in 0..n {
+            let id = format!("e{i}");
             let event = AppendEvent {
                 run_id: "",
-                event_id: id,
+                event_id: &id,
                 bytes: b"x".to_vec().into(),
             };
             log.append(0, &EntryMeta::default(), &[event])
@@ -1556,8 +1577,13 @@ mod tests {
                 .unwrap();
         }
         let entries = log.read(0, "c", 10, Duration::ZERO).await.unwrap();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), n);
         entries
+    }
+
+    /// Two entries of partition 0, read by one consumer.
+    async fn two_entries(log: &RedisLog) -> Vec<Entry> {
+        entries_of(log, 2).await
     }
 
     /// Writes of every kind: a record, a hash, a sorted set.
@@ -1654,6 +1680,66 @@ mod tests {
         assert_eq!(log.pending(0).await.unwrap().entries, 0);
     }
 
+    /// A value that an apply leaves as it was is not sent: a key whose
+    /// every write is unchanged costs no `HSET` or `ZADD` (only its
+    /// expiry), whether the value was known from the last apply or read.
+    #[tokio::test]
+    async fn unchanged_values_are_not_written() {
+        let server = RedisServer::start();
+        let log = log_on(&server).await;
+        let fresh = log_on(&server).await;
+        let entries = entries_of(&log, 3).await;
+        let keys = log.keys();
+        let ops = |seen: f64| {
+            let mut ops = Ops::default();
+            let state = ops.key(keys.device(0, "d1"));
+            let index = ops.key(keys.devices(0));
+            let run = ops.key(keys.run(0, "r"));
+            ops.push(Op::HashMax(state, "seen".into(), seen));
+            ops.push(Op::HashSet(state, "labels".into(), "{}".into()));
+            ops.push(Op::ZMax(index, "d1".into(), seen));
+            ops.push(Op::HashIncr(run, "processed".into(), 1));
+            ops.push(Op::Expire(state, 600));
+            ops
+        };
+        log.apply(0, &entries[..1], 1, &ops(5000.0)).await.unwrap();
+        let (hset, zadd) = (calls(&server, "hset").await, calls(&server, "zadd").await);
+        // Known from the last apply: only the run's counter is written.
+        assert_eq!(
+            log.apply(0, &entries[1..2], 1, &ops(5000.0)).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(calls(&server, "hset").await, hset + 1);
+        assert_eq!(calls(&server, "zadd").await, zadd);
+        // Read by a process that never wrote them: the same.
+        assert_eq!(
+            fresh
+                .apply(0, &entries[2..], 1, &ops(4000.0))
+                .await
+                .unwrap(),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(calls(&server, "hset").await, hset + 2);
+        assert_eq!(calls(&server, "zadd").await, zadd);
+        let read = log
+            .read_hashes(&[keys.device(0, "d1"), keys.run(0, "r")])
+            .await
+            .unwrap();
+        assert_eq!(
+            read[0],
+            vec![
+                ("labels".to_owned(), "{}".to_owned()),
+                ("seen".to_owned(), "5000".to_owned())
+            ]
+        );
+        assert_eq!(read[1], vec![("processed".to_owned(), "3".to_owned())]);
+        assert_eq!(
+            log.read_zset(&keys.devices(0)).await.unwrap(),
+            vec![("d1".to_owned(), 5000.0)]
+        );
+        assert_eq!(server.command(&["TTL", &keys.device_states(0)]), ":600");
+    }
+
     /// When another process applied to the partition in between, the
     /// values this one wrote are stale: its next apply reads again (or the
     /// script refuses and merges), and every apply counts exactly once.
@@ -1662,19 +1748,7 @@ mod tests {
         let server = RedisServer::start();
         let log = log_on(&server).await;
         let other = log_on(&server).await;
-        for n in 0..7 {
-            let id = format!("e{n}");
-            let event = AppendEvent {
-                run_id: "",
-                event_id: &id,
-                bytes: b"x".to_vec().into(),
-            };
-            log.append(0, &EntryMeta::default(), &[event])
-                .await
-                .unwrap();
-        }
-        let entries = log.read(0, "c", 10, Duration::ZERO).await.unwrap();
-        assert_eq!(entries.len(), 7);
+        let entries = entries_of(&log, 7).await;
         let with_run = |by: i64, run: &str| {
             let mut ops = writes(&log, by);
             let k = ops.key(log.keys().run(0, run));
