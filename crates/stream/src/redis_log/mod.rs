@@ -32,7 +32,7 @@
 //! per device-minute and per device) are no longer read; they expire with
 //! `--retention`.
 //!
-//! A normal apply merges in Rust, not in the script (see [`merge`]): the
+//! A normal apply merges in Rust, not in the script (see `merge.rs`): the
 //! worker reads the fields it touches with the partition's version
 //! (`{tag}:version`, incremented by every apply and prune) in one `MULTI`,
 //! and `apply.lua` writes the merged values only if the version is
