@@ -129,7 +129,7 @@ pub(super) fn merge(target: &Target<'_>, old: Vec<Option<Vec<u8>>>) -> (Vec<Vec<
             let new = if target.records() {
                 merge_record(old.as_deref(), writes)
             } else {
-                merge_value(old.clone(), writes)
+                merge_value(old.as_deref(), writes)
             };
             let changed = old.as_deref() != Some(new.as_slice());
             (new, changed)
@@ -186,10 +186,11 @@ fn number_of(value: Option<&[u8]>) -> Option<f64> {
 }
 
 /// One hash field or sorted-set score after `writes`.
-fn merge_value(old: Option<Vec<u8>>, writes: &[&Op]) -> Vec<u8> {
-    let mut current = old;
+fn merge_value(old: Option<&[u8]>, writes: &[&Op]) -> Vec<u8> {
+    // A written value, once there is one; until then the old one.
+    let mut current: Option<Vec<u8>> = None;
     for op in writes {
-        let now = current.as_deref();
+        let now = current.as_deref().or(old);
         let next = match op {
             Op::HashIncr(_, _, by) => number_text(number_of(now).unwrap_or(0.0) + *by as f64),
             Op::HashIncrFloat(_, _, by) | Op::ZIncr(_, _, by) => {
@@ -212,7 +213,7 @@ fn merge_value(old: Option<Vec<u8>>, writes: &[&Op]) -> Vec<u8> {
         };
         current = Some(next);
     }
-    current.unwrap_or_default()
+    current.unwrap_or_else(|| old.map(<[u8]>::to_vec).unwrap_or_default())
 }
 
 /// A value of a record, as Lua holds it; text borrowed from the stored
@@ -389,22 +390,22 @@ mod tests {
     #[test]
     fn values_merge_as_the_script_does() {
         let incr = Op::HashIncr(0, "f".into(), 3);
-        assert_eq!(merge_value(Some(b"4".to_vec()), &[&incr]), b"7");
+        assert_eq!(merge_value(Some(&b"4"[..]), &[&incr]), b"7");
         assert_eq!(merge_value(None, &[&incr, &incr]), b"6");
         let add = Op::HashIncrFloat(0, "f".into(), 0.25);
-        assert_eq!(merge_value(Some(b"1".to_vec()), &[&add]), b"1.25");
+        assert_eq!(merge_value(Some(&b"1"[..]), &[&add]), b"1.25");
         let min = Op::HashMin(0, "f".into(), 5.0);
-        assert_eq!(merge_value(Some(b"4".to_vec()), &[&min]), b"4");
-        assert_eq!(merge_value(Some(b"6".to_vec()), &[&min]), b"5");
-        assert_eq!(merge_value(Some(b"x".to_vec()), &[&min]), b"5");
+        assert_eq!(merge_value(Some(&b"4"[..]), &[&min]), b"4");
+        assert_eq!(merge_value(Some(&b"6"[..]), &[&min]), b"5");
+        assert_eq!(merge_value(Some(&b"x"[..]), &[&min]), b"5");
         let max = Op::ZMax(0, "m".into(), 5.0);
-        assert_eq!(merge_value(Some(b"6".to_vec()), &[&max]), b"6");
+        assert_eq!(merge_value(Some(&b"6"[..]), &[&max]), b"6");
         assert_eq!(merge_value(None, &[&max]), b"5");
         let set = Op::HashSet(0, "f".into(), "v".into());
-        assert_eq!(merge_value(Some(b"old".to_vec()), &[&set]), b"v");
+        assert_eq!(merge_value(Some(&b"old"[..]), &[&set]), b"v");
         let s = Op::HashSummary(0, "f".into(), [1.0, 2.0, 2.0, 2.0]);
         let once = merge_value(None, &[&s]);
-        let twice = merge_value(Some(once), &[&s]);
+        let twice = merge_value(Some(once.as_slice()), &[&s]);
         assert_eq!(
             super::super::unpack_summary(&twice),
             Some([2.0, 4.0, 2.0, 2.0])

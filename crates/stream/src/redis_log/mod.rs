@@ -27,10 +27,9 @@
 //! device-minute containers ([`EventLog::read_records`]) rather than
 //! sorted sets of their own: the six per-minute `top:` sets an apply used
 //! to write cost about half of its script time (250-member `ZADD`s) and
-//! repeated what the records hold; sets written by an earlier release
-//! are no longer read and expire with `--retention`. Aggregates written in the earlier layout (a hash
-//! per device-minute and per device) are no longer read; they expire with
-//! `--retention`.
+//! repeated what the records hold. Aggregates written in earlier layouts
+//! (those sets, a hash per device-minute and per device) are no longer
+//! read; they expire with `--retention`.
 //!
 //! A normal apply merges in Rust, not in the script (see `merge.rs`): the
 //! worker reads the fields it touches with the partition's version
@@ -1581,11 +1580,6 @@ mod tests {
         entries
     }
 
-    /// Two entries of partition 0, read by one consumer.
-    async fn two_entries(log: &RedisLog) -> Vec<Entry> {
-        entries_of(log, 2).await
-    }
-
     /// Writes of every kind: a record, a hash, a sorted set.
     fn writes(log: &RedisLog, by: i64) -> Ops {
         let keys = log.keys();
@@ -1616,7 +1610,7 @@ mod tests {
     async fn merged_apply_that_raced_falls_back_to_the_script() {
         let server = RedisServer::start();
         let log = log_on(&server).await;
-        let entries = two_entries(&log).await;
+        let entries = entries_of(&log, 2).await;
         let (first, second) = (writes(&log, 2), writes(&log, 3));
 
         let stale = log.merged(0, &first).await.unwrap();
@@ -1663,7 +1657,7 @@ mod tests {
     async fn an_apply_merges_with_what_the_last_one_wrote_without_reading() {
         let server = RedisServer::start();
         let log = log_on(&server).await;
-        let entries = two_entries(&log).await;
+        let entries = entries_of(&log, 2).await;
         log.apply(0, &entries[..1], 1, &writes(&log, 2))
             .await
             .unwrap();
@@ -1827,7 +1821,7 @@ mod tests {
     async fn prune_moves_the_version() {
         let server = RedisServer::start();
         let log = log_on(&server).await;
-        let entries = two_entries(&log).await;
+        let entries = entries_of(&log, 2).await;
         let keys = log.keys().clone();
         let mut seen = Ops::default();
         let index = seen.key(keys.devices(0));
