@@ -15,7 +15,8 @@
 //!   that clients can decode rich error details.
 //! - [`raw`]: publish requests carrying already-encoded events (wire-identical
 //!   to the generated ones), the `IngestService` client and server over
-//!   them, and [`raw::EventView`], an event decoded without allocating.
+//!   them, [`raw::EventRef`], an event read in place without allocating,
+//!   and [`raw::EventView`], the same as a prost message (for re-encoding).
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types they
 //!   import, with source info (comments) kept.
 #![forbid(unsafe_code)]

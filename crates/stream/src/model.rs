@@ -143,7 +143,7 @@ pub struct Entry {
     pub meta: Vec<u8>,
     /// Encoded events, in request order: slices of one buffer per entry,
     /// which a reader decodes without copying (see
-    /// `testbed_proto::raw::EventView`).
+    /// `testbed_proto::raw::EventRef`).
     pub events: Vec<prost::bytes::Bytes>,
     /// How many times the entry has been delivered (1 on first read).
     pub deliveries: u64,

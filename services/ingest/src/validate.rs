@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use testbed_proto::raw::{EventView, PayloadView};
+use testbed_proto::raw::{EventRef, PayloadRef};
 
 use crate::IngestConfig;
 
@@ -62,10 +62,26 @@ fn check_text(value: &str, min: usize, max: usize) -> Result<(), String> {
     } else {
         value.chars().count()
     };
+    check_len(len, min, max)
+}
+
+/// `Err(reason)` unless `len` characters are `min..=max`.
+fn check_len(len: usize, min: usize, max: usize) -> Result<(), String> {
     if len < min || len > max {
         return Err(format!("must be {min}..{max} characters, got {len}"));
     }
     Ok(())
+}
+
+/// The characters in `bytes`, or `None` when they are not UTF-8. Labels
+/// are nearly always ASCII: one fast scan then, instead of a UTF-8
+/// validation and a second scan to count.
+fn chars(bytes: &[u8]) -> Option<usize> {
+    if bytes.is_ascii() {
+        Some(bytes.len())
+    } else {
+        std::str::from_utf8(bytes).ok().map(|s| s.chars().count())
+    }
 }
 
 fn check_finite(field: &str, value: f64) -> Result<(), Violation> {
@@ -107,14 +123,14 @@ pub struct Ids<'a> {
 /// against every rule; the first broken rule wins. Text that is not UTF-8
 /// breaks the rule of its field, so one such event is rejected on its own.
 pub fn validate<'a>(
-    event: &'a EventView,
+    event: &EventRef<'a>,
     config: &IngestConfig,
     now: SystemTime,
 ) -> Result<Ids<'a>, Violation> {
     let ids = Ids {
-        event_id: utf8("event_id", &event.event_id)?,
-        device_id: utf8("device_id", &event.device_id)?,
-        run_id: utf8("run_id", &event.run_id)?,
+        event_id: utf8("event_id", event.event_id)?,
+        device_id: utf8("device_id", event.device_id)?,
+        run_id: utf8("run_id", event.run_id)?,
     };
     check_id("event_id", ids.event_id, true)?;
     check_id("device_id", ids.device_id, true)?;
@@ -157,27 +173,26 @@ pub fn validate<'a>(
             ),
         ));
     }
-    for label in &event.labels {
+    for (key, value) in event.labels.iter() {
         // The field name is only formatted for a violation (hot path).
-        let field = || format!("labels[{:?}]", String::from_utf8_lossy(&label.key));
-        let key = std::str::from_utf8(&label.key)
-            .map_err(|_| violation(field(), "key must be UTF-8 text"))?;
-        let value = std::str::from_utf8(&label.value)
-            .map_err(|_| violation(field(), "value must be UTF-8 text"))?;
-        check_text(key, 1, config.max_label_key_len)
+        let field = || format!("labels[{:?}]", String::from_utf8_lossy(key));
+        let key_len = chars(key).ok_or_else(|| violation(field(), "key must be UTF-8 text"))?;
+        let value_len =
+            chars(value).ok_or_else(|| violation(field(), "value must be UTF-8 text"))?;
+        check_len(key_len, 1, config.max_label_key_len)
             .map_err(|reason| violation(field(), reason))?;
-        check_text(value, 0, config.max_label_value_len)
+        check_len(value_len, 0, config.max_label_value_len)
             .map_err(|reason| violation(field(), reason))?;
     }
 
-    match &event.payload {
+    match event.payload {
         None => {
             return Err(violation(
                 "payload",
                 "one of gpu, tokens or metric is required",
             ));
         }
-        Some(PayloadView::Gpu(gpu)) => {
+        Some(PayloadRef::Gpu(gpu)) => {
             check_finite("gpu.utilization", gpu.utilization)?;
             if !(0.0..=1.0).contains(&gpu.utilization) {
                 return Err(violation(
@@ -197,10 +212,10 @@ pub fn validate<'a>(
                 return Err(violation("gpu.power_watts", "must not be negative"));
             }
         }
-        Some(PayloadView::Tokens(tokens)) => {
-            check_text(utf8("tokens.model", &tokens.model)?, 1, 128)
+        Some(PayloadRef::Tokens(tokens)) => {
+            check_text(utf8("tokens.model", tokens.model)?, 1, 128)
                 .map_err(|reason| violation("tokens.model", reason))?;
-            check_text(utf8("tokens.tenant", &tokens.tenant)?, 1, 128)
+            check_text(utf8("tokens.tenant", tokens.tenant)?, 1, 128)
                 .map_err(|reason| violation("tokens.tenant", reason))?;
             if let Some(latency) = &tokens.latency
                 && (latency.seconds < 0 || latency.nanos < 0 || latency.nanos >= 1_000_000_000)
@@ -211,11 +226,11 @@ pub fn validate<'a>(
                 ));
             }
         }
-        Some(PayloadView::Metric(metric)) => {
-            check_text(utf8("metric.name", &metric.name)?, 1, 128)
+        Some(PayloadRef::Metric(metric)) => {
+            check_text(utf8("metric.name", metric.name)?, 1, 128)
                 .map_err(|reason| violation("metric.name", reason))?;
             check_finite("metric.value", metric.value)?;
-            check_text(utf8("metric.unit", &metric.unit)?, 0, 32)
+            check_text(utf8("metric.unit", metric.unit)?, 0, 32)
                 .map_err(|reason| violation("metric.unit", reason))?;
         }
     }
@@ -225,7 +240,6 @@ pub fn validate<'a>(
 #[cfg(test)]
 mod tests {
     use testbed_proto::prost::Message as _;
-    use testbed_proto::prost::bytes::Bytes;
     use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
 
     use super::*;
@@ -261,7 +275,7 @@ mod tests {
     }
 
     fn field_of_bytes(bytes: Vec<u8>) -> Option<String> {
-        let view = EventView::decode(Bytes::from(bytes)).unwrap();
+        let view = EventRef::decode(&bytes).unwrap();
         validate(&view, &IngestConfig::default(), now())
             .err()
             .map(|v| v.field)
@@ -446,7 +460,8 @@ mod tests {
     fn valid_events_give_their_ids() {
         let mut e = gpu_event();
         e.run_id = "run-1".into();
-        let view = EventView::decode(Bytes::from(e.encode_to_vec())).unwrap();
+        let bytes = e.encode_to_vec();
+        let view = EventRef::decode(&bytes).unwrap();
         let ids = validate(&view, &IngestConfig::default(), now()).unwrap();
         assert_eq!(
             ids,

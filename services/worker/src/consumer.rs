@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::{ExponentialBuilder, Retryable as _};
 use prost::Message as _;
 use rand::Rng as _;
-use testbed_proto::raw::EventView;
+use testbed_proto::prost::bytes::Bytes;
 use testbed_proto::v1::fault::Effect;
 use testbed_server::CancellationToken;
 use testbed_stream::{AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, Ops, StoreError};
@@ -317,7 +317,7 @@ impl Consumer {
 
     /// Applies the active faults that match `events`: sleeps for delays,
     /// and returns true when a failure fault decides this entry fails.
-    async fn injected_failure(&self, events: &[EventView]) -> bool {
+    async fn injected_failure(&self, events: &[Bytes]) -> bool {
         let faults = self.local.faults();
         if faults.is_empty() {
             return false;
@@ -380,22 +380,17 @@ impl Consumer {
         store_failed | self.apply_batch(partition, batch).await
     }
 
-    /// Decodes `entry`; dead-letters it if it is poison, and leaves it
-    /// pending if an injected fault fails it. `Some` when it is to be
-    /// applied: the entry, its encoded events dropped (the batch keeps the
-    /// decoded ones only), and its events.
-    async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<EventView>)> {
+    /// Checks that every event of `entry` reads; dead-letters it if it is
+    /// poison, and leaves it pending if an injected fault fails it. `Some`
+    /// when it is to be applied: the entry without its events, and its
+    /// events (so that the batch's list of entries is cheap to clone).
+    async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<Bytes>)> {
         let events = entry.events.len() as u64;
-        let mut views = Vec::with_capacity(entry.events.len());
-        let decoded: Result<Vec<EventView>, String> = entry
-            .events
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, bytes)| {
-                crate::fold::decode_into(bytes, &mut views)
-                    .map_err(|e| format!("undecodable event {i}: {e}"))
-            })
-            .map(|()| views);
+        let decoded: Result<(), String> =
+            entry.events.iter().enumerate().try_for_each(|(i, bytes)| {
+                crate::fold::check(bytes).map_err(|e| format!("undecodable event {i}: {e}"))
+            });
+        crate::cpu::yield_to_waiting_threads();
         let poison = match (&decoded, entry.events.is_empty()) {
             (Err(reason), _) => Some(reason.clone()),
             (Ok(_), true) => Some("entry has no events".to_owned()),
@@ -406,31 +401,33 @@ impl Consumer {
             _ => None,
         };
         if let Some(reason) = poison {
-            self.dead_letter(&entry, decoded.as_deref().ok(), &reason)
-                .await;
+            self.dead_letter(&entry, decoded.is_ok(), &reason).await;
             return None;
         }
-        let decoded = decoded.ok()?;
-        if self.injected_failure(&decoded).await {
+        if self.injected_failure(&entry.events).await {
             // Left pending on purpose: claimed again after --claim-idle and
             // dead-lettered past --max-deliveries, like a real failure.
             self.figures.fault_failures.fetch_add(1, Ordering::Relaxed);
             self.metrics.retried.add(events, &[]);
             return None;
         }
-        entry.events = Vec::new();
-        Some((entry, decoded))
+        let events = std::mem::take(&mut entry.events);
+        Some((entry, events))
     }
 
-    /// Dead-letters `entry` (its decoded `events`, when decodable, also
-    /// count in their runs' ledgers).
-    async fn dead_letter(&self, entry: &Entry, events: Option<&[EventView]>, reason: &str) {
+    /// Dead-letters `entry`; when its events are `readable`, they also
+    /// count in their runs' ledgers.
+    async fn dead_letter(&self, entry: &Entry, readable: bool, reason: &str) {
         let count = entry.events.len() as u64;
-        let ops = match events {
-            Some(events) => {
-                crate::fold::dead_letter_ops(entry, events, self.log.keys(), self.log.retention())
-            }
-            None => Ops::default(),
+        let ops = if readable {
+            crate::fold::dead_letter_ops(
+                entry,
+                &entry.events,
+                self.log.keys(),
+                self.log.retention(),
+            )
+        } else {
+            Ops::default()
         };
         let dead = || async { self.log.dead_letter(entry, count, reason, &ops).await };
         match dead.retry(store_retry()).await {
@@ -462,6 +459,7 @@ impl Consumer {
                 crate::fold::Folder::new(partition, self.log.keys(), self.log.retention());
             for (i, d) in batch.iter().enumerate() {
                 folder.add(i as u32, &d.entry, &d.events);
+                crate::cpu::yield_to_waiting_threads();
             }
             let ops = folder.finish();
             let span = self.apply_span(&batch, events);
@@ -578,10 +576,11 @@ enum Chore {
     Trim,
 }
 
-/// An entry ready to apply: decoded, with its processing span.
+/// An entry ready to apply: its events checked (and kept apart from it),
+/// with its processing span.
 struct Decoded {
     entry: Entry,
-    events: Vec<EventView>,
+    events: Vec<Bytes>,
     span: tracing::Span,
 }
 

@@ -1,4 +1,6 @@
-//! `--cpu-class`: the scheduling class of the worker's threads.
+//! How the worker shares the CPU with latency-sensitive processes on its
+//! node: `--cpu-class`, the scheduling class of its threads, and
+//! [`yield_to_waiting_threads`] between pieces of folding work.
 //!
 //! Set on the main thread before the async runtime starts, so that every
 //! thread of the process inherits it (Linux threads inherit their
@@ -10,6 +12,23 @@
 use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
 
 use crate::CpuClass;
+
+/// Offers the core to threads waiting for it (`sched_yield`), between two
+/// pieces of folding work of about one entry each (a few hundred events,
+/// around 0.1 ms).
+///
+/// Linux's EEVDF scheduler lets a running thread finish its slice (a few
+/// milliseconds) before a thread it woke, such as ingest receiving a
+/// batch or Redis answering an append, gets a busy core: a worker folding
+/// for milliseconds at a time delays them by that much. Yielding after
+/// each entry bounds that delay by one entry's work, at any `--cpu-class`
+/// and in `testbed all` (where it yields to ingest's and query's own
+/// threads). When nothing waits, the call returns at once (well under a
+/// microsecond). At 150k events/s on two cores it took the batch-ack p99
+/// from 8.6–9.7 to 5.8–7.4 ms (`bench/README.md`, session 9).
+pub fn yield_to_waiting_threads() {
+    std::thread::yield_now();
+}
 
 /// Puts the calling thread, and the threads it starts afterwards, in
 /// `class`. `Normal` changes nothing. Lowering a thread's class needs no

@@ -3,7 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
-use testbed_proto::raw::{EventView, PayloadView};
+use testbed_proto::prost::bytes::Bytes;
+use testbed_proto::raw::{EventRef, PayloadRef};
 use testbed_proto::v1::{
     DelayDistribution, DelayFault, Fault, FaultScope, InjectFaultRequest, PayloadKind,
     fault::Effect,
@@ -98,23 +99,25 @@ pub fn expired(fault: &Fault, now: SystemTime) -> bool {
     SystemTime::try_from(*at).map_or(true, |at| at <= now)
 }
 
-fn kind(event: &EventView) -> PayloadKind {
+fn kind(event: &EventRef<'_>) -> PayloadKind {
     match event.payload {
-        Some(PayloadView::Gpu(_)) => PayloadKind::Gpu,
-        Some(PayloadView::Tokens(_)) => PayloadKind::Tokens,
-        Some(PayloadView::Metric(_)) => PayloadKind::Metric,
+        Some(PayloadRef::Gpu(_)) => PayloadKind::Gpu,
+        Some(PayloadRef::Tokens(_)) => PayloadKind::Tokens,
+        Some(PayloadRef::Metric(_)) => PayloadKind::Metric,
         None => PayloadKind::Unspecified,
     }
 }
 
-/// Whether `fault` applies to an entry holding `events`: it does when any
-/// of them is in scope (an entry is processed, delayed or failed as a whole).
-pub fn matches(fault: &Fault, events: &[EventView]) -> bool {
+/// Whether `fault` applies to an entry holding the encoded `events`: it
+/// does when any of them is in scope (an entry is processed, delayed or
+/// failed as a whole).
+pub fn matches(fault: &Fault, events: &[Bytes]) -> bool {
     let scope = fault.scope.clone().unwrap_or_default();
     let want = PayloadKind::try_from(scope.payload_kind).unwrap_or(PayloadKind::Unspecified);
-    events.iter().any(|e| {
+    let mut events = events.iter().filter_map(|b| EventRef::decode(b).ok());
+    events.any(|e| {
         e.device_id.starts_with(scope.device_prefix.as_bytes())
-            && (want == PayloadKind::Unspecified || kind(e) == want)
+            && (want == PayloadKind::Unspecified || kind(&e) == want)
     })
 }
 
@@ -139,6 +142,7 @@ pub fn sample_delay(delay: &DelayFault, rng: &mut impl Rng) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use testbed_proto::prost::Message as _;
     use testbed_proto::v1::FailureFault;
 
     use super::*;
@@ -227,11 +231,14 @@ mod tests {
     /// Scope: device prefix and payload kind.
     #[test]
     fn scope_matching() {
-        let gpu = EventView {
-            device_id: "dev-12".into(),
-            payload: Some(PayloadView::Gpu(Default::default())),
-            ..Default::default()
-        };
+        let gpu = Bytes::from(
+            testbed_proto::v1::Event {
+                device_id: "dev-12".into(),
+                payload: Some(testbed_proto::v1::event::Payload::Gpu(Default::default())),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
         let mut f = Fault {
             scope: Some(FaultScope {
                 device_prefix: "dev-1".into(),
