@@ -25,7 +25,8 @@ use crate::CpuClass;
 /// and in `testbed all` (where it yields to ingest's and query's own
 /// threads). When nothing waits, the call returns at once (well under a
 /// microsecond). At 150k events/s on two cores it took the batch-ack p99
-/// from 8.6–9.7 to 5.8–7.4 ms (`bench/README.md`, session 9).
+/// from about 9 ms to about 6 (5.8–7.4 and 6.0–8.6 ms in two series of
+/// three probes; `bench/README.md`, session 9).
 pub fn yield_to_waiting_threads() {
     std::thread::yield_now();
 }

@@ -461,9 +461,14 @@ fn label_entry<'a>(buf: &'a [u8], exact: &mut bool) -> Result<(&'a [u8], &'a [u8
     Ok((key, value))
 }
 
-/// An encoded `testbed.v1.Event`, read in place: see the [module
-/// docs](self). Text fields are the encoded bytes (whoever reads them
-/// checks that they are UTF-8).
+/// An encoded `testbed.v1.Event`, read in place: text fields are slices
+/// of the encoded bytes (whoever reads them checks that they are UTF-8),
+/// labels are read from them again when iterated, and nothing is copied,
+/// allocated or reference-counted. Decoding follows protobuf's rules as
+/// prost's generated code does: the last of a field sent twice wins, an
+/// embedded message sent twice is merged, a oneof member replaces another,
+/// unknown fields are skipped, and a known field with the wrong wire type,
+/// a truncated field or an invalid varint is an error.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EventRef<'a> {
     /// `event_id`.
