@@ -82,6 +82,13 @@ impl Keys {
         format!("{}:producer/{producer_id}/seen", self.tag(p))
     }
 
+    /// The token of the idempotent batch whose `XADD` stays, set and
+    /// deleted within one `MULTI` of an append of partition `p` (never
+    /// left behind).
+    pub fn append_decision(&self, p: u32) -> String {
+        format!("{}:append-decision", self.tag(p))
+    }
+
     /// End-to-end latency histogram of partition `p` for the minute
     /// `minute` (Unix minutes) in which entries were appended.
     pub fn e2e(&self, p: u32, minute: i64) -> String {

@@ -494,7 +494,112 @@ async fn redis_cluster_backend_keeps_the_semantics() {
         let f = log.figures(p).await.unwrap();
         assert_eq!((f.ingested, f.processed, f.duplicates), (2, 2, 1));
         log.trim(p).await.unwrap();
+        // An idempotent producer's append (a MULTI of a script, the XADD
+        // and a script that undoes a duplicate's XADD) on the partition's
+        // node; its retry leaves no entry behind.
+        let meta = EntryMeta {
+            producer_id: "sim-1".into(),
+            sequence: 1,
+            ..EntryMeta::default()
+        };
+        let first = log.append(p, &meta, &events(&["c"])).await.unwrap();
+        assert!(first.entry_id.is_some());
+        let retry = log.append(p, &meta, &events(&["c"])).await.unwrap();
+        assert_eq!((retry.entry_id, retry.duplicates), (None, vec![0]));
+        let read = log
+            .read(p, "c", 10, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1, "partition {p}");
     }
+}
+
+/// An idempotent append whose bookkeeping script Redis has lost (a
+/// restart, `SCRIPT FLUSH`) loads it and appends once; a duplicate or a
+/// stale batch leaves no entry in the stream, and the append's decision key
+/// is never left behind.
+#[tokio::test]
+async fn idempotent_appends_survive_a_script_flush() {
+    let b = redis(1, 100).await;
+    let log = &b.log;
+    let url = b._redis.as_ref().map(|s| s.url()).unwrap();
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let meta = |sequence: u64| EntryMeta {
+        producer_id: "sim-1".into(),
+        sequence,
+        ..EntryMeta::default()
+    };
+    let keys = testbed_stream::keys::Keys::new(&StoreArgs::default().key_prefix);
+    let stream_len = |mut c: redis::aio::MultiplexedConnection| {
+        let stream = keys.stream(0);
+        async move {
+            redis::cmd("XLEN")
+                .arg(stream)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert!(
+        log.append(0, &meta(1), &events(&["a"]))
+            .await
+            .unwrap()
+            .entry_id
+            .is_some()
+    );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // After the flush: a new batch appends once ...
+    let out = log.append(0, &meta(2), &events(&["b"])).await.unwrap();
+    assert!(out.entry_id.is_some() && out.duplicates.is_empty());
+    assert_eq!(stream_len(conn.clone()).await, 2);
+    // ... a retry of it, and of the first, add nothing ...
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for sequence in [2, 1] {
+        let out = log
+            .append(0, &meta(sequence), &events(&["x"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.entry_id, out.duplicates),
+            (None, vec![0]),
+            "{sequence}"
+        );
+    }
+    assert_eq!(stream_len(conn.clone()).await, 2);
+    // ... nor does a batch older than the window (16 here).
+    assert!(
+        log.append(0, &meta(40), &events(&["c"]))
+            .await
+            .unwrap()
+            .entry_id
+            .is_some()
+    );
+    assert!(matches!(
+        log.append(0, &meta(3), &events(&["d"])).await,
+        Err(testbed_stream::StoreError::StaleSequence { .. })
+    ));
+    assert_eq!(stream_len(conn.clone()).await, 3);
+    let decision: u64 = redis::cmd("EXISTS")
+        .arg(keys.append_decision(0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(decision, 0);
+    let f = log.figures(0).await.unwrap();
+    assert_eq!((f.ingested, f.duplicates), (3, 2));
 }
 
 /// A blocked read wakes up as soon as an entry is appended.

@@ -1,42 +1,49 @@
--- Appends one batch of an idempotent producer to a partition, atomically,
--- deduplicated by the producer's batch sequence instead of by event id
--- (Kafka's idempotent-producer scheme), so the cost is per batch.
--- KEYS[1] stream, KEYS[2] stats (hash), KEYS[3] producer state (hash: hi,
--- the newest sequence appended), KEYS[4] producer window (bitmap: bit
--- `sequence mod window` is set once that sequence was appended),
--- KEYS[5..] run ledgers of the batch's events
+-- The bookkeeping of one batch of an idempotent producer appended to a
+-- partition, deduplicated by the producer's batch sequence instead of by
+-- event id (Kafka's idempotent-producer scheme), so the cost is per batch.
+--
+-- It runs first in a MULTI: this script, then the XADD of the batch's
+-- entry, then append_finish.lua, which undoes that XADD unless this script
+-- marked the sequence as appended (the decision key holds the batch's
+-- token). The events never pass through Lua: Redis' Lua hashes every byte
+-- of every string it is given, which for a blob of events cost more than
+-- the XADD itself (bench/README.md, session 9).
+--
+-- KEYS[1] stats (hash), KEYS[2] producer state (hash: hi, the newest
+-- sequence appended), KEYS[3] producer window (bitmap: bit `sequence mod
+-- window` is set once that sequence was appended), KEYS[4] decision (the
+-- token of the batch whose XADD stays), KEYS[5..] run ledgers of the
+-- batch's events
 -- ARGV[1] window (bits, a multiple of 8), ARGV[2] sequence (1..2^53-1),
--- ARGV[3] entry meta, ARGV[4] time to live (seconds) of the producer state
--- and run ledgers, ARGV[5] the events (one blob, each length-delimited),
--- ARGV[6] events in the blob, ARGV[7] events of the request left out of the
--- blob as repeats of an id earlier in the batch,
--- ARGV[8..] triples (run ledger index into KEYS, events of that run in the
--- blob, its repeats left out)
--- Returns {entry id or false, state, newest sequence or '', backlog}:
--- state 0 appended, 1 the sequence was already appended (nothing changes
--- but the duplicate counters), 2 the sequence is older than the window
+-- ARGV[3] token of this batch, ARGV[4] time to live (seconds) of the
+-- producer state and run ledgers, ARGV[5] events in the entry the XADD
+-- adds (0: no XADD follows), ARGV[6] events of the request left out of the
+-- entry as repeats of an id earlier in the batch, ARGV[7..] triples (run
+-- ledger index into KEYS, events of that run in the entry, its repeats
+-- left out)
+-- Returns {state, newest sequence or '', backlog}: state 0 appended, 1
+-- the sequence was already appended (nothing changes but the duplicate
+-- counters; the XADD is undone), 2 the sequence is older than the window
 -- (nothing changes; whether it was appended cannot be told). The backlog
 -- (ingested - processed - dead-lettered) is the partition's after the
 -- call, for ingest's backpressure check (0 with state 2).
---
--- Reads first, then the XADD (the step that can fail), then the window
--- bookkeeping, so a failed append never marks a sequence as seen.
 local window = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
 local ttl = ARGV[4]
-local hi_text = redis.call('HGET', KEYS[3], 'hi')
+local fresh = tonumber(ARGV[5])
+local hi_text = redis.call('HGET', KEYS[2], 'hi')
 local hi = tonumber(hi_text)
 
 local function backlog()
-  local f = redis.call('HMGET', KEYS[2], 'ingested', 'processed', 'dead_lettered')
+  local f = redis.call('HMGET', KEYS[1], 'ingested', 'processed', 'dead_lettered')
   return (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0) - (tonumber(f[3]) or 0)
 end
 
 local function count_duplicates(total, of_run)
   if total > 0 then
-    redis.call('HINCRBY', KEYS[2], 'duplicates', total)
+    redis.call('HINCRBY', KEYS[1], 'duplicates', total)
   end
-  for i = 8, #ARGV, 3 do
+  for i = 7, #ARGV, 3 do
     local d = of_run(i)
     if d > 0 then
       local key = KEYS[tonumber(ARGV[i])]
@@ -48,43 +55,36 @@ end
 
 if hi ~= nil then
   if seq <= hi - window then
-    return {false, 2, hi_text, 0}
+    return {2, hi_text, 0}
   end
-  if seq <= hi and redis.call('GETBIT', KEYS[4], seq % window) == 1 then
-    count_duplicates(tonumber(ARGV[6]) + tonumber(ARGV[7]), function(i)
+  if seq <= hi and redis.call('GETBIT', KEYS[3], seq % window) == 1 then
+    count_duplicates(fresh + tonumber(ARGV[6]), function(i)
       return tonumber(ARGV[i + 1]) + tonumber(ARGV[i + 2])
     end)
-    return {false, 1, '', backlog()}
+    return {1, '', backlog()}
   end
-end
-
-local entry = false
-local fresh = tonumber(ARGV[6])
-if fresh > 0 then
-  entry = redis.call('XADD', KEYS[1], '*', 'm', ARGV[3], 'b', ARGV[5])
-  redis.call('HINCRBY', KEYS[2], 'ingested', fresh)
 end
 
 -- Bits [from, to] of the window cleared: SETBIT at the edges, SETRANGE of
 -- zero bytes between, so a jump of thousands of sequences costs a few calls.
 local function clear(from, to)
   while from <= to and from % 8 ~= 0 do
-    redis.call('SETBIT', KEYS[4], from, 0)
+    redis.call('SETBIT', KEYS[3], from, 0)
     from = from + 1
   end
   while to >= from and to % 8 ~= 7 do
-    redis.call('SETBIT', KEYS[4], to, 0)
+    redis.call('SETBIT', KEYS[3], to, 0)
     to = to - 1
   end
   if from <= to then
-    redis.call('SETRANGE', KEYS[4], from / 8, string.rep('\0', (to - from + 1) / 8))
+    redis.call('SETRANGE', KEYS[3], from / 8, string.rep('\0', (to - from + 1) / 8))
   end
 end
 
 if hi == nil or seq - hi >= window then
   -- A new producer, or a jump past the whole window: nothing in it is seen.
-  redis.call('DEL', KEYS[4])
-  redis.call('HSET', KEYS[3], 'hi', ARGV[2])
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[2], 'hi', ARGV[2])
 elseif seq > hi then
   -- The window slides: the slots of sequences hi+1 .. seq-1 held sequences
   -- now older than the window; they are not seen yet.
@@ -97,13 +97,19 @@ elseif seq > hi then
       clear(0, b)
     end
   end
-  redis.call('HSET', KEYS[3], 'hi', ARGV[2])
+  redis.call('HSET', KEYS[2], 'hi', ARGV[2])
 end
-redis.call('SETBIT', KEYS[4], seq % window, 1)
+-- Marked as appended, and (in the same step, nothing can fail between)
+-- the XADD that follows is kept.
+redis.call('SETBIT', KEYS[3], seq % window, 1)
+if fresh > 0 then
+  redis.call('SET', KEYS[4], ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'ingested', fresh)
+end
+redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('EXPIRE', KEYS[4], ttl)
 
-count_duplicates(tonumber(ARGV[7]), function(i)
+count_duplicates(tonumber(ARGV[6]), function(i)
   return tonumber(ARGV[i + 2])
 end)
-return {entry, 0, '', backlog()}
+return {0, '', backlog()}

@@ -1,10 +1,14 @@
 //! The Redis backend: Redis Streams with one consumer group, on a single
 //! Redis or a Redis Cluster.
 //!
-//! Every atomic step is one Lua script over keys of one partition (one hash
-//! tag, one slot): `append.lua` (event-id dedupe + XADD + counters),
-//! `append_producer.lua` (the same, deduplicated by an idempotent
-//! producer's sequence) and `apply.lua`
+//! Every atomic step is one Lua script, or one `MULTI`, over keys of one
+//! partition (one hash tag, one slot): `append.lua` (event-id dedupe, XADD
+//! and counters); for an idempotent producer's batch, a `MULTI` of
+//! `append_producer.lua` (dedupe by the producer's sequence, counters),
+//! the `XADD` itself and `append_finish.lua`, which deletes that entry
+//! again unless the first script marked the sequence as appended (the
+//! events stay out of Lua, whose string hashing of a 40 KB blob cost more
+//! Redis time than the `XADD`); and `apply.lua`
 //! (pending check + XACK of a batch of entries + aggregate writes: the
 //! exactly-once step; in dead-letter mode XACK + XADD to the dead-letter
 //! stream + the run ledgers). Blocking reads use a dedicated connection per
@@ -479,6 +483,10 @@ impl std::fmt::Debug for RedisLog {
 /// Every event of an append in one blob (each length-delimited, as
 /// protobuf `repeated bytes`): one stream field and one script argument per
 /// batch instead of one per event.
+/// Redis answered NOSCRIPT: it does not have a script sent by its hash.
+#[derive(Debug)]
+struct ScriptMissing;
+
 fn blob<'a, 'b: 'a>(events: impl Iterator<Item = &'a AppendEvent<'b>> + Clone) -> Vec<u8> {
     let mut blob = Vec::with_capacity(events.clone().map(|e| e.bytes.len() + 3).sum());
     for event in events {
@@ -495,6 +503,9 @@ struct Inner {
     readers: Vec<Mutex<Option<Conn>>>,
     append: Script,
     append_producer: Script,
+    /// Source of `append_finish.lua`, sent with `EVAL` (see
+    /// [`RedisLog::append_idempotent`]).
+    append_finish: &'static str,
     apply: Script,
     prune: Script,
     /// Per partition, what this process's last merged apply wrote
@@ -517,6 +528,7 @@ impl RedisLog {
                 readers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
                 append: Script::new(include_str!("append.lua")),
                 append_producer: Script::new(include_str!("append_producer.lua")),
+                append_finish: include_str!("append_finish.lua"),
                 apply: Script::new(include_str!("apply.lua")),
                 prune: Script::new(include_str!("prune.lua")),
                 written: (0..args.partitions)
@@ -575,38 +587,88 @@ impl RedisLog {
                 runs[slot].1 += 1;
             }
         }
-        let mut invocation = self.inner.append_producer.prepare_invoke();
-        invocation
-            .key(keys.stream(partition))
-            .key(keys.stats(partition))
-            .key(keys.producer(partition, producer))
-            .key(keys.producer_seen(partition, producer));
-        for (run, _, _) in &runs {
-            invocation.key(keys.run(partition, run));
-        }
+        // One MULTI: the bookkeeping script (no events in it), the XADD,
+        // and the script that undoes the XADD unless the first marked the
+        // sequence. The finishing script is sent with EVAL (its source), so
+        // it always runs; the first with EVALSHA, and if Redis lost it
+        // (NOSCRIPT) its decision is missing, the XADD is undone, and the
+        // whole is sent again once the script is loaded.
         let fresh = events.len() - repeated.len();
-        invocation
-            .arg(window)
+        let token = format!("{producer}/{sequence}");
+        let decision = keys.append_decision(partition);
+        let stream = keys.stream(partition);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("EVALSHA")
+            .arg(self.inner.append_producer.get_hash())
+            .arg(4 + runs.len())
+            .arg(keys.stats(partition))
+            .arg(keys.producer(partition, producer))
+            .arg(keys.producer_seen(partition, producer))
+            .arg(&decision);
+        for (run, _, _) in &runs {
+            pipe.arg(keys.run(partition, run));
+        }
+        pipe.arg(window)
             .arg(sequence)
-            .arg(meta.encode_to_vec())
+            .arg(&token)
             .arg(self.inner.args.retention.as_secs().max(1))
-            .arg(blob(
-                events
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !is_repeat(*i))
-                    .map(|(_, e)| e),
-            ))
             .arg(fresh)
             .arg(repeated.len());
         for (k, (_, in_blob, repeats)) in runs.iter().enumerate() {
-            invocation.arg(k + 5).arg(in_blob).arg(repeats);
+            pipe.arg(k + 5).arg(in_blob).arg(repeats);
         }
-        let (entry_id, state, highest, backlog): (Option<String>, u8, String, i64) = self
-            .call("append", |mut c| async move {
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
+        if fresh > 0 {
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("m")
+                .arg(meta.encode_to_vec())
+                .arg("b")
+                .arg(blob(
+                    events
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !is_repeat(*i))
+                        .map(|(_, e)| e),
+                ));
+            pipe.cmd("EVAL")
+                .arg(self.inner.append_finish)
+                .arg(2)
+                .arg(&stream)
+                .arg(&decision)
+                .arg(&token);
+        }
+        let mut replies = match self.append_transaction(&pipe).await? {
+            Ok(replies) => replies,
+            Err(ScriptMissing) => {
+                self.load_script(&self.inner.append_producer).await?;
+                self.append_transaction(&pipe)
+                    .await?
+                    .map_err(|ScriptMissing| {
+                        StoreError::Protocol("append script missing after loading it".to_owned())
+                    })?
+            }
+        };
+        let (state, highest, backlog): (u8, String, i64) =
+            redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
+                .map_err(|e| StoreError::Protocol(format!("append reply: {e}")))?;
+        let entry_id = if fresh > 0 {
+            let id: Option<String> =
+                redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
+                    .map_err(|e| StoreError::Protocol(format!("append XADD reply: {e}")))?;
+            let kept: i64 = redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
+                .map_err(|e| StoreError::Protocol(format!("append finish reply: {e}")))?;
+            if (kept == 1) != (state == 0) {
+                return Err(StoreError::Protocol(format!(
+                    "append of {token}: state {state} but the entry was {}",
+                    if kept == 1 { "kept" } else { "undone" }
+                )));
+            }
+            id.filter(|_| kept == 1)
+        } else {
+            None
+        };
         match state {
             0 => Ok(AppendOutcome {
                 entry_id,
@@ -625,6 +687,50 @@ impl RedisLog {
                 window,
             }),
         }
+    }
+
+    /// Runs the `MULTI` of an idempotent append: its replies, or
+    /// [`ScriptMissing`] when Redis did not have the bookkeeping script (the
+    /// rest of the transaction then changed nothing: see
+    /// `append_finish.lua`).
+    async fn append_transaction(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Result<std::vec::IntoIter<redis::Value>, ScriptMissing>, StoreError> {
+        let no_script =
+            |kind: Option<redis::ServerErrorKind>| kind == Some(redis::ServerErrorKind::NoScript);
+        let replies = self
+            .call("append", |mut c| async move {
+                match pipe.query_async::<Vec<redis::Value>>(&mut c).await {
+                    Err(err)
+                        if err.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        Ok(Err(ScriptMissing))
+                    }
+                    other => other.map(Ok),
+                }
+            })
+            .await?;
+        let Ok(replies) = replies else {
+            return Ok(Err(ScriptMissing));
+        };
+        match replies.first() {
+            Some(redis::Value::ServerError(err)) if no_script(err.kind()) => Ok(Err(ScriptMissing)),
+            Some(redis::Value::ServerError(err)) => Err(StoreError::Protocol(format!(
+                "append script failed: {} {}",
+                err.code(),
+                err.details().unwrap_or_default()
+            ))),
+            _ => Ok(Ok(replies.into_iter())),
+        }
+    }
+
+    async fn load_script(&self, script: &Script) -> Result<(), StoreError> {
+        self.call("script-load", |mut c| async move {
+            script.load_async(&mut c).await.map(drop)
+        })
+        .await
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
