@@ -514,6 +514,14 @@ async fn redis_cluster_backend_keeps_the_semantics() {
     }
 }
 
+async fn script_flush(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// An idempotent append whose bookkeeping script Redis has lost (a
 /// restart, `SCRIPT FLUSH`) loads it and appends once; a duplicate or a
 /// stale batch leaves no entry in the stream, and the append's decision key
@@ -552,21 +560,13 @@ async fn idempotent_appends_survive_a_script_flush() {
             .entry_id
             .is_some()
     );
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    script_flush(&mut conn).await;
     // After the flush: a new batch appends once ...
     let out = log.append(0, &meta(2), &events(&["b"])).await.unwrap();
     assert!(out.entry_id.is_some() && out.duplicates.is_empty());
     assert_eq!(stream_len(conn.clone()).await, 2);
     // ... a retry of it, and of the first, add nothing ...
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    script_flush(&mut conn).await;
     for sequence in [2, 1] {
         let out = log
             .append(0, &meta(sequence), &events(&["x"]))

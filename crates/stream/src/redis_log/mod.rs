@@ -371,6 +371,19 @@ struct Merged<'o> {
     changed: Vec<Vec<bool>>,
 }
 
+/// Redis answered NOSCRIPT: it does not have a script sent by its hash.
+#[derive(Debug)]
+struct ScriptMissing;
+
+/// The next reply of a transaction as `T`; `what` names it in the error.
+fn next_reply<T: redis::FromRedisValue>(
+    replies: &mut impl Iterator<Item = redis::Value>,
+    what: &str,
+) -> Result<T, StoreError> {
+    redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
+        .map_err(|e| StoreError::Protocol(format!("{what}: {e}")))
+}
+
 /// The partition version a read returned (`0` when it was never set).
 fn parse_version(reply: Option<redis::Value>) -> Result<String, StoreError> {
     match reply {
@@ -481,12 +494,8 @@ impl std::fmt::Debug for RedisLog {
 }
 
 /// Every event of an append in one blob (each length-delimited, as
-/// protobuf `repeated bytes`): one stream field and one script argument per
-/// batch instead of one per event.
-/// Redis answered NOSCRIPT: it does not have a script sent by its hash.
-#[derive(Debug)]
-struct ScriptMissing;
-
+/// protobuf `repeated bytes`): one stream field and one command argument
+/// per batch instead of one per event.
 fn blob<'a, 'b: 'a>(events: impl Iterator<Item = &'a AppendEvent<'b>> + Clone) -> Vec<u8> {
     let mut blob = Vec::with_capacity(events.clone().map(|e| e.bytes.len() + 3).sum());
     for event in events {
@@ -651,14 +660,10 @@ impl RedisLog {
             }
         };
         let (state, highest, backlog): (u8, String, i64) =
-            redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
-                .map_err(|e| StoreError::Protocol(format!("append reply: {e}")))?;
+            next_reply(&mut replies, "append reply")?;
         let entry_id = if fresh > 0 {
-            let id: Option<String> =
-                redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
-                    .map_err(|e| StoreError::Protocol(format!("append XADD reply: {e}")))?;
-            let kept: i64 = redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
-                .map_err(|e| StoreError::Protocol(format!("append finish reply: {e}")))?;
+            let id: Option<String> = next_reply(&mut replies, "append XADD reply")?;
+            let kept: i64 = next_reply(&mut replies, "append finish reply")?;
             if (kept == 1) != (state == 0) {
                 return Err(StoreError::Protocol(format!(
                     "append of {token}: state {state} but the entry was {}",
