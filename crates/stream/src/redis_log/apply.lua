@@ -7,7 +7,9 @@
 --
 -- KEYS[1] stream, KEYS[2] stats, KEYS[3] dead-letter stream, KEYS[4] the
 -- version of the partition's aggregates (a counter every apply and prune
--- increments), KEYS[5..] aggregate keys
+-- increments), KEYS[5..] the aggregate keys and record containers the
+-- groups and histogram increments below name (only those: a record key is
+-- written through its container and is not named)
 -- ARGV[1] group, ARGV[2] number n of entries, ARGV[3] events in the
 -- entries, ARGV[4] dead-letter reason ('' = a normal apply),
 -- ARGV[5] dead-letter stream max length (approximate),

@@ -44,6 +44,29 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Opens a connection to a single Redis that does not reconnect by itself
+/// (unlike [`connect`]'s): for state that lives on one connection, such as
+/// `WATCH`, which a silent reconnect would drop while later commands went
+/// on. Once it fails, the caller drops it and opens another.
+pub(crate) async fn connect_dedicated(
+    args: &StoreArgs,
+    response_timeout: Duration,
+) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+    let url = args
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| StoreError::Unavailable("no --redis-url".to_owned()))?;
+    let connect_timeout = args.redis_timeout.max(Duration::from_millis(100));
+    let client = redis::Client::open(url).map_err(StoreError::from_redis)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(StoreError::from_redis)
+}
+
 /// Opens a connection whose calls time out after `response_timeout`.
 pub(crate) async fn connect(
     args: &StoreArgs,

@@ -8,10 +8,11 @@
 //! the `XADD` itself and `append_finish.lua`, which deletes that entry
 //! again unless the first script marked the sequence as appended (the
 //! events stay out of Lua, whose string hashing of a 40 KB blob cost more
-//! Redis time than the `XADD`); and `apply.lua`
-//! (pending check + XACK of a batch of entries + aggregate writes: the
-//! exactly-once step; in dead-letter mode XACK + XADD to the dead-letter
-//! stream + the run ledgers). Blocking reads use a dedicated connection per
+//! Redis time than the `XADD`); and the apply, the exactly-once step
+//! (pending check + XACK of a batch of entries + aggregate writes; in
+//! dead-letter mode XACK + XADD to the dead-letter stream + the run
+//! ledgers): `apply.lua`, or on a single Redis, for a normal apply whose
+//! values were merged here, a `WATCH`ed `MULTI` of plain commands. Blocking reads use a dedicated connection per
 //! partition so they never stall other calls.
 //!
 //! Layout of an entry: `m` (the [`EntryMeta`]), `b` (the events, each
@@ -41,7 +42,9 @@
 //! and `apply.lua` writes the merged values only if the version is
 //! unchanged; otherwise the apply is merged in the script as before. That
 //! took the script of a 250-device apply from about 10 ms to 3 ms of
-//! Redis time, during which appends wait.
+//! Redis time, during which appends wait. On a single Redis the merged
+//! values skip Lua altogether: a transaction that `WATCH`es the version
+//! writes them with `HSET` and `ZADD` (`RedisLog::commit_watched`).
 //! Workers of an earlier release do not increment the version: while
 //! both releases apply to the same Redis, a merged apply can overwrite an
 //! old worker's concurrent one. Replace all workers at once when upgrading
@@ -52,8 +55,10 @@
 //! a round trip per key. Script time is what limits Redis here, so the
 //! scripts take whole batches and each key costs one read and one write
 //! whatever its number of fields; summaries are MessagePack arrays that
-//! `cmsgpack` (C) unpacks and packs. `redis-benchmark`'s XADD ceiling is
-//! what `bench/` compares against.
+//! `cmsgpack` (C) unpacks and packs. Where the reads can be done before
+//! and checked by a `WATCH` (the merged apply), a `MULTI` is cheaper still:
+//! Lua hashes every byte of every argument it is given.
+//! `redis-benchmark`'s XADD ceiling is what `bench/` compares against.
 
 mod conn;
 mod merge;
@@ -66,12 +71,12 @@ use prost::Message as _;
 use redis::Script;
 use tokio::sync::{Mutex, OnceCell};
 
-use self::conn::{Conn, connect};
+use self::conn::{Conn, connect, connect_dedicated};
 use crate::keys::{Keys, record_parts};
 use crate::log::{EventLog, HashFields};
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary, repeated_ids,
+    PendingSummary, latency_bucket, repeated_ids,
 };
 use crate::{StoreArgs, StoreError};
 
@@ -467,6 +472,39 @@ impl Written {
     }
 }
 
+/// How the pending check of a watched apply came out.
+#[derive(Debug, PartialEq)]
+enum Watched {
+    /// The version is the one read and every entry is pending; the
+    /// server's clock, ms since the epoch, for the latency histograms.
+    Ready { now_ms: u64 },
+    /// The version moved since it was read.
+    Raced,
+    /// These entries (indices) are no longer pending.
+    NotPending(Vec<usize>),
+}
+
+/// The end-to-end latency histogram increments of `ops` as `apply.lua`
+/// makes them: per (key, bucket of the entry's age at `now_ms`), the
+/// events counted, summed, in order of first use.
+fn e2e_increments<'o>(ops: &'o Ops, entries: &[Entry], now_ms: u64) -> Vec<((&'o str, u32), u64)> {
+    let mut out: Vec<((&'o str, u32), u64)> = Vec::new();
+    for &(key, entry, weight) in &ops.e2e {
+        let (Some(key), Some(entry)) =
+            (ops.keys.get(usize::from(key)), entries.get(entry as usize))
+        else {
+            continue;
+        };
+        let age = now_ms.saturating_sub(entry.appended_ms());
+        let slot = (key.as_str(), latency_bucket(age));
+        match out.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, sum)) => *sum += weight,
+            None => out.push((slot, weight)),
+        }
+    }
+    out
+}
+
 /// What `apply.lua` answered.
 enum Applied {
     Done(ApplyOutcome),
@@ -476,7 +514,46 @@ enum Applied {
 
 /// The script's index (1-based) of the first aggregate key, after the
 /// stream, the stats, the dead letters and the version.
-const FIRST_AGGREGATE_KEY: usize = 5;
+const FIRST_AGGREGATE_KEY: u32 = 5;
+
+/// The aggregate keys and containers an `apply.lua` invocation names,
+/// each once, in order of first use (indices from [`FIRST_AGGREGATE_KEY`]).
+/// Only keys the script touches are named: a record key (`<container>#…`)
+/// is written through its container, and naming the 500 records of a
+/// 250-device apply cost Redis a Lua string each (about a third of the
+/// script's arguments).
+#[derive(Default)]
+struct ScriptKeys<'a> {
+    names: Vec<&'a str>,
+    index: foldhash::HashMap<&'a str, u32>,
+}
+
+impl<'a> ScriptKeys<'a> {
+    /// The script's index of `name`, naming it if it is new.
+    fn index(&mut self, name: &'a str) -> u32 {
+        *self.index.entry(name).or_insert_with(|| {
+            self.names.push(name);
+            self.names.len() as u32 - 1 + FIRST_AGGREGATE_KEY
+        })
+    }
+
+    /// The script's index of aggregate key `i` of `ops`.
+    fn aggregate(&mut self, ops: &'a Ops, i: u16) -> u32 {
+        match ops.keys.get(usize::from(i)) {
+            Some(name) => self.index(name),
+            // `Ops` only refers to its own keys; an index past them would
+            // be a bug of the fold, and the script reports a nil key.
+            None => 0,
+        }
+    }
+
+    /// Names the keys, in index order, after the four fixed ones.
+    fn name_in(self, invocation: &mut redis::ScriptInvocation<'_>) {
+        for name in self.names {
+            invocation.key(name);
+        }
+    }
+}
 
 /// The Redis log. Cheap to clone.
 #[derive(Clone)]
@@ -510,6 +587,9 @@ struct Inner {
     keys: Keys,
     shared: OnceCell<Conn>,
     readers: Vec<Mutex<Option<Conn>>>,
+    /// Per partition, the connection of its merged applies on a single
+    /// Redis (see [`RedisLog::commit_watched`]): `WATCH` is per connection.
+    appliers: Vec<Mutex<Option<redis::aio::MultiplexedConnection>>>,
     append: Script,
     append_producer: Script,
     /// Source of `append_finish.lua`, sent with `EVAL` (see
@@ -535,6 +615,7 @@ impl RedisLog {
                 keys: Keys::new(&args.key_prefix),
                 shared: OnceCell::new(),
                 readers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
+                appliers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
                 append: Script::new(include_str!("append.lua")),
                 append_producer: Script::new(include_str!("append_producer.lua")),
                 append_finish: include_str!("append_finish.lua"),
@@ -797,18 +878,14 @@ impl RedisLog {
                 "apply raced another writer; merging in the script"
             );
         }
-        let (mut invocation, k) = self.invocation(partition, entries, events, reason, "*", ops);
+        let (mut invocation, mut keys) =
+            self.invocation(partition, entries, events, reason, "*", ops);
         let (plan, containers) = plan(ops);
-        // Containers of records come after the aggregate keys.
-        for container in &containers {
-            invocation.key(*container);
-        }
-        let container_key = |c: usize| ops.keys.len() + c + FIRST_AGGREGATE_KEY;
         for planned in &plan {
             match planned {
                 Planned::Key(group) => {
                     invocation
-                        .arg(k(group.key))
+                        .arg(keys.aggregate(ops, group.key))
                         .arg(if group.sorted_set { "Z" } else { "H" })
                         .arg(group.writes.len())
                         .arg(group.ttl)
@@ -820,8 +897,9 @@ impl RedisLog {
                     ttl,
                     records,
                 } => {
+                    let container = containers.get(*container).copied().unwrap_or_default();
                     invocation
-                        .arg(container_key(*container))
+                        .arg(keys.index(container))
                         .arg("R")
                         .arg(records.len())
                         .arg(*ttl);
@@ -835,6 +913,7 @@ impl RedisLog {
                 }
             }
         }
+        keys.name_in(&mut invocation);
         match self.run_apply(invocation, what).await? {
             Applied::Done(outcome) => Ok(outcome),
             Applied::Raced => Err(StoreError::Protocol(
@@ -1030,8 +1109,10 @@ impl RedisLog {
         })
     }
 
-    /// The second half of [`Self::apply_merged`]: `apply.lua` writes the
-    /// values of `merged` unless the version moved since (`None`).
+    /// The second half of [`Self::apply_merged`]: writes the values of
+    /// `merged` unless the version moved since (`None`): a transaction
+    /// on a single Redis ([`Self::commit_watched`]), `apply.lua` on a
+    /// cluster.
     async fn commit_merged(
         &self,
         partition: u32,
@@ -1040,9 +1121,211 @@ impl RedisLog {
         ops: &Ops,
         merged: &Merged<'_>,
     ) -> Result<Option<ApplyOutcome>, StoreError> {
-        let (mut invocation, k) =
+        if self.inner.args.redis_cluster {
+            self.commit_scripted(partition, entries, events, ops, merged)
+                .await
+        } else {
+            self.commit_watched(partition, entries, events, ops, merged)
+                .await
+        }
+    }
+
+    /// [`Self::commit_merged`] on a single Redis, without Lua: `WATCH`
+    /// the partition's version, check it and the entries' pending state,
+    /// then one `MULTI` of plain commands (`XACK`, the counters, `HSET`,
+    /// `ZADD`, `EXPIRE`), which Redis refuses if anything wrote the version
+    /// in between. Every apply and prune of the partition increments it,
+    /// and nothing else acks its entries, so the entries checked pending
+    /// are still pending when the transaction runs.
+    ///
+    /// `apply.lua` with the same values held Redis about 1 ms per
+    /// 250-device apply at 250k events/s, a third of it pushing its 150 KB
+    /// of arguments into Lua (whose strings are hashed byte by byte), and
+    /// every append waited behind it; the commands alone cost a fraction.
+    /// A Redis Cluster keeps the script: its client cannot hold a `WATCH`.
+    async fn commit_watched(
+        &self,
+        partition: u32,
+        entries: &[Entry],
+        events: u64,
+        ops: &Ops,
+        merged: &Merged<'_>,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let slot = self
+            .inner
+            .appliers
+            .get(partition as usize)
+            .ok_or_else(|| StoreError::Protocol(format!("no partition {partition}")))?;
+        let mut held = slot.lock().await;
+        let timeout = self.inner.args.redis_timeout;
+        let mut conn = match held.take() {
+            Some(conn) => conn,
+            None => connect_dedicated(&self.inner.args, timeout).await?,
+        };
+        let started = std::time::Instant::now();
+        let run = async {
+            match self
+                .watch_apply(&mut conn, partition, entries, &merged.version)
+                .await?
+            {
+                Watched::Ready { now_ms } => {
+                    self.exec_apply(&mut conn, partition, entries, events, ops, merged, now_ms)
+                        .await
+                }
+                Watched::Raced => Ok(None),
+                Watched::NotPending(missing) => Ok(Some(ApplyOutcome::NotPending(missing))),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "apply timed out after {timeout:?}"
+            ))),
+        };
+        self.inner.latency.record(
+            started.elapsed().as_secs_f64(),
+            &[opentelemetry::KeyValue::new("command", "apply")],
+        );
+        // A connection that failed, or timed out with a WATCH possibly
+        // still set, is dropped: the next apply opens another.
+        if result.is_ok() {
+            *held = Some(conn);
+        }
+        result
+    }
+
+    /// The first step of [`Self::commit_watched`]: `WATCH` the version,
+    /// then read it, the entries' pending state and the server's clock.
+    /// Unless the apply can go on, the `WATCH` is cleared again.
+    async fn watch_apply(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        partition: u32,
+        entries: &[Entry],
+        version: &str,
+    ) -> Result<Watched, StoreError> {
+        let keys = &self.inner.keys;
+        let stream = keys.stream(partition);
+        let mut pipe = redis::pipe();
+        pipe.cmd("WATCH").arg(keys.version(partition)).ignore();
+        pipe.cmd("GET").arg(keys.version(partition));
+        pipe.cmd("TIME");
+        for entry in entries {
+            pipe.cmd("XPENDING")
+                .arg(&stream)
+                .arg(self.group())
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let mut replies = pipe
+            .query_async::<Vec<redis::Value>>(conn)
+            .await
+            .map_err(StoreError::from_redis)?
+            .into_iter();
+        let current = parse_version(replies.next())?;
+        let (secs, micros): (u64, u64) = next_reply(&mut replies, "TIME")?;
+        let missing: Vec<usize> = replies
+            .enumerate()
+            .filter(|(_, pending)| matches!(pending, redis::Value::Array(a) if a.is_empty()))
+            .map(|(i, _)| i)
+            .collect();
+        let watched = if current != version {
+            Watched::Raced
+        } else if !missing.is_empty() {
+            Watched::NotPending(missing)
+        } else {
+            return Ok(Watched::Ready {
+                now_ms: secs * 1000 + micros / 1000,
+            });
+        };
+        redis::cmd("UNWATCH")
+            .query_async::<()>(conn)
+            .await
+            .map_err(StoreError::from_redis)?;
+        Ok(watched)
+    }
+
+    /// The second step of [`Self::commit_watched`]: the `MULTI` of the
+    /// ack, the counters and the writes. `None` when Redis refused it
+    /// because the version was written since the `WATCH`.
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_apply(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        partition: u32,
+        entries: &[Entry],
+        events: u64,
+        ops: &Ops,
+        merged: &Merged<'_>,
+        now_ms: u64,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let keys = &self.inner.keys;
+        let mut tx = redis::pipe();
+        tx.atomic();
+        tx.cmd("XACK").arg(keys.stream(partition)).arg(self.group());
+        for entry in entries {
+            tx.arg(&entry.id);
+        }
+        tx.cmd("INCR").arg(keys.version(partition));
+        tx.cmd("HINCRBY")
+            .arg(keys.stats(partition))
+            .arg("processed")
+            .arg(events);
+        for ((key, bucket), count) in e2e_increments(ops, entries, now_ms) {
+            tx.cmd("HINCRBY").arg(key).arg(bucket).arg(count);
+        }
+        for ((t, values), changed) in merged
+            .targets
+            .iter()
+            .zip(&merged.values)
+            .zip(&merged.changed)
+        {
+            for group in merge::pairs(t, values, changed) {
+                if group.is_empty() {
+                    continue;
+                }
+                tx.cmd(if t.sorted_set { "ZADD" } else { "HSET" })
+                    .arg(t.key);
+                for (a, b) in group {
+                    tx.arg(a).arg(b);
+                }
+            }
+            if t.ttl > 0 {
+                tx.cmd("EXPIRE").arg(t.key).arg(t.ttl);
+            }
+        }
+        let replies = tx
+            .query_async::<Option<Vec<redis::Value>>>(conn)
+            .await
+            .map_err(StoreError::from_redis)?;
+        let Some(replies) = replies else {
+            return Ok(None);
+        };
+        if let Some(redis::Value::ServerError(err)) = replies
+            .iter()
+            .find(|r| matches!(r, redis::Value::ServerError(_)))
+        {
+            // A wrong type, say: the other commands of the transaction
+            // did run, as in `apply.lua`, which stops at its first error
+            // after its writes before it.
+            return Err(StoreError::Protocol(format!("apply: {err:?}")));
+        }
+        Ok(Some(ApplyOutcome::Applied))
+    }
+
+    /// `apply.lua` writing the values of `merged` unless the version moved
+    /// since (`None`).
+    async fn commit_scripted(
+        &self,
+        partition: u32,
+        entries: &[Entry],
+        events: u64,
+        ops: &Ops,
+        merged: &Merged<'_>,
+    ) -> Result<Option<ApplyOutcome>, StoreError> {
+        let (mut invocation, mut keys) =
             self.invocation(partition, entries, events, "", &merged.version, ops);
-        let mut containers = 0usize;
         for ((t, values), changed) in merged
             .targets
             .iter()
@@ -1050,12 +1333,8 @@ impl RedisLog {
             .zip(&merged.changed)
         {
             let index = match t.slot {
-                merge::Slot::Key(i) => k(i) as usize,
-                merge::Slot::Container(c) => {
-                    invocation.key(c);
-                    containers += 1;
-                    ops.keys.len() + containers - 1 + FIRST_AGGREGATE_KEY
-                }
+                merge::Slot::Key(i) => keys.aggregate(ops, i),
+                merge::Slot::Container(c) => keys.index(c),
             };
             for group in merge::pairs(t, values, changed) {
                 invocation
@@ -1068,6 +1347,7 @@ impl RedisLog {
                 }
             }
         }
+        keys.name_in(&mut invocation);
         match self.run_apply(invocation, "apply").await? {
             Applied::Done(outcome) => Ok(Some(outcome)),
             Applied::Raced => Ok(None),
@@ -1076,28 +1356,26 @@ impl RedisLog {
 
     /// An `apply.lua` invocation with its keys and arguments up to the
     /// groups, and the script's index of aggregate key `i`.
-    fn invocation(
+    fn invocation<'o>(
         &self,
         partition: u32,
         entries: &[Entry],
         events: u64,
         reason: &str,
         version: &str,
-        ops: &Ops,
-    ) -> (redis::ScriptInvocation<'_>, impl Fn(u16) -> u32 + use<>) {
+        ops: &'o Ops,
+    ) -> (redis::ScriptInvocation<'_>, ScriptKeys<'o>) {
         let keys = &self.inner.keys;
         // KEYS[1] stream, KEYS[2] stats, KEYS[3] dead letters, KEYS[4] the
-        // version, KEYS[5..] the aggregate keys (Lua is 1-based).
-        let k = |i: u16| u32::from(i) + FIRST_AGGREGATE_KEY as u32;
+        // version, KEYS[5..] the aggregate keys the groups name (Lua is
+        // 1-based), added by the caller once its groups are written.
         let mut invocation = self.inner.apply.prepare_invoke();
         invocation
             .key(keys.stream(partition))
             .key(keys.stats(partition))
             .key(keys.dead_letter(partition))
             .key(keys.version(partition));
-        for key in &ops.keys {
-            invocation.key(key);
-        }
+        let mut aggregate = ScriptKeys::default();
         invocation
             .arg(self.group())
             .arg(entries.len())
@@ -1110,9 +1388,12 @@ impl RedisLog {
         }
         invocation.arg(ops.e2e.len());
         for &(key, entry, weight) in &ops.e2e {
-            invocation.arg(k(key)).arg(entry + 1).arg(weight);
+            invocation
+                .arg(aggregate.aggregate(ops, key))
+                .arg(entry + 1)
+                .arg(weight);
         }
-        (invocation, k)
+        (invocation, aggregate)
     }
 
     /// Runs a prepared `apply.lua` and reads its reply.
@@ -1734,15 +2015,134 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(raced, None, "a stale read must be refused");
-        assert_eq!(totals(&log).await, ("3".into(), "3".into(), 3.0));
-        assert_eq!(log.pending(0).await.unwrap().entries, 1, "not acked");
+        applies_once_after_a_refusal(&log, &entries[..1], &first, 3, 5).await;
+    }
 
+    /// After a refused apply of `entry`, the totals are `before` and the
+    /// entry is still pending; applied again (merged in the script), it
+    /// counts once: `after`, nothing pending.
+    async fn applies_once_after_a_refusal(
+        log: &RedisLog,
+        entry: &[Entry],
+        ops: &Ops,
+        before: i64,
+        after: i64,
+    ) {
+        let expect = |n: i64| (n.to_string(), n.to_string(), n as f64);
+        assert_eq!(totals(log).await, expect(before));
+        assert_eq!(log.pending(0).await.unwrap().entries, 1, "not acked");
         assert_eq!(
-            log.apply(0, &entries[..1], 1, &first).await.unwrap(),
+            log.apply(0, entry, 1, ops).await.unwrap(),
             ApplyOutcome::Applied
         );
-        assert_eq!(totals(&log).await, ("5".into(), "5".into(), 5.0));
+        assert_eq!(totals(log).await, expect(after));
         assert_eq!(log.pending(0).await.unwrap().entries, 0);
+    }
+
+    /// An apply of another process that lands between the `WATCH` and
+    /// the `MULTI` of a watched apply makes Redis refuse the transaction:
+    /// nothing of it is written or acked, and the apply merged in the
+    /// script afterwards counts both exactly once. The merged values of a
+    /// single Redis are written without Lua.
+    #[tokio::test]
+    async fn a_write_between_watch_and_exec_refuses_the_apply() {
+        let server = RedisServer::start();
+        let log = log_on(&server).await;
+        let other = log_on(&server).await;
+        let entries = entries_of(&log, 3).await;
+        let evalsha = calls(&server, "evalsha").await;
+        log.apply(0, &entries[..1], 1, &writes(&log, 1))
+            .await
+            .unwrap();
+        assert_eq!(calls(&server, "evalsha").await, evalsha, "no script");
+
+        let ops = writes(&log, 10);
+        let merged = log.merged(0, &ops).await.unwrap();
+        let mut conn = connect_dedicated(&log.inner.args, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let watched = log
+            .watch_apply(&mut conn, 0, &entries[1..2], &merged.version)
+            .await
+            .unwrap();
+        let Watched::Ready { now_ms } = watched else {
+            panic!("expected a ready apply, got {watched:?}");
+        };
+        assert_eq!(
+            other
+                .apply(0, &entries[2..], 1, &writes(&log, 100))
+                .await
+                .unwrap(),
+            ApplyOutcome::Applied
+        );
+        let refused = log
+            .exec_apply(&mut conn, 0, &entries[1..2], 1, &ops, &merged, now_ms)
+            .await
+            .unwrap();
+        assert_eq!(refused, None, "the transaction must be refused");
+        applies_once_after_a_refusal(&log, &entries[1..2], &ops, 101, 111).await;
+    }
+
+    /// The pending check of a watched apply names the entries already
+    /// acked, and clears its `WATCH`: a later transaction on the same
+    /// connection is not refused for a write that came after it.
+    #[tokio::test]
+    async fn a_watched_apply_reports_entries_no_longer_pending() {
+        let server = RedisServer::start();
+        let log = log_on(&server).await;
+        let entries = entries_of(&log, 3).await;
+        log.apply(0, &entries[1..2], 1, &writes(&log, 1))
+            .await
+            .unwrap();
+        let version = log.merged(0, &writes(&log, 1)).await.unwrap().version;
+        let mut conn = connect_dedicated(&log.inner.args, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.watch_apply(&mut conn, 0, &entries, &version)
+                .await
+                .unwrap(),
+            Watched::NotPending(vec![1])
+        );
+        assert_eq!(
+            log.watch_apply(&mut conn, 0, &entries, "not-the-version")
+                .await
+                .unwrap(),
+            Watched::Raced
+        );
+        log.apply(0, &entries[..1], 1, &writes(&log, 1))
+            .await
+            .unwrap();
+        let mut tx = redis::pipe();
+        tx.atomic().cmd("INCR").arg("unrelated");
+        let ran: Option<Vec<i64>> = tx.query_async(&mut conn).await.unwrap();
+        assert_eq!(ran, Some(vec![1]), "no WATCH left behind");
+    }
+
+    /// Histogram increments of one key and bucket are summed; the age of
+    /// an entry is taken from its id.
+    #[test]
+    fn e2e_increments_sum_per_key_and_bucket() {
+        let mut ops = Ops::default();
+        let a = ops.key("a".to_owned());
+        let b = ops.key("b".to_owned());
+        ops.e2e = vec![(a, 0, 5), (a, 1, 7), (b, 0, 1), (a, 2, 2)];
+        let entry = |id: &str| Entry {
+            id: id.to_owned(),
+            partition: 0,
+            meta: Vec::new(),
+            events: Vec::new(),
+            deliveries: 1,
+        };
+        let entries = [entry("1000-0"), entry("1000-1"), entry("900-0")];
+        assert_eq!(
+            e2e_increments(&ops, &entries, 1003),
+            vec![
+                (("a", latency_bucket(3)), 12),
+                (("b", latency_bucket(3)), 1),
+                (("a", latency_bucket(103)), 2),
+            ]
+        );
     }
 
     /// Calls of `command` the server has run (`INFO commandstats`).
@@ -1769,18 +2169,26 @@ mod tests {
         let server = RedisServer::start();
         let log = log_on(&server).await;
         let entries = entries_of(&log, 2).await;
+        // The commit only reads the version; values are read by HMGET
+        // (hashes, records) and ZMSCORE (sorted sets). The appends' script
+        // made HMGETs of its own.
+        let before = calls(&server, "hmget").await + calls(&server, "zmscore").await;
         log.apply(0, &entries[..1], 1, &writes(&log, 2))
             .await
             .unwrap();
-        let reads = calls(&server, "exec").await;
-        assert_eq!(reads, 1, "the first apply reads");
+        let reads = calls(&server, "hmget").await + calls(&server, "zmscore").await;
+        assert!(reads > before, "the first apply reads");
         assert_eq!(
             log.apply(0, &entries[1..], 1, &writes(&log, 3))
                 .await
                 .unwrap(),
             ApplyOutcome::Applied
         );
-        assert_eq!(calls(&server, "exec").await, reads, "no second read");
+        assert_eq!(
+            calls(&server, "hmget").await + calls(&server, "zmscore").await,
+            reads,
+            "no second read"
+        );
         assert_eq!(totals(&log).await, ("5".into(), "5".into(), 5.0));
         assert_eq!(log.pending(0).await.unwrap().entries, 0);
     }
