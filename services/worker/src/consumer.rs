@@ -199,7 +199,8 @@ impl Consumer {
 
     /// One read, then, if it found entries, more for up to
     /// `--apply-linger` (or until shutdown), so that one apply carries more
-    /// events. `None` when shutdown came first.
+    /// events; every read asks for at most `--read-chunk` entries. `None`
+    /// when shutdown came first.
     async fn read_batch(
         &self,
         partition: u32,
@@ -207,41 +208,60 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> Option<Result<Vec<Entry>, StoreError>> {
         let count = self.read_size(per_entry);
+        let chunk = (self.config.read_chunk as usize).clamp(1, count);
         let first = tokio::select! {
             () = shutdown.cancelled() => return None,
-            read = self.log.read(partition, &self.name, count, self.config.read_block) => read,
+            read = self.log.read(partition, &self.name, chunk, self.config.read_block) => read,
         };
         let mut entries = match first {
-            Ok(entries) if !entries.is_empty() && !self.config.apply_linger.is_zero() => entries,
+            Ok(entries) if !entries.is_empty() => entries,
             other => return Some(other),
         };
-        let events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
-        // A read that filled its batch is applied at once: a backlog drains
+        // A full chunk means more is waiting (a backlog): read on at once.
+        // A read that fills its batch is applied at once: a backlog drains
         // at the speed of the applies, not one batch per linger.
-        if entries.len() >= count || events >= self.config.apply_max_events {
+        if entries.len() == chunk && self.read_more(partition, count, &mut entries).await {
             return Some(Ok(entries));
         }
-        // Gather for the linger, then take what arrived meanwhile in one
-        // more read (cheaper for the store than a read per new entry).
+        if self.config.apply_linger.is_zero() {
+            return Some(Ok(entries));
+        }
+        // Gather for the linger, then take what arrived meanwhile (fewer
+        // reads for the store than a read per new entry).
         tokio::select! {
             () = shutdown.cancelled() => return Some(Ok(entries)),
             () = tokio::time::sleep(self.config.apply_linger) => {}
         }
-        // What was read is ours whatever happens: a failed read here is
-        // reported by the next one.
-        if let Ok(more) = self
-            .log
-            .read(
-                partition,
-                &self.name,
-                count - entries.len(),
-                Duration::from_millis(1),
-            )
-            .await
-        {
-            entries.extend(more);
-        }
+        self.read_more(partition, count, &mut entries).await;
         Some(Ok(entries))
+    }
+
+    /// Reads `--read-chunk` entries at a time into `entries` until a read
+    /// comes back short or the batch is full (`count` entries or
+    /// `--apply-max-events` events); whether it is full. What was read is
+    /// ours whatever happens: a failed read here stops, and is reported by
+    /// the next read of the partition.
+    async fn read_more(&self, partition: u32, count: usize, entries: &mut Vec<Entry>) -> bool {
+        let mut events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
+        loop {
+            if entries.len() >= count || events >= self.config.apply_max_events {
+                return true;
+            }
+            let ask = (count - entries.len()).min(self.config.read_chunk.max(1) as usize);
+            let Ok(more) = self
+                .log
+                .read(partition, &self.name, ask, Duration::from_millis(1))
+                .await
+            else {
+                return false;
+            };
+            let short = more.len() < ask;
+            events += more.iter().map(|e| e.events.len() as u64).sum::<u64>();
+            entries.extend(more);
+            if short {
+                return entries.len() >= count || events >= self.config.apply_max_events;
+            }
+        }
     }
 
     /// Runs `chore` on every partition at its interval, until shutdown.
@@ -601,10 +621,15 @@ mod tests {
 
     use super::*;
 
-    /// A consumer lingering an hour after a read, reading at most two
+    /// A consumer lingering an hour after a read, gathering at most two
     /// entries, on an embedded log holding `entries` one-event entries in
     /// partition 0.
     async fn lingering_consumer(entries: usize) -> Consumer {
+        consumer_with(entries, 2, 2).await
+    }
+
+    /// [`lingering_consumer`] gathering `count` entries in reads of `chunk`.
+    async fn consumer_with(entries: usize, count: u32, chunk: u32) -> Consumer {
         let log = AnyLog::Memory(MemoryLog::new(&StoreArgs::default()));
         log.ensure_group().await.unwrap();
         for i in 0..entries {
@@ -620,7 +645,8 @@ mod tests {
         }
         let config = WorkerConfig {
             apply_linger: Duration::from_secs(3600),
-            read_count: 2,
+            read_count: count,
+            read_chunk: chunk,
             ..WorkerConfig::default()
         };
         Consumer::new(log, config, "c".to_owned())
@@ -640,6 +666,37 @@ mod tests {
             .expect("a full read waited for the linger");
             assert_eq!(read.unwrap().unwrap().len(), 2);
         }
+    }
+
+    /// A batch is gathered in reads of `--read-chunk` entries: a backlog
+    /// fills it without waiting for the linger, in order, and the rest
+    /// stays for the next batch.
+    #[tokio::test]
+    async fn a_batch_is_gathered_in_chunks() {
+        let consumer = consumer_with(7, 5, 2).await;
+        let shutdown = CancellationToken::new();
+        let first = tokio::time::timeout(
+            Duration::from_secs(30),
+            consumer.read_batch(0, 1, &shutdown),
+        )
+        .await
+        .expect("a backlog waited for the linger")
+        .unwrap()
+        .unwrap();
+        let ids: Vec<&str> = first.iter().map(|e| e.id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(ids, sorted, "read in order");
+        // The two left are short of a batch: read, then the linger (an
+        // hour here).
+        let rest = tokio::time::timeout(
+            Duration::from_millis(300),
+            consumer.read_batch(0, 1, &shutdown),
+        )
+        .await;
+        assert!(rest.is_err(), "returned before the linger: {rest:?}");
+        assert_eq!(consumer.log.pending(0).await.unwrap().entries, 7);
     }
 
     /// A read short of a batch waits for the linger to gather more.
