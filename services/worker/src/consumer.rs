@@ -400,28 +400,33 @@ impl Consumer {
         store_failed | self.apply_batch(partition, batch).await
     }
 
-    /// Checks that every event of `entry` reads; dead-letters it if it is
-    /// poison, and leaves it pending if an injected fault fails it. `Some`
+    /// Dead-letters `entry` if it is poison (empty, or delivered too
+    /// often), and leaves it pending if an injected fault fails it. `Some`
     /// when it is to be applied: the entry without its events, and its
     /// events (so that the batch's list of entries is cheap to clone).
+    /// Its events are checked as they are folded ([`Self::apply_batch`]),
+    /// which reads each once.
     async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<Bytes>)> {
         let events = entry.events.len() as u64;
-        let decoded: Result<(), String> =
-            entry.events.iter().enumerate().try_for_each(|(i, bytes)| {
-                crate::fold::check(bytes).map_err(|e| format!("undecodable event {i}: {e}"))
-            });
-        crate::cpu::yield_to_waiting_threads();
-        let poison = match (&decoded, entry.events.is_empty()) {
-            (Err(reason), _) => Some(reason.clone()),
-            (Ok(_), true) => Some("entry has no events".to_owned()),
-            _ if entry.deliveries > self.config.max_deliveries => Some(format!(
-                "delivered {} times, over --max-deliveries {}",
-                entry.deliveries, self.config.max_deliveries
-            )),
-            _ => None,
+        let poison = if entry.events.is_empty() {
+            Some(("entry has no events".to_owned(), true))
+        } else if entry.deliveries > self.config.max_deliveries {
+            // An undecodable entry says so, as it would have in the fold.
+            Some(match crate::fold::entry_check(&entry.events) {
+                Err(reason) => (reason, false),
+                Ok(()) => (
+                    format!(
+                        "delivered {} times, over --max-deliveries {}",
+                        entry.deliveries, self.config.max_deliveries
+                    ),
+                    true,
+                ),
+            })
+        } else {
+            None
         };
-        if let Some(reason) = poison {
-            self.dead_letter(&entry, decoded.is_ok(), &reason).await;
+        if let Some((reason, readable)) = poison {
+            self.dead_letter(&entry, readable, &reason).await;
             return None;
         }
         if self.injected_failure(&entry.events).await {
@@ -477,9 +482,26 @@ impl Consumer {
             let events: u64 = batch.iter().map(|d| d.events.len() as u64).sum();
             let mut folder =
                 crate::fold::Folder::new(partition, self.log.keys(), self.log.retention());
+            let mut poison: Vec<(usize, String)> = Vec::new();
             for (i, d) in batch.iter().enumerate() {
-                folder.add(i as u32, &d.entry, &d.events);
+                if let Err(reason) = folder.add_checked(i as u32, &d.entry, &d.events) {
+                    poison.push((i, reason));
+                }
                 crate::cpu::yield_to_waiting_threads();
+            }
+            if !poison.is_empty() {
+                // Dead-lettered one by one; the rest is folded again
+                // without them (their positions moved).
+                drop(folder);
+                for (i, reason) in poison.into_iter().rev() {
+                    let d = batch.remove(i);
+                    let mut entry = d.entry;
+                    entry.events = d.events;
+                    self.dead_letter(&entry, false, &reason)
+                        .instrument(d.span)
+                        .await;
+                }
+                continue;
             }
             let ops = folder.finish();
             let span = self.apply_span(&batch, events);
