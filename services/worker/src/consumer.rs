@@ -220,7 +220,7 @@ impl Consumer {
         // A full chunk means more is waiting (a backlog): read on at once.
         // A read that fills its batch is applied at once: a backlog drains
         // at the speed of the applies, not one batch per linger.
-        if entries.len() == chunk && self.read_more(partition, count, &mut entries).await {
+        if entries.len() == chunk && self.read_more(partition, count, chunk, &mut entries).await {
             return Some(Ok(entries));
         }
         if self.config.apply_linger.is_zero() {
@@ -232,22 +232,28 @@ impl Consumer {
             () = shutdown.cancelled() => return Some(Ok(entries)),
             () = tokio::time::sleep(self.config.apply_linger) => {}
         }
-        self.read_more(partition, count, &mut entries).await;
+        self.read_more(partition, count, chunk, &mut entries).await;
         Some(Ok(entries))
     }
 
-    /// Reads `--read-chunk` entries at a time into `entries` until a read
+    /// Reads `chunk` entries at a time into `entries` until a read
     /// comes back short or the batch is full (`count` entries or
     /// `--apply-max-events` events); whether it is full. What was read is
     /// ours whatever happens: a failed read here stops, and is reported by
     /// the next read of the partition.
-    async fn read_more(&self, partition: u32, count: usize, entries: &mut Vec<Entry>) -> bool {
+    async fn read_more(
+        &self,
+        partition: u32,
+        count: usize,
+        chunk: usize,
+        entries: &mut Vec<Entry>,
+    ) -> bool {
         let mut events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
         loop {
             if entries.len() >= count || events >= self.config.apply_max_events {
                 return true;
             }
-            let ask = (count - entries.len()).min(self.config.read_chunk.max(1) as usize);
+            let ask = (count - entries.len()).min(chunk);
             let Ok(more) = self
                 .log
                 .read(partition, &self.name, ask, Duration::from_millis(1))

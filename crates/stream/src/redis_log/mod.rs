@@ -835,11 +835,24 @@ impl RedisLog {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let timeout = self.inner.args.redis_timeout;
         let conn = self.conn().await?;
+        self.timed(what, async {
+            f(conn).await.map_err(StoreError::from_redis)
+        })
+        .await
+    }
+
+    /// Runs `call` within `--redis-timeout` and records its duration as
+    /// `what` (`redis_command_duration_seconds`).
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let timeout = self.inner.args.redis_timeout;
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, f(conn)).await {
-            Ok(result) => result.map_err(StoreError::from_redis),
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "{what} timed out after {timeout:?}"
             ))),
@@ -1162,7 +1175,6 @@ impl RedisLog {
             Some(conn) => conn,
             None => connect_dedicated(&self.inner.args, timeout).await?,
         };
-        let started = std::time::Instant::now();
         let run = async {
             match self
                 .watch_apply(&mut conn, partition, entries, &merged.version)
@@ -1176,16 +1188,7 @@ impl RedisLog {
                 Watched::NotPending(missing) => Ok(Some(ApplyOutcome::NotPending(missing))),
             }
         };
-        let result = match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "apply timed out after {timeout:?}"
-            ))),
-        };
-        self.inner.latency.record(
-            started.elapsed().as_secs_f64(),
-            &[opentelemetry::KeyValue::new("command", "apply")],
-        );
+        let result = self.timed("apply", run).await;
         // A connection that failed, or timed out with a WATCH possibly
         // still set, is dropped: the next apply opens another.
         if result.is_ok() {
