@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-event hot paths, on events from the
 //! simulator's own fleet (same mix, sizes and labels as a real run):
 //! validation at ingest (through a view of the encoded event), protobuf
-//! encode/decode, partitioning, and the
+//! encode/decode, the simulator's generator, partitioning, and the
 //! worker's fold of one entry into aggregate writes.
 //!
 //! The full suite takes about a minute with light settings:
@@ -25,13 +25,18 @@ use testbed_stream::keys::Keys;
 /// Events per batch: the simulator's default largest batch.
 const BATCH: usize = 100;
 
-fn events(n: usize) -> Vec<Event> {
+/// The simulator's default fleet: 1000 devices, its arch and kind mix.
+fn fleet() -> Fleet {
     let arch = [
         ("amd64".to_owned(), 0.5),
         ("arm64".to_owned(), 0.3),
         ("armv7".to_owned(), 0.2),
     ];
-    let mut fleet = Fleet::new(1000, "sim", &arch, Mix::default(), 7, "run-1763790000-1a2b");
+    Fleet::new(1000, "sim", &arch, Mix::default(), 7, "run-1763790000-1a2b")
+}
+
+fn events(n: usize) -> Vec<Event> {
+    let mut fleet = fleet();
     let now = SystemTime::now();
     (0..n).map(|_| fleet.next_event(now).0).collect()
 }
@@ -104,6 +109,26 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// The simulator's generator: one batch of `GENERATED` events encoded
+/// into one buffer, as its scheduler builds each batch.
+fn generate(c: &mut Criterion) {
+    const GENERATED: usize = 1000;
+    let mut fleet = fleet();
+    let now = SystemTime::now();
+    let mut g = c.benchmark_group("sim");
+    g.throughput(Throughput::Elements(GENERATED as u64));
+    g.bench_function("generate/batch1000", |b| {
+        b.iter(|| {
+            let mut buf = Vec::with_capacity(GENERATED * 192);
+            for _ in 0..GENERATED {
+                black_box(fleet.next_event_into(now, &mut buf));
+            }
+            black_box(Bytes::from(buf));
+        });
+    });
+    g.finish();
+}
+
 fn partition(c: &mut Criterion) {
     let ids: Vec<String> = (0..1000).map(|i| format!("sim-{i:05}")).collect();
     let mut g = c.benchmark_group("stream");
@@ -171,6 +196,6 @@ fn light() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = light();
-    targets = validate, codec, partition, fold
+    targets = validate, codec, generate, partition, fold
 }
 criterion_main!(hot_paths);

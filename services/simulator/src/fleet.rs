@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
-use prost::bytes::BytesMut;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
@@ -89,6 +89,8 @@ pub struct Device {
     pub id: String,
     /// node, arch, zone.
     pub labels: Vec<(String, String)>,
+    /// The event's `device_id` field, encoded.
+    id_wire: Vec<u8>,
     /// The labels as an `Event`'s encoded `labels` field, appended to each
     /// encoded event ([`Fleet::next_event_into`]) instead of a map per event.
     labels_wire: Vec<u8>,
@@ -105,7 +107,147 @@ pub struct Fleet {
     mix: [f64; 3],
     rng: StdRng,
     run_id: String,
+    /// The event's `run_id` field, encoded.
+    run_id_wire: Vec<u8>,
+    /// The last `observed_at` encoded, and its encoding: a batch's events
+    /// share it.
+    observed_wire: Option<(SystemTime, Vec<u8>)>,
     next: u64,
+}
+
+/// A generated payload, its texts borrowed from the constants above, so
+/// that encoding one ([`Fleet::next_event_into`]) allocates nothing.
+#[derive(Debug, Clone, Copy)]
+enum Sample {
+    Gpu(GpuSample),
+    Tokens {
+        model: &'static str,
+        tenant: &'static str,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        latency: Option<prost_types::Duration>,
+    },
+    Metric {
+        name: &'static str,
+        value: f64,
+        unit: &'static str,
+    },
+}
+
+impl Sample {
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Gpu(_) => Kind::Gpu,
+            Self::Tokens { .. } => Kind::Tokens,
+            Self::Metric { .. } => Kind::Metric,
+        }
+    }
+
+    fn to_payload(self) -> Payload {
+        match self {
+            Self::Gpu(gpu) => Payload::Gpu(gpu),
+            Self::Tokens {
+                model,
+                tenant,
+                prompt_tokens,
+                completion_tokens,
+                latency,
+            } => Payload::Tokens(TokenUsage {
+                model: model.to_owned(),
+                tenant: tenant.to_owned(),
+                prompt_tokens,
+                completion_tokens,
+                latency,
+            }),
+            Self::Metric { name, value, unit } => Payload::Metric(Metric {
+                name: name.to_owned(),
+                value,
+                unit: unit.to_owned(),
+            }),
+        }
+    }
+
+    /// Appends the payload as `Event` encodes its `payload` oneof (fields
+    /// 10-12), byte for byte: prost's order and its omission of defaults.
+    fn encode(&self, buf: &mut Vec<u8>) {
+        match self {
+            Self::Gpu(gpu) => nested(10, buf, |buf| {
+                uint(1, u64::from(gpu.gpu_index), buf);
+                double(2, gpu.utilization, buf);
+                uint(3, gpu.memory_used_bytes, buf);
+                uint(4, gpu.memory_total_bytes, buf);
+                double(5, gpu.temperature_celsius, buf);
+                double(6, gpu.power_watts, buf);
+            }),
+            Self::Tokens {
+                model,
+                tenant,
+                prompt_tokens,
+                completion_tokens,
+                latency,
+            } => nested(11, buf, |buf| {
+                text(1, model, buf);
+                text(2, tenant, buf);
+                uint(3, *prompt_tokens, buf);
+                uint(4, *completion_tokens, buf);
+                if let Some(latency) = latency {
+                    nested(5, buf, |buf| {
+                        uint(1, latency.seconds as u64, buf);
+                        uint(2, i64::from(latency.nanos) as u64, buf);
+                    });
+                }
+            }),
+            Self::Metric { name, value, unit } => nested(12, buf, |buf| {
+                text(1, name, buf);
+                double(2, *value, buf);
+                text(3, unit, buf);
+            }),
+        }
+    }
+}
+
+/// A varint field (uint32, uint64, int64 and int32 alike: negative ones
+/// as their 64-bit two's complement, as protobuf has it), unless 0.
+fn uint(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+}
+
+/// A double field, unless 0.
+fn double(tag: u32, value: f64, buf: &mut Vec<u8>) {
+    if value != 0.0 {
+        encode_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// A string field, unless empty.
+fn text(tag: u32, value: &str, buf: &mut Vec<u8>) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.extend_from_slice(value.as_bytes());
+    }
+}
+
+/// A message field written by `body`: its length goes first, so one byte
+/// is set aside for it and widened afterwards in the rare case it needs
+/// more (a message of 128 bytes or over).
+fn nested(tag: u32, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    let at = buf.len();
+    buf.push(0);
+    body(buf);
+    let len = buf.len() - at - 1;
+    if let Ok(byte @ 0..=127) = u8::try_from(len) {
+        buf[at] = byte;
+    } else {
+        let mut prefix = Vec::with_capacity(3);
+        encode_varint(len as u64, &mut prefix);
+        buf.splice(at..=at, prefix);
+    }
 }
 
 /// The payload kinds a generated event can have, in `Mix` order.
@@ -150,9 +292,13 @@ impl Fleet {
                     ..Event::default()
                 }
                 .encode_to_vec();
+                let id = format!("{prefix}-{i:05}");
+                let mut id_wire = Vec::new();
+                text(2, &id, &mut id_wire);
                 Device {
-                    id: format!("{prefix}-{i:05}"),
+                    id,
                     labels,
+                    id_wire,
                     labels_wire,
                     util: rng.random_range(0.2..0.9),
                     temp: rng.random_range(45.0..75.0),
@@ -160,11 +306,15 @@ impl Fleet {
                 }
             })
             .collect();
+        let mut run_id_wire = Vec::new();
+        text(5, run_id, &mut run_id_wire);
         Self {
             devices,
             mix: [mix.gpu, mix.tokens, mix.metric],
             rng,
             run_id: run_id.to_owned(),
+            run_id_wire,
+            observed_wire: None,
             next: 0,
         }
     }
@@ -173,48 +323,79 @@ impl Fleet {
     /// around the device's baseline. Event ids are `<run_id>-<n>`, unique
     /// within the run.
     pub fn next_event(&mut self, observed_at: SystemTime) -> (Event, Kind) {
-        let (mut event, device, kind) = self.generate(observed_at);
-        if let Some(device) = self.devices.get(device) {
-            event.labels = device.labels.iter().cloned().collect();
-        }
-        (event, kind)
+        let (n, index, sample) = self.generate();
+        let device = self.devices.get(index);
+        let event = Event {
+            event_id: format!("{}-{n}", self.run_id),
+            device_id: device.map(|d| d.id.clone()).unwrap_or_default(),
+            observed_at: Some(observed_at.into()),
+            labels: device
+                .map(|d| d.labels.iter().cloned().collect())
+                .unwrap_or_default(),
+            run_id: self.run_id.clone(),
+            payload: Some(sample.to_payload()),
+        };
+        (event, sample.kind())
     }
 
     /// [`Self::next_event`], encoded at the end of `buf`: the same event
-    /// on the wire, with the device's labels spliced in already encoded.
-    pub fn next_event_into(&mut self, observed_at: SystemTime, buf: &mut BytesMut) -> Kind {
-        let (event, device, kind) = self.generate(observed_at);
-        // Encoding into a growable buffer cannot fail.
-        let _ = event.encode(buf);
-        if let Some(device) = self.devices.get(device) {
+    /// on the wire, as prost encodes it but with the labels last. Written
+    /// field by field from parts encoded once (the device's id and labels,
+    /// the run id, the batch's `observed_at`), without building an `Event`
+    /// (a dozen allocations) or encoding one through prost: this is the
+    /// simulator's hot path (`sim/generate` in `bench/benches`).
+    pub fn next_event_into(&mut self, observed_at: SystemTime, buf: &mut Vec<u8>) -> Kind {
+        let (n, index, sample) = self.generate();
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(n);
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint((self.run_id.len() + 1 + n.len()) as u64, buf);
+        buf.extend_from_slice(self.run_id.as_bytes());
+        buf.push(b'-');
+        buf.extend_from_slice(n.as_bytes());
+        let device = self.devices.get(index);
+        if let Some(device) = device {
+            buf.extend_from_slice(&device.id_wire);
+        }
+        match &self.observed_wire {
+            Some((at, wire)) if *at == observed_at => buf.extend_from_slice(wire),
+            _ => {
+                let ts = prost_types::Timestamp::from(observed_at);
+                let mut wire = Vec::with_capacity(16);
+                nested(3, &mut wire, |wire| {
+                    uint(1, ts.seconds as u64, wire);
+                    uint(2, i64::from(ts.nanos) as u64, wire);
+                });
+                buf.extend_from_slice(&wire);
+                self.observed_wire = Some((observed_at, wire));
+            }
+        }
+        buf.extend_from_slice(&self.run_id_wire);
+        sample.encode(buf);
+        if let Some(device) = device {
             buf.extend_from_slice(&device.labels_wire);
         }
-        kind
+        sample.kind()
     }
 
-    /// The next event without its labels, and its device's index.
-    fn generate(&mut self, observed_at: SystemTime) -> (Event, usize, Kind) {
+    /// The next event's number, device index and payload.
+    fn generate(&mut self) -> (u64, usize, Sample) {
         let n = self.next;
         self.next += 1;
         let rng = &mut self.rng;
         let index = (n % self.devices.len().max(1) as u64) as usize;
         let device = &self.devices[index];
-        let (payload, kind) = match pick(&self.mix, rng) {
+        let sample = match pick(&self.mix, rng) {
             0 => {
                 let util = (device.util + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0);
-                (
-                    Payload::Gpu(GpuSample {
-                        gpu_index: rng.random_range(0..4),
-                        utilization: util,
-                        memory_used_bytes: (GPU_MEMORY as f64 * util * 0.9) as u64,
-                        memory_total_bytes: GPU_MEMORY,
-                        temperature_celsius: device.temp
-                            + util * 10.0
-                            + rng.random_range(-2.0..2.0),
-                        power_watts: device.power * (0.5 + util / 2.0),
-                    }),
-                    Kind::Gpu,
-                )
+                Sample::Gpu(GpuSample {
+                    gpu_index: rng.random_range(0..4),
+                    utilization: util,
+                    memory_used_bytes: (GPU_MEMORY as f64 * util * 0.9) as u64,
+                    memory_total_bytes: GPU_MEMORY,
+                    temperature_celsius: device.temp + util * 10.0 + rng.random_range(-2.0..2.0),
+                    power_watts: device.power * (0.5 + util / 2.0),
+                })
             }
             1 => {
                 // Heavy-tailed token counts (Pareto, alpha 1.5), latency
@@ -227,38 +408,24 @@ impl Fleet {
                 let latency = Duration::from_secs_f64(
                     0.05 + completion as f64 * 0.015 * rng.random_range(0.8..1.2),
                 );
-                (
-                    Payload::Tokens(TokenUsage {
-                        model: MODELS[rng.random_range(0..MODELS.len())].to_owned(),
-                        tenant: TENANTS[rng.random_range(0..TENANTS.len())].to_owned(),
-                        prompt_tokens: prompt,
-                        completion_tokens: completion,
-                        latency: prost_types::Duration::try_from(latency).ok(),
-                    }),
-                    Kind::Tokens,
-                )
+                Sample::Tokens {
+                    model: MODELS[rng.random_range(0..MODELS.len())],
+                    tenant: TENANTS[rng.random_range(0..TENANTS.len())],
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    latency: prost_types::Duration::try_from(latency).ok(),
+                }
             }
             _ => {
                 let (name, unit) = METRICS[rng.random_range(0..METRICS.len())];
-                (
-                    Payload::Metric(Metric {
-                        name: name.to_owned(),
-                        value: rng.random_range(0.0..100.0),
-                        unit: unit.to_owned(),
-                    }),
-                    Kind::Metric,
-                )
+                Sample::Metric {
+                    name,
+                    value: rng.random_range(0.0..100.0),
+                    unit,
+                }
             }
         };
-        let event = Event {
-            event_id: format!("{}-{n}", self.run_id),
-            device_id: device.id.clone(),
-            observed_at: Some(observed_at.into()),
-            labels: std::collections::HashMap::new(),
-            run_id: self.run_id.clone(),
-            payload: Some(payload),
-        };
-        (event, index, kind)
+        (n, index, sample)
     }
 }
 
@@ -328,19 +495,53 @@ mod tests {
         assert!(parse_weights("gpu=-1", &["gpu"]).is_err());
     }
 
+    /// A payload of 128 bytes or more gets its length widened in place.
+    #[test]
+    fn long_payloads_are_encoded_as_prost_does() {
+        for len in [100, 127, 128, 200, 20_000] {
+            let name: &'static str = Box::leak("m".repeat(len).into_boxed_str());
+            let sample = Sample::Metric {
+                name,
+                value: 1.5,
+                unit: "By",
+            };
+            let mut ours = vec![7];
+            sample.encode(&mut ours);
+            let mut prost = vec![7];
+            sample.to_payload().encode(&mut prost);
+            assert_eq!(ours, prost, "name of {len}");
+        }
+    }
+
     /// An event encoded by `next_event_into` decodes to the one
-    /// `next_event` makes from the same seed.
+    /// `next_event` makes from the same seed and is, up to its labels
+    /// (last), byte for byte prost's encoding of it, for every payload kind, as `observed_at` changes
+    /// (nanoseconds or not) and past one-byte lengths (a long run id).
     #[test]
     fn encoded_events_are_the_events() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut a = Fleet::new(5, "d", &archs(), Mix::default(), 7, "run");
-        let mut b = Fleet::new(5, "d", &archs(), Mix::default(), 7, "run");
-        let mut buf = BytesMut::new();
-        for _ in 0..20 {
-            let (event, kind) = a.next_event(t);
-            let encoded_kind = b.next_event_into(t, &mut buf);
-            let decoded = Event::decode(buf.split().freeze()).unwrap();
-            assert_eq!((decoded, encoded_kind), (event, kind));
+        let long_run = "r".repeat(200);
+        for run_id in ["run", long_run.as_str()] {
+            let mut a = Fleet::new(5, "d", &archs(), Mix::default(), 7, run_id);
+            let mut b = Fleet::new(5, "d", &archs(), Mix::default(), 7, run_id);
+            let mut kinds = Vec::new();
+            for i in 0..300u64 {
+                let t = SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(1_700_000_000 + i / 100)
+                    + Duration::from_nanos((i / 50) % 2 * 123_456_789);
+                let (mut event, kind) = a.next_event(t);
+                let mut buf = Vec::new();
+                let encoded_kind = b.next_event_into(t, &mut buf);
+                assert_eq!(Event::decode(buf.as_slice()).unwrap(), event, "event {i}");
+                assert_eq!(encoded_kind, kind);
+                // Labels are a map, its order a map's: compared decoded.
+                event.labels.clear();
+                let unlabelled = event.encode_to_vec();
+                assert_eq!(&buf[..unlabelled.len()], unlabelled, "event {i}");
+                kinds.push(kind);
+            }
+            for kind in [Kind::Gpu, Kind::Tokens, Kind::Metric] {
+                assert!(kinds.contains(&kind), "{kind:?} never generated");
+            }
         }
     }
 }

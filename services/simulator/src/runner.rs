@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use prost::bytes::{Bytes, BytesMut};
+use prost::bytes::Bytes;
 use rand::Rng as _;
 use testbed_proto::google::rpc;
 use testbed_proto::raw::{RawIngestClient, RawPublishRequest, RawPublishStreamRequest};
@@ -223,14 +223,21 @@ pub async fn run_live(
             () = tokio::time::sleep_until(intended.checked_sub(EARLY).unwrap_or(intended).into()) => {}
         }
         let now = SystemTime::now();
-        // One buffer per batch; each event is a part of it.
-        let mut buf = BytesMut::with_capacity(size * 192);
-        let mut events = Vec::with_capacity(size);
+        // One buffer per batch; each event is a slice of it.
+        let mut buf = Vec::with_capacity(size * 192);
+        let mut ends = Vec::with_capacity(size);
         let mut kinds = Vec::with_capacity(size);
         for _ in 0..size {
             kinds.push(fleet.next_event_into(now, &mut buf));
-            events.push(buf.split().freeze());
+            ends.push(buf.len());
         }
+        let buf = Bytes::from(buf);
+        let events: Vec<Bytes> = ends
+            .iter()
+            .scan(0, |start, &end| {
+                Some(buf.slice(std::mem::replace(start, end)..end))
+            })
+            .collect();
         lock(&figures).update(phase, |f| {
             f.sent += events.len() as u64;
             f.batches += 1;
