@@ -93,8 +93,10 @@ impl EntryMeta {
 
 /// Positions of events whose id already appeared earlier in the same batch
 /// (the batch-level dedupe of idempotent producers still drops those).
+/// Hashed with foldhash (seeded per process), as the fold's maps: SipHash
+/// here was 2% of ingest's CPU.
 pub fn repeated_ids(events: &[AppendEvent<'_>]) -> Vec<u32> {
-    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    let mut seen = foldhash::HashSet::with_capacity_and_hasher(events.len(), Default::default());
     events
         .iter()
         .enumerate()
