@@ -39,16 +39,33 @@ enum MainError {
     Runtime(std::io::Error),
 }
 
-/// `--cpu-class` of `testbed worker`. Refused by `testbed all`, where it
-/// would slow ingest and query too.
-fn cpu_class(command: &Command) -> Result<(), String> {
+/// `--cpu-class` of `testbed worker` (`batch` unless given). Refused by
+/// `testbed all` unless `normal`, where it would slow ingest and query too.
+/// A class given and refused by the platform (a seccomp profile) is an
+/// error; the default refused is a warning, returned to be logged once
+/// logging is up, and the worker runs at the normal class.
+fn cpu_class(command: &Command) -> Result<Option<String>, String> {
     match command {
-        Command::Worker(args) => testbed_worker::cpu::apply_to_this_thread(args.worker.cpu_class),
-        Command::All(args) if args.worker.cpu_class != testbed_worker::CpuClass::Normal => Err(
+        Command::Worker(args) => match args.worker.cpu_class {
+            Some(class) => testbed_worker::cpu::apply_to_this_thread(class).map(|()| None),
+            None => Ok(testbed_worker::cpu::apply_to_this_thread(
+                args.worker.worker_cpu_class(),
+            )
+            .err()
+            .map(|err| format!("{err}; the worker runs at the normal class"))),
+        },
+        Command::All(args)
+            if args
+                .worker
+                .cpu_class
+                .is_some_and(|class| class != testbed_worker::CpuClass::Normal) =>
+        {
+            Err(
             "--cpu-class applies to `testbed worker` only: in `testbed all` it would slow ingest and query as well"
                 .to_owned(),
-        ),
-        _ => Ok(()),
+        )
+        }
+        _ => Ok(None),
     }
 }
 
@@ -61,10 +78,13 @@ fn main() -> ExitCode {
         Err(err) => err.exit(),
     };
     // Before the runtime starts, so that its threads inherit the class.
-    if let Err(err) = cpu_class(&cli.command) {
-        eprintln!("testbed: {err}");
-        return ExitCode::from(2);
-    }
+    let cpu_class_warning = match cpu_class(&cli.command) {
+        Ok(warning) => warning,
+        Err(err) => {
+            eprintln!("testbed: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,6 +105,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if let Some(warning) = cpu_class_warning {
+            tracing::warn!("{warning}");
+        }
         let shutdown = CancellationToken::new();
         // The one shutdown path: signals cancel the root token; every server,
         // stream and background task watches it (or a child of it).

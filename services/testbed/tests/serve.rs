@@ -276,10 +276,13 @@ fn split_services_need_redis() {
 }
 
 /// `--cpu-class` would slow ingest and query too in `testbed all`: refused
-/// with exit 2 and the reason, before anything starts. An unknown class is
-/// a flag error.
-#[test]
-fn cpu_class_is_for_the_worker_only() {
+/// with exit 2 and the reason, before anything starts, unless `normal`
+/// (what `testbed all` runs at). An unknown class is a flag error.
+#[tokio::test]
+async fn cpu_class_is_for_the_worker_only() {
+    let tb = Testbed::start(&["all", "--cpu-class", "normal"]);
+    tb.wait_serving("").await;
+    drop(tb);
     let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
         .args(["all", "--grpc-addr", "127.0.0.1:0", "--cpu-class", "idle"])
         .output()

@@ -122,44 +122,65 @@ async fn two_workers_share_the_group_exactly() {
 }
 
 /// The scheduling policy of every thread of `pid` (field 41 of
-/// `/proc/<pid>/task/<tid>/stat`: 0 normal, 3 batch, 5 idle).
+/// `/proc/<pid>/task/<tid>/stat`: 0 normal, 3 batch, 5 idle) and nice
+/// value (field 19).
 #[cfg(target_os = "linux")]
-fn thread_policies(pid: u32) -> Vec<u32> {
+fn thread_policies(pid: u32) -> Vec<(u32, i32)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
         // Fields after the command name, which is in parentheses: field 3 on.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let policy = rest.split(' ').nth(41 - 3).unwrap();
-        out.push(policy.parse().unwrap());
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        out.push((
+            fields[41 - 3].parse().unwrap(),
+            fields[19 - 3].parse().unwrap(),
+        ));
     }
     out
 }
 
 /// `--cpu-class idle` puts every thread of a running worker (the runtime's
 /// workers, blocking pool and all) in SCHED_IDLE, and it still works;
-/// without the flag they stay at the normal policy.
+/// without the flag they are SCHED_BATCH at nice 19, with `normal` at the
+/// normal policy and nice 0.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_class_idle_covers_every_worker_thread() {
     const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
     const SCHED_IDLE: u32 = 5;
     let redis = RedisServer::start();
     let url = redis.url();
-    let mut args = vec!["worker", "--redis-url", url.as_str(), "--cpu-class", "idle"];
-    args.extend(WORKER_FLAGS);
-    let idle = Testbed::start(&args);
+    let with_class = |class: &'static str| {
+        let mut args = vec!["worker", "--redis-url", url.as_str(), "--cpu-class", class];
+        args.extend(WORKER_FLAGS);
+        Testbed::start(&args)
+    };
+    let idle = with_class("idle");
     idle.wait_serving("testbed.v1.WorkerControlService").await;
-    let normal = start_worker(&redis);
+    let default = start_worker(&redis);
+    default
+        .wait_serving("testbed.v1.WorkerControlService")
+        .await;
+    let normal = with_class("normal");
     normal.wait_serving("testbed.v1.WorkerControlService").await;
 
-    let policies = thread_policies(idle.pid());
-    assert!(policies.len() > 1, "{policies:?}");
-    assert!(policies.iter().all(|p| *p == SCHED_IDLE), "{policies:?}");
-    let policies = thread_policies(normal.pid());
-    assert!(policies.iter().all(|p| *p == SCHED_OTHER), "{policies:?}");
+    for (worker, policy, nice) in [
+        (&idle, SCHED_IDLE, 0),
+        (&default, SCHED_BATCH, 19),
+        (&normal, SCHED_OTHER, 0),
+    ] {
+        let threads = thread_policies(worker.pid());
+        assert!(threads.len() > 1, "{threads:?}");
+        assert!(
+            threads.iter().all(|t| *t == (policy, nice)),
+            "want {:?}: {threads:?}",
+            (policy, nice)
+        );
+    }
 
-    // The idle worker still folds: with the normal one stopped, it drains.
+    // The idle worker still folds: with the others stopped, it drains.
+    drop(default);
     drop(normal);
     let log = redis_log(&redis).await;
     let pipe = InProcess::start(&log, IngestConfig::default(), None).await;

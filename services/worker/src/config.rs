@@ -16,12 +16,12 @@ pub enum QueueTraceMode {
 }
 
 /// The Linux scheduling class of the worker's threads (`--cpu-class`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CpuClass {
     /// `SCHED_OTHER`, like every other process.
-    #[default]
     Normal,
-    /// `SCHED_BATCH` at nice 19: never preempts a waking task.
+    /// `SCHED_BATCH` at nice 19: never preempts a waking task. The
+    /// default of `testbed worker`.
     Batch,
     /// `SCHED_IDLE`: runs only on CPU time nothing else wants.
     Idle,
@@ -119,18 +119,23 @@ pub struct WorkerConfig {
     #[arg(long, env = "TESTBED_QUEUE_TRACE_MODE", value_enum, default_value_t = QueueTraceMode::Parent)]
     pub queue_trace_mode: QueueTraceMode,
 
-    /// Scheduling class of the worker's threads, for a node it shares with
-    /// latency-sensitive processes (ingest, Redis, an inference server):
-    /// folding is batch work whose delay only adds to the aggregates' lag,
-    /// while an append's latency is what producers wait on. With `idle`
-    /// the worker runs only on CPU time nothing else wants: on a node that
-    /// is busy for long, its backlog grows until ingest's backpressure
-    /// refuses appends, so give it CPU of its own (a request) there.
-    /// `testbed worker` only; Linux (elsewhere only `normal`). In one 2-core
-    /// benchmark host (bench/README.md) `idle` took the batch-ack p99 at
-    /// 248k events/s from about 10 to 7 ms.
-    #[arg(long, env = "TESTBED_WORKER_CPU_CLASS", value_enum, default_value_t = CpuClass::Normal)]
-    pub cpu_class: CpuClass,
+    /// Scheduling class of the worker's threads (default `batch`), for a
+    /// host it shares with latency-sensitive processes (ingest, Redis, an
+    /// inference server): folding is batch work whose delay only adds to
+    /// the aggregates' lag, while an append's latency is what producers
+    /// wait on. `batch` (`SCHED_BATCH` at nice 19) lets those processes
+    /// take the core first and the worker have the rest; `idle`
+    /// (`SCHED_IDLE`) runs it only on CPU time nothing else wants, so on a
+    /// host busy for long its backlog grows until ingest's backpressure
+    /// refuses appends; `normal` competes as an equal. The class only
+    /// orders threads of one cgroup: containers (a pod, a compose
+    /// service) share a node by their CPU weights (requests) instead.
+    /// `testbed worker` only (in `testbed all` it would slow ingest and
+    /// query too); Linux (elsewhere only `normal`). On the 2-core
+    /// benchmark host (bench/README.md) `batch` took the batch-ack p99 at
+    /// 464k events/s from 4.2-5.5 ms to 2.9-3.5 ms.
+    #[arg(long, env = "TESTBED_WORKER_CPU_CLASS", value_enum)]
+    pub cpu_class: Option<CpuClass>,
 
     /// Deliveries after which a failing entry is dead-lettered.
     #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
@@ -152,7 +157,7 @@ impl Default for WorkerConfig {
             maintenance_interval: Duration::from_secs(5),
             trim_interval: Duration::from_millis(250),
             max_deliveries: 5,
-            cpu_class: CpuClass::Normal,
+            cpu_class: None,
             queue_trace_mode: QueueTraceMode::Parent,
             control_interval: Duration::from_millis(250),
             heartbeat_interval: Duration::from_secs(1),
@@ -161,6 +166,12 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The class of `testbed worker`'s threads: `--cpu-class`, `batch`
+    /// when not given.
+    pub fn worker_cpu_class(&self) -> CpuClass {
+        self.cpu_class.unwrap_or(CpuClass::Batch)
+    }
+
     /// The consumer name: the configured one, or `<host>-<pid>-<nanos>`.
     pub fn consumer(&self) -> String {
         if let Some(name) = &self.consumer_name {
