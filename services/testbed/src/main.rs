@@ -46,14 +46,13 @@ enum MainError {
 /// logging is up, and the worker runs at the normal class.
 fn cpu_class(command: &Command) -> Result<Option<String>, String> {
     match command {
-        Command::Worker(args) => match args.worker.cpu_class {
-            Some(class) => testbed_worker::cpu::apply_to_this_thread(class).map(|()| None),
-            None => Ok(testbed_worker::cpu::apply_to_this_thread(
-                args.worker.worker_cpu_class(),
-            )
-            .err()
-            .map(|err| format!("{err}; the worker runs at the normal class"))),
-        },
+        Command::Worker(args) => {
+            match testbed_worker::cpu::apply_to_this_thread(args.worker.worker_cpu_class()) {
+                Ok(()) => Ok(None),
+                Err(err) if args.worker.cpu_class.is_some() => Err(err),
+                Err(err) => Ok(Some(format!("{err}; the worker runs at the normal class"))),
+            }
+        }
         Command::All(args)
             if args
                 .worker
