@@ -54,8 +54,9 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (Redis outage); [`RedisServer::restart`] brings it
-    /// back on the same port, empty.
+    /// Kills the server (SIGKILL: a Redis outage); [`RedisServer::restart`]
+    /// brings it back on the same port and data directory (empty unless it
+    /// was started with persistence, e.g. `--appendonly yes`).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -75,6 +76,24 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the server and starts it again on the same port with its data
+    /// directory emptied: a Redis that comes back with nothing (no AOF, a
+    /// lost volume).
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+        self.restart();
     }
 
     /// Sends one command in RESP and returns the raw first reply line.

@@ -190,3 +190,124 @@ fn ack(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prost::Message as _;
+    use testbed_proto::google::rpc;
+    use testbed_stream::StoreError;
+
+    use super::*;
+    use crate::error::IngestError;
+
+    /// How many refusals [`variant`] tells apart.
+    const VARIANTS: usize = 8;
+
+    /// Which refusal `err` is. Exhaustive on purpose: a new `IngestError`
+    /// or `StoreError` variant does not compile until it has a number here,
+    /// and the test below fails until [`every_refusal`] builds one.
+    fn variant(err: &IngestError) -> usize {
+        match err {
+            IngestError::EmptyBatch { .. } => 0,
+            IngestError::BatchTooLarge { .. } => 1,
+            IngestError::InvalidProducer(_) => 2,
+            IngestError::SequenceTooLarge(_) => 3,
+            IngestError::Backpressure { .. } => 4,
+            IngestError::Store(StoreError::Unavailable(_)) => 5,
+            IngestError::Store(StoreError::Protocol(_)) => 6,
+            IngestError::Store(StoreError::StaleSequence { .. }) => 7,
+        }
+    }
+
+    /// One refusal of every kind.
+    fn every_refusal() -> Vec<IngestError> {
+        vec![
+            IngestError::EmptyBatch { field: "events" },
+            IngestError::BatchTooLarge {
+                field: "events",
+                len: 5,
+                max: 2,
+            },
+            IngestError::InvalidProducer("too long".into()),
+            IngestError::SequenceTooLarge(1 << 60),
+            IngestError::Backpressure {
+                partition: 1,
+                backlog: 10,
+                limit: 5,
+                retry_after: Duration::from_millis(1500),
+            },
+            IngestError::Store(StoreError::Unavailable("Connection refused".into())),
+            IngestError::Store(StoreError::Protocol("boom".into())),
+            IngestError::Store(StoreError::StaleSequence {
+                producer_id: "sim-1".into(),
+                sequence: 3,
+                highest: 70_000,
+                window: 65_536,
+            }),
+        ]
+    }
+
+    /// Every refused stream batch is acknowledged with the code, message
+    /// and details the unary call answers with, never as OK (a refusal
+    /// without details, such as UNAVAILABLE, once decoded as code 0).
+    #[test]
+    fn stream_ack_of_every_refusal_matches_the_unary_error() {
+        let mut seen = [false; VARIANTS];
+        for (err, same) in every_refusal().into_iter().zip(every_refusal()) {
+            let which = variant(&err);
+            seen[which] = true;
+            let unary = Status::from(same);
+            let ack = ack(7, Err(err));
+            assert_eq!(ack.sequence, 7);
+            assert_eq!(ack.accepted_count, 0, "variant {which}");
+            assert!(ack.rejections.is_empty(), "variant {which}");
+            let status = ack.status.expect("a refused batch carries a status");
+            assert_ne!(unary.code(), tonic::Code::Ok, "variant {which}");
+            assert_eq!(status.code, unary.code() as i32, "variant {which}");
+            assert_eq!(status.message, unary.message(), "variant {which}");
+            let details = if unary.details().is_empty() {
+                Vec::new()
+            } else {
+                rpc::Status::decode(unary.details()).unwrap().details
+            };
+            assert_eq!(status.details, details, "variant {which}");
+        }
+        assert_eq!(seen, [true; VARIANTS], "every_refusal misses a variant");
+    }
+
+    /// The details that matter to a client survive: the field of a bad
+    /// request and the retry delay of backpressure.
+    #[test]
+    fn stream_ack_keeps_field_violations_and_retry_info() {
+        let refusals = every_refusal();
+        let by_variant = |n: usize| {
+            let err = every_refusal()
+                .into_iter()
+                .find(|e| variant(e) == n)
+                .unwrap();
+            ack(1, Err(err)).status.unwrap()
+        };
+        assert_eq!(refusals.len(), VARIANTS);
+        let bad = by_variant(1);
+        assert_eq!(
+            bad.details[0].type_url,
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
+        let bad = rpc::BadRequest::decode(bad.details[0].value.as_slice()).unwrap();
+        assert_eq!(bad.field_violations[0].field, "events");
+        let busy = by_variant(4);
+        let info = rpc::RetryInfo::decode(busy.details[0].value.as_slice()).unwrap();
+        assert_eq!(
+            info.retry_delay,
+            Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        let down = by_variant(5);
+        assert_eq!(down.code, tonic::Code::Unavailable as i32);
+        assert!(down.message.contains("Connection refused"), "{down:?}");
+    }
+}

@@ -99,8 +99,11 @@ pub enum SimError {
     /// --verify found a difference (the report has the details).
     #[error("verification FAILED: {0}")]
     VerifyFailed(String),
-    /// Some batches were never accepted.
-    #[error("{0} events were never accepted (see the status codes in the report)")]
+    /// Some events were never acknowledged (given up, or unanswered when
+    /// the run ended).
+    #[error(
+        "{0} events were never acknowledged (see the status codes and re-sent batches in the report)"
+    )]
     Undelivered(u64),
 }
 
@@ -184,7 +187,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         let verification = verify::verify(
             channel,
             &run_id,
-            figures.total.accepted_kinds,
+            &verify::Expectation::of(&figures.total),
             args.verify_timeout,
         )
         .await
@@ -219,8 +222,9 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
     {
         return Err(SimError::VerifyFailed(v.diff.join("; ")));
     }
-    if figures.total.failed > 0 {
-        return Err(SimError::Undelivered(figures.total.failed));
+    let undelivered = figures.total.failed + figures.total.unanswered();
+    if undelivered > 0 {
+        return Err(SimError::Undelivered(undelivered));
     }
     Ok(())
 }

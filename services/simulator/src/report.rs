@@ -67,6 +67,15 @@ pub struct Section {
     pub retried_batches: u64,
     /// Events given up.
     pub failed: u64,
+    /// Events sent and never answered (in flight or queued when the
+    /// drain timeout ended).
+    pub unanswered: u64,
+    /// Batches re-sent, by why: a refusal's status code name
+    /// (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, ...), `PROTOCOL_ERROR`, or
+    /// `STREAM_BROKEN`.
+    pub resent_batches: std::collections::BTreeMap<String, u64>,
+    /// OK answers that broke the contract (the batch was re-sent).
+    pub protocol_errors: u64,
     /// Batch-ack latency from the intended send time.
     pub latency: Latency,
     /// Outcomes by status code.
@@ -87,6 +96,9 @@ impl Section {
             duplicates: f.duplicates,
             retried_batches: f.retried,
             failed: f.failed,
+            unanswered: f.unanswered(),
+            resent_batches: f.resent.clone(),
+            protocol_errors: f.protocol_errors,
             latency: Latency::of(f),
             status_codes: f.status_codes.clone(),
         }
@@ -187,6 +199,18 @@ impl Report {
             "events   sent {}  accepted {}  rejected {}  duplicates {}  failed {}  retried batches {}\n",
             t.sent, t.accepted, t.rejected, t.duplicates, t.failed, t.retried_batches
         ));
+        if !t.resent_batches.is_empty() || t.protocol_errors > 0 || t.unanswered > 0 {
+            out.push_str(&format!(
+                "re-sent  {}  protocol errors {}  unanswered {}\n",
+                if t.resent_batches.is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("batches {}", crate::verify::reasons(&t.resent_batches))
+                },
+                t.protocol_errors,
+                t.unanswered
+            ));
+        }
         out.push_str("latency  (batch ack, from intended send time)\n");
         out.push_str(&format!(
             "         p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms\n",

@@ -29,7 +29,7 @@ use tonic_types::StatusExt as _;
 
 use crate::fleet::{Fleet, Kind};
 use crate::scenario::Scenario;
-use crate::stats::RunFigures;
+use crate::stats::{RunFigures, code_name};
 
 /// One batch, as scheduled.
 #[derive(Debug, Clone)]
@@ -241,6 +241,9 @@ pub async fn run_live(
         lock(&figures).update(phase, |f| {
             f.sent += events.len() as u64;
             f.batches += 1;
+            for kind in &kinds {
+                f.sent_kinds[*kind as usize] += 1;
+            }
         });
         sim_metrics().sent.add(events.len() as u64, &[]);
         let span = tracing::info_span!(
@@ -315,23 +318,21 @@ fn rpc_retry_hint(status: &rpc::Status) -> Option<Duration> {
         })
 }
 
-/// Either re-queues `batch` after a delay or records it as failed.
+/// Either re-queues `batch` after `delay` (counted as re-sent for
+/// `reason`) or, with no delay or no retries left, records it as failed.
 fn retry_or_fail(
     batch: Batch,
-    code: Code,
-    hint: Option<Duration>,
+    reason: &str,
+    delay: Option<Duration>,
     retry_tx: &mpsc::UnboundedSender<Batch>,
     figures: &Shared,
     options: &SendOptions,
 ) {
     let phase = batch.phase;
-    match retry_after(code, hint, batch.attempts) {
+    let n = batch.events.len() as u64;
+    match delay {
         Some(delay) if batch.attempts < options.max_retries => {
-            let n = batch.events.len() as u64;
-            lock(figures).update(phase, |f| {
-                f.retried += 1;
-                f.retried_events += n;
-            });
+            lock(figures).update(phase, |f| f.count_resent(reason, n));
             let tx = retry_tx.clone();
             let mut batch = batch;
             batch.attempts += 1;
@@ -340,12 +341,99 @@ fn retry_or_fail(
                 let _ = tx.send(batch);
             });
         }
-        _ => lock(figures).update(phase, |f| {
-            f.failed_batches += 1;
-            f.failed += batch.events.len() as u64;
-        }),
+        _ => {
+            tracing::debug!(
+                sequence = batch.seq,
+                reason,
+                attempts = batch.attempts,
+                "batch given up"
+            );
+            lock(figures).update(phase, |f| f.count_failed(batch.seq, n));
+        }
     }
 }
+
+/// A refused batch: counted under its code, then re-sent if the code is
+/// retryable and retries are left, else given up.
+fn refused(
+    batch: Batch,
+    code: Code,
+    hint: Option<Duration>,
+    retry_tx: &mpsc::UnboundedSender<Batch>,
+    figures: &Shared,
+    options: &SendOptions,
+) {
+    lock(figures).update(batch.phase, |f| f.count_status(code));
+    let delay = retry_after(code, hint, batch.attempts);
+    retry_or_fail(batch, &code_name(code), delay, retry_tx, figures, options);
+}
+
+/// Why an OK answer for a batch of `events` events breaks the contract of
+/// `PublishResponse` / `PublishStreamResponse`, if it does: accepted and
+/// rejected events add up to the batch, rejections are in request order
+/// and in range, duplicates are among the accepted.
+pub fn contract_violation(
+    events: usize,
+    accepted: u32,
+    duplicates: u32,
+    rejections: &[u32],
+) -> Option<String> {
+    if accepted as usize + rejections.len() != events {
+        return Some(format!(
+            "accepted_count {accepted} + {} rejections != {events} events in the batch",
+            rejections.len()
+        ));
+    }
+    if let Some(index) = rejections.iter().find(|&&i| i as usize >= events) {
+        return Some(format!(
+            "rejection index {index} is out of range for {events} events"
+        ));
+    }
+    if rejections.windows(2).any(|w| w[0] >= w[1]) {
+        return Some(format!(
+            "rejection indexes {rejections:?} are not in request order"
+        ));
+    }
+    if duplicates > accepted {
+        return Some(format!(
+            "duplicate_count {duplicates} is over accepted_count {accepted}"
+        ));
+    }
+    None
+}
+
+/// An OK answer that broke the contract: counted as a protocol error
+/// (the first one of the run logged as a warning, with its sequence) and
+/// the batch re-sent; the idempotent producer makes the re-send exact.
+fn protocol_error(
+    batch: Batch,
+    why: &str,
+    retry_tx: &mpsc::UnboundedSender<Batch>,
+    figures: &Shared,
+    options: &SendOptions,
+) {
+    let first = {
+        let mut f = lock(figures);
+        f.update(batch.phase, |f| f.protocol_errors += 1);
+        f.total.protocol_errors == 1
+    };
+    if first {
+        tracing::warn!(
+            sequence = batch.seq,
+            why,
+            "ingest answered a batch OK against the contract: re-sending it (later ones are counted in the report, not logged)"
+        );
+    } else {
+        tracing::debug!(sequence = batch.seq, why, "protocol error: re-sending");
+    }
+    let delay = retry_after(Code::Unavailable, None, batch.attempts);
+    retry_or_fail(batch, PROTOCOL_ERROR, delay, retry_tx, figures, options);
+}
+
+/// The re-send reason of a contract-breaking OK answer.
+pub const PROTOCOL_ERROR: &str = "PROTOCOL_ERROR";
+/// The re-send reason of batches unacknowledged on a stream that ended.
+pub const STREAM_BROKEN: &str = "STREAM_BROKEN";
 
 /// The simulator's instruments (`sim_events_sent_total`,
 /// `sim_events_acked_total`, `sim_batch_latency_seconds`), made once.
@@ -388,9 +476,14 @@ fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], f
     let metrics = sim_metrics();
     metrics.acked.add(u64::from(accepted), &[]);
     metrics.latency.record(latency.as_secs_f64(), &[]);
+    // Per kind, from the positions the answer names (the contract was
+    // checked: accepted and rejected add up to the batch).
     let mut kinds = [0u64; 3];
+    let mut rejected_kinds = [0u64; 3];
     for (i, kind) in batch.kinds.iter().enumerate() {
-        if !rejected.contains(&(i as u32)) {
+        if rejected.binary_search(&(i as u32)).is_ok() {
+            rejected_kinds[*kind as usize] += 1;
+        } else {
             kinds[*kind as usize] += 1;
         }
     }
@@ -400,8 +493,9 @@ fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], f
         f.accepted += u64::from(accepted);
         f.duplicates += u64::from(duplicates);
         f.rejected += rejected.len() as u64;
-        for (k, n) in kinds.iter().enumerate() {
-            f.accepted_kinds[k] += n;
+        for k in 0..3 {
+            f.accepted_kinds[k] += kinds[k];
+            f.rejected_kinds[k] += rejected_kinds[k];
         }
     });
 }
@@ -512,10 +606,7 @@ async fn stream_lane(
         again.sort_by_key(|b| b.seq);
         for mut batch in again {
             let n = batch.events.len() as u64;
-            lock(&figures).update(batch.phase, |f| {
-                f.retried += 1;
-                f.retried_events += n;
-            });
+            lock(&figures).update(batch.phase, |f| f.count_resent(STREAM_BROKEN, n));
             batch.attempts += 1;
             resend.push(batch);
         }
@@ -532,23 +623,39 @@ fn handle_stream_ack(
     options: &SendOptions,
 ) {
     let Some(batch) = in_flight.remove(&ack.sequence) else {
+        // Not a batch of this stream (or answered twice): nothing to
+        // settle, but the server broke the one-answer-per-batch contract.
+        lock(figures).total.protocol_errors += 1;
+        tracing::warn!(
+            sequence = ack.sequence,
+            "ingest acknowledged a sequence that is not in flight on this stream"
+        );
         return;
     };
+    // An absent status and one with code 0 both mean OK; the contract is
+    // checked rather than trusted (a refusal once arrived as code 0).
     match ack.status.as_ref().filter(|s| s.code != 0) {
         None => {
             let rejected: Vec<u32> = ack.rejections.iter().map(|r| r.index).collect();
-            record_ack(
-                &batch,
+            match contract_violation(
+                batch.events.len(),
                 ack.accepted_count,
                 ack.duplicate_count,
                 &rejected,
-                figures,
-            );
+            ) {
+                None => record_ack(
+                    &batch,
+                    ack.accepted_count,
+                    ack.duplicate_count,
+                    &rejected,
+                    figures,
+                ),
+                Some(why) => protocol_error(batch, &why, retry_tx, figures, options),
+            }
         }
         Some(status) => {
             let code = Code::from_i32(status.code);
-            lock(figures).update(batch.phase, |f| f.count_status(code));
-            retry_or_fail(
+            refused(
                 batch,
                 code,
                 rpc_retry_hint(status),
@@ -598,12 +705,14 @@ async fn unary_lane(
                         Ok(r) => {
                             let r = r.into_inner();
                             let rejected: Vec<u32> = r.rejections.iter().map(|x| x.index).collect();
-                            record_ack(&batch, r.accepted_count, r.duplicate_count, &rejected, &figures);
+                            match contract_violation(batch.events.len(), r.accepted_count, r.duplicate_count, &rejected) {
+                                None => record_ack(&batch, r.accepted_count, r.duplicate_count, &rejected, &figures),
+                                Some(why) => protocol_error(batch, &why, &retry_tx, &figures, &options),
+                            }
                         }
                         Err(status) => {
-                            lock(&figures).update(batch.phase, |f| f.count_status(status.code()));
                             let hint = status.get_details_retry_info().and_then(|i| i.retry_delay);
-                            retry_or_fail(batch, status.code(), hint, &retry_tx, &figures, &options);
+                            refused(batch, status.code(), hint, &retry_tx, &figures, &options);
                         }
                     }
                 });
@@ -628,5 +737,29 @@ mod tests {
         assert_eq!(latency_origin(intended, early), early);
         assert_eq!(latency_origin(intended, late), intended);
         assert_eq!(latency_origin(intended, intended), intended);
+    }
+
+    /// An OK answer must account for every event of the batch; a refusal
+    /// decoded as OK (no events accepted, none rejected) does not.
+    #[test]
+    fn ok_answers_are_checked_against_the_contract() {
+        assert_eq!(contract_violation(10, 8, 2, &[3, 7]), None);
+        assert_eq!(contract_violation(10, 10, 10, &[]), None);
+        assert_eq!(
+            contract_violation(30, 0, 0, &[]).as_deref(),
+            Some("accepted_count 0 + 0 rejections != 30 events in the batch")
+        );
+        assert_eq!(
+            contract_violation(3, 2, 0, &[3]).as_deref(),
+            Some("rejection index 3 is out of range for 3 events")
+        );
+        assert_eq!(
+            contract_violation(4, 2, 0, &[2, 1]).as_deref(),
+            Some("rejection indexes [2, 1] are not in request order")
+        );
+        assert_eq!(
+            contract_violation(4, 2, 3, &[0, 1]).as_deref(),
+            Some("duplicate_count 3 is over accepted_count 2")
+        );
     }
 }

@@ -39,11 +39,31 @@ pub struct Figures {
     pub failed_batches: u64,
     /// Events in failed batches.
     pub failed: u64,
-    /// Accepted events per kind (gpu, tokens, metric).
+    /// Events sent per kind (gpu, tokens, metric; first attempts).
+    pub sent_kinds: [u64; 3],
+    /// Events the server acknowledged as accepted, per kind: the
+    /// expectation `--verify` checks the pipeline against.
     pub accepted_kinds: [u64; 3],
+    /// Events rejected by validation, per kind.
+    pub rejected_kinds: [u64; 3],
     /// Outcomes by gRPC status code name (one per attempt).
     pub status_codes: BTreeMap<String, u64>,
+    /// Answers that broke the contract: an OK acknowledgement whose
+    /// accepted and rejected events do not add up to the batch, with a
+    /// rejection out of range or out of order, or more duplicates than
+    /// accepted events. The batch is re-sent.
+    pub protocol_errors: u64,
+    /// Batches re-sent, by why: the refusal's status code name
+    /// (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`, ...), `PROTOCOL_ERROR`, or
+    /// `STREAM_BROKEN` (unacknowledged when their stream ended).
+    pub resent: BTreeMap<String, u64>,
+    /// Sequences of the first [`FAILED_SAMPLE`] batches given up, so a
+    /// report can name them.
+    pub failed_sequences: Vec<u64>,
 }
+
+/// How many given-up batch sequences a report names.
+pub const FAILED_SAMPLE: usize = 10;
 
 impl Default for Figures {
     fn default() -> Self {
@@ -58,8 +78,13 @@ impl Default for Figures {
             retried_events: 0,
             failed_batches: 0,
             failed: 0,
+            sent_kinds: [0; 3],
             accepted_kinds: [0; 3],
+            rejected_kinds: [0; 3],
             status_codes: BTreeMap::new(),
+            protocol_errors: 0,
+            resent: BTreeMap::new(),
+            failed_sequences: Vec::new(),
         }
     }
 }
@@ -79,6 +104,39 @@ impl Figures {
     /// Counts an outcome by status code name.
     pub fn count_status(&mut self, code: tonic::Code) {
         *self.status_codes.entry(code_name(code)).or_default() += 1;
+    }
+
+    /// Counts a batch of `events` events re-sent for `reason`.
+    pub fn count_resent(&mut self, reason: &str, events: u64) {
+        self.retried += 1;
+        self.retried_events += events;
+        *self.resent.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Counts batch `seq` of `events` events as given up.
+    pub fn count_failed(&mut self, seq: u64, events: u64) {
+        self.failed_batches += 1;
+        self.failed += events;
+        if self.failed_sequences.len() < FAILED_SAMPLE {
+            self.failed_sequences.push(seq);
+        }
+    }
+
+    /// Events sent that were never acknowledged, per kind: neither accepted
+    /// nor rejected in an OK answer (given up after refusals, or still
+    /// unanswered when the run ended).
+    pub fn unacknowledged_kinds(&self) -> [u64; 3] {
+        std::array::from_fn(|k| {
+            self.sent_kinds[k].saturating_sub(self.accepted_kinds[k] + self.rejected_kinds[k])
+        })
+    }
+
+    /// Events sent and never answered at all (not even given up): still in
+    /// flight or queued when the drain timeout ended.
+    pub fn unanswered(&self) -> u64 {
+        self.sent
+            .saturating_sub(self.accepted + self.rejected)
+            .saturating_sub(self.failed)
     }
 }
 
