@@ -1,4 +1,5 @@
-//! Every key name, in one place.
+//! Every key name, in one place (the fields inside the aggregate keys are
+//! in [`crate::aggregates`]).
 //!
 //! All keys one atomic step touches share the partition's hash tag
 //! `{prefix:pN}`, so on Redis Cluster they live in one slot. Cross-partition
@@ -101,7 +102,8 @@ impl Keys {
     }
 
     /// Per-device, per-minute aggregates (a record of the minute's
-    /// container, [`Keys::device_minutes`]; fields in [`fields`]).
+    /// container, [`Keys::device_minutes`]; fields in
+    /// [`crate::aggregates::device_minute`]).
     pub fn device_minute(&self, p: u32, device: &str, minute: i64) -> String {
         format!("{}#{device}", self.device_minutes(p, minute))
     }
@@ -112,8 +114,8 @@ impl Keys {
         format!("{}:dm/{minute}", self.tag(p))
     }
 
-    /// Per-device state (a record of [`Keys::device_states`]: `seen` Unix
-    /// ms, `labels` JSON object).
+    /// Per-device state (a record of [`Keys::device_states`]; fields in
+    /// [`crate::aggregates::device_state`]).
     pub fn device(&self, p: u32, device: &str) -> String {
         format!("{}#{device}", self.device_states(p))
     }
@@ -130,14 +132,13 @@ impl Keys {
         format!("{}:devices", self.tag(p))
     }
 
-    /// Token usage per minute (hash: `model:<m>:<field>`, `tenant:<t>:<field>`
-    /// with fields n, prompt, completion, lat.sum, and latency histogram
-    /// buckets `…:lat:<bucket>`).
+    /// Token usage per minute (hash; fields in [`crate::aggregates::tokens`]).
     pub fn tokens_minute(&self, p: u32, minute: i64) -> String {
         format!("{}:tok:m:{minute}", self.tag(p))
     }
 
-    /// Delivery ledger of a simulator run (hash: processed, gpu, tokens, metric).
+    /// Delivery ledger of a simulator run in partition `p` (hash; fields in
+    /// [`crate::aggregates::run`]).
     pub fn run(&self, p: u32, run_id: &str) -> String {
         format!("{}:run/{run_id}", self.tag(p))
     }
@@ -191,44 +192,6 @@ pub fn version_of(key: &str) -> Option<String> {
 /// see the module docs), `None` for any other key.
 pub fn record_parts(key: &str) -> Option<(&str, &str)> {
     key.split_once('#')
-}
-
-/// Field names of the per-device, per-minute hash.
-pub mod fields {
-    /// Events of any kind.
-    pub const EVENTS: &str = "n";
-    /// GPU samples.
-    pub const GPU_COUNT: &str = "gpu.n";
-    /// Token usage records.
-    pub const TOKENS_COUNT: &str = "tok.n";
-    /// Prompt tokens (sum).
-    pub const PROMPT_TOKENS: &str = "tok.prompt";
-    /// Completion tokens (sum).
-    pub const COMPLETION_TOKENS: &str = "tok.completion";
-    /// Metric samples (all names).
-    pub const METRIC_COUNT: &str = "metric.n";
-
-    /// GPU utilisation summary (see [`crate::Op::HashSummary`]).
-    pub const GPU_UTIL: &str = "gpu.util";
-    /// GPU memory used (bytes) summary.
-    pub const GPU_MEM: &str = "gpu.mem";
-    /// GPU temperature summary.
-    pub const GPU_TEMP: &str = "gpu.temp";
-    /// GPU power summary.
-    pub const GPU_POWER: &str = "gpu.power";
-    /// Token latency (seconds) summary.
-    pub const TOKENS_LATENCY: &str = "tok.lat";
-
-    /// The summary of metric `name`.
-    pub fn metric(name: &str) -> String {
-        format!("metric:{name}")
-    }
-
-    /// The unit of metric `name` (a separate prefix, so that no metric
-    /// name, dots included, can collide with another's unit).
-    pub fn metric_unit(name: &str) -> String {
-        format!("unit:{name}")
-    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,12 @@
 //!
 //! The same conformance tests run against both (see `tests/`).
 //!
-//! This crate knows nothing of events' meaning: ingest validates and encodes
+//! This crate does not interpret events: ingest validates and encodes
 //! them, the worker decides what aggregates to write. It owns how bytes are
 //! stored, deduplicated (by producer sequence or by event id), acknowledged
-//! and trimmed.
+//! and trimmed, and it is the one home of the names both sides of the
+//! aggregates use ([`keys`] and [`aggregates`]), so the worker that writes
+//! them and the query that reads them cannot disagree.
 //!
 //! # Deduplication
 //! An append is deduplicated one of two ways, both bounded in memory:
@@ -46,9 +48,11 @@
 //! - [`EventLog`] and [`AnyLog`]: the abstraction and the configured backend.
 //! - [`model`]: entries, append and apply outcomes, aggregate operations.
 //! - [`keys`]: every key name, in one place.
+//! - [`aggregates`]: every field name inside the aggregate keys.
 //! - [`memory`], [`redis_log`]: the backends.
 #![forbid(unsafe_code)]
 
+pub mod aggregates;
 mod config;
 mod error;
 pub mod keys;

@@ -346,7 +346,10 @@ impl EventLog for MemoryLog {
                 let key = self.inner.keys.run(partition, event.run_id);
                 let mut kv = self.kv();
                 let keys = [key];
-                kv.apply(&keys, &Op::HashIncr(0, "duplicates".to_owned(), 1));
+                kv.apply(
+                    &keys,
+                    &Op::HashIncr(0, crate::aggregates::run::DUPLICATES.to_owned(), 1),
+                );
                 kv.apply(&keys, &Op::Expire(0, self.inner.retention.as_secs().max(1)));
             }
         }

@@ -1,16 +1,16 @@
 //! Reading the worker's hashes and merging them: pure functions over the
 //! field lists the store returns, so every figure is unit-tested here.
 //!
-//! The field names are the worker's (`services/worker/src/fold.rs`) and
-//! [`testbed_stream::keys::fields`]: counts are integers, sums, minima and
-//! maxima are `f64` text.
+//! Every field name comes from [`testbed_stream::aggregates`], the schema
+//! the worker (`services/worker/src/fold.rs`) writes with: counts are
+//! integers, sums, minima and maxima are `f64` text.
 
 use std::collections::{BTreeMap, HashMap};
 
 use testbed_proto::v1::{
     Device, DeviceStats, GpuStats, MetricStats, MinuteBucket, Summary, TokenStats, TopMetric,
 };
-use testbed_stream::keys::fields;
+use testbed_stream::aggregates::{device_minute, device_state, run as ledger, tokens};
 
 use crate::error::QueryError;
 use crate::percentiles::Histogram;
@@ -160,23 +160,23 @@ impl DeviceAcc {
         let mut metrics: BTreeMap<String, MetricAcc> = BTreeMap::new();
         for (field, value) in hash.iter() {
             // `metric:<name>` (the summary) and `unit:<name>`.
-            if let Some(name) = field.strip_prefix("metric:") {
+            if let Some(name) = device_minute::metric_of(field) {
                 metrics.entry(name.to_owned()).or_default().value = Acc::read(hash, field)?;
-            } else if let Some(name) = field.strip_prefix("unit:") {
+            } else if let Some(name) = device_minute::unit_of(field) {
                 metrics.entry(name.to_owned()).or_default().unit = value.to_owned();
             }
         }
         Ok(Self {
-            events: hash.count(fields::EVENTS)?,
-            gpu: hash.count(fields::GPU_COUNT)?,
-            util: Acc::read(hash, fields::GPU_UTIL)?,
-            mem: Acc::read(hash, fields::GPU_MEM)?,
-            temp: Acc::read(hash, fields::GPU_TEMP)?,
-            power: Acc::read(hash, fields::GPU_POWER)?,
-            tokens: hash.count(fields::TOKENS_COUNT)?,
-            prompt: hash.count(fields::PROMPT_TOKENS)?,
-            completion: hash.count(fields::COMPLETION_TOKENS)?,
-            latency: Acc::read(hash, fields::TOKENS_LATENCY)?,
+            events: hash.count(device_minute::EVENTS)?,
+            gpu: hash.count(device_minute::GPU_COUNT)?,
+            util: Acc::read(hash, device_minute::GPU_UTIL)?,
+            mem: Acc::read(hash, device_minute::GPU_MEM)?,
+            temp: Acc::read(hash, device_minute::GPU_TEMP)?,
+            power: Acc::read(hash, device_minute::GPU_POWER)?,
+            tokens: hash.count(device_minute::TOKENS_COUNT)?,
+            prompt: hash.count(device_minute::PROMPT_TOKENS)?,
+            completion: hash.count(device_minute::COMPLETION_TOKENS)?,
+            latency: Acc::read(hash, device_minute::TOKENS_LATENCY)?,
             metrics,
         })
     }
@@ -278,14 +278,13 @@ pub fn device(id: &str, hash: &Fields<'_>) -> Result<Option<Device>, QueryError>
     if hash.is_empty() {
         return Ok(None);
     }
-    let labels: HashMap<String, String> = match hash.get("labels") {
+    let labels: HashMap<String, String> = match hash.get(device_state::LABELS) {
         None => HashMap::new(),
-        Some(json) => {
-            serde_json::from_str(json).map_err(|_| QueryError::corrupt(hash.key, "labels", json))?
-        }
+        Some(json) => serde_json::from_str(json)
+            .map_err(|_| QueryError::corrupt(hash.key, device_state::LABELS, json))?,
     };
     let last_seen_time = hash
-        .float("seen")?
+        .float(device_state::SEEN)?
         .map(|ms| timestamp_ms(ms.floor() as i64));
     Ok(Some(Device {
         device_id: id.to_owned(),
@@ -325,12 +324,15 @@ pub fn add_token_groups(
         };
         let count = || hash.parse_count(field, value);
         match tail {
-            "n" => groups.entry(head.to_owned()).or_default().requests += count()?,
-            "prompt" => groups.entry(head.to_owned()).or_default().prompt += count()?,
-            "completion" => groups.entry(head.to_owned()).or_default().completion += count()?,
+            tokens::REQUESTS => groups.entry(head.to_owned()).or_default().requests += count()?,
+            tokens::PROMPT => groups.entry(head.to_owned()).or_default().prompt += count()?,
+            tokens::COMPLETION => groups.entry(head.to_owned()).or_default().completion += count()?,
             bucket => {
-                let (Some(key), Ok(bucket)) = (head.strip_suffix(":lat"), bucket.parse::<u32>())
-                else {
+                let latency = head
+                    .rsplit_once(':')
+                    .filter(|(_, part)| *part == tokens::LATENCY)
+                    .map(|(key, _)| key);
+                let (Some(key), Ok(bucket)) = (latency, bucket.parse::<u32>()) else {
                     // Some other field (such as a future `lat.sum`): not ours.
                     continue;
                 };
@@ -380,16 +382,16 @@ pub struct RunAcc {
 impl RunAcc {
     /// Adds one partition's `run` hash.
     pub fn add(&mut self, hash: &Fields<'_>) -> Result<(), QueryError> {
-        self.processed += hash.count("processed")?;
-        self.gpu += hash.count("gpu")?;
-        self.tokens += hash.count("tokens")?;
-        self.metric += hash.count("metric")?;
-        self.duplicates += hash.count("duplicates")?;
-        self.dead_lettered += hash.count("dead_lettered")?;
-        if let Some(first) = hash.float("first_event_ms")? {
+        self.processed += hash.count(ledger::PROCESSED)?;
+        self.gpu += hash.count(ledger::GPU)?;
+        self.tokens += hash.count(ledger::TOKENS)?;
+        self.metric += hash.count(ledger::METRIC)?;
+        self.duplicates += hash.count(ledger::DUPLICATES)?;
+        self.dead_lettered += hash.count(ledger::DEAD_LETTERED)?;
+        if let Some(first) = hash.float(ledger::FIRST_EVENT_MS)? {
             self.first_event_ms = Some(self.first_event_ms.map_or(first, |f| f.min(first)));
         }
-        if let Some(last) = hash.float("last_processed_ms")? {
+        if let Some(last) = hash.float(ledger::LAST_PROCESSED_MS)? {
             self.last_processed_ms = Some(self.last_processed_ms.map_or(last, |l| l.max(last)));
         }
         Ok(())

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use testbed_proto::v1::{GetTokenUsageResponse, TokenGroupBy, TokenUsageGroup};
+use testbed_stream::aggregates::tokens;
 
 use crate::aggregate::{self, Fields, TokenGroupAcc};
 use crate::error::QueryError;
@@ -17,8 +18,8 @@ pub async fn token_usage(
     window: Window,
 ) -> Result<GetTokenUsageResponse, QueryError> {
     let prefix = match group_by {
-        TokenGroupBy::Tenant => "tenant",
-        TokenGroupBy::Model | TokenGroupBy::Unspecified => "model",
+        TokenGroupBy::Tenant => tokens::TENANT,
+        TokenGroupBy::Model | TokenGroupBy::Unspecified => tokens::MODEL,
     };
     let keys: Vec<String> = reader
         .partitions()

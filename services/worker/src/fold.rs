@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use prost::bytes::Bytes;
 use testbed_proto::raw::{EventRef, Labels, PayloadRef};
-use testbed_stream::keys::{Keys, fields};
+use testbed_stream::aggregates::{device_minute, device_state, run as ledger, tokens};
+use testbed_stream::keys::Keys;
 use testbed_stream::{Entry, Op, Ops, latency_bucket};
 
 /// Count, sum, min and max of one value.
@@ -393,23 +394,27 @@ impl<'a> Folder<'a> {
             let k = ops.key(keys.device_minute(p, text(device), minute));
             // A counter appears once its kind of event has.
             for (field, by, present) in [
-                (fields::EVENTS, dm.events, true),
-                (fields::GPU_COUNT, dm.gpu, dm.gpu > 0),
-                (fields::TOKENS_COUNT, dm.tokens, dm.tokens > 0),
-                (fields::PROMPT_TOKENS, dm.prompt, dm.tokens > 0),
-                (fields::COMPLETION_TOKENS, dm.completion, dm.tokens > 0),
-                (fields::METRIC_COUNT, dm.metrics, dm.metrics > 0),
+                (device_minute::EVENTS, dm.events, true),
+                (device_minute::GPU_COUNT, dm.gpu, dm.gpu > 0),
+                (device_minute::TOKENS_COUNT, dm.tokens, dm.tokens > 0),
+                (device_minute::PROMPT_TOKENS, dm.prompt, dm.tokens > 0),
+                (
+                    device_minute::COMPLETION_TOKENS,
+                    dm.completion,
+                    dm.tokens > 0,
+                ),
+                (device_minute::METRIC_COUNT, dm.metrics, dm.metrics > 0),
             ] {
                 if present {
                     ops.push(Op::HashIncr(k, field.to_owned(), by));
                 }
             }
             for (field, summary) in [
-                (fields::GPU_UTIL, dm.gpu_util),
-                (fields::GPU_MEM, dm.gpu_mem),
-                (fields::GPU_TEMP, dm.gpu_temp),
-                (fields::GPU_POWER, dm.gpu_power),
-                (fields::TOKENS_LATENCY, dm.tok_lat),
+                (device_minute::GPU_UTIL, dm.gpu_util),
+                (device_minute::GPU_MEM, dm.gpu_mem),
+                (device_minute::GPU_TEMP, dm.gpu_temp),
+                (device_minute::GPU_POWER, dm.gpu_power),
+                (device_minute::TOKENS_LATENCY, dm.tok_lat),
             ] {
                 if let Some(s) = summary {
                     s.push(&mut ops, k, field.to_owned());
@@ -418,11 +423,11 @@ impl<'a> Folder<'a> {
             for m in dm.named {
                 let name = text(m.name);
                 if let Some(s) = m.summary {
-                    s.push(&mut ops, k, fields::metric(name));
+                    s.push(&mut ops, k, device_minute::metric(name));
                 }
                 ops.push(Op::HashSet(
                     k,
-                    fields::metric_unit(name),
+                    device_minute::metric_unit(name),
                     text(m.unit).to_owned(),
                 ));
             }
@@ -434,16 +439,21 @@ impl<'a> Folder<'a> {
             let k = *token_keys
                 .entry(minute)
                 .or_insert_with(|| ops.key(keys.tokens_minute(p, minute)));
-            let group = if is_model {
-                format!("model:{name}")
+            let kind = if is_model {
+                tokens::MODEL
             } else {
-                format!("tenant:{name}")
+                tokens::TENANT
             };
-            ops.push(Op::HashIncr(k, format!("{group}:n"), g.n));
-            ops.push(Op::HashIncr(k, format!("{group}:prompt"), g.prompt));
-            ops.push(Op::HashIncr(k, format!("{group}:completion"), g.completion));
+            let group = tokens::group(kind, name);
+            for (counter, by) in [
+                (tokens::REQUESTS, g.n),
+                (tokens::PROMPT, g.prompt),
+                (tokens::COMPLETION, g.completion),
+            ] {
+                ops.push(Op::HashIncr(k, tokens::counter(&group, counter), by));
+            }
             for (bucket, n) in g.latency {
-                ops.push(Op::HashIncr(k, format!("{group}:lat:{bucket}"), n));
+                ops.push(Op::HashIncr(k, tokens::latency_bucket(&group, bucket), n));
             }
         }
         for k in token_keys.into_values() {
@@ -453,7 +463,11 @@ impl<'a> Folder<'a> {
         for (device, acc) in self.devices {
             let device = text(device);
             let d = ops.key(keys.device(p, device));
-            ops.push(Op::HashMax(d, "seen".to_owned(), seen(acc.seen_ms)));
+            ops.push(Op::HashMax(
+                d,
+                device_state::SEEN.to_owned(),
+                seen(acc.seen_ms),
+            ));
             if let Some(labels) = acc.labels {
                 // As a map: the last of a key sent twice wins. A map of
                 // strings always serialises.
@@ -462,7 +476,7 @@ impl<'a> Folder<'a> {
                     .map(|(key, value)| (text(key), text(value)))
                     .collect();
                 let json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".to_owned());
-                ops.push(Op::HashSet(d, "labels".to_owned(), json));
+                ops.push(Op::HashSet(d, device_state::LABELS.to_owned(), json));
             }
             ops.push(Op::Expire(d, ttl));
             ops.push(Op::ZMax(devices, device.to_owned(), seen(acc.seen_ms)));
@@ -482,20 +496,28 @@ impl<'a> Folder<'a> {
             let run_id = text(run_id);
             let run = ops.key(keys.run(p, run_id));
             for (field, by) in [
-                ("processed", acc.processed),
-                ("gpu", acc.gpu),
-                ("tokens", acc.tokens),
-                ("metric", acc.metric),
-                ("none", acc.none),
+                (ledger::PROCESSED, acc.processed),
+                (ledger::GPU, acc.gpu),
+                (ledger::TOKENS, acc.tokens),
+                (ledger::METRIC, acc.metric),
+                (ledger::NONE, acc.none),
             ] {
                 if by != 0 {
                     ops.push(Op::HashIncr(run, field.to_owned(), by));
                 }
             }
             if let Some(first) = acc.first_ms {
-                ops.push(Op::HashMin(run, "first_event_ms".to_owned(), first.floor()));
+                ops.push(Op::HashMin(
+                    run,
+                    ledger::FIRST_EVENT_MS.to_owned(),
+                    first.floor(),
+                ));
             }
-            ops.push(Op::HashMax(run, "last_processed_ms".to_owned(), now_ms));
+            ops.push(Op::HashMax(
+                run,
+                ledger::LAST_PROCESSED_MS.to_owned(),
+                now_ms,
+            ));
             ops.push(Op::Expire(run, ttl));
             let hist = ops.key(keys.run_e2e(p, run_id));
             for (index, n) in acc.per_entry {
@@ -525,7 +547,7 @@ pub fn dead_letter_ops(entry: &Entry, events: &[Bytes], keys: &Keys, retention: 
     let mut ops = Ops::default();
     for (run_id, n) in per_run {
         let run = ops.key(keys.run(entry.partition, run_id));
-        ops.push(Op::HashIncr(run, "dead_lettered".to_owned(), n));
+        ops.push(Op::HashIncr(run, ledger::DEAD_LETTERED.to_owned(), n));
         ops.push(Op::Expire(run, retention.as_secs().max(1)));
     }
     ops

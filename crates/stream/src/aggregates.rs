@@ -1,0 +1,167 @@
+//! The aggregate schema: every field name the worker writes and the query
+//! reads, in one place, so the two cannot silently disagree (a renamed
+//! field on one side would otherwise read as 0 on the other).
+//!
+//! [`crate::keys`] names the keys; this module names what is inside them.
+//! The store moves these names as opaque strings, with one exception: its
+//! append counts re-sent events in a run's ledger under
+//! [`run::DUPLICATES`], in Rust ([`crate::MemoryLog`]) and in the Lua
+//! scripts (a test checks the scripts use this name).
+
+/// Fields of a device-minute record ([`crate::keys::Keys::device_minute`]).
+pub mod device_minute {
+    /// Events of any kind.
+    pub const EVENTS: &str = "n";
+    /// GPU samples.
+    pub const GPU_COUNT: &str = "gpu.n";
+    /// Token usage records.
+    pub const TOKENS_COUNT: &str = "tok.n";
+    /// Prompt tokens (sum).
+    pub const PROMPT_TOKENS: &str = "tok.prompt";
+    /// Completion tokens (sum).
+    pub const COMPLETION_TOKENS: &str = "tok.completion";
+    /// Metric samples (all names).
+    pub const METRIC_COUNT: &str = "metric.n";
+
+    /// GPU utilisation summary (see [`crate::Op::HashSummary`]).
+    pub const GPU_UTIL: &str = "gpu.util";
+    /// GPU memory used (bytes) summary.
+    pub const GPU_MEM: &str = "gpu.mem";
+    /// GPU temperature summary.
+    pub const GPU_TEMP: &str = "gpu.temp";
+    /// GPU power summary.
+    pub const GPU_POWER: &str = "gpu.power";
+    /// Token latency (seconds) summary.
+    pub const TOKENS_LATENCY: &str = "tok.lat";
+
+    const METRIC: &str = "metric:";
+    const UNIT: &str = "unit:";
+
+    /// The summary of metric `name`.
+    pub fn metric(name: &str) -> String {
+        format!("{METRIC}{name}")
+    }
+
+    /// The unit of metric `name` (a separate prefix, so that no metric
+    /// name, dots included, can collide with another's unit).
+    pub fn metric_unit(name: &str) -> String {
+        format!("{UNIT}{name}")
+    }
+
+    /// The metric whose summary `field` is, if it is one.
+    pub fn metric_of(field: &str) -> Option<&str> {
+        field.strip_prefix(METRIC)
+    }
+
+    /// The metric whose unit `field` is, if it is one.
+    pub fn unit_of(field: &str) -> Option<&str> {
+        field.strip_prefix(UNIT)
+    }
+}
+
+/// Fields of a device's state record ([`crate::keys::Keys::device`]).
+pub mod device_state {
+    /// Last seen, Unix ms (rounded to the second).
+    pub const SEEN: &str = "seen";
+    /// The device's labels, a JSON object of strings.
+    pub const LABELS: &str = "labels";
+}
+
+/// Fields of a token-usage minute hash
+/// ([`crate::keys::Keys::tokens_minute`]): per group (a model or a tenant)
+/// `<kind>:<name>:<counter>` and `<kind>:<name>:lat:<bucket>`; a name may
+/// itself hold colons, so readers split at the last ones.
+pub mod tokens {
+    /// The group kind of a model.
+    pub const MODEL: &str = "model";
+    /// The group kind of a tenant.
+    pub const TENANT: &str = "tenant";
+    /// Token usage records of the group.
+    pub const REQUESTS: &str = "n";
+    /// Prompt tokens (sum).
+    pub const PROMPT: &str = "prompt";
+    /// Completion tokens (sum).
+    pub const COMPLETION: &str = "completion";
+    /// The latency histogram's part of a field: `<group>:lat:<bucket>`.
+    pub const LATENCY: &str = "lat";
+
+    /// The prefix of a group's fields: `<kind>:<name>`.
+    pub fn group(kind: &str, name: &str) -> String {
+        format!("{kind}:{name}")
+    }
+
+    /// A counter of `group` ([`REQUESTS`], [`PROMPT`], [`COMPLETION`]).
+    pub fn counter(group: &str, counter: &str) -> String {
+        format!("{group}:{counter}")
+    }
+
+    /// A latency histogram bucket of `group`.
+    pub fn latency_bucket(group: &str, bucket: u32) -> String {
+        format!("{group}:{LATENCY}:{bucket}")
+    }
+}
+
+/// Fields of a simulator run's delivery ledger, per partition
+/// ([`crate::keys::Keys::run`]).
+pub mod run {
+    /// Events processed, all kinds.
+    pub const PROCESSED: &str = "processed";
+    /// Of them, GPU samples.
+    pub const GPU: &str = "gpu";
+    /// Of them, token usage records.
+    pub const TOKENS: &str = "tokens";
+    /// Of them, metrics.
+    pub const METRIC: &str = "metric";
+    /// Of them, events without a payload.
+    pub const NONE: &str = "none";
+    /// Re-sent events dropped as duplicates at append (written by the store).
+    pub const DUPLICATES: &str = "duplicates";
+    /// Events dead-lettered.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// Earliest `observed_at` of the run's events, Unix ms.
+    pub const FIRST_EVENT_MS: &str = "first_event_ms";
+    /// Latest time one of its entries was applied, Unix ms.
+    pub const LAST_PROCESSED_MS: &str = "last_processed_ms";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metric and unit fields round-trip through their readers, and
+    /// neither reads as the other.
+    #[test]
+    fn metric_fields_round_trip() {
+        let field = device_minute::metric("fan.speed");
+        assert_eq!(device_minute::metric_of(&field), Some("fan.speed"));
+        assert_eq!(device_minute::unit_of(&field), None);
+        let unit = device_minute::metric_unit("fan.speed");
+        assert_eq!(device_minute::unit_of(&unit), Some("fan.speed"));
+        assert_eq!(device_minute::metric_of(&unit), None);
+    }
+
+    /// The append scripts count a run's duplicates under the ledger's
+    /// field name.
+    #[test]
+    fn scripts_count_run_duplicates_under_the_schema_name() {
+        let field = format!("'{}'", run::DUPLICATES);
+        for (name, script) in [
+            ("append.lua", include_str!("redis_log/append.lua")),
+            (
+                "append_producer.lua",
+                include_str!("redis_log/append_producer.lua"),
+            ),
+        ] {
+            let run_writes: Vec<&str> = script
+                .lines()
+                .filter(|l| {
+                    l.contains("HINCRBY") && !l.contains("KEYS[1]") && !l.contains("KEYS[4]")
+                })
+                .collect();
+            assert!(!run_writes.is_empty(), "{name}: no run ledger write found");
+            for line in run_writes {
+                assert!(line.contains(&field), "{name}: {line}");
+            }
+        }
+    }
+}
