@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
 use testbed_proto::v1::{GetPipelineStatsRequest, PauseRequest, PipelineStats};
+use testbed_server::addr_file::{self, Announced};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -91,12 +92,6 @@ pub struct Pipeline {
     grace: Duration,
 }
 
-#[derive(Deserialize)]
-struct Announced {
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-}
-
 /// Environment variables a child must not inherit: the harness passes
 /// every setting as a flag, so a stray `TESTBED_*`, `OTEL_*` or `RUST_LOG`
 /// in the caller's environment cannot change what is measured.
@@ -174,7 +169,9 @@ impl Pipeline {
                 role,
                 proc,
                 grpc: announced.grpc,
-                metrics: announced.metrics,
+                metrics: announced.metrics.ok_or_else(|| {
+                    Error::Process(format!("{role} announced no metrics address"))
+                })?,
             });
         }
         Ok(Self {
@@ -301,9 +298,9 @@ async fn wait_ready(proc: &mut Proc, addr_file: &Path, timeout: Duration) -> Res
             )));
         }
         if announced.is_none() {
-            announced = std::fs::read(addr_file)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            announced = addr_file::read(addr_file)
+                .transpose()
+                .map_err(Error::Process)?;
         }
         if let Some(a) = &announced
             && serving(a.grpc).await

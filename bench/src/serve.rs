@@ -1,11 +1,12 @@
 //! The harness's own small servers (`--stub`, `--otlp-sink`): bind,
-//! announce the address like the testbed does (`{"grpc":"HOST:PORT"}` in
-//! an address file), serve until SIGTERM or SIGINT.
+//! announce the address like the testbed does (through
+//! [`testbed_server::addr_file`]), serve until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use testbed_server::addr_file;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::server::{Router, TcpIncoming};
 
@@ -21,12 +22,12 @@ pub async fn run(router: Router, listen: SocketAddr, addr_file: &Path) -> Result
     let bound = listener
         .local_addr()
         .context(|| format!("reading the address bound for {listen}"))?;
-    let announced = serde_json::json!({ "grpc": bound.to_string() }).to_string();
-    // Written whole under a temporary name, then renamed, so a reader never
-    // sees half a file.
-    let tmp = addr_file.with_extension("tmp");
-    std::fs::write(&tmp, announced).context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, addr_file).context(|| format!("writing {}", addr_file.display()))?;
+    let announced = addr_file::Announced {
+        grpc: bound,
+        metrics: None,
+    };
+    addr_file::write(addr_file, &announced)
+        .context(|| format!("writing {}", addr_file.display()))?;
     tracing::info!(%bound, "serving");
     let mut term = signal(SignalKind::terminate()).context(|| "installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context(|| "installing a SIGINT handler")?;
@@ -73,12 +74,9 @@ pub async fn start_helper(self_exe: &Path, dir: &Path, mode: &str) -> Result<(Pr
     )?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let announced = std::fs::read(&addr_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("grpc").and_then(|g| g.as_str()).map(str::to_owned));
-        if let Some(addr) = announced {
-            return Ok((proc, format!("http://{addr}")));
+        if let Some(announced) = addr_file::read(&addr_file) {
+            let announced = announced.map_err(Error::Process)?;
+            return Ok((proc, format!("http://{}", announced.grpc)));
         }
         if let Some(status) = proc.try_exit()? {
             return Err(Error::Process(format!(

@@ -1,8 +1,6 @@
 //! Binding listeners with errors a user can act on.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
 
 use tokio::net::TcpListener;
 
@@ -76,7 +74,11 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         source,
     })?;
     if let Some(path) = &args.addr_file {
-        write_addr_file(path, grpc_addr, metrics_addr).map_err(|source| BindError::AddrFile {
+        let announced = crate::addr_file::Announced {
+            grpc: grpc_addr,
+            metrics: Some(metrics_addr),
+        };
+        crate::addr_file::write(path, &announced).map_err(|source| BindError::AddrFile {
             path: path.display().to_string(),
             source,
         })?;
@@ -89,16 +91,6 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         grace: args.shutdown_grace,
         health_interval: args.health_interval,
     })
-}
-
-/// Writes the file next to its final name and renames it, so a reader that
-/// polls for the file never sees it half-written.
-fn write_addr_file(path: &Path, grpc: SocketAddr, metrics: SocketAddr) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{{\"grpc\":\"{grpc}\",\"metrics\":\"{metrics}\"}}")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::grpc::Health;
+use crate::health::Health;
 
 /// Probes a dependency every `interval` until `shutdown`, and sets the
 /// health of `services` from the answer. Logs each transition once.

@@ -1,8 +1,6 @@
 //! [`GrpcServer`]: health, reflection, serving and graceful shutdown.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -11,8 +9,9 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use crate::health::Health;
 
 /// The health service's full name, as reflection lists it.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -32,47 +31,6 @@ pub enum ServeError {
     /// The transport failed while serving.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-}
-
-/// Health statuses of one process, shared by the server and the services
-/// whose dependencies come and go.
-///
-/// The overall status `""` means "the process is up and not shutting down"
-/// (the liveness question); each served service's full name means "this
-/// service can do its work now" (the readiness question: it goes
-/// `NOT_SERVING` while a dependency it cannot work without is down). Once
-/// shutdown starts, every status is `NOT_SERVING` and stays so.
-#[derive(Debug, Clone)]
-pub struct Health {
-    reporter: HealthReporter,
-    shutting_down: Arc<AtomicBool>,
-}
-
-impl Health {
-    /// Reports whether `service` (a full gRPC service name) can serve now.
-    /// Ignored once shutdown has started, so a dependency coming back cannot
-    /// flip a draining process back to `SERVING`.
-    pub async fn set_serving(&self, service: &str, serving: bool) {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return;
-        }
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter.set_service_status(service, status).await;
-    }
-
-    /// Marks every status `NOT_SERVING` for good: the first step of shutdown.
-    async fn begin_shutdown(&self, services: &[&'static str]) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        for service in services.iter().copied().chain([""]) {
-            self.reporter
-                .set_service_status(service, ServingStatus::NotServing)
-                .await;
-        }
-    }
 }
 
 /// A gRPC server under construction: add the services, then [`serve`].
@@ -111,10 +69,7 @@ impl GrpcServer {
             background: tokio::task::JoinSet::new(),
             probe_interval: Duration::from_millis(250),
             services: Vec::new(),
-            health: Health {
-                reporter,
-                shutting_down: Arc::new(AtomicBool::new(false)),
-            },
+            health: Health::new(reporter),
             health_service,
         }
     }
@@ -318,13 +273,4 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(testbed_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// The answer of an RPC whose behaviour has not landed yet: `UNIMPLEMENTED`
-/// naming the method and the work that will fill it in, so a grpcurl user
-/// knows it is expected rather than a broken deployment.
-pub fn not_implemented_yet(method: &str, work: &str) -> tonic::Status {
-    tonic::Status::unimplemented(format!(
-        "{method} is not implemented yet: it lands with the {work} work"
-    ))
 }

@@ -13,18 +13,29 @@
 //! # Layout
 //! - [`config`]: the listener flags every server subcommand shares.
 //! - [`signal`]: SIGTERM/SIGINT into the one shutdown token.
-//! - [`grpc`]: [`GrpcServer`], health, reflection, serving and shutdown.
-//! - [`bind`]: binding listeners with errors a user can act on.
+//! - [`grpc`]: [`GrpcServer`]: reflection, serving and shutdown; uses
+//!   [`health`].
+//! - [`health`]: [`Health`], the statuses kubelet probes read.
+//! - [`dependency`]: health that follows a dependency; uses [`health`].
+//! - [`bind`]: binding listeners with errors a user can act on; announces
+//!   them through [`addr_file`].
+//! - [`addr_file`]: the `--addr-file` format, its one writer and reader.
+//! - [`store_status`]: the one mapping of a store failure to a gRPC status.
 #![forbid(unsafe_code)]
 
+pub mod addr_file;
 pub mod bind;
 pub mod config;
 pub mod dependency;
 pub mod grpc;
+pub mod health;
 pub mod signal;
+pub mod store_status;
 
 pub use bind::{BindError, Listeners, bind};
 pub use config::ListenArgs;
 pub use dependency::watch_dependency;
-pub use grpc::{GrpcServer, Health, ServeError, not_implemented_yet};
+pub use grpc::{GrpcServer, ServeError};
+pub use health::Health;
+pub use store_status::store_status;
 pub use tokio_util::sync::CancellationToken;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use testbed_proto::google::rpc;
+use testbed_server::store_status;
 use testbed_stream::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -73,29 +74,16 @@ impl From<IngestError> for Status {
                 err.to_string(),
                 ErrorDetails::with_bad_request_violation("sequence", err.to_string()),
             ),
-            IngestError::Store(StoreError::StaleSequence { producer_id, .. }) => {
-                Status::with_error_details(
-                    Code::FailedPrecondition,
-                    format!("{err}; send it again under a new producer_id if it must go in"),
-                    ErrorDetails::with_precondition_failure_violation(
-                        "STALE_SEQUENCE",
-                        format!("producer_id {producer_id:?}, field sequence"),
-                        err.to_string(),
-                    ),
-                )
-            }
             IngestError::Backpressure { retry_after, .. } => Status::with_error_details(
                 Code::ResourceExhausted,
                 err.to_string(),
                 ErrorDetails::with_retry_info(Some(*retry_after)),
             ),
-            IngestError::Store(StoreError::Unavailable(_)) => Status::unavailable(format!(
-                "{err}; nothing of this batch is acknowledged, retry it"
-            )),
-            IngestError::Store(StoreError::Protocol(cause)) => {
-                tracing::error!(error = %cause, "store protocol error on the write path");
-                Status::internal("internal error appending the batch; retry it")
-            }
+            IngestError::Store(store) => store_status(
+                store,
+                "appending the batch",
+                "nothing of this batch is acknowledged, retry it",
+            ),
         }
     }
 }

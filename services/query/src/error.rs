@@ -1,5 +1,6 @@
 //! Query errors and their one mapping to gRPC status codes.
 
+use testbed_server::store_status;
 use testbed_stream::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -55,14 +56,7 @@ impl From<QueryError> for Status {
                 ErrorDetails::with_bad_request_violation(*field, reason.clone()),
             ),
             QueryError::NotFound { .. } => Status::not_found(err.to_string()),
-            QueryError::Store(StoreError::Unavailable(_)) => {
-                Status::unavailable(format!("{err}; retry later"))
-            }
-            // A stale producer sequence only happens on appends.
-            QueryError::Store(cause) => {
-                tracing::error!(error = %cause, "store protocol error on the read path");
-                Status::internal("internal error reading statistics")
-            }
+            QueryError::Store(store) => store_status(store, "reading statistics", "retry later"),
         }
     }
 }

@@ -500,9 +500,7 @@ async fn json_logs_carry_trace_ids() {
         .spawn()
         .unwrap();
     let addr = wait_for("the addr file", || {
-        let text = std::fs::read_to_string(&addr_file).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        Some(v["grpc"].as_str()?.to_owned())
+        Some(testbed_server::addr_file::read(&addr_file)?.unwrap().grpc)
     })
     .await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))

@@ -54,18 +54,9 @@ impl Testbed {
             .spawn()
             .expect("spawn testbed");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (addr, metrics_addr) = loop {
-            if let Ok(text) = std::fs::read_to_string(&addr_file) {
-                let json: serde_json::Value =
-                    serde_json::from_str(&text).expect("addr file format");
-                let addr = |key: &str| -> SocketAddr {
-                    json[key]
-                        .as_str()
-                        .expect("addr file format")
-                        .parse()
-                        .unwrap()
-                };
-                break (addr("grpc"), addr("metrics"));
+        let announced = loop {
+            if let Some(announced) = testbed_server::addr_file::read(&addr_file) {
+                break announced.expect("addr file format");
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("testbed exited before listening: {status}");
@@ -76,6 +67,10 @@ impl Testbed {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        let (addr, metrics_addr) = (
+            announced.grpc,
+            announced.metrics.expect("a metrics address"),
+        );
         Self {
             child,
             addr,

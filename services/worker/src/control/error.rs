@@ -1,5 +1,6 @@
 //! Control errors and their one mapping to gRPC status codes.
 
+use testbed_server::store_status;
 use testbed_stream::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -37,11 +38,8 @@ impl From<ControlError> for Status {
                 err.to_string(),
                 ErrorDetails::with_bad_request_violation(*field, reason.clone()),
             ),
-            ControlError::Store(StoreError::Unavailable(_)) => Status::unavailable(err.to_string()),
-            // A stale producer sequence only happens on appends.
-            ControlError::Store(cause) => {
-                tracing::error!(error = %cause, "store protocol error on the control path");
-                Status::internal("internal error reading or writing control state")
+            ControlError::Store(store) => {
+                store_status(store, "reading or writing control state", "retry later")
             }
         }
     }
