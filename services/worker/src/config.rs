@@ -48,9 +48,8 @@ pub struct WorkerConfig {
 
     /// Most entries one `XREADGROUP` returns: a batch is gathered in reads
     /// of this many, one round trip each. Redis builds a read's reply while
-    /// appends wait, so smaller reads hold it for less at a time: at 250k
-    /// events/s, a linger's worth of 25 entries of 250 events (1 MB) in one
-    /// read held Redis for about 0.45 ms (median, up to 2.2 ms).
+    /// appends wait, so smaller reads hold it for less at a time (measured
+    /// in bench/README.md, "Optimisation log").
     #[arg(long, env = "TESTBED_READ_CHUNK", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub read_chunk: u32,
@@ -68,9 +67,9 @@ pub struct WorkerConfig {
     /// events; a read that already filled its batch is applied at once, so
     /// a backlog drains at the speed of the applies): the longer, the more
     /// events each write carries, which bounds the store's cost whatever the
-    /// rate, at the price of this much end-to-end latency. 0 applies what each read returns at once.
-    /// Measured at 90k events/s over 1000 devices on 2 cores, Redis CPU per
-    /// event was 9.2 µs at 50ms, 7.6 µs at 100ms and 5.6 µs at 200ms.
+    /// rate, at the price of this much end-to-end latency (Redis CPU per
+    /// event against the linger: bench/README.md, "Optimisation log"). 0
+    /// applies what each read returns at once.
     #[arg(long, env = "TESTBED_APPLY_LINGER", default_value = "100ms",
           value_parser = humantime::parse_duration)]
     pub apply_linger: Duration,
@@ -93,10 +92,8 @@ pub struct WorkerConfig {
 
     /// How often each partition's stream is trimmed of the entries the
     /// group has acknowledged. Often and small: Redis frees trimmed entries
-    /// while appends wait, and one trim of 5 s of entries held it for up
-    /// to 10.7 ms at 80k events/s on 2 cores (`SLOWLOG`); at 250k events/s
-    /// a trim of 1 s held it for 1 ms (median, up to 3.8 ms), one of 250 ms
-    /// for 0.4 ms.
+    /// while appends wait, so a long interval's trim holds it for longer
+    /// (measured in bench/README.md, "Optimisation log").
     #[arg(long, env = "TESTBED_TRIM_INTERVAL", default_value = "250ms",
           value_parser = humantime::parse_duration)]
     pub trim_interval: Duration,
@@ -131,9 +128,8 @@ pub struct WorkerConfig {
     /// orders threads of one cgroup: containers (a pod, a compose
     /// service) share a node by their CPU weights (requests) instead.
     /// `testbed worker` only (in `testbed all` it would slow ingest and
-    /// query too); Linux (elsewhere only `normal`). On the 2-core
-    /// benchmark host (bench/README.md) `batch` took the batch-ack p99 at
-    /// 464k events/s from 4.2-5.5 ms to 2.9-3.5 ms.
+    /// query too); Linux (elsewhere only `normal`). Its effect on ack
+    /// latency is measured in bench/README.md, "Optimisation log".
     #[arg(long, env = "TESTBED_WORKER_CPU_CLASS", value_enum)]
     pub cpu_class: Option<CpuClass>,
 
@@ -144,24 +140,12 @@ pub struct WorkerConfig {
 }
 
 impl Default for WorkerConfig {
+    /// Every flag at its default: written once, in the `#[arg]`s above.
+    // `defaults` fails only for a flag without a default; the
+    // `default_is_every_flags_default` test proves there is none.
+    #[allow(clippy::expect_used)]
     fn default() -> Self {
-        Self {
-            consumer_name: None,
-            concurrency: 4,
-            read_count: 256,
-            read_chunk: 8,
-            apply_max_events: 10_000,
-            apply_linger: Duration::from_millis(100),
-            read_block: Duration::from_millis(500),
-            claim_idle: Duration::from_secs(30),
-            maintenance_interval: Duration::from_secs(5),
-            trim_interval: Duration::from_millis(250),
-            max_deliveries: 5,
-            cpu_class: None,
-            queue_trace_mode: QueueTraceMode::Parent,
-            control_interval: Duration::from_millis(250),
-            heartbeat_interval: Duration::from_secs(1),
-        }
+        testbed_flags::defaults().expect("every flag has a default")
     }
 }
 
@@ -204,21 +188,15 @@ mod tests {
         worker: WorkerConfig,
     }
 
-    /// Flag defaults equal `WorkerConfig::default()`.
+    /// `WorkerConfig::default()` is the flags' defaults, every field of it
+    /// (compared whole, so a hand-written default cannot drift again).
     #[test]
-    fn defaults_match() {
+    fn default_is_every_flags_default() {
         let parsed = Cli::try_parse_from(["x"]).unwrap().worker;
-        let d = WorkerConfig::default();
-        assert_eq!(parsed.concurrency, d.concurrency);
-        assert_eq!(parsed.read_count, d.read_count);
-        assert_eq!(parsed.read_chunk, d.read_chunk);
-        assert_eq!(parsed.apply_max_events, d.apply_max_events);
-        assert_eq!(parsed.apply_linger, d.apply_linger);
-        assert_eq!(parsed.read_block, d.read_block);
-        assert_eq!(parsed.claim_idle, d.claim_idle);
-        assert_eq!(parsed.maintenance_interval, d.maintenance_interval);
-        assert_eq!(parsed.trim_interval, d.trim_interval);
-        assert_eq!(parsed.max_deliveries, d.max_deliveries);
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", WorkerConfig::default())
+        );
     }
 
     /// A configured name wins; a generated one carries the process id.
