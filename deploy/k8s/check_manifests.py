@@ -516,10 +516,35 @@ def check_testbed_container(where, w, spec, c, configmaps, binary, helps, regist
                         f"{collector[0]}.{collector[1]}.svc.cluster.local:{collector[2]} by its full name")
 
 
+def check_compose(path: Path, helps: dict) -> None:
+    """Flags and environment variables of the compose file's testbed
+    services exist in `testbed <sub> --help` (or are read by the binary)."""
+    doc = yaml.safe_load(path.read_text())
+    count = 0
+    for sname, svc in doc["services"].items():
+        if not TESTBED_IMAGE.search(str(svc.get("image", "")).replace("${TESTBED_IMAGE:-", "").rstrip("}")):
+            continue
+        count += 1
+        where = f"{path}: service {sname}"
+        cmd = svc.get("command", [])
+        if not cmd or cmd[0] not in SUBCOMMANDS:
+            fail(where, f"command must start with a subcommand, got {cmd[:1]}")
+            continue
+        flags, envs = helps[cmd[0]][:2]
+        for a in cmd[1:]:
+            if str(a).startswith("--") and str(a).split("=", 1)[0] not in flags:
+                fail(where, f"flag {a} is not in `testbed {cmd[0]} --help`")
+        for var in svc.get("environment", {}):
+            if var not in envs and not (var in RUNTIME_ENV and var.encode() in helps["binary"]):
+                fail(where, f"env {var} is neither in `testbed {cmd[0]} --help` nor read by the binary")
+    print(f"  {path}: {count} testbed services, flags and env vars checked")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--rendered", required=True, type=Path)
+    ap.add_argument("--compose", type=Path, help="also check a compose file's testbed services")
     ap.add_argument("--live", action="store_true",
                     help="start the binary to learn the services each subcommand registers")
     args = ap.parse_args()
@@ -543,6 +568,8 @@ def main() -> None:
         before = len(errors)
         check_overlay(name, objs, args.bin, helps, registered, collector)
         print(f"  {name}: {len(objs)} objects, {'ok' if len(errors) == before else 'FAILED'}")
+    if args.compose:
+        check_compose(args.compose, helps)
     if errors:
         print("\n".join(f"  FAILED: {e}" for e in errors))
         sys.exit(1)
