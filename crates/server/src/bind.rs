@@ -44,6 +44,17 @@ pub struct Listeners {
     pub grace: std::time::Duration,
     /// `--health-interval`.
     pub health_interval: std::time::Duration,
+    /// `--max-connection-age` and `--max-connection-age-grace`.
+    pub connection_age: Option<ConnectionAge>,
+}
+
+/// When a client connection is closed for its age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionAge {
+    /// Age at which the server sends GOAWAY.
+    pub max: std::time::Duration,
+    /// How long open calls may still run on it after that.
+    pub grace: std::time::Duration,
 }
 
 /// Binds the listeners named by `args` and, when asked, writes their
@@ -90,6 +101,10 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         metrics_addr,
         grace: args.shutdown_grace,
         health_interval: args.health_interval,
+        connection_age: args.max_connection_age.map(|max| ConnectionAge {
+            max,
+            grace: args.max_connection_age_grace,
+        }),
     })
 }
 
@@ -105,6 +120,8 @@ mod tests {
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace: Duration::from_secs(1),
             health_interval: Duration::from_millis(250),
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
             addr_file,
         }
     }

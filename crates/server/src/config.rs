@@ -40,6 +40,25 @@ pub struct ListenArgs {
     )]
     pub health_interval: Duration,
 
+    /// Close each client connection after it has been open this long
+    /// (e.g. `5m`): the server sends GOAWAY, the client opens a new
+    /// connection, and behind a `dns:///` name or a headless Service that
+    /// new connection can land on a pod that was added since. Without it a
+    /// long-lived stream stays on the pod it was opened to. Off by default.
+    #[arg(long, env = "TESTBED_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// After --max-connection-age, how long calls and streams still open
+    /// on the old connection may run before it is closed under them (a
+    /// stream's unacknowledged batches are then re-sent on a new one).
+    #[arg(
+        long,
+        env = "TESTBED_MAX_CONNECTION_AGE_GRACE",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub max_connection_age_grace: Duration,
+
     /// Once listening, write the bound addresses to this file as JSON
     /// (`{"grpc":"127.0.0.1:50051","metrics":"127.0.0.1:9464"}`), for
     /// scripts and tests that bind port 0.

@@ -44,6 +44,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     background: tokio::task::JoinSet<()>,
     probe_interval: Duration,
+    connection_age: Option<crate::bind::ConnectionAge>,
     services: Vec<&'static str>,
     health: Health,
     health_service:
@@ -68,6 +69,7 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             background: tokio::task::JoinSet::new(),
             probe_interval: Duration::from_millis(250),
+            connection_age: None,
             services: Vec::new(),
             health: Health::new(reporter),
             health_service,
@@ -102,6 +104,12 @@ impl GrpcServer {
         self.probe_interval = interval;
     }
 
+    /// Closes client connections once they are `age.max` old (after
+    /// `age.grace` for calls still open on them); none: never.
+    pub fn set_connection_age(&mut self, age: Option<crate::bind::ConnectionAge>) {
+        self.connection_age = age;
+    }
+
     /// Makes `services`' health follow a dependency: `probe` runs every
     /// [`GrpcServer::probe_interval`] until `shutdown`, and each answer sets
     /// their status (see [`crate::watch_dependency`]).
@@ -126,10 +134,12 @@ impl GrpcServer {
         self.spawn_background(watch);
     }
 
-    /// A server configured from bound `listeners` (probe interval).
+    /// A server configured from bound `listeners` (probe interval,
+    /// connection age).
     pub fn for_listeners(listeners: &crate::Listeners) -> Self {
         let mut server = Self::new();
         server.set_probe_interval(listeners.health_interval);
+        server.set_connection_age(listeners.connection_age);
         server
     }
 
@@ -215,7 +225,13 @@ impl GrpcServer {
         };
         // No per-connection Nagle delay: acks are small and latency-bound.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(age) = self.connection_age {
+            builder = builder
+                .max_connection_age(age.max)
+                .max_connection_age_grace(age.grace);
+        }
+        let server = builder
             // Outermost: every RPC is traced and measured, including the
             // time spent in any layer added below it.
             .layer(testbed_telemetry::rpc::RpcLayer::new())

@@ -32,7 +32,7 @@ pub mod health;
 pub mod signal;
 pub mod store_status;
 
-pub use bind::{BindError, Listeners, bind};
+pub use bind::{BindError, ConnectionAge, Listeners, bind};
 pub use config::ListenArgs;
 pub use dependency::watch_dependency;
 pub use grpc::{GrpcServer, ServeError};

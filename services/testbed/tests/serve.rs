@@ -301,3 +301,50 @@ async fn cpu_class_is_for_the_worker_only() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("--cpu-class"), "{stderr}");
 }
+
+/// With --max-connection-age, a connection holding an open PublishStream
+/// is closed once it is that old plus the grace (so a long-lived stream
+/// can move to a pod added since), and the next connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_connections_are_closed_under_their_streams() {
+    use testbed_proto::v1::PublishStreamRequest;
+    use testbed_proto::v1::ingest_service_client::IngestServiceClient;
+    let tb = Testbed::start(&[
+        "all",
+        "--max-connection-age",
+        "300ms",
+        "--max-connection-age-grace",
+        "300ms",
+    ]);
+    tb.wait_serving("testbed.v1.IngestService").await;
+    let mut client = IngestServiceClient::new(tb.channel().await);
+    // A stream whose request side stays open and idle.
+    let (tx, rx) = tokio::sync::mpsc::channel::<PublishStreamRequest>(1);
+    let started = std::time::Instant::now();
+    let mut acks = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(10), acks.next())
+        .await
+        .expect("the aged connection was closed within 10 s");
+    assert!(!matches!(end, Some(Ok(_))), "no ack was asked for: {end:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed before its age: {:?}",
+        started.elapsed()
+    );
+    drop(tx);
+    // A new connection is served as usual.
+    let mut health = HealthClient::new(tb.channel().await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+}
