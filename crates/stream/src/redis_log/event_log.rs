@@ -1,0 +1,515 @@
+//! [`EventLog`] on Redis: each operation of the trait, built from the
+//! steps in the sibling modules.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl EventLog for RedisLog {
+    fn partitions(&self) -> u32 {
+        self.inner.args.partitions
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call("PING", |mut c| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn ensure_group(&self) -> Result<(), StoreError> {
+        for p in 0..self.partitions() {
+            let key = self.inner.keys.stream(p);
+            let group = self.group();
+            let created = self
+                .call("XGROUP CREATE", |mut c| async move {
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&key)
+                        .arg(group)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(StoreError::Protocol(msg)) if msg.contains("BUSYGROUP") => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent<'_>],
+    ) -> Result<AppendOutcome, StoreError> {
+        if let Some((producer, sequence)) = meta.idempotent() {
+            return self
+                .append_idempotent(partition, meta, events, producer, sequence)
+                .await;
+        }
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.append.prepare_invoke();
+        invocation
+            .key(keys.stream(partition))
+            .key(keys.recent_ids(partition))
+            .key(keys.recent_order(partition))
+            .key(keys.stats(partition));
+        // Run ledgers of the batch, for per-run duplicate counts: KEYS[5..].
+        let mut runs: Vec<&str> = Vec::new();
+        for event in events {
+            if !event.run_id.is_empty() && !runs.contains(&event.run_id) {
+                runs.push(event.run_id);
+                invocation.key(keys.run(partition, event.run_id));
+            }
+        }
+        let blob = blob(events.iter());
+        invocation
+            .arg(self.inner.args.dedupe_window)
+            .arg(meta.encode_to_vec())
+            .arg(self.inner.args.retention.as_secs().max(1))
+            .arg(blob);
+        for event in events {
+            let run = runs
+                .iter()
+                .position(|r| *r == event.run_id)
+                .map_or(0, |i| i + 5);
+            invocation.arg(event.event_id).arg(run);
+        }
+        let (entry_id, duplicates, backlog): (Option<String>, Vec<u32>, i64) = self
+            .call("append", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(AppendOutcome {
+            entry_id,
+            duplicates,
+            backlog: Some(backlog.max(0) as u64),
+        })
+    }
+
+    async fn figures(&self, partition: u32) -> Result<PartitionFigures, StoreError> {
+        let key = self.inner.keys.stats(partition);
+        let values: Vec<Option<u64>> = self
+            .call("HMGET stats", |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&["ingested", "processed", "duplicates", "dead_lettered"])
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let get = |i: usize| values.get(i).copied().flatten().unwrap_or(0);
+        Ok(PartitionFigures {
+            ingested: get(0),
+            processed: get(1),
+            duplicates: get(2),
+            dead_lettered: get(3),
+        })
+    }
+
+    async fn read(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let slot = self
+            .inner
+            .readers
+            .get(partition as usize)
+            .ok_or_else(|| StoreError::Protocol(format!("no partition {partition}")))?;
+        let mut reader = slot.lock().await;
+        let limit = block + self.inner.args.redis_timeout;
+        let mut conn = match reader.take() {
+            Some(conn) => conn,
+            None => connect(&self.inner.args, limit).await?,
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(self.group())
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            // BLOCK 0 would wait forever.
+            .arg((block.as_millis() as u64).max(1))
+            .arg("STREAMS")
+            .arg(self.inner.keys.stream(partition))
+            .arg(">");
+        let mut reply =
+            match tokio::time::timeout(limit, cmd.query_async::<redis::Value>(&mut conn)).await {
+                Ok(Ok(value)) => value,
+                Ok(Err(err)) => {
+                    if err.to_string().contains("NOGROUP") {
+                        // The stream or group vanished (FLUSHALL, a new Redis):
+                        // recreate it rather than spin on errors.
+                        *reader = Some(conn);
+                        drop(reader);
+                        self.ensure_group().await?;
+                        return Ok(Vec::new());
+                    }
+                    return Err(StoreError::from_redis(err));
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "XREADGROUP timed out after {limit:?}"
+                    )));
+                }
+            };
+        *reader = Some(conn);
+        parse::read_reply(&mut reply, partition)
+    }
+
+    async fn read_own_pending(
+        &self,
+        partition: u32,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let consumer = consumer.to_owned();
+        // ID 0 instead of `>`: this consumer's history, i.e. its pending list.
+        let mut reply: redis::Value = self
+            .call("XREADGROUP", |mut c| async move {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(&consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg("0")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        parse::read_reply(&mut reply, partition)
+    }
+
+    async fn claim_stale(
+        &self,
+        partition: u32,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let (k, cons) = (key.clone(), consumer.to_owned());
+        let mut reply: redis::Value = self
+            .call("XAUTOCLAIM", |mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&k)
+                    .arg(group)
+                    .arg(&cons)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut entries = parse::autoclaim_reply(&mut reply, partition)?;
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let (first, last, cons) = (first.id.clone(), last.id.clone(), consumer.to_owned());
+            let n = entries.len();
+            let pending: redis::Value = self
+                .call("XPENDING", |mut c| async move {
+                    redis::cmd("XPENDING")
+                        .arg(&key)
+                        .arg(group)
+                        .arg(&first)
+                        .arg(&last)
+                        .arg(n)
+                        .arg(&cons)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            let deliveries = parse::pending_deliveries(&pending)?;
+            for entry in &mut entries {
+                entry.deliveries = deliveries
+                    .get(&entry.id)
+                    .copied()
+                    .unwrap_or(entry.deliveries);
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn apply(
+        &self,
+        partition: u32,
+        entries: &[Entry],
+        events: u64,
+        ops: &Ops,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.ack_with(
+            partition,
+            entries,
+            events,
+            Disposition::Process,
+            ops,
+            "apply",
+        )
+        .await
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &Entry,
+        events: u64,
+        reason: &str,
+        ops: &Ops,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.ack_with(
+            entry.partition,
+            std::slice::from_ref(entry),
+            events,
+            Disposition::DeadLetter(reason),
+            ops,
+            "dead-letter",
+        )
+        .await
+    }
+
+    async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let reply: redis::Value = self
+            .call("XPENDING", |mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(group)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        parse::pending_summary(&reply)
+    }
+
+    async fn trim(&self, partition: u32) -> Result<u64, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let k = key.clone();
+        let groups: redis::Value = self
+            .call("XINFO GROUPS", |mut c| async move {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&k)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some(last_delivered) = parse::group_last_delivered(&groups, group)? else {
+            return Ok(0);
+        };
+        // Everything below both the first pending entry and the first
+        // undelivered one has been acknowledged.
+        let (ms, seq) = parse::split_id(&last_delivered);
+        let mut min_id = format!("{ms}-{}", seq.saturating_add(1));
+        let k = key.clone();
+        let first: redis::Value = self
+            .call("XPENDING", |mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(&k)
+                    .arg(group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if let Some(first_id) = parse::pending_deliveries(&first)?.keys().next()
+            && parse::split_id(first_id) < parse::split_id(&min_id)
+        {
+            min_id = first_id.clone();
+        }
+        self.call("XTRIM", |mut c| async move {
+            redis::cmd("XTRIM")
+                .arg(&key)
+                .arg("MINID")
+                .arg("~")
+                .arg(&min_id)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    fn retention(&self) -> Duration {
+        self.inner.args.retention
+    }
+
+    async fn read_zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let key = key.to_owned();
+        self.call("ZRANGE", |mut c| async move {
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn write_hash(
+        &self,
+        key: &str,
+        fields: &[(String, String)],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HSET").arg(key).arg(fields).ignore();
+        if let Some(ttl) = ttl {
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        self.call("HSET", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn delete_hash_fields(&self, key: &str, fields: &[String]) -> Result<u64, StoreError> {
+        if fields.is_empty() {
+            return Ok(0);
+        }
+        let key = key.to_owned();
+        self.call("HDEL", |mut c| async move {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(fields)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn zset_set(&self, key: &str, member: &str, score: f64) -> Result<(), StoreError> {
+        let (key, member) = (key.to_owned(), member.to_owned());
+        self.call("ZADD", |mut c| async move {
+            redis::cmd("ZADD")
+                .arg(&key)
+                .arg(score.to_string())
+                .arg(&member)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn zset_remove_below(&self, key: &str, score: f64) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        self.call("ZREMRANGEBYSCORE", |mut c| async move {
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(format!("({score}"))
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
+        let Some(version) = crate::keys::version_of(index) else {
+            return Err(StoreError::Protocol(format!(
+                "index {index} is not a partition's key"
+            )));
+        };
+        let mut invocation = self.inner.prune.prepare_invoke();
+        invocation
+            .key(index)
+            .key(records)
+            .key(version)
+            .arg(format!("({score}"));
+        self.call("prune", |mut c| async move {
+            invocation.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some((container, record)) = record_parts(key) {
+                let (container, record) = (container.to_owned(), record.to_owned());
+                let packed: Option<Vec<u8>> = self
+                    .call("HGET record", |mut c| async move {
+                        redis::cmd("HGET")
+                            .arg(&container)
+                            .arg(&record)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                let fields = match packed {
+                    None => Vec::new(),
+                    Some(bytes) => unpack_record(&bytes).ok_or_else(|| {
+                        StoreError::Protocol(format!("record {key} is not a MessagePack map"))
+                    })?,
+                };
+                out.push(fields);
+                continue;
+            }
+            let key = key.clone();
+            let raw: Vec<(String, Vec<u8>)> = self
+                .call("HGETALL", |mut c| async move {
+                    redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+                })
+                .await?;
+            let mut fields: Vec<(String, String)> =
+                raw.into_iter().map(|(f, v)| (f, stored_text(v))).collect();
+            fields.sort();
+            out.push(fields);
+        }
+        Ok(out)
+    }
+
+    async fn read_records(&self, container: &str) -> Result<Vec<(String, HashFields)>, StoreError> {
+        let key = container.to_owned();
+        let raw: Vec<(String, Vec<u8>)> = self
+            .call("HGETALL records", |mut c| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        let mut out = raw
+            .into_iter()
+            .map(|(record, bytes)| {
+                let fields = unpack_record(&bytes).ok_or_else(|| {
+                    StoreError::Protocol(format!(
+                        "record {container}#{record} is not a MessagePack map"
+                    ))
+                })?;
+                Ok((record, fields))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort();
+        Ok(out)
+    }
+}
