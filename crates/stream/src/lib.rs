@@ -2,9 +2,10 @@
 //!
 //! One abstraction, [`EventLog`], over an append-only, partitioned log with
 //! consumer-group semantics (read, ack, claim stale pending entries,
-//! dead-letter, backlog and pending figures), plus the small key-value
-//! surface the worker's aggregates need, applied atomically with the ack.
-//! Two backends implement it:
+//! dead-letter, backlog and pending figures), whose apply writes the
+//! worker's aggregates atomically with the ack; and [`AggregateStore`], the
+//! small key-value surface the query and the worker's control read and
+//! write outside those steps. Two backends implement both:
 //!
 //! - [`RedisLog`] — Redis Streams with one consumer group, on a single Redis
 //!   or a Redis Cluster. Each atomic step is a Lua script whose keys all carry
@@ -45,7 +46,11 @@
 //!
 //! # Layout
 //! - [`StoreArgs`]: the flags (`--redis-url`, `--partitions`, ...).
-//! - [`EventLog`] and [`AnyLog`]: the abstraction and the configured backend.
+//! - [`EventLog`] (`log.rs`): the log: append, read, claim, apply, trim.
+//! - [`AggregateStore`] (`kv.rs`): hash, sorted-set and record reads and
+//!   small writes for the query and the worker's control.
+//! - [`AnyLog`] (`any.rs`): the configured backend, delegating both traits;
+//!   the only module that names both backends.
 //! - [`model`]: entries, append and apply outcomes, aggregate operations.
 //! - [`keys`]: every key name, in one place.
 //! - [`aggregates`]: every field name inside the aggregate keys.
@@ -53,17 +58,21 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregates;
+mod any;
 mod config;
 mod error;
 pub mod keys;
+mod kv;
 mod log;
 pub mod memory;
 pub mod model;
 pub mod redis_log;
 
+pub use any::AnyLog;
 pub use config::StoreArgs;
 pub use error::StoreError;
-pub use log::{AnyLog, EventLog, HashFields};
+pub use kv::{AggregateStore, HashFields};
+pub use log::EventLog;
 pub use memory::MemoryLog;
 pub use model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, MAX_SEQUENCE, Op, Ops,

@@ -13,7 +13,8 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use crate::keys::Keys;
-use crate::log::{EventLog, HashFields};
+use crate::kv::{AggregateStore, HashFields};
+use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
     PendingSummary, latency_bucket, repeated_ids,
@@ -544,7 +545,9 @@ impl EventLog for MemoryLog {
     fn retention(&self) -> Duration {
         self.inner.retention
     }
+}
 
+impl AggregateStore for MemoryLog {
     async fn read_zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
         let mut kv = self.kv();
         kv.purge(key);

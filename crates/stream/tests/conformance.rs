@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use testbed_stream::AggregateStore as _;
 use testbed_stream::{
     AnyLog, AppendEvent, ApplyOutcome, EntryMeta, EventLog, MemoryLog, Op, Ops, RedisLog, StoreArgs,
 };

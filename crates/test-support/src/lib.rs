@@ -117,9 +117,24 @@ impl RedisServer {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if ping(self.port) {
-                self.child = Some(child);
-                return true;
+            // The server answering must be this child: with tests choosing
+            // free ports in parallel, another test's server can hold the
+            // port (this child then fails to bind and exits), and sharing
+            // it would mix the two tests' data.
+            match server_pid(self.port) {
+                // Ours, and done loading its data (PING answers LOADING
+                // until then).
+                Some(pid) if pid == child.id() && ping(self.port) => {
+                    self.child = Some(child);
+                    return true;
+                }
+                Some(pid) if pid == child.id() => {}
+                Some(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+                None => {}
             }
             if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
                 let _ = child.kill();
@@ -226,6 +241,28 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 7];
     stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// The process id of the Redis answering on `port` (`INFO server`), if one
+/// answers.
+fn server_pid(port: u16) -> Option<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut first = String::new();
+    reader.read_line(&mut first).ok()?;
+    let len: usize = first.trim_end().strip_prefix('$')?.parse().ok()?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 fn command(port: u16, args: &[&str]) -> String {

@@ -180,7 +180,7 @@ pub async fn top_devices(
 
 #[cfg(test)]
 mod tests {
-    use testbed_stream::{AnyLog, EventLog as _, MemoryLog, StoreArgs};
+    use testbed_stream::{AggregateStore as _, AnyLog, EventLog as _, MemoryLog, StoreArgs};
 
     use super::*;
     use crate::QueryConfig;

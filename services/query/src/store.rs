@@ -9,6 +9,7 @@
 
 use futures::{StreamExt as _, TryStreamExt as _, stream};
 use testbed_proto::v1::Device;
+use testbed_stream::AggregateStore as _;
 use testbed_stream::keys::Keys;
 use testbed_stream::{AnyLog, EventLog as _, PartitionFigures, PendingSummary, partition_of};
 

@@ -12,6 +12,7 @@ use common::pipeline::{
 };
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest};
+use testbed_stream::AggregateStore as _;
 use testbed_stream::{AnyLog, EventLog as _, MemoryLog, RedisLog, StoreArgs};
 use testbed_test_support::{RedisCluster, RedisServer};
 use tokio_stream::StreamExt as _;

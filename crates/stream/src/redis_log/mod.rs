@@ -63,7 +63,8 @@
 //! # Layout
 //! One file per step; each `impl RedisLog` block holds that step's methods.
 //! - this file: [`RedisLog`], its connections and the timed call wrapper.
-//! - `event_log`: the [`EventLog`] operations, built from the steps below.
+//! - `event_log`: the [`EventLog`] operations, built from the steps below;
+//!   `kv`: the [`AggregateStore`] ones.
 //! - `append`: appends (`append.lua`; the idempotent producer's `MULTI`).
 //! - `apply`: how an apply is carried out (merged first, scripted when
 //!   that raced) and what a merged apply commits; `Disposition` and
@@ -83,6 +84,7 @@ mod append;
 mod apply;
 mod conn;
 mod event_log;
+mod kv;
 mod merge;
 mod msgpack;
 mod parse;
@@ -102,7 +104,8 @@ use tokio::sync::{Mutex, OnceCell};
 
 use self::conn::{Conn, connect, connect_dedicated};
 use crate::keys::{Keys, record_parts};
-use crate::log::{EventLog, HashFields};
+use crate::kv::{AggregateStore, HashFields};
+use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
     PendingSummary, latency_bucket, repeated_ids,

@@ -10,6 +10,7 @@ use testbed_ingest::IngestConfig;
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
 use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
 use testbed_server::{CancellationToken, GrpcServer};
+use testbed_stream::AggregateStore as _;
 use testbed_stream::{AnyLog, EventLog as _, PartitionFigures, partition_of};
 use testbed_worker::WorkerConfig;
 use tokio::task::JoinHandle;

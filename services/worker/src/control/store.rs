@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use testbed_proto::v1::{ControlState, Fault, WorkerInfo};
+use testbed_stream::AggregateStore as _;
 use testbed_stream::{AnyLog, EventLog as _, StoreError};
 
 use crate::control::faults::expired;
