@@ -18,7 +18,7 @@ use prost::bytes::Bytes;
 use testbed_ingest::IngestConfig;
 use testbed_proto::raw::{EventRef, EventView};
 use testbed_proto::v1::Event;
-use testbed_sim::fleet::{Fleet, Mix};
+use testbed_sim::load::fleet::{Fleet, Mix};
 use testbed_stream::Entry;
 use testbed_stream::keys::Keys;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use testbed_sim::fleet::{Fleet, Mix};
+use testbed_sim::load::fleet::{Fleet, Mix};
 
 use crate::error::{Error, Result};
 use crate::process::Proc;

@@ -20,21 +20,64 @@
 //! (`bench/README.md`, session 4).
 //!
 //! # Layout
-//! - [`SimArgs`]: the `testbed sim` flags (the CLI contract).
-//! - [`scenario`]: phases (ramp, hold, burst, spike, pause) and the rate function.
-//! - [`fleet`]: seeded devices and events.
-//! - [`runner`]: the open-loop scheduler and the stream/unary senders.
-//! - [`stats`]: HDR latency histograms and counters.
-//! - [`report`]: text, JSON and ghz-JSON reports.
-//! - [`verify`]: the end-to-end check against `QueryService.GetRunStats`.
-//! - [`serve`]: `testbed sim --serve`: the `--serve` flags and how the
-//!   simulator joins a [`testbed_server::GrpcServer`].
-//! - [`api`]: the `SimulatorService` handlers (StartRun, UpdateRun, StopRun,
-//!   GetRun, WatchRun).
-//! - [`spec`]: run specs and changes checked, with the contract's defaults.
-//! - [`runs`]: the runs a server knows, their life cycle and bounds.
-//! - [`live`]: a served run's live figures (load clock, achieved rate).
-//! - [`error`]: the API's errors and their gRPC status codes.
+//! Two modes over one load engine. Dependencies point down this picture,
+//! never up or sideways: [`load`] knows neither mode, and [`cli`] and
+//! [`serve`] do not know each other.
+//!
+//! ```text
+//!              lib.rs: run / serve_config (the flags -> ServeConfig)
+//!              /                                   \
+//!   cli/: one run from the flags         serve/: SimulatorService
+//!   args, run, report, verify,           config, api, spec, runs,
+//!   progress                             live, error
+//!              \                                   /
+//!               load/: scenario, fleet, runner, transport, stats
+//! ```
+//!
+//! - [`load`]: the load, whoever asks for it.
+//!   - [`load::scenario`]: phases (ramp, hold, burst, spike, pause) and
+//!     the rate function.
+//!   - [`load::fleet`]: seeded devices and their events, encoded field
+//!     by field (the hot path).
+//!   - [`load::runner`]: the open-loop scheduler and the stream/unary
+//!     senders.
+//!   - [`load::transport`]: targets checked, channels opened.
+//!   - [`load::stats`]: HDR latency histograms and counters.
+//! - [`cli`]: `testbed sim` without `--serve`.
+//!   - [`cli::args`]: every flag of `testbed sim`, both modes ([`SimArgs`]
+//!     with [`ServeArgs`] flattened in): the CLI contract.
+//!   - [`cli::run`] (re-exported as [`run`]): one run, start to exit
+//!     status; the live progress line is `cli/progress.rs`.
+//!   - [`cli::report`]: text, JSON and ghz-JSON reports.
+//!   - [`cli::verify`]: the end-to-end check against
+//!     `QueryService.GetRunStats`.
+//! - [`serve`]: `testbed sim --serve`; [`serve::run`] and
+//!   [`serve::register`] join a [`testbed_server::GrpcServer`].
+//!   - [`serve::config`]: [`serve::ServeConfig`], the server's settings,
+//!     and the limits on what a run may ask for.
+//!   - [`serve::api`]: the RPC handlers, one method of [`SimulatorApi`]
+//!     per RPC of `testbed.v1.SimulatorService`: `start_run`,
+//!     `update_run`, `stop_run`, `get_run`, `watch_run`. Each checks its
+//!     request with [`serve::spec`] and calls the method of the same name
+//!     on [`serve::runs::Runs`].
+//!   - [`serve::spec`]: run specs and changes checked, with the
+//!     contract's defaults.
+//!   - [`serve::runs`]: the runs a server knows, their life cycle and
+//!     bounds.
+//!   - [`serve::live`]: a served run's live figures (load clock, achieved
+//!     rate).
+//!   - [`serve::error`]: the API's errors and their gRPC status codes.
+//!
+//! Why the flags of `--serve` ([`ServeArgs`]) sit in `cli/` and not in
+//! `serve/`: `testbed sim` is one command line, in which `--serve`
+//! conflicts with the flags of a run and shares `--target` and the
+//! connection flags with it, so clap must see all of them as one struct;
+//! one file then answers "which flags are there". The server never sees
+//! that struct: [`serve_config`], here at the top, turns the flags into a
+//! [`serve::ServeConfig`], so `serve/` can be started (and tested) without
+//! a command line, and `cli/` and `serve/` stay independent. What both
+//! modes need moved down into `load/` (checking a target is
+//! [`load::transport::parse_target`]).
 //!
 //! # Why these crates
 //! `hdrhistogram` (the reference HDR histogram port) records latencies with
@@ -44,187 +87,42 @@
 //! every architecture.
 #![forbid(unsafe_code)]
 
-pub mod api;
-mod args;
-pub mod error;
-pub mod fleet;
-pub mod live;
-mod progress;
-pub mod report;
-pub mod runner;
-pub mod runs;
-pub mod scenario;
+pub mod cli;
+pub mod load;
 pub mod serve;
-pub mod spec;
-pub mod stats;
-pub mod transport;
-pub mod verify;
 
-use std::io::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+pub use cli::{Dedupe, OutputFormat, ServeArgs, SimArgs, SimError, run};
+pub use serve::SimulatorApi;
 
-use testbed_server::CancellationToken;
+use crate::serve::ServeConfig;
+use crate::serve::config::Limits;
 
-pub use api::SimulatorApi;
-pub use args::{Dedupe, OutputFormat, SimArgs};
-pub use serve::ServeArgs;
-
-use crate::fleet::Fleet;
-use crate::report::Report;
-use crate::runner::{Progress, SendOptions};
-use crate::scenario::{Scenario, ScenarioError};
-use crate::stats::RunFigures;
-
-/// Why a simulator run failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    /// The scenario file is unusable.
-    #[error(transparent)]
-    Scenario(#[from] ScenarioError),
-    /// The target is unusable.
-    #[error(transparent)]
-    Connect(#[from] transport::ConnectError),
-    /// The report could not be written.
-    #[error("cannot write the report to {path}: {source}")]
-    Output {
-        /// Where.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// GetRunStats failed during --verify.
-    #[error("verification could not read the delivery ledger: {0}")]
-    VerifyCall(tonic::Status),
-    /// --verify found a difference (the report has the details).
-    #[error("verification FAILED: {0}")]
-    VerifyFailed(String),
-    /// Some events were never acknowledged (given up, or unanswered when
-    /// the run ended).
-    #[error(
-        "{0} events were never acknowledged (see the status codes and re-sent batches in the report)"
-    )]
-    Undelivered(u64),
-}
-
-/// Runs one load run as `args` describe it, writes the report, and returns
-/// an error when verification fails or events were not delivered.
-pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimError> {
-    let scenario = match &args.scenario {
-        Some(path) => Scenario::load(path)?,
-        None => Scenario::steady(args.rate, args.duration),
-    };
-    let run_id = args.run_id.clone().unwrap_or_else(|| {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        format!("run-{secs}-{:04x}", rand::random::<u16>())
-    });
-    let fleet = Fleet::new(
-        args.devices,
-        &args.device_prefix,
-        &args.arch_mix.0,
-        args.mix,
-        args.seed,
-        &run_id,
-    );
-    let channels = transport::channels(&args.target, args.connections).await?;
-    let options = SendOptions {
+/// The settings of `testbed sim --serve` from its flags: `--serve`'s own
+/// ([`ServeArgs`]), and those shared with a CLI run (`--target`,
+/// `--connections`, `--streams`, `--unary`, `--max-retries`,
+/// `--drain-timeout`, `--device-prefix`, `--arch-mix`), which become the
+/// settings of every run. The flags that describe one run (`--rate`,
+/// `--scenario`, ...) conflict with `--serve`: a `RunSpec` carries them
+/// instead.
+pub fn serve_config(args: &SimArgs) -> ServeConfig {
+    let serve = &args.serve;
+    ServeConfig {
+        target: args.target.clone(),
+        connections: args.connections,
         streams: args.streams,
         unary: args.unary,
         max_retries: args.max_retries,
-        max_batch: args.batch_size,
-        producer_id: match args.dedupe {
-            args::Dedupe::Sequence => runner::producer_id(&run_id),
-            args::Dedupe::EventId => String::new(),
-        },
         drain: args.drain_timeout,
-        stream_max_age: args
-            .target
-            .starts_with("dns:///")
-            .then_some(args.stream_max_age),
-    };
-    tracing::info!(
-        run_id, scenario = scenario.name, duration = %humantime::format_duration(scenario.duration()),
-        planned_events = scenario.planned_events() as u64, target = args.target,
-        connections = channels.len(), streams = args.streams, unary = args.unary, "sim starting"
-    );
-    let figures = Arc::new(Mutex::new(RunFigures::new(scenario.phases.len())));
-    let live = Arc::new(Mutex::new(Progress::default()));
-    let started = SystemTime::now();
-    let reporter = progress::spawn(scenario.clone(), figures.clone(), live.clone());
-    let scheduled = runner::run(
-        &scenario,
-        fleet,
-        channels,
-        options,
-        figures.clone(),
-        live,
-        shutdown,
-    )
-    .await;
-    reporter.finish();
-    let figures = figures
-        .lock()
-        .map(|f| f.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
-    let mut report = Report::new(
-        &run_id,
-        &scenario,
-        args.seed,
-        &args.target,
-        started,
-        SystemTime::now(),
-        scheduled,
-        &figures,
-    );
-
-    if args.verify {
-        let channels = transport::channels(args.query_target(), 1).await?;
-        let channel = channels.into_iter().next().ok_or_else(|| {
-            SimError::VerifyCall(tonic::Status::invalid_argument("no query target"))
-        })?;
-        let verification = verify::verify(
-            channel,
-            &run_id,
-            &verify::Expectation::of(&figures.total),
-            args.verify_timeout,
-        )
-        .await
-        .map_err(SimError::VerifyCall)?;
-        report.verification = Some(verification);
+        device_prefix: args.device_prefix.clone(),
+        arch_mix: args.arch_mix.0.clone(),
+        max_runs: serve.max_runs as usize,
+        keep_finished: serve.keep_finished as usize,
+        limits: Limits {
+            max_rate: serve.max_rate,
+            max_devices: serve.max_devices,
+            max_batch_size: serve.max_batch_size,
+        },
+        rate_window: serve.rate_window,
+        retry_after: serve.retry_after,
     }
-
-    let body = match args.output {
-        OutputFormat::Text => report.text(),
-        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
-        OutputFormat::GhzJson => {
-            serde_json::to_string_pretty(&report.ghz_json(&figures.total)).unwrap_or_default()
-                + "\n"
-        }
-    };
-    match &args.output_file {
-        Some(path) => {
-            std::fs::write(path, &body).map_err(|source| SimError::Output {
-                path: path.display().to_string(),
-                source,
-            })?;
-            // The human summary still goes to stdout.
-            let _ = std::io::stdout().write_all(report.text().as_bytes());
-        }
-        None => {
-            let _ = std::io::stdout().write_all(body.as_bytes());
-        }
-    }
-
-    if let Some(v) = &report.verification
-        && !v.passed
-    {
-        return Err(SimError::VerifyFailed(v.diff.join("; ")));
-    }
-    let undelivered = figures.total.failed + figures.total.unanswered();
-    if undelivered > 0 {
-        return Err(SimError::Undelivered(undelivered));
-    }
-    Ok(())
 }

@@ -172,7 +172,7 @@ async fn dispatch(
         Command::Sim(args) if args.serve.serve => {
             let listeners =
                 bind_and_announce("sim", &args.serve.listen, None, telemetry, &shutdown).await?;
-            testbed_sim::serve::run(args, listeners, shutdown).await?;
+            testbed_sim::serve::run(testbed_sim::serve_config(&args), listeners, shutdown).await?;
         }
         Command::Sim(args) => testbed_sim::run(args, shutdown).await?,
     }

@@ -1,6 +1,6 @@
 //! RPC handlers of `testbed.v1.SimulatorService` (`testbed sim --serve`):
-//! each checks its request ([`crate::spec`]) and hands it to the run
-//! registry ([`crate::runs`]).
+//! each checks its request ([`crate::serve::spec`]) and hands it to the run
+//! registry ([`crate::serve::runs`]).
 
 use testbed_proto::v1::simulator_service_server::{SimulatorService, SimulatorServiceServer};
 use testbed_proto::v1::{
@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::runs::{Runs, is_final};
-use crate::spec;
+use crate::serve::runs::{Runs, is_final};
+use crate::serve::spec;
 
 /// Messages a WatchRun stream may hold for a slow client before the
 /// producer waits for it.

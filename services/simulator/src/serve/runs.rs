@@ -18,36 +18,18 @@ use testbed_server::CancellationToken;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::SimArgs;
-use crate::error::ApiError;
-use crate::fleet::Fleet;
-use crate::live::{self, LoadClock, RateWindow};
-use crate::runner::{self, Progress, SendOptions, Shared};
-use crate::scenario::Scenario;
-use crate::spec::{self, Change, Limits, StartSpec, UNTIL_STOPPED};
-use crate::stats::RunFigures;
-use crate::transport::{self, ConnectError};
+use crate::load::fleet::Fleet;
+use crate::load::runner::{self, Progress, SendOptions, Shared};
+use crate::load::scenario::Scenario;
+use crate::load::stats::RunFigures;
+use crate::load::transport::{self, ConnectError};
+use crate::serve::config::{Limits, ServeConfig};
+use crate::serve::error::ApiError;
+use crate::serve::live::{self, LoadClock, RateWindow};
+use crate::serve::spec::{self, Change, StartSpec, UNTIL_STOPPED};
 
 /// How many samples of the accepted counter a rate window holds.
 const SAMPLES_PER_WINDOW: u32 = 12;
-
-/// Server-wide settings of runs, from the `testbed sim --serve` flags.
-#[derive(Debug, Clone)]
-struct Config {
-    target: String,
-    connections: u32,
-    streams: u32,
-    unary: bool,
-    max_retries: u32,
-    drain: Duration,
-    device_prefix: String,
-    arch_mix: Vec<(String, f64)>,
-    max_runs: usize,
-    keep_finished: usize,
-    limits: Limits,
-    rate_window: Duration,
-    retry_after: Duration,
-}
 
 /// The runs of this server; cheap to clone.
 #[derive(Debug, Clone)]
@@ -57,7 +39,7 @@ pub struct Runs {
 
 #[derive(Debug)]
 struct Inner {
-    config: Config,
+    config: ServeConfig,
     /// The server's token: cancelled at shutdown, it stops every run.
     shutdown: CancellationToken,
     table: Mutex<Table>,
@@ -152,27 +134,7 @@ fn changeable<'a>(
 
 impl Runs {
     /// No runs yet; runs stop when `shutdown` is cancelled.
-    pub fn new(args: &SimArgs, shutdown: CancellationToken) -> Self {
-        let serve = &args.serve;
-        let config = Config {
-            target: args.target.clone(),
-            connections: args.connections,
-            streams: args.streams,
-            unary: args.unary,
-            max_retries: args.max_retries,
-            drain: args.drain_timeout,
-            device_prefix: args.device_prefix.clone(),
-            arch_mix: args.arch_mix.0.clone(),
-            max_runs: serve.max_runs as usize,
-            keep_finished: serve.keep_finished as usize,
-            limits: Limits {
-                max_rate: serve.max_rate,
-                max_devices: serve.max_devices,
-                max_batch_size: serve.max_batch_size,
-            },
-            rate_window: serve.rate_window,
-            retry_after: serve.retry_after,
-        };
+    pub fn new(config: ServeConfig, shutdown: CancellationToken) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -202,7 +164,7 @@ impl Runs {
         if spec.target.is_empty() {
             spec.target = config.target.clone();
         } else {
-            crate::args::parse_target(&spec.target)
+            transport::parse_target(&spec.target)
                 .map_err(|reason| ApiError::invalid("spec.target", reason))?;
         }
         if spec.run_id.is_empty() {
@@ -247,7 +209,7 @@ impl Runs {
             unary: config.unary,
             max_retries: config.max_retries,
             max_batch: spec.batch_size,
-            producer_id: crate::runner::producer_id(&id),
+            producer_id: runner::producer_id(&id),
             drain: config.drain,
             // Streams to a headless Service are recycled so new pods get load.
             stream_max_age: spec

@@ -1,7 +1,13 @@
-//! The `testbed sim` flags: the CLI contract scripts and docs rely on.
+//! The `testbed sim` flags, both modes' (`--serve` and its flags are
+//! [`ServeArgs`]): the CLI contract scripts and docs rely on.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use testbed_server::ListenArgs;
+
+use crate::load::fleet::{self, Mix};
+use crate::load::transport::parse_target;
 
 /// Report formats of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,7 +95,7 @@ pub struct SimArgs {
     /// Payload mix, as weights.
     #[arg(long, env = "TESTBED_SIM_MIX", default_value = "gpu=0.5,tokens=0.3,metric=0.2",
           value_parser = parse_mix)]
-    pub mix: crate::fleet::Mix,
+    pub mix: Mix,
 
     /// Architecture mix of the fleet's nodes, as weights.
     #[arg(long, env = "TESTBED_SIM_ARCH_MIX", default_value = "amd64=0.5,arm64=0.3,armv7=0.2",
@@ -137,18 +143,104 @@ pub struct SimArgs {
           value_parser = humantime::parse_duration)]
     pub verify_timeout: Duration,
 
-    /// `--serve` and the server's flags (see [`crate::serve`]).
+    /// `--serve` and the server's flags.
     #[command(flatten)]
-    pub serve: crate::serve::ServeArgs,
+    pub serve: ServeArgs,
+}
+
+/// The `--serve` flags. Every flag but `--serve` requires it.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Serving (--serve)")]
+// Applied after the flattened listener flags exist: they only mean
+// something with --serve, and their default ports are one above the
+// other servers' so `testbed all` and `testbed sim --serve` can share a
+// host with their defaults (and the default --target then points at it).
+#[command(
+    mut_arg("grpc_addr", |a| a.requires("serve").default_value("0.0.0.0:50052")),
+    mut_arg("metrics_addr", |a| a.requires("serve").default_value("0.0.0.0:9465")),
+    mut_arg("shutdown_grace", |a| a.requires("serve")),
+    mut_arg("health_interval", |a| a.requires("serve")),
+    mut_arg("addr_file", |a| a.requires("serve")),
+)]
+pub struct ServeArgs {
+    /// Serve testbed.v1.SimulatorService (StartRun, UpdateRun, StopRun,
+    /// GetRun, WatchRun) instead of doing one run; --target and the
+    /// connection flags become the defaults of every run.
+    #[arg(long, env = "TESTBED_SIM_SERVE", conflicts_with_all = [
+        "query_target", "rate", "duration", "devices", "verify", "output",
+        "output_file", "scenario", "batch_size", "mix", "seed", "run_id",
+        "verify_timeout",
+    ])]
+    pub serve: bool,
+
+    /// Most runs pending, running or stopping at once; StartRun beyond it
+    /// is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TESTBED_SIM_MAX_RUNS", default_value_t = 4, requires = "serve",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_runs: u32,
+
+    /// Finished runs kept for GetRun (the oldest are forgotten first).
+    #[arg(long, env = "TESTBED_SIM_KEEP_FINISHED", default_value_t = 100, requires = "serve",
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub keep_finished: u32,
+
+    /// Highest rate a run may ask for, in events per second (in any phase,
+    /// bursts included).
+    #[arg(long, env = "TESTBED_SIM_MAX_RATE", default_value_t = 1_000_000.0, requires = "serve",
+          value_parser = parse_positive)]
+    pub max_rate: f64,
+
+    /// Most devices a run may simulate.
+    #[arg(long, env = "TESTBED_SIM_MAX_DEVICES", default_value_t = 100_000, requires = "serve",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_devices: u32,
+
+    /// Largest batch_size a run may ask for; keep it at most ingest's
+    /// --max-batch.
+    #[arg(long, env = "TESTBED_SIM_MAX_BATCH_SIZE", default_value_t = 1000, requires = "serve",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_batch_size: u32,
+
+    /// The window of RunFigures.achieved_rate: accepted events over the
+    /// last this long.
+    #[arg(long, env = "TESTBED_SIM_RATE_WINDOW", default_value = "3s", requires = "serve",
+          value_parser = parse_window)]
+    pub rate_window: Duration,
+
+    /// The retry delay suggested (google.rpc.RetryInfo) when --max-runs
+    /// runs are already active.
+    #[arg(long, env = "TESTBED_SIM_RETRY_AFTER", default_value = "5s", requires = "serve",
+          value_parser = humantime::parse_duration)]
+    pub retry_after: Duration,
+
+    /// Where the server listens.
+    #[command(flatten)]
+    pub listen: ListenArgs,
+}
+
+fn parse_positive(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("must be a positive number".to_owned()),
+    }
+}
+
+fn parse_window(value: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(500)..=Duration::from_secs(300)).contains(&window) {
+        Ok(window)
+    } else {
+        Err("must be between 500ms and 5m".to_owned())
+    }
 }
 
 /// Architecture names and weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchMix(pub Vec<(String, f64)>);
 
-fn parse_mix(value: &str) -> Result<crate::fleet::Mix, String> {
-    let w = crate::fleet::parse_weights(value, &["gpu", "tokens", "metric"])?;
-    Ok(crate::fleet::Mix {
+fn parse_mix(value: &str) -> Result<Mix, String> {
+    let w = fleet::parse_weights(value, &["gpu", "tokens", "metric"])?;
+    Ok(Mix {
         gpu: w[0],
         tokens: w[1],
         metric: w[2],
@@ -181,30 +273,6 @@ impl SimArgs {
     pub fn query_target(&self) -> &str {
         self.query_target.as_deref().unwrap_or(&self.target)
     }
-}
-
-/// Checks an ingest endpoint: `http(s)://HOST:PORT` or `dns:///NAME:PORT`.
-pub(crate) fn parse_target(value: &str) -> Result<String, String> {
-    if let Some(name) = value.strip_prefix("dns:///") {
-        // gRPC's DNS resolver syntax: every address of NAME is a backend.
-        let (host, port) = name
-            .rsplit_once(':')
-            .ok_or_else(|| "dns:/// targets need a port: dns:///NAME:PORT".to_owned())?;
-        if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err("expected dns:///NAME:PORT".to_owned());
-        }
-        return Ok(value.to_owned());
-    }
-    if !(value.starts_with("http://") || value.starts_with("https://")) {
-        return Err("expected http://HOST:PORT, https://HOST:PORT or dns:///NAME:PORT".to_owned());
-    }
-    let uri = value
-        .parse::<tonic::transport::Uri>()
-        .map_err(|e| format!("not a valid URI: {e}"))?;
-    if uri.host().is_none_or(str::is_empty) {
-        return Err("missing host".to_owned());
-    }
-    Ok(value.to_owned())
 }
 
 fn parse_rate(value: &str) -> Result<f64, String> {
@@ -242,7 +310,7 @@ mod tests {
             (cli.sim.connections, cli.sim.streams, cli.sim.batch_size),
             (2, 2, 100)
         );
-        assert_eq!(cli.sim.mix, crate::fleet::Mix::default());
+        assert_eq!(cli.sim.mix, Mix::default());
         assert_eq!(cli.sim.arch_mix.0.len(), 3);
     }
 
@@ -293,6 +361,91 @@ mod tests {
             ("--connections", "0"),
         ] {
             let err = Cli::try_parse_from(["sim", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
+    }
+
+    /// The flag set is consistent (the listener flags exist for `mut_arg`).
+    #[test]
+    fn command_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    /// `--serve` takes the listener flags, with ports of its own by default.
+    #[test]
+    fn serve_parses_listener_flags() {
+        let cli = Cli::try_parse_from(["sim", "--serve"]).unwrap();
+        assert!(cli.sim.serve.serve);
+        assert_eq!(cli.sim.serve.listen.grpc_addr.to_string(), "0.0.0.0:50052");
+        assert_eq!(
+            cli.sim.serve.listen.metrics_addr.to_string(),
+            "0.0.0.0:9465"
+        );
+        assert_eq!(
+            (cli.sim.serve.max_runs, cli.sim.serve.keep_finished),
+            (4, 100)
+        );
+        assert_eq!(cli.sim.serve.rate_window, Duration::from_secs(3));
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--addr-file",
+            "/tmp/a.json",
+            "--max-runs",
+            "2",
+            "--target",
+            "http://ingest:50051",
+        ])
+        .unwrap();
+        assert_eq!(cli.sim.serve.listen.grpc_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(cli.sim.serve.max_runs, 2);
+        assert_eq!(cli.sim.target, "http://ingest:50051");
+    }
+
+    /// Server flags need `--serve`; one-run flags conflict with it.
+    #[test]
+    fn serve_flags_and_run_flags_exclude_each_other() {
+        for flag in [
+            ["--grpc-addr", "127.0.0.1:0"],
+            ["--addr-file", "/tmp/a.json"],
+            ["--max-runs", "2"],
+        ] {
+            let err = Cli::try_parse_from(["sim", flag[0], flag[1]]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{flag:?}"
+            );
+            assert!(err.to_string().contains("--serve"), "{flag:?}: {err}");
+        }
+        for flag in [["--rate", "10"], ["--run-id", "r1"], ["--output", "json"]] {
+            let err = Cli::try_parse_from(["sim", "--serve", flag[0], flag[1]]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag:?}"
+            );
+        }
+        let err = Cli::try_parse_from(["sim", "--serve", "--verify"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        // A CLI run ignores the server defaults.
+        assert!(!Cli::try_parse_from(["sim"]).unwrap().sim.serve.serve);
+    }
+
+    /// Bad limits are refused with the flag named.
+    #[test]
+    fn rejects_bad_limits() {
+        for (flag, value) in [
+            ("--max-runs", "0"),
+            ("--max-rate", "NaN"),
+            ("--max-rate", "-1"),
+            ("--rate-window", "10ms"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let err = Cli::try_parse_from(["sim", "--serve", &arg]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
         }
     }

@@ -9,7 +9,7 @@ use testbed_proto::v1::GetRunStatsRequest;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
 
-use crate::stats::Figures;
+use crate::load::stats::Figures;
 
 /// What the run sent and the pipeline reports.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

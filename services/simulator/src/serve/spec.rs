@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use testbed_proto::v1 as pb;
 
-use crate::error::ApiError;
-use crate::fleet::Mix;
-use crate::scenario::{Phase, Scenario};
+use crate::load::fleet::Mix;
+use crate::load::scenario::{Phase, Scenario};
+use crate::serve::config::Limits;
+use crate::serve::error::ApiError;
 
 /// The length of a load that runs "until stopped": a century, so that
 /// instants and sums built on it cannot overflow.
@@ -25,17 +26,6 @@ const WATCH_INTERVAL: (Duration, Duration, Duration) = (
 );
 /// Longest run id, from the contract.
 const MAX_RUN_ID: usize = 128;
-
-/// What a run may ask for (the `--max-*` serve flags).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Highest rate in any phase, events/s.
-    pub max_rate: f64,
-    /// Most devices.
-    pub max_devices: u32,
-    /// Largest batch.
-    pub max_batch_size: u32,
-}
 
 /// The shape of a run's load.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,6 +26,31 @@ pub enum ConnectError {
     },
 }
 
+/// Checks a target: `http(s)://HOST:PORT` or `dns:///NAME:PORT` (the
+/// `--target` flag's and `RunSpec.target`'s form).
+pub fn parse_target(value: &str) -> Result<String, String> {
+    if let Some(name) = value.strip_prefix("dns:///") {
+        // gRPC's DNS resolver syntax: every address of NAME is a backend.
+        let (host, port) = name
+            .rsplit_once(':')
+            .ok_or_else(|| "dns:/// targets need a port: dns:///NAME:PORT".to_owned())?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err("expected dns:///NAME:PORT".to_owned());
+        }
+        return Ok(value.to_owned());
+    }
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err("expected http://HOST:PORT, https://HOST:PORT or dns:///NAME:PORT".to_owned());
+    }
+    let uri = value
+        .parse::<tonic::transport::Uri>()
+        .map_err(|e| format!("not a valid URI: {e}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("missing host".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
 /// The endpoint URIs behind `target`: itself for `http(s)://`, one per
 /// resolved address for `dns:///name:port` (so streams spread over every
 /// pod of a headless Service rather than sticking to one).

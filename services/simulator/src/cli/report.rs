@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::scenario::Scenario;
-use crate::stats::{Figures, RunFigures};
-use crate::verify::Verification;
+use crate::cli::verify::Verification;
+use crate::load::scenario::Scenario;
+use crate::load::stats::{Figures, RunFigures};
 
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -205,7 +205,7 @@ impl Report {
                 if t.resent_batches.is_empty() {
                     "none".to_owned()
                 } else {
-                    format!("batches {}", crate::verify::reasons(&t.resent_batches))
+                    format!("batches {}", crate::cli::verify::reasons(&t.resent_batches))
                 },
                 t.protocol_errors,
                 t.unanswered

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use testbed_proto::v1 as pb;
 
-use crate::scenario::Scenario;
-use crate::stats::Figures;
+use crate::load::scenario::Scenario;
+use crate::load::stats::Figures;
 
 /// The load a run follows now and since when: the target rate and phase
 /// of any instant, as the runner computes them.
@@ -124,7 +124,7 @@ pub fn figures(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::Phase;
+    use crate::load::scenario::Phase;
 
     /// The rate covers the window and follows a change within it.
     #[test]

@@ -27,9 +27,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
-use crate::fleet::{Fleet, Kind};
-use crate::scenario::Scenario;
-use crate::stats::{RunFigures, code_name};
+use crate::load::fleet::{Fleet, Kind};
+use crate::load::scenario::Scenario;
+use crate::load::stats::{RunFigures, code_name};
 
 /// One batch, as scheduled.
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::runner::Progress;
-use crate::scenario::Scenario;
-use crate::stats::RunFigures;
+use crate::load::runner::Progress;
+use crate::load::scenario::Scenario;
+use crate::load::stats::RunFigures;
 
 /// A running progress reporter; [`Reporter::finish`] stops it.
 pub struct Reporter {

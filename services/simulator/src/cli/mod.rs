@@ -1,0 +1,189 @@
+//! `testbed sim` without `--serve`: one run from the flags, a live
+//! progress line, a report, and `--verify`'s check against the pipeline.
+//!
+//! The flags of both modes are here ([`args`]), as they are one command
+//! line; [`crate::serve_config`] turns the server's share of them into a
+//! [`crate::serve::ServeConfig`], so this module and [`crate::serve`] do
+//! not know each other.
+//!
+//! - [`args`]: [`SimArgs`] and [`ServeArgs`], the CLI contract.
+//! - [`run`]: one run, start to exit status.
+//! - `progress`: the live progress line.
+//! - [`report`]: text, JSON and ghz-JSON reports.
+//! - [`verify`]: the end-to-end check against `QueryService.GetRunStats`.
+//!
+//! Within it, `run` (here) → `args`, `progress`, `report`, `verify`;
+//! `report` → `verify`; any of them → [`crate::load`].
+
+pub mod args;
+mod progress;
+pub mod report;
+pub mod verify;
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use testbed_server::CancellationToken;
+
+pub use args::{Dedupe, OutputFormat, ServeArgs, SimArgs};
+
+use crate::cli::report::Report;
+use crate::load::fleet::Fleet;
+use crate::load::runner::{self, Progress, SendOptions};
+use crate::load::scenario::{Scenario, ScenarioError};
+use crate::load::stats::RunFigures;
+use crate::load::transport;
+
+/// Why a simulator run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The scenario file is unusable.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The target is unusable.
+    #[error(transparent)]
+    Connect(#[from] transport::ConnectError),
+    /// The report could not be written.
+    #[error("cannot write the report to {path}: {source}")]
+    Output {
+        /// Where.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// GetRunStats failed during --verify.
+    #[error("verification could not read the delivery ledger: {0}")]
+    VerifyCall(tonic::Status),
+    /// --verify found a difference (the report has the details).
+    #[error("verification FAILED: {0}")]
+    VerifyFailed(String),
+    /// Some events were never acknowledged (given up, or unanswered when
+    /// the run ended).
+    #[error(
+        "{0} events were never acknowledged (see the status codes and re-sent batches in the report)"
+    )]
+    Undelivered(u64),
+}
+
+/// Runs one load run as `args` describe it, writes the report, and returns
+/// an error when verification fails or events were not delivered.
+pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimError> {
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::load(path)?,
+        None => Scenario::steady(args.rate, args.duration),
+    };
+    let run_id = args.run_id.clone().unwrap_or_else(|| {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("run-{secs}-{:04x}", rand::random::<u16>())
+    });
+    let fleet = Fleet::new(
+        args.devices,
+        &args.device_prefix,
+        &args.arch_mix.0,
+        args.mix,
+        args.seed,
+        &run_id,
+    );
+    let channels = transport::channels(&args.target, args.connections).await?;
+    let options = SendOptions {
+        streams: args.streams,
+        unary: args.unary,
+        max_retries: args.max_retries,
+        max_batch: args.batch_size,
+        producer_id: match args.dedupe {
+            Dedupe::Sequence => runner::producer_id(&run_id),
+            Dedupe::EventId => String::new(),
+        },
+        drain: args.drain_timeout,
+        stream_max_age: args
+            .target
+            .starts_with("dns:///")
+            .then_some(args.stream_max_age),
+    };
+    tracing::info!(
+        run_id, scenario = scenario.name, duration = %humantime::format_duration(scenario.duration()),
+        planned_events = scenario.planned_events() as u64, target = args.target,
+        connections = channels.len(), streams = args.streams, unary = args.unary, "sim starting"
+    );
+    let figures = Arc::new(Mutex::new(RunFigures::new(scenario.phases.len())));
+    let live = Arc::new(Mutex::new(Progress::default()));
+    let started = SystemTime::now();
+    let reporter = progress::spawn(scenario.clone(), figures.clone(), live.clone());
+    let scheduled = runner::run(
+        &scenario,
+        fleet,
+        channels,
+        options,
+        figures.clone(),
+        live,
+        shutdown,
+    )
+    .await;
+    reporter.finish();
+    let figures = figures
+        .lock()
+        .map(|f| f.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    let mut report = Report::new(
+        &run_id,
+        &scenario,
+        args.seed,
+        &args.target,
+        started,
+        SystemTime::now(),
+        scheduled,
+        &figures,
+    );
+
+    if args.verify {
+        let channels = transport::channels(args.query_target(), 1).await?;
+        let channel = channels.into_iter().next().ok_or_else(|| {
+            SimError::VerifyCall(tonic::Status::invalid_argument("no query target"))
+        })?;
+        let verification = verify::verify(
+            channel,
+            &run_id,
+            &verify::Expectation::of(&figures.total),
+            args.verify_timeout,
+        )
+        .await
+        .map_err(SimError::VerifyCall)?;
+        report.verification = Some(verification);
+    }
+
+    let body = match args.output {
+        OutputFormat::Text => report.text(),
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        OutputFormat::GhzJson => {
+            serde_json::to_string_pretty(&report.ghz_json(&figures.total)).unwrap_or_default()
+                + "\n"
+        }
+    };
+    match &args.output_file {
+        Some(path) => {
+            std::fs::write(path, &body).map_err(|source| SimError::Output {
+                path: path.display().to_string(),
+                source,
+            })?;
+            // The human summary still goes to stdout.
+            let _ = std::io::stdout().write_all(report.text().as_bytes());
+        }
+        None => {
+            let _ = std::io::stdout().write_all(body.as_bytes());
+        }
+    }
+
+    if let Some(v) = &report.verification
+        && !v.passed
+    {
+        return Err(SimError::VerifyFailed(v.diff.join("; ")));
+    }
+    let undelivered = figures.total.failed + figures.total.unanswered();
+    if undelivered > 0 {
+        return Err(SimError::Undelivered(undelivered));
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! The load itself, whoever asks for it (a CLI run or a served run): the
+//! fleet and its events, the schedule, the senders and what they count.
+//!
+//! Depends on nothing else in the crate; [`crate::cli`] and
+//! [`crate::serve`] both build on it.
+//!
+//! - [`scenario`]: phases (ramp, hold, burst, spike, pause) and the rate
+//!   function.
+//! - [`fleet`]: seeded devices and their events, encoded field by field
+//!   (the hot path).
+//! - [`runner`]: the open-loop scheduler and the stream/unary senders.
+//! - [`transport`]: targets checked and turned into channels.
+//! - [`stats`]: HDR latency histograms and counters.
+
+pub mod fleet;
+pub mod runner;
+pub mod scenario;
+pub mod stats;
+pub mod transport;
