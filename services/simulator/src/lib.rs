@@ -37,8 +37,8 @@
 //! - [`load`]: the load, whoever asks for it.
 //!   - [`load::scenario`]: phases (ramp, hold, burst, spike, pause) and
 //!     the rate function.
-//!   - [`load::fleet`]: seeded devices and their events, encoded field
-//!     by field (the hot path).
+//!   - [`load::fleet`]: seeded devices and their events, encoded with
+//!     [`testbed_proto::raw::event_writer`].
 //!   - [`load::runner`]: the open-loop scheduler and the stream/unary
 //!     senders.
 //!   - [`load::transport`]: targets checked, channels opened.

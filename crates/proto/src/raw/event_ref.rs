@@ -26,6 +26,7 @@ use std::fmt;
 
 use prost_types::{Duration, Timestamp};
 
+use super::tags::{self, event};
 use crate::v1::GpuSample;
 
 /// Why bytes are not an encoded `testbed.v1.Event`.
@@ -241,13 +242,18 @@ fn expect(wire: u8, expected: u8) -> Result<(), EventRefError> {
 /// The fields of an encoded `Timestamp` or `Duration` (the same layout:
 /// `int64 seconds = 1; int32 nanos = 2;`) merged into `(seconds, nanos)`.
 fn seconds_nanos(buf: &[u8], into: &mut (i64, i32), exact: &mut bool) -> Result<(), EventRefError> {
+    use tags::timestamp::{NANOS, SECONDS};
+    const _: () = assert!(
+        tags::duration::SECONDS == SECONDS && tags::duration::NANOS == NANOS,
+        "Timestamp and Duration no longer share a layout"
+    );
     singular_fields(buf, exact, |tag, wire, r| {
         match tag {
-            1 => {
+            SECONDS => {
                 expect(wire, VARINT)?;
                 into.0 = r.varint()? as i64;
             }
-            2 => {
+            NANOS => {
                 expect(wire, VARINT)?;
                 into.1 = r.varint()? as i32;
             }
@@ -301,29 +307,33 @@ impl<'a> PayloadRef<'a> {
         gpu: &mut GpuSample,
         exact: &mut bool,
     ) -> Result<(), EventRefError> {
+        use tags::gpu::{
+            GPU_INDEX, MEMORY_TOTAL_BYTES, MEMORY_USED_BYTES, POWER_WATTS, TEMPERATURE_CELSIUS,
+            UTILIZATION,
+        };
         singular_fields(buf, exact, |tag, wire, r| {
             match tag {
-                1 => {
+                GPU_INDEX => {
                     expect(wire, VARINT)?;
                     gpu.gpu_index = r.varint()? as u32;
                 }
-                2 => {
+                UTILIZATION => {
                     expect(wire, FIXED64)?;
                     gpu.utilization = r.double()?;
                 }
-                3 => {
+                MEMORY_USED_BYTES => {
                     expect(wire, VARINT)?;
                     gpu.memory_used_bytes = r.varint()?;
                 }
-                4 => {
+                MEMORY_TOTAL_BYTES => {
                     expect(wire, VARINT)?;
                     gpu.memory_total_bytes = r.varint()?;
                 }
-                5 => {
+                TEMPERATURE_CELSIUS => {
                     expect(wire, FIXED64)?;
                     gpu.temperature_celsius = r.double()?;
                 }
-                6 => {
+                POWER_WATTS => {
                     expect(wire, FIXED64)?;
                     gpu.power_watts = r.double()?;
                 }
@@ -338,26 +348,27 @@ impl<'a> PayloadRef<'a> {
         tokens: &mut TokenUsageRef<'a>,
         exact: &mut bool,
     ) -> Result<(), EventRefError> {
+        use tags::tokens::{COMPLETION_TOKENS, LATENCY, MODEL, PROMPT_TOKENS, TENANT};
         let mut inner_exact = true;
         singular_fields(buf, exact, |tag, wire, r| {
             match tag {
-                1 => {
+                MODEL => {
                     expect(wire, LEN)?;
                     tokens.model = r.len_delimited()?;
                 }
-                2 => {
+                TENANT => {
                     expect(wire, LEN)?;
                     tokens.tenant = r.len_delimited()?;
                 }
-                3 => {
+                PROMPT_TOKENS => {
                     expect(wire, VARINT)?;
                     tokens.prompt_tokens = r.varint()?;
                 }
-                4 => {
+                COMPLETION_TOKENS => {
                     expect(wire, VARINT)?;
                     tokens.completion_tokens = r.varint()?;
                 }
-                5 => {
+                LATENCY => {
                     expect(wire, LEN)?;
                     let mut latency = tokens.latency.map_or((0, 0), |d| (d.seconds, d.nanos));
                     seconds_nanos(r.len_delimited()?, &mut latency, &mut inner_exact)?;
@@ -379,17 +390,18 @@ impl<'a> PayloadRef<'a> {
         metric: &mut MetricRef<'a>,
         exact: &mut bool,
     ) -> Result<(), EventRefError> {
+        use tags::metric::{NAME, UNIT, VALUE};
         singular_fields(buf, exact, |tag, wire, r| {
             match tag {
-                1 => {
+                NAME => {
                     expect(wire, LEN)?;
                     metric.name = r.len_delimited()?;
                 }
-                2 => {
+                VALUE => {
                     expect(wire, FIXED64)?;
                     metric.value = r.double()?;
                 }
-                3 => {
+                UNIT => {
                     expect(wire, LEN)?;
                     metric.unit = r.len_delimited()?;
                 }
@@ -430,7 +442,7 @@ impl<'a> Labels<'a> {
         std::iter::from_fn(move || {
             while !reader.is_empty() {
                 let (tag, wire) = reader.key().ok()?;
-                if tag == 4 && wire == LEN {
+                if tag == event::LABELS && wire == LEN {
                     let entry = reader.len_delimited().ok()?;
                     return label_entry(entry, &mut true).ok();
                 }
@@ -446,11 +458,11 @@ fn label_entry<'a>(buf: &'a [u8], exact: &mut bool) -> Result<(&'a [u8], &'a [u8
     let (mut key, mut value) = (&[][..], &[][..]);
     singular_fields(buf, exact, |tag, wire, r| {
         match tag {
-            1 => {
+            tags::label::KEY => {
                 expect(wire, LEN)?;
                 key = r.len_delimited()?;
             }
-            2 => {
+            tags::label::VALUE => {
                 expect(wire, LEN)?;
                 value = r.len_delimited()?;
             }
@@ -489,6 +501,10 @@ pub struct EventRef<'a> {
 impl<'a> EventRef<'a> {
     /// Reads an encoded event.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, EventRefError> {
+        const _: () = assert!(
+            event::TOKENS == event::GPU + 1 && event::METRIC == event::GPU + 2,
+            "the payload's members are no longer 10, 11, 12 in a row"
+        );
         let mut event = EventRef::default();
         // Offsets of the label entries' span: from the first one's key to
         // the end of the last one.
@@ -501,15 +517,15 @@ impl<'a> EventRef<'a> {
             // "sent twice" by being seen again.
             let mut single = true;
             match tag {
-                1 => {
+                event::EVENT_ID => {
                     expect(wire, LEN)?;
                     event.event_id = r.len_delimited()?;
                 }
-                2 => {
+                event::DEVICE_ID => {
                     expect(wire, LEN)?;
                     event.device_id = r.len_delimited()?;
                 }
-                3 => {
+                event::OBSERVED_AT => {
                     expect(wire, LEN)?;
                     let mut at = event.observed_at.map_or((0, 0), |t| (t.seconds, t.nanos));
                     seconds_nanos(r.len_delimited()?, &mut at, &mut exact)?;
@@ -518,7 +534,7 @@ impl<'a> EventRef<'a> {
                         nanos: at.1,
                     });
                 }
-                4 => {
+                event::LABELS => {
                     expect(wire, LEN)?;
                     label_entry(r.len_delimited()?, &mut exact)?;
                     labels_from = labels_from.min(at);
@@ -526,16 +542,17 @@ impl<'a> EventRef<'a> {
                     event.labels.len += 1;
                     single = false;
                 }
-                5 => {
+                event::RUN_ID => {
                     expect(wire, LEN)?;
                     event.run_id = r.len_delimited()?;
                 }
-                10..=12 => {
+                // The payload oneof's members, in a row.
+                event::GPU..=event::METRIC => {
                     expect(wire, LEN)?;
                     let buf = r.len_delimited()?;
                     // A oneof member merges into itself and replaces another.
                     event.payload = Some(match (tag, event.payload) {
-                        (10, previous) => {
+                        (event::GPU, previous) => {
                             let mut gpu = match previous {
                                 Some(PayloadRef::Gpu(gpu)) => gpu,
                                 _ => GpuSample::default(),
@@ -543,7 +560,7 @@ impl<'a> EventRef<'a> {
                             PayloadRef::merge_gpu(buf, &mut gpu, &mut exact)?;
                             PayloadRef::Gpu(gpu)
                         }
-                        (11, previous) => {
+                        (event::TOKENS, previous) => {
                             let mut tokens = match previous {
                                 Some(PayloadRef::Tokens(tokens)) => tokens,
                                 _ => TokenUsageRef::default(),
@@ -561,7 +578,7 @@ impl<'a> EventRef<'a> {
                         }
                     });
                     // Any second payload is a field sent twice.
-                    twice |= !seen.first(10);
+                    twice |= !seen.first(event::GPU);
                     single = false;
                 }
                 _ => return Ok(false),

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use prost::Message as _;
-use prost::encoding::{WireType, encode_key, encode_varint};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testbed_proto::raw::event_writer;
+use testbed_proto::raw::{MetricRef, PayloadRef, TokenUsageRef};
 use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
 
 /// Models served by the simulated inference fleet.
@@ -115,138 +115,29 @@ pub struct Fleet {
     next: u64,
 }
 
-/// A generated payload, its texts borrowed from the constants above, so
-/// that encoding one ([`Fleet::next_event_into`]) allocates nothing.
-#[derive(Debug, Clone, Copy)]
-enum Sample {
-    Gpu(GpuSample),
-    Tokens {
-        model: &'static str,
-        tenant: &'static str,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        latency: Option<prost_types::Duration>,
-    },
-    Metric {
-        name: &'static str,
-        value: f64,
-        unit: &'static str,
-    },
-}
+/// A generated payload: the form the event writer takes, its texts
+/// borrowed from the constants above, so that encoding one
+/// ([`Fleet::next_event_into`]) allocates nothing.
+type Sample = PayloadRef<'static>;
 
-impl Sample {
-    fn kind(&self) -> Kind {
-        match self {
-            Self::Gpu(_) => Kind::Gpu,
-            Self::Tokens { .. } => Kind::Tokens,
-            Self::Metric { .. } => Kind::Metric,
-        }
-    }
-
-    fn to_payload(self) -> Payload {
-        match self {
-            Self::Gpu(gpu) => Payload::Gpu(gpu),
-            Self::Tokens {
-                model,
-                tenant,
-                prompt_tokens,
-                completion_tokens,
-                latency,
-            } => Payload::Tokens(TokenUsage {
-                model: model.to_owned(),
-                tenant: tenant.to_owned(),
-                prompt_tokens,
-                completion_tokens,
-                latency,
-            }),
-            Self::Metric { name, value, unit } => Payload::Metric(Metric {
-                name: name.to_owned(),
-                value,
-                unit: unit.to_owned(),
-            }),
-        }
-    }
-
-    /// Appends the payload as `Event` encodes its `payload` oneof (fields
-    /// 10-12), byte for byte: prost's order and its omission of defaults.
-    fn encode(&self, buf: &mut Vec<u8>) {
-        match self {
-            Self::Gpu(gpu) => nested(10, buf, |buf| {
-                uint(1, u64::from(gpu.gpu_index), buf);
-                double(2, gpu.utilization, buf);
-                uint(3, gpu.memory_used_bytes, buf);
-                uint(4, gpu.memory_total_bytes, buf);
-                double(5, gpu.temperature_celsius, buf);
-                double(6, gpu.power_watts, buf);
-            }),
-            Self::Tokens {
-                model,
-                tenant,
-                prompt_tokens,
-                completion_tokens,
-                latency,
-            } => nested(11, buf, |buf| {
-                text(1, model, buf);
-                text(2, tenant, buf);
-                uint(3, *prompt_tokens, buf);
-                uint(4, *completion_tokens, buf);
-                if let Some(latency) = latency {
-                    nested(5, buf, |buf| {
-                        uint(1, latency.seconds as u64, buf);
-                        uint(2, i64::from(latency.nanos) as u64, buf);
-                    });
-                }
-            }),
-            Self::Metric { name, value, unit } => nested(12, buf, |buf| {
-                text(1, name, buf);
-                double(2, *value, buf);
-                text(3, unit, buf);
-            }),
-        }
-    }
-}
-
-/// A varint field (uint32, uint64, int64 and int32 alike: negative ones
-/// as their 64-bit two's complement, as protobuf has it), unless 0.
-fn uint(tag: u32, value: u64, buf: &mut Vec<u8>) {
-    if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
-    }
-}
-
-/// A double field, unless 0.
-fn double(tag: u32, value: f64, buf: &mut Vec<u8>) {
-    if value != 0.0 {
-        encode_key(tag, WireType::SixtyFourBit, buf);
-        buf.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-/// A string field, unless empty.
-fn text(tag: u32, value: &str, buf: &mut Vec<u8>) {
-    if !value.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(value.len() as u64, buf);
-        buf.extend_from_slice(value.as_bytes());
-    }
-}
-
-/// A message field written by `body`: its length goes first, so one byte
-/// is set aside for it and widened afterwards in the rare case it needs
-/// more (a message of 128 bytes or over).
-fn nested(tag: u32, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    let at = buf.len();
-    buf.push(0);
-    body(buf);
-    let len = buf.len() - at - 1;
-    if let Ok(byte @ 0..=127) = u8::try_from(len) {
-        buf[at] = byte;
-    } else {
-        let mut prefix = Vec::with_capacity(3);
-        encode_varint(len as u64, &mut prefix);
-        buf.splice(at..=at, prefix);
+/// The generated message of a payload, for [`Fleet::next_event`].
+fn to_payload(sample: Sample) -> Payload {
+    // The texts are the constants above: always UTF-8, never replaced.
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match sample {
+        PayloadRef::Gpu(gpu) => Payload::Gpu(gpu),
+        PayloadRef::Tokens(t) => Payload::Tokens(TokenUsage {
+            model: text(t.model),
+            tenant: text(t.tenant),
+            prompt_tokens: t.prompt_tokens,
+            completion_tokens: t.completion_tokens,
+            latency: t.latency,
+        }),
+        PayloadRef::Metric(m) => Payload::Metric(Metric {
+            name: text(m.name),
+            value: m.value,
+            unit: text(m.unit),
+        }),
     }
 }
 
@@ -259,6 +150,17 @@ pub enum Kind {
     Tokens,
     /// Metric.
     Metric,
+}
+
+impl Kind {
+    /// The kind of a generated payload.
+    fn of(sample: &Sample) -> Self {
+        match sample {
+            PayloadRef::Gpu(_) => Self::Gpu,
+            PayloadRef::Tokens(_) => Self::Tokens,
+            PayloadRef::Metric(_) => Self::Metric,
+        }
+    }
 }
 
 impl Fleet {
@@ -287,14 +189,13 @@ impl Fleet {
                         format!("zone-{}", ["a", "b", "c"][(i % 3) as usize]),
                     ),
                 ];
-                let labels_wire = Event {
-                    labels: labels.iter().cloned().collect(),
-                    ..Event::default()
+                let mut labels_wire = Vec::new();
+                for (key, value) in &labels {
+                    event_writer::label(key, value, &mut labels_wire);
                 }
-                .encode_to_vec();
                 let id = format!("{prefix}-{i:05}");
                 let mut id_wire = Vec::new();
-                text(2, &id, &mut id_wire);
+                event_writer::device_id(&id, &mut id_wire);
                 Device {
                     id,
                     labels,
@@ -307,7 +208,7 @@ impl Fleet {
             })
             .collect();
         let mut run_id_wire = Vec::new();
-        text(5, run_id, &mut run_id_wire);
+        event_writer::run_id(run_id, &mut run_id_wire);
         Self {
             devices,
             mix: [mix.gpu, mix.tokens, mix.metric],
@@ -333,26 +234,23 @@ impl Fleet {
                 .map(|d| d.labels.iter().cloned().collect())
                 .unwrap_or_default(),
             run_id: self.run_id.clone(),
-            payload: Some(sample.to_payload()),
+            payload: Some(to_payload(sample)),
         };
-        (event, sample.kind())
+        (event, Kind::of(&sample))
     }
 
     /// [`Self::next_event`], encoded at the end of `buf`: the same event
     /// on the wire, as prost encodes it but with the labels last. Written
-    /// field by field from parts encoded once (the device's id and labels,
-    /// the run id, the batch's `observed_at`), without building an `Event`
-    /// (a dozen allocations) or encoding one through prost: this is the
-    /// simulator's hot path (`sim/generate` in `bench/benches`).
+    /// field by field ([`event_writer`]) from parts encoded once (the
+    /// device's id and labels, the run id, the batch's `observed_at`),
+    /// without building an `Event` (a dozen allocations) or encoding one
+    /// through prost: this is the simulator's hot path (`sim/generate` in
+    /// `bench/benches`).
     pub fn next_event_into(&mut self, observed_at: SystemTime, buf: &mut Vec<u8>) -> Kind {
         let (n, index, sample) = self.generate();
         let mut digits = itoa::Buffer::new();
         let n = digits.format(n);
-        encode_key(1, WireType::LengthDelimited, buf);
-        encode_varint((self.run_id.len() + 1 + n.len()) as u64, buf);
-        buf.extend_from_slice(self.run_id.as_bytes());
-        buf.push(b'-');
-        buf.extend_from_slice(n.as_bytes());
+        event_writer::event_id(&[self.run_id.as_bytes(), b"-", n.as_bytes()], buf);
         let device = self.devices.get(index);
         if let Some(device) = device {
             buf.extend_from_slice(&device.id_wire);
@@ -360,22 +258,18 @@ impl Fleet {
         match &self.observed_wire {
             Some((at, wire)) if *at == observed_at => buf.extend_from_slice(wire),
             _ => {
-                let ts = prost_types::Timestamp::from(observed_at);
                 let mut wire = Vec::with_capacity(16);
-                nested(3, &mut wire, |wire| {
-                    uint(1, ts.seconds as u64, wire);
-                    uint(2, i64::from(ts.nanos) as u64, wire);
-                });
+                event_writer::observed_at(&observed_at.into(), &mut wire);
                 buf.extend_from_slice(&wire);
                 self.observed_wire = Some((observed_at, wire));
             }
         }
         buf.extend_from_slice(&self.run_id_wire);
-        sample.encode(buf);
+        event_writer::payload(&sample, buf);
         if let Some(device) = device {
             buf.extend_from_slice(&device.labels_wire);
         }
-        sample.kind()
+        Kind::of(&sample)
     }
 
     /// The next event's number, device index and payload.
@@ -388,7 +282,7 @@ impl Fleet {
         let sample = match pick(&self.mix, rng) {
             0 => {
                 let util = (device.util + rng.random_range(-0.1..0.1)).clamp(0.0, 1.0);
-                Sample::Gpu(GpuSample {
+                PayloadRef::Gpu(GpuSample {
                     gpu_index: rng.random_range(0..4),
                     utilization: util,
                     memory_used_bytes: (GPU_MEMORY as f64 * util * 0.9) as u64,
@@ -408,21 +302,21 @@ impl Fleet {
                 let latency = Duration::from_secs_f64(
                     0.05 + completion as f64 * 0.015 * rng.random_range(0.8..1.2),
                 );
-                Sample::Tokens {
-                    model: MODELS[rng.random_range(0..MODELS.len())],
-                    tenant: TENANTS[rng.random_range(0..TENANTS.len())],
+                PayloadRef::Tokens(TokenUsageRef {
+                    model: MODELS[rng.random_range(0..MODELS.len())].as_bytes(),
+                    tenant: TENANTS[rng.random_range(0..TENANTS.len())].as_bytes(),
                     prompt_tokens: prompt,
                     completion_tokens: completion,
                     latency: prost_types::Duration::try_from(latency).ok(),
-                }
+                })
             }
             _ => {
                 let (name, unit) = METRICS[rng.random_range(0..METRICS.len())];
-                Sample::Metric {
-                    name,
+                PayloadRef::Metric(MetricRef {
+                    name: name.as_bytes(),
                     value: rng.random_range(0.0..100.0),
-                    unit,
-                }
+                    unit: unit.as_bytes(),
+                })
             }
         };
         (n, index, sample)
@@ -431,6 +325,8 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
 
     fn archs() -> Vec<(String, f64)> {
@@ -493,24 +389,6 @@ mod tests {
         assert!(parse_weights("cpu=1", &["gpu"]).is_err());
         assert!(parse_weights("gpu=0", &["gpu"]).is_err());
         assert!(parse_weights("gpu=-1", &["gpu"]).is_err());
-    }
-
-    /// A payload of 128 bytes or more gets its length widened in place.
-    #[test]
-    fn long_payloads_are_encoded_as_prost_does() {
-        for len in [100, 127, 128, 200, 20_000] {
-            let name: &'static str = Box::leak("m".repeat(len).into_boxed_str());
-            let sample = Sample::Metric {
-                name,
-                value: 1.5,
-                unit: "By",
-            };
-            let mut ours = vec![7];
-            sample.encode(&mut ours);
-            let mut prost = vec![7];
-            sample.to_payload().encode(&mut prost);
-            assert_eq!(ours, prost, "name of {len}");
-        }
     }
 
     /// An event encoded by `next_event_into` decodes to the one

@@ -6,8 +6,8 @@
 //!
 //! - [`scenario`]: phases (ramp, hold, burst, spike, pause) and the rate
 //!   function.
-//! - [`fleet`]: seeded devices and their events, encoded field by field
-//!   (the hot path).
+//! - [`fleet`]: seeded devices and their events, encoded through
+//!   [`testbed_proto::raw::event_writer`] (the hot path).
 //! - [`runner`]: the open-loop scheduler and the stream/unary senders.
 //! - [`transport`]: targets checked and turned into channels.
 //! - [`stats`]: HDR latency histograms and counters.
