@@ -436,7 +436,7 @@ pub async fn run(env: &ProbeEnv, spec: &ProbeSpec) -> Result<ProbeResult> {
             result.failed = r.total.failed;
             result.retried_batches = r.total.retried_batches;
             result.status_codes = r.total.status_codes;
-            result.ack_latency = r.total.latency;
+            result.ack_latency = Latency::from(&r.total.latency);
             result.e2e = e2e;
             if let Some(v) = r.verification {
                 result.verified = Some(v.passed);

@@ -1,21 +1,23 @@
-//! Driving `testbed sim` and reading its JSON report (the layout of
-//! `services/simulator/src/report.rs`; only the figures used here).
+//! Driving `testbed sim` and reading its JSON report, through the
+//! simulator's own type ([`Report`]).
 //!
 //! The simulator is open-loop: batches are due at fixed times whatever the
 //! server does, and latency is measured from each batch's *intended* send
 //! time, so a stalled server shows up as latency instead of silently
 //! lowering the offered rate (coordinated omission).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use testbed_sim::cli::report::Report;
+
 use crate::error::{Context as _, Error, Result};
 use crate::process::Proc;
 
-/// Batch-ack latency percentiles, ms.
+/// Batch-ack latency percentiles, ms: the simulator's figures as the
+/// harness records them in its results (without the mean).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Latency {
@@ -31,54 +33,16 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
-/// The report's `total` section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Total {
-    /// Offered rate, events/s.
-    pub target_rate: f64,
-    /// Accepted events per second of the schedule.
-    pub achieved_rate: f64,
-    /// Events sent (first attempts).
-    pub sent: u64,
-    /// Events accepted.
-    pub accepted: u64,
-    /// Events rejected by validation.
-    pub rejected: u64,
-    /// Events given up.
-    pub failed: u64,
-    /// Batches re-sent.
-    pub retried_batches: u64,
-    /// Batch-ack latency from the intended send time.
-    pub latency: Latency,
-    /// Outcomes by status code.
-    pub status_codes: BTreeMap<String, u64>,
-}
-
-/// The report's `verification` section.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Verification {
-    /// Every accepted event processed exactly once.
-    pub passed: bool,
-    /// Accepted, by kind.
-    pub expected: [u64; 3],
-    /// Processed, by kind.
-    pub processed: [u64; 3],
-    /// What differs.
-    pub diff: Vec<String>,
-}
-
-/// The figures of one simulator run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Report {
-    /// The run id.
-    pub run_id: String,
-    /// The whole run.
-    pub total: Total,
-    /// `--verify`'s outcome.
-    pub verification: Option<Verification>,
+impl From<&testbed_sim::cli::report::Latency> for Latency {
+    fn from(l: &testbed_sim::cli::report::Latency) -> Self {
+        Self {
+            p50_ms: l.p50_ms,
+            p90_ms: l.p90_ms,
+            p99_ms: l.p99_ms,
+            p999_ms: l.p999_ms,
+            max_ms: l.max_ms,
+        }
+    }
 }
 
 /// One simulator run.
@@ -185,7 +149,8 @@ pub fn read_report(path: &Path) -> Result<Report> {
 mod tests {
     use super::*;
 
-    /// The fields the harness uses are read from the simulator's layout.
+    /// The fields the harness uses are read from the simulator's layout,
+    /// also from a report that lacks some.
     #[test]
     fn reads_the_report_layout() {
         let json = r#"{

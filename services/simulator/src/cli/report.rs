@@ -1,9 +1,13 @@
 //! The run's report: a human table, the testbed's JSON experiment record,
 //! and ghz's JSON layout.
+//!
+//! The record also reads back ([`Report`] is `Deserialize`): the bench
+//! harness reads the simulator's reports through these types. Fields a
+//! report lacks (one written by another revision) read as their defaults.
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::verify::Verification;
@@ -11,7 +15,8 @@ use crate::load::scenario::Scenario;
 use crate::load::stats::{Figures, RunFigures};
 
 /// Latency percentiles, in milliseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Latency {
     /// Median.
     pub p50_ms: f64,
@@ -45,7 +50,8 @@ impl Latency {
 }
 
 /// Figures of one phase (or the whole run).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Section {
     /// Phase kind, or "total".
     pub name: String,
@@ -106,7 +112,8 @@ impl Section {
 }
 
 /// The experiment record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// Run id (the delivery ledger's key).
     pub run_id: String,
@@ -269,5 +276,63 @@ impl Report {
                 "rps": self.total.target_rate,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::load::scenario::Phase;
+
+    /// The JSON record reads back as the report that wrote it, and a
+    /// record missing fields reads with them at their defaults.
+    #[test]
+    fn the_json_record_reads_back() {
+        let scenario = Scenario {
+            name: "two".into(),
+            phases: vec![
+                Phase::Ramp {
+                    from: 0.0,
+                    to: 100.0,
+                    duration: Duration::from_millis(1500),
+                },
+                Phase::Pause {
+                    duration: Duration::from_secs(2),
+                },
+            ],
+        };
+        let mut figures = RunFigures::new(2);
+        figures.total.sent = 70;
+        figures.total.accepted = 60;
+        figures.total.status_codes.insert("OK".into(), 7);
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut report = Report::new(
+            "r1",
+            &scenario,
+            9,
+            "http://ingest:50051",
+            start,
+            start + Duration::from_secs(4),
+            Duration::from_millis(3500),
+            &figures,
+        );
+        report.verification = Some(Verification {
+            passed: false,
+            expected: [1, 2, 3],
+            processed: [1, 2, 2],
+            never_acknowledged: [0, 0, 1],
+            resent_batches: BTreeMap::from([("UNAVAILABLE".to_owned(), 2)]),
+            dead_lettered: 0,
+            diff: vec!["metric: -1".into()],
+        });
+        let json = serde_json::to_string_pretty(&report).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+
+        let old: Report =
+            serde_json::from_str(r#"{"run_id": "r0", "total": {"accepted": 5}}"#).unwrap();
+        assert_eq!((old.run_id.as_str(), old.total.accepted), ("r0", 5));
+        assert_eq!((old.total.unanswered, old.verification), (0, None));
     }
 }

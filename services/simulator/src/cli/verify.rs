@@ -4,15 +4,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use testbed_proto::v1::GetRunStatsRequest;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
 
 use crate::load::stats::Figures;
 
-/// What the run sent and the pipeline reports.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// What the run sent and the pipeline reports (missing fields read as
+/// their defaults, as in [`crate::cli::report::Report`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Verification {
     /// Whether every acknowledged event was processed exactly once and
     /// every sent event was acknowledged.

@@ -53,7 +53,7 @@ pub enum ScenarioError {
 }
 
 /// One phase of a scenario.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Phase {
     /// Linear change of rate from `from` to `to` events/s.
@@ -122,18 +122,26 @@ impl Phase {
     }
 }
 
+/// Durations as humane text (`1s 500ms`), in reports.
 mod humane {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize as _, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
-/// A named sequence of phases.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A named sequence of phases, as a report records it (scenario files
+/// are read through their own checked form, [`Scenario::load`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Scenario {
     /// Name, for reports.
     pub name: String,
