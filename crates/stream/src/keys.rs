@@ -11,7 +11,7 @@
 //!
 //! # Records
 //! A key of the form `<container>#<record>` ([`record_parts`]) is a
-//! *record*: to the [`crate::EventLog`] API a hash like any other, but the
+//! *record*: to the [`crate::AggregateStore`] API a hash like any other, but the
 //! Redis backend keeps it as one field `<record>` of the hash `<container>`
 //! (a MessagePack map of the record's fields), its time to live the
 //! container's. Thousands of small hashes merged in one apply then cost one
@@ -96,7 +96,8 @@ impl Keys {
         format!("{}:e2e:{minute}", self.tag(p))
     }
 
-    /// An aggregate key of partition `p` (the worker names the rest).
+    /// A key of partition `p` named `rest` after its tag (tests use it for
+    /// keys of their own).
     pub fn aggregate(&self, p: u32, rest: &str) -> String {
         format!("{}:{rest}", self.tag(p))
     }
@@ -122,7 +123,7 @@ impl Keys {
 
     /// The container of the device states of partition `p`; a state
     /// leaves it when its device leaves the [`Keys::devices`] index
-    /// (`EventLog::prune_index`).
+    /// (`AggregateStore::prune_index`).
     pub fn device_states(&self, p: u32) -> String {
         format!("{}:dev", self.tag(p))
     }

@@ -45,7 +45,8 @@
 //! larger API surface this project does not need.
 //!
 //! # Layout
-//! - [`StoreArgs`]: the flags (`--redis-url`, `--partitions`, ...).
+//! - [`StoreArgs`] (`config.rs`): the flags (`--redis-url`, `--partitions`,
+//!   ...); [`StoreError`] (`error.rs`): what can go wrong.
 //! - [`EventLog`] (`log.rs`): the log: append, read, claim, apply, trim.
 //! - [`AggregateStore`] (`kv.rs`): hash, sorted-set and record reads and
 //!   small writes for the query and the worker's control.
@@ -55,6 +56,9 @@
 //! - [`keys`]: every key name, in one place.
 //! - [`aggregates`]: every field name inside the aggregate keys.
 //! - [`memory`], [`redis_log`]: the backends.
+//!
+//! Dependencies point down: the backends use `log`, `kv`, `model` and
+//! `keys`; `any` uses the backends; nothing uses `any` but callers.
 #![forbid(unsafe_code)]
 
 pub mod aggregates;

@@ -9,10 +9,11 @@
 //! the entry's one buffer and nothing is allocated per event (decoding into
 //! `Event` allocated a `String` per text field and a hashed map of labels,
 //! most of the worker's CPU; prost views of `Bytes` fields still cost a
-//! reference count per field and a vector of labels). [`check`] reads each
-//! event once when its entry arrives, including the UTF-8 check of its
-//! text; the fold reads it again, which costs less than keeping views that
-//! borrow the entry. Accumulators borrow the text as bytes (device ids, run
+//! reference count per field and a vector of labels). Each event is read
+//! once: [`Folder::add_checked`] checks it (decoding and the UTF-8 check of
+//! its text) as it folds it, and adds an entry only if every event passes;
+//! an entry that does not is dead-lettered with [`entry_check`]'s reason.
+//! Accumulators borrow the text as bytes (device ids, run
 //! ids, metric names), which becomes `str` once per distinct key; a
 //! device's labels are read once per apply; key and field names are
 //! formatted once per distinct key at the end, so folding allocates per

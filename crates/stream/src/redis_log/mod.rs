@@ -24,12 +24,12 @@
 //! Records (keys `<container>#<record>`, see [`crate::keys`]) are fields
 //! of their container hash holding a MessagePack map: `apply.lua` merges
 //! all the records of a container it touches with one `HMGET` and one
-//! `HSET`, and [`EventLog::read_hashes`] decodes them to the same text as
+//! `HSET`, and [`AggregateStore::read_hashes`] decodes them to the same text as
 //! any hash. Device-minutes are records of a per-minute container and
 //! device states records of a per-partition one (pruned with the device
 //! index, `prune.lua`), which took a 250-device apply from about 500 key
 //! groups to a handful. Rankings of devices (`TopDevices`) read the
-//! device-minute containers ([`EventLog::read_records`]) rather than
+//! device-minute containers ([`AggregateStore::read_records`]) rather than
 //! sorted sets of their own: the six per-minute `top:` sets an apply used
 //! to write cost about half of its script time (250-member `ZADD`s) and
 //! repeated what the records hold. Aggregates written in earlier layouts

@@ -1,0 +1,156 @@
+//! Reading a partition: the read loop, and a batch gathered in chunks
+//! (`--read-chunk`) for up to `--apply-linger`.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl Consumer {
+    pub(super) async fn read_loop(self, partition: u32, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        // Events per entry seen lately: reads ask for about
+        // --apply-max-events events, so a read of large entries stays small.
+        let mut per_entry = 100u64;
+        // Own pending entries first: at start (a restart under the same
+        // name) and after a failed read, whose entries may have been
+        // delivered to us with the reply lost (a timeout). Otherwise they
+        // would wait --claim-idle for someone to claim them.
+        let mut recover = true;
+        let mut paused = self.local.watch_paused();
+        while !shutdown.is_cancelled() {
+            if *paused.borrow_and_update() {
+                // Paused: read nothing new; what was read is already done.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = paused.changed() => continue,
+                }
+            }
+            if recover {
+                let count = self.read_size(per_entry);
+                // One pass: an entry an injected fault fails stays pending
+                // and waits for --claim-idle like any failed entry.
+                recover = false;
+                if let Ok(entries) = self
+                    .log
+                    .read_own_pending(partition, &self.name, count)
+                    .await
+                    && !entries.is_empty()
+                {
+                    tracing::info!(
+                        partition,
+                        entries = entries.len(),
+                        "resuming own pending entries"
+                    );
+                    recover = self.process(partition, entries).await;
+                }
+            }
+            let Some(read) = self.read_batch(partition, per_entry, &shutdown).await else {
+                break;
+            };
+            match read {
+                Ok(entries) => {
+                    failures = 0;
+                    if !entries.is_empty() {
+                        let events: usize = entries.iter().map(|e| e.events.len()).sum();
+                        per_entry = (events / entries.len()).max(1) as u64;
+                    }
+                    // Entries already read are finished even during
+                    // shutdown: they are ours until acked. A store error
+                    // leaves some pending: read them again next.
+                    recover |= self.process(partition, entries).await;
+                }
+                Err(err) => {
+                    recover = true;
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(50u64 << failures.min(5));
+                    if failures == 1 {
+                        tracing::warn!(partition, error = %err, "read failed; retrying");
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Entries to ask for in one read: about `--apply-max-events` events
+    /// at `per_entry` events per entry, within `--read-count`.
+    pub(super) fn read_size(&self, per_entry: u64) -> usize {
+        (self.config.apply_max_events / per_entry.max(1))
+            .clamp(1, u64::from(self.config.read_count)) as usize
+    }
+
+    /// One read, then, if it found entries, more for up to
+    /// `--apply-linger` (or until shutdown), so that one apply carries more
+    /// events; every read asks for at most `--read-chunk` entries. `None`
+    /// when shutdown came first.
+    pub(super) async fn read_batch(
+        &self,
+        partition: u32,
+        per_entry: u64,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Vec<Entry>, StoreError>> {
+        let count = self.read_size(per_entry);
+        let chunk = (self.config.read_chunk as usize).clamp(1, count);
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            read = self.log.read(partition, &self.name, chunk, self.config.read_block) => read,
+        };
+        let mut entries = match first {
+            Ok(entries) if !entries.is_empty() => entries,
+            other => return Some(other),
+        };
+        // A full chunk means more is waiting (a backlog): read on at once.
+        // A read that fills its batch is applied at once: a backlog drains
+        // at the speed of the applies, not one batch per linger.
+        if entries.len() == chunk && self.read_more(partition, count, chunk, &mut entries).await {
+            return Some(Ok(entries));
+        }
+        if self.config.apply_linger.is_zero() {
+            return Some(Ok(entries));
+        }
+        // Gather for the linger, then take what arrived meanwhile (fewer
+        // reads for the store than a read per new entry).
+        tokio::select! {
+            () = shutdown.cancelled() => return Some(Ok(entries)),
+            () = tokio::time::sleep(self.config.apply_linger) => {}
+        }
+        self.read_more(partition, count, chunk, &mut entries).await;
+        Some(Ok(entries))
+    }
+
+    /// Reads `chunk` entries at a time into `entries` until a read
+    /// comes back short or the batch is full (`count` entries or
+    /// `--apply-max-events` events); whether it is full. What was read is
+    /// ours whatever happens: a failed read here stops, and is reported by
+    /// the next read of the partition.
+    pub(super) async fn read_more(
+        &self,
+        partition: u32,
+        count: usize,
+        chunk: usize,
+        entries: &mut Vec<Entry>,
+    ) -> bool {
+        let mut events: u64 = entries.iter().map(|e| e.events.len() as u64).sum();
+        loop {
+            if entries.len() >= count || events >= self.config.apply_max_events {
+                return true;
+            }
+            let ask = (count - entries.len()).min(chunk);
+            let Ok(more) = self
+                .log
+                .read(partition, &self.name, ask, Duration::from_millis(1))
+                .await
+            else {
+                return false;
+            };
+            let short = more.len() < ask;
+            events += more.iter().map(|e| e.events.len() as u64).sum::<u64>();
+            entries.extend(more);
+            if short {
+                return entries.len() >= count || events >= self.config.apply_max_events;
+            }
+        }
+    }
+}

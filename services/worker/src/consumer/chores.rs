@@ -1,0 +1,88 @@
+//! The chores beside reading: claiming the entries of dead consumers and
+//! pruning idle devices (`--maintenance-interval`), trimming acknowledged
+//! entries (`--trim-interval`).
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// The periodic work of a worker besides reading.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Chore {
+    /// Claim stale entries, prune idle devices (`--maintenance-interval`).
+    ClaimAndPrune,
+    /// Trim acknowledged entries (`--trim-interval`).
+    Trim,
+}
+
+impl Consumer {
+    /// Runs `chore` on every partition at its interval, until shutdown.
+    pub(super) async fn chore_loop(self, chore: Chore, shutdown: CancellationToken) {
+        let interval = match chore {
+            Chore::ClaimAndPrune => self.config.maintenance_interval,
+            Chore::Trim => self.config.trim_interval,
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            for partition in 0..self.log.partitions() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match chore {
+                    Chore::ClaimAndPrune => self.claim_and_prune(partition).await,
+                    Chore::Trim => self.trim(partition).await,
+                }
+            }
+        }
+    }
+
+    /// Trims `partition`'s stream of what the group has acknowledged
+    /// (every `--trim-interval`: a second's worth of entries at a time).
+    pub(super) async fn trim(&self, partition: u32) {
+        if self.local.is_paused() {
+            return;
+        }
+        if let Err(err) = self.log.trim(partition).await {
+            tracing::warn!(partition, error = %err, "trimming failed");
+        }
+    }
+
+    /// Claims entries of dead consumers in `partition` and processes them,
+    /// then prunes devices idle past the retention from its index.
+    pub async fn claim_and_prune(&self, partition: u32) {
+        if self.local.is_paused() {
+            return;
+        }
+        match self
+            .log
+            .claim_stale(
+                partition,
+                &self.name,
+                self.config.claim_idle,
+                self.config.read_count as usize,
+            )
+            .await
+        {
+            Ok(entries) => {
+                if !entries.is_empty() {
+                    tracing::info!(partition, entries = entries.len(), "claimed stale entries");
+                }
+                self.process(partition, entries).await;
+            }
+            Err(err) => tracing::warn!(partition, error = %err, "claiming stale entries failed"),
+        }
+        // Devices not seen within the retention leave the device index, and
+        // their states with them.
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let oldest = now_ms.saturating_sub(self.log.retention().as_millis()) as f64;
+        let keys = self.log.keys();
+        let (devices, states) = (keys.devices(partition), keys.device_states(partition));
+        if let Err(err) = self.log.prune_index(&devices, oldest, &states).await {
+            tracing::warn!(partition, error = %err, "pruning the device index failed");
+        }
+    }
+}
