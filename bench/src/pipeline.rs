@@ -19,7 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::error::{Context as _, Error, Result};
-use crate::process::Proc;
+use crate::process::{Proc, inherited_settings, log_tail};
 use crate::redis::Redis;
 use crate::telemetry::Telemetry;
 
@@ -90,22 +90,6 @@ pub struct Pipeline {
     redis: Redis,
     services: Vec<Service>,
     grace: Duration,
-}
-
-/// Environment variables a child must not inherit: the harness passes
-/// every setting as a flag, so a stray `TESTBED_*`, `OTEL_*` or `RUST_LOG`
-/// in the caller's environment cannot change what is measured.
-pub fn inherited_settings() -> Vec<String> {
-    std::env::vars()
-        .map(|(k, _)| k)
-        .filter(|k| {
-            k.starts_with("TESTBED_")
-                || k.starts_with("OTEL_")
-                || k == "REDIS_URL"
-                || k == "REDIS_CLUSTER"
-                || k == "RUST_LOG"
-        })
-        .collect()
 }
 
 impl Pipeline {
@@ -328,17 +312,6 @@ async fn serving(addr: SocketAddr) -> bool {
         })
         .await
         .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
-}
-
-/// The last line of a log, for error messages.
-pub fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("(empty log)");
-    format!("{last} (log: {})", path.display())
 }
 
 /// A plain HTTP/1.1 GET (the metrics endpoint is HTTP/1).

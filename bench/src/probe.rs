@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context as _, Error, Result};
-use crate::pipeline::{Pipeline, PipelineOptions, Topology, inherited_settings, log_tail};
-use crate::process::Proc;
+use crate::pipeline::{Pipeline, PipelineOptions, Topology};
+use crate::process::{Proc, inherited_settings, log_tail};
 use crate::procfs::{self, Sample};
 use crate::serve;
 use crate::sim::{self, Latency, SimSpec};

@@ -202,6 +202,33 @@ impl Drop for Proc {
     }
 }
 
+/// Environment variables a child must not inherit: the harness passes
+/// every setting as a flag, so a stray `TESTBED_*`, `OTEL_*` or `RUST_LOG`
+/// in the caller's environment cannot change what is measured.
+pub fn inherited_settings() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.starts_with("TESTBED_")
+                || k.starts_with("OTEL_")
+                || k == "REDIS_URL"
+                || k == "REDIS_CLUSTER"
+                || k == "RUST_LOG"
+        })
+        .collect()
+}
+
+/// The last line of a log, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(empty log)");
+    format!("{last} (log: {})", path.display())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::server::{Router, TcpIncoming};
 
 use crate::error::{Context as _, Error, Result};
-use crate::pipeline::{inherited_settings, log_tail};
-use crate::process::Proc;
+use crate::process::{Proc, inherited_settings, log_tail};
 
 /// Serves `router` on `listen` until a signal.
 pub async fn run(router: Router, listen: SocketAddr, addr_file: &Path) -> Result<()> {

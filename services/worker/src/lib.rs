@@ -90,7 +90,5 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let mut server = GrpcServer::for_listeners(&listeners);
     register(&mut server, &config, log, shutdown.clone()).await;
-    server
-        .serve(listeners.grpc, shutdown, listeners.grace)
-        .await
+    server.serve_on(listeners, shutdown).await
 }
