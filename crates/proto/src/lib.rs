@@ -16,7 +16,10 @@
 //! - [`raw`]: publish requests carrying already-encoded events (wire-identical
 //!   to the generated ones), the `IngestService` client and server over
 //!   them, [`raw::EventRef`], an event read in place without allocating,
-//!   and [`raw::EventView`], the same as a prost message (for re-encoding).
+//!   and [`raw::EventView`], the same as a prost message (for re-encoding);
+//!   `raw/event_writer.rs` encodes an event field by field (the simulator's
+//!   generator), and `raw/tags.rs` is the one table of field numbers both
+//!   use, checked against the descriptors in a test.
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types they
 //!   import, with source info (comments) kept.
 #![forbid(unsafe_code)]

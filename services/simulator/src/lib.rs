@@ -58,8 +58,8 @@
 //!   - [`serve::api`]: the RPC handlers, one method of [`SimulatorApi`]
 //!     per RPC of `testbed.v1.SimulatorService`: `start_run`,
 //!     `update_run`, `stop_run`, `get_run`, `watch_run`. Each checks its
-//!     request with [`serve::spec`] and calls the method of the same name
-//!     on [`serve::runs::Runs`].
+//!     request with [`serve::spec`] and calls the matching method of
+//!     [`serve::runs::Runs`] (`start`, `update`, `stop`, `get`, `watch`).
 //!   - [`serve::spec`]: run specs and changes checked, with the
 //!     contract's defaults.
 //!   - [`serve::runs`]: the runs a server knows, their life cycle and
