@@ -169,7 +169,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TESTBED_SIM_SERVE", conflicts_with_all = [
         "query_target", "rate", "duration", "devices", "verify", "output",
         "output_file", "scenario", "batch_size", "mix", "seed", "run_id",
-        "verify_timeout",
+        "verify_timeout", "dedupe", "stream_max_age",
     ])]
     pub serve: bool,
 
@@ -431,6 +431,15 @@ mod tests {
         }
         let err = Cli::try_parse_from(["sim", "--serve", "--verify"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        // Run-only flags a served run would ignore are refused, not dropped.
+        for flag in [["--dedupe", "event-id"], ["--stream-max-age", "10s"]] {
+            let err = Cli::try_parse_from([&["sim", "--serve"][..], &flag].concat()).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag:?}"
+            );
+        }
         // A CLI run ignores the server defaults.
         assert!(!Cli::try_parse_from(["sim"]).unwrap().sim.serve.serve);
     }
