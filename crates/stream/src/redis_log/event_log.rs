@@ -292,16 +292,25 @@ impl EventLog for RedisLog {
     async fn pending(&self, partition: u32) -> Result<PendingSummary, StoreError> {
         let key = self.inner.keys.stream(partition);
         let group = self.group();
-        let reply: redis::Value = self
+        let reply = self
             .call("XPENDING", |mut c| async move {
                 redis::cmd("XPENDING")
                     .arg(&key)
                     .arg(group)
-                    .query_async(&mut c)
+                    .query_async::<redis::Value>(&mut c)
                     .await
             })
-            .await?;
-        parse::pending_summary(&reply)
+            .await;
+        match reply {
+            Ok(reply) => parse::pending_summary(&reply),
+            // No stream or no group yet (no worker has started on this
+            // prefix, or Redis came back empty): nothing is pending, which
+            // is what a reader must be told, not an error.
+            Err(StoreError::Protocol(msg)) if msg.contains("NOGROUP") => {
+                Ok(PendingSummary::default())
+            }
+            Err(err) => Err(err),
+        }
     }
 
     async fn trim(&self, partition: u32) -> Result<u64, StoreError> {
