@@ -16,6 +16,9 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 /// - [`StoreError::StaleSequence`]: `FAILED_PRECONDITION` with a
 ///   `google.rpc.PreconditionFailure` of type `STALE_SEQUENCE` (only
 ///   appends of idempotent producers meet it): not retryable as it is.
+/// - [`StoreError::Disagreement`]: `FAILED_PRECONDITION` with a
+///   `PreconditionFailure` of type `SETTINGS_DISAGREE`: this process's flags
+///   disagree with the ones recorded for the key prefix.
 /// - [`StoreError::Protocol`]: `INTERNAL` with a generic message; the
 ///   cause is logged here, never sent.
 pub fn store_status(err: &StoreError, doing: &str, advice: &str) -> Status {
@@ -27,6 +30,15 @@ pub fn store_status(err: &StoreError, doing: &str, advice: &str) -> Status {
             ErrorDetails::with_precondition_failure_violation(
                 "STALE_SEQUENCE",
                 format!("producer_id {producer_id:?}, field sequence"),
+                err.to_string(),
+            ),
+        ),
+        StoreError::Disagreement { flag, .. } => Status::with_error_details(
+            Code::FailedPrecondition,
+            err.to_string(),
+            ErrorDetails::with_precondition_failure_violation(
+                "SETTINGS_DISAGREE",
+                format!("server flag {flag}"),
                 err.to_string(),
             ),
         ),

@@ -27,6 +27,20 @@ pub enum StoreError {
         /// The producer window (`--producer-window`).
         window: u64,
     },
+    /// A setting every process sharing the key prefix must agree on differs
+    /// from the value the first process recorded in the store. Not
+    /// retryable: the process's flags must change (or the prefix be reset).
+    #[error(
+        "{flag} {ours} disagrees with {stored}, recorded in the store by the first process on this key prefix: every ingest, worker and query sharing a --key-prefix must use the same value. Set {flag} {stored}, or change it on purpose as README's operations section describes (drain, then reset the prefix)"
+    )]
+    Disagreement {
+        /// The flag, e.g. `--partitions`.
+        flag: &'static str,
+        /// This process's value.
+        ours: String,
+        /// The recorded value.
+        stored: String,
+    },
 }
 
 impl StoreError {

@@ -150,6 +150,12 @@ impl Keys {
         format!("{{{}:control}}", self.prefix)
     }
 
+    /// The settings every process on this prefix must agree on (hash:
+    /// partitions, producer_window, layout), recorded by the first one.
+    pub fn settings(&self) -> String {
+        format!("{}:settings", self.control_tag())
+    }
+
     /// Desired worker state (hash: paused, pause_reason, concurrency).
     pub fn control_desired(&self) -> String {
         format!("{}:desired", self.control_tag())

@@ -203,7 +203,7 @@ mod tests {
     use crate::error::IngestError;
 
     /// How many refusals [`variant`] tells apart.
-    const VARIANTS: usize = 8;
+    const VARIANTS: usize = 9;
 
     /// Which refusal `err` is. Exhaustive on purpose: a new `IngestError`
     /// or `StoreError` variant does not compile until it has a number here,
@@ -218,6 +218,7 @@ mod tests {
             IngestError::Store(StoreError::Unavailable(_)) => 5,
             IngestError::Store(StoreError::Protocol(_)) => 6,
             IngestError::Store(StoreError::StaleSequence { .. }) => 7,
+            IngestError::Store(StoreError::Disagreement { .. }) => 8,
         }
     }
 
@@ -245,6 +246,11 @@ mod tests {
                 sequence: 3,
                 highest: 70_000,
                 window: 65_536,
+            }),
+            IngestError::Store(StoreError::Disagreement {
+                flag: "--partitions",
+                ours: "4".into(),
+                stored: "8".into(),
             }),
         ]
     }

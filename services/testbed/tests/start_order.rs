@@ -93,3 +93,127 @@ async fn a_query_started_first_answers_zeros() {
     }
     reads_answer_empty(&query).await;
 }
+
+/// `testbed ingest --partitions 8`, then `testbed worker --partitions 4` on
+/// the same prefix: the worker refuses to start, naming the flag and both
+/// values; `testbed query --partitions 8` starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_partitions_disagree_refuses_to_start() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let ingest = Testbed::start(&["ingest", "--redis-url", &url, "--partitions", "8"]);
+    ingest.wait_serving("testbed.v1.IngestService").await;
+    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["worker", "--redis-url", &url, "--partitions", "4"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--cpu-class", "normal"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), worker)
+        .await
+        .expect("the worker refused within 20 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--partitions 4 disagrees with 8"),
+        "{stderr}"
+    );
+    let query = Testbed::start(&["query", "--redis-url", &url, "--partitions", "8"]);
+    query.wait_serving("testbed.v1.QueryService").await;
+}
+
+/// The prefix reset under a running ingest and recorded again by another
+/// deployment with 4 partitions: the ingest goes NOT_SERVING and refuses
+/// appends (FAILED_PRECONDITION, SETTINGS_DISAGREE) instead of writing
+/// with its 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_under_a_running_ingest_stop_its_writes() {
+    use testbed_proto::v1::PublishRequest;
+    use testbed_proto::v1::ingest_service_client::IngestServiceClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_types::StatusExt as _;
+
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let ingest = Testbed::start(&[
+        "ingest",
+        "--redis-url",
+        &url,
+        "--partitions",
+        "8",
+        "--health-interval",
+        "100ms",
+    ]);
+    ingest.wait_serving("testbed.v1.IngestService").await;
+    redis.restart_empty();
+    // Another deployment's first process records its settings (HSET, so
+    // it wins even over a record the ingest made again meanwhile).
+    let reply = redis.command(&[
+        "HSET",
+        "{testbed:control}:settings",
+        "partitions",
+        "4",
+        "producer_window",
+        "65536",
+        "layout",
+        "1",
+    ]);
+    assert!(reply.starts_with(':'), "{reply}");
+    // Appends stop within a health interval (the probe re-reads the
+    // record); until then they may still go through.
+    let mut client = IngestServiceClient::new(ingest.channel().await);
+    let minute = common::pipeline::test_minute();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut i = 0;
+    let err = loop {
+        i += 1;
+        match client
+            .publish(PublishRequest {
+                events: vec![common::pipeline::event("reset", i, 1, minute)],
+                ..Default::default()
+            })
+            .await
+        {
+            Err(err) if err.code() != tonic::Code::Unavailable => break err,
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "appends still accepted"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let failure = err.get_details_precondition_failure().unwrap();
+    assert_eq!(failure.violations[0].r#type, "SETTINGS_DISAGREE");
+    assert!(
+        err.message().contains("--partitions 8 disagrees with 4"),
+        "{err:?}"
+    );
+    // And readiness says so (at the next probe).
+    let mut health = HealthClient::new(ingest.channel().await);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "testbed.v1.IngestService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

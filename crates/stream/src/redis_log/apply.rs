@@ -58,6 +58,7 @@ impl RedisLog {
         if entries.is_empty() {
             return Ok(ApplyOutcome::Applied);
         }
+        self.ensure_settings().await?;
         if disposition == Disposition::Process {
             if let Some(outcome) = self.apply_merged(partition, entries, events, ops).await? {
                 return Ok(outcome);

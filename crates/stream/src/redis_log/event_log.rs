@@ -13,6 +13,10 @@ impl EventLog for RedisLog {
         &self.inner.keys
     }
 
+    /// The store answers, and the settings recorded for the prefix (or
+    /// recorded now, after the prefix was reset) still agree with this
+    /// process's: the health probe, so a disagreement found while running
+    /// turns the services NOT_SERVING with its reason.
     async fn ping(&self) -> Result<(), StoreError> {
         self.call("PING", |mut c| async move {
             redis::cmd("PING")
@@ -20,7 +24,8 @@ impl EventLog for RedisLog {
                 .await
                 .map(|_| ())
         })
-        .await
+        .await?;
+        self.agree_settings().await
     }
 
     async fn ensure_group(&self) -> Result<(), StoreError> {
@@ -54,6 +59,7 @@ impl EventLog for RedisLog {
         meta: &EntryMeta,
         events: &[AppendEvent<'_>],
     ) -> Result<AppendOutcome, StoreError> {
+        self.ensure_settings().await?;
         if let Some((producer, sequence)) = meta.idempotent() {
             return self
                 .append_idempotent(partition, meta, events, producer, sequence)
@@ -126,6 +132,7 @@ impl EventLog for RedisLog {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, StoreError> {
+        self.ensure_settings().await?;
         let slot = self
             .inner
             .readers

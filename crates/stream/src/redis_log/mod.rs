@@ -73,6 +73,7 @@
 //! - `watched`: the `WATCH`ed `MULTI` apply (single Redis).
 //! - `scripted`: `apply.lua` invocations, keys and replies.
 //! - `plan`: an apply's writes grouped as `apply.lua` takes them.
+//! - `settings`: the settings every process on a prefix must agree on.
 //! - `merge`: merging values in Rust; `msgpack`: the stored encodings;
 //!   `parse`: stream replies; `conn`: connections.
 //!
@@ -90,6 +91,7 @@ mod msgpack;
 mod parse;
 mod plan;
 mod scripted;
+mod settings;
 #[cfg(test)]
 mod tests;
 mod watched;
@@ -180,6 +182,9 @@ struct Inner {
     written: Vec<std::sync::Mutex<Option<Written>>>,
     /// `redis_command_duration_seconds{command}`.
     latency: opentelemetry::metrics::Histogram<f64>,
+    /// Whether the settings recorded for the prefix were last found equal
+    /// to this process's (see `settings.rs`).
+    settings_agreed: std::sync::atomic::AtomicBool,
 }
 
 impl RedisLog {
@@ -213,10 +218,22 @@ impl RedisLog {
                         0.25, 0.5, 1.0,
                     ])
                     .build(),
+                settings_agreed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if let Err(err) = log.conn().await {
             tracing::warn!(error = %err, "Redis not reachable yet; will keep trying");
+        } else {
+            // Flags that disagree with the prefix's recorded settings stop
+            // the process here; an unreachable store is checked later (by
+            // the health probe, and before any read or write).
+            match log.agree_settings().await {
+                Err(err @ StoreError::Disagreement { .. }) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, "settings not checked yet; will check before any read or write")
+                }
+                Ok(()) => {}
+            }
         }
         Ok(log)
     }
