@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::error::{Error, Result};
-use crate::probe::ProbeResult;
+use crate::results::ProbeResult;
 
 /// Well-known places of a sans-serif TrueType font.
 const FONTS: [&str; 4] = [
@@ -196,7 +196,7 @@ fn draw_with(path: &Path, title: &str, probes: &[&ProbeResult], text: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::E2e;
+    use crate::results::E2e;
     use crate::sim::Latency;
 
     /// The line takes the median of the points at each rate.

@@ -20,7 +20,11 @@
 //! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
 //!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
 //! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
-//!   written.
+//!   written ([`results::ProbeResult`], one probe's figures, lives in
+//!   `results`, so `probe` and `sustain` both use it without using each
+//!   other); [`error`]: the harness's errors.
+//!
+//! No module imports one that imports it back.
 #![forbid(unsafe_code)]
 
 pub mod ceiling;
@@ -51,7 +55,8 @@ use crate::cli::{Cli, Step};
 use crate::error::{Context as _, Error, Result};
 use crate::machine::Machine;
 use crate::pipeline::{PipelineOptions, Topology};
-use crate::probe::{ProbeEnv, ProbeResult, SimShape};
+use crate::probe::{ProbeEnv, SimShape};
+use crate::results::ProbeResult;
 use crate::results::{Record, RunResult};
 use crate::search::SearchOptions;
 use crate::steps::StepOptions;

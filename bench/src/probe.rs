@@ -9,16 +9,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Context as _, Error, Result};
 use crate::pipeline::{Pipeline, PipelineOptions, Topology};
 use crate::process::{Proc, inherited_settings, log_tail};
 use crate::procfs::{self, Sample};
+use crate::results::{E2e, Footprint, ProbeResult};
 use crate::serve;
 use crate::sim::{self, Latency, SimSpec};
 use crate::sustain::{Sustain, backlog_fails, judge};
-use crate::telemetry::{SinkCounts, Telemetry};
+use crate::telemetry::Telemetry;
 
 /// What the simulator's fleet and connections look like.
 #[derive(Debug, Clone, Copy)]
@@ -76,96 +75,6 @@ pub struct ProbeSpec {
     pub sampling: Option<f64>,
     /// Measure idle footprint for this long before the load.
     pub idle: Option<Duration>,
-}
-
-/// Footprint of one process during a probe.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Footprint {
-    /// `ingest`, `worker`, `query`, `all`, `redis`, `stub` or `sim`.
-    pub name: String,
-    /// RSS after the idle period, bytes (footprint probes only).
-    pub idle_rss_bytes: Option<u64>,
-    /// CPU share of one core while idle (footprint probes only).
-    pub idle_cpu_cores: Option<f64>,
-    /// Largest RSS seen, bytes (VmHWM at the end).
-    pub peak_rss_bytes: u64,
-    /// CPU seconds from the start of the load to the end of the run
-    /// (verification included: the worker's work for these events).
-    pub load_cpu_seconds: f64,
-    /// CPU seconds per million accepted events.
-    pub cpu_s_per_million_events: f64,
-}
-
-/// End-to-end figures of `GetPipelineStats`, ms.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct E2e {
-    /// Median append-to-applied time.
-    pub p50_ms: f64,
-    /// 90th percentile.
-    pub p90_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// Largest.
-    pub max_ms: f64,
-}
-
-/// The figures of one probe.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProbeResult {
-    /// Its label.
-    pub label: String,
-    /// What was driven: `split`, `monolithic` or `stub`.
-    pub target: String,
-    /// OTLP sampling ratio; none: OTLP off.
-    pub sampling: Option<f64>,
-    /// The telemetry step's round this probe belongs to (from 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub round: Option<u32>,
-    /// Offered events/s.
-    pub offered_rate: f64,
-    /// Accepted events per second of the schedule.
-    pub achieved_rate: f64,
-    /// Events sent.
-    pub sent: u64,
-    /// Events accepted.
-    pub accepted: u64,
-    /// Events given up.
-    pub failed: u64,
-    /// Batches re-sent (refused or failed first).
-    pub retried_batches: u64,
-    /// Batch outcomes by status code.
-    pub status_codes: BTreeMap<String, u64>,
-    /// Batch-ack latency from the intended send time.
-    pub ack_latency: Latency,
-    /// Append-to-applied latency from the query service.
-    pub e2e: Option<E2e>,
-    /// `--verify` passed (none: not verified).
-    pub verified: Option<bool>,
-    /// What verification found wrong.
-    pub verify_diff: Vec<String>,
-    /// Backlog (events) at the end of the schedule.
-    pub backlog_end: Option<u64>,
-    /// Backlog (events) half-way through the schedule.
-    pub backlog_mid: Option<u64>,
-    /// The harness paused the workers once the backlog check had failed,
-    /// so verification reported at once (its failure is then expected).
-    pub workers_paused: bool,
-    /// Largest backlog seen during the schedule.
-    pub backlog_max: Option<u64>,
-    /// The largest backlog that still sustains.
-    pub backlog_limit: u64,
-    /// Whether the rate was sustained.
-    pub sustained: bool,
-    /// Why not.
-    pub reasons: Vec<String>,
-    /// Per process.
-    pub processes: Vec<Footprint>,
-    /// Spans, points and records received by the sink.
-    pub otlp: Option<SinkCounts>,
-    /// Services that did not exit 0 on SIGTERM.
-    pub unclean_shutdown: Vec<String>,
-    /// Wall time of the probe, s.
-    pub wall_s: f64,
 }
 
 /// The system being driven, owned for the probe's length.

@@ -8,8 +8,9 @@ use crate::ceiling::{self, CeilingOptions};
 use crate::cli::Step;
 use crate::error::Result;
 use crate::pipeline::Topology;
-use crate::probe::{self, ProbeEnv, ProbeResult, ProbeSpec, Target};
+use crate::probe::{self, ProbeEnv, ProbeSpec, Target};
 use crate::redis::Redis;
+use crate::results::ProbeResult;
 use crate::results::{Level, RunResult, Saturation};
 use crate::search::{Search, SearchOptions};
 

@@ -1,6 +1,6 @@
 //! From one repetition's raw probes to its fixed-shape [`Summary`].
 
-use crate::probe::ProbeResult;
+use crate::results::ProbeResult;
 use crate::results::{
     FootprintRow, LatencyRow, Level, RunResult, Summary, TelemetryRow, TopologyRow,
 };
@@ -192,7 +192,7 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::Footprint;
+    use crate::results::Footprint;
     use crate::results::Saturation;
     use crate::sim::Latency;
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::probe::ProbeResult;
+use crate::results::ProbeResult;
 
 /// When a probe counts as sustained.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
