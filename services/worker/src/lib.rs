@@ -25,7 +25,10 @@
 //! - [`control`]: cluster-wide control: the RPC handlers in
 //!   [`control::api`] (`GetStatus`, `WatchStatus`, `Pause`, `Resume`,
 //!   `SetConcurrency`, `InjectFault`, `ClearFaults`), the desired state in
-//!   the store, and the follower each replica runs.
+//!   the store.
+//! - [`follower`]: the loop each replica runs to follow the desired state
+//!   and publish its heartbeat and backlog gauges; the one module that
+//!   uses both [`control`] and [`consumer`].
 //! - [`register`] / [`run`]: how the worker joins a [`GrpcServer`].
 #![forbid(unsafe_code)]
 
@@ -34,6 +37,7 @@ pub mod consumer;
 pub mod control;
 pub mod cpu;
 pub mod fold;
+pub mod follower;
 pub mod metrics;
 
 use testbed_proto::service_names;
@@ -53,7 +57,7 @@ pub async fn register(
     shutdown: CancellationToken,
 ) -> Consumer {
     let consumer = Consumer::new(log.clone(), config.clone(), config.consumer());
-    let heartbeat_ttl = config.heartbeat_interval * control::follower::HEARTBEAT_LIVES;
+    let heartbeat_ttl = config.heartbeat_interval * follower::HEARTBEAT_LIVES;
     let api = WorkerControlApi::new(
         log.clone(),
         consumer.local().clone(),
@@ -63,7 +67,7 @@ pub async fn register(
     server.add_service(api.into_server()).await;
     server.spawn_background(consumer.clone().run(shutdown.clone()));
     server.spawn_background(
-        control::follower::Follower {
+        follower::Follower {
             store: control::store::ControlStore::new(log.clone()),
             consumer: consumer.clone(),
             local: consumer.local().clone(),

@@ -2,7 +2,7 @@
 //! worker replica follows it, and every replica reports a heartbeat.
 //!
 //! A control call lands on any replica (they sit behind one Service); it
-//! only writes the desired state. Each replica's [`follower`] reads it every
+//! only writes the desired state. Each replica's [`crate::follower`] reads it every
 //! `--control-interval` (default 250 ms, so changes apply within a second)
 //! and applies it locally: pause, concurrency, faults.
 //!
@@ -10,13 +10,14 @@
 //! - [`store`]: desired state, faults and heartbeats in the store.
 //! - [`faults`]: validating, matching and sampling injected faults.
 //! - [`local`]: the state one replica applies (what the consumer reads).
-//! - [`follower`]: the loop that keeps `local` equal to the desired state.
 //! - [`error`]: control errors and their one mapping to gRPC codes.
+//!
+//! This module uses nothing else of the worker: the consumer reads
+//! [`local`], and [`crate::follower`] ties the two together.
 
 pub mod api;
 pub mod error;
 pub mod faults;
-pub mod follower;
 pub mod local;
 pub mod store;
 
