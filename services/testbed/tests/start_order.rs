@@ -217,3 +217,61 @@ async fn settings_changed_under_a_running_ingest_stop_its_writes() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Ingest started first, alone, on an empty Redis with 8 partitions takes
+/// a run; a worker and a query with the same 8 started afterwards process
+/// it exactly: every event appended before the group existed is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_first_then_worker_with_the_same_partitions_counts_exactly() {
+    use testbed_proto::v1::GetRunStatsRequest;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let with = |role: &'static str| -> Vec<String> {
+        [role, "--redis-url", &url, "--partitions", "8"]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let ingest = Testbed::start(&args(&with("ingest")));
+    ingest.wait_serving("testbed.v1.IngestService").await;
+    let sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["sim", "--target", &format!("http://{}", ingest.addr)])
+        .args(["--rate", "1000", "--duration", "1s", "--devices", "50"])
+        .args(["--run-id", "ingest-first"])
+        .kill_on_drop(true)
+        .output();
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(30), sim)
+        .await
+        .expect("the run ended within 30 s")
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let mut worker_args = with("worker");
+    worker_args.extend(["--cpu-class", "normal", "--read-block", "100ms"].map(str::to_owned));
+    let _worker = Testbed::start(&args(&worker_args));
+    let query = Testbed::start(&args(&with("query")));
+    query.wait_serving("testbed.v1.QueryService").await;
+    let mut client = QueryServiceClient::new(query.channel().await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let processed = loop {
+        let processed = client
+            .get_run_stats(GetRunStatsRequest {
+                run_id: "ingest-first".into(),
+            })
+            .await
+            .map(|r| r.into_inner().processed)
+            .unwrap_or(0);
+        if processed >= 1000 || std::time::Instant::now() >= deadline {
+            break processed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(processed, 1000);
+}
+
+/// `v` as the `&str`s [`Testbed::start`] takes.
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
