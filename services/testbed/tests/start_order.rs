@@ -275,3 +275,38 @@ async fn ingest_first_then_worker_with_the_same_partitions_counts_exactly() {
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// A worker started first, alone, on an empty Redis: its control API
+/// answers (GetStatus lists this replica, not paused) rather than an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_first_answers_its_control_api() {
+    use testbed_proto::v1::GetStatusRequest;
+    use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let worker = Testbed::start(&[
+        "worker",
+        "--redis-url",
+        &url,
+        "--cpu-class",
+        "normal",
+        "--heartbeat-interval",
+        "100ms",
+    ]);
+    worker.wait_serving("testbed.v1.WorkerControlService").await;
+    let mut client = WorkerControlServiceClient::new(worker.channel().await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = client
+            .get_status(GetStatusRequest::default())
+            .await
+            .expect("GetStatus on a fresh Redis")
+            .into_inner();
+        if !status.workers.is_empty() {
+            assert!(!status.desired.unwrap_or_default().paused);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
