@@ -52,7 +52,7 @@ pub struct SimArgs {
     pub duration: Duration,
 
     /// Number of simulated devices in the fleet.
-    #[arg(long, env = "TESTBED_SIM_DEVICES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "TESTBED_SIM_DEVICES", default_value_t = crate::load::DEFAULT_DEVICES, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub devices: u32,
 
     /// After the run, check that every accepted event was processed exactly once.
@@ -88,7 +88,7 @@ pub struct SimArgs {
     pub unary: bool,
 
     /// Largest batch; batches are sized for about 100 per second.
-    #[arg(long, env = "TESTBED_SIM_BATCH_SIZE", default_value_t = 100,
+    #[arg(long, env = "TESTBED_SIM_BATCH_SIZE", default_value_t = crate::load::DEFAULT_BATCH_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 

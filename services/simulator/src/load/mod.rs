@@ -17,3 +17,11 @@ pub mod runner;
 pub mod scenario;
 pub mod stats;
 pub mod transport;
+
+/// Devices in a run's fleet when the run does not say: `testbed sim
+/// --devices` and an unset `RunSpec.devices` alike.
+pub const DEFAULT_DEVICES: u32 = 100;
+
+/// Largest batch of a run when it does not say: `testbed sim
+/// --batch-size` and an unset `RunSpec.batch_size` alike.
+pub const DEFAULT_BATCH_SIZE: u32 = 100;

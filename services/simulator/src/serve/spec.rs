@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use testbed_proto::v1 as pb;
 
+// The defaults of `RunSpec.devices` and `RunSpec.batch_size` when 0 are
+// the CLI's, written once in `load`.
 use crate::load::fleet::Mix;
 use crate::load::scenario::{Phase, Scenario};
+use crate::load::{DEFAULT_BATCH_SIZE, DEFAULT_DEVICES};
 use crate::serve::config::Limits;
 use crate::serve::error::ApiError;
 
@@ -15,9 +18,6 @@ use crate::serve::error::ApiError;
 /// instants and sums built on it cannot overflow.
 pub const UNTIL_STOPPED: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Default of `RunSpec.devices` and `RunSpec.batch_size` when 0.
-const DEFAULT_DEVICES: u32 = 100;
-const DEFAULT_BATCH_SIZE: u32 = 100;
 /// Bounds and default of `WatchRunRequest.interval`, from the contract.
 const WATCH_INTERVAL: (Duration, Duration, Duration) = (
     Duration::from_millis(100),
