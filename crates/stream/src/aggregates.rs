@@ -2,7 +2,8 @@
 //! reads, in one place, so the two cannot silently disagree (a renamed
 //! field on one side would otherwise read as 0 on the other).
 //!
-//! [`crate::keys`] names the keys; this module names what is inside them.
+//! [`crate::keys`] names the keys; this module names what is inside them
+//! (and the store's own pipeline counters, [`stats`]).
 //! The store moves these names as opaque strings, with one exception: its
 //! append counts re-sent events in a run's ledger under
 //! [`run::DUPLICATES`], in Rust ([`crate::MemoryLog`]) and in the Lua
@@ -124,6 +125,22 @@ pub mod run {
     pub const LAST_PROCESSED_MS: &str = "last_processed_ms";
 }
 
+/// Fields of a partition's pipeline counters ([`crate::keys::Keys::stats`]),
+/// the store's own: written by its append and apply steps (Rust and Lua),
+/// read as [`crate::PartitionFigures`].
+pub mod stats {
+    /// Events appended.
+    pub const INGESTED: &str = "ingested";
+    /// Events applied.
+    pub const PROCESSED: &str = "processed";
+    /// Re-sent events dropped as duplicates at append.
+    pub const DUPLICATES: &str = "duplicates";
+    /// Events dead-lettered.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// Every field, in [`crate::PartitionFigures`]' order.
+    pub const ALL: [&str; 4] = [INGESTED, PROCESSED, DUPLICATES, DEAD_LETTERED];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +155,31 @@ mod tests {
         let unit = device_minute::metric_unit("fan.speed");
         assert_eq!(device_minute::unit_of(&unit), Some("fan.speed"));
         assert_eq!(device_minute::metric_of(&unit), None);
+    }
+
+    /// The scripts write each pipeline counter under the schema's name
+    /// (a renamed field on one side would read as 0 on the other).
+    #[test]
+    fn scripts_write_the_stats_fields() {
+        let scripts = [
+            include_str!("redis_log/append.lua"),
+            include_str!("redis_log/append_producer.lua"),
+            include_str!("redis_log/apply.lua"),
+        ];
+        let mut written = std::collections::BTreeSet::new();
+        for script in scripts {
+            for line in script.lines().filter(|l| l.contains("HINCRBY")) {
+                if let Some(field) = line.split('\'').nth(3) {
+                    written.insert(field.to_owned());
+                }
+            }
+        }
+        for field in stats::ALL {
+            assert!(
+                written.contains(field),
+                "{field} never written: {written:?}"
+            );
+        }
     }
 
     /// The append scripts count a run's duplicates under the ledger's

@@ -111,7 +111,7 @@ impl EventLog for RedisLog {
             .call("HMGET stats", |mut c| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
-                    .arg(&["ingested", "processed", "duplicates", "dead_lettered"])
+                    .arg(&crate::aggregates::stats::ALL[..])
                     .query_async(&mut c)
                     .await
             })

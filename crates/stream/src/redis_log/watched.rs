@@ -172,7 +172,7 @@ impl RedisLog {
         tx.cmd("INCR").arg(keys.version(partition));
         tx.cmd("HINCRBY")
             .arg(keys.stats(partition))
-            .arg("processed")
+            .arg(crate::aggregates::stats::PROCESSED)
             .arg(events);
         for ((key, bucket), count) in e2e_increments(ops, entries, now_ms) {
             tx.cmd("HINCRBY").arg(key).arg(bucket).arg(count);
