@@ -96,7 +96,8 @@ async fn a_query_started_first_answers_zeros() {
 
 /// `testbed ingest --partitions 8`, then `testbed worker --partitions 4` on
 /// the same prefix: the worker refuses to start, naming the flag and both
-/// values; `testbed query --partitions 8` starts.
+/// values, and so does a query left at the default (4); `testbed query
+/// --partitions 8` starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_whose_partitions_disagree_refuses_to_start() {
     let redis = RedisServer::start();
@@ -117,6 +118,28 @@ async fn a_process_whose_partitions_disagree_refuses_to_start() {
     let output = tokio::time::timeout(std::time::Duration::from_secs(20), worker)
         .await
         .expect("the worker refused within 20 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--partitions 4 disagrees with 8"),
+        "{stderr}"
+    );
+    // Left at its default (4), the flag is not replaced by the stored 8:
+    // refused the same way.
+    let query = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["query", "--redis-url", &url])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), query)
+        .await
+        .expect("the query refused within 20 s")
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -16,6 +16,19 @@
 //!
 //! A process never adopts a stored value in place of its flag, default or
 //! not: what runs is what its configuration says, or nothing.
+//!
+//! Not recorded, because a disagreement loses or double-counts nothing:
+//! `--dedupe-window` (each ingest trims the partition's id window to its
+//! own length: the window is as long as the last writer's), `--retention`
+//! (how long the worker keeps aggregates and how far back the query may
+//! ask), `--redis-timeout` and every per-process limit. `--key-prefix` is
+//! the namespace itself: processes on different prefixes share nothing.
+//!
+//! Between two health probes (`--health-interval`) a process that has
+//! agreed once does not re-read the record, so for that long after another
+//! deployment resets the prefix its appends can still go through: the
+//! check cannot be part of an append itself on Redis Cluster, where the
+//! record and the partitions live in different slots.
 
 use std::sync::atomic::Ordering;
 
