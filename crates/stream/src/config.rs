@@ -100,21 +100,13 @@ fn parse_prefix(value: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        store: StoreArgs,
-    }
 
     /// `StoreArgs::default()` is the flags' defaults, every field of it
     /// (compared whole, so a hand-written default cannot drift again).
     #[test]
     fn default_is_every_flags_default() {
-        let parsed = Cli::try_parse_from(["x"]).unwrap().store;
+        let parsed = testbed_flags::parse_from::<StoreArgs, _, _>(["x"]).unwrap();
         assert_eq!(format!("{parsed:?}"), format!("{:?}", StoreArgs::default()));
     }
 
@@ -131,7 +123,7 @@ mod tests {
             ("--redis-timeout", "fast"),
             ("--producer-window", "4"),
         ] {
-            let err = Cli::try_parse_from(["x", flag, value]).unwrap_err();
+            let err = testbed_flags::parse_from::<StoreArgs, _, _>(["x", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
         }
     }
@@ -139,17 +131,14 @@ mod tests {
     /// Cluster seeds are a comma-separated list.
     #[test]
     fn cluster_seeds() {
-        let cli = Cli::try_parse_from([
+        let cli = testbed_flags::parse_from::<StoreArgs, _, _>([
             "x",
             "--redis-cluster",
             "--redis-url",
             "redis://a:1,redis://b:2",
         ])
         .unwrap();
-        assert!(cli.store.redis_cluster);
-        assert_eq!(
-            cli.store.redis_url.as_deref(),
-            Some("redis://a:1,redis://b:2")
-        );
+        assert!(cli.redis_cluster);
+        assert_eq!(cli.redis_url.as_deref(), Some("redis://a:1,redis://b:2"));
     }
 }

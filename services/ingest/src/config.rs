@@ -68,21 +68,13 @@ impl Default for IngestConfig {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        ingest: IngestConfig,
-    }
 
     /// `IngestConfig::default()` is the flags' defaults, every field of it
     /// (compared whole, so a hand-written default cannot drift again).
     #[test]
     fn default_is_every_flags_default() {
-        let parsed = Cli::try_parse_from(["x"]).unwrap().ingest;
+        let parsed = testbed_flags::parse_from::<IngestConfig, _, _>(["x"]).unwrap();
         assert_eq!(
             format!("{parsed:?}"),
             format!("{:?}", IngestConfig::default())
@@ -92,8 +84,15 @@ mod tests {
     /// Out-of-range limits are refused.
     #[test]
     fn rejects_bad_limits() {
-        assert!(Cli::try_parse_from(["x", "--max-batch", "0"]).is_err());
-        assert!(Cli::try_parse_from(["x", "--stream-window", "0"]).is_err());
-        assert!(Cli::try_parse_from(["x", "--retry-after", "soon"]).is_err());
+        assert!(
+            testbed_flags::parse_from::<IngestConfig, _, _>(["x", "--max-batch", "0"]).is_err()
+        );
+        assert!(
+            testbed_flags::parse_from::<IngestConfig, _, _>(["x", "--stream-window", "0"]).is_err()
+        );
+        assert!(
+            testbed_flags::parse_from::<IngestConfig, _, _>(["x", "--retry-after", "soon"])
+                .is_err()
+        );
     }
 }

@@ -34,21 +34,13 @@ impl Default for QueryConfig {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        query: QueryConfig,
-    }
 
     /// `QueryConfig::default()` is the flags' defaults, every field of it
     /// (compared whole, so a hand-written default cannot drift again).
     #[test]
     fn default_is_every_flags_default() {
-        let parsed = Cli::try_parse_from(["x"]).unwrap().query;
+        let parsed = testbed_flags::parse_from::<QueryConfig, _, _>(["x"]).unwrap();
         assert_eq!(
             format!("{parsed:?}"),
             format!("{:?}", QueryConfig::default())
@@ -63,7 +55,8 @@ mod tests {
             ("--query-read-concurrency", "0"),
             ("--query-watch-buffer", "0"),
         ] {
-            let err = Cli::try_parse_from(["x", flag, value]).unwrap_err();
+            let err =
+                testbed_flags::parse_from::<QueryConfig, _, _>(["x", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
         }
     }

@@ -178,21 +178,13 @@ impl WorkerConfig {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        worker: WorkerConfig,
-    }
 
     /// `WorkerConfig::default()` is the flags' defaults, every field of it
     /// (compared whole, so a hand-written default cannot drift again).
     #[test]
     fn default_is_every_flags_default() {
-        let parsed = Cli::try_parse_from(["x"]).unwrap().worker;
+        let parsed = testbed_flags::parse_from::<WorkerConfig, _, _>(["x"]).unwrap();
         assert_eq!(
             format!("{parsed:?}"),
             format!("{:?}", WorkerConfig::default())
