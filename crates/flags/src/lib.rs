@@ -22,6 +22,23 @@ pub fn defaults<T: Args + FromArgMatches>() -> Result<T, clap::Error> {
     T::from_arg_matches(&matches)
 }
 
+/// Implements `Default` for a clap `Args` struct as its flags' defaults
+/// ([`defaults`]): `testbed_flags::default_from_flags!(IngestConfig);`.
+/// Each such config should test that its default parses (a flag without a
+/// default would make `default()` panic, which is a defect of the struct).
+#[macro_export]
+macro_rules! default_from_flags {
+    ($ty:ty) => {
+        impl ::core::default::Default for $ty {
+            /// Every flag at its default: written once, in the `#[arg]`s.
+            #[allow(clippy::expect_used)]
+            fn default() -> Self {
+                $crate::defaults().expect("every flag has a default")
+            }
+        }
+    };
+}
+
 /// `T` parsed from `args` (the first is the program's name) as a command
 /// line holding only `T`'s flags, environment variables included: what a
 /// config's own tests need instead of a wrapper `Parser` struct each.
@@ -96,6 +113,15 @@ mod tests {
         assert_eq!((l.batch, l.linger), (9, Duration::from_millis(5)));
         let err = parse_from::<Limits, _, _>(["x", "--linger", "soon"]).unwrap_err();
         assert!(err.to_string().contains("--linger"), "{err}");
+    }
+
+    default_from_flags!(Limits);
+
+    /// The macro's `Default` is the flags' defaults.
+    #[test]
+    fn default_from_flags_is_the_defaults() {
+        let d = Limits::default();
+        assert_eq!((d.batch, d.linger), (7, Duration::from_millis(250)));
     }
 
     /// A required flag without a default is an error, not a panic.

@@ -58,15 +58,7 @@ pub struct StoreArgs {
     pub retention: Duration,
 }
 
-impl Default for StoreArgs {
-    /// Every flag at its default: written once, in the `#[arg]`s above.
-    // `defaults` fails only for a flag without a default; the
-    // `default_is_every_flags_default` test proves there is none.
-    #[allow(clippy::expect_used)]
-    fn default() -> Self {
-        testbed_flags::defaults().expect("every flag has a default")
-    }
-}
+testbed_flags::default_from_flags!(StoreArgs);
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
     for url in value.split(',') {

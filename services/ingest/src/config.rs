@@ -56,15 +56,7 @@ pub struct IngestConfig {
     pub stream_window: u32,
 }
 
-impl Default for IngestConfig {
-    /// Every flag at its default: written once, in the `#[arg]`s above.
-    // `defaults` fails only for a flag without a default; the
-    // `default_is_every_flags_default` test proves there is none.
-    #[allow(clippy::expect_used)]
-    fn default() -> Self {
-        testbed_flags::defaults().expect("every flag has a default")
-    }
-}
+testbed_flags::default_from_flags!(IngestConfig);
 
 #[cfg(test)]
 mod tests {

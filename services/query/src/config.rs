@@ -22,15 +22,7 @@ pub struct QueryConfig {
     pub query_watch_buffer: u32,
 }
 
-impl Default for QueryConfig {
-    /// Every flag at its default: written once, in the `#[arg]`s above.
-    // `defaults` fails only for a flag without a default; the
-    // `default_is_every_flags_default` test proves there is none.
-    #[allow(clippy::expect_used)]
-    fn default() -> Self {
-        testbed_flags::defaults().expect("every flag has a default")
-    }
-}
+testbed_flags::default_from_flags!(QueryConfig);
 
 #[cfg(test)]
 mod tests {

@@ -139,15 +139,7 @@ pub struct WorkerConfig {
     pub max_deliveries: u64,
 }
 
-impl Default for WorkerConfig {
-    /// Every flag at its default: written once, in the `#[arg]`s above.
-    // `defaults` fails only for a flag without a default; the
-    // `default_is_every_flags_default` test proves there is none.
-    #[allow(clippy::expect_used)]
-    fn default() -> Self {
-        testbed_flags::defaults().expect("every flag has a default")
-    }
-}
+testbed_flags::default_from_flags!(WorkerConfig);
 
 impl WorkerConfig {
     /// The class of `testbed worker`'s threads: `--cpu-class`, `batch`
