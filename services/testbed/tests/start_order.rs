@@ -104,45 +104,23 @@ async fn a_process_whose_partitions_disagree_refuses_to_start() {
     let url = redis.url();
     let ingest = Testbed::start(&["ingest", "--redis-url", &url, "--partitions", "8"]);
     ingest.wait_serving("testbed.v1.IngestService").await;
-    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["worker", "--redis-url", &url, "--partitions", "4"])
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--cpu-class", "normal"])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(20), worker)
-        .await
-        .expect("the worker refused within 20 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&[
+        "worker",
+        "--redis-url",
+        &url,
+        "--partitions",
+        "4",
+        "--cpu-class",
+        "normal",
+    ])
+    .await;
     assert!(
         stderr.contains("--partitions 4 disagrees with 8"),
         "{stderr}"
     );
     // Left at its default (4), the flag is not replaced by the stored 8:
     // refused the same way.
-    let query = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["query", "--redis-url", &url])
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(std::time::Duration::from_secs(20), query)
-        .await
-        .expect("the query refused within 20 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused(&["query", "--redis-url", &url]).await;
     assert!(
         stderr.contains("--partitions 4 disagrees with 8"),
         "{stderr}"
@@ -332,4 +310,26 @@ async fn a_worker_started_first_answers_its_control_api() {
         assert!(std::time::Instant::now() < deadline, "{status:?}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Runs `testbed <args>` on ephemeral ports, expecting it to refuse to
+/// start: exit 1 within 20 s. Returns its stderr.
+async fn refused(args: &[&str]) -> String {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+        .await
+        .expect("refused within 20 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
 }
