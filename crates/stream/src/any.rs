@@ -137,6 +137,15 @@ impl EventLog for AnyLog {
         delegate!(self, log => log.claim_stale(partition, consumer, min_idle, count))
     }
 
+    async fn claim(
+        &self,
+        partition: u32,
+        consumer: &str,
+        ids: &[String],
+    ) -> Result<Vec<Entry>, StoreError> {
+        delegate!(self, log => log.claim(partition, consumer, ids))
+    }
+
     async fn apply(
         &self,
         partition: u32,

@@ -20,7 +20,9 @@ use crate::model::{
 ///   entries and acks them in one atomic step, and does nothing at all if
 ///   one of them was already acked.
 /// - `claim_stale` hands entries pending longer than `min_idle` (their
-///   consumer died) to another consumer, counting deliveries.
+///   consumer died) to another consumer, counting deliveries; `claim`
+///   does the same for listed entries, and `read_own_pending` for a
+///   consumer's own, each reporting the entries' delivery counts.
 /// - `trim` removes only entries the group has acknowledged.
 pub trait EventLog: Send + Sync {
     /// Number of partitions.
@@ -78,6 +80,18 @@ pub trait EventLog: Send + Sync {
         consumer: &str,
         min_idle: Duration,
         count: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// Delivers the listed pending entries of `partition` again, to
+    /// `consumer`, counting a delivery; each comes back with its delivery
+    /// count. Entries no longer pending (acked meanwhile) are left out.
+    /// How a consumer retries the entries it failed to process, and takes
+    /// over those of a consumer known to be dead.
+    fn claim(
+        &self,
+        partition: u32,
+        consumer: &str,
+        ids: &[String],
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
 
     /// Applies `ops`, counts `events` processed, and acks `entries` (all of

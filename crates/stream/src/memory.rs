@@ -426,7 +426,25 @@ impl EventLog for MemoryLog {
             partition,
             count,
             consumer,
-            |p| p.consumer == consumer,
+            |_, p| p.consumer == consumer,
+        ))
+    }
+
+    async fn claim(
+        &self,
+        partition: u32,
+        consumer: &str,
+        ids: &[String],
+    ) -> Result<Vec<Entry>, StoreError> {
+        let wanted: std::collections::BTreeSet<Id> =
+            ids.iter().filter_map(|id| parse_id(id)).collect();
+        let mut part = self.part(partition)?;
+        Ok(Self::redeliver(
+            &mut part,
+            partition,
+            wanted.len(),
+            consumer,
+            |id, _| wanted.contains(id),
         ))
     }
 
@@ -443,7 +461,7 @@ impl EventLog for MemoryLog {
             partition,
             count,
             consumer,
-            |p| p.delivered_at.elapsed() >= min_idle,
+            |_, p| p.delivered_at.elapsed() >= min_idle,
         ))
     }
 
@@ -675,14 +693,14 @@ impl MemoryLog {
         partition: u32,
         count: usize,
         consumer: &str,
-        pick: impl Fn(&Pending) -> bool,
+        pick: impl Fn(&Id, &Pending) -> bool,
     ) -> Vec<Entry> {
         let mut out = Vec::new();
         for (id, pending) in part.pending.iter_mut() {
             if out.len() >= count {
                 break;
             }
-            if !pick(pending) {
+            if !pick(id, pending) {
                 continue;
             }
             pending.consumer = consumer.to_owned();

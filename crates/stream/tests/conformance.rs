@@ -133,6 +133,7 @@ conformance!(
     batch_apply_is_all_or_nothing,
     merges_agree_across_backends,
     own_pending_entries_can_be_read_again,
+    listed_entries_are_claimed_with_their_deliveries,
     producer_sequences_dedupe_batches,
 );
 
@@ -938,6 +939,64 @@ where
         log.read_own_pending(0, "c2", 10).await.unwrap()[0].id,
         second[0].id
     );
+}
+
+/// Listed pending entries are delivered again to the claimer, each with
+/// its delivery count; an entry acked meanwhile is left out, and so is an
+/// id that was never delivered. Reading one's own pending entries counts
+/// a delivery too.
+async fn listed_entries_are_claimed_with_their_deliveries<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    for id in ["a", "b", "c"] {
+        log.append(0, &EntryMeta::default(), &events(&[id]))
+            .await
+            .unwrap();
+    }
+    let read = log
+        .read(0, "c1", 2, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    assert!(read.iter().all(|e| e.deliveries == 1));
+    let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
+
+    // The consumer retries the first of them itself.
+    let again = log.claim(0, "c1", &ids[..1]).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, ids[0]);
+    assert_eq!(again[0].deliveries, 2);
+    assert_eq!(again[0].events, vec![b"payload-a".to_vec()]);
+    let ops = counter_ops(log, 0, "n", 1);
+    assert_eq!(
+        log.apply(0, &again, 1, &ops).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+
+    // Another consumer takes both over: the acked one is left out, and an
+    // entry never delivered (the third) is not pending, so not claimed.
+    let third = log
+        .read(0, "c3", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    log.apply(0, &third, 1, &ops).await.unwrap();
+    let mut listed = ids.clone();
+    listed.push(third[0].id.clone());
+    let taken = log.claim(0, "c2", &listed).await.unwrap();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].id, ids[1]);
+    assert_eq!(taken[0].deliveries, 2);
+    assert!(log.claim(0, "c2", &[]).await.unwrap().is_empty());
+
+    // Reading one's own pending entries is a delivery, and says so.
+    let own = log.read_own_pending(0, "c2", 10).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].deliveries, 3);
+    assert!(log.read_own_pending(0, "c1", 10).await.unwrap().is_empty());
 }
 
 /// Batches of an idempotent producer are deduplicated by sequence within

@@ -133,10 +133,27 @@ pub struct WorkerConfig {
     #[arg(long, env = "TESTBED_WORKER_CPU_CLASS", value_enum)]
     pub cpu_class: Option<CpuClass>,
 
-    /// Deliveries after which a failing entry is dead-lettered.
-    #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 5,
+    /// Deliveries after which a failing entry is dead-lettered. With the
+    /// default retry delays (100 ms doubling to 2 s), ten deliveries span
+    /// 11.1 s (5.6 s at the shortest with jitter): a failure that lasts
+    /// less than that is survived without dead-lettering (README,
+    /// "Guarantees").
+    #[arg(long, env = "TESTBED_MAX_DELIVERIES", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_deliveries: u64,
+
+    /// How long after its first failure an entry is delivered again to
+    /// the worker that failed it; the delay doubles with each delivery up
+    /// to `--retry-max-delay`, each shortened at random by up to half.
+    /// `--claim-idle` is for the entries of dead consumers.
+    #[arg(long, env = "TESTBED_RETRY_INITIAL_DELAY", default_value = "100ms",
+          value_parser = humantime::parse_duration)]
+    pub retry_initial_delay: Duration,
+
+    /// The longest delay between two deliveries of a failing entry.
+    #[arg(long, env = "TESTBED_RETRY_MAX_DELAY", default_value = "2s",
+          value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
 }
 
 testbed_flags::default_from_flags!(WorkerConfig);

@@ -32,7 +32,8 @@ pub struct WorkerMetrics {
     pub processed: Counter<u64>,
     /// `worker_events_dead_lettered_total`.
     pub dead_lettered: Counter<u64>,
-    /// `worker_events_retried_total`: events of entries left for redelivery.
+    /// `worker_events_retried_total{reason}`: events of entries that
+    /// failed and are retried (`injected_fault`, `store_error`).
     pub retried: Counter<u64>,
     /// `worker_entries_already_acked_total`.
     pub already_acked: Counter<u64>,
@@ -114,7 +115,7 @@ impl WorkerMetrics {
             ),
             retried: counter(
                 "worker.events.retried",
-                "Events of entries left pending for redelivery",
+                "Events of entries that failed and are retried, by reason",
             ),
             already_acked: counter(
                 "worker.entries.already_acked",
@@ -136,7 +137,9 @@ impl WorkerMetrics {
         // absent, and the first dead letter shows up in increase().
         metrics.processed.add(0, &[]);
         metrics.dead_lettered.add(0, &[]);
-        metrics.retried.add(0, &[]);
+        for reason in ["injected_fault", "store_error"] {
+            metrics.retried.add(0, &[KeyValue::new("reason", reason)]);
+        }
         metrics
     }
 }

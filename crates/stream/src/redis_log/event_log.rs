@@ -188,24 +188,79 @@ impl EventLog for RedisLog {
     ) -> Result<Vec<Entry>, StoreError> {
         let key = self.inner.keys.stream(partition);
         let group = self.group();
-        let consumer = consumer.to_owned();
-        // ID 0 instead of `>`: this consumer's history, i.e. its pending list.
+        let (k, cons) = (key.clone(), consumer.to_owned());
+        // ID 0 instead of `>`: this consumer's history, i.e. its pending
+        // list. Redis counts the delivery; XREADGROUP does not say how many.
         let mut reply: redis::Value = self
             .call("XREADGROUP", |mut c| async move {
                 redis::cmd("XREADGROUP")
                     .arg("GROUP")
                     .arg(group)
-                    .arg(&consumer)
+                    .arg(&cons)
                     .arg("COUNT")
                     .arg(count)
                     .arg("STREAMS")
-                    .arg(&key)
+                    .arg(&k)
                     .arg("0")
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        parse::read_reply(&mut reply, partition)
+        let mut entries = parse::read_reply(&mut reply, partition)?;
+        // They are the first of the consumer's pending list, in order.
+        self.delivery_counts(&key, consumer, &mut entries).await?;
+        Ok(entries)
+    }
+
+    async fn claim(
+        &self,
+        partition: u32,
+        consumer: &str,
+        ids: &[String],
+    ) -> Result<Vec<Entry>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        // One round trip: the claim (min idle 0: they are wanted now), then
+        // each entry's pending row, which then holds the counted delivery.
+        let mut pipe = redis::pipe();
+        pipe.cmd("XCLAIM")
+            .arg(&key)
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids);
+        for id in ids {
+            pipe.cmd("XPENDING")
+                .arg(&key)
+                .arg(group)
+                .arg(id)
+                .arg(id)
+                .arg(1);
+        }
+        let mut replies: Vec<redis::Value> = self
+            .call(
+                "XCLAIM",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        if replies.is_empty() {
+            return Err(StoreError::Protocol("empty XCLAIM reply".into()));
+        }
+        let mut claimed = replies.remove(0);
+        let mut entries = parse::claim_reply(&mut claimed, partition)?;
+        let mut deliveries = std::collections::BTreeMap::new();
+        for row in &replies {
+            deliveries.extend(parse::pending_deliveries(row)?);
+        }
+        for entry in &mut entries {
+            if let Some(count) = deliveries.get(&entry.id) {
+                entry.deliveries = *count;
+            }
+        }
+        Ok(entries)
     }
 
     async fn claim_stale(
@@ -233,30 +288,7 @@ impl EventLog for RedisLog {
             })
             .await?;
         let mut entries = parse::autoclaim_reply(&mut reply, partition)?;
-        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-            let (first, last, cons) = (first.id.clone(), last.id.clone(), consumer.to_owned());
-            let n = entries.len();
-            let pending: redis::Value = self
-                .call("XPENDING", |mut c| async move {
-                    redis::cmd("XPENDING")
-                        .arg(&key)
-                        .arg(group)
-                        .arg(&first)
-                        .arg(&last)
-                        .arg(n)
-                        .arg(&cons)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            let deliveries = parse::pending_deliveries(&pending)?;
-            for entry in &mut entries {
-                entry.deliveries = deliveries
-                    .get(&entry.id)
-                    .copied()
-                    .unwrap_or(entry.deliveries);
-            }
-        }
+        self.delivery_counts(&key, consumer, &mut entries).await?;
         Ok(entries)
     }
 
@@ -372,5 +404,45 @@ impl EventLog for RedisLog {
 
     fn retention(&self) -> Duration {
         self.inner.args.retention
+    }
+}
+
+impl RedisLog {
+    /// Sets the delivery counts of `entries`, which are the first pending
+    /// entries of `consumer` from the first of them, in order (what
+    /// `XAUTOCLAIM` and `XREADGROUP ... 0` return): one `XPENDING` over
+    /// their range.
+    async fn delivery_counts(
+        &self,
+        key: &str,
+        consumer: &str,
+        entries: &mut [Entry],
+    ) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let (key, group) = (key.to_owned(), self.group());
+        let (first, last, cons) = (first.id.clone(), last.id.clone(), consumer.to_owned());
+        let n = entries.len();
+        let pending: redis::Value = self
+            .call("XPENDING", |mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(group)
+                    .arg(&first)
+                    .arg(&last)
+                    .arg(n)
+                    .arg(&cons)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let deliveries = parse::pending_deliveries(&pending)?;
+        for entry in entries {
+            if let Some(count) = deliveries.get(&entry.id) {
+                entry.deliveries = *count;
+            }
+        }
+        Ok(())
     }
 }

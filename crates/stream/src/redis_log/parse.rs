@@ -152,6 +152,20 @@ pub(crate) fn autoclaim_reply(reply: &mut Value, partition: u32) -> Result<Vec<E
     entries.iter_mut().map(|e| entry(e, partition)).collect()
 }
 
+/// `XCLAIM`: `[entries]`; an entry deleted from the stream while pending
+/// is left out (Redis 7 drops it from the pending list; older versions
+/// answer nil in its place).
+pub(crate) fn claim_reply(reply: &mut Value, partition: u32) -> Result<Vec<Entry>, StoreError> {
+    let Some(entries) = items_mut(reply) else {
+        return Err(bad("XCLAIM", reply));
+    };
+    entries
+        .iter_mut()
+        .filter(|e| !matches!(e, Value::Nil))
+        .map(|e| entry(e, partition))
+        .collect()
+}
+
 /// Extended `XPENDING`: `[[id, consumer, idle ms, deliveries], ...]` →
 /// deliveries by id.
 pub(crate) fn pending_deliveries(reply: &Value) -> Result<BTreeMap<String, u64>, StoreError> {

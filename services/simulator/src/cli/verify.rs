@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use testbed_proto::v1::GetRunStatsRequest;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
+use testbed_proto::v1::{GetPipelineStatsRequest, GetRunStatsRequest};
 use tonic::transport::Channel;
 
 use crate::load::stats::Figures;
@@ -106,15 +106,17 @@ pub fn reasons(resent: &BTreeMap<String, u64>) -> String {
 const KINDS: [&str; 3] = ["gpu", "tokens", "metric"];
 
 /// How long the processed figures may stand still, short of the
-/// expectation, before the run counts as drained as far as it will go.
+/// expectation, before the pipeline is asked whether anything is left to
+/// process.
 const SETTLE: Duration = Duration::from_secs(3);
 
 /// How the wait for the pipeline ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
-    /// Every acknowledged event was processed.
+    /// Every acknowledged event was processed or dead-lettered.
     Done,
-    /// The processed figures stopped short for [`SETTLE`].
+    /// The figures stopped short, and the pipeline has nothing pending
+    /// and no backlog: what is missing will not come.
     Stalled,
     /// The verify timeout passed first.
     TimedOut(Duration),
@@ -133,6 +135,7 @@ pub fn judge(
     let expected = expectation.acknowledged;
     let never = expectation.never_acknowledged;
     let mut diff = Vec::new();
+    let mut missing = 0u64;
     for (i, kind) in KINDS.iter().enumerate() {
         let (p, e) = (processed[i], expected[i]);
         if p == e {
@@ -140,7 +143,8 @@ pub fn judge(
         }
         let d = p as i64 - e as i64;
         let why = if p < e {
-            "acknowledged events missing from the pipeline".to_owned()
+            missing += e - p;
+            "acknowledged events not processed".to_owned()
         } else if p - e <= never[i] {
             format!(
                 "{} of the {} {kind} events never acknowledged were appended all the same: not a double count",
@@ -153,6 +157,23 @@ pub fn judge(
         diff.push(format!(
             "{kind}: processed {p}, acknowledged {e} ({d:+}): {why}"
         ));
+    }
+    // Where the unprocessed went: the run's dead-letter count (all kinds)
+    // accounts for them first; the rest are lost.
+    if missing > 0 {
+        let dead = dead_lettered.min(missing);
+        let lost = missing - dead;
+        diff.push(if lost == 0 {
+            format!(
+                "all {missing} were dead-lettered, not lost (the dead-letter stream holds them with the reason)"
+            )
+        } else if dead > 0 {
+            format!(
+                "of those {missing}, {dead} were dead-lettered (the dead-letter stream holds them) and {lost} are lost"
+            )
+        } else {
+            format!("{lost} acknowledged events are lost: none was dead-lettered")
+        });
     }
     let never_total: u64 = never.iter().sum();
     if never_total > 0 {
@@ -193,8 +214,7 @@ pub fn judge(
     match drained {
         Drained::Done => {}
         Drained::Stalled => diff.push(format!(
-            "processing stopped at {total} of {want} events for {}",
-            humantime::format_duration(SETTLE)
+            "processing stopped at {total} of {want} events, with nothing pending or in the backlog"
         )),
         Drained::TimedOut(timeout) => diff.push(format!(
             "not drained after {}",
@@ -212,9 +232,12 @@ pub fn judge(
     }
 }
 
-/// Polls GetRunStats until the run has drained (processed figures reach
-/// the expectation, or stop moving for a few seconds short of it) or
-/// `timeout`, then judges.
+/// Polls GetRunStats until the run has drained, then judges: every
+/// acknowledged event is processed or dead-lettered, or the figures have
+/// stopped short and the pipeline has nothing left to process (nothing
+/// pending, no backlog: GetPipelineStats), or `timeout` passed. While
+/// entries are still pending or in the backlog (a worker died and its
+/// entries await takeover, a failure is being retried), it keeps waiting.
 pub async fn verify(
     channel: Channel,
     run_id: &str,
@@ -241,12 +264,12 @@ pub async fn verify(
         });
         let dead = stats.as_ref().map_or(0, |s| s.dead_lettered);
         let total: u64 = processed.iter().sum();
-        if total != last.0 {
-            last = (total, Instant::now());
+        if total + dead != last.0 {
+            last = (total + dead, Instant::now());
         }
-        let drained = if total >= want {
+        let drained = if total + dead >= want {
             Some(Drained::Done)
-        } else if last.1.elapsed() >= SETTLE {
+        } else if last.1.elapsed() >= SETTLE && nothing_left(&mut client).await {
             Some(Drained::Stalled)
         } else if Instant::now() >= deadline {
             Some(Drained::TimedOut(timeout))
@@ -257,6 +280,25 @@ pub async fn verify(
             return Ok(judge(expectation, processed, dead, drained));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the pipeline has nothing pending and no backlog. A query
+/// service that cannot say (an older one, an error) counts as "nothing
+/// left", so the wait still ends at the stall.
+async fn nothing_left(client: &mut QueryServiceClient<Channel>) -> bool {
+    match client
+        .get_pipeline_stats(GetPipelineStatsRequest { window: None })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .stats
+            .is_none_or(|s| s.pending == 0 && s.backlog == 0),
+        Err(status) => {
+            tracing::debug!(%status, "pipeline figures unavailable; judging the stall as final");
+            true
+        }
     }
 }
 
@@ -315,11 +357,34 @@ mod tests {
         assert_eq!(
             v.diff,
             vec![
-                "gpu: processed 80, acknowledged 100 (-20): acknowledged events missing from the pipeline".to_owned(),
+                "gpu: processed 80, acknowledged 100 (-20): acknowledged events not processed".to_owned(),
                 "tokens: processed 60, acknowledged 50 (+10): more than were acknowledged and sent unacknowledged: events counted twice".to_owned(),
+                "20 acknowledged events are lost: none was dead-lettered".to_owned(),
                 "5 events were never acknowledged".to_owned(),
-                "processing stopped at 140 of 150 events for 3s".to_owned(),
+                "processing stopped at 140 of 150 events, with nothing pending or in the backlog".to_owned(),
             ]
+        );
+    }
+
+    /// Acknowledged events the pipeline dead-lettered are named as
+    /// dead-lettered, not lost; beyond the dead-letter count, lost.
+    #[test]
+    fn dead_lettered_events_are_not_called_lost() {
+        let e = expectation([100, 50, 0], [0; 3]);
+        let v = judge(&e, [90, 45, 0], 15, Drained::Done);
+        assert!(!v.passed);
+        assert_eq!(
+            v.diff,
+            vec![
+                "gpu: processed 90, acknowledged 100 (-10): acknowledged events not processed".to_owned(),
+                "tokens: processed 45, acknowledged 50 (-5): acknowledged events not processed".to_owned(),
+                "all 15 were dead-lettered, not lost (the dead-letter stream holds them with the reason)".to_owned(),
+            ]
+        );
+        let v = judge(&e, [90, 45, 0], 6, Drained::Stalled);
+        assert_eq!(
+            v.diff[2],
+            "of those 15, 6 were dead-lettered (the dead-letter stream holds them) and 9 are lost"
         );
     }
 }

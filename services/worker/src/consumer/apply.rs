@@ -10,20 +10,25 @@ impl Consumer {
     /// are dead-lettered one by one, entries an injected fault fails stay
     /// pending, and the rest are folded and applied together, in batches
     /// of at most `--apply-max-events` events, each one atomic step.
-    /// Returns true when a store error left some of them pending.
-    pub async fn process(&self, partition: u32, entries: Vec<Entry>) -> bool {
+    /// Returns the entries that failed and stay pending (with their
+    /// events' count), for the caller to retry.
+    pub async fn process(&self, partition: u32, entries: Vec<Entry>) -> Vec<(Failed, u64)> {
+        let mut failed = Vec::new();
         if entries.is_empty() {
-            return false;
+            return failed;
         }
         let Ok(_permit) = self.local.permits().acquire().await else {
-            return false;
+            return failed;
         };
-        let mut store_failed = false;
         let mut batch: Vec<Decoded> = Vec::new();
         let mut batch_events = 0u64;
         for entry in entries {
             let span = self.entry_span(&entry);
-            let Some((entry, events)) = self.prepare(entry).instrument(span.clone()).await else {
+            let Some((entry, events)) = self
+                .prepare(entry, &mut failed)
+                .instrument(span.clone())
+                .await
+            else {
                 continue;
             };
             batch_events += events.len() as u64;
@@ -33,22 +38,28 @@ impl Consumer {
                 span,
             });
             if batch_events >= self.config.apply_max_events {
-                store_failed |= self
-                    .apply_batch(partition, std::mem::take(&mut batch))
-                    .await;
+                failed.extend(
+                    self.apply_batch(partition, std::mem::take(&mut batch))
+                        .await,
+                );
                 batch_events = 0;
             }
         }
-        store_failed | self.apply_batch(partition, batch).await
+        failed.extend(self.apply_batch(partition, batch).await);
+        failed
     }
 
     /// Folds `batch` and applies it in one atomic step. Entries found
     /// already acked (another consumer claimed and applied them) leave the
     /// batch and the rest is folded again, so nothing counts twice. Store
     /// errors are retried with backoff a few times; past that the entries
-    /// stay pending (true is returned: the read loop reads its own pending
-    /// entries again next), so nothing is lost.
-    pub(super) async fn apply_batch(&self, partition: u32, mut batch: Vec<Decoded>) -> bool {
+    /// stay pending and are returned, to be retried later, so nothing is
+    /// lost.
+    pub(super) async fn apply_batch(
+        &self,
+        partition: u32,
+        mut batch: Vec<Decoded>,
+    ) -> Vec<(Failed, u64)> {
         while !batch.is_empty() {
             let entries: Vec<Entry> = batch.iter().map(|d| d.entry.clone()).collect();
             let events: u64 = batch.iter().map(|d| d.events.len() as u64).sum();
@@ -96,7 +107,7 @@ impl Consumer {
                         // exemplar points at the entry's trace.
                         d.span.in_scope(|| self.metrics.e2e.record(latency, &[]));
                     }
-                    return false;
+                    return Vec::new();
                 }
                 Ok(ApplyOutcome::NotPending(gone)) => {
                     self.figures
@@ -115,12 +126,21 @@ impl Consumer {
                     });
                 }
                 Err(err) => {
-                    self.metrics.retried.add(events, &[]);
-                    tracing::warn!(partition, entries = batch.len(), error = %err, "apply failed; entries stay pending");
-                    return true;
+                    tracing::warn!(partition, entries = batch.len(), error = %err, "apply failed; entries stay pending, to be retried");
+                    return batch
+                        .into_iter()
+                        .map(|d| {
+                            let failed = Failed {
+                                id: d.entry.id,
+                                deliveries: d.entry.deliveries,
+                                reason: RetryReason::StoreError,
+                            };
+                            (failed, d.events.len() as u64)
+                        })
+                        .collect();
                 }
             }
         }
-        false
+        Vec::new()
     }
 }

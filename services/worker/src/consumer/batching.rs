@@ -26,8 +26,6 @@ impl Consumer {
             }
             if recover {
                 let count = self.read_size(per_entry);
-                // One pass: an entry an injected fault fails stays pending
-                // and waits for --claim-idle like any failed entry.
                 recover = false;
                 if let Ok(entries) = self
                     .log
@@ -40,9 +38,21 @@ impl Consumer {
                         entries = entries.len(),
                         "resuming own pending entries"
                     );
-                    recover = self.process(partition, entries).await;
+                    // Entries awaiting their retry keep their schedule.
+                    let read = entries.len();
+                    let entries: Vec<Entry> = entries
+                        .into_iter()
+                        .filter(|e| !self.retry_scheduled(partition, &e.id))
+                        .collect();
+                    // More may be waiting: read on while every read is full
+                    // of entries not scheduled.
+                    recover = read >= count && entries.len() == read;
+                    let failed = self.process(partition, entries).await;
+                    self.schedule_retries(partition, failed);
                 }
             }
+            // Entries that failed are retried first, once due.
+            self.retry_due(partition).await;
             let Some(read) = self.read_batch(partition, per_entry, &shutdown).await else {
                 break;
             };
@@ -54,9 +64,10 @@ impl Consumer {
                         per_entry = (events / entries.len()).max(1) as u64;
                     }
                     // Entries already read are finished even during
-                    // shutdown: they are ours until acked. A store error
-                    // leaves some pending: read them again next.
-                    recover |= self.process(partition, entries).await;
+                    // shutdown: they are ours until acked. Those that fail
+                    // stay pending and are retried.
+                    let failed = self.process(partition, entries).await;
+                    self.schedule_retries(partition, failed);
                 }
                 Err(err) => {
                     recover = true;
@@ -71,6 +82,18 @@ impl Consumer {
                     }
                 }
             }
+        }
+    }
+
+    /// How long a read of `partition` may wait for new entries:
+    /// `--read-block`, or less when a retry falls due sooner.
+    pub(super) fn read_block(&self, partition: u32) -> Duration {
+        let block = self.config.read_block;
+        match self.next_retry(partition) {
+            Some(at) => at
+                .saturating_duration_since(std::time::Instant::now())
+                .clamp(Duration::from_millis(1), block),
+            None => block,
         }
     }
 
@@ -95,7 +118,7 @@ impl Consumer {
         let chunk = (self.config.read_chunk as usize).clamp(1, count);
         let first = tokio::select! {
             () = shutdown.cancelled() => return None,
-            read = self.log.read(partition, &self.name, chunk, self.config.read_block) => read,
+            read = self.log.read(partition, &self.name, chunk, self.read_block(partition)) => read,
         };
         let mut entries = match first {
             Ok(entries) if !entries.is_empty() => entries,

@@ -69,7 +69,8 @@ impl Consumer {
                 if !entries.is_empty() {
                     tracing::info!(partition, entries = entries.len(), "claimed stale entries");
                 }
-                self.process(partition, entries).await;
+                let failed = self.process(partition, entries).await;
+                self.schedule_retries(partition, failed);
             }
             Err(err) => tracing::warn!(partition, error = %err, "claiming stale entries failed"),
         }

@@ -37,12 +37,17 @@ impl Consumer {
     }
 
     /// Dead-letters `entry` if it is poison (empty, or delivered too
-    /// often), and leaves it pending if an injected fault fails it. `Some`
+    /// often), and leaves it pending if an injected fault fails it (added
+    /// to `failed`, to be retried). `Some`
     /// when it is to be applied: the entry without its events, and its
     /// events (so that the batch's list of entries is cheap to clone).
     /// Its events are checked as they are folded ([`Self::apply_batch`]),
     /// which reads each once.
-    pub(super) async fn prepare(&self, mut entry: Entry) -> Option<(Entry, Vec<Bytes>)> {
+    pub(super) async fn prepare(
+        &self,
+        mut entry: Entry,
+        failed: &mut Vec<(Failed, u64)>,
+    ) -> Option<(Entry, Vec<Bytes>)> {
         let events = entry.events.len() as u64;
         let poison = if entry.events.is_empty() {
             Some(("entry has no events".to_owned(), true))
@@ -66,10 +71,15 @@ impl Consumer {
             return None;
         }
         if self.injected_failure(&entry.events).await {
-            // Left pending on purpose: claimed again after --claim-idle and
+            // Left pending on purpose and retried with backoff, then
             // dead-lettered past --max-deliveries, like a real failure.
             self.figures.fault_failures.fetch_add(1, Ordering::Relaxed);
-            self.metrics.retried.add(events, &[]);
+            let f = Failed {
+                id: entry.id,
+                deliveries: entry.deliveries,
+                reason: RetryReason::InjectedFault,
+            };
+            failed.push((f, events));
             return None;
         }
         let events = std::mem::take(&mut entry.events);

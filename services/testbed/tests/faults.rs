@@ -1,0 +1,293 @@
+//! The fault suite: simulator load on real processes (ingest, worker,
+//! query, each its own `testbed` process on one Redis), faults injected
+//! while it runs, then `sim --verify` and the pipeline's own figures must
+//! show every accepted event processed exactly once (or dead-lettered, and
+//! named so). Each test prints the figures it checked (on stderr: the
+//! test command runs this suite with `--nocapture`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::Testbed;
+use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
+use testbed_proto::v1::{FailureFault, Fault, FaultScope, InjectFaultRequest, fault::Effect};
+use testbed_stream::{AnyLog, EventLog as _, RedisLog, StoreArgs};
+use testbed_test_support::RedisServer;
+
+/// Ingest, worker and query, each a process on `redis`; the worker gets
+/// `worker_flags` besides a 100 ms control interval (faults apply fast).
+struct Split {
+    ingest: Testbed,
+    worker: Testbed,
+    query: Testbed,
+    log: AnyLog,
+}
+
+impl Split {
+    async fn start(redis: &RedisServer, worker_flags: &[&str]) -> Self {
+        let url = redis.url();
+        let ingest = Testbed::start(&["ingest", "--redis-url", &url]);
+        let mut args = vec!["worker", "--redis-url", &url, "--control-interval", "100ms"];
+        args.extend(worker_flags);
+        let worker = Testbed::start(&args);
+        let query = Testbed::start(&["query", "--redis-url", &url]);
+        ingest.wait_serving("testbed.v1.IngestService").await;
+        worker.wait_serving("testbed.v1.WorkerControlService").await;
+        query.wait_serving("testbed.v1.QueryService").await;
+        let args = StoreArgs {
+            redis_url: Some(url),
+            ..StoreArgs::default()
+        };
+        let log = AnyLog::Redis(RedisLog::connect(&args).await.unwrap());
+        Self {
+            ingest,
+            worker,
+            query,
+            log,
+        }
+    }
+
+    /// Starts `testbed sim --verify` against ingest (and query for the
+    /// check) at `rate` for `secs`, writing its JSON report to a file;
+    /// returns the child and the report's path.
+    fn sim(
+        &self,
+        run_id: &str,
+        rate: u32,
+        secs: u32,
+    ) -> (tokio::process::Child, std::path::PathBuf) {
+        let report =
+            std::env::temp_dir().join(format!("faults-{run_id}-{}.json", std::process::id()));
+        let _ = std::fs::remove_file(&report);
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args(["sim", "--target"])
+            .arg(format!("http://{}", self.ingest.addr))
+            .arg("--query-target")
+            .arg(format!("http://{}", self.query.addr))
+            .args([
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &format!("{secs}s"),
+            ])
+            .args(["--devices", "50", "--run-id", run_id, "--verify"])
+            .args([
+                "--verify-timeout",
+                "20s",
+                "--output",
+                "json",
+                "--output-file",
+            ])
+            .arg(&report)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        (child, report)
+    }
+
+    /// Waits until the pipeline has processed something (the load runs).
+    async fn wait_processing(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut processed = 0;
+            for p in 0..self.log.partitions() {
+                processed += self.log.figures(p).await.unwrap().processed;
+            }
+            if processed > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nothing processed in 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Injects a failure fault of `ratio` on devices starting with
+    /// `prefix`, for `ttl`; returns when it expires (wall clock).
+    async fn fail(&self, prefix: &str, ratio: f64, ttl: Duration) -> SystemTime {
+        let mut control = WorkerControlServiceClient::new(self.worker.channel().await);
+        let fault = Fault {
+            scope: Some(FaultScope {
+                device_prefix: prefix.into(),
+                payload_kind: 0,
+            }),
+            effect: Some(Effect::Failure(FailureFault { ratio })),
+            ..Default::default()
+        };
+        let injected = control
+            .inject_fault(InjectFaultRequest {
+                fault: Some(fault),
+                ttl: Some(ttl.try_into().unwrap()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let expires = injected.fault.unwrap().expire_time.unwrap();
+        SystemTime::try_from(expires).unwrap()
+    }
+
+    /// Waits until no entry appended before `at` is pending, polling every
+    /// 10 ms (60 s at most); returns when that was.
+    async fn wait_nothing_pending_from_before(&self, at: SystemTime) -> SystemTime {
+        let at_ms = at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut older = false;
+            for p in 0..self.log.partitions() {
+                let pending = self.log.pending(p).await.unwrap();
+                older |= pending.oldest_ms.is_some_and(|ms| ms < at_ms);
+            }
+            if !older {
+                return SystemTime::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "entries from before {at:?} still pending after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The worker's `/metrics` sample `name{labels}`, summed over series
+    /// whose labels contain `having`.
+    async fn worker_metric(&self, name: &str, having: &str) -> f64 {
+        let (_, body) = common::scrape(self.worker.metrics_addr, "text/plain").await;
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.contains(having))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// The sim's exit code, stderr and JSON report.
+async fn finish(
+    child: tokio::process::Child,
+    report: &std::path::Path,
+) -> (Option<i32>, String, serde_json::Value) {
+    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("sim still running after 90 s")
+        .unwrap();
+    let json = serde_json::from_str(&std::fs::read_to_string(report).unwrap_or_default())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(report);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        json,
+    )
+}
+
+fn sum(v: &serde_json::Value) -> u64 {
+    v.as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0)
+}
+
+/// The suite's tests, in a module of their own so that the test command
+/// runs them in a step of their own, with their figures shown
+/// (`--skip fault_suite` elsewhere).
+mod fault_suite {
+    use super::*;
+
+    /// A failure fault on 30% of the entries for 2 s while the simulator
+    /// runs: the worker retries its own failed entries with backoff, so
+    /// everything accepted is processed exactly once and `--verify` passes
+    /// with the default `--claim-idle` (30 s, longer than its 20 s
+    /// `--verify-timeout`: the claim path could not have done it). Prints
+    /// the time from the fault's expiry to the last entry from before it
+    /// processed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transient_failure_is_retried_promptly_and_counted_once() {
+        let redis = RedisServer::start();
+        let split = Split::start(&redis, &[]).await;
+        let (sim, report) = split.sim("transient", 1000, 5);
+        split.wait_processing().await;
+        let expiry = split.fail("", 0.3, Duration::from_secs(2)).await;
+        let caught_up = split.wait_nothing_pending_from_before(expiry).await;
+        let (code, stderr, json) = finish(sim, &report).await;
+        let v = &json["verification"];
+        let retried = split
+            .worker_metric("worker_events_retried_total", "injected_fault")
+            .await;
+        let dead = split
+            .worker_metric("worker_events_dead_lettered_total", "")
+            .await;
+        eprintln!(
+            "transient failure (ratio 0.3, 2 s): expected {}, processed {}, dead-lettered {}, events retried {retried}, \
+             catch-up after the fault's expiry {:?}",
+            sum(&v["expected"]),
+            sum(&v["processed"]),
+            v["dead_lettered"],
+            caught_up.duration_since(expiry).unwrap_or_default(),
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(v["passed"], true, "{v}");
+        assert!(sum(&v["expected"]) > 0);
+        assert_eq!(v["expected"], v["processed"]);
+        assert!(
+            retried > 0.0,
+            "the fault failed nothing: the test tested nothing"
+        );
+        assert_eq!(dead, 0.0);
+        drop(split);
+    }
+
+    /// A failure fault on one device's entries that outlasts the retry
+    /// budget (3 deliveries, 50 → 100 ms apart): those entries are
+    /// dead-lettered and counted, nothing else is lost, and `--verify` fails
+    /// naming them dead-lettered, not lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_past_the_retry_budget_is_dead_lettered_and_named() {
+        let redis = RedisServer::start();
+        let flags = [
+            "--max-deliveries",
+            "3",
+            "--retry-initial-delay",
+            "50ms",
+            "--retry-max-delay",
+            "100ms",
+        ];
+        let split = Split::start(&redis, &flags).await;
+        let (sim, report) = split.sim("budget", 500, 3);
+        split.wait_processing().await;
+        split.fail("sim-00003", 1.0, Duration::from_secs(4)).await;
+        let (code, stderr, json) = finish(sim, &report).await;
+        let v = &json["verification"];
+        let (expected, processed) = (sum(&v["expected"]), sum(&v["processed"]));
+        let dead = v["dead_lettered"].as_u64().unwrap_or(0);
+        let dead_metric = split
+            .worker_metric("worker_events_dead_lettered_total", "")
+            .await;
+        eprintln!(
+            "failure past the budget: expected {expected}, processed {processed}, dead-lettered {dead} \
+             (worker metric {dead_metric}); diff {}",
+            v["diff"]
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(v["passed"], false);
+        assert!(dead > 0, "nothing dead-lettered: {v}");
+        assert_eq!(processed + dead, expected, "{v}");
+        assert_eq!(dead_metric, dead as f64);
+        let diff: Vec<&str> = v["diff"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d.as_str())
+            .collect();
+        assert!(
+            diff.contains(&format!("all {dead} were dead-lettered, not lost (the dead-letter stream holds them with the reason)").as_str()),
+            "{diff:?}"
+        );
+        assert!(
+            !diff
+                .iter()
+                .any(|d| d.contains("lost:") || d.contains("are lost")),
+            "{diff:?}"
+        );
+        drop(split);
+    }
+}
