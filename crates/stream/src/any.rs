@@ -9,8 +9,8 @@ use crate::kv::{AggregateStore, HashFields};
 use crate::log::EventLog;
 use crate::memory::MemoryLog;
 use crate::model::{
-    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Ops, PartitionFigures,
-    PendingSummary,
+    AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Ops,
+    PartitionFigures, PendingSummary,
 };
 use crate::redis_log::RedisLog;
 use crate::{StoreArgs, StoreError};
@@ -144,6 +144,23 @@ impl EventLog for AnyLog {
         ids: &[String],
     ) -> Result<Vec<Entry>, StoreError> {
         delegate!(self, log => log.claim(partition, consumer, ids))
+    }
+
+    async fn consumers(&self, partition: u32) -> Result<Vec<ConsumerInfo>, StoreError> {
+        delegate!(self, log => log.consumers(partition))
+    }
+
+    async fn pending_of(
+        &self,
+        partition: u32,
+        owner: &str,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        delegate!(self, log => log.pending_of(partition, owner, count))
+    }
+
+    async fn forget_consumer(&self, partition: u32, name: &str) -> Result<bool, StoreError> {
+        delegate!(self, log => log.forget_consumer(partition, name))
     }
 
     async fn apply(

@@ -43,12 +43,36 @@ pub enum StoreError {
     },
 }
 
+/// Replies of a Redis that is there but cannot serve the command right
+/// now: loading its data after a restart, a cluster healing or failing
+/// over, a replica just demoted, a slot moved.
+fn transient(kind: redis::ServerErrorKind) -> bool {
+    use redis::ServerErrorKind as K;
+    matches!(
+        kind,
+        K::BusyLoading
+            | K::TryAgain
+            | K::ClusterDown
+            | K::MasterDown
+            | K::ReadOnly
+            | K::Moved
+            | K::Ask
+    )
+}
+
 impl StoreError {
-    /// Classifies a Redis error: connection and timeout problems are
-    /// `Unavailable`, anything else (a script error, a wrong type) is a
-    /// protocol problem.
+    /// Classifies a Redis error: connection and timeout problems, and a
+    /// Redis that cannot serve yet (loading after a restart, a cluster
+    /// failing over; also inside a transaction or pipeline, which Redis
+    /// then aborts), are `Unavailable`, retryable; anything else (a script
+    /// error, a wrong type) is a protocol problem.
     pub(crate) fn from_redis(err: redis::RedisError) -> Self {
-        if err.is_io_error()
+        let cannot_serve_yet = err
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, e)| e.kind().is_some_and(transient)));
+        if cannot_serve_yet
+            || err.is_io_error()
             || err.is_timeout()
             || err.is_connection_dropped()
             || err.is_connection_refusal()
@@ -58,5 +82,44 @@ impl StoreError {
         } else {
             StoreError::Protocol(err.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error Redis answers with `reply` (one RESP error line).
+    fn reply(line: &str) -> redis::RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()) {
+            Ok(value) => value.extract_error().unwrap_err(),
+            Err(err) => err,
+        }
+    }
+
+    /// A Redis loading its data, or a cluster failing over, is retryable
+    /// (UNAVAILABLE to clients); a script error is not.
+    #[test]
+    fn transient_server_replies_are_unavailable() {
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down",
+            "READONLY You can't write against a read only replica.",
+            "MOVED 3999 127.0.0.1:6381",
+        ] {
+            let err = reply(line);
+            assert!(
+                matches!(StoreError::from_redis(err), StoreError::Unavailable(_)),
+                "{line}"
+            );
+        }
+        let script =
+            reply("ERR user_script:1: Script attempted to access nonexistent global variable");
+        assert!(matches!(
+            StoreError::from_redis(script),
+            StoreError::Protocol(_)
+        ));
     }
 }

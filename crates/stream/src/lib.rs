@@ -79,8 +79,8 @@ pub use kv::{AggregateStore, HashFields};
 pub use log::EventLog;
 pub use memory::MemoryLog;
 pub use model::{
-    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, MAX_SEQUENCE, Op, Ops,
-    PartitionFigures, PendingSummary, latency_bucket, latency_bucket_upper, merge_summary,
+    AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, MAX_SEQUENCE, Op,
+    Ops, PartitionFigures, PendingSummary, latency_bucket, latency_bucket_upper, merge_summary,
     parse_summary, partition_of, repeated_ids, summary_text,
 };
 pub use redis_log::RedisLog;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::StoreError;
 use crate::keys::Keys;
 use crate::model::{
-    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Ops, PartitionFigures,
-    PendingSummary,
+    AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Ops,
+    PartitionFigures, PendingSummary,
 };
 
 /// A partitioned log with one consumer group.
@@ -93,6 +93,31 @@ pub trait EventLog: Send + Sync {
         consumer: &str,
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// The members of `partition`'s group, with their pending counts and
+    /// idle times (one entry per consumer: its cost grows with the
+    /// consumers, which [`EventLog::forget_consumer`] keeps few).
+    fn consumers(
+        &self,
+        partition: u32,
+    ) -> impl Future<Output = Result<Vec<ConsumerInfo>, StoreError>> + Send;
+
+    /// Ids of up to `count` entries of `partition` pending with `owner`,
+    /// oldest first.
+    fn pending_of(
+        &self,
+        partition: u32,
+        owner: &str,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Removes `name` from `partition`'s group if it holds no pending
+    /// entry, in one atomic step; whether it was removed.
+    fn forget_consumer(
+        &self,
+        partition: u32,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Applies `ops`, counts `events` processed, and acks `entries` (all of
     /// `partition`), in one atomic step. If any of them was already acked,

@@ -16,8 +16,8 @@ use crate::keys::Keys;
 use crate::kv::{AggregateStore, HashFields};
 use crate::log::EventLog;
 use crate::model::{
-    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary, latency_bucket, repeated_ids,
+    AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Op, Ops,
+    PartitionFigures, PendingSummary, latency_bucket, repeated_ids,
 };
 use crate::{StoreArgs, StoreError};
 
@@ -463,6 +463,50 @@ impl EventLog for MemoryLog {
             consumer,
             |_, p| p.delivered_at.elapsed() >= min_idle,
         ))
+    }
+
+    /// The consumers holding pending entries (the embedded log keeps no
+    /// other record of them); idle since their latest delivery.
+    async fn consumers(&self, partition: u32) -> Result<Vec<ConsumerInfo>, StoreError> {
+        let part = self.part(partition)?;
+        let mut by_name: BTreeMap<&str, (u64, Duration)> = BTreeMap::new();
+        for pending in part.pending.values() {
+            let idle = pending.delivered_at.elapsed();
+            let slot = by_name
+                .entry(pending.consumer.as_str())
+                .or_insert((0, idle));
+            slot.0 += 1;
+            slot.1 = slot.1.min(idle);
+        }
+        Ok(by_name
+            .into_iter()
+            .map(|(name, (pending, idle))| ConsumerInfo {
+                name: name.to_owned(),
+                pending,
+                idle,
+            })
+            .collect())
+    }
+
+    async fn pending_of(
+        &self,
+        partition: u32,
+        owner: &str,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let part = self.part(partition)?;
+        Ok(part
+            .pending
+            .iter()
+            .filter(|(_, p)| p.consumer == owner)
+            .take(count)
+            .map(|(id, _)| id_string(*id))
+            .collect())
+    }
+
+    async fn forget_consumer(&self, partition: u32, name: &str) -> Result<bool, StoreError> {
+        let part = self.part(partition)?;
+        Ok(!part.pending.values().any(|p| p.consumer == name))
     }
 
     async fn apply(

@@ -200,6 +200,17 @@ impl PartitionFigures {
     }
 }
 
+/// A member of a partition's consumer group, as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// The consumer's name.
+    pub name: String,
+    /// Entries delivered to it and not acked.
+    pub pending: u64,
+    /// Time since it last read (or tried to), on the store's clock.
+    pub idle: std::time::Duration,
+}
+
 /// Pending entries of a partition (delivered, not yet acked).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PendingSummary {

@@ -134,6 +134,7 @@ conformance!(
     merges_agree_across_backends,
     own_pending_entries_can_be_read_again,
     listed_entries_are_claimed_with_their_deliveries,
+    consumers_are_listed_and_forgotten_only_when_idle_handed,
     producer_sequences_dedupe_batches,
 );
 
@@ -997,6 +998,65 @@ where
     assert_eq!(own.len(), 1);
     assert_eq!(own[0].deliveries, 3);
     assert!(log.read_own_pending(0, "c1", 10).await.unwrap().is_empty());
+}
+
+/// The group's consumers are listed with what they hold; a consumer's
+/// pending ids can be listed; one is forgotten only when it holds nothing.
+async fn consumers_are_listed_and_forgotten_only_when_idle_handed<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let b = make(1, 1000).await;
+    let log = &b.log;
+    for id in ["a", "b", "c"] {
+        log.append(0, &EntryMeta::default(), &events(&[id]))
+            .await
+            .unwrap();
+    }
+    let mine = log
+        .read(0, "c1", 2, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let theirs = log
+        .read(0, "c2", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let listed = log.consumers(0).await.unwrap();
+    let pending: Vec<(&str, u64)> = listed
+        .iter()
+        .map(|c| (c.name.as_str(), c.pending))
+        .collect();
+    assert_eq!(pending, vec![("c1", 2), ("c2", 1)]);
+    assert!(
+        listed.iter().all(|c| c.idle < Duration::from_secs(5)),
+        "{listed:?}"
+    );
+    let mut ids = log.pending_of(0, "c1", 10).await.unwrap();
+    ids.sort();
+    let mut want: Vec<String> = mine.iter().map(|e| e.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(log.pending_of(0, "c1", 1).await.unwrap().len(), 1);
+    assert!(log.pending_of(0, "nobody", 10).await.unwrap().is_empty());
+
+    assert!(
+        !log.forget_consumer(0, "c1").await.unwrap(),
+        "c1 holds entries"
+    );
+    assert_eq!(log.pending(0).await.unwrap().entries, 3, "nothing dropped");
+    let ops = counter_ops(log, 0, "n", 2);
+    log.apply(0, &mine, 2, &ops).await.unwrap();
+    assert!(log.forget_consumer(0, "c1").await.unwrap());
+    let names: Vec<String> = log
+        .consumers(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, vec!["c2".to_owned()]);
+    assert_eq!(theirs.len(), 1);
 }
 
 /// Batches of an idempotent producer are deduplicated by sequence within

@@ -49,6 +49,31 @@ impl Split {
         }
     }
 
+    /// Another worker process on the same Redis, named `name`.
+    async fn another_worker(&self, redis: &RedisServer, name: &str) -> Testbed {
+        let url = redis.url();
+        let worker = Testbed::start(&["worker", "--redis-url", &url, "--consumer-name", name]);
+        worker.wait_serving("testbed.v1.WorkerControlService").await;
+        worker
+    }
+
+    /// Entries pending with consumer `name`, summed over partitions.
+    async fn pending_with(&self, name: &str) -> u64 {
+        let mut held = 0;
+        for p in 0..self.log.partitions() {
+            held += self
+                .log
+                .consumers(p)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|c| c.name == name)
+                .map(|c| c.pending)
+                .sum::<u64>();
+        }
+        held
+    }
+
     /// Starts `testbed sim --verify` against ingest (and query for the
     /// check) at `rate` for `secs`, writing its JSON report to a file;
     /// returns the child and the report's path.
@@ -288,6 +313,66 @@ mod fault_suite {
                 .any(|d| d.contains("lost:") || d.contains("are lost")),
             "{diff:?}"
         );
+        drop(split);
+    }
+
+    /// A worker SIGKILLed twice while it holds entries (and restarted
+    /// under a new name, as a pod is), beside a second worker: the
+    /// survivor takes the dead consumer's entries over once its heartbeat
+    /// lapses (two `--heartbeat-interval`s), not `--claim-idle` (30 s,
+    /// longer than the sim's 20 s `--verify-timeout`) later, and every
+    /// accepted event is processed exactly once. Prints, per kill, the
+    /// entries stranded and the time until the last was processed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sigkilled_worker_is_taken_over_within_heartbeats() {
+        let redis = RedisServer::start();
+        let split = Split::start(&redis, &[]).await;
+        let (sim, report) = split.sim("takeover", 1000, 8);
+        split.wait_processing().await;
+        let mut recoveries = Vec::new();
+        let mut attempt = 0;
+        while recoveries.len() < 2 {
+            attempt += 1;
+            assert!(attempt <= 20, "the victim never held entries when killed");
+            let name = format!("victim-{attempt}");
+            let mut victim = split.another_worker(&redis, &name).await;
+            // Kill it while it holds entries (it may ack them between the
+            // look and the kill: then it is tried again).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while split.pending_with(&name).await == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            victim.kill();
+            let killed = Instant::now();
+            let stranded = split.pending_with(&name).await;
+            if stranded == 0 {
+                continue;
+            }
+            while split.pending_with(&name).await > 0 {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(25),
+                    "{name}'s entries not taken over after 25 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            recoveries.push((stranded, killed.elapsed()));
+        }
+        let (code, stderr, json) = finish(sim, &report).await;
+        let v = &json["verification"];
+        let taken = split
+            .worker_metric("worker_entries_taken_over_total", "")
+            .await;
+        eprintln!(
+            "worker SIGKILL x2: expected {}, processed {}, dead-lettered {}, entries taken over {taken}; \
+             per kill (entries stranded, kill -> last taken over): {recoveries:?}",
+            sum(&v["expected"]),
+            sum(&v["processed"]),
+            v["dead_lettered"],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(v["passed"], true, "{v}");
+        assert_eq!(v["expected"], v["processed"]);
+        assert!(taken > 0.0, "the surviving worker took nothing over");
         drop(split);
     }
 }

@@ -97,6 +97,12 @@ impl Follower {
                 (Ok(()), true) => failing = false,
                 _ => {}
             }
+            // Who is alive, for taking over the entries of the dead: each
+            // --control-interval, so a lapse is seen soon after it happens.
+            match self.store.beating(self.consumer.lapse(), now).await {
+                Ok(live) => self.consumer.set_live_consumers(live),
+                Err(err) => tracing::debug!(error = %err, "cannot read the heartbeats"),
+            }
             let draining = shutdown.is_cancelled();
             let due = last_beat.is_none_or(|(at, _)| at.elapsed() >= self.heartbeat_interval);
             if due || draining {

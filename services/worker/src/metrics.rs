@@ -37,6 +37,9 @@ pub struct WorkerMetrics {
     pub retried: Counter<u64>,
     /// `worker_entries_already_acked_total`.
     pub already_acked: Counter<u64>,
+    /// `worker_entries_taken_over_total`: entries claimed from consumers
+    /// known dead (heartbeat lapsed).
+    pub taken_over: Counter<u64>,
     /// `pipeline_e2e_latency_seconds`: append to applied, on this worker's
     /// clock, one observation per entry (the query API's figures, weighted
     /// by events and on Redis' clock, are the exact ones). Recorded inside
@@ -121,6 +124,10 @@ impl WorkerMetrics {
                 "worker.entries.already_acked",
                 "Entries found already acknowledged by another consumer",
             ),
+            taken_over: counter(
+                "worker.entries.taken_over",
+                "Entries taken over from consumers whose heartbeat lapsed",
+            ),
             e2e: ExemplarHistogram::seconds(
                 &meter,
                 "pipeline.e2e.latency",
@@ -137,6 +144,7 @@ impl WorkerMetrics {
         // absent, and the first dead letter shows up in increase().
         metrics.processed.add(0, &[]);
         metrics.dead_lettered.add(0, &[]);
+        metrics.taken_over.add(0, &[]);
         for reason in ["injected_fault", "store_error"] {
             metrics.retried.add(0, &[KeyValue::new("reason", reason)]);
         }

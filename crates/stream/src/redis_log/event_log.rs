@@ -292,6 +292,70 @@ impl EventLog for RedisLog {
         Ok(entries)
     }
 
+    async fn consumers(&self, partition: u32) -> Result<Vec<ConsumerInfo>, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let reply = self
+            .call("XINFO CONSUMERS", |mut c| async move {
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&key)
+                    .arg(group)
+                    .query_async::<redis::Value>(&mut c)
+                    .await
+            })
+            .await;
+        match reply {
+            Ok(reply) => parse::consumers(&reply),
+            // No stream or group yet: nobody to take over from.
+            Err(StoreError::Protocol(msg))
+                if msg.contains("NOGROUP") || msg.contains("no such key") =>
+            {
+                Ok(Vec::new())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn pending_of(
+        &self,
+        partition: u32,
+        owner: &str,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.inner.keys.stream(partition);
+        let group = self.group();
+        let owner = owner.to_owned();
+        let reply: redis::Value = self
+            .call("XPENDING", |mut c| async move {
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(count)
+                    .arg(&owner)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(parse::pending_deliveries(&reply)?.into_keys().collect())
+    }
+
+    async fn forget_consumer(&self, partition: u32, name: &str) -> Result<bool, StoreError> {
+        let mut invocation = self.inner.forget_consumer.prepare_invoke();
+        invocation
+            .key(self.inner.keys.stream(partition))
+            .arg(self.group())
+            .arg(name);
+        let removed: i64 = self
+            .call("forget consumer", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(removed == 1)
+    }
+
     async fn apply(
         &self,
         partition: u32,

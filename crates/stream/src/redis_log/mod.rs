@@ -109,8 +109,8 @@ use crate::keys::{Keys, record_parts};
 use crate::kv::{AggregateStore, HashFields};
 use crate::log::EventLog;
 use crate::model::{
-    AppendEvent, AppendOutcome, ApplyOutcome, Entry, EntryMeta, Op, Ops, PartitionFigures,
-    PendingSummary, latency_bucket, repeated_ids,
+    AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Op, Ops,
+    PartitionFigures, PendingSummary, latency_bucket, repeated_ids,
 };
 use crate::{StoreArgs, StoreError};
 
@@ -176,6 +176,8 @@ struct Inner {
     /// [`RedisLog::append_idempotent`]).
     append_finish: &'static str,
     apply: Script,
+    /// `forget_consumer.lua`.
+    forget_consumer: Script,
     prune: Script,
     /// Per partition, what this process's last merged apply wrote
     /// ([`Written`]); taken out while an apply runs.
@@ -204,6 +206,7 @@ impl RedisLog {
                 append_finish: include_str!("append_finish.lua"),
                 apply: Script::new(include_str!("apply.lua")),
                 prune: Script::new(include_str!("prune.lua")),
+                forget_consumer: Script::new(include_str!("forget_consumer.lua")),
                 written: (0..args.partitions)
                     .map(|_| std::sync::Mutex::new(None))
                     .collect(),

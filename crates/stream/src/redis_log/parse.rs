@@ -6,7 +6,7 @@ use prost::bytes::Bytes;
 use redis::Value;
 
 use crate::StoreError;
-use crate::model::{Entry, PendingSummary};
+use crate::model::{ConsumerInfo, Entry, PendingSummary};
 
 fn bad(what: &str, value: &Value) -> StoreError {
     StoreError::Protocol(format!("unexpected {what} reply: {value:?}"))
@@ -163,6 +163,36 @@ pub(crate) fn claim_reply(reply: &mut Value, partition: u32) -> Result<Vec<Entry
         .iter_mut()
         .filter(|e| !matches!(e, Value::Nil))
         .map(|e| entry(e, partition))
+        .collect()
+}
+
+/// `XINFO CONSUMERS`: per consumer, `name`, `pending` and `idle` (ms)
+/// among other fields, as a flat list of pairs (RESP2) or a map (RESP3).
+pub(crate) fn consumers(reply: &Value) -> Result<Vec<ConsumerInfo>, StoreError> {
+    let rows = items(reply).ok_or_else(|| bad("XINFO CONSUMERS", reply))?;
+    rows.iter()
+        .map(|row| {
+            let pairs: Vec<(String, &Value)> = match row {
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .filter_map(|(k, v)| Some((text(k)?, v)))
+                    .collect(),
+                other => items(other)
+                    .ok_or_else(|| bad("XINFO CONSUMERS row", row))?
+                    .chunks(2)
+                    .filter_map(|kv| Some((text(kv.first()?)?, kv.get(1)?)))
+                    .collect(),
+            };
+            let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            let name = get("name")
+                .and_then(text)
+                .ok_or_else(|| bad("XINFO CONSUMERS name", row))?;
+            Ok(ConsumerInfo {
+                name,
+                pending: get("pending").and_then(int).unwrap_or(0),
+                idle: std::time::Duration::from_millis(get("idle").and_then(int).unwrap_or(0)),
+            })
+        })
         .collect()
 }
 

@@ -25,7 +25,8 @@ pub struct Testbed {
 
 impl Testbed {
     /// Starts `testbed <args> --grpc-addr 127.0.0.1:0 --addr-file …` and
-    /// waits until it has bound its port.
+    /// waits until it has bound its port. Its log (stdout) is dropped,
+    /// unless `TESTBED_IT_LOGS` is set in the test's environment.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
     }
@@ -49,7 +50,11 @@ impl Testbed {
             .arg("--addr-file")
             .arg(&addr_file)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
+            .stdout(if std::env::var_os("TESTBED_IT_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn testbed");

@@ -1,6 +1,7 @@
-//! The chores beside reading: claiming the entries of dead consumers and
-//! pruning idle devices (`--maintenance-interval`), trimming acknowledged
-//! entries (`--trim-interval`).
+//! The chores beside reading: claiming stale entries and pruning idle
+//! devices (`--maintenance-interval`), trimming acknowledged entries
+//! (`--trim-interval`), taking over the entries of dead consumers
+//! (`takeover`, four times per `--heartbeat-interval`).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -12,6 +13,9 @@ pub(super) enum Chore {
     ClaimAndPrune,
     /// Trim acknowledged entries (`--trim-interval`).
     Trim,
+    /// Take over the entries of dead consumers (four times per
+    /// `--heartbeat-interval`).
+    TakeOver,
 }
 
 impl Consumer {
@@ -20,6 +24,7 @@ impl Consumer {
         let interval = match chore {
             Chore::ClaimAndPrune => self.config.maintenance_interval,
             Chore::Trim => self.config.trim_interval,
+            Chore::TakeOver => self.config.heartbeat_interval / 4,
         };
         loop {
             tokio::select! {
@@ -33,6 +38,7 @@ impl Consumer {
                 match chore {
                     Chore::ClaimAndPrune => self.claim_and_prune(partition).await,
                     Chore::Trim => self.trim(partition).await,
+                    Chore::TakeOver => self.take_over(partition).await,
                 }
             }
         }

@@ -12,6 +12,8 @@
 //!   fold's: `fold::entry_check`, `fold::dead_letter_ops`).
 //! - `retry`: entries whose processing failed, retried by this consumer
 //!   with backoff (`--retry-initial-delay`, `--retry-max-delay`).
+//! - `takeover`: the entries of consumers known dead (heartbeat lapsed),
+//!   claimed within about two heartbeat intervals.
 //! - `chores`: claiming stale entries, pruning the device index, trimming.
 //! - `spans`: tracing spans of applies and entries.
 //!
@@ -23,6 +25,7 @@ mod chores;
 mod poison;
 mod retry;
 mod spans;
+mod takeover;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +56,7 @@ use self::chores::*;
 use self::retry::*;
 
 pub use retry::{Failed, RetryReason, backoff, retry_budget};
+pub use takeover::LAPSE_INTERVALS;
 
 /// Figures of this worker process (the cluster-wide ones live in the store).
 #[derive(Debug, Default)]
@@ -67,6 +71,8 @@ pub struct WorkerFigures {
     pub fault_failures: AtomicU64,
     /// Entries this worker delivered to itself again after a failure.
     pub retried_entries: AtomicU64,
+    /// Entries this worker took over from consumers known dead.
+    pub taken_over: AtomicU64,
 }
 
 /// One worker: a consumer-group member over every partition.
@@ -85,6 +91,8 @@ pub struct Consumer {
     apply_gate: Arc<tokio::sync::Semaphore>,
     /// Per partition, the entries this worker failed and retries.
     retries: Arc<[std::sync::Mutex<RetryQueue>]>,
+    /// The consumers alive by their heartbeats, as the follower last saw.
+    liveness: Arc<std::sync::Mutex<takeover::Liveness>>,
 }
 
 /// An entry ready to apply: its events checked (and kept apart from it),
@@ -113,6 +121,7 @@ impl Consumer {
             .collect();
         Self {
             retries,
+            liveness: Arc::default(),
             log,
             config: Arc::new(config),
             name: name.into(),
@@ -169,7 +178,7 @@ impl Consumer {
         for partition in 0..self.log.partitions() {
             tasks.spawn(self.clone().read_loop(partition, shutdown.clone()));
         }
-        for chore in [Chore::ClaimAndPrune, Chore::Trim] {
+        for chore in [Chore::ClaimAndPrune, Chore::Trim, Chore::TakeOver] {
             tasks.spawn(self.clone().chore_loop(chore, shutdown.clone()));
         }
         while let Some(joined) = tasks.join_next().await {

@@ -173,6 +173,24 @@ impl ControlStore {
             .await
     }
 
+    /// Consumer names whose heartbeat is younger than `lapse` (read only:
+    /// nothing is removed).
+    pub async fn beating(
+        &self,
+        lapse: Duration,
+        now: SystemTime,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let oldest = now_ms(now) - lapse.as_millis() as f64;
+        Ok(self
+            .log
+            .read_zset(&self.log.keys().workers())
+            .await?
+            .into_iter()
+            .filter(|(_, at)| *at >= oldest)
+            .map(|(name, _)| name)
+            .collect())
+    }
+
     /// Live workers (heartbeat younger than `ttl`), by consumer name.
     pub async fn workers(
         &self,
