@@ -13,17 +13,27 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 ///
 /// - [`StoreError::Unavailable`]: `UNAVAILABLE` with the cause and the
 ///   advice: the store is down or slow, and a retry may succeed.
+/// - [`StoreError::NotReplicated`]: `UNAVAILABLE` with a
+///   `google.rpc.RetryInfo` of the wait timeout: the write is on the
+///   master only; a retry (deduplicated) waits for the replicas again.
 /// - [`StoreError::StaleSequence`]: `FAILED_PRECONDITION` with a
 ///   `google.rpc.PreconditionFailure` of type `STALE_SEQUENCE` (only
 ///   appends of idempotent producers meet it): not retryable as it is.
 /// - [`StoreError::Disagreement`]: `FAILED_PRECONDITION` with a
 ///   `PreconditionFailure` of type `SETTINGS_DISAGREE`: this process's flags
 ///   disagree with the ones recorded for the key prefix.
+/// - [`StoreError::Config`]: `FAILED_PRECONDITION` (met only when the log
+///   is made, before serving; here for completeness).
 /// - [`StoreError::Protocol`]: `INTERNAL` with a generic message; the
 ///   cause is logged here, never sent.
 pub fn store_status(err: &StoreError, doing: &str, advice: &str) -> Status {
     match err {
         StoreError::Unavailable(_) => Status::unavailable(format!("{err}; {advice}")),
+        StoreError::NotReplicated { timeout, .. } => Status::with_error_details(
+            Code::Unavailable,
+            format!("{err}; {advice}"),
+            ErrorDetails::with_retry_info(Some(*timeout)),
+        ),
         StoreError::StaleSequence { producer_id, .. } => Status::with_error_details(
             Code::FailedPrecondition,
             format!("{err}; send it again under a new producer_id if it must go in"),
@@ -42,6 +52,7 @@ pub fn store_status(err: &StoreError, doing: &str, advice: &str) -> Status {
                 err.to_string(),
             ),
         ),
+        StoreError::Config(_) => Status::failed_precondition(err.to_string()),
         StoreError::Protocol(cause) => {
             tracing::error!(error = %cause, doing, "store protocol error");
             Status::internal(format!("internal error {doing}; {advice}"))
@@ -86,5 +97,19 @@ mod tests {
         assert_eq!(s.code(), Code::FailedPrecondition);
         let failure = s.get_details_precondition_failure().unwrap();
         assert_eq!(failure.violations[0].r#type, "STALE_SEQUENCE");
+        let s = store_status(
+            &StoreError::NotReplicated {
+                wanted: 1,
+                replicated: 0,
+                timeout: std::time::Duration::from_millis(100),
+            },
+            "appending",
+            "retry",
+        );
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(
+            s.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_millis(100))
+        );
     }
 }

@@ -28,6 +28,7 @@ impl AnyLog {
     /// Connects to Redis when `--redis-url` is set, else builds the
     /// embedded log (and says loudly that it is not durable).
     pub async fn from_args(args: &StoreArgs) -> Result<Self, StoreError> {
+        args.check().map_err(StoreError::Config)?;
         match &args.redis_url {
             Some(_) => Ok(Self::Redis(RedisLog::connect(args).await?)),
             None => {

@@ -32,6 +32,23 @@ pub struct StoreArgs {
           value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Replicas every append must reach before it is acknowledged: after
+    /// each append, Redis `WAIT`s for this many replicas (of the
+    /// partition's master, on Redis Cluster) for up to
+    /// `--redis-wait-timeout`; fewer answer the batch UNAVAILABLE with
+    /// RetryInfo, and its retry is deduplicated. 0 acknowledges what the
+    /// master has (a failover can lose the last writes replication had not
+    /// carried; README, "Guarantees").
+    #[arg(long, env = "TESTBED_REDIS_WAIT_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: u32,
+
+    /// How long an append waits for `--redis-wait-replicas` replicas.
+    /// Must be shorter than `--redis-timeout`, which bounds the whole call.
+    #[arg(long, env = "TESTBED_REDIS_WAIT_TIMEOUT", default_value = "100ms",
+          value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// Event-id dedupe window: how many recent event ids each partition
     /// remembers. A retry re-sending an event id still in the window is
     /// counted once. Memory is bounded by it (about 100 bytes per id in
@@ -59,6 +76,27 @@ pub struct StoreArgs {
 }
 
 testbed_flags::default_from_flags!(StoreArgs);
+
+impl StoreArgs {
+    /// Flags that contradict one another: replicas awaited without a
+    /// Redis (the embedded log has none), or for longer than every call
+    /// may take.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
+            return Err(format!(
+                "--redis-wait-replicas {} needs --redis-url: the embedded log has no replicas",
+                self.redis_wait_replicas
+            ));
+        }
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout >= self.redis_timeout {
+            return Err(format!(
+                "--redis-wait-timeout {:?} must be shorter than --redis-timeout {:?}, which bounds the whole append",
+                self.redis_wait_timeout, self.redis_timeout
+            ));
+        }
+        Ok(())
+    }
+}
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
     for url in value.split(',') {
@@ -132,5 +170,28 @@ mod tests {
         .unwrap();
         assert!(cli.redis_cluster);
         assert_eq!(cli.redis_url.as_deref(), Some("redis://a:1,redis://b:2"));
+    }
+
+    /// Awaiting replicas needs a Redis, and a wait shorter than the call.
+    #[test]
+    fn replica_waits_are_checked() {
+        let parse = |args: &[&str]| {
+            testbed_flags::parse_from::<StoreArgs, _, _>([&["x"][..], args].concat()).unwrap()
+        };
+        assert!(parse(&[]).check().is_ok());
+        let err = parse(&["--redis-wait-replicas", "1"]).check().unwrap_err();
+        assert!(
+            err.contains("--redis-wait-replicas 1 needs --redis-url"),
+            "{err}"
+        );
+        let url = ["--redis-url", "redis://a:1", "--redis-wait-replicas", "1"];
+        assert!(parse(&url).check().is_ok());
+        let slow = [&url[..], &["--redis-wait-timeout", "1s"]].concat();
+        let err = parse(&slow).check().unwrap_err();
+        assert!(err.contains("--redis-wait-timeout"), "{err}");
+        let err =
+            testbed_flags::parse_from::<StoreArgs, _, _>(["x", "--redis-wait-replicas", "17"])
+                .unwrap_err();
+        assert!(err.to_string().contains("--redis-wait-replicas"), "{err}");
     }
 }

@@ -27,6 +27,24 @@ pub enum StoreError {
         /// The producer window (`--producer-window`).
         window: u64,
     },
+    /// The append reached the master but not `--redis-wait-replicas`
+    /// replicas within `--redis-wait-timeout`: it is not acknowledged
+    /// (a failover now could lose it); the retry is deduplicated.
+    #[error(
+        "the append reached {replicated} of the {wanted} replicas required (--redis-wait-replicas) within {timeout:?}; it is not acknowledged"
+    )]
+    NotReplicated {
+        /// `--redis-wait-replicas`.
+        wanted: u32,
+        /// Replicas `WAIT` confirmed.
+        replicated: u32,
+        /// `--redis-wait-timeout`.
+        timeout: std::time::Duration,
+    },
+    /// The store's flags ask for what this backend cannot do (found when
+    /// the log is made, before anything is served).
+    #[error("invalid store settings: {0}")]
+    Config(String),
     /// A setting every process sharing the key prefix must agree on differs
     /// from the value the first process recorded in the store. Not
     /// retryable: the process's flags must change (or the prefix be reset).

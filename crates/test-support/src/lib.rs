@@ -1,7 +1,8 @@
 //! Test harness: real `redis-server` processes on free ports.
 //!
 //! Tests never use a Redis they did not start: each gets its own server (or
-//! a three-master Redis Cluster) on loopback ports, without persistence, in
+//! a three-master Redis Cluster, with replicas where failover is tested) on
+//! loopback ports, without persistence, in
 //! a temporary directory, killed on drop. So tests run in parallel and on
 //! any machine with `redis-server` installed (`scripts/setup-tools`
 //! installs it). Readiness is a real `PING` (and `cluster_state:ok`), never
@@ -96,6 +97,16 @@ impl RedisServer {
         self.restart();
     }
 
+    /// Whether the server process is running (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `INFO <section>`, the whole text.
+    pub fn info(&self, section: &str) -> String {
+        command(self.port, &["INFO", section])
+    }
+
     /// Sends one command in RESP and returns the raw first reply line.
     pub fn command(&self, args: &[&str]) -> String {
         command(self.port, args)
@@ -153,7 +164,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// A three-master Redis Cluster on free loopback ports.
+/// A Redis Cluster on free loopback ports: three masters, and with
+/// [`RedisCluster::start_with_replicas`] a replica of each.
 pub struct RedisCluster {
     /// The nodes.
     pub nodes: Vec<RedisServer>,
@@ -163,16 +175,49 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers, joins them with
     /// `redis-cli --cluster create`, and waits for `cluster_state:ok`.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::create(3, 0, &["--cluster-node-timeout", "2000"])
+    }
+
+    /// Three masters and a replica of each (six servers), failing over
+    /// after `--cluster-node-timeout 1000`, every write to the AOF
+    /// (`appendfsync always`); waits for `cluster_state:ok` and for every
+    /// replica to be in sync with its master.
+    pub fn start_with_replicas() -> Self {
+        let cluster = Self::create(
+            6,
+            1,
+            &[
+                "--cluster-node-timeout",
+                "1000",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &cluster.nodes {
+            while node.info("replication").contains("role:slave")
+                && !node.info("replication").contains("master_link_status:up")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} not in sync",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    fn create(count: usize, replicas: u32, extra: &[&str]) -> Self {
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|i| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{i}.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
+                let config = format!("nodes-{i}.conf");
+                let mut args = vec!["--cluster-enabled", "yes", "--cluster-config-file", &config];
+                args.extend_from_slice(extra);
+                RedisServer::start_with(&args)
             })
             .collect();
         let addrs: Vec<String> = nodes
@@ -182,12 +227,20 @@ impl RedisCluster {
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli (package redis-tools)");
         assert!(output.status.success(), "cluster create failed: {output:?}");
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits (30 s at most) until every running node reports
+    /// `cluster_state:ok`.
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for node in &nodes {
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
             loop {
                 let info = node.command(&["CLUSTER", "INFO"]);
                 if info.contains("cluster_state:ok") {
@@ -197,16 +250,63 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Self { nodes }
     }
 
-    /// Seed URLs, comma-separated, for `--redis-url` with `--redis-cluster`.
+    /// Seed URLs, comma-separated, for `--redis-url` with `--redis-cluster`:
+    /// every node's (a client then finds the cluster whichever have died).
     pub fn url(&self) -> String {
         self.nodes
             .iter()
             .map(RedisServer::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The indexes of the running masters.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].is_running()
+                    && self.nodes[i].info("replication").contains("role:master")
+            })
+            .collect()
+    }
+
+    /// The index of the running replica of master `master`, if any.
+    pub fn replica_of(&self, master: usize) -> Option<usize> {
+        let port = format!("master_port:{}", self.nodes[master].port);
+        (0..self.nodes.len()).find(|&i| {
+            i != master && self.nodes[i].is_running() && {
+                let info = self.nodes[i].info("replication");
+                info.contains("role:slave") && info.lines().any(|l| l.trim() == port)
+            }
+        })
+    }
+
+    /// Waits (30 s at most) until node `node` is a replica whose link to
+    /// its master is up (synced).
+    pub fn wait_replica_in_sync(&self, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = self.nodes[node].info("replication");
+            if info.contains("role:slave") && info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} not a synced replica: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (30 s at most) until node `node` is a master.
+    pub fn wait_master(&self, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.nodes[node].info("replication").contains("role:master") {
+            assert!(Instant::now() < deadline, "node {node} not promoted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

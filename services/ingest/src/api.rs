@@ -203,7 +203,7 @@ mod tests {
     use crate::error::IngestError;
 
     /// How many refusals [`variant`] tells apart.
-    const VARIANTS: usize = 9;
+    const VARIANTS: usize = 11;
 
     /// Which refusal `err` is. Exhaustive on purpose: a new `IngestError`
     /// or `StoreError` variant does not compile until it has a number here,
@@ -219,6 +219,8 @@ mod tests {
             IngestError::Store(StoreError::Protocol(_)) => 6,
             IngestError::Store(StoreError::StaleSequence { .. }) => 7,
             IngestError::Store(StoreError::Disagreement { .. }) => 8,
+            IngestError::Store(StoreError::NotReplicated { .. }) => 9,
+            IngestError::Store(StoreError::Config(_)) => 10,
         }
     }
 
@@ -252,6 +254,12 @@ mod tests {
                 ours: "4".into(),
                 stored: "8".into(),
             }),
+            IngestError::Store(StoreError::NotReplicated {
+                wanted: 1,
+                replicated: 0,
+                timeout: Duration::from_millis(100),
+            }),
+            IngestError::Store(StoreError::Config("bad".into())),
         ]
     }
 

@@ -113,3 +113,71 @@ pub(crate) async fn connect(
             ))
         })?
 }
+
+/// The connection shared by all non-blocking calls: made on first use,
+/// and on Redis Cluster made again after a call fails as unavailable.
+///
+/// Why: the cluster client routes single commands after `MOVED` and
+/// refreshes its slot map then, but not a transaction (`MULTI`/`EXEC`,
+/// the append path): after a failover its commands went on to the old
+/// owner of the slots, were answered `MOVED` inside `EXECABORT`, and were
+/// never re-routed; and it kept reconnecting to the dead master. A new
+/// connection reads the slot map afresh from the seeds (any of them alive
+/// will do), so the next call reaches the new owner. Calls failing at once
+/// drop one connection only (each carries the generation it used), and
+/// reconnecting is serialized. A single Redis keeps its connection:
+/// `ConnectionManager` reconnects by itself.
+pub(crate) struct SharedConn {
+    slot: std::sync::RwLock<Option<(Conn, u64)>>,
+    connecting: tokio::sync::Mutex<()>,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl SharedConn {
+    /// No connection yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            slot: std::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn current(&self) -> Option<(Conn, u64)> {
+        self.slot.read().ok().and_then(|slot| slot.clone())
+    }
+
+    /// The connection and its generation, connecting if there is none.
+    pub(crate) async fn get(&self, args: &StoreArgs) -> Result<(Conn, u64), StoreError> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let conn = connect(args, args.redis_timeout).await?;
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut slot) = self.slot.write() {
+            *slot = Some((conn.clone(), generation));
+        }
+        Ok((conn, generation))
+    }
+
+    /// A call on generation `generation` failed with `err`: on Redis
+    /// Cluster, an unavailable store drops that connection (if it is still
+    /// the current one), so the next call connects afresh.
+    pub(crate) fn failed(&self, generation: u64, err: &StoreError) {
+        let Ok(mut slot) = self.slot.write() else {
+            return;
+        };
+        let drop_it = matches!(err, StoreError::Unavailable(_))
+            && matches!(&*slot, Some((Conn::Cluster(_), current)) if *current == generation);
+        if drop_it {
+            tracing::info!(error = %err, "Redis Cluster call failed; reconnecting to refresh the slot map");
+            *slot = None;
+        }
+    }
+}

@@ -60,49 +60,14 @@ impl EventLog for RedisLog {
         events: &[AppendEvent<'_>],
     ) -> Result<AppendOutcome, StoreError> {
         self.ensure_settings().await?;
-        if let Some((producer, sequence)) = meta.idempotent() {
-            return self
-                .append_idempotent(partition, meta, events, producer, sequence)
-                .await;
-        }
-        let keys = &self.inner.keys;
-        let mut invocation = self.inner.append.prepare_invoke();
-        invocation
-            .key(keys.stream(partition))
-            .key(keys.recent_ids(partition))
-            .key(keys.recent_order(partition))
-            .key(keys.stats(partition));
-        // Run ledgers of the batch, for per-run duplicate counts: KEYS[5..].
-        let mut runs: Vec<&str> = Vec::new();
-        for event in events {
-            if !event.run_id.is_empty() && !runs.contains(&event.run_id) {
-                runs.push(event.run_id);
-                invocation.key(keys.run(partition, event.run_id));
-            }
-        }
-        let blob = blob(events.iter());
-        invocation
-            .arg(self.inner.args.dedupe_window)
-            .arg(meta.encode_to_vec())
-            .arg(self.inner.args.retention.as_secs().max(1))
-            .arg(blob);
-        for event in events {
-            let run = runs
-                .iter()
-                .position(|r| *r == event.run_id)
-                .map_or(0, |i| i + 5);
-            invocation.arg(event.event_id).arg(run);
-        }
-        let (entry_id, duplicates, backlog): (Option<String>, Vec<u32>, i64) = self
-            .call("append", |mut c| async move {
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
-        Ok(AppendOutcome {
-            entry_id,
-            duplicates,
-            backlog: Some(backlog.max(0) as u64),
-        })
+        let outcome = if let Some((producer, sequence)) = meta.idempotent() {
+            self.append_idempotent(partition, meta, events, producer, sequence)
+                .await?
+        } else {
+            self.append_scripted(partition, meta, events).await?
+        };
+        self.wait_replicas(partition).await?;
+        Ok(outcome)
     }
 
     async fn figures(&self, partition: u32) -> Result<PartitionFigures, StoreError> {
@@ -506,6 +471,101 @@ impl RedisLog {
             if let Some(count) = deliveries.get(&entry.id) {
                 entry.deliveries = *count;
             }
+        }
+        Ok(())
+    }
+}
+
+impl RedisLog {
+    /// An append by event id (`append.lua`): the batch's events not in
+    /// the partition's dedupe window become one entry.
+    async fn append_scripted(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent<'_>],
+    ) -> Result<AppendOutcome, StoreError> {
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.append.prepare_invoke();
+        invocation
+            .key(keys.stream(partition))
+            .key(keys.recent_ids(partition))
+            .key(keys.recent_order(partition))
+            .key(keys.stats(partition));
+        // Run ledgers of the batch, for per-run duplicate counts: KEYS[5..].
+        let mut runs: Vec<&str> = Vec::new();
+        for event in events {
+            if !event.run_id.is_empty() && !runs.contains(&event.run_id) {
+                runs.push(event.run_id);
+                invocation.key(keys.run(partition, event.run_id));
+            }
+        }
+        let blob = blob(events.iter());
+        invocation
+            .arg(self.inner.args.dedupe_window)
+            .arg(meta.encode_to_vec())
+            .arg(self.inner.args.retention.as_secs().max(1))
+            .arg(blob);
+        for event in events {
+            let run = runs
+                .iter()
+                .position(|r| *r == event.run_id)
+                .map_or(0, |i| i + 5);
+            invocation.arg(event.event_id).arg(run);
+        }
+        let (entry_id, duplicates, backlog): (Option<String>, Vec<u32>, i64) = self
+            .call("append", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(AppendOutcome {
+            entry_id,
+            duplicates,
+            backlog: Some(backlog.max(0) as u64),
+        })
+    }
+
+    /// With `--redis-wait-replicas N`, waits (`WAIT`, up to
+    /// `--redis-wait-timeout`) until N replicas of the partition's master
+    /// have every write this connection sent it, the append included.
+    async fn wait_replicas(&self, partition: u32) -> Result<(), StoreError> {
+        let args = &self.inner.args;
+        let wanted = args.redis_wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout = args.redis_wait_timeout;
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(wanted).arg((timeout.as_millis() as u64).max(1));
+        let key = self.inner.keys.stream(partition);
+        let replicated: i64 = self
+            .call("WAIT", |c| async move {
+                match c {
+                    Conn::Single(mut single) => cmd.query_async::<i64>(&mut single).await,
+                    Conn::Cluster(mut cluster) => {
+                        use redis::cluster_routing::{
+                            Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
+                        };
+                        // The node that owns the partition's slot: the one
+                        // the append went to, on the same connection.
+                        let route = Route::with_slot(Slot::for_key(&key), SlotAddr::Master);
+                        let value = cluster
+                            .route_command(
+                                cmd,
+                                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                            )
+                            .await?;
+                        redis::from_redis_value::<i64>(value).map_err(redis::RedisError::from)
+                    }
+                }
+            })
+            .await?;
+        if replicated < i64::from(wanted) {
+            return Err(StoreError::NotReplicated {
+                wanted,
+                replicated: replicated.max(0) as u32,
+                timeout,
+            });
         }
         Ok(())
     }

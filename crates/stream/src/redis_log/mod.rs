@@ -102,9 +102,9 @@ use std::time::Duration;
 
 use prost::Message as _;
 use redis::Script;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
-use self::conn::{Conn, connect, connect_dedicated};
+use self::conn::{Conn, SharedConn, connect, connect_dedicated};
 use crate::keys::{Keys, record_parts};
 use crate::kv::{AggregateStore, HashFields};
 use crate::log::EventLog;
@@ -165,7 +165,7 @@ impl std::fmt::Debug for RedisLog {
 struct Inner {
     args: StoreArgs,
     keys: Keys,
-    shared: OnceCell<Conn>,
+    shared: SharedConn,
     readers: Vec<Mutex<Option<Conn>>>,
     /// Per partition, the connection of its merged applies on a single
     /// Redis (see [`RedisLog::commit_watched`]): `WATCH` is per connection.
@@ -198,7 +198,7 @@ impl RedisLog {
             inner: Arc::new(Inner {
                 args: args.clone(),
                 keys: Keys::new(&args.key_prefix),
-                shared: OnceCell::new(),
+                shared: SharedConn::new(),
                 readers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
                 appliers: (0..args.partitions).map(|_| Mutex::new(None)).collect(),
                 append: Script::new(include_str!("append.lua")),
@@ -248,27 +248,28 @@ impl RedisLog {
         .await
     }
 
-    async fn conn(&self) -> Result<Conn, StoreError> {
-        let args = &self.inner.args;
-        self.inner
-            .shared
-            .get_or_try_init(|| connect(args, args.redis_timeout))
-            .await
-            .cloned()
+    async fn conn(&self) -> Result<(Conn, u64), StoreError> {
+        self.inner.shared.get(&self.inner.args).await
     }
 
     /// Runs `f` on the shared connection, bounded by `--redis-timeout`, and
-    /// records its latency under `what`.
+    /// records its latency under `what`. On Redis Cluster, a call failing
+    /// as unavailable makes the next one reconnect ([`SharedConn`]).
     async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.conn().await?;
-        self.timed(what, async {
-            f(conn).await.map_err(StoreError::from_redis)
-        })
-        .await
+        let (conn, generation) = self.conn().await?;
+        let result = self
+            .timed(what, async {
+                f(conn).await.map_err(StoreError::from_redis)
+            })
+            .await;
+        if let Err(err) = &result {
+            self.inner.shared.failed(generation, err);
+        }
+        result
     }
 
     /// Runs `call` within `--redis-timeout` and records its duration as
