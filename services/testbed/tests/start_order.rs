@@ -333,3 +333,58 @@ async fn refused(args: &[&str]) -> String {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     stderr
 }
+
+/// The first line of `testbed <args>`'s log (stdout) containing `needle`,
+/// within 20 s; the process is killed after.
+async fn log_line(args: &[&str], needle: &str) -> String {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let found = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the log ended without {needle:?}");
+    })
+    .await
+    .expect("the line within 20 s");
+    let _ = child.kill().await;
+    found
+}
+
+/// At start the store says what an acknowledged append survives with the
+/// Redis it found: a warning without an append-only file, an info line
+/// with `appendfsync always`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_persistence_is_logged_at_start() {
+    let volatile = RedisServer::start();
+    let url = volatile.url();
+    let line = log_line(&["ingest", "--redis-url", &url], "Redis persistence").await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("a Redis restart loses every acknowledged append"),
+        "{line}"
+    );
+    let durable = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = durable.url();
+    let line = log_line(&["ingest", "--redis-url", &url], "Redis persistence").await;
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        line.contains("every acknowledged append survives a Redis crash"),
+        "{line}"
+    );
+}

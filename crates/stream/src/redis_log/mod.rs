@@ -74,8 +74,11 @@
 //! - `scripted`: `apply.lua` invocations, keys and replies.
 //! - `plan`: an apply's writes grouped as `apply.lua` takes them.
 //! - `settings`: the settings every process on a prefix must agree on.
+//! - `durability`: what Redis' persistence makes of an acknowledgement
+//!   (read and logged at connect).
 //! - `merge`: merging values in Rust; `msgpack`: the stored encodings;
-//!   `parse`: stream replies; `conn`: connections.
+//!   `parse`: stream replies; `conn`: connections (and reconnecting after
+//!   a Redis Cluster failover).
 //!
 //! Dependencies point down the list: `event_log` uses the steps, `apply`
 //! uses `written`, `watched` and `scripted`, and those use `plan`,
@@ -84,6 +87,7 @@
 mod append;
 mod apply;
 mod conn;
+mod durability;
 mod event_log;
 mod kv;
 mod merge;
@@ -237,6 +241,7 @@ impl RedisLog {
                 }
                 Ok(()) => {}
             }
+            log.log_durability().await;
         }
         Ok(log)
     }
