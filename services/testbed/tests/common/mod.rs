@@ -33,6 +33,12 @@ impl Testbed {
 
     /// [`Testbed::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::start_at(args, env, "127.0.0.1:0")
+    }
+
+    /// [`Testbed::start`] on gRPC address `addr` (a process restarted on
+    /// the port its predecessor had, as a pod behind a Service is).
+    pub fn start_at(args: &[&str], env: &[(&str, String)], addr: &str) -> Self {
         let addr_file = std::env::temp_dir().join(format!(
             "testbed-it-{}-{}.json",
             std::process::id(),
@@ -41,12 +47,7 @@ impl Testbed {
         let _ = std::fs::remove_file(&addr_file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_testbed"))
             .args(args)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--grpc-addr", addr, "--metrics-addr", "127.0.0.1:0"])
             .arg("--addr-file")
             .arg(&addr_file)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

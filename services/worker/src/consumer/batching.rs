@@ -24,6 +24,7 @@ impl Consumer {
                     _ = paused.changed() => continue,
                 }
             }
+            recover |= self.take_lost_read(partition);
             if recover {
                 let count = self.read_size(per_entry);
                 recover = false;
@@ -146,8 +147,9 @@ impl Consumer {
     /// Reads `chunk` entries at a time into `entries` until a read
     /// comes back short or the batch is full (`count` entries or
     /// `--apply-max-events` events); whether it is full. What was read is
-    /// ours whatever happens: a failed read here stops, and is reported by
-    /// the next read of the partition.
+    /// ours whatever happens: a failed read here stops, and marks the
+    /// partition for its read loop to read its own pending entries (the
+    /// failed read's may have been delivered with the reply lost).
     pub(super) async fn read_more(
         &self,
         partition: u32,
@@ -166,6 +168,9 @@ impl Consumer {
                 .read(partition, &self.name, ask, Duration::from_millis(1))
                 .await
             else {
+                // Its entries may have been delivered with the reply lost
+                // (a timeout): the read loop reads its own pending next.
+                self.mark_lost_read(partition);
                 return false;
             };
             let short = more.len() < ask;
@@ -175,5 +180,22 @@ impl Consumer {
                 return entries.len() >= count || events >= self.config.apply_max_events;
             }
         }
+    }
+}
+
+impl Consumer {
+    /// Marks that a read of `partition` failed where its loop cannot see
+    /// it (while gathering a batch).
+    fn mark_lost_read(&self, partition: u32) {
+        if let Some(flag) = self.lost_reads.get(partition as usize) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a read of `partition` failed unseen since last asked.
+    fn take_lost_read(&self, partition: u32) -> bool {
+        self.lost_reads
+            .get(partition as usize)
+            .is_some_and(|flag| flag.swap(false, Ordering::Relaxed))
     }
 }

@@ -93,6 +93,9 @@ pub struct Consumer {
     retries: Arc<[std::sync::Mutex<RetryQueue>]>,
     /// The consumers alive by their heartbeats, as the follower last saw.
     liveness: Arc<std::sync::Mutex<takeover::Liveness>>,
+    /// Per partition, whether a read failed while a batch was gathered
+    /// (its entries may be ours with the reply lost).
+    lost_reads: Arc<[std::sync::atomic::AtomicBool]>,
 }
 
 /// An entry ready to apply: its events checked (and kept apart from it),
@@ -119,8 +122,12 @@ impl Consumer {
         let retries = (0..log.partitions())
             .map(|_| std::sync::Mutex::default())
             .collect();
+        let lost_reads = (0..log.partitions())
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
         Self {
             retries,
+            lost_reads,
             liveness: Arc::default(),
             log,
             config: Arc::new(config),
