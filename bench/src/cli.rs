@@ -24,11 +24,13 @@ pub enum Step {
     Monolithic,
     /// The simulator alone against an acking stub.
     Simulator,
+    /// Catch-up after a failure fault, recovery after a worker SIGKILL.
+    Recovery,
 }
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 7] = [
+    pub const ALL: [Step; 8] = [
         Step::Ceiling,
         Step::Saturation,
         Step::Latency,
@@ -36,6 +38,7 @@ impl Step {
         Step::Telemetry,
         Step::Monolithic,
         Step::Simulator,
+        Step::Recovery,
     ];
 }
 
@@ -47,6 +50,13 @@ fn fraction(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
         _ => Err(format!("expected a positive number, got {value:?}")),
+    }
+}
+
+fn share(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("expected a share within (0, 1], got {value:?}")),
     }
 }
 
@@ -284,6 +294,35 @@ pub struct Cli {
           default_values_t = [3.0, 6.0], value_parser = fraction)]
     pub stub_multiples: Vec<f64>,
 
+    /// Recovery: events/s offered while faults are dealt (a fixed rate, so
+    /// the step needs no saturation rate: recovery is bounded by timers,
+    /// not by throughput).
+    #[arg(long, env = "TESTBED_BENCH_RECOVERY_RATE", default_value_t = 2000.0, value_parser = fraction)]
+    pub recovery_rate: f64,
+
+    /// Recovery: the simulator's schedule; the fault and the kills all
+    /// happen within it (a kill starts only with a second of it left).
+    #[arg(long, env = "TESTBED_BENCH_RECOVERY_DURATION", default_value = "25s", value_parser = duration)]
+    pub recovery_duration: Duration,
+
+    /// Recovery: share of the entries the failure fault fails.
+    #[arg(long, env = "TESTBED_BENCH_RECOVERY_FAULT_RATIO", default_value_t = 0.3, value_parser = share)]
+    pub recovery_fault_ratio: f64,
+
+    /// Recovery: how long the failure fault lasts (1s to 24h).
+    #[arg(long, env = "TESTBED_BENCH_RECOVERY_FAULT_TTL", default_value = "2s", value_parser = duration)]
+    pub recovery_fault_ttl: Duration,
+
+    /// Recovery: workers SIGKILLed while they hold entries (0: none).
+    #[arg(long, env = "TESTBED_BENCH_RECOVERY_KILLS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub recovery_kills: u32,
+
+    /// Recovery: the longest one recovery is waited for; past it, it is
+    /// reported as not recovered.
+    #[arg(long, env = "TESTBED_BENCH_RECOVERY_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub recovery_timeout: Duration,
+
     /// Serve `IngestService` acking every batch without storing it, instead
     /// of running the harness (the simulator step starts this itself).
     #[arg(long, env = "TESTBED_BENCH_STUB", conflicts_with = "otlp_sink")]
@@ -338,6 +377,10 @@ impl Cli {
         self.footprint_level = 0.5;
         self.monolithic_levels = vec![0.5];
         self.stub_multiples = vec![3.0];
+        self.recovery_duration = Duration::from_secs(5);
+        self.recovery_fault_ttl = Duration::from_secs(1);
+        self.recovery_kills = 1;
+        self.recovery_timeout = Duration::from_secs(10);
     }
 }
 
@@ -354,6 +397,15 @@ mod tests {
         assert_eq!(cli.testbed_bin, PathBuf::from("target/release/testbed"));
         assert_eq!(cli.latency_levels, vec![0.25, 0.5, 0.8]);
         assert_eq!(cli.sampling, vec![0.1, 1.0]);
+        assert_eq!(
+            (
+                cli.recovery_rate,
+                cli.recovery_fault_ratio,
+                cli.recovery_kills
+            ),
+            (2000.0, 0.3, 3)
+        );
+        assert_eq!(cli.recovery_fault_ttl, Duration::from_secs(2));
     }
 
     /// Steps are selected and skipped by name, and run in the fixed order.
@@ -378,6 +430,8 @@ mod tests {
         assert_eq!(cli.duration, Duration::from_secs(2));
         assert_eq!(cli.max_probes, 2);
         assert_eq!(cli.sustain_p99, Duration::ZERO);
+        assert_eq!(cli.recovery_duration, Duration::from_secs(5));
+        assert_eq!(cli.recovery_kills, 1);
     }
 
     /// Bad values name their flag; pass-through flags may start with dashes.
@@ -389,6 +443,8 @@ mod tests {
             ("--steps", "warp"),
             ("--repeat", "0"),
             ("--sampling", "2"),
+            ("--recovery-fault-ratio", "0"),
+            ("--recovery-kills", "21"),
         ] {
             let err = Cli::try_parse_from(["testbed-bench", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag}: {err}");

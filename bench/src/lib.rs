@@ -5,7 +5,8 @@
 //! saturation throughput as a ratio to it, batch-ack and end-to-end
 //! latency below saturation (open loop, so without coordinated omission),
 //! per-process footprint, the cost of trace sampling, monolithic against
-//! split processes, and the simulator's own ceiling against an acking stub.
+//! split processes, the simulator's own ceiling against an acking stub, and
+//! recovery after a failure fault and after a worker's SIGKILL.
 //! It does not own the services or the simulator (it runs the `testbed`
 //! binary as a user would), and it enforces nothing: targets are judged in
 //! the Markdown summary only.
@@ -17,6 +18,9 @@
 //!   figures, every process stopped); [`pipeline`], [`redis`], [`sim`]:
 //!   the processes it drives; [`process`]: the guard that stops them;
 //!   [`procfs`]: RSS and CPU time.
+//! - [`recovery`]: the recovery step's probe and what it deals during it
+//!   (a failure fault, SIGKILLs), read from the store through
+//!   `testbed-stream`.
 //! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
 //!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
 //! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
@@ -37,6 +41,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod process;
 pub mod procfs;
+pub mod recovery;
 pub mod redis;
 pub mod results;
 pub mod search;
@@ -56,6 +61,7 @@ use crate::error::{Context as _, Error, Result};
 use crate::machine::Machine;
 use crate::pipeline::{PipelineOptions, Topology};
 use crate::probe::{ProbeEnv, SimShape};
+use crate::recovery::RecoveryOptions;
 use crate::results::ProbeResult;
 use crate::results::{Record, RunResult};
 use crate::search::SearchOptions;
@@ -170,6 +176,14 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
         ),
         monolithic_levels: cli.monolithic_levels.clone(),
         stub_multiples: cli.stub_multiples.clone(),
+        recovery: RecoveryOptions {
+            rate: cli.recovery_rate,
+            duration: cli.recovery_duration,
+            fault_ratio: cli.recovery_fault_ratio,
+            fault_ttl: cli.recovery_fault_ttl,
+            kills: cli.recovery_kills,
+            timeout: cli.recovery_timeout,
+        },
     };
     let settings = serde_json::json!({
         "steps": steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
@@ -188,6 +202,10 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
                     "telemetry": cli.telemetry_level, "sampling": cli.sampling,
                     "telemetry_rounds": cli.telemetry_rounds,
                     "monolithic": cli.monolithic_levels, "stub_multiples": cli.stub_multiples },
+        "recovery": { "rate": cli.recovery_rate, "duration_s": cli.recovery_duration.as_secs_f64(),
+                      "fault_ratio": cli.recovery_fault_ratio,
+                      "fault_ttl_s": cli.recovery_fault_ttl.as_secs_f64(),
+                      "kills": cli.recovery_kills, "timeout_s": cli.recovery_timeout.as_secs_f64() },
         "rust_log": cli.rust_log,
         "extra_args": { "ingest": cli.ingest_arg, "worker": cli.worker_arg, "query": cli.query_arg },
         "work_dir": work.display().to_string(),

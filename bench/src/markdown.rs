@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::results::{Record, Summary};
+use crate::results::{Record, RecoveryRow, Summary};
 use crate::summary::is_service;
 
 /// One target and its verdict.
@@ -44,6 +44,7 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
     let half = m.latency.iter().find(|l| (l.fraction - 0.5).abs() < 1e-9);
     let off = m.telemetry.iter().find(|t| t.mode == "off");
     let tenth = m.telemetry.iter().find(|t| t.mode == "0.1");
+    let recovery = m.recovery.as_ref();
     vec![
         verdict(
             "sustained end-to-end throughput >= 50% of the XADD ceiling",
@@ -120,7 +121,50 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                 )
             }),
         ),
+        verdict(
+            "catch-up after a failure fault <= 2 s from its expiry (default: 30% of entries for 2 s)",
+            recovery.and_then(|r| {
+                let s = r.fault_catch_up_s?;
+                let fault = r
+                    .fault
+                    .map(|[ratio, ttl]| format!(" after {} for {ttl:.0} s", percent(ratio)))
+                    .unwrap_or_default();
+                Some((
+                    format!("{s:.2} s{fault}{}", verified(r)),
+                    s <= 2.0 && r.verified == Some(true),
+                ))
+            }),
+        ),
+        verdict(
+            "recovery after a worker SIGKILL <= 2 s (kill to its entries processed)",
+            recovery.and_then(|r| {
+                let median = r.kill_recovery_median_s?;
+                let unrecovered = if r.kills_unrecovered > 0 {
+                    format!(", {} not recovered", r.kills_unrecovered)
+                } else {
+                    String::new()
+                };
+                Some((
+                    format!(
+                        "median {median:.2} s, max {} s over {} kills{unrecovered}{}",
+                        opt(r.kill_recovery_max_s, 2),
+                        r.kills,
+                        verified(r)
+                    ),
+                    median <= 2.0 && r.kills_unrecovered == 0 && r.verified == Some(true),
+                ))
+            }),
+        ),
     ]
+}
+
+/// How the recovery probe's verification ended, for a verdict.
+fn verified(r: &RecoveryRow) -> &'static str {
+    match r.verified {
+        Some(true) => "; verify passed",
+        Some(false) => "; verify FAILED",
+        None => "; not verified",
+    }
 }
 
 /// A ratio as a percentage without float noise: 0.1 is `10%`, 0.005 `0.5%`.
@@ -395,6 +439,7 @@ pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> Strin
             opt(m.simulator_multiple, 1)
         );
     }
+    render_recovery(&mut out, record);
     if let Some(chart) = chart {
         let _ = writeln!(
             out,
@@ -408,6 +453,69 @@ pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> Strin
         }
     }
     out
+}
+
+/// The recovery step: one row per repetition, then the median.
+fn render_recovery(out: &mut String, record: &Record) {
+    let Some(m) = &record.median.recovery else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n## Recovery (split processes, two workers, {:.0} events/s)\n",
+        m.offered_rate
+    );
+    let _ = writeln!(
+        out,
+        "| repetition | fault catch-up s | kills | entries stranded per kill | taken over s (per kill) | recovered s (per kill) | verified |\n|---|---|---|---|---|---|---|"
+    );
+    let list = |v: Vec<Option<f64>>| v.iter().map(|x| opt(*x, 2)).collect::<Vec<_>>().join(", ");
+    for (i, r) in record.runs.iter().enumerate() {
+        let Some(r) = &r.recovery else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            opt(r.fault.as_ref().and_then(|f| f.catch_up_s), 2),
+            r.kills.len(),
+            r.kills
+                .iter()
+                .map(|k| k.stranded_entries.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            list(r.kills.iter().map(|k| k.taken_over_s).collect()),
+            list(r.kills.iter().map(|k| k.recovered_s).collect()),
+            match r.probe.verified {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            },
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nMedian: fault catch-up {} s; kill recovery median {} s, max {} s (taken over: median {} s).",
+        opt(m.fault_catch_up_s, 2),
+        opt(m.kill_recovery_median_s, 2),
+        opt(m.kill_recovery_max_s, 2),
+        opt(m.kill_taken_over_median_s, 2),
+    );
+    let _ = writeln!(
+        out,
+        "\n*Fault catch-up*: from the fault's expiry until every entry appended before it is \
+         acknowledged (none pending, none unread). *Recovered*: from the SIGKILL until none of \
+         the entries the worker held is pending any more (taken over by the other worker, \
+         processed, acknowledged). See bench/README.md, \"Recovery\"."
+    );
+    let notes: Vec<&String> = record
+        .runs
+        .iter()
+        .filter_map(|r| r.recovery.as_ref())
+        .flat_map(|r| &r.notes)
+        .collect();
+    for n in notes {
+        let _ = writeln!(out, "- {n}");
+    }
 }
 
 #[cfg(test)]
@@ -479,6 +587,8 @@ mod tests {
                 Some(true),
                 Some(true),
                 Some(true),
+                None,
+                None,
                 None
             ]
         );
@@ -492,5 +602,50 @@ mod tests {
             v[4].measured,
             "CPU per event +4.0% (median of 3 rounds paired with OTLP off, -2.0% to +7.0%), achieved rate -1.0%"
         );
+    }
+
+    /// The recovery targets: met at or under 2 s with verification passed;
+    /// a kill not recovered, or a failed verification, misses them.
+    #[test]
+    fn judges_recovery() {
+        let row = RecoveryRow {
+            fault: Some([0.3, 2.0]),
+            fault_catch_up_s: Some(1.5),
+            kill_recovery_median_s: Some(1.9),
+            kill_recovery_max_s: Some(2.3),
+            kills: 3,
+            verified: Some(true),
+            ..Default::default()
+        };
+        let judged = |row: &RecoveryRow| {
+            let m = Summary {
+                recovery: Some(row.clone()),
+                ..Default::default()
+            };
+            let v = verdicts(&m);
+            (v[6].clone(), v[7].clone())
+        };
+        let (fault, kill) = judged(&row);
+        assert_eq!((fault.met, kill.met), (Some(true), Some(true)));
+        assert_eq!(fault.measured, "1.50 s after 30% for 2 s; verify passed");
+        assert_eq!(
+            kill.measured,
+            "median 1.90 s, max 2.30 s over 3 kills; verify passed"
+        );
+        let (fault, kill) = judged(&RecoveryRow {
+            kills_unrecovered: 1,
+            verified: Some(false),
+            ..row.clone()
+        });
+        assert_eq!((fault.met, kill.met), (Some(false), Some(false)));
+        assert_eq!(
+            kill.measured,
+            "median 1.90 s, max 2.30 s over 3 kills, 1 not recovered; verify FAILED"
+        );
+        let (fault, _) = judged(&RecoveryRow {
+            fault_catch_up_s: Some(2.01),
+            ..row
+        });
+        assert_eq!(fault.met, Some(false));
     }
 }

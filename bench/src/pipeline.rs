@@ -5,12 +5,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use testbed_proto::v1::fault::Effect;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
-use testbed_proto::v1::{GetPipelineStatsRequest, PauseRequest, PipelineStats};
+use testbed_proto::v1::{
+    FailureFault, Fault, FaultScope, GetPipelineStatsRequest, InjectFaultRequest, PauseRequest,
+    PipelineStats,
+};
 use testbed_server::addr_file::{self, Announced};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
@@ -89,8 +93,99 @@ pub struct Service {
 pub struct Pipeline {
     redis: Redis,
     services: Vec<Service>,
-    grace: Duration,
+    /// What it was started with, for workers started later.
+    options: PipelineOptions,
+    /// Its probe's directory (logs and address files).
+    dir: PathBuf,
 }
+
+impl Service {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGKILL, no grace: it dies holding whatever it held.
+    pub async fn kill(self) -> Result<()> {
+        self.proc.kill().await?;
+        Ok(())
+    }
+}
+
+/// Spawns `testbed <role>` on `redis_url` with the pipeline's flags, plus
+/// `extra`; `name` names its log and address files. Returns the process
+/// and the address file it will announce itself in.
+fn spawn_role(
+    o: &PipelineOptions,
+    redis_url: &str,
+    dir: &Path,
+    role: &'static str,
+    name: &str,
+    extra: &[String],
+) -> Result<(Proc, PathBuf)> {
+    let addr_file = dir.join(format!("{name}.addr.json"));
+    let _ = std::fs::remove_file(&addr_file);
+    let mut args: Vec<String> = vec![
+        role.to_owned(),
+        "--redis-url".into(),
+        redis_url.to_owned(),
+        "--grpc-addr".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
+        "--addr-file".into(),
+        addr_file.display().to_string(),
+        "--partitions".into(),
+        o.partitions.to_string(),
+        "--key-prefix".into(),
+        KEY_PREFIX.into(),
+        "--shutdown-grace".into(),
+        humantime::format_duration(o.shutdown_grace).to_string(),
+    ];
+    if matches!(role, "ingest" | "all") {
+        args.extend(o.ingest_args.iter().cloned());
+    }
+    if matches!(role, "worker" | "all") {
+        args.extend(o.worker_args.iter().cloned());
+    }
+    if matches!(role, "query" | "all") {
+        args.extend(o.query_args.iter().cloned());
+    }
+    args.extend(extra.iter().cloned());
+    let mut env = o.log_env();
+    env.extend(o.telemetry.env());
+    env.push(("OTEL_SERVICE_NAME".into(), format!("testbed-{role}")));
+    let proc = Proc::spawn(
+        name,
+        &o.testbed,
+        &args,
+        &env,
+        &inherited_settings(),
+        &dir.join(format!("{name}.log")),
+    )?;
+    Ok((proc, addr_file))
+}
+
+/// Waits until a spawned process is ready and reads what it announced.
+async fn ready(
+    role: &'static str,
+    mut proc: Proc,
+    addr_file: &Path,
+    timeout: Duration,
+) -> Result<Service> {
+    let announced = wait_ready(&mut proc, addr_file, timeout).await?;
+    Ok(Service {
+        role,
+        proc,
+        grpc: announced.grpc,
+        metrics: announced
+            .metrics
+            .ok_or_else(|| Error::Process(format!("{role} announced no metrics address")))?,
+    })
+}
+
+/// The key prefix of every pipeline the harness starts.
+pub const KEY_PREFIX: &str = "bench";
 
 impl Pipeline {
     /// Starts Redis and the services in `dir` and waits until all are ready.
@@ -101,68 +196,58 @@ impl Pipeline {
             Topology::Split => &["ingest", "worker", "query"],
             Topology::Monolithic => &["all"],
         };
-        let mut env = o.log_env();
-        env.extend(o.telemetry.env());
-        let remove = inherited_settings();
         let mut starting = Vec::new();
         for role in roles {
-            let addr_file = dir.join(format!("{role}.addr.json"));
-            let _ = std::fs::remove_file(&addr_file);
-            let mut args: Vec<String> = vec![
-                (*role).to_owned(),
-                "--redis-url".into(),
-                redis.url(),
-                "--grpc-addr".into(),
-                "127.0.0.1:0".into(),
-                "--metrics-addr".into(),
-                "127.0.0.1:0".into(),
-                "--addr-file".into(),
-                addr_file.display().to_string(),
-                "--partitions".into(),
-                o.partitions.to_string(),
-                "--key-prefix".into(),
-                "bench".into(),
-                "--shutdown-grace".into(),
-                humantime::format_duration(o.shutdown_grace).to_string(),
-            ];
-            if matches!(*role, "ingest" | "all") {
-                args.extend(o.ingest_args.iter().cloned());
-            }
-            if matches!(*role, "worker" | "all") {
-                args.extend(o.worker_args.iter().cloned());
-            }
-            if matches!(*role, "query" | "all") {
-                args.extend(o.query_args.iter().cloned());
-            }
-            let mut role_env = env.clone();
-            role_env.push(("OTEL_SERVICE_NAME".into(), format!("testbed-{role}")));
-            let proc = Proc::spawn(
-                role,
-                &o.testbed,
-                &args,
-                &role_env,
-                &remove,
-                &dir.join(format!("{role}.log")),
-            )?;
+            let (proc, addr_file) = spawn_role(o, &redis.url(), dir, role, role, &[])?;
             starting.push((*role, proc, addr_file));
         }
         let mut services = Vec::new();
-        for (role, mut proc, addr_file) in starting {
-            let announced = wait_ready(&mut proc, &addr_file, o.ready_timeout).await?;
-            services.push(Service {
-                role,
-                proc,
-                grpc: announced.grpc,
-                metrics: announced.metrics.ok_or_else(|| {
-                    Error::Process(format!("{role} announced no metrics address"))
-                })?,
-            });
+        for (role, proc, addr_file) in starting {
+            services.push(ready(role, proc, &addr_file, o.ready_timeout).await?);
         }
         Ok(Self {
             redis,
             services,
-            grace: o.shutdown_grace,
+            options: o.clone(),
+            dir: dir.to_owned(),
         })
+    }
+
+    /// Starts one more `testbed worker` on this pipeline's Redis, as
+    /// consumer `consumer`, and waits until it is ready. The caller owns
+    /// it (it is not among [`Pipeline::pids`], and dropping it stops it).
+    pub async fn start_worker(&self, consumer: &str) -> Result<Service> {
+        let name = format!("worker-{consumer}");
+        let extra = ["--consumer-name".to_owned(), consumer.to_owned()];
+        let (proc, addr_file) = spawn_role(
+            &self.options,
+            &self.redis.url(),
+            &self.dir,
+            "worker",
+            &name,
+            &extra,
+        )?;
+        ready("worker", proc, &addr_file, self.options.ready_timeout).await
+    }
+
+    /// Stops a worker started by [`Pipeline::start_worker`] as the
+    /// pipeline's own are stopped (SIGTERM, then SIGKILL past the grace).
+    pub async fn stop_worker(&self, worker: Service) -> Result<()> {
+        worker
+            .proc
+            .terminate(self.options.shutdown_grace + Duration::from_secs(2))
+            .await?;
+        Ok(())
+    }
+
+    /// `redis://…` of its Redis.
+    pub fn redis_url(&self) -> String {
+        self.redis.url()
+    }
+
+    /// The worker it started (the first, if several).
+    pub fn worker(&self) -> Result<&Service> {
+        self.role(&["worker", "all"])
     }
 
     fn role(&self, roles: &[&str]) -> Result<&Service> {
@@ -237,6 +322,34 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Injects a failure fault on every worker (the control state is the
+    /// cluster's: each worker applies it within its `--control-interval`):
+    /// `ratio` of the entries fail, for `ttl`. Returns when it expires, on
+    /// the worker's clock (this host's).
+    pub async fn inject_failure(&self, ratio: f64, ttl: Duration) -> Result<SystemTime> {
+        let channel = connect(&format!("http://{}", self.worker()?.grpc)).await?;
+        let fault = Fault {
+            scope: Some(FaultScope::default()),
+            effect: Some(Effect::Failure(FailureFault { ratio })),
+            ..Default::default()
+        };
+        let ttl =
+            prost_types::Duration::try_from(ttl).map_err(|e| Error::parse("the fault's ttl", e))?;
+        let injected = WorkerControlServiceClient::new(channel)
+            .inject_fault(InjectFaultRequest {
+                fault: Some(fault),
+                ttl: Some(ttl),
+            })
+            .await
+            .context(|| "WorkerControlService.InjectFault")?
+            .into_inner();
+        let expires = injected
+            .fault
+            .and_then(|f| f.expire_time)
+            .ok_or_else(|| Error::parse("InjectFault", "no expire_time in the reply"))?;
+        SystemTime::try_from(expires).map_err(|e| Error::parse("InjectFault's expire_time", e))
+    }
+
     /// SIGTERM to every service (ingest first, so nothing new arrives while
     /// the others drain), then Redis. Returns the roles that did not exit 0
     /// within the grace period.
@@ -246,7 +359,7 @@ impl Pipeline {
             let role = service.role;
             let stopped = service
                 .proc
-                .terminate(self.grace + Duration::from_secs(2))
+                .terminate(self.options.shutdown_grace + Duration::from_secs(2))
                 .await?;
             if stopped.killed || !stopped.status.success() {
                 unclean.push(format!("{role}: {}", stopped.status));
@@ -340,6 +453,21 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// The sum of the samples of `name` on the `/metrics` page at `addr`
+/// whose labels contain `having` (`""`: every series).
+pub async fn metric_sum(addr: SocketAddr, name: &str, having: &str) -> Result<f64> {
+    let page = http_get(addr, "/metrics").await?;
+    Ok(sum_samples(&page, name, having))
+}
+
+fn sum_samples(page: &str, name: &str, having: &str) -> f64 {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']) && rest.contains(having))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sums the `pipeline_backlog_events` samples of a Prometheus text page.
 fn parse_backlog(page: &str) -> Option<u64> {
     let mut found = false;
@@ -376,5 +504,19 @@ mod tests {
                     pipeline_backlog_events_total 99\n";
         assert_eq!(parse_backlog(page), Some(42));
         assert_eq!(parse_backlog("up 1\n"), None);
+    }
+
+    /// Only the named metric's series with the label are summed.
+    #[test]
+    fn sums_labelled_samples() {
+        let page = "# TYPE worker_events_retried_total counter\n\
+                    worker_events_retried_total{reason=\"injected_fault\"} 12\n\
+                    worker_events_retried_total{reason=\"store_error\"} 3\n\
+                    worker_events_retried_total_created 99\n";
+        assert_eq!(
+            sum_samples(page, "worker_events_retried_total", "injected_fault"),
+            12.0
+        );
+        assert_eq!(sum_samples(page, "worker_events_retried_total", ""), 15.0);
     }
 }

@@ -79,7 +79,7 @@ pub struct ProbeSpec {
 
 /// The system being driven, owned for the probe's length.
 enum Driven {
-    Pipeline(Pipeline),
+    Pipeline(Box<Pipeline>),
     Stub(Proc, String),
 }
 
@@ -111,6 +111,19 @@ fn sample_all(pids: &[(String, u32)]) -> BTreeMap<String, Sample> {
 
 /// Runs one probe.
 pub async fn run(env: &ProbeEnv, spec: &ProbeSpec) -> Result<ProbeResult> {
+    let (result, _) = run_with(env, spec, async |_: &Pipeline| Ok(())).await?;
+    Ok(result)
+}
+
+/// Runs one probe, and `during` beside the simulator from the moment it
+/// starts (the recovery step's faults); the probe ends once both have.
+/// `during` runs only against a pipeline (none against the stub), and an
+/// error of it ends the probe with that error.
+pub async fn run_with<T>(
+    env: &ProbeEnv,
+    spec: &ProbeSpec,
+    during: impl AsyncFnOnce(&Pipeline) -> Result<T>,
+) -> Result<(ProbeResult, Option<T>)> {
     let started = Instant::now();
     let dir = env.work.join(&spec.label);
     std::fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
@@ -129,7 +142,7 @@ pub async fn run(env: &ProbeEnv, spec: &ProbeSpec) -> Result<ProbeResult> {
             let mut options = env.pipeline.clone();
             options.topology = topology;
             options.telemetry = telemetry.clone();
-            Driven::Pipeline(Pipeline::start(&options, &dir).await?)
+            Driven::Pipeline(Box::new(Pipeline::start(&options, &dir).await?))
         }
         Target::Stub => {
             let (proc, url) = serve::start_helper(&env.self_exe, &dir, "stub").await?;
@@ -193,50 +206,59 @@ pub async fn run(env: &ProbeEnv, spec: &ProbeSpec) -> Result<ProbeResult> {
     let mut judged_backlog = false;
     let mut paused = false;
     let mut sim_sample = Sample::default();
-    let exit = loop {
-        if let Some(status) = sim_proc.try_exit()? {
-            break status;
-        }
-        if let Ok(s) = procfs::sample(sim_proc.pid()) {
-            sim_sample = s;
-        }
-        let elapsed = sim_started.elapsed();
-        if let Driven::Pipeline(p) = &driven
-            && elapsed <= env.duration + Duration::from_millis(500)
-            && let Ok(b) = p.backlog().await
-        {
-            backlog.push((elapsed, b));
-        }
-        if !judged_backlog
-            && elapsed > env.duration + Duration::from_millis(500)
-            && let Driven::Pipeline(p) = &driven
-        {
-            judged_backlog = true;
-            let end = backlog_at(&backlog, env.duration).unwrap_or(0);
-            let mid = backlog_at(&backlog, env.duration / 2).unwrap_or(0);
-            if backlog_fails(mid, end, backlog_limit) {
-                // Verification cannot pass in time: pause the workers so it
-                // sees processing stall and reports now, not at its timeout.
-                tracing::info!(
-                    probe = spec.label,
-                    backlog = end,
-                    "backlog over the limit; pausing workers"
-                );
-                paused = p
-                    .pause_workers("testbed-bench: probe over its backlog limit")
-                    .await
-                    .is_ok();
+    let watch = async {
+        loop {
+            if let Some(status) = sim_proc.try_exit()? {
+                break Ok::<_, Error>(status);
             }
+            if let Ok(s) = procfs::sample(sim_proc.pid()) {
+                sim_sample = s;
+            }
+            let elapsed = sim_started.elapsed();
+            if let Driven::Pipeline(p) = &driven
+                && elapsed <= env.duration + Duration::from_millis(500)
+                && let Ok(b) = p.backlog().await
+            {
+                backlog.push((elapsed, b));
+            }
+            if !judged_backlog
+                && elapsed > env.duration + Duration::from_millis(500)
+                && let Driven::Pipeline(p) = &driven
+            {
+                judged_backlog = true;
+                let end = backlog_at(&backlog, env.duration).unwrap_or(0);
+                let mid = backlog_at(&backlog, env.duration / 2).unwrap_or(0);
+                if backlog_fails(mid, end, backlog_limit) {
+                    // Verification cannot pass in time: pause the workers so it
+                    // sees processing stall and reports now, not at its timeout.
+                    tracing::info!(
+                        probe = spec.label,
+                        backlog = end,
+                        "backlog over the limit; pausing workers"
+                    );
+                    paused = p
+                        .pause_workers("testbed-bench: probe over its backlog limit")
+                        .await
+                        .is_ok();
+                }
+            }
+            if elapsed > sim_spec.limit() {
+                return Err(Error::Process(format!(
+                    "sim of probe {} still running after {:?}: {}",
+                    spec.label,
+                    sim_spec.limit(),
+                    log_tail(sim_proc.log())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if elapsed > sim_spec.limit() {
-            return Err(Error::Process(format!(
-                "sim of probe {} still running after {:?}: {}",
-                spec.label,
-                sim_spec.limit(),
-                log_tail(sim_proc.log())
-            )));
+    };
+    let (exit, outcome) = match &driven {
+        Driven::Pipeline(p) => {
+            let (exit, outcome) = futures::future::try_join(watch, during(&**p)).await?;
+            (exit, Some(outcome))
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        Driven::Stub(..) => (watch.await?, None),
     };
     let load_end = sample_all(&pids);
 
@@ -298,7 +320,7 @@ pub async fn run(env: &ProbeEnv, spec: &ProbeSpec) -> Result<ProbeResult> {
     });
 
     let unclean_shutdown = match driven {
-        Driven::Pipeline(p) => p.stop().await?,
+        Driven::Pipeline(p) => (*p).stop().await?,
         Driven::Stub(proc, _) => {
             let stopped = proc.terminate(Duration::from_secs(5)).await?;
             if stopped.killed {
@@ -373,5 +395,5 @@ pub async fn run(env: &ProbeEnv, spec: &ProbeSpec) -> Result<ProbeResult> {
         reasons = result.reasons.join("; "),
         "probe done"
     );
-    Ok(result)
+    Ok((result, outcome))
 }

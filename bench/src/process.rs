@@ -161,6 +161,18 @@ impl Proc {
         self.child = None;
         Ok(Stopped { status, killed })
     }
+
+    /// SIGKILL at once, with no grace (a crash, an OOM kill or a lost node
+    /// as the others see it), then reaps it. The recovery step's fault.
+    pub async fn kill(mut self) -> Result<ExitStatus> {
+        signal(self.pid, Signal::KILL);
+        let status = self
+            .wait(Duration::from_secs(5))
+            .await?
+            .ok_or_else(|| Error::Process(format!("{} survived SIGKILL", self.name)))?;
+        self.child = None;
+        Ok(status)
+    }
 }
 
 /// How a process ended.
@@ -272,6 +284,18 @@ mod tests {
         let stopped = proc.terminate(Duration::from_secs(5)).await.unwrap();
         assert!(!stopped.killed);
         assert!(!stopped.status.success());
+        assert!(!alive(pid));
+    }
+
+    /// `kill` ends it by SIGKILL, with no SIGTERM first, and reaps it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn kill_is_sigkill() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let dir = std::env::temp_dir();
+        let proc = sleeper(&dir);
+        let pid = proc.pid();
+        let status = proc.kill().await.unwrap();
+        assert_eq!(status.signal(), Some(9));
         assert!(!alive(pid));
     }
 }

@@ -127,6 +127,65 @@ pub struct Level {
     pub probe: ProbeResult,
 }
 
+/// The recovery step's fault: how long the pipeline took to catch up
+/// after a failure fault expired.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FaultCatchUp {
+    /// Share of the entries the fault failed.
+    pub ratio: f64,
+    /// How long it lasted, s.
+    pub ttl_s: f64,
+    /// Seconds from its expiry until every entry appended before the
+    /// expiry was acknowledged (none pending, none left unread); none: not
+    /// within the recovery timeout.
+    pub catch_up_s: Option<f64>,
+    /// Entries pending (read, not acknowledged) at the expiry, all
+    /// partitions.
+    pub pending_at_expiry: u64,
+    /// Events appended and not yet processed or dead-lettered at the
+    /// expiry.
+    pub backlog_at_expiry: u64,
+    /// Events the workers retried because of the fault
+    /// (`worker_events_retried_total{reason="injected_fault"}`).
+    pub events_retried: u64,
+}
+
+/// One worker SIGKILLed while it held entries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KillRecovery {
+    /// Its consumer name.
+    pub consumer: String,
+    /// Entries it held (read, not acknowledged) when it died.
+    pub stranded_entries: u64,
+    /// Seconds from the SIGKILL until it held none (claimed by the other
+    /// worker); none: not within the recovery timeout.
+    pub taken_over_s: Option<f64>,
+    /// Seconds from the SIGKILL until none of those entries was pending
+    /// any more (processed, or dead-lettered, and acknowledged); none: not
+    /// within the recovery timeout.
+    pub recovered_s: Option<f64>,
+}
+
+/// The recovery step of one repetition: one probe (split processes, two
+/// workers) during which a failure fault and then SIGKILLs were dealt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Recovery {
+    /// The probe: the simulator's run and its verification.
+    pub probe: ProbeResult,
+    /// The failure fault's catch-up (none: it could not be measured).
+    pub fault: Option<FaultCatchUp>,
+    /// Each SIGKILL, in order.
+    pub kills: Vec<KillRecovery>,
+    /// Workers killed that held nothing by the moment they died (acked
+    /// between the look and the kill): tried again, not counted.
+    pub missed_kills: u32,
+    /// Entries the surviving worker took over from dead consumers
+    /// (`worker_entries_taken_over_total`).
+    pub entries_taken_over: Option<u64>,
+    /// What could not be measured, and why.
+    pub notes: Vec<String>,
+}
+
 /// Everything one repetition measured; a step not run is `None`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunResult {
@@ -155,6 +214,9 @@ pub struct RunResult {
     pub split_extra: Option<Vec<Level>>,
     /// The simulator against the stub, at multiples of saturation.
     pub simulator: Option<Vec<Level>>,
+    /// Recovery from a failure fault and from SIGKILLed workers.
+    #[serde(default)]
+    pub recovery: Option<Recovery>,
     /// Wall time of the repetition, s.
     pub wall_s: f64,
 }
@@ -246,6 +308,34 @@ pub struct TopologyRow {
     pub monolithic: [f64; 4],
 }
 
+/// The recovery step, summarised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryRow {
+    /// Offered events/s during the probe.
+    pub offered_rate: f64,
+    /// The failure fault: share of the entries failed, and for how long
+    /// (s).
+    pub fault: Option<[f64; 2]>,
+    /// Catch-up after the failure fault's expiry, s.
+    pub fault_catch_up_s: Option<f64>,
+    /// Median of the kills' recovery times, s.
+    pub kill_recovery_median_s: Option<f64>,
+    /// Largest of them, s.
+    pub kill_recovery_max_s: Option<f64>,
+    /// Median of the kills' take-over times (the dead worker's entries
+    /// claimed), s.
+    pub kill_taken_over_median_s: Option<f64>,
+    /// Kills measured.
+    pub kills: u32,
+    /// Kills whose entries were not all processed within the timeout.
+    pub kills_unrecovered: u32,
+    /// Median of the entries stranded per kill.
+    pub stranded_median: Option<f64>,
+    /// `--verify` passed: every accepted event processed exactly once (in
+    /// the median summary: in every repetition).
+    pub verified: Option<bool>,
+}
+
 /// The headline figures of one repetition, in a shape that is the same
 /// for every repetition so their median can be taken field by field.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -272,6 +362,9 @@ pub struct Summary {
     pub simulator_multiple: Option<f64>,
     /// The largest multiple of the saturation rate the simulator sustained.
     pub simulator_sustained_multiple: Option<f64>,
+    /// Recovery after a failure fault and after SIGKILLs.
+    #[serde(default)]
+    pub recovery: Option<RecoveryRow>,
 }
 
 /// The whole record written to `<date>-<host>.json`.
@@ -370,8 +463,18 @@ pub fn median_summary(summaries: &[Summary]) -> Summary {
         .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
         .collect();
     let refs: Vec<&Value> = values.iter().collect();
-    serde_json::from_value(median_value(&refs))
-        .unwrap_or_else(|_| summaries.first().cloned().unwrap_or_default())
+    let mut median: Summary = serde_json::from_value(median_value(&refs))
+        .unwrap_or_else(|_| summaries.first().cloned().unwrap_or_default());
+    // Exactly-once holds only if it held every time: one failed
+    // verification is not outvoted by the others.
+    if let Some(row) = median.recovery.as_mut() {
+        let verified: Vec<bool> = summaries
+            .iter()
+            .filter_map(|s| s.recovery.as_ref()?.verified)
+            .collect();
+        row.verified = (!verified.is_empty()).then(|| verified.iter().all(|v| *v));
+    }
+    median
 }
 
 #[cfg(test)]
@@ -430,5 +533,27 @@ mod tests {
         assert_eq!(m.saturation_rate, Some(2000.0));
         assert_eq!(m.latency[0].ack_p99_ms, 3.0);
         assert!(m.latency[0].sustained);
+    }
+
+    /// Recovery figures are medians of the repetitions, but one failed
+    /// verification fails the median's.
+    #[test]
+    fn recovery_median_keeps_a_failed_verification() {
+        let rep = |catch_up: f64, verified: bool| Summary {
+            recovery: Some(RecoveryRow {
+                fault_catch_up_s: Some(catch_up),
+                kill_recovery_max_s: Some(catch_up * 2.0),
+                verified: Some(verified),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = median_summary(&[rep(1.0, true), rep(3.0, false), rep(2.0, true)]);
+        let row = m.recovery.unwrap();
+        assert_eq!(row.fault_catch_up_s, Some(2.0));
+        assert_eq!(row.kill_recovery_max_s, Some(4.0));
+        assert_eq!(row.verified, Some(false));
+        let m = median_summary(&[rep(1.0, true), rep(3.0, true)]);
+        assert_eq!(m.recovery.unwrap().verified, Some(true));
     }
 }

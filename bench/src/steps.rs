@@ -1,6 +1,7 @@
 //! One repetition of the selected steps, in order: each step is a set of
 //! probes (see [`crate::probe`]) whose rates derive from the saturation
-//! rate of the same repetition.
+//! rate of the same repetition, but the recovery step's, which runs at a
+//! fixed rate (see [`crate::recovery`]).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use crate::cli::Step;
 use crate::error::Result;
 use crate::pipeline::Topology;
 use crate::probe::{self, ProbeEnv, ProbeSpec, Target};
+use crate::recovery::{self, RecoveryOptions};
 use crate::redis::Redis;
 use crate::results::ProbeResult;
 use crate::results::{Level, RunResult, Saturation};
@@ -40,6 +42,8 @@ pub struct StepOptions {
     pub monolithic_levels: Vec<f64>,
     /// Stub multiples.
     pub stub_multiples: Vec<f64>,
+    /// The recovery step.
+    pub recovery: RecoveryOptions,
 }
 
 /// Runs one repetition; `notes` collects what could not run.
@@ -99,16 +103,32 @@ pub async fn run_repetition(
         Step::Monolithic,
         Step::Simulator,
     ];
-    let Some(rate) = r.reference_rate else {
-        if dependent.iter().any(|s| has(*s)) {
-            notes.push(format!(
-                "repetition {rep}: no saturation rate (search not run or nothing sustained, and no \
-                 --saturation-rate): latency, footprint, telemetry, monolithic and simulator skipped"
-            ));
-        }
-        r.wall_s = started.elapsed().as_secs_f64();
-        return Ok(r);
-    };
+    match r.reference_rate {
+        Some(rate) => dependent_steps(o, &env, rep, rate, &mut r).await?,
+        None if dependent.iter().any(|s| has(*s)) => notes.push(format!(
+            "repetition {rep}: no saturation rate (search not run or nothing sustained, and no \
+             --saturation-rate): latency, footprint, telemetry, monolithic and simulator skipped"
+        )),
+        None => {}
+    }
+
+    if has(Step::Recovery) {
+        let label = format!("rep{rep}-recovery-{:.0}", o.recovery.rate);
+        r.recovery = Some(recovery::run(&env, &o.recovery, label).await?);
+    }
+    r.wall_s = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// The steps whose rates are fractions of the saturation `rate`.
+async fn dependent_steps(
+    o: &StepOptions,
+    env: &ProbeEnv,
+    rep: u32,
+    rate: f64,
+    r: &mut RunResult,
+) -> Result<()> {
+    let has = |s: Step| o.steps.contains(&s);
     let split = Target::Pipeline(Topology::Split);
     let spec = |label: String, rate: f64, target: Target| ProbeSpec {
         label: format!("rep{rep}-{label}"),
@@ -121,7 +141,7 @@ pub async fn run_repetition(
     if has(Step::Latency) {
         let (mut levels, mut floor) = (Vec::new(), Vec::new());
         for f in &o.latency_levels {
-            let p = probe::run(&env, &spec(format!("latency-{f}"), rate * f, split)).await?;
+            let p = probe::run(env, &spec(format!("latency-{f}"), rate * f, split)).await?;
             levels.push(Level {
                 fraction: *f,
                 probe: p,
@@ -131,7 +151,7 @@ pub async fn run_repetition(
             let stub = spec(format!("latency-floor-{f}"), rate * f, Target::Stub);
             floor.push(Level {
                 fraction: *f,
-                probe: probe::run(&env, &stub).await?,
+                probe: probe::run(env, &stub).await?,
             });
         }
         r.latency = Some(levels);
@@ -144,7 +164,7 @@ pub async fn run_repetition(
         s.idle = Some(idle);
         r.footprint = Some(Level {
             fraction: f,
-            probe: probe::run(&env, &s).await?,
+            probe: probe::run(env, &s).await?,
         });
     }
 
@@ -165,7 +185,7 @@ pub async fn run_repetition(
                     split,
                 );
                 s.sampling = sampling;
-                let mut p = probe::run(&env, &s).await?;
+                let mut p = probe::run(env, &s).await?;
                 p.round = Some(round as u32 + 1);
                 probes.push(p);
             }
@@ -178,7 +198,7 @@ pub async fn run_repetition(
         let mut extra = Vec::new();
         for f in &o.monolithic_levels {
             let target = Target::Pipeline(Topology::Monolithic);
-            let p = probe::run(&env, &spec(format!("monolithic-{f}"), rate * f, target)).await?;
+            let p = probe::run(env, &spec(format!("monolithic-{f}"), rate * f, target)).await?;
             mono.push(Level {
                 fraction: *f,
                 probe: p,
@@ -188,7 +208,7 @@ pub async fn run_repetition(
                 .as_ref()
                 .is_some_and(|l| l.iter().any(|l| (l.fraction - f).abs() < 1e-9));
             if !measured {
-                let p = probe::run(&env, &spec(format!("split-{f}"), rate * f, split)).await?;
+                let p = probe::run(env, &spec(format!("split-{f}"), rate * f, split)).await?;
                 extra.push(Level {
                     fraction: *f,
                     probe: p,
@@ -202,7 +222,7 @@ pub async fn run_repetition(
     if has(Step::Simulator) {
         let mut levels = Vec::new();
         for m in &o.stub_multiples {
-            let p = probe::run(&env, &spec(format!("stub-x{m}"), rate * m, Target::Stub)).await?;
+            let p = probe::run(env, &spec(format!("stub-x{m}"), rate * m, Target::Stub)).await?;
             let sustained = p.sustained;
             levels.push(Level {
                 fraction: *m,
@@ -214,8 +234,7 @@ pub async fn run_repetition(
         }
         r.simulator = Some(levels);
     }
-    r.wall_s = started.elapsed().as_secs_f64();
-    Ok(r)
+    Ok(())
 }
 
 /// The saturation search of one repetition.

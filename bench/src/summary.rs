@@ -2,7 +2,8 @@
 
 use crate::results::ProbeResult;
 use crate::results::{
-    FootprintRow, LatencyRow, Level, RunResult, Summary, TelemetryRow, TopologyRow,
+    FootprintRow, LatencyRow, Level, Recovery, RecoveryRow, RunResult, Summary, TelemetryRow,
+    TopologyRow,
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -112,6 +113,27 @@ fn latency_row(l: &Level, floor: Option<&Level>) -> LatencyRow {
     }
 }
 
+/// The recovery step's figures: the kills' recovery times by median and
+/// maximum (a kill not recovered within the timeout counts in neither,
+/// and is counted apart).
+fn recovery_row(r: &Recovery) -> RecoveryRow {
+    let mut recovered: Vec<f64> = r.kills.iter().filter_map(|k| k.recovered_s).collect();
+    let mut taken: Vec<f64> = r.kills.iter().filter_map(|k| k.taken_over_s).collect();
+    let mut stranded: Vec<f64> = r.kills.iter().map(|k| k.stranded_entries as f64).collect();
+    RecoveryRow {
+        offered_rate: r.probe.offered_rate,
+        fault: r.fault.as_ref().map(|f| [f.ratio, f.ttl_s]),
+        fault_catch_up_s: r.fault.as_ref().and_then(|f| f.catch_up_s),
+        kill_recovery_max_s: recovered.iter().copied().max_by(f64::total_cmp),
+        kill_recovery_median_s: crate::results::median(&mut recovered),
+        kill_taken_over_median_s: crate::results::median(&mut taken),
+        kills: r.kills.len() as u32,
+        kills_unrecovered: r.kills.iter().filter(|k| k.recovered_s.is_none()).count() as u32,
+        stranded_median: crate::results::median(&mut stranded),
+        verified: r.probe.verified,
+    }
+}
+
 /// Summarises a repetition; `binary_bytes` is the size of `testbed`.
 pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
     let saturation_rate = r.saturation.as_ref().and_then(|s| s.sustained_rate);
@@ -186,14 +208,15 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
             .map(|l| l.fraction)
             .max_by(f64::total_cmp);
     }
+    s.recovery = r.recovery.as_ref().map(recovery_row);
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::Footprint;
     use crate::results::Saturation;
+    use crate::results::{FaultCatchUp, Footprint, KillRecovery};
     use crate::sim::Latency;
 
     fn probe(rate: f64, cpu: [f64; 3]) -> ProbeResult {
@@ -312,5 +335,46 @@ mod tests {
             (half.floor_ack_p50_ms, half.floor_ack_p99_ms),
             (Some(0.5), Some(1.5))
         );
+    }
+
+    /// Kills are summarised by median and maximum of those that
+    /// recovered; one that did not is counted apart, not as a time.
+    #[test]
+    fn summarises_recovery() {
+        let kill = |recovered: Option<f64>, stranded| KillRecovery {
+            consumer: "w".into(),
+            stranded_entries: stranded,
+            taken_over_s: recovered.map(|r| r - 0.5),
+            recovered_s: recovered,
+        };
+        let r = RunResult {
+            recovery: Some(Recovery {
+                probe: ProbeResult {
+                    offered_rate: 2000.0,
+                    verified: Some(true),
+                    ..Default::default()
+                },
+                fault: Some(FaultCatchUp {
+                    catch_up_s: Some(1.25),
+                    ..Default::default()
+                }),
+                kills: vec![
+                    kill(Some(1.5), 10),
+                    kill(Some(2.5), 30),
+                    kill(None, 20),
+                    kill(Some(1.75), 40),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let row = summarize(&r, None).recovery.unwrap();
+        assert_eq!(row.fault_catch_up_s, Some(1.25));
+        assert_eq!(row.kill_recovery_median_s, Some(1.75));
+        assert_eq!(row.kill_recovery_max_s, Some(2.5));
+        assert_eq!(row.kill_taken_over_median_s, Some(1.25));
+        assert_eq!((row.kills, row.kills_unrecovered), (4, 1));
+        assert_eq!(row.stranded_median, Some(25.0));
+        assert_eq!(row.verified, Some(true));
     }
 }
