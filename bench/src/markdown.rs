@@ -146,7 +146,7 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                 };
                 Some((
                     format!(
-                        "median {median:.2} s, max {} s over {} kills{unrecovered}{}",
+                        "median {median:.2} s, max {} s of {} kills{unrecovered}{}",
                         opt(r.kill_recovery_max_s, 2),
                         r.kills,
                         verified(r)
@@ -492,14 +492,38 @@ fn render_recovery(out: &mut String, record: &Record) {
             },
         );
     }
+    let reps = record.runs.iter().filter(|r| r.recovery.is_some()).count();
+    let (of, per) = if reps > 1 {
+        (
+            format!("Medians of the {reps} repetitions"),
+            " (each repetition's median and max of its kills)",
+        )
+    } else {
+        ("Figures".to_owned(), "")
+    };
     let _ = writeln!(
         out,
-        "\nMedian: fault catch-up {} s; kill recovery median {} s, max {} s (taken over: median {} s).",
+        "\n{of}: fault catch-up {} s; kill recovery median {} s, max {} s{per}; taken over: median {} s.",
         opt(m.fault_catch_up_s, 2),
         opt(m.kill_recovery_median_s, 2),
         opt(m.kill_recovery_max_s, 2),
         opt(m.kill_taken_over_median_s, 2),
     );
+    let mut all: Vec<f64> = record
+        .runs
+        .iter()
+        .filter_map(|r| r.recovery.as_ref())
+        .flat_map(|r| r.kills.iter().filter_map(|k| k.recovered_s))
+        .collect();
+    if reps > 1 && !all.is_empty() {
+        let n = all.len();
+        let largest = all.iter().copied().fold(f64::MIN, f64::max);
+        let median = crate::results::median(&mut all).unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "Over all {n} kills recovered: median {median:.2} s, largest {largest:.2} s."
+        );
+    }
     let _ = writeln!(
         out,
         "\n*Fault catch-up*: from the fault's expiry until every entry appended before it is \
@@ -630,7 +654,7 @@ mod tests {
         assert_eq!(fault.measured, "1.50 s after 30% for 2 s; verify passed");
         assert_eq!(
             kill.measured,
-            "median 1.90 s, max 2.30 s over 3 kills; verify passed"
+            "median 1.90 s, max 2.30 s of 3 kills; verify passed"
         );
         let (fault, kill) = judged(&RecoveryRow {
             kills_unrecovered: 1,
@@ -640,12 +664,76 @@ mod tests {
         assert_eq!((fault.met, kill.met), (Some(false), Some(false)));
         assert_eq!(
             kill.measured,
-            "median 1.90 s, max 2.30 s over 3 kills, 1 not recovered; verify FAILED"
+            "median 1.90 s, max 2.30 s of 3 kills, 1 not recovered; verify FAILED"
         );
         let (fault, _) = judged(&RecoveryRow {
             fault_catch_up_s: Some(2.01),
             ..row
         });
         assert_eq!(fault.met, Some(false));
+    }
+
+    /// The recovery section lists each repetition's kills and, over
+    /// repetitions, the median and largest of every kill.
+    #[test]
+    fn renders_recovery_repetitions() {
+        use crate::results::{
+            FaultCatchUp, KillRecovery, ProbeResult, Recovery, RunResult, median_summary,
+        };
+        let run = |catch_up: f64, kills: &[f64]| RunResult {
+            recovery: Some(Recovery {
+                probe: ProbeResult {
+                    offered_rate: 2000.0,
+                    verified: Some(true),
+                    ..Default::default()
+                },
+                fault: Some(FaultCatchUp {
+                    catch_up_s: Some(catch_up),
+                    ..Default::default()
+                }),
+                kills: kills
+                    .iter()
+                    .map(|k| KillRecovery {
+                        stranded_entries: 4,
+                        taken_over_s: Some(*k),
+                        recovered_s: Some(*k),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let runs = vec![run(1.0, &[1.5, 2.5]), run(1.2, &[1.0, 3.0])];
+        let summaries: Vec<Summary> = runs
+            .iter()
+            .map(|r| crate::summary::summarize(r, None))
+            .collect();
+        let record = Record {
+            schema: 1,
+            started: "2026-12-07T00:00:00Z".into(),
+            wall_s: 1.0,
+            smoke: false,
+            command: Vec::new(),
+            settings: serde_json::Value::Null,
+            machine: Default::default(),
+            median: median_summary(&summaries),
+            runs,
+            summaries,
+            notes: Vec::new(),
+        };
+        let out = render(&record, None, None);
+        assert!(
+            out.contains("| 2 | 1.20 | 2 | 4, 4 | 1.00, 3.00 | 1.00, 3.00 | yes |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Medians of the 2 repetitions: fault catch-up 1.10 s; kill recovery median 2.00 s, max 2.75 s"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Over all 4 kills recovered: median 2.00 s, largest 3.00 s."),
+            "{out}"
+        );
     }
 }
