@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
@@ -20,6 +21,17 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 /// How often a failing signal may log a warning.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Set when the final flush is over (see [`crate::flush`]): a provider
+/// abandoned there may still see its export fail as the runtime goes away,
+/// and its warning would come after what must be the last log line. One
+/// flag for the process: there is one pipeline, installed once.
+static FLUSH_OVER: AtomicBool = AtomicBool::new(false);
+
+/// No more warnings from here on: the final flush has been reported.
+pub(crate) fn flush_over() {
+    FLUSH_OVER.store(true, Ordering::Relaxed);
+}
 
 /// Counts and rate-limits the failures of one signal's exporter.
 pub struct Failures {
@@ -61,6 +73,9 @@ impl Failures {
         let Err(err) = result else { return };
         self.counter()
             .add(1, &[KeyValue::new("signal", self.signal)]);
+        if FLUSH_OVER.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut last) = self.last_warning.lock() else {
             return;
         };

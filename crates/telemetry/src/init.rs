@@ -1,4 +1,4 @@
-//! Installing the pipeline, and flushing it at the end.
+//! Installing the pipeline, and handing it to the final flush at the end.
 
 use std::io::IsTerminal as _;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use crate::flush::{FlushReport, Provider};
+
 /// How log lines are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -22,12 +24,28 @@ pub enum LogFormat {
     Json,
 }
 
-/// The logging flags, flattened into the `testbed` command.
+/// The telemetry flags (logging and the final flush), flattened into the
+/// `testbed` command; global, so accepted before or after the subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
     /// Log line format on stdout.
     #[arg(long, env = "TESTBED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
+
+    /// At exit, after the servers have drained, how long the OTLP
+    /// exporters may take to send what they still hold (e.g. `1s`,
+    /// `500ms`). What is not sent by then is dropped, and the last log
+    /// line names the signals (traces, metrics, logs) it belonged to. Count
+    /// it in the pod's terminationGracePeriodSeconds, with the preStop
+    /// sleep and --shutdown-grace.
+    #[arg(
+        long,
+        env = "TESTBED_TELEMETRY_FLUSH_TIMEOUT",
+        default_value = "1s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub telemetry_flush_timeout: Duration,
 }
 
 /// Why telemetry could not start.
@@ -54,16 +72,50 @@ pub enum InitError {
     Subscriber(String),
 }
 
-/// Keeps the pipeline alive; drop it (last, after the servers have drained)
-/// to flush and stop it. Bind it to a named variable: `let _ = init(..)`
-/// would drop it at once.
+/// Keeps the pipeline alive; [`TelemetryGuard::shutdown`] it last, after
+/// the servers have drained, to flush and stop it within
+/// `--telemetry-flush-timeout` (dropping it does the same). Bind it to a
+/// named variable: `let _ = init(..)` would drop it at once.
 #[must_use = "dropping the guard stops telemetry"]
 pub struct TelemetryGuard {
+    /// The providers, until the final flush takes them.
+    providers: Option<Providers>,
+    registry: prometheus::Registry,
+    otlp: bool,
+    /// The final flush's budget.
+    flush_timeout: Duration,
+}
+
+/// Every provider the pipeline installed.
+struct Providers {
     tracer: SdkTracerProvider,
     meter: SdkMeterProvider,
     logger: Option<SdkLoggerProvider>,
-    registry: prometheus::Registry,
-    otlp: bool,
+}
+
+impl Providers {
+    /// Each provider's shutdown, for [`crate::flush::flush_within`].
+    fn into_flush(self) -> Vec<Provider> {
+        let Self {
+            tracer,
+            meter,
+            logger,
+        } = self;
+        let mut providers = vec![
+            Provider::new("traces", move |timeout| {
+                tracer.shutdown_with_timeout(timeout)
+            }),
+            Provider::new("metrics", move |timeout| {
+                meter.shutdown_with_timeout(timeout)
+            }),
+        ];
+        if let Some(logger) = logger {
+            providers.push(Provider::new("logs", move |timeout| {
+                logger.shutdown_with_timeout(timeout)
+            }));
+        }
+        providers
+    }
 }
 
 impl std::fmt::Debug for TelemetryGuard {
@@ -93,15 +145,39 @@ impl TelemetryGuard {
     pub fn otlp(&self) -> bool {
         self.otlp
     }
+
+    /// The final flush: shuts every provider down at once, exporting what
+    /// they hold, and returns after `--telemetry-flush-timeout` at the most;
+    /// a provider still exporting then is abandoned and what it held is
+    /// dropped (see [`crate::flush`] for why). Log the report it returns
+    /// last: no warning from an abandoned exporter follows it.
+    ///
+    /// Blocks the calling thread. Call it while the Tokio runtime still
+    /// runs (the exporters' gRPC connections are tasks on it) but not on
+    /// one of its worker threads: e.g. on the main thread once
+    /// `Runtime::block_on` has returned, before the runtime is shut down.
+    pub fn shutdown(mut self) -> FlushReport {
+        self.flush()
+    }
+
+    fn flush(&mut self) -> FlushReport {
+        let providers = self
+            .providers
+            .take()
+            .map(Providers::into_flush)
+            .unwrap_or_default();
+        let report = crate::flush::flush_within(providers, self.flush_timeout);
+        crate::export::flush_over();
+        report
+    }
 }
 
 impl Drop for TelemetryGuard {
+    /// A guard dropped without [`TelemetryGuard::shutdown`] (an early
+    /// return, a panic) still flushes within the budget.
     fn drop(&mut self) {
-        // Flush what is buffered; failures only lose telemetry.
-        let _ = self.tracer.shutdown();
-        let _ = self.meter.shutdown();
-        if let Some(logger) = &self.logger {
-            let _ = logger.shutdown();
+        if self.providers.is_some() {
+            self.flush().log();
         }
     }
 }
@@ -244,11 +320,14 @@ pub fn init(args: &LogArgs, service: &str) -> Result<TelemetryGuard, InitError> 
     };
     result.map_err(|e| InitError::Subscriber(e.to_string()))?;
     Ok(TelemetryGuard {
-        tracer,
-        meter,
-        logger,
+        providers: Some(Providers {
+            tracer,
+            meter,
+            logger,
+        }),
         registry,
         otlp: traces_otlp || metrics_otlp || logs_otlp,
+        flush_timeout: args.telemetry_flush_timeout,
     })
 }
 

@@ -25,13 +25,16 @@
 //! `OTEL_SDK_DISABLED`. With no endpoint set nothing is exported and nothing
 //! complains; `/metrics` still works. A dead collector never blocks a
 //! service: exports are batched on background tasks with bounded queues and
-//! timeouts, and failures only drop telemetry.
+//! timeouts, and failures only drop telemetry. Nor does it hold up an exit:
+//! the final flush gets `--telemetry-flush-timeout`, then what is left is
+//! dropped and the last log line says so ([`flush`]).
 //!
 //! This crate does not decide what to measure: services own their spans and
 //! instruments. It owns how they leave the process.
 //!
 //! # Layout
-//! - [`init`] / [`TelemetryGuard`]: installing and flushing the pipeline.
+//! - [`init`] / [`TelemetryGuard`]: installing the pipeline, and flushing
+//!   it at exit within `--telemetry-flush-timeout` ([`flush`]).
 //! - [`resource`]: service, host, architecture and Kubernetes attributes.
 //! - [`propagation`]: W3C trace context in and out of gRPC metadata and
 //!   stream entries.
@@ -54,6 +57,7 @@
 
 pub mod exemplars;
 pub mod export;
+pub mod flush;
 mod init;
 mod openmetrics;
 pub mod propagation;
@@ -62,5 +66,6 @@ pub mod rpc;
 mod serve;
 
 pub use exemplars::ExemplarHistogram;
+pub use flush::FlushReport;
 pub use init::{InitError, LogArgs, LogFormat, TelemetryGuard, init};
 pub use serve::serve_metrics;

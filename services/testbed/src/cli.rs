@@ -218,4 +218,32 @@ mod tests {
         assert_eq!(before.log.log_format, testbed_telemetry::LogFormat::Json);
         assert_eq!(after.log.log_format, testbed_telemetry::LogFormat::Json);
     }
+
+    /// `--telemetry-flush-timeout`: 1 s unless given, global, a humane
+    /// duration; a bad value is an error naming the flag.
+    #[test]
+    fn telemetry_flush_timeout_parses() {
+        let default = Cli::try_parse_from(["testbed", "query"]).unwrap();
+        assert_eq!(default.log.telemetry_flush_timeout, Duration::from_secs(1));
+        let before =
+            Cli::try_parse_from(["testbed", "--telemetry-flush-timeout", "250ms", "ingest"])
+                .unwrap();
+        assert_eq!(
+            before.log.telemetry_flush_timeout,
+            Duration::from_millis(250)
+        );
+        let after =
+            Cli::try_parse_from(["testbed", "worker", "--telemetry-flush-timeout", "2s 500ms"])
+                .unwrap();
+        assert_eq!(
+            after.log.telemetry_flush_timeout,
+            Duration::from_millis(2500)
+        );
+        let err = Cli::try_parse_from(["testbed", "all", "--telemetry-flush-timeout", "soon"])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("--telemetry-flush-timeout"),
+            "{err}"
+        );
+    }
 }

@@ -4,6 +4,13 @@
 //! shutdown signal, and hands everything to the service crates. All logic
 //! lives in the libraries, so tests can start the same servers in-process.
 //!
+//! Shutdown, in this order: SIGTERM/SIGINT cancels the root token; health
+//! goes NOT_SERVING and the listener stops accepting; in-flight calls,
+//! streams and consumers get --shutdown-grace; then the telemetry providers
+//! get --telemetry-flush-timeout to export what they hold; then the process
+//! exits 0. From SIGTERM to exit: at most the sum of the two, plus the
+//! moment it takes to stop the runtime.
+//!
 //! Exit codes: 0 after a clean shutdown; 1 when a server cannot start or
 //! fails; 2 for bad flags (clap's convention).
 #![forbid(unsafe_code)]
@@ -94,39 +101,85 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        // The exporters run on this runtime, so telemetry starts inside it;
-        // the guard is dropped last, after every server has drained.
-        let telemetry = match testbed_telemetry::init(&cli.log, cli.command.service_name()) {
-            Ok(guard) => guard,
-            Err(err) => {
-                eprintln!("testbed: {err}");
-                return ExitCode::from(2);
-            }
-        };
-        if let Some(warning) = cpu_class_warning {
-            tracing::warn!("{warning}");
-        }
-        let shutdown = CancellationToken::new();
-        // The one shutdown path: signals cancel the root token; every server,
-        // stream and background task watches it (or a child of it).
-        let signals = tokio::spawn(testbed_server::signal::cancel_on_signal(shutdown.clone()));
-        let result = dispatch(cli.command, &telemetry, shutdown).await;
+    let Stopped {
+        code,
+        telemetry,
+        signals,
+    } = runtime.block_on(run(cli, cpu_class_warning));
+    // Last, after every server has drained: the final flush, bounded by
+    // --telemetry-flush-timeout. On this thread, outside the runtime's
+    // workers, which keep the exporters' connections running meanwhile.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().log();
+    }
+    // Until here a second signal still exits at once (status 130).
+    if let Some(signals) = signals {
         signals.abort();
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err @ MainError::NeedsRedis(_)) => {
-                eprintln!("testbed: {err}");
-                ExitCode::from(2)
-            }
-            Err(err) => {
-                // One line, no backtrace: the message names the flag and value.
-                tracing::error!(error = %err, "testbed stopped");
-                eprintln!("testbed: {err}");
-                ExitCode::FAILURE
-            }
+    }
+    // Nothing left is worth waiting for: an abandoned exporter or a stray
+    // blocking task (a DNS lookup) must not hold up the exit.
+    runtime.shutdown_background();
+    code
+}
+
+/// How [`run`] ended: the exit code, and what `main` still shuts down once
+/// the runtime has stopped driving the servers.
+struct Stopped {
+    code: ExitCode,
+    /// None when telemetry could not start.
+    telemetry: Option<TelemetryGuard>,
+    /// The signal task, kept through the final flush.
+    signals: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Stopped {
+    fn early(code: ExitCode) -> Self {
+        Self {
+            code,
+            telemetry: None,
+            signals: None,
         }
-    })
+    }
+}
+
+/// Starts telemetry, then runs the subcommand until it stops on its own or
+/// after SIGTERM/SIGINT and the drain (--shutdown-grace).
+async fn run(cli: Cli, cpu_class_warning: Option<String>) -> Stopped {
+    // The exporters run on this runtime, so telemetry starts inside it; the
+    // guard is handed back to `main` for the final flush.
+    let telemetry = match testbed_telemetry::init(&cli.log, cli.command.service_name()) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("testbed: {err}");
+            return Stopped::early(ExitCode::from(2));
+        }
+    };
+    if let Some(warning) = cpu_class_warning {
+        tracing::warn!("{warning}");
+    }
+    let shutdown = CancellationToken::new();
+    // The one shutdown path: signals cancel the root token; every server,
+    // stream and background task watches it (or a child of it).
+    let signals = tokio::spawn(testbed_server::signal::cancel_on_signal(shutdown.clone()));
+    let result = dispatch(cli.command, &telemetry, shutdown).await;
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err @ MainError::NeedsRedis(_)) => {
+            eprintln!("testbed: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            // One line, no backtrace: the message names the flag and value.
+            tracing::error!(error = %err, "testbed stopped");
+            eprintln!("testbed: {err}");
+            ExitCode::FAILURE
+        }
+    };
+    Stopped {
+        code,
+        telemetry: Some(telemetry),
+        signals: Some(signals),
+    }
 }
 
 async fn dispatch(

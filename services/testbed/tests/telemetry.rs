@@ -5,135 +5,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Testbed;
+use common::otlp::start_collector;
 use common::pipeline::{event, test_minute};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use testbed_proto::v1::PublishRequest;
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
-
-/// What the receiver got.
-#[derive(Default)]
-struct Received {
-    spans: Vec<(Resource, Span)>,
-    metrics: Vec<(Resource, String, f64)>,
-    logs: usize,
-}
-
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Received>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut got = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let resource = rs.resource.unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    got.spans.push((resource.clone(), span));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-        use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
-        let mut got = self.0.lock().unwrap();
-        for rm in request.into_inner().resource_metrics {
-            let resource = rm.resource.unwrap_or_default();
-            for sm in rm.scope_metrics {
-                for m in sm.metrics {
-                    let value = match &m.data {
-                        Some(Data::Sum(s)) => s
-                            .data_points
-                            .iter()
-                            .map(|p| match p.value {
-                                Some(N::AsInt(i)) => i as f64,
-                                Some(N::AsDouble(d)) => d,
-                                None => 0.0,
-                            })
-                            .sum(),
-                        Some(Data::Histogram(h)) => {
-                            h.data_points.iter().map(|p| p.count as f64).sum()
-                        }
-                        _ => 0.0,
-                    };
-                    got.metrics.push((resource.clone(), m.name.clone(), value));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let n: usize = request
-            .into_inner()
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum();
-        self.0.lock().unwrap().logs += n;
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-async fn start_collector() -> (Collector, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let collector = Collector::default();
-    let c = collector.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(c.clone()))
-            .add_service(MetricsServiceServer::new(c.clone()))
-            .add_service(LogsServiceServer::new(c))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    (collector, format!("http://{addr}"))
-}
 
 fn attr(resource: &Resource, key: &str) -> Option<String> {
     resource

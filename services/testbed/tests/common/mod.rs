@@ -1,6 +1,7 @@
 //! A harness that runs the real `testbed` binary on an ephemeral port.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod otlp;
 pub mod pipeline;
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ pub struct Testbed {
     /// The bound `/metrics` address, from the same file.
     pub metrics_addr: SocketAddr,
     addr_file: PathBuf,
+    /// Where its stdout goes, when kept ([`Testbed::start_logged`]).
+    log_file: Option<PathBuf>,
 }
 
 impl Testbed {
@@ -39,6 +42,42 @@ impl Testbed {
     /// [`Testbed::start`] on gRPC address `addr` (a process restarted on
     /// the port its predecessor had, as a pod behind a Service is).
     pub fn start_at(args: &[&str], env: &[(&str, String)], addr: &str) -> Self {
+        let stdout = if std::env::var_os("TESTBED_IT_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Self::spawn(args, env, addr, stdout, None)
+    }
+
+    /// [`Testbed::start_with_env`], its log (stdout) kept in a file for
+    /// [`Testbed::log`].
+    pub fn start_logged(args: &[&str], env: &[(&str, String)]) -> Self {
+        let log_file = std::env::temp_dir().join(format!(
+            "testbed-it-{}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let file = std::fs::File::create(&log_file).expect("create the log file");
+        Self::spawn(args, env, "127.0.0.1:0", Stdio::from(file), Some(log_file))
+    }
+
+    /// What the process has logged so far (empty unless started with
+    /// [`Testbed::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log_file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, String)],
+        addr: &str,
+        stdout: Stdio,
+        log_file: Option<PathBuf>,
+    ) -> Self {
         let addr_file = std::env::temp_dir().join(format!(
             "testbed-it-{}-{}.json",
             std::process::id(),
@@ -51,11 +90,7 @@ impl Testbed {
             .arg("--addr-file")
             .arg(&addr_file)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(if std::env::var_os("TESTBED_IT_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn testbed");
@@ -82,6 +117,7 @@ impl Testbed {
             addr,
             metrics_addr,
             addr_file,
+            log_file,
         }
     }
 
@@ -159,6 +195,9 @@ impl Drop for Testbed {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.addr_file);
+        if let Some(log_file) = &self.log_file {
+            let _ = std::fs::remove_file(log_file);
+        }
     }
 }
 
