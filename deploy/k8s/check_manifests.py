@@ -14,8 +14,11 @@ problem found:
   liveness and startup ask for "", readiness for exactly the service the
   binary registers for that subcommand (asked of the running binary, see
   --live);
-- terminationGracePeriodSeconds covers the preStop sleep plus
-  --shutdown-grace;
+- the shutdown budget (base/shutdown-budget.yaml) adds up:
+  terminationGracePeriodSeconds = preStop sleep + shutdown grace +
+  telemetry flush timeout + margin; and every rendered server pod's
+  terminationGracePeriodSeconds covers its preStop sleep,
+  --shutdown-grace and --telemetry-flush-timeout plus that margin;
 - images: never "latest" or untagged; IfNotPresent only with a digest;
 - the restricted Pod Security Standard's fields, resources on every
   container, the recommended labels, namespaces, Service and PDB selectors
@@ -53,6 +56,8 @@ RUNTIME_ENV = {"POD_NAME", "POD_NAMESPACE", "NODE_NAME", "OTEL_EXPORTER_OTLP_END
 RECOMMENDED_LABELS = ("app.kubernetes.io/part-of", "app.kubernetes.io/managed-by")
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 KNOWN_CRDS = {("keda.sh/v1alpha1", "ScaledObject")}
+# Every number of the servers' shutdown, stated once (see the file).
+SHUTDOWN_BUDGET = Path(__file__).resolve().parent / "base" / "shutdown-budget.yaml"
 # The memory the testbed's own pods may ask for (sum of requests at minimum
 # replicas, Redis included): what fits next to the system on a 1 GiB Pi.
 MEMORY_REQUEST_BUDGET_MI = 640
@@ -238,6 +243,22 @@ def matches(selector: dict, labels: dict) -> bool:
     return True
 
 
+def shutdown_margin(path: Path) -> float:
+    """Checks that the shutdown budget adds up; returns its margin (s)."""
+    spec = yaml.safe_load(path.read_text())["spec"]
+    pre = spec["preStopSleepSeconds"]
+    grace = duration_s(spec["shutdownGrace"])
+    flush = duration_s(spec["telemetryFlushTimeout"])
+    margin = spec["marginSeconds"]
+    tgps = spec["terminationGracePeriodSeconds"]
+    if tgps != pre + grace + flush + margin:
+        fail(os.path.relpath(path), f"terminationGracePeriodSeconds {tgps} != preStop {pre} s + shutdownGrace {grace:g} s "
+                        f"+ telemetryFlushTimeout {flush:g} s + margin {margin} s = {pre + grace + flush + margin:g}")
+    if margin <= 0:
+        fail(os.path.relpath(path), f"marginSeconds {margin}: the process needs a moment to exit after the flush")
+    return margin
+
+
 def duration_s(text: str) -> float:
     total = 0.0
     for num, unit in re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)", text):
@@ -263,7 +284,7 @@ def crc16(data: bytes) -> int:
 
 
 def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registered: dict | None,
-                  collector: tuple[str, str, int] | None) -> None:
+                  collector: tuple[str, str, int] | None, margin: float) -> None:
     by_kind: dict[str, list[dict]] = {}
     for o in objs:
         by_kind.setdefault(o["kind"], []).append(o)
@@ -338,7 +359,7 @@ def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registe
                 fail(cwhere, "imagePullPolicy Never outside the kind overlay")
             if TESTBED_IMAGE.search(image):
                 check_testbed_container(cwhere, w, spec, c, configmaps, binary, helps, registered, services,
-                                        collector)
+                                        collector, margin)
     if memory_requests:
         print(f"  {name}: testbed namespace memory requests at minimum replicas: {memory_requests:.0f} MiB")
     if memory_requests > MEMORY_REQUEST_BUDGET_MI:
@@ -429,7 +450,8 @@ def service_for_host(host: str, services: dict) -> bool:
     return any(k[1] == parts[0] for k in services)
 
 
-def check_testbed_container(where, w, spec, c, configmaps, binary, helps, registered, services, collector):
+def check_testbed_container(where, w, spec, c, configmaps, binary, helps, registered, services, collector,
+                            margin):
     args = c.get("args", [])
     if not args or args[0] not in SUBCOMMANDS:
         fail(where, f"args must start with a subcommand {SUBCOMMANDS}, got {args[:1]}")
@@ -491,13 +513,17 @@ def check_testbed_container(where, w, spec, c, configmaps, binary, helps, regist
                 fail(where, f"readinessProbe service {service!r}, but `testbed {sub}` registers {sorted(want)}")
         elif want is not None and service not in want:
             fail(where, f"{kind} service {service!r} must be \"\" (the process as a whole)")
-    # Shutdown: preStop sleep + --shutdown-grace fit in the grace period.
+    # Shutdown: preStop sleep, then the drain (--shutdown-grace), then the
+    # final flush (--telemetry-flush-timeout), then exit, all before the
+    # kubelet's SIGKILL, with the budget's margin.
     grace = duration_s(values.get("TESTBED_SHUTDOWN_GRACE") or defaults["--shutdown-grace"])
+    flush = duration_s(values.get("TESTBED_TELEMETRY_FLUSH_TIMEOUT") or defaults["--telemetry-flush-timeout"])
     pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     tgps = spec.get("terminationGracePeriodSeconds", 30)
-    if pre + grace >= tgps:
-        fail(where, f"terminationGracePeriodSeconds {tgps} <= preStop {pre} s + --shutdown-grace {grace:g} s: "
-                    "the kubelet would SIGKILL a draining process")
+    if tgps < pre + grace + flush + margin:
+        fail(where, f"terminationGracePeriodSeconds {tgps} < preStop {pre} s + --shutdown-grace {grace:g} s "
+                    f"+ --telemetry-flush-timeout {flush:g} s + margin {margin:g} s "
+                    f"({SHUTDOWN_BUDGET.name}): the kubelet would SIGKILL a process still draining or flushing")
     if not pre:
         fail(where, "no preStop sleep: SIGTERM would arrive while endpoints still send new calls")
     # The event store and the collector are Services that exist.
@@ -534,9 +560,20 @@ def check_compose(path: Path, helps: dict) -> None:
         for a in cmd[1:]:
             if str(a).startswith("--") and str(a).split("=", 1)[0] not in flags:
                 fail(where, f"flag {a} is not in `testbed {cmd[0]} --help`")
-        for var in svc.get("environment", {}):
+        env = svc.get("environment", {})
+        for var in env:
             if var not in envs and not (var in RUNTIME_ENV and var.encode() in helps["binary"]):
                 fail(where, f"env {var} is neither in `testbed {cmd[0]} --help` nor read by the binary")
+        # Compose SIGKILLs stop_grace_period (default 10 s) after SIGTERM:
+        # the drain and the final flush must fit in it.
+        defaults = helps[cmd[0]][2]
+        stop = duration_s(str(svc.get("stop_grace_period", "10s")))
+        grace = duration_s(str(env.get("TESTBED_SHUTDOWN_GRACE") or defaults["--shutdown-grace"]))
+        flush = duration_s(str(env.get("TESTBED_TELEMETRY_FLUSH_TIMEOUT") or defaults["--telemetry-flush-timeout"]))
+        if cmd[0] in SERVERS and stop <= grace + flush:
+            fail(where, f"stop_grace_period {stop:g} s <= --shutdown-grace {grace:g} s + "
+                        f"--telemetry-flush-timeout {flush:g} s: compose would SIGKILL a process still "
+                        "draining or flushing")
     print(f"  {path}: {count} testbed services, flags and env vars checked")
 
 
@@ -564,9 +601,12 @@ def main() -> None:
             collector = ("otel-collector", o["metadata"]["namespace"], port)
     if collector is None:
         fail("observability", "no otel-collector Service with port 4317")
+    before = len(errors)
+    margin = shutdown_margin(SHUTDOWN_BUDGET)
+    print(f"  {SHUTDOWN_BUDGET.name}: margin {margin} s, {'adds up' if len(errors) == before else 'FAILED'}")
     for name, objs in overlays.items():
         before = len(errors)
-        check_overlay(name, objs, args.bin, helps, registered, collector)
+        check_overlay(name, objs, args.bin, helps, registered, collector, margin)
         print(f"  {name}: {len(objs)} objects, {'ok' if len(errors) == before else 'FAILED'}")
     if args.compose:
         check_compose(args.compose, helps)
