@@ -156,6 +156,7 @@ impl TelemetryGuard {
     /// runs (the exporters' gRPC connections are tasks on it) but not on
     /// one of its worker threads: e.g. on the main thread once
     /// `Runtime::block_on` has returned, before the runtime is shut down.
+    #[must_use = "log the report: it says what was dropped, as the last line"]
     pub fn shutdown(mut self) -> FlushReport {
         self.flush()
     }
