@@ -15,6 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Testbed;
+use common::sim::{Finished, Sim, sum};
 use testbed_stream::{AnyLog, EventLog as _, RedisLog, StoreArgs};
 use testbed_test_support::RedisCluster;
 
@@ -42,68 +43,29 @@ impl Split {
         }
     }
 
-    /// `testbed sim --verify` at `rate` for `secs`, its JSON report to a
-    /// file, per-second figures included.
-    fn sim(
-        &self,
-        run_id: &str,
-        rate: u32,
-        secs: u32,
-    ) -> (tokio::process::Child, std::path::PathBuf) {
-        let report =
-            std::env::temp_dir().join(format!("failover-{run_id}-{}.json", std::process::id()));
-        let _ = std::fs::remove_file(&report);
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(["sim", "--target"])
-            .arg(format!("http://{}", self.ingest.addr))
-            .arg("--query-target")
-            .arg(format!("http://{}", self.query.addr))
-            .args([
+    /// `testbed sim --verify` at `rate` for `secs`, from 200 devices.
+    fn sim(&self, run_id: &str, rate: u32, secs: u32) -> Sim {
+        let target = format!("http://{}", self.ingest.addr);
+        let query = format!("http://{}", self.query.addr);
+        let (rate, duration) = (rate.to_string(), format!("{secs}s"));
+        Sim::start(
+            run_id,
+            &[
+                "--target",
+                &target,
+                "--query-target",
+                &query,
                 "--rate",
-                &rate.to_string(),
+                &rate,
                 "--duration",
-                &format!("{secs}s"),
-            ])
-            .args(["--devices", "200", "--run-id", run_id, "--verify"])
-            .args([
+                &duration,
+                "--devices",
+                "200",
                 "--verify-timeout",
                 "30s",
-                "--output",
-                "json",
-                "--output-file",
-            ])
-            .arg(&report)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        (child, report)
+            ],
+        )
     }
-}
-
-async fn finish(
-    child: tokio::process::Child,
-    report: &std::path::Path,
-) -> (Option<i32>, String, serde_json::Value) {
-    let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("sim still running after 120 s")
-        .unwrap();
-    let json = serde_json::from_str(&std::fs::read_to_string(report).unwrap_or_default())
-        .unwrap_or_default();
-    let _ = std::fs::remove_file(report);
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-        json,
-    )
-}
-
-fn sum(v: &serde_json::Value) -> u64 {
-    v.as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0)
 }
 
 /// Waits until the load has run for `after` (the pipeline flowing).
@@ -202,7 +164,7 @@ async fn failover_run(run: &str, departure: Departure, ingest_flags: &[&str]) ->
     let split = Split::start(&cluster, ingest_flags).await;
     let ingested = Ingested::follow(&cluster).await;
     let started = Instant::now();
-    let (sim, report) = split.sim(run, RATE, 12);
+    let sim = split.sim(run, RATE, 12);
     into_the_run(started, Duration::from_secs(3)).await;
     let master = cluster.masters()[0];
     let replica = cluster.replica_of(master).expect("a replica");
@@ -223,7 +185,7 @@ async fn failover_run(run: &str, departure: Departure, ingest_flags: &[&str]) ->
         rejoined = Some(left.elapsed());
     }
     cluster.wait_ok();
-    let (code, stderr, json) = finish(sim, &report).await;
+    let Finished { code, stderr, json } = sim.finish(Duration::from_secs(120)).await;
     let v = &json["verification"];
     let (expected, processed) = (sum(&v["expected"]), sum(&v["processed"]));
     let back = ingested.back_to(left, f64::from(RATE) * 0.9);

@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Testbed;
+use common::sim::{Finished, Sim, sum};
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
 use testbed_proto::v1::{FailureFault, Fault, FaultScope, InjectFaultRequest, fault::Effect};
 use testbed_stream::{AnyLog, EventLog as _, RedisLog, StoreArgs};
@@ -97,42 +98,28 @@ impl Split {
     }
 
     /// Starts `testbed sim --verify` against ingest (and query for the
-    /// check) at `rate` for `secs`, writing its JSON report to a file;
-    /// returns the child and the report's path.
-    fn sim(
-        &self,
-        run_id: &str,
-        rate: u32,
-        secs: u32,
-    ) -> (tokio::process::Child, std::path::PathBuf) {
-        let report =
-            std::env::temp_dir().join(format!("faults-{run_id}-{}.json", std::process::id()));
-        let _ = std::fs::remove_file(&report);
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(["sim", "--target"])
-            .arg(format!("http://{}", self.ingest.addr))
-            .arg("--query-target")
-            .arg(format!("http://{}", self.query.addr))
-            .args([
+    /// check) at `rate` for `secs`, from 50 devices.
+    fn sim(&self, run_id: &str, rate: u32, secs: u32) -> Sim {
+        let target = format!("http://{}", self.ingest.addr);
+        let query = format!("http://{}", self.query.addr);
+        let (rate, duration) = (rate.to_string(), format!("{secs}s"));
+        Sim::start(
+            run_id,
+            &[
+                "--target",
+                &target,
+                "--query-target",
+                &query,
                 "--rate",
-                &rate.to_string(),
+                &rate,
                 "--duration",
-                &format!("{secs}s"),
-            ])
-            .args(["--devices", "50", "--run-id", run_id, "--verify"])
-            .args([
+                &duration,
+                "--devices",
+                "50",
                 "--verify-timeout",
                 "20s",
-                "--output",
-                "json",
-                "--output-file",
-            ])
-            .arg(&report)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        (child, report)
+            ],
+        )
     }
 
     /// Waits until the pipeline has processed something (the load runs).
@@ -209,30 +196,8 @@ impl Split {
     }
 }
 
-/// The sim's exit code, stderr and JSON report.
-async fn finish(
-    child: tokio::process::Child,
-    report: &std::path::Path,
-) -> (Option<i32>, String, serde_json::Value) {
-    let output = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("sim still running after 90 s")
-        .unwrap();
-    let json = serde_json::from_str(&std::fs::read_to_string(report).unwrap_or_default())
-        .unwrap_or_default();
-    let _ = std::fs::remove_file(report);
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-        json,
-    )
-}
-
-fn sum(v: &serde_json::Value) -> u64 {
-    v.as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0)
-}
+/// How long a simulator run of the suite may take, verification included.
+const SIM_LIMIT: Duration = Duration::from_secs(90);
 
 /// The suite's tests, in a module of their own so that the test command
 /// runs them in a step of their own, with their figures shown
@@ -251,11 +216,11 @@ mod fault_suite {
     async fn a_transient_failure_is_retried_promptly_and_counted_once() {
         let redis = RedisServer::start();
         let split = Split::start(&redis, &[]).await;
-        let (sim, report) = split.sim("transient", 1000, 5);
+        let sim = split.sim("transient", 1000, 5);
         split.wait_processing().await;
         let expiry = split.fail("", 0.3, Duration::from_secs(2)).await;
         let caught_up = split.wait_nothing_pending_from_before(expiry).await;
-        let (code, stderr, json) = finish(sim, &report).await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
         let v = &json["verification"];
         let retried = split
             .worker_metric("worker_events_retried_total", "injected_fault")
@@ -299,10 +264,10 @@ mod fault_suite {
             "100ms",
         ];
         let split = Split::start(&redis, &flags).await;
-        let (sim, report) = split.sim("budget", 500, 3);
+        let sim = split.sim("budget", 500, 3);
         split.wait_processing().await;
         split.fail("sim-00003", 1.0, Duration::from_secs(4)).await;
-        let (code, stderr, json) = finish(sim, &report).await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
         let v = &json["verification"];
         let (expected, processed) = (sum(&v["expected"]), sum(&v["processed"]));
         let dead = v["dead_lettered"].as_u64().unwrap_or(0);
@@ -349,7 +314,7 @@ mod fault_suite {
     async fn a_sigkilled_worker_is_taken_over_within_heartbeats() {
         let redis = RedisServer::start();
         let split = Split::start(&redis, &[]).await;
-        let (sim, report) = split.sim("takeover", 1000, 8);
+        let sim = split.sim("takeover", 1000, 8);
         split.wait_processing().await;
         let mut recoveries = Vec::new();
         let mut attempt = 0;
@@ -379,7 +344,7 @@ mod fault_suite {
             }
             recoveries.push((stranded, killed.elapsed()));
         }
-        let (code, stderr, json) = finish(sim, &report).await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
         let v = &json["verification"];
         let taken = split
             .worker_metric("worker_entries_taken_over_total", "")
@@ -407,12 +372,12 @@ mod fault_suite {
     async fn ingest_killed_and_stopped_mid_stream_loses_and_doubles_nothing() {
         let redis = RedisServer::start();
         let mut split = Split::start(&redis, &[]).await;
-        let (sim, report) = split.sim("ingest-restarts", 1000, 6);
+        let sim = split.sim("ingest-restarts", 1000, 6);
         split.wait_processing().await;
         split.restart_ingest(&redis, true).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         split.restart_ingest(&redis, false).await;
-        let (code, stderr, json) = finish(sim, &report).await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
         let v = &json["verification"];
         eprintln!(
             "ingest SIGKILL + SIGTERM mid-stream: sent {}, accepted {}, failed {}, protocol errors {}, resent {}, \
@@ -453,7 +418,7 @@ mod fault_suite {
         let redis = RedisServer::start();
         let common = ["--health-interval", "100ms", "--redis-timeout", "300ms"];
         let split = Split::start_with(&redis, &common, &[]).await;
-        let (sim, report) = split.sim("frozen-redis", 1000, 6);
+        let sim = split.sim("frozen-redis", 1000, 6);
         split.wait_processing().await;
         redis.pause();
         let paused = Instant::now();
@@ -505,7 +470,7 @@ mod fault_suite {
             t.wait_serving(name).await;
         }
         let serving_again = resumed.elapsed();
-        let (code, stderr, json) = finish(sim, &report).await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
         let v = &json["verification"];
         eprintln!(
             "Redis frozen 1.5 s: a Publish refused {:?} after {refused_after:?}; NOT_SERVING after {not_serving:?}; \

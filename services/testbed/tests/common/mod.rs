@@ -3,6 +3,7 @@
 
 pub mod otlp;
 pub mod pipeline;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
