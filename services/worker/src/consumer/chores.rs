@@ -31,6 +31,9 @@ impl Consumer {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
+            if matches!(chore, Chore::TakeOver) && !self.take_over_due() {
+                continue;
+            }
             for partition in 0..self.log.partitions() {
                 if shutdown.is_cancelled() {
                     return;

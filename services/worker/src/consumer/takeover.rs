@@ -14,6 +14,11 @@
 //! `--claim-idle` stays as the fallback for a consumer whose death this
 //! cannot see (the heartbeats unreadable).
 //!
+//! The members are listed (an `XINFO CONSUMERS` per partition) only when
+//! that can find something: after the live consumers changed, while dead
+//! ones still hold entries, and every `--maintenance-interval` for a
+//! consumer that died before its first heartbeat.
+//!
 //! A dead consumer left holding nothing (and idle past `--claim-idle`) is
 //! removed from the group, atomically with the check that it holds
 //! nothing, so the group's member list, which this reads, stays short.
@@ -30,13 +35,20 @@ use std::time::Instant;
 /// A heartbeat older than this many `--heartbeat-interval`s has lapsed.
 pub const LAPSE_INTERVALS: u32 = 2;
 
-/// The consumers alive when last looked at.
+/// The consumers alive when last looked at, and what the last look at
+/// the group's members found.
 #[derive(Debug, Default)]
 pub(super) struct Liveness {
     /// When the follower read the heartbeats.
     at: Option<Instant>,
     /// Consumer names with a heartbeat younger than the lapse.
     live: BTreeSet<String>,
+    /// The live names the group was last looked at with.
+    scanned: Option<BTreeSet<String>>,
+    /// When every partition's members were last listed.
+    scanned_at: Option<Instant>,
+    /// Whether that look left dead consumers holding entries.
+    dead_holding: bool,
 }
 
 impl Consumer {
@@ -44,10 +56,8 @@ impl Consumer {
     /// follower from the store just now).
     pub fn set_live_consumers(&self, live: BTreeSet<String>) {
         if let Ok(mut slot) = self.liveness.lock() {
-            *slot = Liveness {
-                at: Some(Instant::now()),
-                live,
-            };
+            slot.at = Some(Instant::now());
+            slot.live = live;
         }
     }
 
@@ -63,6 +73,39 @@ impl Consumer {
         let slot = self.liveness.lock().ok()?;
         let at = slot.at?;
         (at.elapsed() < self.lapse()).then(|| slot.live.clone())
+    }
+
+    /// Whether the group's members are worth listing now (every partition
+    /// costs an `XINFO CONSUMERS`): when the live consumers changed (one
+    /// whose heartbeat lapsed left them), when the last look left dead
+    /// consumers holding entries, and every `--maintenance-interval` for
+    /// consumers that died before their first heartbeat.
+    pub(super) fn take_over_due(&self) -> bool {
+        let Ok(mut slot) = self.liveness.lock() else {
+            return false;
+        };
+        let fresh = slot.at.is_some_and(|at| at.elapsed() < self.lapse());
+        if !fresh {
+            return false;
+        }
+        let changed = slot.scanned.as_ref() != Some(&slot.live);
+        let periodic = slot
+            .scanned_at
+            .is_none_or(|at| at.elapsed() >= self.config.maintenance_interval);
+        let due = changed || periodic || slot.dead_holding;
+        if due {
+            slot.scanned = Some(slot.live.clone());
+            slot.scanned_at = Some(Instant::now());
+            slot.dead_holding = false;
+        }
+        due
+    }
+
+    /// Notes that a dead consumer still holds entries (look again soon).
+    fn dead_still_holding(&self) {
+        if let Ok(mut slot) = self.liveness.lock() {
+            slot.dead_holding = true;
+        }
     }
 
     /// Claims and processes the pending entries of `partition`'s dead
@@ -82,6 +125,12 @@ impl Consumer {
             }
         };
         let silent = self.config.heartbeat_interval;
+        // Not yet silent long enough to be judged: look again next round.
+        if consumers.iter().any(|c| {
+            *c.name != *self.name && !live.contains(&c.name) && c.pending > 0 && c.idle < silent
+        }) {
+            self.dead_still_holding();
+        }
         for dead in consumers
             .into_iter()
             .filter(|c| *c.name != *self.name && !live.contains(&c.name) && c.idle >= silent)
@@ -100,23 +149,25 @@ impl Consumer {
                 }
                 continue;
             }
-            self.take_over_from(partition, &dead.name).await;
+            if !self.take_over_from(partition, &dead.name).await {
+                self.dead_still_holding();
+            }
         }
     }
 
     /// Claims the pending entries of the dead consumer `from`, a read's
-    /// worth at a time, and processes them.
-    async fn take_over_from(&self, partition: u32, from: &str) {
+    /// worth at a time, and processes them; whether it holds none now.
+    async fn take_over_from(&self, partition: u32, from: &str) -> bool {
         let count = self.config.read_count as usize;
         // Each round moves what it lists out of `from`'s hands; bounded all
         // the same, the rest is for the next look.
         for _ in 0..64 {
             let ids = match self.log.pending_of(partition, from, count).await {
                 Ok(ids) if !ids.is_empty() => ids,
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(err) => {
                     tracing::warn!(partition, error = %err, "cannot list a dead consumer's entries");
-                    return;
+                    return false;
                 }
             };
             let listed = ids.len();
@@ -124,7 +175,7 @@ impl Consumer {
                 Ok(entries) => entries,
                 Err(err) => {
                     tracing::warn!(partition, error = %err, "cannot claim a dead consumer's entries");
-                    return;
+                    return false;
                 }
             };
             tracing::info!(
@@ -140,8 +191,9 @@ impl Consumer {
             let failed = self.process(partition, entries).await;
             self.schedule_retries(partition, failed);
             if listed < count {
-                return;
+                return true;
             }
         }
+        false
     }
 }

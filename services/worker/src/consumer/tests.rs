@@ -320,3 +320,21 @@ mod retries {
         );
     }
 }
+
+/// The group's members are listed when the live consumers change, not
+/// every round; nothing is judged before the follower has read the
+/// heartbeats.
+#[tokio::test]
+async fn members_are_listed_when_the_live_consumers_change() {
+    let consumer = lingering_consumer(0).await;
+    assert!(!consumer.take_over_due(), "no heartbeats read yet");
+    let live = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+    consumer.set_live_consumers(live(&["a", "b"]));
+    assert!(consumer.take_over_due(), "first look");
+    assert!(!consumer.take_over_due(), "nothing changed");
+    consumer.set_live_consumers(live(&["a", "b"]));
+    assert!(!consumer.take_over_due(), "the same names again");
+    consumer.set_live_consumers(live(&["a"]));
+    assert!(consumer.take_over_due(), "b's heartbeat lapsed");
+    assert!(!consumer.take_over_due());
+}
