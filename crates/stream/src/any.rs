@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::keys::Keys;
-use crate::kv::{AggregateStore, HashFields};
+use crate::kv::{AggregateStore, HashFields, Prune};
 use crate::log::EventLog;
 use crate::memory::MemoryLog;
 use crate::model::{
@@ -52,6 +52,19 @@ impl AnyLog {
         move || {
             let log = log.clone();
             Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
+        }
+    }
+
+    /// The same store on connections of its own whose every call is
+    /// bounded by `call_timeout` (instead of `--redis-timeout`), for a
+    /// reader in a process that also writes (`testbed all`): a large or
+    /// slow reply then never queues ahead of an append or an apply, nor
+    /// an abandoned read's reply behind it. The embedded log is shared
+    /// as it is (its calls do not queue on a connection).
+    pub fn for_reads(&self, call_timeout: Duration) -> Self {
+        match self {
+            Self::Memory(log) => Self::Memory(log.clone()),
+            Self::Redis(log) => Self::Redis(log.with_own_connections(call_timeout)),
         }
     }
 
@@ -234,7 +247,20 @@ impl AggregateStore for AnyLog {
         delegate!(self, log => log.zset_remove_below(key, score))
     }
 
-    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
-        delegate!(self, log => log.prune_index(index, score, records))
+    async fn zset_range_lex(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        delegate!(self, log => log.zset_range_lex(key, after, limit))
+    }
+
+    async fn zset_len(&self, key: &str) -> Result<u64, StoreError> {
+        delegate!(self, log => log.zset_len(key))
+    }
+
+    async fn prune_index(&self, prune: Prune<'_>) -> Result<u64, StoreError> {
+        delegate!(self, log => log.prune_index(prune))
     }
 }

@@ -133,6 +133,21 @@ impl Keys {
         format!("{}:devices", self.tag(p))
     }
 
+    /// Devices of the partition by id (sorted set, every score 0, so that
+    /// `ZRANGEBYLEX ... LIMIT` reads a page in id order); members leave it
+    /// with the [`Keys::devices`] index they are pruned from.
+    pub fn device_ids(&self, p: u32) -> String {
+        format!("{}:device-ids", self.tag(p))
+    }
+
+    /// The devices of partition `p` that carried label `key` = `value`
+    /// (sorted set, every score 0, read like [`Keys::device_ids`]): the
+    /// postings of one label pair. Key and value are hex-encoded, so any
+    /// text (`#`, `/`, `=` included) names one key and never a record.
+    pub fn label_devices(&self, p: u32, key: &str, value: &str) -> String {
+        format!("{}:label/{}/{}", self.tag(p), hex(key), hex(value))
+    }
+
     /// Token usage per minute (hash; fields in [`crate::aggregates::tokens`]).
     pub fn tokens_minute(&self, p: u32, minute: i64) -> String {
         format!("{}:tok:m:{minute}", self.tag(p))
@@ -187,6 +202,15 @@ impl Keys {
     }
 }
 
+/// Lowercase hex of the bytes of `text`.
+fn hex(text: &str) -> String {
+    use std::fmt::Write as _;
+    text.bytes().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// The version key (see [`Keys::version`]) of the partition `key` belongs
 /// to, `None` if `key` has no partition hash tag.
 pub fn version_of(key: &str) -> Option<String> {
@@ -227,6 +251,23 @@ mod tests {
         ] {
             assert!(key.starts_with("{tb:p3}:"), "{key}");
         }
+    }
+
+    /// Label postings are plain keys of the partition, one per pair,
+    /// whatever the text of the label.
+    #[test]
+    fn label_postings_are_unambiguous() {
+        let k = Keys::new("tb");
+        assert_eq!(
+            k.label_devices(2, "arch", "arm64"),
+            "{tb:p2}:label/61726368/61726d3634"
+        );
+        assert_ne!(
+            k.label_devices(0, "a=b", "c"),
+            k.label_devices(0, "a", "b=c")
+        );
+        assert_eq!(record_parts(&k.label_devices(0, "a#b", "#")), None);
+        assert_eq!(k.device_ids(1), "{tb:p1}:device-ids");
     }
 
     /// Device-minutes and device states are records; other keys are not.

@@ -11,6 +11,27 @@ use crate::StoreError;
 /// A hash or a record as text: (field, value), sorted by field.
 pub type HashFields = Vec<(String, String)>;
 
+/// What [`AggregateStore::prune_index`] removes: members of `index` scored
+/// below `below`, at most `limit` of them, from `index`, from `ids`, from
+/// every key their record lists under `indexed_in`, and their records.
+#[derive(Debug, Clone, Copy)]
+pub struct Prune<'a> {
+    /// The index by score (a device's last-seen time).
+    pub index: &'a str,
+    /// Members scored below this leave.
+    pub below: f64,
+    /// The container of the members' records (`<records>#<member>`).
+    pub records: &'a str,
+    /// A second index of the same members (by id), which they leave too.
+    pub ids: &'a str,
+    /// The record field listing, one per line, further sorted sets the
+    /// member leaves (its label postings).
+    pub indexed_in: &'a str,
+    /// At most this many members per call: the call's cost is bounded
+    /// whatever the index holds; a caller with more to prune calls again.
+    pub limit: usize,
+}
+
 /// Reads and small writes of hashes, sorted sets and records, outside the
 /// log's atomic steps. Every backend of [`crate::EventLog`] implements it.
 pub trait AggregateStore: Send + Sync {
@@ -19,6 +40,20 @@ pub trait AggregateStore: Send + Sync {
         &self,
         key: &str,
     ) -> impl Future<Output = Result<Vec<(String, f64)>, StoreError>> + Send;
+
+    /// Up to `limit` members of the sorted set `key` after `after` (all of
+    /// them from the start when `None`), in byte order of the member: for
+    /// sets whose members all share one score (Redis `ZRANGEBYLEX ...
+    /// LIMIT`), so the cost is the page's, not the set's.
+    fn zset_range_lex(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The number of members of the sorted set `key` (0 when missing).
+    fn zset_len(&self, key: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Sets `fields` of the hash `key` and, if given, its time to live.
     fn write_hash(
@@ -64,15 +99,13 @@ pub trait AggregateStore: Send + Sync {
         container: &str,
     ) -> impl Future<Output = Result<Vec<(String, HashFields)>, StoreError>> + Send;
 
-    /// Removes the members of the sorted set `index` scored below `score`
-    /// and, atomically with them, each one's record `<records>#<member>`
-    /// (see [`crate::keys`], "Records"); returns how many. Records share
-    /// their container's time to live, so an index is what lets records of
-    /// members gone quiet leave one by one.
-    fn prune_index(
-        &self,
-        index: &str,
-        score: f64,
-        records: &str,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Removes up to `prune.limit` members of the sorted set `prune.index`
+    /// scored below `prune.below` (lowest first) and, atomically with them,
+    /// each one's record `<records>#<member>` (see [`crate::keys`],
+    /// "Records") and its membership of `prune.ids` and of the sets its
+    /// record lists under `prune.indexed_in`; returns how many. Records
+    /// share their container's time to live, so an index is what lets
+    /// records of members gone quiet leave one by one.
+    fn prune_index(&self, prune: Prune<'_>)
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

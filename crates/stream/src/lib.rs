@@ -75,7 +75,7 @@ pub mod redis_log;
 pub use any::AnyLog;
 pub use config::StoreArgs;
 pub use error::StoreError;
-pub use kv::{AggregateStore, HashFields};
+pub use kv::{AggregateStore, HashFields, Prune};
 pub use log::EventLog;
 pub use memory::MemoryLog;
 pub use model::{

@@ -13,7 +13,7 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use crate::keys::Keys;
-use crate::kv::{AggregateStore, HashFields};
+use crate::kv::{AggregateStore, HashFields, Prune};
 use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Op, Ops,
@@ -106,7 +106,9 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Kv {
     hashes: HashMap<String, HashMap<String, String>>,
-    zsets: HashMap<String, HashMap<String, f64>>,
+    /// Members kept in byte order, so a range by member
+    /// ([`AggregateStore::zset_range_lex`]) costs the page, as in Redis.
+    zsets: HashMap<String, BTreeMap<String, f64>>,
     expiry: HashMap<String, Instant>,
 }
 
@@ -666,22 +668,63 @@ impl AggregateStore for MemoryLog {
         Ok((before - z.len()) as u64)
     }
 
-    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
+    async fn zset_range_lex(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         let mut kv = self.kv();
-        kv.purge(index);
-        let Some(z) = kv.zsets.get_mut(index) else {
+        kv.purge(key);
+        let Some(z) = kv.zsets.get(key) else {
+            return Ok(Vec::new());
+        };
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        Ok(z.range::<str, _>((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(m, _)| m.clone())
+            .collect())
+    }
+
+    async fn zset_len(&self, key: &str) -> Result<u64, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(key);
+        Ok(kv.zsets.get(key).map_or(0, |z| z.len() as u64))
+    }
+
+    async fn prune_index(&self, prune: Prune<'_>) -> Result<u64, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(prune.index);
+        let Some(z) = kv.zsets.get_mut(prune.index) else {
             return Ok(0);
         };
-        let gone: Vec<String> = z
+        // In-process, a walk of the index costs no other caller a wait;
+        // what leaves per call is bounded as in Redis.
+        let mut gone: Vec<(f64, String)> = z
             .iter()
-            .filter(|(_, s)| **s < score)
-            .map(|(m, _)| m.clone())
+            .filter(|(_, s)| **s < prune.below)
+            .map(|(m, s)| (*s, m.clone()))
             .collect();
-        for member in &gone {
+        gone.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        gone.truncate(prune.limit);
+        for (_, member) in &gone {
             z.remove(member);
         }
-        for member in &gone {
-            kv.hashes.remove(&format!("{records}#{member}"));
+        for (_, member) in &gone {
+            if let Some(ids) = kv.zsets.get_mut(prune.ids) {
+                ids.remove(member);
+            }
+            let record = kv.hashes.remove(&format!("{}#{member}", prune.records));
+            let listed = record
+                .as_ref()
+                .and_then(|r| r.get(prune.indexed_in))
+                .map(|l| l.lines().map(str::to_owned).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for key in listed {
+                if let Some(set) = kv.zsets.get_mut(&key) {
+                    set.remove(member);
+                }
+            }
         }
         Ok(gone.len() as u64)
     }

@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use testbed_stream::AggregateStore as _;
+use testbed_stream::aggregates::device_state::INDEXED_IN;
 use testbed_stream::{
-    AnyLog, AppendEvent, ApplyOutcome, EntryMeta, EventLog, MemoryLog, Op, Ops, RedisLog, StoreArgs,
+    AnyLog, AppendEvent, ApplyOutcome, EntryMeta, EventLog, MemoryLog, Op, Ops, Prune, RedisLog,
+    StoreArgs,
 };
 use testbed_test_support::{RedisCluster, RedisServer};
 
@@ -1197,8 +1199,9 @@ async fn producer_duplicates_count_in_run_ledgers() {
     }
 }
 
-/// Pruning an index below a score removes those members and their records
-/// (device states), atomically, and leaves the others.
+/// Pruning an index below a score removes those members (lowest first, at
+/// most the limit per call), atomically with their records, their place in
+/// the id index and in every set their record lists; the others stay.
 #[tokio::test]
 async fn pruning_an_index_removes_its_records() {
     for b in [memory(1, 100).await, redis(1, 100).await] {
@@ -1207,26 +1210,48 @@ async fn pruning_an_index_removes_its_records() {
         let keys = log.keys();
         let mut ops = Ops::default();
         let index = ops.key(keys.devices(0));
+        let ids = ops.key(keys.device_ids(0));
+        let arm = keys.label_devices(0, "arch", "arm64");
+        let postings = ops.key(arm.clone());
         for (device, seen) in [("d1", 1000.0), ("d2", 2000.0), ("d3", 3000.0)] {
             let state = ops.key(keys.device(0, device));
             ops.push(Op::HashMax(state, "seen".into(), seen));
             ops.push(Op::HashSet(state, "labels".into(), "{}".into()));
+            ops.push(Op::HashSet(state, INDEXED_IN.into(), arm.clone()));
             ops.push(Op::Expire(state, 600));
             ops.push(Op::ZMax(index, device.into(), seen));
+            ops.push(Op::ZMax(ids, device.into(), 0.0));
+            ops.push(Op::ZMax(postings, device.into(), 0.0));
         }
         assert_eq!(
             log.apply(0, &read, 1, &ops).await.unwrap(),
             ApplyOutcome::Applied
         );
-        let removed = log
-            .prune_index(&keys.devices(0), 2500.0, &keys.device_states(0))
-            .await
-            .unwrap();
-        assert_eq!(removed, 2);
+        let (devices, states, id_index) =
+            (keys.devices(0), keys.device_states(0), keys.device_ids(0));
+        let prune = |limit| Prune {
+            index: &devices,
+            below: 2500.0,
+            records: &states,
+            ids: &id_index,
+            indexed_in: INDEXED_IN,
+            limit,
+        };
+        assert_eq!(log.prune_index(prune(1)).await.unwrap(), 1, "the limit");
+        assert_eq!(
+            log.zset_range_lex(&arm, None, 10).await.unwrap(),
+            ["d2", "d3"],
+            "the oldest left first"
+        );
+        assert_eq!(log.prune_index(prune(10)).await.unwrap(), 1);
+        assert_eq!(log.prune_index(prune(10)).await.unwrap(), 0);
         assert_eq!(
             log.read_zset(&keys.devices(0)).await.unwrap(),
             vec![("d3".to_owned(), 3000.0)]
         );
+        for set in [keys.device_ids(0), arm.clone()] {
+            assert_eq!(log.zset_range_lex(&set, None, 10).await.unwrap(), ["d3"]);
+        }
         let states = log
             .read_hashes(&[keys.device(0, "d1"), keys.device(0, "d3")])
             .await
@@ -1235,9 +1260,53 @@ async fn pruning_an_index_removes_its_records() {
         assert_eq!(
             states[1],
             vec![
+                (INDEXED_IN.to_owned(), arm.clone()),
                 ("labels".to_owned(), "{}".to_owned()),
                 ("seen".to_owned(), "3000".to_owned())
             ]
+        );
+    }
+}
+
+/// A set of equal scores reads in byte order of its members, a page at a
+/// time after a given member, and counts its members.
+#[tokio::test]
+async fn sorted_sets_read_by_member_in_pages() {
+    for b in [memory(1, 100).await, redis(1, 100).await] {
+        let log = &b.log;
+        for m in ["b", "a:2", "a", "c#1", "B", "\u{e9}", "a:10"] {
+            log.zset_set("lex", m, 0.0).await.unwrap();
+        }
+        assert_eq!(log.zset_len("lex").await.unwrap(), 7);
+        assert_eq!(log.zset_len("none").await.unwrap(), 0);
+        assert_eq!(
+            log.zset_range_lex("lex", None, 3).await.unwrap(),
+            ["B", "a", "a:10"]
+        );
+        assert_eq!(
+            log.zset_range_lex("lex", Some("a:10"), 3).await.unwrap(),
+            ["a:2", "b", "c#1"]
+        );
+        assert_eq!(
+            log.zset_range_lex("lex", Some("c#1"), 3).await.unwrap(),
+            ["\u{e9}"]
+        );
+        // A member not in the set resumes after where it would be.
+        assert_eq!(
+            log.zset_range_lex("lex", Some("a:3"), 1).await.unwrap(),
+            ["b"]
+        );
+        assert!(
+            log.zset_range_lex("lex", Some("\u{e9}"), 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            log.zset_range_lex("none", None, 5)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 }

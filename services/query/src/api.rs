@@ -21,6 +21,10 @@ use crate::time::{Window, now_ms};
 use crate::watch::WatchStream;
 use crate::{QueryConfig, devices, pipeline, runs, tokens};
 
+/// How much longer than the call budget one read on the query's
+/// connections may take (see [`QueryApi::with_config`]).
+const READ_TIMEOUT_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The query API.
 #[derive(Debug, Clone)]
 pub struct QueryApi {
@@ -30,6 +34,8 @@ pub struct QueryApi {
     watch_buffer: usize,
     /// Cancelled at shutdown: watch streams end with OK.
     shutdown: CancellationToken,
+    /// Budget of one unary call (`--query-timeout`).
+    budget: std::time::Duration,
 }
 
 impl QueryApi {
@@ -39,18 +45,39 @@ impl QueryApi {
         Self::with_config(log, &QueryConfig::default(), shutdown)
     }
 
-    /// Handlers over `log` with the limits of `config`.
+    /// Handlers over `log` with the limits of `config`, reading on
+    /// connections of their own ([`AnyLog::for_reads`]) whose calls are
+    /// bounded a little past the call budget, so that the budget ends a
+    /// slow query (DEADLINE_EXCEEDED) before a store timeout would
+    /// (UNAVAILABLE, which says the store is down).
     pub fn with_config(log: AnyLog, config: &QueryConfig, shutdown: CancellationToken) -> Self {
+        let reads = log.for_reads(config.query_timeout + READ_TIMEOUT_MARGIN);
         Self {
-            reader: Reader::new(log, config),
+            reader: Reader::new(reads, config),
             watch_buffer: config.query_watch_buffer as usize,
             shutdown,
+            budget: config.query_timeout,
         }
     }
 
     /// Wraps the handlers in tonic's generated server.
     pub fn into_server(self) -> QueryServiceServer<Self> {
         QueryServiceServer::new(self)
+    }
+
+    /// `work` within the call's budget: past it, DEADLINE_EXCEEDED, and
+    /// the reads it had in flight are dropped (on the query's own
+    /// connections, so nothing of the ingest or the worker waits behind
+    /// their replies).
+    async fn within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
+        tokio::time::timeout(self.budget, work)
+            .await
+            .unwrap_or(Err(QueryError::DeadlineExceeded {
+                budget: self.budget,
+            }))
     }
 
     /// A window from the request's `window` field, ending now.
@@ -74,7 +101,8 @@ impl QueryService for QueryApi {
         let device = request::id("device_id", &req.device_id)?;
         let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
         Ok(Response::new(
-            devices::device_stats(&self.reader, device, window).await?,
+            self.within(devices::device_stats(&self.reader, device, window))
+                .await?,
         ))
     }
 
@@ -87,13 +115,13 @@ impl QueryService for QueryApi {
         let filter = LabelFilter::parse(&req.filter)?;
         let after = decode_token(&req.page_token, &req.filter)?;
         Ok(Response::new(
-            devices::list_devices(
+            self.within(devices::list_devices(
                 &self.reader,
                 page_size,
                 &filter,
                 &req.filter,
                 after.as_deref(),
-            )
+            ))
             .await?,
         ))
     }
@@ -107,7 +135,8 @@ impl QueryService for QueryApi {
         let limit = request::limit(req.limit)?;
         let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
         Ok(Response::new(
-            devices::top_devices(&self.reader, metric, window, limit).await?,
+            self.within(devices::top_devices(&self.reader, metric, window, limit))
+                .await?,
         ))
     }
 
@@ -119,7 +148,8 @@ impl QueryService for QueryApi {
         let group_by = request::group_by(req.group_by)?;
         let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
         Ok(Response::new(
-            tokens::token_usage(&self.reader, group_by, window).await?,
+            self.within(tokens::token_usage(&self.reader, group_by, window))
+                .await?,
         ))
     }
 
@@ -129,7 +159,9 @@ impl QueryService for QueryApi {
     ) -> Result<Response<GetPipelineStatsResponse>, Status> {
         let req = request.into_inner();
         let window = self.window(req.window.as_ref(), DEFAULT_PIPELINE_WINDOW)?;
-        let stats = pipeline::pipeline_stats(&self.reader, window).await?;
+        let stats = self
+            .within(pipeline::pipeline_stats(&self.reader, window))
+            .await?;
         Ok(Response::new(GetPipelineStatsResponse {
             stats: Some(stats),
         }))
@@ -163,6 +195,8 @@ impl QueryService for QueryApi {
     ) -> Result<Response<GetRunStatsResponse>, Status> {
         let req = request.into_inner();
         let run_id = request::id("run_id", &req.run_id)?;
-        Ok(Response::new(runs::run_stats(&self.reader, run_id).await?))
+        Ok(Response::new(
+            self.within(runs::run_stats(&self.reader, run_id)).await?,
+        ))
     }
 }

@@ -20,6 +20,34 @@ pub struct QueryConfig {
     #[arg(long, env = "TESTBED_QUERY_WATCH_BUFFER", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub query_watch_buffer: u32,
+
+    /// Devices one ListDevices call examines at most. A filter matches
+    /// what its label postings hold, but a device whose labels changed, or
+    /// one of several pairs that rarely meet, can make a call read many
+    /// devices for few matches: past this many it answers the devices
+    /// found so far (fewer than page_size, possibly none) with a
+    /// next_page_token that resumes where it stopped.
+    #[arg(long, env = "TESTBED_QUERY_MAX_SCAN", default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub query_max_scan: u32,
+
+    /// Budget of one unary query call. Past it the call answers DEADLINE_EXCEEDED; the store is
+    /// not down, the query was too large or Redis too busy for it. Query
+    /// reads use their own Redis connections, whose per-call bound is
+    /// this budget (plus a margin) instead of --redis-timeout, so that the
+    /// budget, not the store's bound, ends a slow query.
+    #[arg(long, env = "TESTBED_QUERY_TIMEOUT", default_value = "2s",
+          value_parser = parse_timeout)]
+    pub query_timeout: std::time::Duration,
+}
+
+/// A `--query-timeout`: a duration from 1 ms to 10 minutes.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(1) || d > std::time::Duration::from_secs(600) {
+        return Err(format!("{text} is not between 1ms and 10m"));
+    }
+    Ok(d)
 }
 
 testbed_flags::default_from_flags!(QueryConfig);
@@ -46,6 +74,9 @@ mod tests {
             ("--query-read-batch", "0"),
             ("--query-read-concurrency", "0"),
             ("--query-watch-buffer", "0"),
+            ("--query-max-scan", "0"),
+            ("--query-timeout", "0s"),
+            ("--query-timeout", "11m"),
         ] {
             let err =
                 testbed_flags::parse_from::<QueryConfig, _, _>(["x", flag, value]).unwrap_err();

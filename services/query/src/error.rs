@@ -24,6 +24,13 @@ pub enum QueryError {
         /// The id asked for.
         id: String,
     },
+    /// The query did not finish within its budget (`--query-timeout`):
+    /// the store may be fine, the query too large or Redis too busy.
+    #[error("the query did not finish within --query-timeout {budget:?}")]
+    DeadlineExceeded {
+        /// The budget it ran out of.
+        budget: std::time::Duration,
+    },
     /// The store failed or answered something unexpected.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -56,6 +63,11 @@ impl From<QueryError> for Status {
                 ErrorDetails::with_bad_request_violation(*field, reason.clone()),
             ),
             QueryError::NotFound { .. } => Status::not_found(err.to_string()),
+            // Not UNAVAILABLE: that tells clients and health checks the
+            // store is down, which a slow query does not show.
+            QueryError::DeadlineExceeded { .. } => Status::deadline_exceeded(format!(
+                "{err}; narrow the window, use a smaller page, or retry later"
+            )),
             QueryError::Store(store) => store_status(store, "reading statistics", "retry later"),
         }
     }
@@ -85,6 +97,16 @@ mod tests {
 
         let status = Status::from(QueryError::Store(StoreError::Unavailable("down".into())));
         assert_eq!(status.code(), Code::Unavailable);
+
+        let status = Status::from(QueryError::DeadlineExceeded {
+            budget: std::time::Duration::from_secs(2),
+        });
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(
+            status.message().contains("--query-timeout"),
+            "{}",
+            status.message()
+        );
 
         let status = Status::from(QueryError::corrupt("k", "n", "boom"));
         assert_eq!(status.code(), Code::Internal);

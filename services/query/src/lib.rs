@@ -6,17 +6,22 @@
 //! and minutes, and the latency percentiles of their histograms. It never
 //! writes aggregates (the worker does, see `testbed-worker`'s `fold`), and
 //! never scans the keyspace: every key it reads is named from the
-//! partition, the minute and the device, run or metric.
+//! partition, the minute and the device, run or metric. Its reads run on
+//! connections of their own, each call within `--query-timeout`, and every
+//! Redis command they send is bounded whatever the fleet (but TopDevices',
+//! see the README's "What each read costs").
 //!
 //! # Layout
 //! - [`QueryConfig`] (`config`): the `testbed query` flags (read batch,
-//!   read concurrency, watch buffer).
+//!   read concurrency, watch buffer, scan budget, call budget).
 //! - [`api`]: the RPC handlers, one per RPC (`GetDeviceStats`,
 //!   `ListDevices`, `TopDevices`, `GetTokenUsage`, `GetPipelineStats`,
 //!   `WatchPipelineStats`, `GetRunStats`).
 //! - `request`: defaults and bounds of request fields (windows, interval,
 //!   page size, limit, enums, ids).
 //! - `paging`: ListDevices' label filter and page tokens.
+//! - `index`: the per-partition device indexes (ids, label postings) read
+//!   in id order, a bounded page per partition at a time.
 //! - `devices`, `tokens`, `pipeline`, `runs`: each query, from key
 //!   names to response.
 //! - `watch`: the WatchPipelineStats producer and its stream.
@@ -33,6 +38,7 @@ pub mod api;
 mod config;
 mod devices;
 pub mod error;
+mod index;
 mod paging;
 mod percentiles;
 mod pipeline;

@@ -45,6 +45,16 @@ impl LabelFilter {
         Ok(Self { pairs })
     }
 
+    /// The (key, value) pairs, in the order given.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+
+    /// Whether it matches every device.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
     /// Whether `labels` has every pair.
     pub fn matches(&self, labels: &HashMap<String, String>) -> bool {
         self.pairs

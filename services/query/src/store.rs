@@ -26,6 +26,7 @@ pub struct Reader {
     log: AnyLog,
     batch: usize,
     concurrency: usize,
+    max_scan: usize,
 }
 
 impl Reader {
@@ -35,6 +36,7 @@ impl Reader {
             log,
             batch: (config.query_read_batch as usize).max(1),
             concurrency: (config.query_read_concurrency as usize).max(1),
+            max_scan: (config.query_max_scan as usize).max(1),
         }
     }
 
@@ -85,6 +87,32 @@ impl Reader {
             .buffered(self.concurrency)
             .try_collect()
             .await?)
+    }
+
+    /// Up to `limit` members of the sorted set `key` after `after`, in
+    /// byte order (an index of devices, see `index.rs`): one bounded call.
+    pub async fn ids_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, QueryError> {
+        Ok(self.log.zset_range_lex(key, after, limit).await?)
+    }
+
+    /// The number of members of each sorted set of `keys`, in order.
+    pub async fn set_lens(&self, keys: &[String]) -> Result<Vec<u64>, QueryError> {
+        let calls: Vec<_> = keys.iter().map(|key| self.log.zset_len(key)).collect();
+        Ok(stream::iter(calls)
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?)
+    }
+
+    /// Devices one ListDevices call examines at most
+    /// (`--query-max-scan`).
+    pub fn max_scan(&self) -> usize {
+        self.max_scan
     }
 
     /// Every record of each container, in the order of `containers`: (record

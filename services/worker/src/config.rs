@@ -90,6 +90,14 @@ pub struct WorkerConfig {
           value_parser = humantime::parse_duration)]
     pub maintenance_interval: Duration,
 
+    /// Devices pruned from a partition's indexes per maintenance pass, at
+    /// most (one bounded Redis call each: it holds Redis for about a
+    /// millisecond per 500 devices, however many are due). Devices past
+    /// the retention wait for a later pass beyond this.
+    #[arg(long, env = "TESTBED_PRUNE_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub prune_batch: u32,
+
     /// How often each partition's stream is trimmed of the entries the
     /// group has acknowledged. Often and small: Redis frees trimmed entries
     /// while appends wait, so a long interval's trim holds it for longer

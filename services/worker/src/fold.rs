@@ -461,6 +461,7 @@ impl<'a> Folder<'a> {
             ops.push(Op::Expire(k, ttl));
         }
         let devices = ops.key(keys.devices(p));
+        let ids = ops.key(keys.device_ids(p));
         for (device, acc) in self.devices {
             let device = text(device);
             let d = ops.key(keys.device(p, device));
@@ -478,9 +479,30 @@ impl<'a> Folder<'a> {
                     .collect();
                 let json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".to_owned());
                 ops.push(Op::HashSet(d, device_state::LABELS.to_owned(), json));
+                // The device joins the postings of each of its label pairs
+                // (ListDevices' filters read them), and its state lists
+                // them so that pruning the device takes it out of each.
+                // Score 0 and a member already there: the merged apply
+                // finds nothing changed and sends nothing. A label whose
+                // value changed leaves the device in the old postings
+                // until it is pruned: readers check the state's labels.
+                let mut postings = Vec::with_capacity(labels.len());
+                for (key, value) in labels {
+                    let posting = keys.label_devices(p, key, value);
+                    let k = ops.key(posting.clone());
+                    ops.push(Op::ZMax(k, device.to_owned(), 0.0));
+                    postings.push(posting);
+                }
+                ops.push(Op::HashSet(
+                    d,
+                    device_state::INDEXED_IN.to_owned(),
+                    postings.join("\n"),
+                ));
             }
             ops.push(Op::Expire(d, ttl));
             ops.push(Op::ZMax(devices, device.to_owned(), seen(acc.seen_ms)));
+            // The id index, for pages in id order (score 0, as above).
+            ops.push(Op::ZMax(ids, device.to_owned(), 0.0));
         }
         for (index, minute, events) in self.entries {
             let e2e = ops.key(keys.e2e(p, minute));

@@ -83,18 +83,52 @@ impl AggregateStore for RedisLog {
         .await
     }
 
-    async fn prune_index(&self, index: &str, score: f64, records: &str) -> Result<u64, StoreError> {
-        let Some(version) = crate::keys::version_of(index) else {
+    async fn zset_range_lex(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = key.to_owned();
+        let from = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+        self.call("ZRANGEBYLEX", |mut c| async move {
+            redis::cmd("ZRANGEBYLEX")
+                .arg(&key)
+                .arg(&from)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn zset_len(&self, key: &str) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        self.call("ZCARD", |mut c| async move {
+            redis::cmd("ZCARD").arg(&key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    async fn prune_index(&self, prune: Prune<'_>) -> Result<u64, StoreError> {
+        let Some(version) = crate::keys::version_of(prune.index) else {
             return Err(StoreError::Protocol(format!(
-                "index {index} is not a partition's key"
+                "index {} is not a partition's key",
+                prune.index
             )));
         };
         let mut invocation = self.inner.prune.prepare_invoke();
         invocation
-            .key(index)
-            .key(records)
+            .key(prune.index)
+            .key(prune.records)
             .key(version)
-            .arg(format!("({score}"));
+            .key(prune.ids)
+            .arg(format!("({}", prune.below))
+            .arg(prune.limit)
+            .arg(prune.indexed_in);
         self.call("prune", |mut c| async move {
             invocation.invoke_async(&mut c).await
         })
@@ -102,26 +136,16 @@ impl AggregateStore for RedisLog {
     }
 
     async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
+        let mut out: Vec<Vec<(String, String)>> = vec![Vec::new(); keys.len()];
+        // Records of one container are read together, one HMGET (a page
+        // of device states is a few calls, not one per device).
+        let mut containers: Vec<(&str, Vec<(usize, &str)>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
             if let Some((container, record)) = record_parts(key) {
-                let (container, record) = (container.to_owned(), record.to_owned());
-                let packed: Option<Vec<u8>> = self
-                    .call("HGET record", |mut c| async move {
-                        redis::cmd("HGET")
-                            .arg(&container)
-                            .arg(&record)
-                            .query_async(&mut c)
-                            .await
-                    })
-                    .await?;
-                let fields = match packed {
-                    None => Vec::new(),
-                    Some(bytes) => unpack_record(&bytes).ok_or_else(|| {
-                        StoreError::Protocol(format!("record {key} is not a MessagePack map"))
-                    })?,
-                };
-                out.push(fields);
+                match containers.iter_mut().find(|(c, _)| *c == container) {
+                    Some((_, records)) => records.push((i, record)),
+                    None => containers.push((container, vec![(i, record)])),
+                }
                 continue;
             }
             let key = key.clone();
@@ -133,7 +157,38 @@ impl AggregateStore for RedisLog {
             let mut fields: Vec<(String, String)> =
                 raw.into_iter().map(|(f, v)| (f, stored_text(v))).collect();
             fields.sort();
-            out.push(fields);
+            if let Some(slot) = out.get_mut(i) {
+                *slot = fields;
+            }
+        }
+        for (container, records) in containers {
+            let (key, names) = (
+                container.to_owned(),
+                records
+                    .iter()
+                    .map(|(_, r)| (*r).to_owned())
+                    .collect::<Vec<_>>(),
+            );
+            let packed: Vec<Option<Vec<u8>>> = self
+                .call("HMGET records", |mut c| async move {
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg(&names)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            for ((i, record), bytes) in records.into_iter().zip(packed) {
+                let Some(bytes) = bytes else { continue };
+                let fields = unpack_record(&bytes).ok_or_else(|| {
+                    StoreError::Protocol(format!(
+                        "record {container}#{record} is not a MessagePack map"
+                    ))
+                })?;
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = fields;
+                }
+            }
         }
         Ok(out)
     }

@@ -110,7 +110,7 @@ use tokio::sync::Mutex;
 
 use self::conn::{Conn, SharedConn, connect, connect_dedicated};
 use crate::keys::{Keys, record_parts};
-use crate::kv::{AggregateStore, HashFields};
+use crate::kv::{AggregateStore, HashFields, Prune};
 use crate::log::EventLog;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Op, Ops,
@@ -198,7 +198,28 @@ impl RedisLog {
     /// so a process can start before Redis is up: calls fail as
     /// `Unavailable` until it answers.
     pub async fn connect(args: &StoreArgs) -> Result<Self, StoreError> {
-        let log = Self {
+        let log = Self::unconnected(args);
+        if let Err(err) = log.conn().await {
+            tracing::warn!(error = %err, "Redis not reachable yet; will keep trying");
+        } else {
+            // Flags that disagree with the prefix's recorded settings stop
+            // the process here; an unreachable store is checked later (by
+            // the health probe, and before any read or write).
+            match log.agree_settings().await {
+                Err(err @ StoreError::Disagreement { .. }) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(error = %err, "settings not checked yet; will check before any read or write")
+                }
+                Ok(()) => {}
+            }
+            log.log_durability().await;
+        }
+        Ok(log)
+    }
+
+    /// A log on the Redis of `args` that has not connected yet.
+    fn unconnected(args: &StoreArgs) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 args: args.clone(),
                 keys: Keys::new(&args.key_prefix),
@@ -227,23 +248,26 @@ impl RedisLog {
                     .build(),
                 settings_agreed: std::sync::atomic::AtomicBool::new(false),
             }),
-        };
-        if let Err(err) = log.conn().await {
-            tracing::warn!(error = %err, "Redis not reachable yet; will keep trying");
-        } else {
-            // Flags that disagree with the prefix's recorded settings stop
-            // the process here; an unreachable store is checked later (by
-            // the health probe, and before any read or write).
-            match log.agree_settings().await {
-                Err(err @ StoreError::Disagreement { .. }) => return Err(err),
-                Err(err) => {
-                    tracing::warn!(error = %err, "settings not checked yet; will check before any read or write")
-                }
-                Ok(()) => {}
-            }
-            log.log_durability().await;
         }
-        Ok(log)
+    }
+
+    /// This log on connections of its own (see [`crate::AnyLog::for_reads`]),
+    /// every call bounded by `call_timeout`; the settings this process
+    /// agreed with the store stay agreed.
+    pub fn with_own_connections(&self, call_timeout: Duration) -> Self {
+        let args = StoreArgs {
+            redis_timeout: call_timeout,
+            ..self.inner.args.clone()
+        };
+        let log = Self::unconnected(&args);
+        let agreed = self
+            .inner
+            .settings_agreed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        log.inner
+            .settings_agreed
+            .store(agreed, std::sync::atomic::Ordering::Relaxed);
+        log
     }
 
     async fn load_script(&self, script: &Script) -> Result<(), StoreError> {

@@ -415,7 +415,14 @@ async fn prune_moves_the_version() {
     let next = writes(&log, 1);
     let stale = log.merged(0, &next).await.unwrap();
     let removed = log
-        .prune_index(&keys.devices(0), 10.0, &keys.device_states(0))
+        .prune_index(crate::Prune {
+            index: &keys.devices(0),
+            below: 10.0,
+            records: &keys.device_states(0),
+            ids: &keys.device_ids(0),
+            indexed_in: crate::aggregates::device_state::INDEXED_IN,
+            limit: 100,
+        })
         .await
         .unwrap();
     assert_eq!(removed, 1);

@@ -90,8 +90,20 @@ impl Consumer {
             .map_or(0, |d| d.as_millis());
         let oldest = now_ms.saturating_sub(self.log.retention().as_millis()) as f64;
         let keys = self.log.keys();
-        let (devices, states) = (keys.devices(partition), keys.device_states(partition));
-        if let Err(err) = self.log.prune_index(&devices, oldest, &states).await {
+        let (devices, states, ids) = (
+            keys.devices(partition),
+            keys.device_states(partition),
+            keys.device_ids(partition),
+        );
+        let prune = Prune {
+            index: &devices,
+            below: oldest,
+            records: &states,
+            ids: &ids,
+            indexed_in: device_state::INDEXED_IN,
+            limit: self.config.prune_batch as usize,
+        };
+        if let Err(err) = self.log.prune_index(prune).await {
             tracing::warn!(partition, error = %err, "pruning the device index failed");
         }
     }

@@ -40,7 +40,10 @@ use testbed_proto::prost::bytes::Bytes;
 use testbed_proto::v1::fault::Effect;
 use testbed_server::CancellationToken;
 use testbed_stream::AggregateStore as _;
-use testbed_stream::{AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, Ops, StoreError};
+use testbed_stream::aggregates::device_state;
+use testbed_stream::{
+    AnyLog, ApplyOutcome, Entry, EntryMeta, EventLog as _, Ops, Prune, StoreError,
+};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 

@@ -136,6 +136,22 @@ fn folds_same_minute_into_one_delta() {
     assert!(device.iter().any(
         |op| matches!(op, Op::HashSet(_, f, v) if f == "labels" && v == "{\"arch\":\"arm64\"}")
     ));
+    // The device is in the id index and the postings of its one label,
+    // which its state lists.
+    let arm = keys.label_devices(2, "arch", "arm64");
+    assert!(
+        device
+            .iter()
+            .any(|op| matches!(op, Op::HashSet(_, f, v) if f == "idx" && *v == arm)),
+        "{device:?}"
+    );
+    for set in [keys.device_ids(2), arm] {
+        let writes = find(&ops, &set);
+        assert!(
+            matches!(writes.as_slice(), [Op::ZMax(_, m, score)] if m == "d1" && *score == 0.0),
+            "{set}: {writes:?}"
+        );
+    }
     assert_eq!(
         ops.e2e.iter().map(|(_, _, n)| *n).collect::<Vec<_>>(),
         vec![2, 2]
@@ -190,7 +206,7 @@ fn folds_tokens_and_metrics() {
             .any(|op| matches!(op, Op::HashSet(_, f, v) if f == "unit:fan" && v == "1"))
     );
     // Rankings are read from the device-minute records: no sorted set
-    // per metric (the devices index is the one sorted set written).
+    // per metric (the devices indexes are the only sorted sets written).
     let zsets: Vec<&str> = ops
         .ops
         .iter()
@@ -200,7 +216,10 @@ fn folds_tokens_and_metrics() {
         })
         .collect();
     assert!(
-        !zsets.is_empty() && zsets.iter().all(|k| *k == keys.devices(0)),
+        !zsets.is_empty()
+            && zsets.iter().all(|k| *k == keys.devices(0)
+                || *k == keys.device_ids(0)
+                || k.starts_with("{t:p0}:label/")),
         "{zsets:?}"
     );
 }
