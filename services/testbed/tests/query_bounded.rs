@@ -342,6 +342,96 @@ async fn every_query_command_is_bounded() {
     );
 }
 
+/// In `testbed all`, which both writes and reads, the query's commands
+/// come from connections no append or apply uses; with Redis frozen, a
+/// query answers DEADLINE_EXCEEDED at its budget (not UNAVAILABLE, though
+/// `--redis-timeout` is shorter), and answers again once Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_reads_have_their_own_connections_and_budget() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let all = Testbed::start(&[
+        "all",
+        "--redis-url",
+        &url,
+        "--redis-timeout",
+        "100ms",
+        "--query-timeout",
+        "300ms",
+    ]);
+    all.wait_serving("testbed.v1.QueryService").await;
+    let channel = all.channel().await;
+    let mut q = QueryServiceClient::new(channel.clone());
+    let mut ingest = testbed_proto::v1::ingest_service_client::IngestServiceClient::new(channel);
+    let monitor = Monitor::start(redis.port);
+    let minute = test_minute();
+    let events: Vec<_> = (0..200).map(|i| event("own", i, 50, minute)).collect();
+    ingest
+        .publish(PublishRequest {
+            events,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Until the worker has indexed them all (reads meanwhile are fine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = q
+            .list_devices(ListDevicesRequest {
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.devices.len() == 50 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not indexed in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.command(&["ECHO", "end-of-own"]);
+    let seen = monitor.until("end-of-own");
+    let clients = |names: &[&str]| -> std::collections::BTreeSet<String> {
+        seen.iter()
+            .filter(|(_, w)| names.iter().any(|n| w[0].eq_ignore_ascii_case(n)))
+            .map(|(c, _)| c.clone())
+            .collect()
+    };
+    let readers = clients(&["ZRANGEBYLEX"]);
+    let writers = clients(&["EVALSHA", "EVAL", "XADD", "XACK", "EXEC"]);
+    assert!(!readers.is_empty() && !writers.is_empty(), "{seen:?}");
+    assert!(
+        readers.is_disjoint(&writers),
+        "reads {readers:?} share a connection with writes {writers:?}"
+    );
+    drop(monitor);
+
+    redis.pause();
+    let started = std::time::Instant::now();
+    let status = q
+        .list_devices(ListDevicesRequest {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    redis.resume();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("--query-timeout"), "{status:?}");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    let page = q
+        .list_devices(ListDevicesRequest {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.devices.len(), 10);
+}
+
 /// The rules name what they refuse and pass what is bounded.
 #[test]
 fn the_rules_name_unbounded_commands() {
