@@ -1201,10 +1201,15 @@ async fn producer_duplicates_count_in_run_ledgers() {
 
 /// Pruning an index below a score removes those members (lowest first, at
 /// most the limit per call), atomically with their records, their place in
-/// the id index and in every set their record lists; the others stay.
+/// the id index and in every set their record lists (keys the script is
+/// not given, in the partition's slot: Redis Cluster too); the others stay.
 #[tokio::test]
 async fn pruning_an_index_removes_its_records() {
-    for b in [memory(1, 100).await, redis(1, 100).await] {
+    for b in [
+        memory(1, 100).await,
+        redis(1, 100).await,
+        cluster(1, 100).await,
+    ] {
         let log = &b.log;
         let read = pending(log, &["a"]).await;
         let keys = log.keys();

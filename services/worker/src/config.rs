@@ -98,6 +98,14 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub prune_batch: u32,
 
+    /// Devices whose index memberships (id index, label postings) this
+    /// worker remembers having written, so that later applies leave them
+    /// out (about 80 bytes each). 0 writes them on every apply; past the
+    /// count the memory is cleared and refilled.
+    #[arg(long, env = "TESTBED_INDEX_CACHE", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u32).range(0..=50_000_000))]
+    pub index_cache: u32,
+
     /// How often each partition's stream is trimmed of the entries the
     /// group has acknowledged. Often and small: Redis frees trimmed entries
     /// while appends wait, so a long interval's trim holds it for longer

@@ -34,6 +34,8 @@ use testbed_stream::aggregates::{device_minute, device_state, run as ledger, tok
 use testbed_stream::keys::Keys;
 use testbed_stream::{Entry, Op, Ops, latency_bucket};
 
+use crate::indexed::Indexed;
+
 /// Count, sum, min and max of one value.
 #[derive(Debug, Clone, Copy)]
 struct Summary {
@@ -387,6 +389,15 @@ impl<'a> Folder<'a> {
 
     /// The writes of everything added.
     pub fn finish(self) -> Ops {
+        self.finish_with(None).0
+    }
+
+    /// [`Self::finish`], leaving out the index writes of devices `cache`
+    /// knows written with the same labels; also the (device, labels hash)
+    /// whose index writes are in, to record in `cache` once applied.
+    pub fn finish_with(self, cache: Option<&Indexed>) -> (Ops, Vec<(String, u64)>) {
+        let now = std::time::Instant::now();
+        let mut indexed = Vec::new();
         let p = self.partition;
         let keys = self.keys;
         let ttl = self.retention.as_secs().max(1);
@@ -470,39 +481,30 @@ impl<'a> Folder<'a> {
                 device_state::SEEN.to_owned(),
                 seen(acc.seen_ms),
             ));
-            if let Some(labels) = acc.labels {
-                // As a map: the last of a key sent twice wins. A map of
-                // strings always serialises.
-                let labels: BTreeMap<&str, &str> = labels
-                    .iter()
-                    .map(|(key, value)| (text(key), text(value)))
-                    .collect();
-                let json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".to_owned());
-                ops.push(Op::HashSet(d, device_state::LABELS.to_owned(), json));
-                // The device joins the postings of each of its label pairs
-                // (ListDevices' filters read them), and its state lists
-                // them so that pruning the device takes it out of each.
-                // Score 0 and a member already there: the merged apply
-                // finds nothing changed and sends nothing. A label whose
-                // value changed leaves the device in the old postings
-                // until it is pruned: readers check the state's labels.
-                let mut postings = Vec::with_capacity(labels.len());
-                for (key, value) in labels {
-                    let posting = keys.label_devices(p, key, value);
-                    let k = ops.key(posting.clone());
-                    ops.push(Op::ZMax(k, device.to_owned(), 0.0));
-                    postings.push(posting);
+            match acc.labels {
+                Some(labels) => {
+                    // As a map: the last of a key sent twice wins. A map of
+                    // strings always serialises.
+                    let labels: BTreeMap<&str, &str> = labels
+                        .iter()
+                        .map(|(key, value)| (text(key), text(value)))
+                        .collect();
+                    let json = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".to_owned());
+                    let hash = labels_hash(&json);
+                    ops.push(Op::HashSet(d, device_state::LABELS.to_owned(), json));
+                    if !cache.is_some_and(|c| c.is_fresh(device, Some(hash), now)) {
+                        index_device(&mut ops, keys, p, ids, d, device, &labels);
+                        indexed.push((device.to_owned(), hash));
+                    }
                 }
-                ops.push(Op::HashSet(
-                    d,
-                    device_state::INDEXED_IN.to_owned(),
-                    postings.join("\n"),
-                ));
+                None => {
+                    if !cache.is_some_and(|c| c.is_fresh(device, None, now)) {
+                        ops.push(Op::ZMax(ids, device.to_owned(), 0.0));
+                    }
+                }
             }
             ops.push(Op::Expire(d, ttl));
             ops.push(Op::ZMax(devices, device.to_owned(), seen(acc.seen_ms)));
-            // The id index, for pages in id order (score 0, as above).
-            ops.push(Op::ZMax(ids, device.to_owned(), 0.0));
         }
         for (index, minute, events) in self.entries {
             let e2e = ops.key(keys.e2e(p, minute));
@@ -548,8 +550,46 @@ impl<'a> Folder<'a> {
             }
             ops.push(Op::Expire(hist, ttl));
         }
-        ops
+        (ops, indexed)
     }
+}
+
+/// A hash of a device's labels (their JSON), to tell when they changed.
+fn labels_hash(json: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    json.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The index writes of `device` (state record `d`): the id index `ids`,
+/// the postings of each of its label pairs, and the list of those postings
+/// in its state, so that pruning the device takes it out of each. Score 0
+/// and a member already there: the merged apply finds nothing changed and
+/// sends nothing. A label whose value changed leaves the device in the old
+/// postings until it is pruned: readers check the state's labels.
+fn index_device(
+    ops: &mut Ops,
+    keys: &Keys,
+    p: u32,
+    ids: u16,
+    d: u16,
+    device: &str,
+    labels: &BTreeMap<&str, &str>,
+) {
+    ops.push(Op::ZMax(ids, device.to_owned(), 0.0));
+    let mut postings = Vec::with_capacity(labels.len());
+    for (key, value) in labels {
+        let posting = keys.label_devices(p, key, value);
+        let k = ops.key(posting.clone());
+        ops.push(Op::ZMax(k, device.to_owned(), 0.0));
+        postings.push(posting);
+    }
+    ops.push(Op::HashSet(
+        d,
+        device_state::INDEXED_IN.to_owned(),
+        postings.join("\n"),
+    ));
 }
 
 /// Builds the aggregate writes of one `entry`, whose decoded events are

@@ -21,6 +21,8 @@
 //! - [`consumer`]: read, fold, apply, claim, dead-letter, trim.
 //! - [`cpu`]: `--cpu-class`, the scheduling class of the worker's threads.
 //! - [`fold`]: events → aggregate writes.
+//! - [`indexed`]: the devices whose index memberships this worker wrote
+//!   lately, left out of later applies (`--index-cache`).
 //! - [`metrics`]: the worker's instruments (`worker_events_processed_total`, ...).
 //! - [`control`]: cluster-wide control: the RPC handlers in
 //!   [`control::api`] (`GetStatus`, `WatchStatus`, `Pause`, `Resume`,
@@ -38,6 +40,7 @@ pub mod control;
 pub mod cpu;
 pub mod fold;
 pub mod follower;
+pub mod indexed;
 pub mod metrics;
 
 use testbed_proto::service_names;

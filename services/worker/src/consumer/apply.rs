@@ -86,7 +86,8 @@ impl Consumer {
                 }
                 continue;
             }
-            let ops = folder.finish();
+            let folded_at = std::time::Instant::now();
+            let (ops, indexed) = folder.finish_with(Some(&self.indexed));
             let span = self.apply_span(&batch, events);
             let apply = || async {
                 let _gate = self.apply_gate.acquire().await;
@@ -95,6 +96,7 @@ impl Consumer {
             let outcome = apply.retry(store_retry()).instrument(span).await;
             match outcome {
                 Ok(ApplyOutcome::Applied) => {
+                    self.indexed.record(indexed, folded_at);
                     self.figures.processed.fetch_add(events, Ordering::Relaxed);
                     self.metrics.processed.add(events, &[]);
                     let now_ms = SystemTime::now()

@@ -99,6 +99,9 @@ pub struct Consumer {
     /// Per partition, whether a read failed while a batch was gathered
     /// (its entries may be ours with the reply lost).
     lost_reads: Arc<[std::sync::atomic::AtomicBool]>,
+    /// Devices whose index memberships this worker wrote lately
+    /// (`--index-cache`), left out of later applies' writes.
+    indexed: Arc<crate::indexed::Indexed>,
 }
 
 /// An entry ready to apply: its events checked (and kept apart from it),
@@ -128,9 +131,14 @@ impl Consumer {
         let lost_reads = (0..log.partitions())
             .map(|_| std::sync::atomic::AtomicBool::new(false))
             .collect();
+        let indexed = Arc::new(crate::indexed::Indexed::new(
+            config.index_cache as usize,
+            log.retention(),
+        ));
         Self {
             retries,
             lost_reads,
+            indexed,
             liveness: Arc::default(),
             log,
             config: Arc::new(config),

@@ -320,3 +320,50 @@ fn an_entry_with_a_bad_event_adds_nothing() {
     };
     assert_eq!(sorted(&checked), sorted(&alone));
 }
+
+/// Devices the cache knows indexed with the same labels get no index
+/// writes (their state and last-seen still do); other labels, or no cache,
+/// write them, and finish_with names the devices it indexed.
+#[test]
+fn indexed_devices_are_left_out_of_index_writes() {
+    let keys = Keys::new("t");
+    let entry = entry("120000-0", 2);
+    let events = [event("d1", 60, gpu(0.25, 100.0))];
+    let retention = Duration::from_secs(3600);
+    let index_writes = |ops: &Ops| {
+        ops.ops
+            .iter()
+            .filter(|op| match op {
+                Op::ZMax(k, ..) => ops.keys[usize::from(*k)] != keys.devices(2),
+                Op::HashSet(_, f, _) => f == "idx",
+                _ => false,
+            })
+            .count()
+    };
+    let cache = Indexed::new(10, retention);
+    let fold_with = |cache: &Indexed| {
+        let mut folder = Folder::new(2, &keys, retention);
+        folder.add(0, &entry, &events);
+        folder.finish_with(Some(cache))
+    };
+    let (ops, indexed) = fold_with(&cache);
+    // The id index, one posting, the list of postings.
+    assert_eq!(index_writes(&ops), 3, "{ops:?}");
+    assert_eq!(indexed.len(), 1);
+    assert_eq!(indexed[0].0, "d1");
+    cache.record(indexed.clone(), std::time::Instant::now());
+    let (ops, again) = fold_with(&cache);
+    assert_eq!(index_writes(&ops), 0, "{ops:?}");
+    assert!(again.is_empty());
+    assert!(
+        !find(&ops, &keys.devices(2)).is_empty(),
+        "last seen still written"
+    );
+    // Other labels: written again.
+    let other = Indexed::new(10, retention);
+    other.record(
+        vec![("d1".into(), indexed[0].1 ^ 1)],
+        std::time::Instant::now(),
+    );
+    assert_eq!(index_writes(&fold_with(&other).0), 3);
+}
