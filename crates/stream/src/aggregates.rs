@@ -64,12 +64,10 @@ pub mod device_minute {
 pub mod device_state {
     /// Last seen, Unix ms (rounded to the second).
     pub const SEEN: &str = "seen";
-    /// The device's labels, a JSON object of strings.
+    /// The device's labels, a JSON object of strings; pruning the device
+    /// takes it out of the postings of each pair
+    /// (`AggregateStore::prune_index`).
     pub const LABELS: &str = "labels";
-    /// The further indexes the device is a member of (its label postings,
-    /// [`crate::keys::Keys::label_devices`]), one key per line: pruning the
-    /// device removes it from each (`AggregateStore::prune_index`).
-    pub const INDEXED_IN: &str = "idx";
 }
 
 /// Fields of a token-usage minute hash

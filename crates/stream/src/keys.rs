@@ -145,7 +145,12 @@ impl Keys {
     /// postings of one label pair. Key and value are hex-encoded, so any
     /// text (`#`, `/`, `=` included) names one key and never a record.
     pub fn label_devices(&self, p: u32, key: &str, value: &str) -> String {
-        format!("{}:label/{}/{}", self.tag(p), hex(key), hex(value))
+        format!("{}{}/{}", self.label_prefix(p), hex(key), hex(value))
+    }
+
+    /// What every [`Keys::label_devices`] of partition `p` starts with.
+    pub fn label_prefix(&self, p: u32) -> String {
+        format!("{}:label/", self.tag(p))
     }
 
     /// Token usage per minute (hash; fields in [`crate::aggregates::tokens`]).

@@ -13,7 +13,8 @@ pub type HashFields = Vec<(String, String)>;
 
 /// What [`AggregateStore::prune_index`] removes: members of `index` scored
 /// below `below`, at most `limit` of them, from `index`, from `ids`, from
-/// every key their record lists under `indexed_in`, and their records.
+/// the postings of each label pair their record holds under `labels`, and
+/// their records.
 #[derive(Debug, Clone, Copy)]
 pub struct Prune<'a> {
     /// The index by score (a device's last-seen time).
@@ -24,9 +25,12 @@ pub struct Prune<'a> {
     pub records: &'a str,
     /// A second index of the same members (by id), which they leave too.
     pub ids: &'a str,
-    /// The record field listing, one per line, further sorted sets the
-    /// member leaves (its label postings).
-    pub indexed_in: &'a str,
+    /// The record field holding the member's labels (a JSON object of
+    /// strings): it leaves the postings of each pair,
+    /// [`crate::keys::Keys::label_devices`] of `partition`.
+    pub labels: &'a str,
+    /// The partition of the keys above.
+    pub partition: u32,
     /// At most this many members per call: the call's cost is bounded
     /// whatever the index holds; a caller with more to prune calls again.
     pub limit: usize,
@@ -102,8 +106,8 @@ pub trait AggregateStore: Send + Sync {
     /// Removes up to `prune.limit` members of the sorted set `prune.index`
     /// scored below `prune.below` (lowest first) and, atomically with them,
     /// each one's record `<records>#<member>` (see [`crate::keys`],
-    /// "Records") and its membership of `prune.ids` and of the sets its
-    /// record lists under `prune.indexed_in`; returns how many. Records
+    /// "Records") and its membership of `prune.ids` and of the postings of
+    /// the label pairs its record holds; returns how many. Records
     /// share their container's time to live, so an index is what lets
     /// records of members gone quiet leave one by one.
     fn prune_index(&self, prune: Prune<'_>)

@@ -715,12 +715,13 @@ impl AggregateStore for MemoryLog {
                 ids.remove(member);
             }
             let record = kv.hashes.remove(&format!("{}#{member}", prune.records));
-            let listed = record
+            let labels: std::collections::BTreeMap<String, String> = record
                 .as_ref()
-                .and_then(|r| r.get(prune.indexed_in))
-                .map(|l| l.lines().map(str::to_owned).collect::<Vec<_>>())
+                .and_then(|r| r.get(prune.labels))
+                .and_then(|json| serde_json::from_str(json).ok())
                 .unwrap_or_default();
-            for key in listed {
+            for (k, v) in labels {
+                let key = self.inner.keys.label_devices(prune.partition, &k, &v);
                 if let Some(set) = kv.zsets.get_mut(&key) {
                     set.remove(member);
                 }

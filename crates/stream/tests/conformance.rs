@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use testbed_stream::AggregateStore as _;
-use testbed_stream::aggregates::device_state::INDEXED_IN;
+use testbed_stream::aggregates::device_state::LABELS;
 use testbed_stream::{
     AnyLog, AppendEvent, ApplyOutcome, EntryMeta, EventLog, MemoryLog, Op, Ops, Prune, RedisLog,
     StoreArgs,
@@ -1201,8 +1201,9 @@ async fn producer_duplicates_count_in_run_ledgers() {
 
 /// Pruning an index below a score removes those members (lowest first, at
 /// most the limit per call), atomically with their records, their place in
-/// the id index and in every set their record lists (keys the script is
-/// not given, in the partition's slot: Redis Cluster too); the others stay.
+/// the id index and in the postings of the label pairs their state holds
+/// (keys the script is not given, in the partition's slot: Redis Cluster
+/// too); the others stay.
 #[tokio::test]
 async fn pruning_an_index_removes_its_records() {
     for b in [
@@ -1216,13 +1217,16 @@ async fn pruning_an_index_removes_its_records() {
         let mut ops = Ops::default();
         let index = ops.key(keys.devices(0));
         let ids = ops.key(keys.device_ids(0));
-        let arm = keys.label_devices(0, "arch", "arm64");
+        let arm = keys.label_devices(0, "arch", "a#m/64");
         let postings = ops.key(arm.clone());
         for (device, seen) in [("d1", 1000.0), ("d2", 2000.0), ("d3", 3000.0)] {
             let state = ops.key(keys.device(0, device));
             ops.push(Op::HashMax(state, "seen".into(), seen));
-            ops.push(Op::HashSet(state, "labels".into(), "{}".into()));
-            ops.push(Op::HashSet(state, INDEXED_IN.into(), arm.clone()));
+            ops.push(Op::HashSet(
+                state,
+                LABELS.into(),
+                r#"{"arch":"a#m/64"}"#.into(),
+            ));
             ops.push(Op::Expire(state, 600));
             ops.push(Op::ZMax(index, device.into(), seen));
             ops.push(Op::ZMax(ids, device.into(), 0.0));
@@ -1239,7 +1243,8 @@ async fn pruning_an_index_removes_its_records() {
             below: 2500.0,
             records: &states,
             ids: &id_index,
-            indexed_in: INDEXED_IN,
+            labels: LABELS,
+            partition: 0,
             limit,
         };
         assert_eq!(log.prune_index(prune(1)).await.unwrap(), 1, "the limit");
@@ -1265,8 +1270,7 @@ async fn pruning_an_index_removes_its_records() {
         assert_eq!(
             states[1],
             vec![
-                (INDEXED_IN.to_owned(), arm.clone()),
-                ("labels".to_owned(), "{}".to_owned()),
+                (LABELS.to_owned(), r#"{"arch":"a#m/64"}"#.to_owned()),
                 ("seen".to_owned(), "3000".to_owned())
             ]
         );

@@ -493,7 +493,7 @@ impl<'a> Folder<'a> {
                     let hash = labels_hash(&json);
                     ops.push(Op::HashSet(d, device_state::LABELS.to_owned(), json));
                     if !cache.is_some_and(|c| c.is_fresh(device, Some(hash), now)) {
-                        index_device(&mut ops, keys, p, ids, d, device, &labels);
+                        index_device(&mut ops, keys, p, ids, device, &labels);
                         indexed.push((device.to_owned(), hash));
                     }
                 }
@@ -562,34 +562,25 @@ fn labels_hash(json: &str) -> u64 {
     hasher.finish()
 }
 
-/// The index writes of `device` (state record `d`): the id index `ids`,
-/// the postings of each of its label pairs, and the list of those postings
-/// in its state, so that pruning the device takes it out of each. Score 0
-/// and a member already there: the merged apply finds nothing changed and
-/// sends nothing. A label whose value changed leaves the device in the old
-/// postings until it is pruned: readers check the state's labels.
+/// The index writes of `device`: the id index `ids` and the postings of
+/// each of its label pairs (pruning the device takes it out of those of
+/// the labels its state holds then). Score 0 and a member already there:
+/// the merged apply finds nothing changed and sends nothing. A label whose
+/// value changed leaves the device in the old pair's postings: readers
+/// check the state's labels.
 fn index_device(
     ops: &mut Ops,
     keys: &Keys,
     p: u32,
     ids: u16,
-    d: u16,
     device: &str,
     labels: &BTreeMap<&str, &str>,
 ) {
     ops.push(Op::ZMax(ids, device.to_owned(), 0.0));
-    let mut postings = Vec::with_capacity(labels.len());
     for (key, value) in labels {
-        let posting = keys.label_devices(p, key, value);
-        let k = ops.key(posting.clone());
+        let k = ops.key(keys.label_devices(p, key, value));
         ops.push(Op::ZMax(k, device.to_owned(), 0.0));
-        postings.push(posting);
     }
-    ops.push(Op::HashSet(
-        d,
-        device_state::INDEXED_IN.to_owned(),
-        postings.join("\n"),
-    ));
 }
 
 /// Builds the aggregate writes of one `entry`, whose decoded events are

@@ -128,7 +128,8 @@ impl AggregateStore for RedisLog {
             .key(prune.ids)
             .arg(format!("({}", prune.below))
             .arg(prune.limit)
-            .arg(prune.indexed_in);
+            .arg(prune.labels)
+            .arg(self.inner.keys.label_prefix(prune.partition));
         self.call("prune", |mut c| async move {
             invocation.invoke_async(&mut c).await
         })

@@ -420,7 +420,8 @@ async fn prune_moves_the_version() {
             below: 10.0,
             records: &keys.device_states(0),
             ids: &keys.device_ids(0),
-            indexed_in: crate::aggregates::device_state::INDEXED_IN,
+            labels: crate::aggregates::device_state::LABELS,
+            partition: 0,
             limit: 100,
         })
         .await

@@ -100,7 +100,8 @@ impl Consumer {
             below: oldest,
             records: &states,
             ids: &ids,
-            indexed_in: device_state::INDEXED_IN,
+            labels: device_state::LABELS,
+            partition,
             limit: self.config.prune_batch as usize,
         };
         if let Err(err) = self.log.prune_index(prune).await {
