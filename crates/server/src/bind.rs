@@ -44,8 +44,8 @@ pub struct Listeners {
     pub grace: std::time::Duration,
     /// `--health-interval`.
     pub health_interval: std::time::Duration,
-    /// `--max-connection-age` and `--max-connection-age-grace`.
-    pub connection_age: Option<ConnectionAge>,
+    /// Every transport and request limit (`--max-connections` and the rest).
+    pub limits: crate::limits::Limits,
 }
 
 /// When a client connection is closed for its age.
@@ -101,10 +101,7 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         metrics_addr,
         grace: args.shutdown_grace,
         health_interval: args.health_interval,
-        connection_age: args.max_connection_age.map(|max| ConnectionAge {
-            max,
-            grace: args.max_connection_age_grace,
-        }),
+        limits: crate::limits::Limits::from_args(args),
     })
 }
 
@@ -115,15 +112,12 @@ mod tests {
     use super::*;
 
     fn args(addr: &str, addr_file: Option<std::path::PathBuf>) -> ListenArgs {
-        ListenArgs {
-            grpc_addr: addr.parse().unwrap(),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            shutdown_grace: Duration::from_secs(1),
-            health_interval: Duration::from_millis(250),
-            max_connection_age: None,
-            max_connection_age_grace: Duration::from_secs(30),
-            addr_file,
-        }
+        let mut args = testbed_flags::defaults::<ListenArgs>().unwrap();
+        args.grpc_addr = addr.parse().unwrap();
+        args.metrics_addr = "127.0.0.1:0".parse().unwrap();
+        args.shutdown_grace = Duration::from_secs(1);
+        args.addr_file = addr_file;
+        args
     }
 
     /// Port 0 binds a real port, which the addr file reports.

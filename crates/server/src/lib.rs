@@ -21,21 +21,44 @@
 //!   them through [`addr_file`].
 //! - [`addr_file`]: the `--addr-file` format, its one writer and reader.
 //! - [`store_status`]: the one mapping of a store failure to a gRPC status.
+//! - [`limits`]: [`Limits`], every transport and request limit, from the
+//!   flags (the connection cap's default from `RLIMIT_NOFILE`).
+//! - [`accept`]: the accept loop: backoff when out of descriptors or
+//!   memory, the connection cap; yields [`conn`]s.
+//! - [`conn`]: one connection: handshake and idle timeouts, connection age,
+//!   the ping policy ([`ping_policy`]), GOAWAY frames of its own; follows
+//!   the HTTP/2 frames through [`frames`].
+//! - [`frames`]: HTTP/2 frame headers and boundaries in a byte stream.
+//! - [`ping_policy`]: grpc-go's ping enforcement policy (too_many_pings).
+//! - [`streams`]: a tower layer counting each connection's open calls.
+//! - [`shed`]: a tower layer: the process-wide concurrency limit, shedding
+//!   with RESOURCE_EXHAUSTED.
+//! - [`conn_metrics`]: the `server_connections_*` and
+//!   `server_accept_errors_total` instruments.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod addr_file;
 pub mod bind;
 pub mod config;
+pub mod conn;
+pub mod conn_metrics;
 pub mod dependency;
+pub mod frames;
 pub mod grpc;
 pub mod health;
+pub mod limits;
+pub mod ping_policy;
+pub mod shed;
 pub mod signal;
 pub mod store_status;
+pub mod streams;
 
 pub use bind::{BindError, ConnectionAge, Listeners, bind};
 pub use config::ListenArgs;
 pub use dependency::watch_dependency;
 pub use grpc::{GrpcServer, ServeError};
 pub use health::Health;
+pub use limits::Limits;
 pub use store_status::store_status;
 pub use tokio_util::sync::CancellationToken;

@@ -64,7 +64,12 @@ pub async fn register(
         heartbeat_ttl,
         shutdown.clone(),
     );
-    server.add_service(api.into_server()).await;
+    let limits = server.limits().clone();
+    let service = api
+        .into_server()
+        .max_decoding_message_size(limits.max_decoding_message_size)
+        .max_encoding_message_size(limits.max_encoding_message_size);
+    server.add_service(service).await;
     server.spawn_background(consumer.clone().run(shutdown.clone()));
     server.spawn_background(
         follower::Follower {

@@ -84,6 +84,8 @@ fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
+                // Within the servers' ping policy (--ping-min-interval, 10 s by
+                // default): a client pinging more often gets too_many_pings.
                 .http2_keep_alive_interval(Duration::from_secs(30))
         })
         .map_err(|e| ConnectError::Invalid {

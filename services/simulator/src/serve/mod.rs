@@ -35,9 +35,12 @@ use crate::serve::runs::Runs;
 /// grace period) to drain their batches in flight.
 pub async fn register(server: &mut GrpcServer, config: &ServeConfig, shutdown: CancellationToken) {
     let runs = Runs::new(config.clone(), shutdown.clone());
-    server
-        .add_service(SimulatorApi::new(runs.clone()).into_server())
-        .await;
+    let limits = server.limits().clone();
+    let service = SimulatorApi::new(runs.clone())
+        .into_server()
+        .max_decoding_message_size(limits.max_decoding_message_size)
+        .max_encoding_message_size(limits.max_encoding_message_size);
+    server.add_service(service).await;
     server.spawn_background(async move {
         shutdown.cancelled().await;
         runs.wait_stopped().await;
