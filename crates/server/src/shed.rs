@@ -107,7 +107,67 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use tower_layer::Layer as _;
+    use tower_service::Service as _;
+
     use super::*;
+
+    /// A handler that stays in progress until told.
+    #[derive(Clone)]
+    struct Held(Arc<tokio::sync::Notify>);
+
+    impl tower_service::Service<http::Request<()>> for Held {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let release = Arc::clone(&self.0);
+            Box::pin(async move {
+                release.notified().await;
+                Ok(http::Response::new(Body::empty()))
+            })
+        }
+    }
+
+    fn call(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
+        response.headers().get("grpc-status")?.to_str().ok()
+    }
+
+    /// With a limit of 1: the second call is shed at once (code 8) while the
+    /// first is in progress, health is never shed, and once the first ends
+    /// the next call is admitted.
+    #[tokio::test]
+    async fn sheds_past_the_limit_never_health() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut svc = ShedLayer::new(1).layer(Held(Arc::clone(&release)));
+        let first = tokio::spawn(svc.call(call("/testbed.v1.QueryService/A")));
+        tokio::task::yield_now().await;
+        let shed = svc.call(call("/testbed.v1.QueryService/B")).await.unwrap();
+        assert_eq!(grpc_status(&shed), Some("8"));
+        let health = svc.call(call("/grpc.health.v1.Health/Check"));
+        let waited = tokio::time::timeout(Duration::from_millis(20), health).await;
+        assert!(waited.is_err(), "health was answered without its handler");
+        release.notify_one();
+        let done = first.await.unwrap().unwrap();
+        assert_eq!(grpc_status(&done), None);
+        let third = svc.call(call("/testbed.v1.QueryService/C"));
+        let waited = tokio::time::timeout(Duration::from_millis(20), third).await;
+        assert!(
+            waited.is_err(),
+            "the third call was shed after the first ended"
+        );
+    }
 
     /// A shed call is RESOURCE_EXHAUSTED with a RetryInfo.
     #[test]
