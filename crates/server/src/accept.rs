@@ -10,7 +10,9 @@
 //! per [`LOG_EVERY`]. A success resets the delay, so connections are served
 //! again within a second of descriptors freeing up.
 //!
-//! Past `--max-connections` open connections, a new one is closed right
+//! Past `--max-connections` open connections, a new one takes one of the
+//! `--reserved-connections` slots, where it lives 2 s at most (room for a
+//! kubelet probe: [`Limits::reserved`]); past those too it is closed right
 //! after accept and counted (`server_connections_refused_total`): the
 //! descriptors it would hold stay free for Redis, OTLP and `/metrics`.
 
@@ -71,6 +73,8 @@ pub struct Incoming {
     limits: Limits,
     metrics: ConnMetrics,
     open: Arc<AtomicUsize>,
+    /// Connections in reserved slots (past the cap, short-lived).
+    reserved: Arc<AtomicUsize>,
     backoff: Option<Pin<Box<Sleep>>>,
     delay: Duration,
     last_log: Option<Instant>,
@@ -85,6 +89,7 @@ impl Incoming {
             limits,
             metrics,
             open: Arc::new(AtomicUsize::new(0)),
+            reserved: Arc::new(AtomicUsize::new(0)),
             backoff: None,
             delay: BACKOFF_INITIAL,
             last_log: None,
@@ -131,27 +136,29 @@ impl tokio_stream::Stream for Incoming {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok((stream, _peer))) => {
                     this.delay = BACKOFF_INITIAL;
-                    if this.open.load(Ordering::Acquire) >= this.limits.max_connections {
-                        this.metrics.refused.add(1, &[]);
-                        drop(stream);
-                        refused += 1;
-                        if refused >= REFUSE_BUDGET {
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
-                        continue;
-                    }
+                    let (count, limits) =
+                        if this.open.load(Ordering::Acquire) < this.limits.max_connections {
+                            (&this.open, this.limits.clone())
+                        } else if this.reserved.load(Ordering::Acquire)
+                            < this.limits.reserved_connections
+                        {
+                            (&this.reserved, this.limits.reserved())
+                        } else {
+                            this.metrics.refused.add(1, &[]);
+                            drop(stream);
+                            refused += 1;
+                            if refused >= REFUSE_BUDGET {
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
+                            continue;
+                        };
                     // No per-connection Nagle delay: acks are small and latency-bound.
                     let _ = stream.set_nodelay(true);
-                    this.open.fetch_add(1, Ordering::AcqRel);
+                    count.fetch_add(1, Ordering::AcqRel);
                     this.metrics.accepted.add(1, &[]);
                     this.metrics.open.add(1, &[]);
-                    let io = ConnIo::new(
-                        stream,
-                        &this.limits,
-                        this.metrics.clone(),
-                        Arc::clone(&this.open),
-                    );
+                    let io = ConnIo::new(stream, &limits, this.metrics.clone(), Arc::clone(count));
                     return Poll::Ready(Some(Ok(io)));
                 }
                 Poll::Ready(Err(err)) => {

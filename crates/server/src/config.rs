@@ -67,6 +67,13 @@ pub struct ListenArgs {
     #[arg(long, env = "TESTBED_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Connections admitted past --max-connections, each for at most 2 s
+    /// (handshake within 1 s, GOAWAY at 1 s, closed 1 s later): room for
+    /// kubelet probes and an operator's grpcurl while the cap is reached.
+    /// 0: none.
+    #[arg(long, env = "TESTBED_RESERVED_CONNECTIONS", default_value_t = 8)]
+    pub reserved_connections: usize,
+
     /// A connection that has not sent the HTTP/2 preface and its SETTINGS
     /// within this long is closed (slowloris).
     #[arg(

@@ -9,12 +9,18 @@ use crate::config::ListenArgs;
 /// this, whichever is more.
 const MIN_DESCRIPTOR_HEADROOM: usize = 64;
 
+/// Half the longest a connection in a reserved slot is held (see
+/// [`Limits::reserved`]).
+pub const RESERVED_LIFETIME: Duration = Duration::from_secs(1);
+
 /// The limits [`crate::GrpcServer`] applies; see [`ListenArgs`] for each
 /// field's flag, meaning and default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// `--max-connections`, resolved (see [`default_max_connections`]).
     pub max_connections: usize,
+    /// `--reserved-connections`.
+    pub reserved_connections: usize,
     /// `--handshake-timeout`.
     pub handshake_timeout: Duration,
     /// `--idle-timeout`.
@@ -72,6 +78,7 @@ impl Limits {
             max_connections: args
                 .max_connections
                 .unwrap_or_else(|| default_max_connections(descriptor_limit())),
+            reserved_connections: args.reserved_connections,
             handshake_timeout: args.handshake_timeout,
             idle_timeout: args.idle_timeout,
             keepalive_interval: args.http2_keepalive_interval,
@@ -98,9 +105,24 @@ impl Limits {
         }
     }
 
+    /// The limits of a connection admitted past the cap into a reserved
+    /// slot: it must finish its handshake within [`RESERVED_LIFETIME`], gets
+    /// GOAWAY at that age and is closed the same time later.
+    pub fn reserved(&self) -> Self {
+        Self {
+            handshake_timeout: self.handshake_timeout.min(RESERVED_LIFETIME),
+            connection_age: Some(crate::bind::ConnectionAge {
+                max: RESERVED_LIFETIME,
+                grace: RESERVED_LIFETIME,
+            }),
+            ..self.clone()
+        }
+    }
+
     fn from_args_fallback() -> Self {
         Self {
             max_connections: default_max_connections(descriptor_limit()),
+            reserved_connections: 8,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(60),

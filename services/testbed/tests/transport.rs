@@ -176,44 +176,67 @@ async fn descriptor_flood_neither_spins_nor_outlasts_itself() {
     assert!(emfile >= 1.0, "EMFILE not counted: {emfile}");
 }
 
-/// With the default cap derived from a low descriptor limit, connections
-/// past `--max-connections` are closed at once and counted, and the server
-/// still answers on a new connection once they are gone.
+/// Past --max-connections a connection takes one of the
+/// --reserved-connections slots, closed within about 2 s; past those it is
+/// closed at once and counted. With the cap full of held connections, a
+/// new health check (a kubelet probe) is still answered once the reserved
+/// slots have turned over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_cap_are_closed_at_once() {
+async fn past_the_cap_only_short_lived_reserved_slots() {
     let tb = Testbed::start(&[
         "all",
         "--max-connections",
         "20",
+        "--reserved-connections",
+        "2",
         "--handshake-timeout",
         "60s",
     ]);
     tb.wait_serving("").await;
+    // The readiness check's own connection must be gone before the count.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while counter(&tb, "server_connections_open", "").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the health check's connection stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = counter(&tb, "server_connections_refused_total", "").await;
     let mut held = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..30 {
         let mut stream = TcpStream::connect(tb.addr).await.unwrap();
         stream.write_all(&handshake()).await.unwrap();
         held.push(stream);
     }
-    // The last ones are past the cap: closed without a byte.
-    let mut closed = 0;
-    for stream in held.iter_mut().rev().take(10) {
-        let heard = listen(stream, Duration::from_secs(2)).await;
-        if heard.closed_at.is_some() && heard.headers.is_empty() {
-            closed += 1;
-        }
-    }
-    assert_eq!(
-        closed, 10,
-        "connections past the cap were not closed at once"
+    // Read every connection for 3 s at once: the capped ones stay open and
+    // silent, the reserved ones get GOAWAY and a close, the rest a close
+    // without a byte.
+    let heard = futures::future::join_all(
+        held.iter_mut()
+            .map(|stream| listen(stream, Duration::from_secs(3))),
+    )
+    .await;
+    let open = heard.iter().filter(|h| h.closed_at.is_none()).count();
+    let reserved: Vec<_> = heard
+        .iter()
+        .filter(|h| h.goaway.as_ref().is_some_and(|(_, why)| why == "max_age"))
+        .map(|h| h.closed_at.expect("closed"))
+        .collect();
+    let refused = heard
+        .iter()
+        .filter(|h| h.closed_at.is_some() && h.headers.is_empty())
+        .count();
+    assert_eq!((open, reserved.len(), refused), (20, 2, 8), "{heard:?}");
+    assert!(
+        reserved.iter().all(|at| *at < Duration::from_millis(2500)),
+        "{reserved:?}"
     );
+    let counted = counter(&tb, "server_connections_refused_total", "").await - before;
+    assert_eq!(counted, 8.0);
+    // The cap is still full; a probe gets a reserved slot.
+    assert!(serving_on_new_connection(&tb, Duration::from_secs(2)).await);
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !serving_on_new_connection(&tb, Duration::from_millis(500)).await {
-        assert!(Instant::now() < deadline, "not served after the cap freed");
-    }
-    let refused = counter(&tb, "server_connections_refused_total", "").await;
-    assert!(refused >= 19.0, "refused {refused}");
 }
 
 /// A connection that never completes the handshake is closed after
@@ -274,6 +297,39 @@ async fn silent_connections_are_closed() {
     );
     assert_eq!(
         counter(&tb, "server_connections_closed_total", "reason=\"idle\"").await,
+        1.0
+    );
+}
+
+/// --max-connection-age: GOAWAY NO_ERROR "max_age" at that age (not only
+/// a close at age + grace, as tonic's own setting does), then the close
+/// after --max-connection-age-grace; counted as age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_connections_get_goaway_then_close() {
+    let tb = Testbed::start(&[
+        "all",
+        "--max-connection-age",
+        "400ms",
+        "--max-connection-age-grace",
+        "400ms",
+    ]);
+    tb.wait_serving("").await;
+    let mut conn = TcpStream::connect(tb.addr).await.unwrap();
+    conn.write_all(&handshake()).await.unwrap();
+    let heard = listen(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(heard.goaway, Some((frames::NO_ERROR, "max_age".to_owned())));
+    let goaway_at = heard.goaway_at.unwrap();
+    assert!(
+        goaway_at >= Duration::from_millis(350) && goaway_at < Duration::from_millis(1500),
+        "GOAWAY at {goaway_at:?}"
+    );
+    let closed_at = heard.closed_at.expect("closed");
+    assert!(
+        closed_at >= goaway_at + Duration::from_millis(350),
+        "{closed_at:?}"
+    );
+    assert_eq!(
+        counter(&tb, "server_connections_closed_total", "reason=\"age\"").await,
         1.0
     );
 }
