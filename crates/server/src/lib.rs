@@ -5,7 +5,19 @@
 //! `grpc.health.v1.Health` (the overall status `""` plus one entry per served
 //! service, for kubelet gRPC probes), server reflection in both
 //! `grpc.reflection.v1` and `grpc.reflection.v1alpha` (grpcurl 1.8 and ghz
-//! only speak v1alpha), and graceful shutdown bounded by a grace period.
+//! only speak v1alpha), graceful shutdown bounded by a grace period, and the
+//! transport defences and request limits every server shares (README
+//! "Limits"): an accept loop that backs off when out of descriptors, a
+//! connection cap, handshake and idle timeouts, connection age, a ping
+//! policy, HTTP/2 settings, message sizes, a request timeout and load
+//! shedding.
+//!
+//! hyper and h2 serve the connections (through tonic); what they do not
+//! enforce is done around them, on the socket ([`conn`] follows the HTTP/2
+//! frame headers and writes its own GOAWAY) and as tower layers ([`streams`],
+//! [`shed`]), not by a fork of either. The crates added for it (`bytes`,
+//! `http-body`, `tower-layer`, `opentelemetry`) were already in the build
+//! through tonic and the telemetry crate.
 //!
 //! This crate does not own any RPC behaviour; service crates hand it their
 //! tonic services.
