@@ -191,6 +191,9 @@ struct Inner {
     /// Whether the settings recorded for the prefix were last found equal
     /// to this process's (see `settings.rs`).
     settings_agreed: std::sync::atomic::AtomicBool,
+    /// The settings record's epoch this process last read (see
+    /// `settings.rs`); every append carries it.
+    epoch: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 impl RedisLog {
@@ -226,6 +229,7 @@ impl RedisLog {
                     ])
                     .build(),
                 settings_agreed: std::sync::atomic::AtomicBool::new(false),
+                epoch: std::sync::Mutex::new(None),
             }),
         };
         if let Err(err) = log.conn().await {

@@ -478,3 +478,79 @@ fn records_decode_from_msgpack() {
     assert_eq!(unpack_record(&longer), None);
     assert_eq!(unpack_record(b"text"), None);
 }
+
+/// After another deployment resets the key prefix, the very next append
+/// of a process that agreed with the old record (no health probe in
+/// between) follows the new one: refused when its settings now disagree,
+/// written when they still agree or the store came back empty. Both kinds
+/// of append (by event id, and an idempotent producer's batch).
+#[tokio::test]
+async fn appends_follow_the_settings_epoch() {
+    let server = RedisServer::start();
+    let args = |partitions| StoreArgs {
+        partitions,
+        redis_url: Some(server.url()),
+        redis_timeout: Duration::from_secs(2),
+        ..StoreArgs::default()
+    };
+    let old = RedisLog::connect(&args(1)).await.unwrap();
+    let mut sequence = 0;
+    let mut append = async |log: &RedisLog, id: &str, idempotent: bool| {
+        sequence += 1;
+        let meta = EntryMeta {
+            producer_id: if idempotent {
+                "p".into()
+            } else {
+                String::new()
+            },
+            sequence,
+            ..EntryMeta::default()
+        };
+        let event = AppendEvent {
+            run_id: "",
+            event_id: id,
+            bytes: b"x".to_vec().into(),
+        };
+        log.append(0, &meta, &[event]).await
+    };
+    let stream_length = || server.command(&["XLEN", &old.keys().stream(0)]);
+    for idempotent in [false, true] {
+        assert!(
+            append(&old, "a", idempotent)
+                .await
+                .unwrap()
+                .entry_id
+                .is_some()
+        );
+
+        // Emptied: the first append records the settings again.
+        server.command(&["FLUSHALL"]);
+        let outcome = append(&old, "b", idempotent).await.unwrap();
+        assert!(outcome.entry_id.is_some(), "{outcome:?}");
+        assert_eq!(stream_length(), ":1");
+
+        // Reset and recorded by a process with the same settings.
+        server.command(&["FLUSHALL"]);
+        let _same = RedisLog::connect(&args(1)).await.unwrap();
+        let outcome = append(&old, "c", idempotent).await.unwrap();
+        assert!(outcome.entry_id.is_some(), "{outcome:?}");
+        assert_eq!(stream_length(), ":1");
+
+        // Reset and recorded with another partition count: refused at
+        // once, and nothing written.
+        server.command(&["FLUSHALL"]);
+        let _other = RedisLog::connect(&args(2)).await.unwrap();
+        let err = append(&old, "d", idempotent).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Disagreement { flag: "--partitions", ours, stored }
+                    if ours == "1" && stored == "2"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(stream_length(), ":0");
+        server.command(&["FLUSHALL"]);
+        old.agree_settings().await.unwrap();
+    }
+}
