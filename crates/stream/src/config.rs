@@ -49,6 +49,16 @@ pub struct StoreArgs {
           value_parser = humantime::parse_duration)]
     pub redis_wait_timeout: Duration,
 
+    /// With --redis-cluster, how often the shared connection is replaced
+    /// by a new one that reads the slot map afresh from the seeds, in the
+    /// background (no call waits for it; calls in flight finish on the old
+    /// one). A safety net: a call failing as unavailable already does this
+    /// at once; the period catches topology changes no call tripped over
+    /// (slots moved to a new node, a node added). `0s` turns it off.
+    #[arg(long, env = "TESTBED_REDIS_TOPOLOGY_REFRESH", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub redis_topology_refresh: Duration,
+
     /// Event-id dedupe window: how many recent event ids each partition
     /// remembers. A retry re-sending an event id still in the window is
     /// counted once. Memory is bounded by it (about 100 bytes per id in

@@ -125,8 +125,10 @@ pub(crate) async fn connect(
 /// connection reads the slot map afresh from the seeds (any of them alive
 /// will do), so the next call reaches the new owner. Calls failing at once
 /// drop one connection only (each carries the generation it used), and
-/// reconnecting is serialized. A single Redis keeps its connection:
-/// `ConnectionManager` reconnects by itself.
+/// reconnecting is serialized. As a safety net for topology changes no
+/// call trips over, `--redis-topology-refresh` also renews the connection
+/// periodically in the background ([`SharedConn::renew`]). A single Redis
+/// keeps its connection: `ConnectionManager` reconnects by itself.
 pub(crate) struct SharedConn {
     slot: std::sync::RwLock<Option<(Conn, u64)>>,
     connecting: tokio::sync::Mutex<()>,
@@ -164,6 +166,21 @@ impl SharedConn {
             *slot = Some((conn.clone(), generation));
         }
         Ok((conn, generation))
+    }
+
+    /// Connects afresh (a new slot map on Redis Cluster) and makes the new
+    /// connection the current one; calls holding the old one finish on it.
+    /// Serialized with reconnects after a failure.
+    pub(crate) async fn renew(&self, args: &StoreArgs) -> Result<u64, StoreError> {
+        let _connecting = self.connecting.lock().await;
+        let conn = connect(args, args.redis_timeout).await?;
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut slot) = self.slot.write() {
+            *slot = Some((conn, generation));
+        }
+        Ok(generation)
     }
 
     /// A call on generation `generation` failed with `err`: on Redis

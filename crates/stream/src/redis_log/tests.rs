@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::model::{AppendEvent, EntryMeta};
-use testbed_test_support::RedisServer;
+use testbed_test_support::{RedisCluster, RedisServer};
 
 async fn log_on(server: &RedisServer) -> RedisLog {
     let args = StoreArgs {
@@ -553,4 +553,70 @@ async fn appends_follow_the_settings_epoch() {
         server.command(&["FLUSHALL"]);
         old.agree_settings().await.unwrap();
     }
+}
+
+/// `--redis-topology-refresh` on Redis Cluster: the shared connection is
+/// renewed in the background (a new generation, so a new slot map) while
+/// calls go on answering through the renewals.
+#[tokio::test]
+async fn the_cluster_connection_is_renewed_periodically() {
+    let cluster = RedisCluster::start();
+    let args = StoreArgs {
+        partitions: 2,
+        redis_url: Some(cluster.url()),
+        redis_cluster: true,
+        redis_timeout: Duration::from_secs(2),
+        redis_topology_refresh: Duration::from_millis(50),
+        ..StoreArgs::default()
+    };
+    let log = RedisLog::connect(&args).await.unwrap();
+    log.ensure_group().await.unwrap();
+    let (_, first) = log.conn().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut appended = 0;
+    loop {
+        let id = format!("e{appended}");
+        let event = AppendEvent {
+            run_id: "",
+            event_id: &id,
+            bytes: b"x".to_vec().into(),
+        };
+        log.append(appended % 2, &EntryMeta::default(), &[event])
+            .await
+            .unwrap();
+        appended += 1;
+        let (_, now) = log.conn().await.unwrap();
+        if now >= first + 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still generation {now} (from {first}) after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let figures = [log.figures(0).await.unwrap(), log.figures(1).await.unwrap()];
+    assert_eq!(
+        figures.iter().map(|f| f.ingested).sum::<u64>(),
+        u64::from(appended)
+    );
+}
+
+/// Off by default on a single Redis, and with `0s` on a cluster: the
+/// connection keeps its generation.
+#[tokio::test]
+async fn a_single_redis_keeps_its_connection() {
+    let server = RedisServer::start();
+    let args = StoreArgs {
+        partitions: 1,
+        redis_url: Some(server.url()),
+        redis_timeout: Duration::from_secs(2),
+        redis_topology_refresh: Duration::from_millis(20),
+        ..StoreArgs::default()
+    };
+    let log = RedisLog::connect(&args).await.unwrap();
+    let (_, first) = log.conn().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, now) = log.conn().await.unwrap();
+    assert_eq!(now, first);
 }
