@@ -27,6 +27,9 @@ pub enum BindError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The tokens could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The bound listeners of one process.
@@ -46,6 +49,8 @@ pub struct Listeners {
     pub health_interval: std::time::Duration,
     /// `--max-connection-age` and `--max-connection-age-grace`.
     pub connection_age: Option<ConnectionAge>,
+    /// The tokens of `--auth-tokens-file`/`--auth-tokens`; none: auth off.
+    pub auth: Option<std::sync::Arc<crate::auth::TokenSet>>,
 }
 
 /// When a client connection is closed for its age.
@@ -60,6 +65,8 @@ pub struct ConnectionAge {
 /// Binds the listeners named by `args` and, when asked, writes their
 /// addresses to `--addr-file`.
 pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
+    // Tokens first: a bad token file stops the process before it listens.
+    let auth = args.auth.load()?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .map_err(|source| BindError::Bind {
@@ -105,6 +112,7 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
             max,
             grace: args.max_connection_age_grace,
         }),
+        auth,
     })
 }
 
@@ -123,6 +131,7 @@ mod tests {
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
             addr_file,
+            auth: crate::auth::AuthArgs::default(),
         }
     }
 

@@ -5,13 +5,17 @@
 //! `grpc.health.v1.Health` (the overall status `""` plus one entry per served
 //! service, for kubelet gRPC probes), server reflection in both
 //! `grpc.reflection.v1` and `grpc.reflection.v1alpha` (grpcurl 1.8 and ghz
-//! only speak v1alpha), and graceful shutdown bounded by a grace period.
+//! only speak v1alpha), graceful shutdown bounded by a grace period, and
+//! optional bearer-token authentication of every other RPC ([`auth`]).
 //!
 //! This crate does not own any RPC behaviour; service crates hand it their
 //! tonic services.
 //!
 //! # Layout
-//! - [`config`]: the listener flags every server subcommand shares.
+//! - [`auth`]: bearer tokens, roles, the per-RPC policy and the tower layer
+//!   that applies them; the client side ([`auth::client::Bearer`]).
+//! - [`config`]: the listener flags every server subcommand shares (the
+//!   token flags flattened in).
 //! - [`signal`]: SIGTERM/SIGINT into the one shutdown token.
 //! - [`grpc`]: [`GrpcServer`]: reflection, serving and shutdown; uses
 //!   [`health`].
@@ -24,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr_file;
+pub mod auth;
 pub mod bind;
 pub mod config;
 pub mod dependency;
@@ -32,6 +37,7 @@ pub mod health;
 pub mod signal;
 pub mod store_status;
 
+pub use auth::{Identity, Role};
 pub use bind::{BindError, ConnectionAge, Listeners, bind};
 pub use config::ListenArgs;
 pub use dependency::watch_dependency;

@@ -42,6 +42,8 @@ pub async fn register(
     server
         .add_service(IngestApi::new(publisher, shutdown.clone()).into_server())
         .await;
+    // With tokens configured: publishing is a write.
+    server.require(service_names::INGEST, testbed_server::Role::Write);
     server.follow_dependency(
         "event store",
         vec![service_names::INGEST],

@@ -62,6 +62,8 @@ pub async fn register(
     server
         .add_service(QueryApi::with_config(log.clone(), config, shutdown.clone()).into_server())
         .await;
+    // With tokens configured: every query is a read.
+    server.require(service_names::QUERY, testbed_server::Role::Read);
     server.follow_dependency(
         "event store",
         vec![service_names::QUERY],

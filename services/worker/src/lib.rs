@@ -65,6 +65,13 @@ pub async fn register(
         shutdown.clone(),
     );
     server.add_service(api.into_server()).await;
+    // With tokens configured: reading the status is a read; whatever
+    // changes the pipeline (pause, concurrency, faults) needs admin.
+    let control = testbed_proto::service_names::WORKER_CONTROL;
+    server.require(control, testbed_server::Role::Admin);
+    for read in ["GetStatus", "WatchStatus"] {
+        server.require_method(control, read, testbed_server::Role::Read);
+    }
     server.spawn_background(consumer.clone().run(shutdown.clone()));
     server.spawn_background(
         follower::Follower {
