@@ -15,11 +15,14 @@
 //!    that points at another team's service is refused, and so is a literal
 //!    address that is not listed.
 //!
-//! What it does not do: follow a name between the check and the
-//! connection (tonic resolves `http://NAME` targets again when it
-//! connects, and a `dns:///` target is re-resolved every 10 s while the run
-//! lasts); a name on the list is trusted for as long as the run lasts. The
-//! NetworkPolicy of the deployment bounds the egress beyond that.
+//! A `dns:///` target is re-resolved every 10 s while its run lasts; one
+//! that passed by address keeps being checked there
+//! ([`crate::load::transport::guarded_channels`]): a new address that is
+//! not allowed gets no connection. A name on the list is trusted for as
+//! long as the run lasts. What it does not do: follow an `http://NAME`
+//! target between the check and the connection (tonic resolves it again
+//! when it connects). The NetworkPolicy of the deployment bounds the
+//! egress beyond that.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -18,7 +18,7 @@ use testbed_server::CancellationToken;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::load::allow::Refusal;
+use crate::load::allow::{AllowList, Refusal};
 use crate::load::fleet::Fleet;
 use crate::load::runner::{self, Progress, SendOptions, Shared};
 use crate::load::scenario::Scenario;
@@ -161,8 +161,14 @@ impl Runs {
 
     /// Checks `target` (named by `field`) against the allow-list, after DNS
     /// resolution, and the connections a run to it would open against
-    /// `--max-connections`.
-    pub async fn admit_target(&self, field: &str, target: &str) -> Result<(), ApiError> {
+    /// `--max-connections`. Returns the allow-list when the run's channels
+    /// must keep checking the addresses a `dns:///` target resolves to (it
+    /// was allowed for its addresses, not by name).
+    pub async fn admit_target(
+        &self,
+        field: &str,
+        target: &str,
+    ) -> Result<Option<AllowList>, ApiError> {
         let config = &self.inner.config;
         let not_allowed = |address: Option<String>| ApiError::TargetNotAllowed {
             field: field.to_owned(),
@@ -200,7 +206,8 @@ impl Runs {
                 ),
             ));
         }
-        Ok(())
+        let by_address = target.starts_with("dns:///") && !allowed.addresses.is_empty();
+        Ok(by_address.then(|| config.allow.clone()))
     }
 
     /// The sum of the peak rates of the active runs but `except`.
@@ -257,7 +264,7 @@ impl Runs {
             Some(target) => transport::parse_target(target)
                 .map_err(|reason| ApiError::invalid("spec.target", reason))?,
         };
-        self.admit_target("spec.target", &target).await?;
+        let guard = self.admit_target("spec.target", &target).await?;
         let StartSpec {
             mut spec,
             load,
@@ -271,7 +278,7 @@ impl Runs {
             spec.run_id = format!("run-{secs}-{:08x}", rand::random::<u32>());
         }
         // Lazy channels: only a dns:/// target is resolved here.
-        let channels = transport::channels(&spec.target, config.connections)
+        let channels = transport::guarded_channels(&spec.target, config.connections, guard)
             .await
             .map_err(|err| match err {
                 ConnectError::Invalid { reason, .. } => ApiError::invalid("spec.target", reason),
