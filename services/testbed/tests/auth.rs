@@ -380,3 +380,39 @@ async fn simulator_roles_client_tokens_and_audit() {
     assert_ne!(finished.code, Some(0), "{}", finished.stderr);
     let _ = std::fs::remove_file(tokens);
 }
+
+/// A token file that breaks a rule stops the start (exit 1) with one line
+/// naming the file and the line, never the secret.
+#[test]
+fn a_bad_token_file_refuses_to_start() {
+    let path = std::env::temp_dir().join(format!("testbed-auth-bad-{}.tokens", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("ok:read:{READER}\nweak:write:short-secret\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "all",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--auth-tokens-file")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("testbed: "))
+        .expect("a one-line error");
+    assert!(
+        line.contains("token line 2") && line.contains("\"weak\""),
+        "{line}"
+    );
+    assert!(!stderr.contains("short-secret"), "{stderr}");
+}
