@@ -16,6 +16,17 @@ pub struct StoreArgs {
     #[arg(long, env = "REDIS_CLUSTER")]
     pub redis_cluster: bool,
 
+    /// Redis ACL user to authenticate as (instead of one in --redis-url).
+    #[arg(long, env = "TESTBED_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// File holding the Redis password (its first line), e.g. a mounted
+    /// Kubernetes Secret: kept out of the command line, the environment
+    /// and the process list. Read at every (re)connect, so a rotated
+    /// Secret is used from the next connection on.
+    #[arg(long, env = "TESTBED_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
     /// Number of partitions (streams). An event's partition is a stable hash
     /// of its device_id. Changing it re-routes devices: drain first.
     #[arg(long, env = "TESTBED_PARTITIONS", default_value_t = 4,
@@ -92,6 +103,12 @@ impl StoreArgs {
     /// Redis (the embedded log has none), or for longer than every call
     /// may take.
     pub fn check(&self) -> Result<(), String> {
+        if self.redis_password_file.is_some() {
+            if self.redis_url.is_none() {
+                return Err("--redis-password-file needs --redis-url".to_owned());
+            }
+            self.redis_password().map_err(|e| e.to_string())?;
+        }
         if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
             return Err(format!(
                 "--redis-wait-replicas {} needs --redis-url: the embedded log has no replicas",
@@ -105,6 +122,27 @@ impl StoreArgs {
             ));
         }
         Ok(())
+    }
+}
+
+impl StoreArgs {
+    /// The password of `--redis-password-file` (its first line, without
+    /// the line ending), if one is given.
+    pub(crate) fn redis_password(&self) -> Result<Option<String>, crate::StoreError> {
+        let Some(path) = &self.redis_password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::StoreError::Config(format!("--redis-password-file {}: {e}", path.display()))
+        })?;
+        let password = text.lines().next().unwrap_or_default();
+        if password.is_empty() {
+            return Err(crate::StoreError::Config(format!(
+                "--redis-password-file {}: the first line is empty",
+                path.display()
+            )));
+        }
+        Ok(Some(password.to_owned()))
     }
 }
 

@@ -620,3 +620,65 @@ async fn a_single_redis_keeps_its_connection() {
     let (_, now) = log.conn().await.unwrap();
     assert_eq!(now, first);
 }
+
+/// `--redis-username` and `--redis-password-file` authenticate as a Redis
+/// ACL user: the right password appends, a wrong one is refused by Redis
+/// (the password really is sent), and an unreadable or empty file is a
+/// configuration error before any connection.
+#[tokio::test]
+async fn authenticates_with_a_password_file() {
+    let server = RedisServer::start_with(&[
+        "--user",
+        "testbed",
+        "on",
+        ">s3cret-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let dir = std::env::temp_dir().join(format!("redis-pass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let args = |password_file| StoreArgs {
+        partitions: 1,
+        redis_url: Some(server.url()),
+        redis_timeout: Duration::from_secs(2),
+        redis_username: Some("testbed".to_owned()),
+        redis_password_file: Some(password_file),
+        ..StoreArgs::default()
+    };
+    let event = AppendEvent {
+        run_id: "",
+        event_id: "e1",
+        bytes: b"x".to_vec().into(),
+    };
+
+    let good = args(file("good", "s3cret-pass\n"));
+    good.check().unwrap();
+    let log = RedisLog::connect(&good).await.unwrap();
+    log.append(0, &EntryMeta::default(), std::slice::from_ref(&event))
+        .await
+        .unwrap();
+
+    let wrong = RedisLog::connect(&args(file("wrong", "not-it\n")))
+        .await
+        .unwrap();
+    let err = wrong
+        .append(0, &EntryMeta::default(), &[event])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Config(msg) if msg.contains("refused the credentials")),
+        "{err:?}"
+    );
+
+    let err = args(file("empty", "\n")).check().unwrap_err();
+    assert!(err.contains("first line is empty"), "{err}");
+    let err = args(dir.join("missing")).check().unwrap_err();
+    assert!(err.contains("--redis-password-file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
