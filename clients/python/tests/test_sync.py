@@ -159,3 +159,14 @@ def test_bearer_token_is_sent(testbed_auth):
         assert tc.error_details(raised.value).reason == "ROLE_INSUFFICIENT"
     with tc.connect(testbed_auth.addr, token=ADMIN_TOKEN) as admin:
         admin.worker.Resume(worker_pb2.ResumeRequest(), timeout=5)
+
+
+def test_dns_target_with_round_robin(testbed):
+    """A `dns:///` target (resolved, balanced round robin) publishes and
+    reads like a plain one."""
+    port = testbed.addr.rsplit(":", 1)[1]
+    with tc.connect(f"dns:///127.0.0.1:{port}") as client:
+        reply = tc.publish(client, [tc.metric_event("py-dns-1", "py-dev-dns", "x", 2.5)])
+        assert reply.accepted_count == 1
+        stats = wait_device_events(client, "py-dev-dns", 1)
+        assert stats.totals.event_count == 1

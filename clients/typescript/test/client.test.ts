@@ -102,6 +102,20 @@ describe("testbed all", () => {
   });
 });
 
+test("a dns:/// target (resolved, round robin) publishes like a plain one", async () => {
+  const server = await Testbed.start("all");
+  try {
+    const port = server.addr.split(":").pop();
+    const client = tb.connect(`dns:///127.0.0.1:${port}`);
+    const reply = await tb.publish(client, [tb.metricEvent("ts-dns-1", "ts-dev-dns", "x", 2.5)]);
+    assert.equal(reply.acceptedCount, 1);
+    assert.equal((await waitDeviceEvents(client, "ts-dev-dns", 1)).totals?.eventCount, 1);
+    client.close();
+  } finally {
+    assert.equal(await server.stop(), 0);
+  }
+});
+
 describe("testbed all with tokens", () => {
   const WRITE = "ts-client-write-secret-0001";
   let server: Testbed;
