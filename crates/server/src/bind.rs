@@ -27,6 +27,9 @@ pub enum BindError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The tokens could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The bound listeners of one process.
@@ -46,6 +49,8 @@ pub struct Listeners {
     pub health_interval: std::time::Duration,
     /// Every transport and request limit (`--max-connections` and the rest).
     pub limits: crate::limits::Limits,
+    /// The tokens of `--auth-tokens-file`/`--auth-tokens`; none: auth off.
+    pub auth: Option<std::sync::Arc<crate::auth::TokenSet>>,
 }
 
 /// When a client connection is closed for its age.
@@ -60,6 +65,8 @@ pub struct ConnectionAge {
 /// Binds the listeners named by `args` and, when asked, writes their
 /// addresses to `--addr-file`.
 pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
+    // Tokens first: a bad token file stops the process before it listens.
+    let auth = args.auth.load()?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .map_err(|source| BindError::Bind {
@@ -102,6 +109,7 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         grace: args.shutdown_grace,
         health_interval: args.health_interval,
         limits: crate::limits::Limits::from_args(args),
+        auth,
     })
 }
 

@@ -199,6 +199,11 @@ pub struct ListenArgs {
     /// scripts and tests that bind port 0.
     #[arg(long, env = "TESTBED_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
+
+    /// Bearer tokens (`--auth-tokens-file`, `--auth-tokens`); none: no
+    /// authentication. See [`crate::auth`].
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 #[cfg(test)]

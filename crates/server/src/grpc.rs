@@ -12,6 +12,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::accept::Incoming;
 use crate::conn_metrics::ConnMetrics;
+use crate::auth::{AuthLayer, Policy, Role, TokenSet};
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::shed::ShedLayer;
@@ -53,6 +54,10 @@ pub struct GrpcServer {
     health: Health,
     health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    /// The tokens calls must present; none: auth off.
+    tokens: Option<std::sync::Arc<TokenSet>>,
+    /// The role each RPC requires, declared by the services.
+    policy: Policy,
 }
 
 impl Default for GrpcServer {
@@ -77,7 +82,28 @@ impl GrpcServer {
             services: Vec::new(),
             health: Health::new(reporter),
             health_service,
+            tokens: None,
+            policy: Policy::default(),
         }
+    }
+
+    /// Every method of `service` requires a token of at least `role` when
+    /// tokens are configured (see [`crate::auth`]); an undeclared service
+    /// requires `admin`.
+    pub fn require(&mut self, service: &str, role: Role) -> &mut Self {
+        self.policy.service(service, role);
+        self
+    }
+
+    /// `method` of `service` requires `role`, overriding its service's.
+    pub fn require_method(&mut self, service: &str, method: &str, role: Role) -> &mut Self {
+        self.policy.method(service, method, role);
+        self
+    }
+
+    /// Checks calls against `tokens` (none: no authentication).
+    pub fn set_tokens(&mut self, tokens: Option<std::sync::Arc<TokenSet>>) {
+        self.tokens = tokens;
     }
 
     /// A handle on this server's health statuses, for services that watch a
@@ -150,6 +176,7 @@ impl GrpcServer {
         let mut server = Self::new();
         server.set_probe_interval(listeners.health_interval);
         server.set_limits(listeners.limits.clone());
+        server.set_tokens(listeners.auth.clone());
         server
     }
 
@@ -233,6 +260,16 @@ impl GrpcServer {
             health.begin_shutdown(&services).await;
             tracing::info!("health NOT_SERVING; draining in-flight calls");
         };
+        match (&self.tokens, listener.local_addr()) {
+            (Some(tokens), _) => {
+                tracing::info!(tokens = tokens.len(), "bearer-token authentication on")
+            }
+            (None, Ok(addr)) if !addr.ip().is_loopback() => tracing::warn!(
+                %addr,
+                "no --auth-tokens-file: every RPC is open to whoever reaches this address"
+            ),
+            (None, _) => {}
+        }
         let limits = self.limits.clone();
         tracing::info!(
             max_connections = limits.max_connections,
@@ -258,6 +295,10 @@ impl GrpcServer {
             // Outermost: every RPC is traced and measured, including the
             // time spent in any layer added below it (shed calls too).
             .layer(testbed_telemetry::rpc::RpcLayer::new())
+            // Inside the tracing: refused calls are traced and measured
+            // with their code; before every service, so none is reached
+            // without its role.
+            .layer(AuthLayer::new(self.tokens.clone(), self.policy.clone()))
             // Before shedding, so a shed call also counts as a call on its
             // connection (it ends at once).
             .layer(CallsLayer)

@@ -5,7 +5,8 @@
 //! `grpc.health.v1.Health` (the overall status `""` plus one entry per served
 //! service, for kubelet gRPC probes), server reflection in both
 //! `grpc.reflection.v1` and `grpc.reflection.v1alpha` (grpcurl 1.8 and ghz
-//! only speak v1alpha), graceful shutdown bounded by a grace period, and the
+//! only speak v1alpha), graceful shutdown bounded by a grace period,
+//! optional bearer-token authentication of every other RPC ([`auth`]), and the
 //! transport defences and request limits every server shares (README
 //! "Limits"): an accept loop that backs off when out of descriptors, a
 //! connection cap, handshake and idle timeouts, connection age, a ping
@@ -23,7 +24,10 @@
 //! tonic services.
 //!
 //! # Layout
-//! - [`config`]: the listener flags every server subcommand shares.
+//! - [`auth`]: bearer tokens, roles, the per-RPC policy and the tower layer
+//!   that applies them; the client side ([`auth::client::Bearer`]).
+//! - [`config`]: the listener flags every server subcommand shares (the
+//!   token flags flattened in).
 //! - [`signal`]: SIGTERM/SIGINT into the one shutdown token.
 //! - [`grpc`]: [`GrpcServer`]: reflection, serving and shutdown; uses
 //!   [`health`].
@@ -51,6 +55,7 @@
 
 pub mod accept;
 pub mod addr_file;
+pub mod auth;
 pub mod bind;
 pub mod config;
 pub mod conn;
@@ -66,6 +71,7 @@ pub mod signal;
 pub mod store_status;
 pub mod streams;
 
+pub use auth::{Identity, Role};
 pub use bind::{BindError, ConnectionAge, Listeners, bind};
 pub use config::ListenArgs;
 pub use dependency::watch_dependency;

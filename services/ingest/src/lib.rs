@@ -45,6 +45,8 @@ pub async fn register(
         .max_decoding_message_size(limits.max_decoding_message_size)
         .max_encoding_message_size(limits.max_encoding_message_size);
     server.add_service(service).await;
+    // With tokens configured: publishing is a write.
+    server.require(service_names::INGEST, testbed_server::Role::Write);
     server.follow_dependency(
         "event store",
         vec![service_names::INGEST],

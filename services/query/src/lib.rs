@@ -65,6 +65,8 @@ pub async fn register(
         .max_decoding_message_size(limits.max_decoding_message_size)
         .max_encoding_message_size(limits.max_encoding_message_size);
     server.add_service(service).await;
+    // With tokens configured: every query is a read.
+    server.require(service_names::QUERY, testbed_server::Role::Read);
     server.follow_dependency(
         "event store",
         vec![service_names::QUERY],
