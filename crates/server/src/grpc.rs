@@ -11,8 +11,8 @@ use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
 
 use crate::accept::Incoming;
-use crate::conn_metrics::ConnMetrics;
 use crate::auth::{AuthLayer, Policy, Role, TokenSet};
+use crate::conn_metrics::ConnMetrics;
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::shed::ShedLayer;
