@@ -129,7 +129,7 @@ pub fn serve_config(args: &SimArgs) -> ServeConfig {
             max_devices: serve.max_devices,
             max_batch_size: serve.max_batch_size,
             max_run_duration: serve.max_run_duration,
-            max_connections: serve.max_connections,
+            max_connections: serve.max_run_connections,
             max_total_rate: serve.max_total_rate,
         },
         allow: AllowList::new(

@@ -333,18 +333,18 @@ async fn an_open_run_ends_at_the_longest_duration() {
 }
 
 /// Connections per run: --connections times the addresses of the target,
-/// at most --max-connections.
+/// at most --max-run-connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_run_are_capped() {
     let (_ingest, _sim, mut client) =
-        setup(&["--connections", "4", "--max-connections", "3"]).await;
+        setup(&["--connections", "4", "--max-run-connections", "3"]).await;
     let err = start(&mut client, spec("", 10.0, Some(1.0)))
         .await
         .unwrap_err();
     let (field, why) = violation(&err);
     assert_eq!(field, "spec.target");
     assert!(
-        why.contains("--max-connections") && why.contains("4 connections"),
+        why.contains("--max-run-connections") && why.contains("4 connections"),
         "{why}"
     );
 }

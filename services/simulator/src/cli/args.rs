@@ -216,9 +216,9 @@ pub struct ServeArgs {
 
     /// Most HTTP/2 connections one run may open: --connections times the
     /// addresses a dns:/// target resolves to.
-    #[arg(long, env = "TESTBED_SIM_MAX_CONNECTIONS", default_value_t = 64, requires = "serve",
+    #[arg(long, env = "TESTBED_SIM_MAX_RUN_CONNECTIONS", default_value_t = 64, requires = "serve",
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
-    pub max_connections: u32,
+    pub max_run_connections: u32,
 
     /// More targets runs may send to, besides --target and --query-target
     /// (repeat, or comma-separate in the env var): HOST, HOST:PORT or
@@ -465,7 +465,7 @@ mod tests {
         let serve = &cli.sim.serve;
         assert_eq!((serve.max_rate, serve.max_total_rate), (20_000.0, 50_000.0));
         assert_eq!(serve.max_run_duration, Duration::from_secs(3600));
-        assert_eq!(serve.max_connections, 64);
+        assert_eq!(serve.max_run_connections, 64);
         assert!(serve.allow_target.is_empty());
         let cli = Cli::try_parse_from([
             "sim",
@@ -492,7 +492,7 @@ mod tests {
         for (flag, value) in [
             ("--allow-target", "http://x:1"),
             ("--max-run-duration", "0s"),
-            ("--max-connections", "0"),
+            ("--max-run-connections", "0"),
             ("--token", "two words"),
         ] {
             let err = Cli::try_parse_from(["sim", "--serve", flag, value]).unwrap_err();

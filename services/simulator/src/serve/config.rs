@@ -38,7 +38,7 @@ pub struct ServeConfig {
     /// Finished runs kept for GetRun (`--keep-finished`).
     pub keep_finished: usize,
     /// What a run may ask for (`--max-rate`, `--max-devices`,
-    /// `--max-batch-size`, `--max-run-duration`, `--max-connections`,
+    /// `--max-batch-size`, `--max-run-duration`, `--max-run-connections`,
     /// `--max-total-rate`).
     pub limits: Limits,
     /// Where runs may send load (`--target`, `--query-target`,

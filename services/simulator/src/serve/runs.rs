@@ -161,7 +161,7 @@ impl Runs {
 
     /// Checks `target` (named by `field`) against the allow-list, after DNS
     /// resolution, and the connections a run to it would open against
-    /// `--max-connections`. Returns the allow-list when the run's channels
+    /// `--max-run-connections`. Returns the allow-list when the run's channels
     /// must keep checking the addresses a `dns:///` target resolves to (it
     /// was allowed for its addresses, not by name).
     pub async fn admit_target(
@@ -201,7 +201,7 @@ impl Runs {
             return Err(ApiError::invalid(
                 field,
                 format!(
-                    "{addresses} address(es) x {} connections each = {connections} connections, above this server's limit of {max} per run (--max-connections)",
+                    "{addresses} address(es) x {} connections each = {connections} connections, above this server's limit of {max} per run (--max-run-connections)",
                     config.connections
                 ),
             ));
