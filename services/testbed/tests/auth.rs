@@ -40,8 +40,12 @@ const ADMIN: &str = "admin-secret-0123456789ab";
 const WRONG: &str = "wrong-secret-0123456789ab";
 
 /// The token file both processes read.
+/// A token file of its own per call: the tests run at once, and each
+/// removes its file when done.
 fn token_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("testbed-auth-{}.tokens", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("testbed-auth-{}-{n}.tokens", std::process::id()));
     std::fs::write(
         &path,
         format!(
