@@ -76,16 +76,16 @@ class Redis:
 def redis_testbed():
     redis = Redis()
     redis.start()
-    tb = None
     try:
         tb = conftest.Testbed("all", "--redis-url", f"redis://127.0.0.1:{redis.port}",
-                     "--health-interval", "200ms", grace="2s")
-        for service in READINESS:
-            tb.wait_serving(service)
-        yield redis, tb
+                              "--health-interval", "200ms", grace="2s")
+        try:
+            for service in READINESS:
+                tb.wait_serving(service)
+            yield redis, tb
+        finally:
+            assert tb.stop() == 0
     finally:
-        if tb is not None:
-            tb.stop()
         redis.close()
 
 
@@ -119,17 +119,21 @@ def test_watch_follows_redis_down_and_back(redis_testbed):
     with grpc.insecure_channel(tb.addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         watch = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=60)
+        liveness = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
         seen: "queue.Queue[int]" = queue.Queue()
+        live: "queue.Queue[int]" = queue.Queue()
 
-        def read():
+        def read(stream, into):
             try:
-                for reply in watch:
-                    seen.put(reply.status)
+                for reply in stream:
+                    into.put(reply.status)
             except grpc.RpcError:
                 pass
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        readers = [threading.Thread(target=read, args=(watch, seen), daemon=True),
+                   threading.Thread(target=read, args=(liveness, live), daemon=True)]
+        for reader in readers:
+            reader.start()
 
         def next_status(timeout: float = 20.0) -> int:
             return seen.get(timeout=timeout)
@@ -146,4 +150,8 @@ def test_watch_follows_redis_down_and_back(redis_testbed):
             wait_status(channel, name, SERVING)
         assert check(channel, "") == SERVING
         watch.cancel()
-        reader.join(timeout=5)
+        liveness.cancel()
+        for reader in readers:
+            reader.join(timeout=5)
+        statuses = [live.get_nowait() for _ in range(live.qsize())]
+        assert statuses and all(s == SERVING for s in statuses), statuses
