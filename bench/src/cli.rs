@@ -26,11 +26,13 @@ pub enum Step {
     Simulator,
     /// Catch-up after a failure fault, recovery after a worker SIGKILL.
     Recovery,
+    /// A Redis Cluster master SIGKILLed, with and without replica waits.
+    Failover,
 }
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
         Step::Ceiling,
         Step::Saturation,
         Step::Latency,
@@ -39,6 +41,7 @@ impl Step {
         Step::Monolithic,
         Step::Simulator,
         Step::Recovery,
+        Step::Failover,
     ];
 }
 
@@ -323,6 +326,24 @@ pub struct Cli {
     #[arg(long, env = "TESTBED_BENCH_RECOVERY_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub recovery_timeout: Duration,
 
+    /// Failover: events/s offered (a fixed rate, as for recovery).
+    #[arg(long, env = "TESTBED_BENCH_FAILOVER_RATE", default_value_t = 2000.0, value_parser = fraction)]
+    pub failover_rate: f64,
+
+    /// Failover: the simulator's schedule of each probe.
+    #[arg(long, env = "TESTBED_BENCH_FAILOVER_DURATION", default_value = "15s", value_parser = duration)]
+    pub failover_duration: Duration,
+
+    /// Failover: when, into the failover probe's schedule, a master is
+    /// SIGKILLed (the rest of the schedule measures the recovery).
+    #[arg(long, env = "TESTBED_BENCH_FAILOVER_KILL_AFTER", default_value = "4s", value_parser = duration)]
+    pub failover_kill_after: Duration,
+
+    /// Failover: the `--redis-wait-replicas` settings compared.
+    #[arg(long, env = "TESTBED_BENCH_FAILOVER_WAIT_REPLICAS", value_delimiter = ',',
+          default_values_t = [0, 1])]
+    pub failover_wait_replicas: Vec<u32>,
+
     /// Serve `IngestService` acking every batch without storing it, instead
     /// of running the harness (the simulator step starts this itself).
     #[arg(long, env = "TESTBED_BENCH_STUB", conflicts_with = "otlp_sink")]
@@ -381,6 +402,8 @@ impl Cli {
         self.recovery_fault_ttl = Duration::from_secs(1);
         self.recovery_kills = 1;
         self.recovery_timeout = Duration::from_secs(10);
+        self.failover_duration = Duration::from_secs(6);
+        self.failover_kill_after = Duration::from_secs(2);
     }
 }
 

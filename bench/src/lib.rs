@@ -6,7 +6,8 @@
 //! latency below saturation (open loop, so without coordinated omission),
 //! per-process footprint, the cost of trace sampling, monolithic against
 //! split processes, the simulator's own ceiling against an acking stub, and
-//! recovery after a failure fault and after a worker's SIGKILL.
+//! recovery after a failure fault and after a worker's SIGKILL, and Redis
+//! Cluster failover with and without replica waits.
 //! It does not own the services or the simulator (it runs the `testbed`
 //! binary as a user would), and it enforces nothing: targets are judged in
 //! the Markdown summary only.
@@ -21,6 +22,8 @@
 //! - [`recovery`]: the recovery step's probe and what it deals during it
 //!   (a failure fault, SIGKILLs), read from the store through
 //!   `testbed-stream`.
+//! - [`failover`]: the failover step's probes and the master it kills,
+//!   on a [`cluster`] of `redis-server`s.
 //! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
 //!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
 //! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
@@ -34,7 +37,9 @@
 pub mod ceiling;
 pub mod chart;
 pub mod cli;
+pub mod cluster;
 pub mod error;
+pub mod failover;
 pub mod machine;
 pub mod markdown;
 pub mod pipeline;
@@ -58,6 +63,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::cli::{Cli, Step};
 use crate::error::{Context as _, Error, Result};
+use crate::failover::FailoverOptions;
 use crate::machine::Machine;
 use crate::pipeline::{PipelineOptions, Topology};
 use crate::probe::{ProbeEnv, SimShape};
@@ -121,6 +127,7 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             testbed: cli.testbed_bin.clone(),
             redis_server: cli.redis_server.clone(),
             topology: Topology::Split,
+            redis_cluster: false,
             partitions: cli.partitions,
             shutdown_grace: cli.shutdown_grace,
             telemetry: Telemetry::default(),
@@ -183,6 +190,12 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             fault_ttl: cli.recovery_fault_ttl,
             kills: cli.recovery_kills,
             timeout: cli.recovery_timeout,
+        },
+        failover: FailoverOptions {
+            rate: cli.failover_rate,
+            duration: cli.failover_duration,
+            kill_after: cli.failover_kill_after,
+            wait_replicas: cli.failover_wait_replicas.clone(),
         },
     };
     let settings = serde_json::json!({

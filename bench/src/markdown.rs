@@ -155,6 +155,24 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                 ))
             }),
         ),
+        verdict(
+            "Redis Cluster master SIGKILL: appending at 90% of the rate again <= node timeout + 1 s (2 s); with --redis-wait-replicas 1 no acknowledged event lost",
+            m.failover
+                .iter()
+                .find(|r| r.wait_replicas == 1.0)
+                .and_then(|r| {
+                    let s = r.back_to_rate_s?;
+                    let verify = match r.verified {
+                        Some(true) => "verify passed",
+                        Some(false) => "verify FAILED",
+                        None => "not verified",
+                    };
+                    Some((
+                        format!("{s:.2} s; {:.0} lost; {verify}", r.lost),
+                        s <= 2.0 && r.lost == 0.0 && r.verified == Some(true),
+                    ))
+                }),
+        ),
     ]
 }
 
@@ -440,6 +458,7 @@ pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> Strin
         );
     }
     render_recovery(&mut out, record);
+    render_failover(&mut out, record);
     if let Some(chart) = chart {
         let _ = writeln!(
             out,
@@ -542,6 +561,76 @@ fn render_recovery(out: &mut String, record: &Record) {
     }
 }
 
+/// The failover step: one row per repetition and setting, then what
+/// waiting for a replica cost.
+fn render_failover(out: &mut String, record: &Record) {
+    if record.median.failover.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Redis Cluster failover (3 masters + 3 replicas, split processes, {:.0} events/s)\n",
+        record.median.failover[0].offered_rate
+    );
+    let _ = writeln!(
+        out,
+        "| repetition | --redis-wait-replicas | steady events/s | steady ack p50 ms | steady ack p99 ms | promoted s | cluster ok s | rejoined s | back to 90% rate s | acknowledged | lost | verified |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (i, r) in record.runs.iter().enumerate() {
+        let Some(f) = &r.failover else { continue };
+        for run in &f.runs {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                i + 1,
+                run.wait_replicas,
+                run.steady.achieved_rate,
+                run.steady.ack_latency.p50_ms,
+                run.steady.ack_latency.p99_ms,
+                opt(run.promoted_s, 2),
+                opt(run.cluster_ok_s, 2),
+                opt(run.rejoined_s, 2),
+                opt(run.back_to_rate_s, 2),
+                run.acknowledged,
+                run.lost,
+                match run.failover.verified {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "–",
+                },
+            );
+        }
+    }
+    let by = |n: f64| record.median.failover.iter().find(|r| r.wait_replicas == n);
+    if let (Some(zero), Some(one)) = (by(0.0), by(1.0)) {
+        let _ = writeln!(
+            out,
+            "\nThe cost of waiting for one replica (steady probes, medians): ack p50 {:.2} ms against {:.2} ms, p99 {:.2} ms against {:.2} ms; achieved {:.0} against {:.0} events/s.",
+            one.steady_ack_p50_ms,
+            zero.steady_ack_p50_ms,
+            one.steady_ack_p99_ms,
+            zero.steady_ack_p99_ms,
+            one.steady_rate,
+            zero.steady_rate,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n*Back to 90% rate*: from the SIGKILL until events are appended at 90% of the offered \
+         rate over a 500 ms window. *Lost*: acknowledged to the simulator and never processed \
+         (with 0 replicas waited for, what a master's death can take with it). See \
+         bench/README.md, \"Failover\"."
+    );
+    for n in record
+        .runs
+        .iter()
+        .filter_map(|r| r.failover.as_ref())
+        .flat_map(|f| f.runs.iter().flat_map(|r| &r.notes))
+    {
+        let _ = writeln!(out, "- {n}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +700,7 @@ mod tests {
                 Some(true),
                 Some(true),
                 Some(true),
+                None,
                 None,
                 None,
                 None
@@ -735,5 +825,89 @@ mod tests {
             out.contains("Over all 4 kills recovered: median 2.00 s, largest 3.00 s."),
             "{out}"
         );
+    }
+
+    /// The failover section lists each repetition's settings; the median
+    /// summary keeps a loss and a failed verification of any repetition,
+    /// and the verdict judges the replica-waiting setting.
+    #[test]
+    fn renders_failovers() {
+        use crate::results::{Failover, FailoverRun, ProbeResult, RunResult, median_summary};
+        let probe = |p99: f64, verified: bool| ProbeResult {
+            achieved_rate: 2000.0,
+            ack_latency: crate::sim::Latency {
+                p50_ms: p99 / 4.0,
+                p99_ms: p99,
+                ..Default::default()
+            },
+            verified: Some(verified),
+            ..Default::default()
+        };
+        let run = |lost: u64, back: f64| RunResult {
+            failover: Some(Failover {
+                rate: 2000.0,
+                runs: vec![
+                    FailoverRun {
+                        wait_replicas: 0,
+                        steady: probe(4.0, true),
+                        failover: probe(9.0, lost == 0),
+                        promoted_s: Some(1.5),
+                        back_to_rate_s: Some(back),
+                        acknowledged: 100,
+                        processed: 100 - lost,
+                        lost,
+                        ..Default::default()
+                    },
+                    FailoverRun {
+                        wait_replicas: 1,
+                        steady: probe(8.0, true),
+                        failover: probe(12.0, true),
+                        promoted_s: Some(1.6),
+                        back_to_rate_s: Some(back),
+                        acknowledged: 100,
+                        processed: 100,
+                        ..Default::default()
+                    },
+                ],
+            }),
+            ..Default::default()
+        };
+        let runs = vec![run(0, 1.8), run(3, 1.9), run(0, 1.7)];
+        let summaries: Vec<Summary> = runs
+            .iter()
+            .map(|r| crate::summary::summarize(r, None))
+            .collect();
+        let median = median_summary(&summaries);
+        assert_eq!(median.failover[0].lost, 3.0);
+        assert_eq!(median.failover[0].verified, Some(false));
+        assert_eq!(median.failover[1].verified, Some(true));
+        let record = Record {
+            schema: 1,
+            started: "2026-12-07T00:00:00Z".into(),
+            wall_s: 1.0,
+            smoke: false,
+            command: Vec::new(),
+            settings: serde_json::Value::Null,
+            machine: Default::default(),
+            median,
+            runs,
+            summaries,
+            notes: Vec::new(),
+        };
+        let out = render(&record, None, None);
+        assert!(
+            out.contains("| 2 | 0 | 2000 | 1.00 | 4.00 | 1.50 | – | – | 1.90 | 100 | 3 | **no** |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ack p50 2.00 ms against 1.00 ms, p99 8.00 ms against 4.00 ms"),
+            "{out}"
+        );
+        let judged = verdicts(&record.median);
+        let failover = judged
+            .iter()
+            .find(|v| v.target.starts_with("Redis Cluster master SIGKILL"))
+            .unwrap();
+        assert_eq!(failover.met, Some(true), "{}", failover.measured);
     }
 }

@@ -1,5 +1,5 @@
-//! The system under test: a fresh `redis-server` and the testbed's
-//! processes, split (`ingest`, `worker`, `query`, as in a cluster) or
+//! The system under test: a fresh `redis-server` (or, for the failover
+//! step, a fresh Redis Cluster with replicas) and the testbed's processes, split (`ingest`, `worker`, `query`, as in a cluster) or
 //! monolithic (`all --redis-url`), each on free loopback ports, announced
 //! through `--addr-file` and ready once `grpc.health.v1` says SERVING.
 
@@ -22,6 +22,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::cluster::RedisCluster;
 use crate::error::{Context as _, Error, Result};
 use crate::process::{Proc, inherited_settings, log_tail};
 use crate::redis::Redis;
@@ -46,6 +47,10 @@ pub struct PipelineOptions {
     pub redis_server: PathBuf,
     /// Split or monolithic.
     pub topology: Topology,
+    /// A Redis Cluster of three masters with a replica each
+    /// ([`RedisCluster`]) instead of one `redis-server`; the services get
+    /// `--redis-cluster`.
+    pub redis_cluster: bool,
     /// `--partitions`.
     pub partitions: u32,
     /// `--shutdown-grace` of each service (and how long SIGTERM may take).
@@ -88,10 +93,33 @@ pub struct Service {
     pub metrics: SocketAddr,
 }
 
+/// The store a pipeline runs on.
+#[derive(Debug)]
+enum Store {
+    Single(Redis),
+    Cluster(Box<RedisCluster>),
+}
+
+impl Store {
+    fn url(&self) -> String {
+        match self {
+            Store::Single(redis) => redis.url(),
+            Store::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        match self {
+            Store::Single(redis) => vec![("redis".to_owned(), redis.pid())],
+            Store::Cluster(cluster) => cluster.pids(),
+        }
+    }
+}
+
 /// A running pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
-    redis: Redis,
+    redis: Store,
     services: Vec<Service>,
     /// What it was started with, for workers started later.
     options: PipelineOptions,
@@ -142,6 +170,9 @@ fn spawn_role(
         "--shutdown-grace".into(),
         humantime::format_duration(o.shutdown_grace).to_string(),
     ];
+    if o.redis_cluster {
+        args.push("--redis-cluster".into());
+    }
     if matches!(role, "ingest" | "all") {
         args.extend(o.ingest_args.iter().cloned());
     }
@@ -191,7 +222,13 @@ impl Pipeline {
     /// Starts Redis and the services in `dir` and waits until all are ready.
     pub async fn start(o: &PipelineOptions, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
-        let redis = Redis::start(&o.redis_server, &dir.join("redis")).await?;
+        let redis = if o.redis_cluster {
+            Store::Cluster(Box::new(
+                RedisCluster::start(&o.redis_server, &dir.join("redis")).await?,
+            ))
+        } else {
+            Store::Single(Redis::start(&o.redis_server, &dir.join("redis")).await?)
+        };
         let roles: &[&'static str] = match o.topology {
             Topology::Split => &["ingest", "worker", "query"],
             Topology::Monolithic => &["all"],
@@ -240,7 +277,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// `redis://…` of its Redis.
+    /// Its Redis Cluster, when it runs on one.
+    pub fn cluster(&self) -> Option<&RedisCluster> {
+        match &self.redis {
+            Store::Cluster(cluster) => Some(cluster),
+            Store::Single(_) => None,
+        }
+    }
+
+    /// `redis://…` of its Redis (the seeds, comma-separated, on a cluster).
     pub fn redis_url(&self) -> String {
         self.redis.url()
     }
@@ -274,7 +319,7 @@ impl Pipeline {
             .iter()
             .map(|s| (s.role.to_owned(), s.proc.pid()))
             .collect();
-        out.push(("redis".to_owned(), self.redis.pid()));
+        out.extend(self.redis.pids());
         out
     }
 
@@ -365,7 +410,10 @@ impl Pipeline {
                 unclean.push(format!("{role}: {}", stopped.status));
             }
         }
-        self.redis.stop().await?;
+        match self.redis {
+            Store::Single(redis) => redis.stop().await?,
+            Store::Cluster(cluster) => cluster.stop().await?,
+        }
         Ok(unclean)
     }
 }

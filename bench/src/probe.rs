@@ -15,7 +15,7 @@ use crate::process::{Proc, inherited_settings, log_tail};
 use crate::procfs::{self, Sample};
 use crate::results::{E2e, Footprint, ProbeResult};
 use crate::serve;
-use crate::sim::{self, Latency, SimSpec};
+use crate::sim::{self, SimSpec};
 use crate::sustain::{Sustain, backlog_fails, judge};
 use crate::telemetry::Telemetry;
 
@@ -367,7 +367,7 @@ pub async fn run_with<T>(
             result.failed = r.total.failed;
             result.retried_batches = r.total.retried_batches;
             result.status_codes = r.total.status_codes;
-            result.ack_latency = Latency::from(&r.total.latency);
+            result.ack_latency = r.total.latency.clone();
             result.e2e = e2e;
             if let Some(v) = r.verification {
                 result.verified = Some(v.passed);

@@ -186,6 +186,48 @@ pub struct Recovery {
     pub notes: Vec<String>,
 }
 
+/// One `--redis-wait-replicas` setting of the failover step: a steady
+/// probe (its cost) and a probe during which a master was SIGKILLed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FailoverRun {
+    /// `--redis-wait-replicas` of ingest.
+    pub wait_replicas: u32,
+    /// The same load with no fault: what the setting costs.
+    pub steady: ProbeResult,
+    /// The load during which a master was SIGKILLed.
+    pub failover: ProbeResult,
+    /// Seconds from the SIGKILL until the master's replica was a master.
+    pub promoted_s: Option<f64>,
+    /// Seconds from the SIGKILL until every live node said
+    /// `cluster_state:ok`.
+    pub cluster_ok_s: Option<f64>,
+    /// Seconds from the SIGKILL until the killed node, restarted on its
+    /// data, was in sync as the new master's replica.
+    #[serde(default)]
+    pub rejoined_s: Option<f64>,
+    /// Seconds from the SIGKILL until events were appended at 90% of the
+    /// offered rate again (over a 500 ms window); none: not within the run.
+    pub back_to_rate_s: Option<f64>,
+    /// Events acknowledged to the simulator as accepted.
+    pub acknowledged: u64,
+    /// Of those, processed by the pipeline (GetRunStats).
+    pub processed: u64,
+    /// Acknowledged and not processed: lost with the dead master (what
+    /// README's guarantees say `--redis-wait-replicas 0` may lose).
+    pub lost: u64,
+    /// What could not be measured, and why.
+    pub notes: Vec<String>,
+}
+
+/// The failover step of one repetition (see [`crate::failover`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Failover {
+    /// Offered events/s.
+    pub rate: f64,
+    /// One per `--redis-wait-replicas` setting.
+    pub runs: Vec<FailoverRun>,
+}
+
 /// Everything one repetition measured; a step not run is `None`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunResult {
@@ -217,6 +259,9 @@ pub struct RunResult {
     /// Recovery from a failure fault and from SIGKILLed workers.
     #[serde(default)]
     pub recovery: Option<Recovery>,
+    /// Redis Cluster failover with and without replica waits.
+    #[serde(default)]
+    pub failover: Option<Failover>,
     /// Wall time of the repetition, s.
     pub wall_s: f64,
 }
@@ -336,6 +381,30 @@ pub struct RecoveryRow {
     pub verified: Option<bool>,
 }
 
+/// One `--redis-wait-replicas` setting of the failover step, summarised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FailoverRow {
+    /// `--redis-wait-replicas`.
+    pub wait_replicas: f64,
+    /// Offered events/s.
+    pub offered_rate: f64,
+    /// Steady probe: achieved events/s.
+    pub steady_rate: f64,
+    /// Steady probe: batch-ack p99, ms.
+    pub steady_ack_p99_ms: f64,
+    /// Steady probe: batch-ack p50, ms.
+    pub steady_ack_p50_ms: f64,
+    /// Replica promoted, s after the kill.
+    pub promoted_s: Option<f64>,
+    /// Appending at 90% of the rate again, s after the kill.
+    pub back_to_rate_s: Option<f64>,
+    /// Acknowledged events lost (in the median summary: the largest).
+    pub lost: f64,
+    /// The failover probe's verification passed (in the median summary:
+    /// in every repetition).
+    pub verified: Option<bool>,
+}
+
 /// The headline figures of one repetition, in a shape that is the same
 /// for every repetition so their median can be taken field by field.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -365,6 +434,9 @@ pub struct Summary {
     /// Recovery after a failure fault and after SIGKILLs.
     #[serde(default)]
     pub recovery: Option<RecoveryRow>,
+    /// Redis Cluster failover, one row per `--redis-wait-replicas`.
+    #[serde(default)]
+    pub failover: Vec<FailoverRow>,
 }
 
 /// The whole record written to `<date>-<host>.json`.
@@ -473,6 +545,14 @@ pub fn median_summary(summaries: &[Summary]) -> Summary {
             .filter_map(|s| s.recovery.as_ref()?.verified)
             .collect();
         row.verified = (!verified.is_empty()).then(|| verified.iter().all(|v| *v));
+    }
+    // The same for failovers, and a loss in one repetition is not
+    // outvoted either.
+    for (i, row) in median.failover.iter_mut().enumerate() {
+        let of_row = || summaries.iter().filter_map(move |s| s.failover.get(i));
+        let verified: Vec<bool> = of_row().filter_map(|r| r.verified).collect();
+        row.verified = (!verified.is_empty()).then(|| verified.iter().all(|v| *v));
+        row.lost = of_row().map(|r| r.lost).fold(0.0, f64::max);
     }
     median
 }

@@ -9,41 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-pub use testbed_sim::cli::report::Report;
+pub use testbed_sim::cli::report::{Latency, Report};
 
 use crate::error::{Context as _, Error, Result};
 use crate::process::Proc;
-
-/// Batch-ack latency percentiles, ms: the simulator's figures as the
-/// harness records them in its results (without the mean).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Latency {
-    /// Median.
-    pub p50_ms: f64,
-    /// 90th percentile.
-    pub p90_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// 99.9th percentile.
-    pub p999_ms: f64,
-    /// Slowest.
-    pub max_ms: f64,
-}
-
-impl From<&testbed_sim::cli::report::Latency> for Latency {
-    fn from(l: &testbed_sim::cli::report::Latency) -> Self {
-        Self {
-            p50_ms: l.p50_ms,
-            p90_ms: l.p90_ms,
-            p99_ms: l.p99_ms,
-            p999_ms: l.p999_ms,
-            max_ms: l.max_ms,
-        }
-    }
-}
 
 /// One simulator run.
 #[derive(Debug, Clone)]

@@ -1,13 +1,14 @@
 //! One repetition of the selected steps, in order: each step is a set of
 //! probes (see [`crate::probe`]) whose rates derive from the saturation
-//! rate of the same repetition, but the recovery step's, which runs at a
-//! fixed rate (see [`crate::recovery`]).
+//! rate of the same repetition, but the recovery and failover steps',
+//! which run at fixed rates (see [`crate::recovery`], [`crate::failover`]).
 
 use std::time::{Duration, Instant};
 
 use crate::ceiling::{self, CeilingOptions};
 use crate::cli::Step;
 use crate::error::Result;
+use crate::failover::{self, FailoverOptions};
 use crate::pipeline::Topology;
 use crate::probe::{self, ProbeEnv, ProbeSpec, Target};
 use crate::recovery::{self, RecoveryOptions};
@@ -44,6 +45,8 @@ pub struct StepOptions {
     pub stub_multiples: Vec<f64>,
     /// The recovery step.
     pub recovery: RecoveryOptions,
+    /// The failover step.
+    pub failover: FailoverOptions,
 }
 
 /// Runs one repetition; `notes` collects what could not run.
@@ -115,6 +118,10 @@ pub async fn run_repetition(
     if has(Step::Recovery) {
         let label = format!("rep{rep}-recovery-{:.0}", o.recovery.rate);
         r.recovery = Some(recovery::run(&env, &o.recovery, label).await?);
+    }
+    if has(Step::Failover) {
+        let label = format!("rep{rep}-failover-{:.0}", o.failover.rate);
+        r.failover = Some(failover::run(&env, &o.failover, &label).await?);
     }
     r.wall_s = started.elapsed().as_secs_f64();
     Ok(r)

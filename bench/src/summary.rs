@@ -2,8 +2,8 @@
 
 use crate::results::ProbeResult;
 use crate::results::{
-    FootprintRow, LatencyRow, Level, Recovery, RecoveryRow, RunResult, Summary, TelemetryRow,
-    TopologyRow,
+    FailoverRow, FootprintRow, LatencyRow, Level, Recovery, RecoveryRow, RunResult, Summary,
+    TelemetryRow, TopologyRow,
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -209,6 +209,23 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
             .max_by(f64::total_cmp);
     }
     s.recovery = r.recovery.as_ref().map(recovery_row);
+    if let Some(f) = &r.failover {
+        s.failover = f
+            .runs
+            .iter()
+            .map(|run| FailoverRow {
+                wait_replicas: f64::from(run.wait_replicas),
+                offered_rate: f.rate,
+                steady_rate: run.steady.achieved_rate,
+                steady_ack_p99_ms: run.steady.ack_latency.p99_ms,
+                steady_ack_p50_ms: run.steady.ack_latency.p50_ms,
+                promoted_s: run.promoted_s,
+                back_to_rate_s: run.back_to_rate_s,
+                lost: run.lost as f64,
+                verified: run.failover.verified,
+            })
+            .collect();
+    }
     s
 }
 

@@ -75,7 +75,7 @@ def help_of(binary: str, sub: str) -> tuple[set[str], set[str], dict[str, str]]:
     """Flags, env vars and flag defaults of `testbed SUB --help`."""
     out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True, check=True).stdout
     flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", out, re.M))
-    envs = set(re.findall(r"\[env: ([A-Z0-9_]+)=", out))
+    envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", out))
     defaults = {}
     for block in re.split(r"\n(?=\s+(?:-\w, )?--)", out):
         m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
@@ -91,7 +91,7 @@ def env_of_flag(binary: str, sub: str) -> dict[str, str]:
     mapping = {}
     for block in re.split(r"\n(?=\s+(?:-\w, )?--)", out):
         m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
-        e = re.search(r"\[env: ([A-Z0-9_]+)=", block)
+        e = re.search(r"\[env: ([A-Z0-9_]+)[=\]]", block)
         if m and e:
             mapping[e.group(1)] = m.group(1)
     return mapping

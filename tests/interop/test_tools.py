@@ -2,7 +2,8 @@
 
 grpcurl 1.8.6 (reflection v1alpha only), `buf curl` (reflection v1) and
 Python grpcio (health checking, reflection) must all see the same services
-and descriptions.
+and descriptions: each tool describes and calls every service with a JSON
+body, and follows a server-streaming Watch until its own time limit ends it.
 """
 
 import json
@@ -169,3 +170,107 @@ def test_metrics_endpoint_passes_promtool(testbed_all):
     check = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"],
                            input=text, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def json_stream(text: str) -> list:
+    """The JSON messages grpcurl and buf curl print one after another."""
+    decoder, messages, pos = json.JSONDecoder(), [], 0
+    text = text.strip()
+    while pos < len(text):
+        message, end = decoder.raw_decode(text, pos)
+        messages.append(message)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return messages
+
+
+def publish_body(prefix: str) -> dict:
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"events": [{"event_id": f"{prefix}-1", "device_id": f"{prefix}-dev",
+                        "observed_at": now, "metric": {"name": "fan", "value": 1}}]}
+
+
+def test_grpcurl_describes_every_service_and_a_message(testbed_all):
+    """`grpcurl describe` of each testbed service lists its RPCs, and of a
+    request message its fields."""
+    expected = {
+        "testbed.v1.IngestService": ["Publish", "PublishStream"],
+        "testbed.v1.QueryService": ["GetDeviceStats", "ListDevices", "TopDevices",
+                                    "GetTokenUsage", "GetPipelineStats",
+                                    "WatchPipelineStats", "GetRunStats"],
+        "testbed.v1.WorkerControlService": ["GetStatus", "WatchStatus", "Pause", "Resume",
+                                            "SetConcurrency"],
+        "grpc.health.v1.Health": ["Check", "Watch"],
+    }
+    for service, methods in expected.items():
+        out = run(tool("grpcurl"), "-plaintext", testbed_all.addr, "describe", service).stdout
+        assert f"{service} is a service" in out, out
+        for method in methods:
+            assert f"rpc {method} (" in out, (service, method, out)
+    out = run(tool("grpcurl"), "-plaintext", testbed_all.addr, "describe",
+              "testbed.v1.PublishRequest").stdout
+    assert "testbed.v1.PublishRequest is a message" in out, out
+    assert "repeated .testbed.v1.Event events = 1;" in out, out
+
+
+def test_grpcurl_unary_call_with_json_body_to_each_service(testbed_all):
+    """A JSON-bodied unary call answers on every service (Ingest Publish,
+    Query GetPipelineStats, WorkerControl GetStatus, Health Check)."""
+    def call(method: str, body: dict) -> dict:
+        return json.loads(run(tool("grpcurl"), "-plaintext", "-d", json.dumps(body),
+                              testbed_all.addr, method).stdout)
+
+    assert call("testbed.v1.IngestService/Publish",
+                publish_body("grpcurl-unary"))["acceptedCount"] == 1
+    stats = call("testbed.v1.QueryService/GetPipelineStats", {"window": "300s"})
+    assert "time" in stats["stats"], stats
+    status = call("testbed.v1.WorkerControlService/GetStatus", {})
+    assert len(status["group"]["partitions"]) == 4, status
+    assert call("grpc.health.v1.Health/Check", {"service": ""}) == {"status": "SERVING"}
+
+
+def test_grpcurl_watch_streams_until_max_time(testbed_all):
+    """A server-streaming WatchPipelineStats prints several messages and is
+    ended by grpcurl's -max-time (DeadlineExceeded, a non-zero exit)."""
+    proc = run(tool("grpcurl"), "-plaintext", "-max-time", "1.5", "-d", '{"interval":"0.2s"}',
+               testbed_all.addr, "testbed.v1.QueryService/WatchPipelineStats", check=False)
+    assert proc.returncode != 0
+    assert "DeadlineExceeded" in proc.stderr, proc.stderr
+    messages = json_stream(proc.stdout)
+    assert len(messages) >= 2, proc.stdout
+    assert all("time" in m["stats"] for m in messages), messages
+
+
+def buf_curl(addr: str, method: str, body: dict, *extra: str,
+             check: bool = True) -> subprocess.CompletedProcess:
+    return run(tool("buf"), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *extra,
+               "-d", json.dumps(body), f"http://{addr}/{method}", check=check)
+
+
+def test_buf_curl_calls_each_service_via_reflection(testbed_all):
+    """`buf curl` (schema from reflection v1) calls one RPC of each service."""
+    addr = testbed_all.addr
+    reply = json.loads(buf_curl(addr, "testbed.v1.IngestService/Publish",
+                                publish_body("buf-unary")).stdout)
+    assert reply["acceptedCount"] == 1, reply
+    reply = json.loads(buf_curl(addr, "testbed.v1.QueryService/GetPipelineStats",
+                                {"window": "300s"}).stdout)
+    assert "time" in reply["stats"], reply
+    reply = json.loads(buf_curl(addr, "testbed.v1.WorkerControlService/GetStatus", {}).stdout)
+    assert len(reply["group"]["partitions"]) == 4, reply
+    reply = json.loads(buf_curl(addr, "grpc.health.v1.Health/Check", {"service": ""}).stdout)
+    assert reply == {"status": "SERVING"}
+
+
+def test_buf_curl_server_streaming_watch(testbed_all):
+    """`buf curl` prints several WatchPipelineStats messages until its
+    --timeout ends the stream (deadline_exceeded)."""
+    proc = buf_curl(testbed_all.addr, "testbed.v1.QueryService/WatchPipelineStats",
+                    {"interval": "0.2s"}, "--timeout", "1.5s", check=False)
+    assert proc.returncode != 0
+    assert "deadline_exceeded" in proc.stderr, proc.stderr
+    messages = json_stream(proc.stdout)
+    assert len(messages) >= 2, proc.stdout
+    assert all("time" in m["stats"] for m in messages), messages

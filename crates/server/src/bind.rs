@@ -27,6 +27,9 @@ pub enum BindError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The tokens could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The bound listeners of one process.
@@ -44,8 +47,10 @@ pub struct Listeners {
     pub grace: std::time::Duration,
     /// `--health-interval`.
     pub health_interval: std::time::Duration,
-    /// `--max-connection-age` and `--max-connection-age-grace`.
-    pub connection_age: Option<ConnectionAge>,
+    /// Every transport and request limit (`--max-connections` and the rest).
+    pub limits: crate::limits::Limits,
+    /// The tokens of `--auth-tokens-file`/`--auth-tokens`; none: auth off.
+    pub auth: Option<std::sync::Arc<crate::auth::TokenSet>>,
 }
 
 /// When a client connection is closed for its age.
@@ -60,6 +65,8 @@ pub struct ConnectionAge {
 /// Binds the listeners named by `args` and, when asked, writes their
 /// addresses to `--addr-file`.
 pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
+    // Tokens first: a bad token file stops the process before it listens.
+    let auth = args.auth.load()?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .map_err(|source| BindError::Bind {
@@ -101,10 +108,8 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         metrics_addr,
         grace: args.shutdown_grace,
         health_interval: args.health_interval,
-        connection_age: args.max_connection_age.map(|max| ConnectionAge {
-            max,
-            grace: args.max_connection_age_grace,
-        }),
+        limits: crate::limits::Limits::from_args(args),
+        auth,
     })
 }
 
@@ -115,15 +120,12 @@ mod tests {
     use super::*;
 
     fn args(addr: &str, addr_file: Option<std::path::PathBuf>) -> ListenArgs {
-        ListenArgs {
-            grpc_addr: addr.parse().unwrap(),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            shutdown_grace: Duration::from_secs(1),
-            health_interval: Duration::from_millis(250),
-            max_connection_age: None,
-            max_connection_age_grace: Duration::from_secs(30),
-            addr_file,
-        }
+        let mut args = testbed_flags::defaults::<ListenArgs>().unwrap();
+        args.grpc_addr = addr.parse().unwrap();
+        args.metrics_addr = "127.0.0.1:0".parse().unwrap();
+        args.shutdown_grace = Duration::from_secs(1);
+        args.addr_file = addr_file;
+        args
     }
 
     /// Port 0 binds a real port, which the addr file reports.

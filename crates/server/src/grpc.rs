@@ -8,10 +8,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use crate::accept::Incoming;
+use crate::auth::{AuthLayer, Policy, Role, TokenSet};
+use crate::conn_metrics::ConnMetrics;
 use crate::health::Health;
+use crate::limits::Limits;
+use crate::shed::ShedLayer;
+use crate::streams::CallsLayer;
 
 /// The health service's full name, as reflection lists it.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -44,11 +49,15 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     background: tokio::task::JoinSet<()>,
     probe_interval: Duration,
-    connection_age: Option<crate::bind::ConnectionAge>,
+    limits: Limits,
     services: Vec<&'static str>,
     health: Health,
     health_service:
         tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    /// The tokens calls must present; none: auth off.
+    tokens: Option<std::sync::Arc<TokenSet>>,
+    /// The role each RPC requires, declared by the services.
+    policy: Policy,
 }
 
 impl Default for GrpcServer {
@@ -69,11 +78,32 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             background: tokio::task::JoinSet::new(),
             probe_interval: Duration::from_millis(250),
-            connection_age: None,
+            limits: Limits::default(),
             services: Vec::new(),
             health: Health::new(reporter),
             health_service,
+            tokens: None,
+            policy: Policy::default(),
         }
+    }
+
+    /// Every method of `service` requires a token of at least `role` when
+    /// tokens are configured (see [`crate::auth`]); an undeclared service
+    /// requires `admin`.
+    pub fn require(&mut self, service: &str, role: Role) -> &mut Self {
+        self.policy.service(service, role);
+        self
+    }
+
+    /// `method` of `service` requires `role`, overriding its service's.
+    pub fn require_method(&mut self, service: &str, method: &str, role: Role) -> &mut Self {
+        self.policy.method(service, method, role);
+        self
+    }
+
+    /// Checks calls against `tokens` (none: no authentication).
+    pub fn set_tokens(&mut self, tokens: Option<std::sync::Arc<TokenSet>>) {
+        self.tokens = tokens;
     }
 
     /// A handle on this server's health statuses, for services that watch a
@@ -104,10 +134,16 @@ impl GrpcServer {
         self.probe_interval = interval;
     }
 
-    /// Closes client connections once they are `age.max` old (after
-    /// `age.grace` for calls still open on them); none: never.
-    pub fn set_connection_age(&mut self, age: Option<crate::bind::ConnectionAge>) {
-        self.connection_age = age;
+    /// The transport and request limits this server applies (the flags'
+    /// defaults until [`GrpcServer::set_limits`]). Services read the message
+    /// size limits from here for their generated servers.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Sets [`GrpcServer::limits`]; call before adding services.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Makes `services`' health follow a dependency: `probe` runs every
@@ -135,11 +171,12 @@ impl GrpcServer {
     }
 
     /// A server configured from bound `listeners` (probe interval,
-    /// connection age).
+    /// limits).
     pub fn for_listeners(listeners: &crate::Listeners) -> Self {
         let mut server = Self::new();
         server.set_probe_interval(listeners.health_interval);
-        server.set_connection_age(listeners.connection_age);
+        server.set_limits(listeners.limits.clone());
+        server.set_tokens(listeners.auth.clone());
         server
     }
 
@@ -223,18 +260,51 @@ impl GrpcServer {
             health.begin_shutdown(&services).await;
             tracing::info!("health NOT_SERVING; draining in-flight calls");
         };
-        // No per-connection Nagle delay: acks are small and latency-bound.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(age) = self.connection_age {
-            builder = builder
-                .max_connection_age(age.max)
-                .max_connection_age_grace(age.grace);
+        match (&self.tokens, listener.local_addr()) {
+            (Some(tokens), _) => {
+                tracing::info!(tokens = tokens.len(), "bearer-token authentication on")
+            }
+            (None, Ok(addr)) if !addr.ip().is_loopback() => tracing::warn!(
+                %addr,
+                "no --auth-tokens-file: every RPC is open to whoever reaches this address"
+            ),
+            (None, _) => {}
         }
-        let server = builder
+        let limits = self.limits.clone();
+        tracing::info!(
+            max_connections = limits.max_connections,
+            max_concurrent_requests = limits.max_concurrent_requests,
+            "connection limits"
+        );
+        // Accept backoff, the connection cap, and each connection's
+        // handshake, idle, age and ping limits (crate::accept, crate::conn).
+        let incoming = Incoming::new(listener, limits.clone(), ConnMetrics::default());
+        // Connection age is enforced by crate::conn, not by tonic's
+        // max_connection_age (which, with a grace, closes at age + grace
+        // without ever sending GOAWAY).
+        let server = tonic::transport::Server::builder()
+            .timeout(limits.request_timeout)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_size)
+            .initial_stream_window_size(limits.initial_stream_window)
+            .initial_connection_window_size(limits.initial_connection_window)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .http2_max_pending_accept_reset_streams(Some(limits.max_pending_resets))
+            .http2_max_local_error_reset_streams(Some(limits.max_local_error_resets))
             // Outermost: every RPC is traced and measured, including the
-            // time spent in any layer added below it.
+            // time spent in any layer added below it (shed calls too).
             .layer(testbed_telemetry::rpc::RpcLayer::new())
+            // Inside the tracing: refused calls are traced and measured
+            // with their code; before every service, so none is reached
+            // without its role.
+            .layer(AuthLayer::new(self.tokens.clone(), self.policy.clone()))
+            // Before shedding, so a shed call also counts as a call on its
+            // connection (it ends at once).
+            .layer(CallsLayer)
+            // Innermost of ours: a call past the process-wide limit is
+            // refused before any handler work or buffering.
+            .layer(ShedLayer::new(limits.max_concurrent_requests))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, stopping);
         tokio::pin!(server);

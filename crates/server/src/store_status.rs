@@ -22,8 +22,9 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 /// - [`StoreError::Disagreement`]: `FAILED_PRECONDITION` with a
 ///   `PreconditionFailure` of type `SETTINGS_DISAGREE`: this process's flags
 ///   disagree with the ones recorded for the key prefix.
-/// - [`StoreError::Config`]: `FAILED_PRECONDITION` (met only when the log
-///   is made, before serving; here for completeness).
+/// - [`StoreError::Config`]: `FAILED_PRECONDITION`: store settings the
+///   backend cannot serve, or credentials Redis refuses (not retryable
+///   until someone fixes them).
 /// - [`StoreError::Protocol`]: `INTERNAL` with a generic message; the
 ///   cause is logged here, never sent.
 pub fn store_status(err: &StoreError, doing: &str, advice: &str) -> Status {

@@ -139,7 +139,10 @@ pub mod stats {
     pub const DUPLICATES: &str = "duplicates";
     /// Events dead-lettered.
     pub const DEAD_LETTERED: &str = "dead_lettered";
-    /// Every field, in [`crate::PartitionFigures`]' order.
+    /// The epoch of the settings record this partition was last written
+    /// under (not a counter: see `redis_log/settings.rs`).
+    pub const EPOCH: &str = "epoch";
+    /// Every counter, in [`crate::PartitionFigures`]' order.
     pub const ALL: [&str; 4] = [INGESTED, PROCESSED, DUPLICATES, DEAD_LETTERED];
 }
 

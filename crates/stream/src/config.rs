@@ -16,6 +16,17 @@ pub struct StoreArgs {
     #[arg(long, env = "REDIS_CLUSTER")]
     pub redis_cluster: bool,
 
+    /// Redis ACL user to authenticate as (instead of one in --redis-url).
+    #[arg(long, env = "TESTBED_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// File holding the Redis password (its first line), e.g. a mounted
+    /// Kubernetes Secret: kept out of the command line, the environment
+    /// and the process list. Read at every (re)connect, so a rotated
+    /// Secret is used from the next connection on.
+    #[arg(long, env = "TESTBED_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
     /// Number of partitions (streams). An event's partition is a stable hash
     /// of its device_id. Changing it re-routes devices: drain first.
     #[arg(long, env = "TESTBED_PARTITIONS", default_value_t = 4,
@@ -48,6 +59,16 @@ pub struct StoreArgs {
     #[arg(long, env = "TESTBED_REDIS_WAIT_TIMEOUT", default_value = "100ms",
           value_parser = humantime::parse_duration)]
     pub redis_wait_timeout: Duration,
+
+    /// With --redis-cluster, how often the shared connection is replaced
+    /// by a new one that reads the slot map afresh from the seeds, in the
+    /// background (no call waits for it; calls in flight finish on the old
+    /// one). A safety net: a call failing as unavailable already does this
+    /// at once; the period catches topology changes no call tripped over
+    /// (slots moved to a new node, a node added). `0s` turns it off.
+    #[arg(long, env = "TESTBED_REDIS_TOPOLOGY_REFRESH", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub redis_topology_refresh: Duration,
 
     /// Event-id dedupe window: how many recent event ids each partition
     /// remembers. A retry re-sending an event id still in the window is
@@ -82,6 +103,12 @@ impl StoreArgs {
     /// Redis (the embedded log has none), or for longer than every call
     /// may take.
     pub fn check(&self) -> Result<(), String> {
+        if self.redis_password_file.is_some() {
+            if self.redis_url.is_none() {
+                return Err("--redis-password-file needs --redis-url".to_owned());
+            }
+            self.redis_password().map_err(|e| e.to_string())?;
+        }
         if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
             return Err(format!(
                 "--redis-wait-replicas {} needs --redis-url: the embedded log has no replicas",
@@ -95,6 +122,27 @@ impl StoreArgs {
             ));
         }
         Ok(())
+    }
+}
+
+impl StoreArgs {
+    /// The password of `--redis-password-file` (its first line, without
+    /// the line ending), if one is given.
+    pub(crate) fn redis_password(&self) -> Result<Option<String>, crate::StoreError> {
+        let Some(path) = &self.redis_password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::StoreError::Config(format!("--redis-password-file {}: {e}", path.display()))
+        })?;
+        let password = text.lines().next().unwrap_or_default();
+        if password.is_empty() {
+            return Err(crate::StoreError::Config(format!(
+                "--redis-password-file {}: the first line is empty",
+                path.display()
+            )));
+        }
+        Ok(Some(password.to_owned()))
     }
 }
 

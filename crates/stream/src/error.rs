@@ -42,7 +42,8 @@ pub enum StoreError {
         timeout: std::time::Duration,
     },
     /// The store's flags ask for what this backend cannot do (found when
-    /// the log is made, before anything is served).
+    /// the log is made, before anything is served), or Redis refuses the
+    /// credentials they give.
     #[error("invalid store settings: {0}")]
     Config(String),
     /// A setting every process sharing the key prefix must agree on differs
@@ -85,6 +86,11 @@ impl StoreError {
     /// then aborts), are `Unavailable`, retryable; anything else (a script
     /// error, a wrong type) is a protocol problem.
     pub(crate) fn from_redis(err: redis::RedisError) -> Self {
+        if err.kind() == redis::ErrorKind::AuthenticationFailed {
+            // Not transient: the credentials are wrong until someone
+            // changes them (--redis-username, --redis-password-file).
+            return StoreError::Config(format!("Redis refused the credentials: {err}"));
+        }
         let cannot_serve_yet = err
             .clone()
             .into_server_errors()

@@ -213,6 +213,10 @@ impl RedisCluster {
                 "yes",
                 "--appendfsync",
                 "always",
+                // A replica back after its master failed over gets its
+                // copy at once, not after the default 5 s wait.
+                "--repl-diskless-sync-delay",
+                "0",
             ],
         );
         let deadline = Instant::now() + Duration::from_secs(30);

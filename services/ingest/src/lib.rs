@@ -39,9 +39,14 @@ pub async fn register(
     shutdown: CancellationToken,
 ) {
     let publisher = Publisher::new(log.clone(), config.clone());
-    server
-        .add_service(IngestApi::new(publisher, shutdown.clone()).into_server())
-        .await;
+    let limits = server.limits().clone();
+    let service = IngestApi::new(publisher, shutdown.clone())
+        .into_server()
+        .max_decoding_message_size(limits.max_decoding_message_size)
+        .max_encoding_message_size(limits.max_encoding_message_size);
+    server.add_service(service).await;
+    // With tokens configured: publishing is a write.
+    server.require(service_names::INGEST, testbed_server::Role::Write);
     server.follow_dependency(
         "event store",
         vec![service_names::INGEST],

@@ -65,9 +65,14 @@ pub async fn register(
     log: AnyLog,
     shutdown: CancellationToken,
 ) {
-    server
-        .add_service(QueryApi::with_config(log.clone(), config, shutdown.clone()).into_server())
-        .await;
+    let limits = server.limits().clone();
+    let service = QueryApi::with_config(log.clone(), config, shutdown.clone())
+        .into_server()
+        .max_decoding_message_size(limits.max_decoding_message_size)
+        .max_encoding_message_size(limits.max_encoding_message_size);
+    server.add_service(service).await;
+    // With tokens configured: every query is a read.
+    server.require(service_names::QUERY, testbed_server::Role::Read);
     server.follow_dependency(
         "event store",
         vec![service_names::QUERY],

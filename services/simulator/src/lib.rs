@@ -28,10 +28,10 @@
 //!              lib.rs: run / serve_config (the flags -> ServeConfig)
 //!              /                                   \
 //!   cli/: one run from the flags         serve/: SimulatorService
-//!   args, run, report, verify,           config, api, spec, runs,
-//!   progress                             live, error
+//!   args, run, report, verify,           config, api, audit, spec,
+//!   progress                             runs, live, error
 //!              \                                   /
-//!               load/: scenario, fleet, runner, transport, stats
+//!               load/: scenario, fleet, runner, transport, allow, stats
 //! ```
 //!
 //! - [`load`]: the load, whoever asks for it.
@@ -42,6 +42,8 @@
 //!   - [`load::runner`]: the open-loop scheduler and the stream/unary
 //!     senders.
 //!   - [`load::transport`]: targets checked, channels opened.
+//!   - [`load::allow`]: the allow-list of a served run's targets
+//!     (`--allow-target`), checked by name and after DNS resolution.
 //!   - [`load::stats`]: HDR latency histograms and counters.
 //! - [`cli`]: `testbed sim` without `--serve`.
 //!   - [`cli::args`]: every flag of `testbed sim`, both modes ([`SimArgs`]
@@ -61,12 +63,15 @@
 //!     request with [`serve::spec`] and calls the matching method of
 //!     [`serve::runs::Runs`] (`start`, `update`, `stop`, `get`, `watch`).
 //!   - [`serve::spec`]: run specs and changes checked, with the
-//!     contract's defaults.
+//!     contract's defaults and the per-run caps.
 //!   - [`serve::runs`]: the runs a server knows, their life cycle and
 //!     bounds.
 //!   - [`serve::live`]: a served run's live figures (load clock, achieved
 //!     rate).
 //!   - [`serve::error`]: the API's errors and their gRPC status codes.
+//!   - [`serve::audit`]: the audit line and span of each StartRun,
+//!     UpdateRun and StopRun (peer, token name, target, rate), and
+//!     `sim_requests_refused_total{rpc, reason}`.
 //!
 //! Why the flags of `--serve` ([`ServeArgs`]) sit in `cli/` and not in
 //! `serve/`: `testbed sim` is one command line, in which `--serve`
@@ -94,14 +99,16 @@ pub mod serve;
 pub use cli::{Dedupe, OutputFormat, ServeArgs, SimArgs, SimError, run};
 pub use serve::SimulatorApi;
 
+use crate::load::allow::AllowList;
 use crate::serve::ServeConfig;
 use crate::serve::config::Limits;
 
 /// The settings of `testbed sim --serve` from its flags: `--serve`'s own
 /// ([`ServeArgs`]), and those shared with a CLI run (`--target`,
 /// `--connections`, `--streams`, `--unary`, `--max-retries`,
-/// `--drain-timeout`, `--device-prefix`, `--arch-mix`), which become the
-/// settings of every run. The flags that describe one run (`--rate`,
+/// `--drain-timeout`, `--device-prefix`, `--arch-mix`, `--token`), which become the
+/// settings of every run; `--target` and `--query-target` are on the
+/// allow-list with `--allow-target`. The flags that describe one run (`--rate`,
 /// `--scenario`, ...) conflict with `--serve`: a `RunSpec` carries them
 /// instead.
 pub fn serve_config(args: &SimArgs) -> ServeConfig {
@@ -121,8 +128,18 @@ pub fn serve_config(args: &SimArgs) -> ServeConfig {
             max_rate: serve.max_rate,
             max_devices: serve.max_devices,
             max_batch_size: serve.max_batch_size,
+            max_run_duration: serve.max_run_duration,
+            max_connections: serve.max_run_connections,
+            max_total_rate: serve.max_total_rate,
         },
+        allow: AllowList::new(
+            [Some(args.target.as_str()), args.query_target.as_deref()]
+                .into_iter()
+                .flatten(),
+            serve.allow_target.iter().cloned(),
+        ),
         rate_window: serve.rate_window,
         retry_after: serve.retry_after,
+        token: args.token.clone(),
     }
 }

@@ -45,25 +45,14 @@ impl Split {
 
     /// `testbed sim --verify` at `rate` for `secs`, from 200 devices.
     fn sim(&self, run_id: &str, rate: u32, secs: u32) -> Sim {
-        let target = format!("http://{}", self.ingest.addr);
-        let query = format!("http://{}", self.query.addr);
-        let (rate, duration) = (rate.to_string(), format!("{secs}s"));
-        Sim::start(
+        Sim::verified(
             run_id,
-            &[
-                "--target",
-                &target,
-                "--query-target",
-                &query,
-                "--rate",
-                &rate,
-                "--duration",
-                &duration,
-                "--devices",
-                "200",
-                "--verify-timeout",
-                "30s",
-            ],
+            self.ingest.addr,
+            self.query.addr,
+            rate,
+            secs,
+            200,
+            "30s",
         )
     }
 }

@@ -100,25 +100,14 @@ impl Split {
     /// Starts `testbed sim --verify` against ingest (and query for the
     /// check) at `rate` for `secs`, from 50 devices.
     fn sim(&self, run_id: &str, rate: u32, secs: u32) -> Sim {
-        let target = format!("http://{}", self.ingest.addr);
-        let query = format!("http://{}", self.query.addr);
-        let (rate, duration) = (rate.to_string(), format!("{secs}s"));
-        Sim::start(
+        Sim::verified(
             run_id,
-            &[
-                "--target",
-                &target,
-                "--query-target",
-                &query,
-                "--rate",
-                &rate,
-                "--duration",
-                &duration,
-                "--devices",
-                "50",
-                "--verify-timeout",
-                "20s",
-            ],
+            self.ingest.addr,
+            self.query.addr,
+            rate,
+            secs,
+            50,
+            "20s",
         )
     }
 

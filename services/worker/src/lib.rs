@@ -67,7 +67,19 @@ pub async fn register(
         heartbeat_ttl,
         shutdown.clone(),
     );
-    server.add_service(api.into_server()).await;
+    let limits = server.limits().clone();
+    let service = api
+        .into_server()
+        .max_decoding_message_size(limits.max_decoding_message_size)
+        .max_encoding_message_size(limits.max_encoding_message_size);
+    server.add_service(service).await;
+    // With tokens configured: reading the status is a read; whatever
+    // changes the pipeline (pause, concurrency, faults) needs admin.
+    let control = testbed_proto::service_names::WORKER_CONTROL;
+    server.require(control, testbed_server::Role::Admin);
+    for read in ["GetStatus", "WatchStatus"] {
+        server.require_method(control, read, testbed_server::Role::Read);
+    }
     server.spawn_background(consumer.clone().run(shutdown.clone()));
     server.spawn_background(
         follower::Follower {

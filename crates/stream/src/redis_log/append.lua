@@ -4,7 +4,9 @@
 -- ARGV[1] dedupe window (ids remembered), ARGV[2] entry meta,
 -- ARGV[3] run ledger time to live (seconds),
 -- ARGV[4] the events: each length-delimited (protobuf `repeated bytes`),
--- ARGV[5..] pairs of (event_id, run ledger index into KEYS or 0)
+-- ARGV[5] the settings epoch the caller checked (settings.rs): when the
+-- partition's differs, nothing is written and the error EPOCH is returned,
+-- ARGV[6..] pairs of (event_id, run ledger index into KEYS or 0)
 -- The entry holds the meta (field m), the blob (b) and, when some events
 -- were duplicates, their positions (d, comma-separated, 0-based): readers
 -- skip those. Duplicates are rare (retries), so the blob is never rebuilt.
@@ -16,8 +18,11 @@
 -- first, then the XADD (the step that can fail, e.g. on a wrong key type),
 -- and only then the dedupe bookkeeping, so a failed append never leaves
 -- ids marked as seen that a retry would then drop.
+if redis.call('HGET', KEYS[4], 'epoch') ~= ARGV[5] then
+  return redis.error_reply('EPOCH the settings were recorded again since this process read them')
+end
 local window = tonumber(ARGV[1])
-local n = (#ARGV - 4) / 2
+local n = (#ARGV - 5) / 2
 -- Lua's unpack takes a few thousand values at most: bulk calls go in chunks.
 local CHUNK = 1000
 local function chunked(command, key, list, pairs_of)
@@ -43,7 +48,7 @@ end
 
 local ids = {}
 for j = 0, n - 1 do
-  ids[j + 1] = ARGV[5 + 2 * j]
+  ids[j + 1] = ARGV[6 + 2 * j]
 end
 local known = chunked('HMGET', KEYS[2], ids)
 local fresh_ids = {}
@@ -54,7 +59,7 @@ for j = 0, n - 1 do
   local id = ids[j + 1]
   if seen_here[id] or known[j + 1] then
     dups[#dups + 1] = j
-    local run = tonumber(ARGV[6 + 2 * j])
+    local run = tonumber(ARGV[7 + 2 * j])
     if run > 0 then
       run_dups[run] = (run_dups[run] or 0) + 1
     end

@@ -9,6 +9,44 @@ use super::*;
 #[derive(Debug)]
 pub(super) struct ScriptMissing;
 
+/// The partition's settings epoch is not the one this process read from
+/// the settings record: nothing was appended (see `settings.rs`).
+#[derive(Debug)]
+pub(super) struct EpochChanged;
+
+impl RedisLog {
+    /// [`EventLog::append`] past the settings check: the append, and when
+    /// the partition's epoch changed, the record read again and (settings
+    /// still agreeing) the append once more.
+    pub(super) async fn append_checked(
+        &self,
+        partition: u32,
+        meta: &EntryMeta,
+        events: &[AppendEvent<'_>],
+    ) -> Result<AppendOutcome, StoreError> {
+        let once = || async {
+            match meta.idempotent() {
+                Some((producer, sequence)) => {
+                    self.append_idempotent(partition, meta, events, producer, sequence)
+                        .await
+                }
+                None => self.append_scripted(partition, meta, events).await,
+            }
+        };
+        match once().await? {
+            Ok(outcome) => Ok(outcome),
+            Err(EpochChanged) => {
+                self.reagree_settings().await?;
+                once().await?.map_err(|EpochChanged| {
+                    StoreError::Unavailable(
+                        "the key prefix's settings were recorded again during this append (another deployment reset it); retry".to_owned(),
+                    )
+                })
+            }
+        }
+    }
+}
+
 /// Every event of an append in one blob (each length-delimited, as
 /// protobuf `repeated bytes`): one stream field and one command argument
 /// per batch instead of one per event.
@@ -34,7 +72,7 @@ impl RedisLog {
         events: &[AppendEvent<'_>],
         producer: &str,
         sequence: u64,
-    ) -> Result<AppendOutcome, StoreError> {
+    ) -> Result<Result<AppendOutcome, EpochChanged>, StoreError> {
         let keys = &self.inner.keys;
         let window = self.inner.args.producer_window.next_multiple_of(8);
         let repeated = repeated_ids(events);
@@ -85,7 +123,8 @@ impl RedisLog {
             .arg(&token)
             .arg(self.inner.args.retention.as_secs().max(1))
             .arg(fresh)
-            .arg(repeated.len());
+            .arg(repeated.len())
+            .arg(self.epoch().as_deref().unwrap_or_default());
         for (k, (_, in_blob, repeats)) in runs.iter().enumerate() {
             pipe.arg(k + 5).arg(in_blob).arg(repeats);
         }
@@ -137,16 +176,17 @@ impl RedisLog {
             None
         };
         match state {
-            0 => Ok(AppendOutcome {
+            0 => Ok(Ok(AppendOutcome {
                 entry_id,
                 duplicates: repeated,
                 backlog: Some(backlog.max(0) as u64),
-            }),
-            1 => Ok(AppendOutcome {
+            })),
+            1 => Ok(Ok(AppendOutcome {
                 entry_id: None,
                 duplicates: (0..events.len() as u32).collect(),
                 backlog: Some(backlog.max(0) as u64),
-            }),
+            })),
+            3 => Ok(Err(EpochChanged)),
             _ => Err(StoreError::StaleSequence {
                 producer_id: producer.to_owned(),
                 sequence,

@@ -18,15 +18,20 @@
 -- ARGV[3] token of this batch, ARGV[4] time to live (seconds) of the
 -- producer state and run ledgers, ARGV[5] events in the entry the XADD
 -- adds (0: no XADD follows), ARGV[6] events of the request left out of the
--- entry as repeats of an id earlier in the batch, ARGV[7..] triples (run
--- ledger index into KEYS, events of that run in the entry, its repeats
--- left out)
+-- entry as repeats of an id earlier in the batch, ARGV[7] the settings
+-- epoch the caller checked (settings.rs), ARGV[8..] triples (run ledger
+-- index into KEYS, events of that run in the entry, its repeats left out)
 -- Returns {state, newest sequence or '', backlog}: state 0 appended, 1
 -- the sequence was already appended (nothing changes but the duplicate
 -- counters; the XADD is undone), 2 the sequence is older than the window
 -- (nothing changes; whether it was appended cannot be told). The backlog
 -- (ingested - processed - dead-lettered) is the partition's after the
--- call, for ingest's backpressure check (0 with state 2).
+-- call, for ingest's backpressure check (0 with state 2). State 3: the
+-- partition's settings epoch is not ARGV[7]; nothing changes (the XADD is
+-- undone) and the caller reads the settings record again.
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[7] then
+  return {3, '', 0}
+end
 local window = tonumber(ARGV[1])
 local seq = tonumber(ARGV[2])
 local ttl = ARGV[4]
@@ -43,7 +48,7 @@ local function count_duplicates(total, of_run)
   if total > 0 then
     redis.call('HINCRBY', KEYS[1], 'duplicates', total)
   end
-  for i = 7, #ARGV, 3 do
+  for i = 8, #ARGV, 3 do
     local d = of_run(i)
     if d > 0 then
       local key = KEYS[tonumber(ARGV[i])]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, ConnectionInfo, IntoConnectionInfo as _, Pipeline, RedisFuture, Value};
 
 use crate::{StoreArgs, StoreError};
 
@@ -44,6 +44,20 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The connection settings of one `url`, with `--redis-username` and the
+/// password of `--redis-password-file` (read now) when given.
+fn connection_info(args: &StoreArgs, url: &str) -> Result<ConnectionInfo, StoreError> {
+    let info = url.into_connection_info().map_err(StoreError::from_redis)?;
+    let mut redis = info.redis_settings().clone();
+    if let Some(username) = &args.redis_username {
+        redis = redis.set_username(username);
+    }
+    if let Some(password) = args.redis_password()? {
+        redis = redis.set_password(password);
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
 /// Opens a connection to a single Redis that does not reconnect by itself
 /// (unlike [`connect`]'s): for state that lives on one connection, such as
 /// `WATCH`, which a silent reconnect would drop while later commands went
@@ -57,7 +71,8 @@ pub(crate) async fn connect_dedicated(
         .as_deref()
         .ok_or_else(|| StoreError::Unavailable("no --redis-url".to_owned()))?;
     let connect_timeout = args.redis_timeout.max(Duration::from_millis(100));
-    let client = redis::Client::open(url).map_err(StoreError::from_redis)?;
+    let client =
+        redis::Client::open(connection_info(args, url)?).map_err(StoreError::from_redis)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
         .set_response_timeout(Some(response_timeout));
@@ -79,7 +94,10 @@ pub(crate) async fn connect(
     let connect_timeout = args.redis_timeout.max(Duration::from_millis(100));
     let attempt = async {
         if args.redis_cluster {
-            let seeds: Vec<&str> = url.split(',').collect();
+            let seeds = url
+                .split(',')
+                .map(|seed| connection_info(args, seed))
+                .collect::<Result<Vec<_>, _>>()?;
             let client = redis::cluster::ClusterClient::builder(seeds)
                 .connection_timeout(connect_timeout)
                 .response_timeout(response_timeout)
@@ -92,7 +110,8 @@ pub(crate) async fn connect(
                 .map(Conn::Cluster)
                 .map_err(StoreError::from_redis)
         } else {
-            let client = redis::Client::open(url).map_err(StoreError::from_redis)?;
+            let client =
+                redis::Client::open(connection_info(args, url)?).map_err(StoreError::from_redis)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout))
@@ -125,8 +144,10 @@ pub(crate) async fn connect(
 /// connection reads the slot map afresh from the seeds (any of them alive
 /// will do), so the next call reaches the new owner. Calls failing at once
 /// drop one connection only (each carries the generation it used), and
-/// reconnecting is serialized. A single Redis keeps its connection:
-/// `ConnectionManager` reconnects by itself.
+/// reconnecting is serialized. As a safety net for topology changes no
+/// call trips over, `--redis-topology-refresh` also renews the connection
+/// periodically in the background ([`SharedConn::renew`]). A single Redis
+/// keeps its connection: `ConnectionManager` reconnects by itself.
 pub(crate) struct SharedConn {
     slot: std::sync::RwLock<Option<(Conn, u64)>>,
     connecting: tokio::sync::Mutex<()>,
@@ -164,6 +185,21 @@ impl SharedConn {
             *slot = Some((conn.clone(), generation));
         }
         Ok((conn, generation))
+    }
+
+    /// Connects afresh (a new slot map on Redis Cluster) and makes the new
+    /// connection the current one; calls holding the old one finish on it.
+    /// Serialized with reconnects after a failure.
+    pub(crate) async fn renew(&self, args: &StoreArgs) -> Result<u64, StoreError> {
+        let _connecting = self.connecting.lock().await;
+        let conn = connect(args, args.redis_timeout).await?;
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut slot) = self.slot.write() {
+            *slot = Some((conn, generation));
+        }
+        Ok(generation)
     }
 
     /// A call on generation `generation` failed with `err`: on Redis

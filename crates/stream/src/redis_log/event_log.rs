@@ -60,12 +60,7 @@ impl EventLog for RedisLog {
         events: &[AppendEvent<'_>],
     ) -> Result<AppendOutcome, StoreError> {
         self.ensure_settings().await?;
-        let outcome = if let Some((producer, sequence)) = meta.idempotent() {
-            self.append_idempotent(partition, meta, events, producer, sequence)
-                .await?
-        } else {
-            self.append_scripted(partition, meta, events).await?
-        };
+        let outcome = self.append_checked(partition, meta, events).await?;
         self.wait_replicas(partition).await?;
         Ok(outcome)
     }
@@ -479,12 +474,12 @@ impl RedisLog {
 impl RedisLog {
     /// An append by event id (`append.lua`): the batch's events not in
     /// the partition's dedupe window become one entry.
-    async fn append_scripted(
+    pub(super) async fn append_scripted(
         &self,
         partition: u32,
         meta: &EntryMeta,
         events: &[AppendEvent<'_>],
-    ) -> Result<AppendOutcome, StoreError> {
+    ) -> Result<Result<AppendOutcome, EpochChanged>, StoreError> {
         let keys = &self.inner.keys;
         let mut invocation = self.inner.append.prepare_invoke();
         invocation
@@ -505,7 +500,8 @@ impl RedisLog {
             .arg(self.inner.args.dedupe_window)
             .arg(meta.encode_to_vec())
             .arg(self.inner.args.retention.as_secs().max(1))
-            .arg(blob);
+            .arg(blob)
+            .arg(self.epoch().as_deref().unwrap_or_default());
         for event in events {
             let run = runs
                 .iter()
@@ -513,16 +509,22 @@ impl RedisLog {
                 .map_or(0, |i| i + 5);
             invocation.arg(event.event_id).arg(run);
         }
-        let (entry_id, duplicates, backlog): (Option<String>, Vec<u32>, i64) = self
+        let reply = self
             .call("append", |mut c| async move {
-                invocation.invoke_async(&mut c).await
+                match invocation
+                    .invoke_async::<(Option<String>, Vec<u32>, i64)>(&mut c)
+                    .await
+                {
+                    Err(err) if err.code() == Some("EPOCH") => Ok(Err(EpochChanged)),
+                    other => other.map(Ok),
+                }
             })
             .await?;
-        Ok(AppendOutcome {
+        Ok(reply.map(|(entry_id, duplicates, backlog)| AppendOutcome {
             entry_id,
             duplicates,
             backlog: Some(backlog.max(0) as u64),
-        })
+        }))
     }
 
     /// With `--redis-wait-replicas N`, waits (`WAIT`, up to

@@ -191,6 +191,9 @@ struct Inner {
     /// Whether the settings recorded for the prefix were last found equal
     /// to this process's (see `settings.rs`).
     settings_agreed: std::sync::atomic::AtomicBool,
+    /// The settings record's epoch this process last read (see
+    /// `settings.rs`); every append carries it.
+    epoch: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 impl RedisLog {
@@ -219,7 +222,7 @@ impl RedisLog {
 
     /// A log on the Redis of `args` that has not connected yet.
     fn unconnected(args: &StoreArgs) -> Self {
-        Self {
+        let log = Self {
             inner: Arc::new(Inner {
                 args: args.clone(),
                 keys: Keys::new(&args.key_prefix),
@@ -247,8 +250,16 @@ impl RedisLog {
                     ])
                     .build(),
                 settings_agreed: std::sync::atomic::AtomicBool::new(false),
+                epoch: std::sync::Mutex::new(None),
             }),
+        };
+        if args.redis_cluster && !args.redis_topology_refresh.is_zero() {
+            tokio::spawn(refresh_topology(
+                Arc::downgrade(&log.inner),
+                args.redis_topology_refresh,
+            ));
         }
+        log
     }
 
     /// This log on connections of its own (see [`crate::AnyLog::for_reads`]),
@@ -325,5 +336,21 @@ impl RedisLog {
 
     fn group(&self) -> &'static str {
         self.inner.keys.group()
+    }
+}
+
+/// `--redis-topology-refresh`: every `period`, the shared connection is
+/// renewed ([`SharedConn::renew`]) while the log is alive.
+async fn refresh_topology(inner: std::sync::Weak<Inner>, period: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(err) = inner.shared.renew(&inner.args).await {
+            tracing::warn!(error = %err, "periodic Redis Cluster topology refresh failed; the current connection stays");
+        }
     }
 }

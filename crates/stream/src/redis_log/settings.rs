@@ -25,10 +25,19 @@
 //! the namespace itself: processes on different prefixes share nothing.
 //!
 //! Between two health probes (`--health-interval`) a process that has
-//! agreed once does not re-read the record, so for that long after another
-//! deployment resets the prefix its appends can still go through: the
-//! check cannot be part of an append itself on Redis Cluster, where the
-//! record and the partitions live in different slots.
+//! agreed once does not re-read the record, and on Redis Cluster the
+//! record and the partitions live in different slots, so no append can
+//! read the record itself. The record therefore carries an **epoch** (a
+//! token chosen by the process that wrote it), copied into every
+//! partition's stats hash (`epoch`, same slot as the stream). Each append
+//! script compares the partition's epoch with the one this process last
+//! read from the record and refuses on any difference; the process then
+//! reads the record again ([`RedisLog::reagree_settings`]): settings that
+//! now disagree refuse the append (FAILED_PRECONDITION), settings that
+//! still agree (the prefix was reset and recorded with the same values, or
+//! Redis came back empty) adopt the new epoch and the append is retried
+//! once. So after a reset, not one append lands under settings this
+//! process has not checked.
 
 use std::sync::atomic::Ordering;
 
@@ -38,8 +47,23 @@ use super::*;
 /// The version of the store layout this release reads and writes.
 pub(super) const LAYOUT: &str = "1";
 
-/// Field names of the settings hash.
+/// Field names of the settings hash that every process must agree on.
 const FIELDS: [&str; 3] = ["partitions", "producer_window", "layout"];
+
+/// Field of the settings hash holding the record's epoch (not compared:
+/// whichever process records first chooses it).
+const EPOCH: &str = "epoch";
+
+/// A token no earlier record of this prefix has used: the time, the
+/// process and a per-process random seed.
+fn fresh_epoch() -> String {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = std::collections::hash_map::RandomState::new().hash_one((nanos, std::process::id()));
+    format!("{nanos:x}-{:x}-{seed:x}", std::process::id())
+}
 
 impl RedisLog {
     /// This process's settings, as (field, flag, value).
@@ -58,20 +82,51 @@ impl RedisLog {
 
     /// Records this process's settings where none are recorded yet (each
     /// field only if absent), then compares them with what is recorded.
+    /// When they agree and the record's epoch is not the one this process
+    /// holds, it is adopted and copied into every partition.
     pub(super) async fn agree_settings(&self) -> Result<(), StoreError> {
+        self.agree_settings_with(false).await
+    }
+
+    /// After an append found its partition's epoch differing from the one
+    /// this process holds: the record is read again and, when the settings
+    /// still agree, its epoch is copied into every partition (even when
+    /// this process held it already: the partition may have lost it).
+    pub(super) async fn reagree_settings(&self) -> Result<(), StoreError> {
+        self.inner.settings_agreed.store(false, Ordering::Release);
+        self.agree_settings_with(true).await
+    }
+
+    /// The epoch this process last read from the record, if any: the one
+    /// its appends carry.
+    pub(super) fn epoch(&self) -> Option<std::sync::Arc<str>> {
+        self.inner
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn agree_settings_with(&self, copy_epoch: bool) -> Result<(), StoreError> {
         let key = self.inner.keys.settings();
         let ours = self.our_settings();
         let mut pipe = redis::pipe();
         for (field, _, value) in &ours {
             pipe.cmd("HSETNX").arg(&key).arg(*field).arg(value).ignore();
         }
-        pipe.cmd("HMGET").arg(&key).arg(&FIELDS[..]);
-        let (stored,): (Vec<Option<String>>,) = self
+        pipe.cmd("HSETNX")
+            .arg(&key)
+            .arg(EPOCH)
+            .arg(fresh_epoch())
+            .ignore();
+        pipe.cmd("HMGET").arg(&key).arg(&FIELDS[..]).arg(EPOCH);
+        let (mut stored,): (Vec<Option<String>>,) = self
             .call(
                 "settings",
                 |mut c| async move { pipe.query_async(&mut c).await },
             )
             .await?;
+        let recorded_epoch = stored.pop().flatten();
         let disagreement = ours
             .into_iter()
             .zip(stored)
@@ -81,13 +136,43 @@ impl RedisLog {
                 }
                 _ => None,
             });
-        self.inner
-            .settings_agreed
-            .store(disagreement.is_none(), Ordering::Release);
-        match disagreement {
-            None => Ok(()),
-            Some(err) => Err(err),
+        if let Some(err) = disagreement {
+            self.inner.settings_agreed.store(false, Ordering::Release);
+            return Err(err);
         }
+        if let Some(epoch) = recorded_epoch {
+            let changed = self.epoch().as_deref() != Some(epoch.as_str());
+            if changed || copy_epoch {
+                self.copy_epoch(&epoch).await?;
+                *self
+                    .inner
+                    .epoch
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(epoch.into());
+            }
+        }
+        self.inner.settings_agreed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the record's epoch into every partition's stats hash (one
+    /// command per partition: on Redis Cluster each is in its own slot).
+    /// Every process writes the value it read from the record, so they
+    /// converge on the record's epoch whatever their order.
+    async fn copy_epoch(&self, epoch: &str) -> Result<(), StoreError> {
+        for partition in 0..self.inner.args.partitions {
+            let key = self.inner.keys.stats(partition);
+            self.call("settings epoch", |mut c| async move {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(crate::aggregates::stats::EPOCH)
+                    .arg(epoch)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Before a write or a read of the log: `Ok` at the cost of one atomic

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::model::{AppendEvent, EntryMeta};
-use testbed_test_support::RedisServer;
+use testbed_test_support::{RedisCluster, RedisServer};
 
 async fn log_on(server: &RedisServer) -> RedisLog {
     let args = StoreArgs {
@@ -485,4 +485,208 @@ fn records_decode_from_msgpack() {
     longer.push(0);
     assert_eq!(unpack_record(&longer), None);
     assert_eq!(unpack_record(b"text"), None);
+}
+
+/// After another deployment resets the key prefix, the very next append
+/// of a process that agreed with the old record (no health probe in
+/// between) follows the new one: refused when its settings now disagree,
+/// written when they still agree or the store came back empty. Both kinds
+/// of append (by event id, and an idempotent producer's batch).
+#[tokio::test]
+async fn appends_follow_the_settings_epoch() {
+    let server = RedisServer::start();
+    let args = |partitions| StoreArgs {
+        partitions,
+        redis_url: Some(server.url()),
+        redis_timeout: Duration::from_secs(2),
+        ..StoreArgs::default()
+    };
+    let old = RedisLog::connect(&args(1)).await.unwrap();
+    let mut sequence = 0;
+    let mut append = async |log: &RedisLog, id: &str, idempotent: bool| {
+        sequence += 1;
+        let meta = EntryMeta {
+            producer_id: if idempotent {
+                "p".into()
+            } else {
+                String::new()
+            },
+            sequence,
+            ..EntryMeta::default()
+        };
+        let event = AppendEvent {
+            run_id: "",
+            event_id: id,
+            bytes: b"x".to_vec().into(),
+        };
+        log.append(0, &meta, &[event]).await
+    };
+    let stream_length = || server.command(&["XLEN", &old.keys().stream(0)]);
+    for idempotent in [false, true] {
+        assert!(
+            append(&old, "a", idempotent)
+                .await
+                .unwrap()
+                .entry_id
+                .is_some()
+        );
+
+        // Emptied: the first append records the settings again.
+        server.command(&["FLUSHALL"]);
+        let outcome = append(&old, "b", idempotent).await.unwrap();
+        assert!(outcome.entry_id.is_some(), "{outcome:?}");
+        assert_eq!(stream_length(), ":1");
+
+        // Reset and recorded by a process with the same settings.
+        server.command(&["FLUSHALL"]);
+        let _same = RedisLog::connect(&args(1)).await.unwrap();
+        let outcome = append(&old, "c", idempotent).await.unwrap();
+        assert!(outcome.entry_id.is_some(), "{outcome:?}");
+        assert_eq!(stream_length(), ":1");
+
+        // Reset and recorded with another partition count: refused at
+        // once, and nothing written.
+        server.command(&["FLUSHALL"]);
+        let _other = RedisLog::connect(&args(2)).await.unwrap();
+        let err = append(&old, "d", idempotent).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::Disagreement { flag: "--partitions", ours, stored }
+                    if ours == "1" && stored == "2"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(stream_length(), ":0");
+        server.command(&["FLUSHALL"]);
+        old.agree_settings().await.unwrap();
+    }
+}
+
+/// `--redis-topology-refresh` on Redis Cluster: the shared connection is
+/// renewed in the background (a new generation, so a new slot map) while
+/// calls go on answering through the renewals.
+#[tokio::test]
+async fn the_cluster_connection_is_renewed_periodically() {
+    let cluster = RedisCluster::start();
+    let args = StoreArgs {
+        partitions: 2,
+        redis_url: Some(cluster.url()),
+        redis_cluster: true,
+        redis_timeout: Duration::from_secs(2),
+        redis_topology_refresh: Duration::from_millis(50),
+        ..StoreArgs::default()
+    };
+    let log = RedisLog::connect(&args).await.unwrap();
+    log.ensure_group().await.unwrap();
+    let (_, first) = log.conn().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut appended = 0;
+    loop {
+        let id = format!("e{appended}");
+        let event = AppendEvent {
+            run_id: "",
+            event_id: &id,
+            bytes: b"x".to_vec().into(),
+        };
+        log.append(appended % 2, &EntryMeta::default(), &[event])
+            .await
+            .unwrap();
+        appended += 1;
+        let (_, now) = log.conn().await.unwrap();
+        if now >= first + 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still generation {now} (from {first}) after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let figures = [log.figures(0).await.unwrap(), log.figures(1).await.unwrap()];
+    assert_eq!(
+        figures.iter().map(|f| f.ingested).sum::<u64>(),
+        u64::from(appended)
+    );
+}
+
+/// Off by default on a single Redis, and with `0s` on a cluster: the
+/// connection keeps its generation.
+#[tokio::test]
+async fn a_single_redis_keeps_its_connection() {
+    let server = RedisServer::start();
+    let args = StoreArgs {
+        partitions: 1,
+        redis_url: Some(server.url()),
+        redis_timeout: Duration::from_secs(2),
+        redis_topology_refresh: Duration::from_millis(20),
+        ..StoreArgs::default()
+    };
+    let log = RedisLog::connect(&args).await.unwrap();
+    let (_, first) = log.conn().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, now) = log.conn().await.unwrap();
+    assert_eq!(now, first);
+}
+
+/// `--redis-username` and `--redis-password-file` authenticate as a Redis
+/// ACL user: the right password appends, a wrong one is refused by Redis
+/// (the password really is sent), and an unreadable or empty file is a
+/// configuration error before any connection.
+#[tokio::test]
+async fn authenticates_with_a_password_file() {
+    let server = RedisServer::start_with(&[
+        "--user",
+        "testbed",
+        "on",
+        ">s3cret-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let dir = std::env::temp_dir().join(format!("redis-pass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let args = |password_file| StoreArgs {
+        partitions: 1,
+        redis_url: Some(server.url()),
+        redis_timeout: Duration::from_secs(2),
+        redis_username: Some("testbed".to_owned()),
+        redis_password_file: Some(password_file),
+        ..StoreArgs::default()
+    };
+    let event = AppendEvent {
+        run_id: "",
+        event_id: "e1",
+        bytes: b"x".to_vec().into(),
+    };
+
+    let good = args(file("good", "s3cret-pass\n"));
+    good.check().unwrap();
+    let log = RedisLog::connect(&good).await.unwrap();
+    log.append(0, &EntryMeta::default(), std::slice::from_ref(&event))
+        .await
+        .unwrap();
+
+    let wrong = RedisLog::connect(&args(file("wrong", "not-it\n")))
+        .await
+        .unwrap();
+    let err = wrong
+        .append(0, &EntryMeta::default(), &[event])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Config(msg) if msg.contains("refused the credentials")),
+        "{err:?}"
+    );
+
+    let err = args(file("empty", "\n")).check().unwrap_err();
+    assert!(err.contains("first line is empty"), "{err}");
+    let err = args(dir.join("missing")).check().unwrap_err();
+    assert!(err.contains("--redis-password-file"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use testbed_server::ListenArgs;
+use testbed_server::auth::client::Token;
 
+use crate::load::allow::AllowEntry;
 use crate::load::fleet::{self, Mix};
 use crate::load::transport::parse_target;
 
@@ -39,7 +41,8 @@ pub struct SimArgs {
     #[arg(long, env = "TESTBED_SIM_TARGET", default_value = "http://127.0.0.1:50051", value_parser = parse_target)]
     pub target: String,
 
-    /// Query endpoint used by --verify (defaults to --target).
+    /// Query endpoint used by --verify (defaults to --target); with --serve,
+    /// its host:port is on the allow-list of run targets.
     #[arg(long, env = "TESTBED_SIM_QUERY_TARGET", value_parser = parse_target)]
     pub query_target: Option<String>,
 
@@ -143,6 +146,12 @@ pub struct SimArgs {
           value_parser = humantime::parse_duration)]
     pub verify_timeout: Duration,
 
+    /// Bearer token sent with every call to ingest and query (their
+    /// --auth-tokens-file's secret of a `write` token; `read` is enough for
+    /// --verify alone). With --serve, runs send it to ingest.
+    #[arg(long, env = "TESTBED_TOKEN", hide_env_values = true)]
+    pub token: Option<Token>,
+
     /// `--serve` and the server's flags.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -161,13 +170,15 @@ pub struct SimArgs {
     mut_arg("shutdown_grace", |a| a.requires("serve")),
     mut_arg("health_interval", |a| a.requires("serve")),
     mut_arg("addr_file", |a| a.requires("serve")),
+    mut_arg("auth_tokens_file", |a| a.requires("serve")),
+    mut_arg("auth_tokens", |a| a.requires("serve")),
 )]
 pub struct ServeArgs {
     /// Serve testbed.v1.SimulatorService (StartRun, UpdateRun, StopRun,
     /// GetRun, WatchRun) instead of doing one run; --target and the
     /// connection flags become the defaults of every run.
     #[arg(long, env = "TESTBED_SIM_SERVE", conflicts_with_all = [
-        "query_target", "rate", "duration", "devices", "verify", "output",
+        "rate", "duration", "devices", "verify", "output",
         "output_file", "scenario", "batch_size", "mix", "seed", "run_id",
         "verify_timeout", "dedupe", "stream_max_age",
     ])]
@@ -185,10 +196,42 @@ pub struct ServeArgs {
     pub keep_finished: u32,
 
     /// Highest rate a run may ask for, in events per second (in any phase,
-    /// bursts included).
-    #[arg(long, env = "TESTBED_SIM_MAX_RATE", default_value_t = 1_000_000.0, requires = "serve",
+    /// bursts included). A server reachable in a cluster should not be a
+    /// million-events-per-second cannon by default; raise it on purpose.
+    #[arg(long, env = "TESTBED_SIM_MAX_RATE", default_value_t = 20_000.0, requires = "serve",
           value_parser = parse_positive)]
     pub max_rate: f64,
+
+    /// Highest sum of the peak rates of the active runs, in events per
+    /// second; a StartRun or UpdateRun beyond it is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TESTBED_SIM_MAX_TOTAL_RATE", default_value_t = 50_000.0, requires = "serve",
+          value_parser = parse_positive)]
+    pub max_total_rate: f64,
+
+    /// Longest run: a longer duration or scenario is INVALID_ARGUMENT, and a
+    /// run "until stopped" completes after it.
+    #[arg(long, env = "TESTBED_SIM_MAX_RUN_DURATION", default_value = "1h", requires = "serve",
+          value_parser = parse_max_duration)]
+    pub max_run_duration: Duration,
+
+    /// Most HTTP/2 connections one run may open: --connections times the
+    /// addresses a dns:/// target resolves to.
+    #[arg(long, env = "TESTBED_SIM_MAX_RUN_CONNECTIONS", default_value_t = 64, requires = "serve",
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_run_connections: u32,
+
+    /// More targets runs may send to, besides --target and --query-target
+    /// (repeat, or comma-separate in the env var): HOST, HOST:PORT or
+    /// HOST:*, HOST a DNS name, an address or a CIDR (IPv6 in brackets),
+    /// e.g. `ingest.other-ns.svc:50051`, `10.0.0.0/8:50051`. A name
+    /// not listed is allowed only if every address it resolves to is.
+    #[arg(
+        long,
+        env = "TESTBED_SIM_ALLOW_TARGET",
+        requires = "serve",
+        value_delimiter = ','
+    )]
+    pub allow_target: Vec<AllowEntry>,
 
     /// Most devices a run may simulate.
     #[arg(long, env = "TESTBED_SIM_MAX_DEVICES", default_value_t = 100_000, requires = "serve",
@@ -222,6 +265,15 @@ fn parse_positive(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err("must be a positive number".to_owned()),
+    }
+}
+
+fn parse_max_duration(value: &str) -> Result<Duration, String> {
+    let max = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if (Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600)).contains(&max) {
+        Ok(max)
+    } else {
+        Err("must be between 1s and 30 days".to_owned())
     }
 }
 
@@ -405,6 +457,49 @@ mod tests {
         assert_eq!(cli.sim.target, "http://ingest:50051");
     }
 
+    /// The guard's flags: service-sized defaults, and allow-list entries
+    /// repeated or comma-separated.
+    #[test]
+    fn guard_flags() {
+        let cli = Cli::try_parse_from(["sim", "--serve"]).unwrap();
+        let serve = &cli.sim.serve;
+        assert_eq!((serve.max_rate, serve.max_total_rate), (20_000.0, 50_000.0));
+        assert_eq!(serve.max_run_duration, Duration::from_secs(3600));
+        assert_eq!(serve.max_run_connections, 64);
+        assert!(serve.allow_target.is_empty());
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--serve",
+            "--query-target",
+            "http://query:50051",
+            "--allow-target",
+            "10.0.0.0/8:50051,ingest.other:*",
+            "--allow-target",
+            "[fd00::/8]",
+            "--max-run-duration",
+            "10m",
+        ])
+        .unwrap();
+        let shown: Vec<String> = cli
+            .sim
+            .serve
+            .allow_target
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8:50051", "ingest.other", "[fd00::/8]"]);
+        assert_eq!(cli.sim.serve.max_run_duration, Duration::from_secs(600));
+        for (flag, value) in [
+            ("--allow-target", "http://x:1"),
+            ("--max-run-duration", "0s"),
+            ("--max-run-connections", "0"),
+            ("--token", "two words"),
+        ] {
+            let err = Cli::try_parse_from(["sim", "--serve", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
+    }
+
     /// Server flags need `--serve`; one-run flags conflict with it.
     #[test]
     fn serve_flags_and_run_flags_exclude_each_other() {
@@ -412,6 +507,9 @@ mod tests {
             ["--grpc-addr", "127.0.0.1:0"],
             ["--addr-file", "/tmp/a.json"],
             ["--max-runs", "2"],
+            ["--allow-target", "10.0.0.0/8"],
+            ["--max-total-rate", "10"],
+            ["--auth-tokens-file", "/tmp/t"],
         ] {
             let err = Cli::try_parse_from(["sim", flag[0], flag[1]]).unwrap_err();
             assert_eq!(

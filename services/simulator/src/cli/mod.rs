@@ -102,6 +102,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
             .target
             .starts_with("dns:///")
             .then_some(args.stream_max_age),
+        token: args.token.clone(),
     };
     tracing::info!(
         run_id, scenario = scenario.name, duration = %humantime::format_duration(scenario.duration()),
@@ -145,6 +146,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         })?;
         let verification = verify::verify(
             channel,
+            args.token.clone(),
             &run_id,
             &verify::Expectation::of(&figures.total),
             args.verify_timeout,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::{GetPipelineStatsRequest, GetRunStatsRequest};
+use testbed_server::auth::client::{Bearer, Token};
 use tonic::transport::Channel;
 
 use crate::load::stats::Figures;
@@ -240,11 +241,12 @@ pub fn judge(
 /// entries await takeover, a failure is being retried), it keeps waiting.
 pub async fn verify(
     channel: Channel,
+    token: Option<Token>,
     run_id: &str,
     expectation: &Expectation,
     timeout: Duration,
 ) -> Result<Verification, tonic::Status> {
-    let mut client = QueryServiceClient::new(channel);
+    let mut client = QueryServiceClient::new(Bearer::new(channel, token));
     let deadline = Instant::now() + timeout;
     let want: u64 = expectation.acknowledged.iter().sum();
     let mut last = (u64::MAX, Instant::now());
@@ -286,7 +288,7 @@ pub async fn verify(
 /// Whether the pipeline has nothing pending and no backlog. A query
 /// service that cannot say (an older one, an error) counts as "nothing
 /// left", so the wait still ends at the stall.
-async fn nothing_left(client: &mut QueryServiceClient<Channel>) -> bool {
+async fn nothing_left(client: &mut QueryServiceClient<Bearer<Channel>>) -> bool {
     match client
         .get_pipeline_stats(GetPipelineStatsRequest { window: None })
         .await

@@ -10,8 +10,12 @@
 //!   [`testbed_proto::raw::event_writer`] (the hot path).
 //! - [`runner`]: the open-loop scheduler and the stream/unary senders.
 //! - [`transport`]: targets checked and turned into channels.
+//! - [`allow`]: the allow-list of targets a served run may send to
+//!   (`--allow-target`), checked by name and after DNS resolution; here
+//!   because the command line (`cli/args.rs`) parses its entries.
 //! - [`stats`]: HDR latency histograms and counters.
 
+pub mod allow;
 pub mod fleet;
 pub mod runner;
 pub mod scenario;

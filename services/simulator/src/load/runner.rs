@@ -22,6 +22,7 @@ use testbed_proto::google::rpc;
 use testbed_proto::raw::{RawIngestClient, RawPublishRequest, RawPublishStreamRequest};
 use testbed_proto::v1::PublishStreamResponse;
 use testbed_server::CancellationToken;
+use testbed_server::auth::client::{Bearer, Token};
 use tokio::sync::{mpsc, watch};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -75,6 +76,9 @@ pub struct SendOptions {
     /// `dns:///` target's new pods receive streams: a long-lived HTTP/2
     /// stream otherwise stays on the pod it was opened to.
     pub stream_max_age: Option<Duration>,
+    /// The bearer token sent with every call (`--token`), when ingest
+    /// requires one.
+    pub token: Option<Token>,
 }
 
 /// Shared live figures.
@@ -516,7 +520,7 @@ async fn stream_lane(
 ) {
     let mut client = RawIngestClient::new(tower_layer::Layer::layer(
         &testbed_telemetry::rpc::RpcClientLayer::new(),
-        channel,
+        Bearer::new(channel, options.token.clone()),
     ));
     let mut backoff = Duration::from_millis(50);
     // Batches to send first on the next stream (unacknowledged on a broken one).
@@ -676,7 +680,7 @@ async fn unary_lane(
 ) {
     let client = RawIngestClient::new(tower_layer::Layer::layer(
         &testbed_telemetry::rpc::RpcClientLayer::new(),
-        channel,
+        Bearer::new(channel, options.token.clone()),
     ));
     let mut calls = tokio::task::JoinSet::new();
     loop {

@@ -316,6 +316,27 @@ impl Scenario {
         None
     }
 
+    /// The highest rate (events/s) the schedule asks for at any time.
+    pub fn peak_rate(&self) -> f64 {
+        let mut base: f64 = 0.0;
+        let mut peak: f64 = 0.0;
+        for phase in &self.phases {
+            let rate = match phase {
+                Phase::Ramp { from, to, .. } => from.max(*to),
+                Phase::Hold { rate, .. } | Phase::Spike { rate, .. } => *rate,
+                Phase::Burst { multiplier, .. } => base * multiplier,
+                Phase::Pause { .. } => 0.0,
+            };
+            match phase {
+                Phase::Ramp { to, .. } => base = *to,
+                Phase::Hold { rate, .. } => base = *rate,
+                _ => {}
+            }
+            peak = peak.max(rate);
+        }
+        peak
+    }
+
     /// Events the schedule asks for in total (the integral of the rate).
     pub fn planned_events(&self) -> f64 {
         let mut base = 0.0;

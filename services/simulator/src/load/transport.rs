@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::load::allow::AllowList;
+
 /// Why the target could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -84,6 +86,8 @@ fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
+                // Within the servers' ping policy (--ping-min-interval, 10 s by
+                // default): a client pinging more often gets too_many_pings.
                 .http2_keep_alive_interval(Duration::from_secs(30))
         })
         .map_err(|e| ConnectError::Invalid {
@@ -102,6 +106,17 @@ fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
 /// channel). Long-lived streams stay where they were opened; streams opened
 /// later (new lanes, reconnects) go to the current set of pods.
 pub async fn channels(target: &str, connections: u32) -> Result<Vec<Channel>, ConnectError> {
+    guarded_channels(target, connections, None).await
+}
+
+/// [`channels`], where each address a `dns:///` target resolves to later
+/// is added only if `guard` allows it (a served run whose name was allowed
+/// for its addresses, not by name: it must not drift to others).
+pub async fn guarded_channels(
+    target: &str,
+    connections: u32,
+    guard: Option<AllowList>,
+) -> Result<Vec<Channel>, ConnectError> {
     let count = connections.max(1) as usize;
     let Some(name) = target.strip_prefix("dns:///") else {
         let e = endpoint(target)?;
@@ -112,7 +127,7 @@ pub async fn channels(target: &str, connections: u32) -> Result<Vec<Channel>, Co
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let (channel, changes) = Channel::balance_channel::<String>(64);
-        tokio::spawn(follow_dns(name.to_owned(), changes));
+        tokio::spawn(follow_dns(name.to_owned(), changes, guard.clone()));
         out.push(channel);
     }
     Ok(out)
@@ -122,6 +137,7 @@ pub async fn channels(target: &str, connections: u32) -> Result<Vec<Channel>, Co
 async fn follow_dns(
     name: String,
     changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
+    guard: Option<AllowList>,
 ) {
     use tonic::transport::channel::Change;
     let mut current: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -136,6 +152,12 @@ async fn follow_dns(
                     }
                 }
                 for added in fresh.difference(&current) {
+                    if let Some(guard) = &guard
+                        && let Err(refusal) = guard.check(added).await
+                    {
+                        tracing::warn!(%name, address = %added, ?refusal, "a new address of the target is not allowed; not sending to it");
+                        continue;
+                    }
                     let Ok(e) = endpoint(added) else { continue };
                     if changes
                         .send(Change::Insert(added.clone(), e))
@@ -164,6 +186,50 @@ async fn follow_dns(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guarded dns:/// channel never connects to an address the guard
+    /// refuses, while the unguarded one does.
+    #[tokio::test]
+    async fn guarded_channels_skip_refused_addresses() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use testbed_proto::v1::GetPipelineStatsRequest;
+        use testbed_proto::v1::query_service_client::QueryServiceClient;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let target = format!("dns:///localhost:{port}");
+        let call = |channel: Channel| async move {
+            let mut client = QueryServiceClient::new(channel);
+            let _ = tokio::time::timeout(
+                Duration::from_millis(500),
+                client.get_pipeline_stats(GetPipelineStatsRequest { window: None }),
+            )
+            .await;
+        };
+        let refusing = AllowList::new(["http://127.0.0.1:1"], []);
+        let guarded = guarded_channels(&target, 1, Some(refusing)).await.unwrap();
+        call(guarded[0].clone()).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "a refused address was connected to"
+        );
+        let open = channels(&target, 1).await.unwrap();
+        call(open[0].clone()).await;
+        assert!(
+            accepted.load(Ordering::SeqCst) > 0,
+            "the unguarded channel never connected"
+        );
+        server.abort();
+    }
 
     /// A dns:/// target resolves to every address of the name.
     #[tokio::test]

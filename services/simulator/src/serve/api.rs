@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use tracing::Instrument as _;
+
+use crate::serve::audit::{self, Asked, Caller};
 use crate::serve::runs::{Runs, is_final};
 use crate::serve::spec;
 
@@ -42,30 +45,51 @@ impl SimulatorService for SimulatorApi {
         &self,
         request: Request<StartRunRequest>,
     ) -> Result<Response<StartRunResponse>, Status> {
-        let run = self.runs.start(request.into_inner().spec).await?;
-        Ok(Response::new(StartRunResponse { run: Some(run) }))
+        let caller = Caller::of(&request);
+        let spec = request.into_inner().spec;
+        let asked = Asked::start(spec.as_ref());
+        let span = audit::span("StartRun", &caller, &asked);
+        let result = self.runs.start(spec).instrument(span.clone()).await;
+        span.in_scope(|| audit::record("StartRun", &caller, &asked, result.as_ref()));
+        Ok(Response::new(StartRunResponse { run: Some(result?) }))
     }
 
     async fn update_run(
         &self,
         request: Request<UpdateRunRequest>,
     ) -> Result<Response<UpdateRunResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
-        spec::run_id(&request.run_id, "run_id")?;
-        let change = spec::change(request.change.as_ref(), self.runs.limits())?;
-        let run = self.runs.update(&request.run_id, change)?;
-        Ok(Response::new(UpdateRunResponse { run: Some(run) }))
+        let asked = Asked::update(&request.run_id, request.change.as_ref());
+        let span = audit::span("UpdateRun", &caller, &asked);
+        let result = async {
+            spec::run_id(&request.run_id, "run_id")?;
+            let change = spec::change(request.change.as_ref(), self.runs.limits())?;
+            self.runs.update(&request.run_id, change).await
+        }
+        .instrument(span.clone())
+        .await;
+        span.in_scope(|| audit::record("UpdateRun", &caller, &asked, result.as_ref()));
+        Ok(Response::new(UpdateRunResponse { run: Some(result?) }))
     }
 
     async fn stop_run(
         &self,
         request: Request<StopRunRequest>,
     ) -> Result<Response<StopRunResponse>, Status> {
+        let caller = Caller::of(&request);
         let id = request.into_inner().run_id;
-        spec::run_id(&id, "run_id")?;
-        Ok(Response::new(StopRunResponse {
-            run: Some(self.runs.stop(&id)?),
-        }))
+        let asked = Asked {
+            run_id: id.clone(),
+            ..Asked::default()
+        };
+        let span = audit::span("StopRun", &caller, &asked);
+        let result = span.in_scope(|| {
+            spec::run_id(&id, "run_id")?;
+            self.runs.stop(&id)
+        });
+        span.in_scope(|| audit::record("StopRun", &caller, &asked, result.as_ref()));
+        Ok(Response::new(StopRunResponse { run: Some(result?) }))
     }
 
     async fn get_run(

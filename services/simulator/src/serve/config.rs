@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+use testbed_server::auth::client::Token;
+
+use crate::load::allow::AllowList;
+
 /// Settings of a simulator server: where its runs send load and how, and
 /// the bounds on what runs may ask for and how many it keeps.
 ///
@@ -34,8 +38,14 @@ pub struct ServeConfig {
     /// Finished runs kept for GetRun (`--keep-finished`).
     pub keep_finished: usize,
     /// What a run may ask for (`--max-rate`, `--max-devices`,
-    /// `--max-batch-size`).
+    /// `--max-batch-size`, `--max-run-duration`, `--max-run-connections`,
+    /// `--max-total-rate`).
     pub limits: Limits,
+    /// Where runs may send load (`--target`, `--query-target`,
+    /// `--allow-target`).
+    pub allow: AllowList,
+    /// The bearer token runs send to ingest (`--token`).
+    pub token: Option<Token>,
     /// The window of a run's achieved rate (`--rate-window`).
     pub rate_window: Duration,
     /// The retry delay suggested when `max_runs` are active
@@ -52,4 +62,11 @@ pub struct Limits {
     pub max_devices: u32,
     /// Largest batch.
     pub max_batch_size: u32,
+    /// Longest run: a run "until stopped" ends (COMPLETED) after it.
+    pub max_run_duration: Duration,
+    /// Most HTTP/2 connections one run opens: `--connections` times the
+    /// addresses of a `dns:///` target.
+    pub max_connections: u32,
+    /// Highest sum of the active runs' peak rates, events/s.
+    pub max_total_rate: f64,
 }

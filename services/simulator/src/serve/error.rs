@@ -1,6 +1,7 @@
 //! Errors of `testbed.v1.SimulatorService` and their one mapping to gRPC
 //! status codes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Code, Status};
@@ -8,6 +9,16 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 /// The resource type named in `google.rpc.ResourceInfo`.
 const RUN_RESOURCE: &str = "testbed.v1.Run";
+
+/// The domain of this API's `google.rpc.ErrorInfo` reasons.
+pub const ERROR_DOMAIN: &str = "testbed.v1.SimulatorService";
+
+/// `google.rpc.ErrorInfo.reason` of a target off the allow-list.
+pub const TARGET_NOT_ALLOWED: &str = "TARGET_NOT_ALLOWED";
+
+/// `google.rpc.ErrorInfo.reason` of a run that would take the total rate
+/// of the active runs above `--max-total-rate`.
+pub const TOTAL_RATE_EXCEEDED: &str = "TOTAL_RATE_EXCEEDED";
 
 /// Why a simulator RPC failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +54,54 @@ pub enum ApiError {
         /// The suggested retry delay (`--retry-after`).
         retry_after: Duration,
     },
+    /// The target is not on this server's allow-list (`--allow-target`).
+    #[error("target {target} is not allowed by this simulator{}; see --allow-target", .address.as_ref().map(|a| format!(" (it resolves to {a})")).unwrap_or_default())]
+    TargetNotAllowed {
+        /// The field naming the target (`spec.target`).
+        field: String,
+        /// The target, as requested.
+        target: String,
+        /// The resolved address refused, when the target is a name.
+        address: Option<String>,
+    },
+    /// The run would take the total rate of the active runs above
+    /// `--max-total-rate`.
+    #[error(
+        "{field}: {requested} events/s on top of the {active} events/s of the active runs is above this server's total limit of {max} (--max-total-rate)"
+    )]
+    TotalRateExceeded {
+        /// The field asking for the rate.
+        field: String,
+        /// The peak rate the request asks for.
+        requested: f64,
+        /// The peak rates of the other active runs, summed.
+        active: f64,
+        /// The cap.
+        max: f64,
+        /// The suggested retry delay (`--retry-after`).
+        retry_after: Duration,
+    },
     /// The target could not be resolved, or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
 }
 
 impl ApiError {
+    /// The `reason` label of `sim_requests_refused_total` and the audit
+    /// line's outcome.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument { .. } => "invalid_argument",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::Ended { .. } => "ended",
+            ApiError::TooManyRuns { .. } => "too_many_runs",
+            ApiError::TargetNotAllowed { .. } => "target_not_allowed",
+            ApiError::TotalRateExceeded { .. } => "total_rate_exceeded",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// A bad `field`, because of `reason`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
@@ -91,6 +144,43 @@ impl From<ApiError> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
+            ApiError::TargetNotAllowed {
+                field,
+                target,
+                address,
+            } => {
+                let mut metadata =
+                    HashMap::from([("field".to_owned(), field), ("target".to_owned(), target)]);
+                if let Some(address) = address {
+                    metadata.insert("address".to_owned(), address);
+                }
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    message,
+                    ErrorDetails::with_error_info(TARGET_NOT_ALLOWED, ERROR_DOMAIN, metadata),
+                )
+            }
+            ApiError::TotalRateExceeded {
+                field,
+                max,
+                retry_after,
+                ..
+            } => {
+                let mut details = ErrorDetails::with_quota_failure_violation(
+                    field.clone(),
+                    format!("at most {max} events/s across active runs (--max-total-rate)"),
+                );
+                details.set_retry_info(Some(retry_after)).set_error_info(
+                    TOTAL_RATE_EXCEEDED,
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("field".to_owned(), field),
+                        ("cap".to_owned(), "--max-total-rate".to_owned()),
+                        ("max".to_owned(), max.to_string()),
+                    ]),
+                );
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             ApiError::Unavailable(_) => Status::unavailable(message),
         }
     }
@@ -138,6 +228,36 @@ mod tests {
             s.get_details_retry_info().unwrap().retry_delay,
             Some(Duration::from_secs(5))
         );
+
+        let s = Status::from(ApiError::TargetNotAllowed {
+            field: "spec.target".into(),
+            target: "http://x:1".into(),
+            address: Some("10.0.0.1:1".into()),
+        });
+        assert_eq!(s.code(), Code::PermissionDenied);
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            (TARGET_NOT_ALLOWED, ERROR_DOMAIN)
+        );
+        assert_eq!(info.metadata["target"], "http://x:1");
+        assert_eq!(info.metadata["address"], "10.0.0.1:1");
+
+        let s = Status::from(ApiError::TotalRateExceeded {
+            field: "spec.rate.events_per_second".into(),
+            requested: 10.0,
+            active: 95.0,
+            max: 100.0,
+            retry_after: Duration::from_secs(5),
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let quota = s.get_details_quota_failure().unwrap();
+        assert_eq!(quota.violations[0].subject, "spec.rate.events_per_second");
+        assert_eq!(
+            s.get_details_error_info().unwrap().reason,
+            TOTAL_RATE_EXCEEDED
+        );
+        assert!(s.get_details_retry_info().is_some());
 
         let s = Status::from(ApiError::Unavailable("shutting down".into()));
         assert_eq!(s.code(), Code::Unavailable);

@@ -7,16 +7,22 @@
 //!
 //! - [`config`]: [`ServeConfig`] and the [`config::Limits`] on runs.
 //! - [`api`]: the RPC handlers, one method of [`SimulatorApi`] per RPC.
-//! - [`spec`]: requests checked, with the contract's defaults.
+//! - [`spec`]: requests checked, with the contract's defaults and the
+//!   per-run caps.
 //! - [`runs`]: the runs this server knows, their life cycle and bounds.
 //! - [`live`]: a served run's live figures (load clock, achieved rate).
 //! - [`error`]: the API's errors and their gRPC status codes.
+//! - [`audit`]: the audit line and span of each StartRun, UpdateRun and
+//!   StopRun, and the counter of refused calls.
 //!
 //! Within it, dependencies point down this list, never up: `api` →
+//! `audit` → `error`; `api` →
 //! `runs` → `spec`, `live`, `error`, `config`; `spec` → `error`,
-//! `config`; and any of them → [`crate::load`].
+//! `config`; and any of them → [`crate::load`] (the allow-list of targets
+//! is [`crate::load::allow`]).
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod live;
@@ -35,9 +41,19 @@ use crate::serve::runs::Runs;
 /// grace period) to drain their batches in flight.
 pub async fn register(server: &mut GrpcServer, config: &ServeConfig, shutdown: CancellationToken) {
     let runs = Runs::new(config.clone(), shutdown.clone());
-    server
-        .add_service(SimulatorApi::new(runs.clone()).into_server())
-        .await;
+    let limits = server.limits().clone();
+    let service = SimulatorApi::new(runs.clone())
+        .into_server()
+        .max_decoding_message_size(limits.max_decoding_message_size)
+        .max_encoding_message_size(limits.max_encoding_message_size);
+    server.add_service(service).await;
+    // With tokens configured: aiming load (StartRun, UpdateRun, StopRun)
+    // is a write, like publishing; watching runs is a read.
+    let sim = testbed_proto::service_names::SIMULATOR;
+    server.require(sim, testbed_server::Role::Read);
+    for write in ["StartRun", "UpdateRun", "StopRun"] {
+        server.require_method(sim, write, testbed_server::Role::Write);
+    }
     server.spawn_background(async move {
         shutdown.cancelled().await;
         runs.wait_stopped().await;

@@ -18,6 +18,7 @@ use testbed_server::CancellationToken;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::load::allow::{AllowList, Refusal};
 use crate::load::fleet::Fleet;
 use crate::load::runner::{self, Progress, SendOptions, Shared};
 use crate::load::scenario::Scenario;
@@ -26,7 +27,7 @@ use crate::load::transport::{self, ConnectError};
 use crate::serve::config::{Limits, ServeConfig};
 use crate::serve::error::ApiError;
 use crate::serve::live::{self, LoadClock, RateWindow};
-use crate::serve::spec::{self, Change, StartSpec, UNTIL_STOPPED};
+use crate::serve::spec::{self, Change, StartSpec};
 
 /// How many samples of the accepted counter a rate window holds.
 const SAMPLES_PER_WINDOW: u32 = 12;
@@ -76,6 +77,11 @@ struct Live {
     scenario: watch::Sender<Scenario>,
     cancel: CancellationToken,
     driver: Option<JoinHandle<()>>,
+    /// The highest rate the current load asks for (`--max-total-rate`
+    /// sums these).
+    peak: f64,
+    /// Start + `--max-run-duration`: no load goes on past it.
+    hard_end: Instant,
 }
 
 /// Whether `state` is final (COMPLETED, FAILED or CANCELLED).
@@ -153,20 +159,118 @@ impl Runs {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Checks `target` (named by `field`) against the allow-list, after DNS
+    /// resolution, and the connections a run to it would open against
+    /// `--max-run-connections`. Returns the allow-list when the run's channels
+    /// must keep checking the addresses a `dns:///` target resolves to (it
+    /// was allowed for its addresses, not by name).
+    pub async fn admit_target(
+        &self,
+        field: &str,
+        target: &str,
+    ) -> Result<Option<AllowList>, ApiError> {
+        let config = &self.inner.config;
+        let not_allowed = |address: Option<String>| ApiError::TargetNotAllowed {
+            field: field.to_owned(),
+            target: target.to_owned(),
+            address,
+        };
+        let allowed = config
+            .allow
+            .check(target)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::NotListed => not_allowed(None),
+                Refusal::Resolved(addr) => not_allowed(Some(addr.to_string())),
+                Refusal::Unresolved(reason) => ApiError::Unavailable(format!(
+                    "cannot resolve {target} to check it against the allow-list: {reason}"
+                )),
+            })?;
+        // Each channel of a dns:/// target connects to every address.
+        let addresses = match (target.starts_with("dns:///"), allowed.addresses.len()) {
+            (false, _) => 1,
+            (true, 0) => transport::endpoints(target)
+                .await
+                .map_err(|err| ApiError::Unavailable(err.to_string()))?
+                .len(),
+            (true, n) => n,
+        };
+        let connections = addresses.saturating_mul(config.connections.max(1) as usize);
+        let max = config.limits.max_connections as usize;
+        if connections > max {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{addresses} address(es) x {} connections each = {connections} connections, above this server's limit of {max} per run (--max-run-connections)",
+                    config.connections
+                ),
+            ));
+        }
+        let by_address = target.starts_with("dns:///") && !allowed.addresses.is_empty();
+        Ok(by_address.then(|| config.allow.clone()))
+    }
+
+    /// The sum of the peak rates of the active runs but `except`.
+    fn active_rate(table: &Table, except: Option<&str>) -> f64 {
+        table
+            .runs
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .filter_map(|(_, e)| e.live.as_ref())
+            .filter(|live| !live.cancel.is_cancelled())
+            .map(|live| live.peak)
+            .sum()
+    }
+
+    /// Refuses a load whose peak would take the active runs' total above
+    /// `--max-total-rate`.
+    fn within_total(&self, active: f64, peak: f64, field: &str) -> Result<(), ApiError> {
+        let config = &self.inner.config;
+        if active + peak > config.limits.max_total_rate {
+            return Err(ApiError::TotalRateExceeded {
+                field: field.to_owned(),
+                requested: peak,
+                active,
+                max: config.limits.max_total_rate,
+                retry_after: config.retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// The run's target, for a check before a change.
+    pub fn target_of(&self, id: &str) -> Result<String, ApiError> {
+        let table = self.table();
+        let entry = table
+            .runs
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
+        Ok(entry
+            .run
+            .spec
+            .as_ref()
+            .map(|s| s.target.clone())
+            .unwrap_or_default())
+    }
+
     /// Checks `spec`, starts the run and returns it (RUNNING).
     pub async fn start(&self, spec: Option<pb::RunSpec>) -> Result<pb::Run, ApiError> {
         let config = &self.inner.config;
+        // Where first, then how much: a target off the allow-list is
+        // PERMISSION_DENIED whatever else the request asks, and is never
+        // connected to.
+        let target = match spec.as_ref().map(|s| s.target.as_str()) {
+            None | Some("") => config.target.clone(),
+            Some(target) => transport::parse_target(target)
+                .map_err(|reason| ApiError::invalid("spec.target", reason))?,
+        };
+        let guard = self.admit_target("spec.target", &target).await?;
         let StartSpec {
             mut spec,
             load,
             mix,
         } = spec::start(spec, &config.limits)?;
-        if spec.target.is_empty() {
-            spec.target = config.target.clone();
-        } else {
-            transport::parse_target(&spec.target)
-                .map_err(|reason| ApiError::invalid("spec.target", reason))?;
-        }
+        spec.target = target;
         if spec.run_id.is_empty() {
             let secs = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -174,7 +278,7 @@ impl Runs {
             spec.run_id = format!("run-{secs}-{:08x}", rand::random::<u32>());
         }
         // Lazy channels: only a dns:/// target is resolved here.
-        let channels = transport::channels(&spec.target, config.connections)
+        let channels = transport::guarded_channels(&spec.target, config.connections, guard)
             .await
             .map_err(|err| match err {
                 ConnectError::Invalid { reason, .. } => ApiError::invalid("spec.target", reason),
@@ -182,8 +286,27 @@ impl Runs {
             })?;
 
         let id = spec.run_id.clone();
-        let scenario = load.scenario();
         let now = Instant::now();
+        let hard_end = now + config.limits.max_run_duration;
+        let (scenario, deadline) = match &load {
+            // Until stopped, but not past --max-run-duration.
+            spec::Load::Rate {
+                rate,
+                duration: None,
+            } => (
+                Scenario::steady(*rate, config.limits.max_run_duration),
+                Some(hard_end),
+            ),
+            spec::Load::Rate {
+                duration: Some(d), ..
+            } => (load.scenario(), Some(now + *d)),
+            spec::Load::Scenario(_) => (load.scenario(), None),
+        };
+        let peak = scenario.peak_rate();
+        let rate_field = match &load {
+            spec::Load::Rate { .. } => "spec.rate.events_per_second",
+            spec::Load::Scenario(_) => "spec.scenario.phases",
+        };
         let mut table = self.table();
         if self.inner.shutdown.is_cancelled() {
             return Err(ApiError::Unavailable(
@@ -199,6 +322,7 @@ impl Runs {
                 retry_after: config.retry_after,
             });
         }
+        self.within_total(Self::active_rate(&table, None), peak, rate_field)?;
         // Totals only: phases change with UpdateRun, and each phase would
         // hold a latency histogram of its own.
         let figures: Shared = Arc::new(Mutex::new(RunFigures::new(0)));
@@ -216,6 +340,7 @@ impl Runs {
                 .target
                 .starts_with("dns:///")
                 .then_some(Duration::from_secs(30)),
+            token: config.token.clone(),
         };
         let (devices, seed, prefix, arch_mix) = (
             spec.devices,
@@ -250,12 +375,6 @@ impl Runs {
             ..Default::default()
         };
         let (changes, _) = watch::channel(run.clone());
-        let deadline = match &load {
-            spec::Load::Rate {
-                duration: Some(d), ..
-            } => Some(now + *d),
-            _ => None,
-        };
         let entry = Entry {
             run,
             live: Some(Live {
@@ -270,6 +389,8 @@ impl Runs {
                 scenario: scenario_tx,
                 cancel,
                 driver: Some(driver),
+                peak,
+                hard_end,
             }),
             changes,
         };
@@ -394,16 +515,40 @@ impl Runs {
         Ok((entry.snapshot(Instant::now()), entry.changes.subscribe()))
     }
 
-    /// Switches a running run to a new load, from now on.
-    pub fn update(&self, id: &str, change: Change) -> Result<pb::Run, ApiError> {
+    /// Switches a running run to a new load, from now on. Its target is
+    /// checked against the allow-list again (what a name resolves to may
+    /// have changed since StartRun).
+    pub async fn update(&self, id: &str, change: Change) -> Result<pb::Run, ApiError> {
         use pb::run_spec::Load as PbLoad;
+        let target = self.target_of(id)?;
+        self.admit_target("run.spec.target", &target).await?;
         let now = Instant::now();
         let mut table = self.table();
+        let others = Self::active_rate(&table, Some(id));
         let entry = table
             .runs
             .get_mut(id)
             .ok_or_else(|| ApiError::NotFound(id.to_owned()))?;
         let live = changeable(&entry.run, &mut entry.live, id)?;
+        let remaining = live.hard_end.saturating_duration_since(now);
+        let (peak, field) = match &change {
+            Change::Rate(rate) => (*rate, "events_per_second"),
+            Change::Scenario(s, _) => {
+                if s.duration() > remaining {
+                    return Err(ApiError::invalid(
+                        "scenario.phases",
+                        format!(
+                            "last {}, past this run's end at --max-run-duration ({} from now)",
+                            humantime::format_duration(s.duration()),
+                            humantime::format_duration(Duration::from_secs(remaining.as_secs()))
+                        ),
+                    ));
+                }
+                (s.peak_rate(), "scenario.phases")
+            }
+        };
+        self.within_total(others, peak, field)?;
+        live.peak = peak;
         let spec = entry.run.spec.get_or_insert_with(Default::default);
         let scenario = match change {
             Change::Rate(rate) => {
@@ -415,15 +560,16 @@ impl Runs {
                             events_per_second: rate,
                             duration: old.duration,
                         }));
-                        deadline.map_or(UNTIL_STOPPED, |d| d.saturating_duration_since(now))
+                        deadline.map_or(remaining, |d| d.saturating_duration_since(now))
                     }
                     _ => {
                         spec.load = Some(PbLoad::Rate(pb::RateLoad {
                             events_per_second: rate,
                             duration: None,
                         }));
-                        live.deadline = None;
-                        UNTIL_STOPPED
+                        // Until stopped, but not past --max-run-duration.
+                        live.deadline = Some(live.hard_end);
+                        remaining
                     }
                 };
                 live.load.constant = true;

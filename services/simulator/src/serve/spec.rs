@@ -127,6 +127,21 @@ fn at_most_max(value: f64, field: &str, limits: &Limits) -> Result<f64, ApiError
     Ok(value)
 }
 
+/// A run length at most `--max-run-duration`.
+fn within_max_duration(total: Duration, field: &str, limits: &Limits) -> Result<(), ApiError> {
+    if total > limits.max_run_duration {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "{} is longer than this server's limit of {} (--max-run-duration)",
+                humantime::format_duration(total),
+                humantime::format_duration(limits.max_run_duration)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A duration of the request; `None` when unset.
 fn duration(
     value: Option<&prost_types::Duration>,
@@ -224,6 +239,7 @@ pub fn scenario(s: &pb::Scenario, prefix: &str, limits: &Limits) -> Result<Scena
             })?;
         phases.push(phase);
     }
+    within_max_duration(total, &format!("{prefix}.phases"), limits)?;
     Ok(Scenario {
         name: s.name.clone(),
         phases,
@@ -272,11 +288,16 @@ pub fn start(spec: Option<pb::RunSpec>, limits: &Limits) -> Result<StartSpec, Ap
                 "is required: set rate or scenario",
             ));
         }
-        Some(PbLoad::Rate(r)) => Load::Rate {
-            rate: positive_rate(r.events_per_second, "spec.rate.events_per_second", limits)?,
-            // Unset or zero: until stopped.
-            duration: duration(r.duration.as_ref(), "spec.rate.duration")?.filter(|d| !d.is_zero()),
-        },
+        Some(PbLoad::Rate(r)) => {
+            let rate = positive_rate(r.events_per_second, "spec.rate.events_per_second", limits)?;
+            // Unset or zero: until stopped (at most --max-run-duration).
+            let duration =
+                duration(r.duration.as_ref(), "spec.rate.duration")?.filter(|d| !d.is_zero());
+            if let Some(d) = duration {
+                within_max_duration(d, "spec.rate.duration", limits)?;
+            }
+            Load::Rate { rate, duration }
+        }
         Some(PbLoad::Scenario(s)) => Load::Scenario(scenario(s, "spec.scenario", limits)?),
     };
     if spec.devices == 0 {
@@ -358,6 +379,9 @@ mod tests {
         max_rate: 1000.0,
         max_devices: 500,
         max_batch_size: 1000,
+        max_run_duration: Duration::from_secs(3600),
+        max_connections: 64,
+        max_total_rate: 2000.0,
     };
 
     fn secs(s: i64) -> Option<prost_types::Duration> {
@@ -462,6 +486,11 @@ mod tests {
         assert_eq!(
             field_of(start(Some(s), &LIMITS).unwrap_err()),
             "spec.mix.gpu"
+        );
+        let err = start(Some(rate_spec(5.0, secs(3601))), &LIMITS).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid spec.rate.duration: 1h 1s is longer than this server's limit of 1h (--max-run-duration)"
         );
         assert!(run_id(&"x".repeat(129), "run_id").is_err());
         assert!(run_id("run-1:a_b.c", "run_id").is_ok());

@@ -1,6 +1,7 @@
 //! A harness that runs the real `testbed` binary on an ephemeral port.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod h2;
 pub mod otlp;
 pub mod pipeline;
 pub mod sim;

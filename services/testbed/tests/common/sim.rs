@@ -41,6 +41,40 @@ impl Sim {
         Self { child, report }
     }
 
+    /// `testbed sim --verify` against `ingest` (and `query` for the check)
+    /// at `rate` events/s for `secs`, from `devices` devices, verification
+    /// waiting `verify_timeout` at most.
+    pub fn verified(
+        run_id: &str,
+        ingest: std::net::SocketAddr,
+        query: std::net::SocketAddr,
+        rate: u32,
+        secs: u32,
+        devices: u32,
+        verify_timeout: &str,
+    ) -> Self {
+        let target = format!("http://{ingest}");
+        let query = format!("http://{query}");
+        let (rate, duration, devices) = (rate.to_string(), format!("{secs}s"), devices.to_string());
+        Self::start(
+            run_id,
+            &[
+                "--target",
+                &target,
+                "--query-target",
+                &query,
+                "--rate",
+                &rate,
+                "--duration",
+                &duration,
+                "--devices",
+                &devices,
+                "--verify-timeout",
+                verify_timeout,
+            ],
+        )
+    }
+
     /// Waits for the run to end, `limit` at most.
     pub async fn finish(self, limit: Duration) -> Finished {
         let output = tokio::time::timeout(limit, self.child.wait_with_output())
