@@ -259,6 +259,14 @@ pub async fn verify(
         {
             Ok(r) => Some(r.into_inner()),
             Err(status) if status.code() == tonic::Code::NotFound => None,
+            // The query service or its store recovering (a restart, a
+            // connection broken by a Redis restart): asked again until the
+            // deadline, as for a run still draining.
+            Err(status) if retryable(status.code()) && Instant::now() < deadline => {
+                tracing::debug!(%status, "GetRunStats failed; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             Err(status) => return Err(status),
         };
         let processed = stats.as_ref().map_or([0; 3], |s| {
@@ -283,6 +291,14 @@ pub async fn verify(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Codes a read answers while the service or its store recovers.
+fn retryable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted
+    )
 }
 
 /// Whether the pipeline has nothing pending and no backlog. A query
