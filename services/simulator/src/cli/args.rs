@@ -20,6 +20,9 @@ pub enum OutputFormat {
     Json,
     /// ghz's JSON report layout, for ghz tooling.
     GhzJson,
+    /// One self-contained HTML page with inline SVG charts (no network
+    /// needed to view it); give it a file with --output-file.
+    Html,
 }
 
 /// How the server deduplicates the run's retries.
@@ -66,9 +69,16 @@ pub struct SimArgs {
     #[arg(long, env = "TESTBED_SIM_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// Write the report to this file instead of stdout.
+    /// Write the report to this file instead of stdout (the text summary
+    /// then still goes to stdout).
     #[arg(long, env = "TESTBED_SIM_OUTPUT_FILE")]
     pub output_file: Option<PathBuf>,
+
+    /// How often the run's figures are sampled for the report's time
+    /// series (the HTML charts, `timeline` in the JSON record).
+    #[arg(long, env = "TESTBED_SIM_SAMPLE_INTERVAL", default_value = "1s",
+          value_parser = parse_sample_interval)]
+    pub sample_interval: Duration,
 
     /// A scenario file (TOML phases: ramp, hold, burst, spike, pause);
     /// replaces --rate and --duration.
@@ -180,7 +190,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TESTBED_SIM_SERVE", conflicts_with_all = [
         "rate", "duration", "devices", "verify", "output",
         "output_file", "scenario", "batch_size", "mix", "seed", "run_id",
-        "verify_timeout", "dedupe", "stream_max_age",
+        "verify_timeout", "dedupe", "stream_max_age", "sample_interval",
     ])]
     pub serve: bool,
 
@@ -266,6 +276,14 @@ fn parse_positive(value: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err("must be a positive number".to_owned()),
     }
+}
+
+fn parse_sample_interval(value: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if every < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(every)
 }
 
 fn parse_max_duration(value: &str) -> Result<Duration, String> {
@@ -358,6 +376,7 @@ mod tests {
         assert_eq!(cli.sim.query_target(), "http://127.0.0.1:50051");
         assert_eq!(cli.sim.output, OutputFormat::Text);
         assert_eq!(cli.sim.duration, Duration::from_secs(30));
+        assert_eq!(cli.sim.sample_interval, Duration::from_secs(1));
         assert_eq!(
             (cli.sim.connections, cli.sim.streams, cli.sim.batch_size),
             (2, 2, 100)
@@ -410,6 +429,7 @@ mod tests {
             ("--duration", "forever"),
             ("--mix", "gpu=1,cpu=2"),
             ("--arch-mix", "amd64=x"),
+            ("--sample-interval", "10ms"),
             ("--connections", "0"),
         ] {
             let err = Cli::try_parse_from(["sim", flag, value]).unwrap_err();

@@ -9,15 +9,20 @@
 //! - [`args`]: [`SimArgs`] and [`ServeArgs`], the CLI contract.
 //! - [`run`]: one run, start to exit status.
 //! - `progress`: the live progress line.
+//! - [`timeline`]: the run sampled over time, for the report's charts.
 //! - [`report`]: text, JSON and ghz-JSON reports.
+//! - [`html`]: the report as one self-contained HTML page.
 //! - [`verify`]: the end-to-end check against `QueryService.GetRunStats`.
 //!
-//! Within it, `run` (here) → `args`, `progress`, `report`, `verify`;
-//! `report` → `verify`; any of them → [`crate::load`].
+//! Within it, `run` (here) → `args`, `progress`, `timeline`, `report`,
+//! `html`, `verify`; `html` → `report` → `timeline`, `verify`; any of them
+//! → [`crate::load`].
 
 pub mod args;
+pub mod html;
 mod progress;
 pub mod report;
+pub mod timeline;
 pub mod verify;
 
 use std::io::Write as _;
@@ -113,6 +118,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
     let live = Arc::new(Mutex::new(Progress::default()));
     let started = SystemTime::now();
     let reporter = progress::spawn(scenario.clone(), figures.clone(), live.clone());
+    let sampler = timeline::spawn(args.sample_interval, figures.clone(), live.clone());
     let scheduled = runner::run(
         &scenario,
         fleet,
@@ -123,6 +129,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         shutdown,
     )
     .await;
+    let samples = sampler.finish().await;
     reporter.finish();
     let figures = figures
         .lock()
@@ -138,6 +145,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         scheduled,
         &figures,
     );
+    report.timeline = samples;
 
     if args.verify {
         let channels = transport::channels(args.query_target(), 1).await?;
@@ -163,6 +171,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
             serde_json::to_string_pretty(&report.ghz_json(&figures.total)).unwrap_or_default()
                 + "\n"
         }
+        OutputFormat::Html => html::render(&report),
     };
     match &args.output_file {
         Some(path) => {
@@ -170,8 +179,9 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
                 path: path.display().to_string(),
                 source,
             })?;
-            // The human summary still goes to stdout.
-            let _ = std::io::stdout().write_all(report.text().as_bytes());
+            // The human summary still goes to stdout, with where the rest is.
+            let text = format!("{}report   {}\n", report.text(), path.display());
+            let _ = std::io::stdout().write_all(text.as_bytes());
         }
         None => {
             let _ = std::io::stdout().write_all(body.as_bytes());

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cli::timeline::Sample;
 use crate::cli::verify::Verification;
 use crate::load::scenario::Scenario;
 use crate::load::stats::{Figures, RunFigures};
@@ -86,6 +87,39 @@ pub struct Section {
     pub latency: Latency,
     /// Outcomes by status code.
     pub status_codes: std::collections::BTreeMap<String, u64>,
+    /// Events sent per kind (gpu, tokens, metric; first attempts).
+    pub sent_kinds: [u64; 3],
+    /// Events acknowledged as accepted per kind.
+    pub accepted_kinds: [u64; 3],
+}
+
+/// One point of the latency distribution (an HDR percentile plot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Percentile {
+    /// The percentile, 0..=100.
+    pub percentile: f64,
+    /// Batch-ack latency at it, ms.
+    pub latency_ms: f64,
+}
+
+/// The percentiles of the distribution plot: each step a tenth of the
+/// remaining tail, as HdrHistogram's own percentile plots.
+const DISTRIBUTION: [f64; 14] = [
+    0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999, 99.9999, 100.0,
+];
+
+fn distribution(f: &Figures) -> Vec<Percentile> {
+    if f.latency.is_empty() {
+        return Vec::new();
+    }
+    DISTRIBUTION
+        .iter()
+        .map(|&percentile| Percentile {
+            percentile,
+            latency_ms: ms(f.quantile(percentile / 100.0)),
+        })
+        .collect()
 }
 
 impl Section {
@@ -107,6 +141,8 @@ impl Section {
             protocol_errors: f.protocol_errors,
             latency: Latency::of(f),
             status_codes: f.status_codes.clone(),
+            sent_kinds: f.sent_kinds,
+            accepted_kinds: f.accepted_kinds,
         }
     }
 }
@@ -137,6 +173,10 @@ pub struct Report {
     pub phases: Vec<Section>,
     /// `--verify` outcome, if asked.
     pub verification: Option<Verification>,
+    /// The run over time, one sample per `--sample-interval`.
+    pub timeline: Vec<Sample>,
+    /// The whole run's batch-ack latency distribution.
+    pub distribution: Vec<Percentile>,
 }
 
 impl Report {
@@ -181,6 +221,8 @@ impl Report {
             ),
             phases,
             verification: None,
+            timeline: Vec::new(),
+            distribution: distribution(&figures.total),
         }
     }
 
@@ -244,6 +286,15 @@ impl Report {
         }
         if let Some(v) = &self.verification {
             out.push_str(&format!("verify   {}\n", v.summary()));
+            if let Some(e) = &v.end_to_end {
+                out.push_str(&format!(
+                    "end-to-end (append to aggregates applied)  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",
+                    e.p50_us as f64 / 1000.0,
+                    e.p90_us as f64 / 1000.0,
+                    e.p99_us as f64 / 1000.0,
+                    e.max_us as f64 / 1000.0
+                ));
+            }
         }
         out
     }
@@ -326,6 +377,7 @@ mod tests {
             resent_batches: BTreeMap::from([("UNAVAILABLE".to_owned(), 2)]),
             dead_lettered: 0,
             diff: vec!["metric: -1".into()],
+            end_to_end: None,
         });
         let json = serde_json::to_string_pretty(&report).unwrap();
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);

@@ -36,6 +36,39 @@ pub struct Verification {
     pub dead_lettered: u64,
     /// Differences, one line each; empty when passed.
     pub diff: Vec<String>,
+    /// Time from append to aggregates applied over the run's processed
+    /// events, as GetRunStats reports it (the store's clock), if it did.
+    pub end_to_end: Option<EndToEnd>,
+}
+
+/// End-to-end latency percentiles, microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndToEnd {
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Largest.
+    pub max_us: u64,
+}
+
+impl EndToEnd {
+    fn of(p: &testbed_proto::v1::LatencyPercentiles) -> Self {
+        let us = |d: &Option<prost_types::Duration>| {
+            d.as_ref().map_or(0, |d| {
+                (d.seconds.max(0) as u64) * 1_000_000 + (d.nanos.max(0) as u64) / 1000
+            })
+        };
+        Self {
+            p50_us: us(&p.p50),
+            p90_us: us(&p.p90),
+            p99_us: us(&p.p99),
+            max_us: us(&p.max),
+        }
+    }
 }
 
 /// What the simulator knows of its own run: the acknowledged side of the
@@ -230,6 +263,7 @@ pub fn judge(
         resent_batches: expectation.resent.clone(),
         dead_lettered,
         diff,
+        end_to_end: None,
     }
 }
 
@@ -287,7 +321,12 @@ pub async fn verify(
             None
         };
         if let Some(drained) = drained {
-            return Ok(judge(expectation, processed, dead, drained));
+            let mut verdict = judge(expectation, processed, dead, drained);
+            verdict.end_to_end = stats
+                .as_ref()
+                .and_then(|s| s.end_to_end_latency.as_ref())
+                .map(EndToEnd::of);
+            return Ok(verdict);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
