@@ -141,6 +141,23 @@ impl TelemetryGuard {
         crate::serve_metrics(listener, self.registry(), shutdown.cancelled_owned())
     }
 
+    /// Serves `GET /metrics` and, given a `status` source, the live status
+    /// page it fills (at `/` and `/status.json`) on `listener` until
+    /// `shutdown` is cancelled.
+    pub fn serve_metrics_and_status(
+        &self,
+        listener: tokio::net::TcpListener,
+        status: Option<std::sync::Arc<dyn crate::StatusSource>>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+        crate::serve_metrics_and_status(
+            listener,
+            self.registry(),
+            status,
+            shutdown.cancelled_owned(),
+        )
+    }
+
     /// Whether signals are exported over OTLP.
     pub fn otlp(&self) -> bool {
         self.otlp

@@ -42,7 +42,10 @@
 //! - [`export`]: exporters that count failures instead of flooding the log.
 //! - [`exemplars`]: histograms that keep exemplars for `/metrics`.
 //! - [`serve_metrics`]: the Prometheus endpoint, classic text or OpenMetrics
-//!   by content negotiation (`openmetrics` renders the latter).
+//!   by content negotiation (`openmetrics` renders the latter); with
+//!   [`serve_metrics_and_status`], also the live status page at `/`.
+//! - [`status`]: that page, filled by a [`StatusSource`] the binary gives
+//!   (this crate does not know the services).
 //!
 //! # Why these crates
 //! `opentelemetry-otlp` (gRPC via tonic, the same tonic as the services),
@@ -64,8 +67,10 @@ pub mod propagation;
 pub mod resource;
 pub mod rpc;
 mod serve;
+pub mod status;
 
 pub use exemplars::ExemplarHistogram;
 pub use flush::FlushReport;
 pub use init::{InitError, LogArgs, LogFormat, TelemetryGuard, init};
-pub use serve::serve_metrics;
+pub use serve::{serve_metrics, serve_metrics_and_status};
+pub use status::{StatusPage, StatusSection, StatusSource};

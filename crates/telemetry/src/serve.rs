@@ -15,8 +15,11 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder as _, TextEncoder};
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
 use crate::exemplars::Exemplars;
 use crate::openmetrics;
+use crate::status::StatusSource;
 
 /// Serves `/metrics` (and `/` with a pointer to it) from `registry`, with the
 /// exemplars of every [`crate::exemplars::ExemplarHistogram`], on `listener`
@@ -24,6 +27,17 @@ use crate::openmetrics;
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: prometheus::Registry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_metrics_and_status(listener, registry, None, shutdown).await
+}
+
+/// As [`serve_metrics`], and with a `status` source, the live status page
+/// at `/` and its JSON at `/status.json` ([`crate::status`]).
+pub async fn serve_metrics_and_status(
+    listener: TcpListener,
+    registry: prometheus::Registry,
+    status: Option<Arc<dyn StatusSource>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let render = move |headers: HeaderMap| {
@@ -36,12 +50,37 @@ pub async fn serve_metrics(
             metrics_response(&registry, Exemplars::global(), wants_openmetrics(accept))
         }
     };
-    let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(render))
-        .route(
+    let app = axum::Router::new().route("/metrics", axum::routing::get(render));
+    let app = match status {
+        Some(source) => {
+            let json_source = source.clone();
+            app.route(
+                "/",
+                axum::routing::get(move || {
+                    let source = source.clone();
+                    async move {
+                        let page = source.snapshot().await;
+                        axum::response::Html(crate::status::render(&page))
+                    }
+                }),
+            )
+            .route(
+                "/status.json",
+                axum::routing::get(move || {
+                    let source = json_source.clone();
+                    async move {
+                        let page = source.snapshot().await;
+                        let body = serde_json::to_string(&page).unwrap_or_default();
+                        ([(header::CONTENT_TYPE, "application/json")], body)
+                    }
+                }),
+            )
+        }
+        None => app.route(
             "/",
             axum::routing::get(|| async { "testbed: metrics at /metrics\n" }),
-        );
+        ),
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

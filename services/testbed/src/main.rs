@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod status;
 
 use std::process::ExitCode;
 
@@ -257,7 +258,10 @@ async fn bind_and_announce(
     // The metrics endpoint lives as long as the process: scrapers see the
     // last figures until the very end.
     if let Some(metrics) = listeners.metrics.take() {
-        let serving = telemetry.serve_metrics(metrics, shutdown.clone());
+        // The live status page at `/` asks this process's own gRPC API.
+        let status = status::LoopbackStatus::new(role, listeners.grpc_addr)
+            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn testbed_telemetry::StatusSource>);
+        let serving = telemetry.serve_metrics_and_status(metrics, status, shutdown.clone());
         tokio::spawn(async move {
             if let Err(err) = serving.await {
                 tracing::warn!(error = %err, "metrics endpoint stopped");

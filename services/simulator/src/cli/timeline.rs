@@ -42,6 +42,7 @@ pub struct Sample {
 /// What one sample needs of the previous one.
 struct Mark {
     at: Instant,
+    target_rate: f64,
     accepted: u64,
     errors: u64,
     retried: u64,
@@ -58,10 +59,11 @@ fn errors(f: &RunFigures) -> u64 {
 }
 
 impl Mark {
-    fn take(figures: &Mutex<RunFigures>) -> Option<Self> {
+    fn take(figures: &Mutex<RunFigures>, target_rate: f64) -> Option<Self> {
         let f = figures.lock().ok()?;
         Some(Self {
             at: Instant::now(),
+            target_rate,
             accepted: f.total.accepted,
             errors: errors(&f),
             retried: f.total.retried,
@@ -69,7 +71,9 @@ impl Mark {
         })
     }
 
-    fn sample_since(&self, before: &Mark, started: Instant, target_rate: f64) -> Sample {
+    /// The interval from `before` to this mark; its offered rate is the
+    /// mean of the schedule's rate at both ends (exact for a ramp).
+    fn sample_since(&self, before: &Mark, started: Instant) -> Sample {
         let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
         let mut interval = self.latency.clone();
         // The cumulative histogram only grows, so this cannot fail; if it
@@ -85,7 +89,7 @@ impl Mark {
         let (p50_ms, p99_ms, p999_ms) = (quantile(0.5), quantile(0.99), quantile(0.999));
         Sample {
             t_s: self.at.duration_since(started).as_secs_f64(),
-            target_rate,
+            target_rate: (before.target_rate + self.target_rate) / 2.0,
             achieved_rate: self.accepted.saturating_sub(before.accepted) as f64 / secs,
             p50_ms,
             p99_ms,
@@ -121,7 +125,8 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let mut samples = Vec::new();
-        let Some(mut last) = Mark::take(&figures) else {
+        let target = || live.lock().map(|p| p.target_rate).unwrap_or_default();
+        let Some(mut last) = Mark::take(&figures, target()) else {
             return samples;
         };
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -131,13 +136,13 @@ pub fn spawn(
                 _ = ticks.tick() => false,
                 () = stopped.cancelled() => true,
             };
-            let target = live.lock().map(|p| p.target_rate).unwrap_or_default();
-            let Some(now) = Mark::take(&figures) else {
+            // After the schedule (the drain), nothing more is offered.
+            let Some(now) = Mark::take(&figures, if done { 0.0 } else { target() }) else {
                 break;
             };
             // A final interval shorter than a tenth of one adds only noise.
             if !done || now.at.duration_since(last.at) >= every / 10 {
-                samples.push(now.sample_since(&last, started, if done { 0.0 } else { target }));
+                samples.push(now.sample_since(&last, started));
                 last = now;
             }
             if done {
@@ -158,7 +163,7 @@ mod tests {
     #[test]
     fn a_sample_covers_its_interval_only() {
         let figures = Mutex::new(RunFigures::new(1));
-        let before = Mark::take(&figures).unwrap();
+        let before = Mark::take(&figures, 0.0).unwrap();
         {
             let mut f = figures.lock().unwrap();
             for _ in 0..1000 {
@@ -166,7 +171,7 @@ mod tests {
             }
             f.total.accepted = 1000;
         }
-        let middle = Mark::take(&figures).unwrap();
+        let middle = Mark::take(&figures, 1000.0).unwrap();
         {
             let mut f = figures.lock().unwrap();
             for _ in 0..500 {
@@ -176,10 +181,10 @@ mod tests {
             f.total.status_codes.insert("UNAVAILABLE".into(), 3);
             f.total.retried = 3;
         }
-        let mut after = Mark::take(&figures).unwrap();
+        let mut after = Mark::take(&figures, 1400.0).unwrap();
         after.at = middle.at + Duration::from_millis(500);
         let started = before.at;
-        let s = after.sample_since(&middle, started, 1200.0);
+        let s = after.sample_since(&middle, started);
         assert_eq!((s.achieved_rate, s.target_rate), (1000.0, 1200.0));
         assert_eq!((s.errors, s.retried), (3, 3));
         // 2 ms recorded in microseconds, within HDR's 3 significant figures.

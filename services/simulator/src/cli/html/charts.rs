@@ -11,11 +11,11 @@ use std::fmt::Write as _;
 
 /// Width and height of every chart, in SVG user units.
 const W: f64 = 640.0;
-const H: f64 = 260.0;
+const H: f64 = 280.0;
 /// Plot area margins: left (y labels), right, top (title), bottom (x labels).
 const L: f64 = 64.0;
-const R: f64 = 16.0;
-const T: f64 = 28.0;
+const R: f64 = 40.0;
+const T: f64 = 48.0;
 const B: f64 = 40.0;
 
 /// One line of a line chart.
@@ -83,7 +83,7 @@ fn label(value: f64) -> String {
         format!("{:.1}M", value / 1e6)
     } else if value.abs() >= 1e4 {
         format!("{:.0}k", value / 1e3)
-    } else if value.abs() >= 10.0 {
+    } else if value.abs() >= 10.0 || value.fract() == 0.0 {
         format!("{value:.0}")
     } else {
         format!("{value:.2}")
@@ -121,11 +121,11 @@ fn y_grid(out: &mut String, top: f64, unit: &str) {
 }
 
 fn legend(out: &mut String, entries: &[(&str, &str)]) {
-    let mut x = L + 180.0;
+    let mut x = L;
     for (name, color) in entries {
         let _ = write!(
             out,
-            r#"<rect x="{x:.1}" y="9" width="10" height="10" fill="{color}"/><text x="{:.1}" y="18" class="legend">{}</text>"#,
+            r#"<rect x="{x:.1}" y="27" width="10" height="10" fill="{color}"/><text x="{:.1}" y="36" class="legend">{}</text>"#,
             x + 14.0,
             escape(name)
         );
