@@ -86,9 +86,16 @@ def run(testbed_all):
     """One verified experiment against testbed all, its report as HTML."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     report = SHOTS / "report.html"
+    scenario = SHOTS / "ramp.toml"
+    scenario.write_text(
+        'name = "browser-test"\n'
+        '[[phase]]\nkind = "ramp"\nfrom = 100\nto = 3000\nduration = "3s"\n'
+        '[[phase]]\nkind = "hold"\nrate = 3000\nduration = "2s"\n'
+    )
     out = subprocess.run(
-        [str(BIN), "sim", "--target", f"http://{testbed_all.addr}", "--rate", "2000",
-         "--duration", "3s", "--verify", "--output", "html", "--output-file", str(report)],
+        [str(BIN), "sim", "--target", f"http://{testbed_all.addr}", "--scenario", str(scenario),
+         "--sample-interval", "250ms", "--verify", "--output", "html",
+         "--output-file", str(report)],
         capture_output=True, timeout=120, check=True,
     ).stdout.decode()
     accepted = int(re.search(r"accepted (\d+)", out).group(1))
@@ -99,7 +106,7 @@ def test_report_page_in_chromium(run):
     """The report shows the verdict with the run's event count, its figures
     and one SVG per chart, as a browser renders it."""
     _, report, accepted = run
-    page = Page(browse(report.as_uri(), SHOTS / "report.png", "1400,2400"))
+    page = Page(browse(report.as_uri(), SHOTS / "report.png", "1400,2150"))
     assert page.text["verdict"] == f"Verification PASSED: {accepted} events processed exactly once"
     assert page.text["events-accepted"] == str(accepted)
     assert page.text["events-sent"] == str(accepted)

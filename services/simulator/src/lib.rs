@@ -29,7 +29,7 @@
 //!              /                                   \
 //!   cli/: one run from the flags         serve/: SimulatorService
 //!   args, run, report, verify,           config, api, audit, spec,
-//!   progress                             runs, live, error
+//!   progress, timeline, html/            runs, live, error
 //!              \                                   /
 //!               load/: scenario, fleet, runner, transport, allow, stats
 //! ```
@@ -51,6 +51,9 @@
 //!   - [`cli::run`] (re-exported as [`run`]): one run, start to exit
 //!     status; the live progress line is `cli/progress.rs`.
 //!   - [`cli::report`]: text, JSON and ghz-JSON reports.
+//!   - [`cli::timeline`]: the run sampled per `--sample-interval`.
+//!   - [`cli::html`]: the report as one self-contained HTML page, its
+//!     charts inline SVG drawn by hand (`--output html`).
 //!   - [`cli::verify`]: the end-to-end check against
 //!     `QueryService.GetRunStats`.
 //! - [`serve`]: `testbed sim --serve`; [`serve::run`] and

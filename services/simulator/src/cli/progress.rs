@@ -1,6 +1,12 @@
-//! The live progress line: an indicatif spinner on a terminal, periodic log
-//! lines otherwise (CI, `kubectl logs`).
+//! The live progress line: an indicatif bar on a terminal (the schedule's
+//! elapsed share, then rate, p99, accepted and errors), periodic log lines
+//! otherwise (CI, `kubectl logs`).
+//!
+//! Errors are summarised, not flooded: the first answer of each non-OK
+//! status code gets one line (its count is in every progress line and the
+//! report), later ones none.
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,11 +40,13 @@ pub fn spawn(
     live: Arc<Mutex<Progress>>,
 ) -> Reporter {
     let terminal = std::io::stderr().is_terminal();
+    let total = scenario.duration().as_secs().max(1);
     let bar = terminal.then(|| {
-        let bar = ProgressBar::new_spinner();
+        let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("{spinner} [{bar:24}] {pos:>3}/{len}s {msg}")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     });
@@ -51,25 +59,39 @@ pub fn spawn(
             Duration::from_secs(5)
         };
         let mut last = (Instant::now(), 0u64);
+        let mut seen = BTreeSet::new();
         loop {
             tokio::time::sleep(every).await;
             let (phase, target) = live
                 .lock()
                 .map(|p| (p.phase, p.target_rate))
                 .unwrap_or_default();
-            let (accepted, p99, errors) = figures
+            let (accepted, p99, codes) = figures
                 .lock()
                 .map(|f| {
-                    let errors: u64 = f
+                    let codes: Vec<(String, u64)> = f
                         .total
                         .status_codes
                         .iter()
                         .filter(|(c, _)| *c != "OK")
-                        .map(|(_, n)| n)
-                        .sum();
-                    (f.total.accepted, f.total.quantile(0.99), errors)
+                        .map(|(c, n)| (c.clone(), *n))
+                        .collect();
+                    (f.total.accepted, f.total.quantile(0.99), codes)
                 })
                 .unwrap_or_default();
+            let errors: u64 = codes.iter().map(|(_, n)| n).sum();
+            for (code, _) in &codes {
+                if seen.insert(code.clone()) {
+                    let line = format!(
+                        "first {code} answer at {:.1}s; batches refused so are re-sent, and counted (not logged) from here",
+                        started.elapsed().as_secs_f64()
+                    );
+                    match &shown {
+                        Some(bar) => bar.println(line),
+                        None => tracing::warn!("{line}"),
+                    }
+                }
+            }
             let rate = (accepted - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
             last = (Instant::now(), accepted);
             let name = scenario.phases.get(phase).map_or("done", |p| p.name());
@@ -79,8 +101,8 @@ pub fn spawn(
             );
             match &shown {
                 Some(bar) => {
+                    bar.set_position(started.elapsed().as_secs().min(total));
                     bar.set_message(line);
-                    bar.tick();
                 }
                 None => tracing::info!(elapsed = ?started.elapsed(), "{line}"),
             }

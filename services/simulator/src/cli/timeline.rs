@@ -140,8 +140,9 @@ pub fn spawn(
             let Some(now) = Mark::take(&figures, if done { 0.0 } else { target() }) else {
                 break;
             };
-            // A final interval shorter than a tenth of one adds only noise.
-            if !done || now.at.duration_since(last.at) >= every / 10 {
+            // A final interval (the drain) shorter than half of one adds
+            // only noise: its few answers make a rate spike or dip.
+            if !done || now.at.duration_since(last.at) >= every / 2 {
                 samples.push(now.sample_since(&last, started));
                 last = now;
             }

@@ -629,11 +629,18 @@ fn handle_stream_ack(
     let Some(batch) = in_flight.remove(&ack.sequence) else {
         // Not a batch of this stream (or answered twice): nothing to
         // settle, but the server broke the one-answer-per-batch contract.
-        lock(figures).total.protocol_errors += 1;
-        tracing::warn!(
-            sequence = ack.sequence,
-            "ingest acknowledged a sequence that is not in flight on this stream"
-        );
+        // Logged once; later ones are counted in the report.
+        let first = {
+            let mut f = lock(figures);
+            f.total.protocol_errors += 1;
+            f.total.protocol_errors == 1
+        };
+        if first {
+            tracing::warn!(
+                sequence = ack.sequence,
+                "ingest acknowledged a sequence that is not in flight on this stream (later ones are counted in the report, not logged)"
+            );
+        }
         return;
     };
     // An absent status and one with code 0 both mean OK; the contract is

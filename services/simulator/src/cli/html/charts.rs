@@ -167,12 +167,16 @@ pub fn line_chart(
     let py = |y: f64| H - B - (H - T - B) * (y / y_max).clamp(0.0, 1.0);
     // x labels: five linear steps, or one per nine.
     let ticks: Vec<(f64, String)> = match axis {
-        XAxis::Linear => (0..=4)
-            .map(|i| {
-                let v = x_max * f64::from(i) / 4.0;
-                (px(v), label(v))
-            })
-            .collect(),
+        XAxis::Linear => {
+            // Round steps (1, 2 or 5 times a power of ten), about five of them.
+            let step = nice(x_max / 5.0);
+            (0..=((x_max / step).floor() as u32).min(10))
+                .map(|i| {
+                    let v = step * f64::from(i);
+                    (px(v), label(v))
+                })
+                .collect()
+        }
         XAxis::Percentile => (0..=x_max as i32)
             .map(|n| {
                 let p = 100.0 * (1.0 - 10f64.powi(-n));
