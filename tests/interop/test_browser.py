@@ -106,7 +106,7 @@ def test_report_page_in_chromium(run):
     """The report shows the verdict with the run's event count, its figures
     and one SVG per chart, as a browser renders it."""
     _, report, accepted = run
-    page = Page(browse(report.as_uri(), SHOTS / "report.png", "1400,2150"))
+    page = Page(browse(report.as_uri(), SHOTS / "report.png", "1400,2420"))
     assert page.text["verdict"] == f"Verification PASSED: {accepted} events processed exactly once"
     assert page.text["events-accepted"] == str(accepted)
     assert page.text["events-sent"] == str(accepted)

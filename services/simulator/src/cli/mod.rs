@@ -71,6 +71,41 @@ pub enum SimError {
     Undelivered(u64),
 }
 
+/// The flags that shaped the load, for the report.
+fn settings(args: &SimArgs, connections: usize) -> std::collections::BTreeMap<String, String> {
+    let mix = &args.mix;
+    let arch: Vec<String> = args
+        .arch_mix
+        .0
+        .iter()
+        .map(|(arch, w)| format!("{arch}={w}"))
+        .collect();
+    [
+        ("devices", args.devices.to_string()),
+        (
+            "mix",
+            format!(
+                "gpu={} tokens={} metric={}",
+                mix.gpu, mix.tokens, mix.metric
+            ),
+        ),
+        ("arch mix", arch.join(" ")),
+        ("connections", connections.to_string()),
+        ("streams per connection", args.streams.to_string()),
+        ("unary", args.unary.to_string()),
+        ("batch size", args.batch_size.to_string()),
+        ("max retries", args.max_retries.to_string()),
+        ("dedupe", format!("{:?}", args.dedupe).to_lowercase()),
+        (
+            "sample interval",
+            humantime::format_duration(args.sample_interval).to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// Runs one load run as `args` describe it, writes the report, and returns
 /// an error when verification fails or events were not delivered.
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimError> {
@@ -93,6 +128,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         &run_id,
     );
     let channels = transport::channels(&args.target, args.connections).await?;
+    let channels_opened = channels.len();
     let options = SendOptions {
         streams: args.streams,
         unary: args.unary,
@@ -146,6 +182,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         &figures,
     );
     report.timeline = samples;
+    report.settings = settings(&args, channels_opened);
 
     if args.verify {
         let channels = transport::channels(args.query_target(), 1).await?;

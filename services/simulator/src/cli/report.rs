@@ -177,6 +177,9 @@ pub struct Report {
     pub timeline: Vec<Sample>,
     /// The whole run's batch-ack latency distribution.
     pub distribution: Vec<Percentile>,
+    /// The flags that shaped the load (devices, mix, connections,
+    /// streams, batch size...), as given.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl Report {
@@ -223,6 +226,7 @@ impl Report {
             verification: None,
             timeline: Vec::new(),
             distribution: distribution(&figures.total),
+            settings: std::collections::BTreeMap::new(),
         }
     }
 

@@ -98,10 +98,18 @@ fn open(out: &mut String, id: &str, title: &str) {
     );
 }
 
-fn y_grid(out: &mut String, top: f64, unit: &str) {
-    for i in 0..=4 {
-        let v = top * f64::from(i) / 4.0;
-        let y = H - B - (H - T - B) * f64::from(i) / 4.0;
+/// The y axis for values up to `max`: its top and its step, a round step
+/// (1, 2 or 5 times a power of ten) that fits at most four times.
+fn y_axis(max: f64) -> (f64, f64) {
+    let step = nice(max / 4.0);
+    (step * (max / step).ceil().max(1.0), step)
+}
+
+fn y_grid(out: &mut String, (top, step): (f64, f64), unit: &str) {
+    let lines = (top / step).round() as u32;
+    for i in 0..=lines {
+        let v = step * f64::from(i);
+        let y = H - B - (H - T - B) * v / top;
         let _ = write!(
             out,
             r#"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" class="grid"/><text x="{:.1}" y="{:.1}" class="ylabel">{}</text>"#,
@@ -149,13 +157,14 @@ pub fn line_chart(
         XAxis::Linear => xs.fold(0.0, f64::max).max(1e-9),
         XAxis::Percentile => xs.map(nines).fold(1.0, f64::max).ceil(),
     };
-    let y_max = nice(
+    let y = y_axis(
         series
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.1))
             .fold(0.0, f64::max),
     );
-    y_grid(&mut out, y_max, y_unit);
+    let y_max = y.0;
+    y_grid(&mut out, y, y_unit);
     let px = |x: f64| {
         let x = if axis == XAxis::Percentile {
             nines(x)
@@ -234,13 +243,14 @@ pub fn bar_chart(
 ) -> String {
     let mut out = String::new();
     open(&mut out, id, title);
-    let y_max = nice(
+    let axis = y_axis(
         series
             .iter()
             .flat_map(|s| s.2.iter().copied())
             .fold(0.0, f64::max),
     );
-    y_grid(&mut out, y_max, y_unit);
+    let y_max = axis.0;
+    y_grid(&mut out, axis, y_unit);
     let group = (W - L - R) / categories.len().max(1) as f64;
     let bar = (group * 0.8) / series.len().max(1) as f64;
     for (c, category) in categories.iter().enumerate() {
@@ -285,6 +295,15 @@ mod tests {
         assert_eq!(nice(3.2), 5.0);
         assert_eq!(nice(1000.0), 1000.0);
         assert_eq!(nice(1001.0), 2000.0);
+    }
+
+    /// The y axis ends at the first round step at or above the largest
+    /// value: 31 ms gets 0, 10, 20, 30, 40; 3000 events/s 0, 1000, ... 3000.
+    #[test]
+    fn y_axis_steps_are_round() {
+        assert_eq!(y_axis(31.0), (40.0, 10.0));
+        assert_eq!(y_axis(3000.0), (3000.0, 1000.0));
+        assert_eq!(y_axis(0.0), (1.0, 1.0));
     }
 
     /// The percentile axis puts 90% at one nine, 99.9% at three.

@@ -192,6 +192,15 @@ fn settings(out: &mut String, report: &Report) {
             escape(&value)
         );
     }
+    for (name, value) in &report.settings {
+        let _ = write!(
+            out,
+            r#"<tr><th>{}</th><td data-setting="{}">{}</td></tr>"#,
+            escape(name),
+            escape(name),
+            escape(value)
+        );
+    }
     out.push_str("</table>");
     if report.phases.len() > 1 {
         out.push_str("<h2>Phases</h2><table id=\"phase-table\"><tr><th>phase</th><th>duration s</th><th>offered/s</th><th>achieved/s</th><th>p99 ms</th></tr>");

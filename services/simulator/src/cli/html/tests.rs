@@ -49,6 +49,7 @@ fn report(verified: bool) -> Report {
         Duration::from_secs(4),
         &figures,
     );
+    report.settings.insert("devices".into(), "1000".into());
     report.timeline = (1..=3)
         .map(|t| Sample {
             t_s: f64::from(t),
@@ -120,6 +121,11 @@ fn a_verified_run_reads_back_from_the_page() {
         "ramp 0/s to 2000/s over 2s; hold 2000/s for 1s"
     );
     assert!(by_id(&doc, "method").contains("free of coordinated omission"));
+    let devices = doc
+        .descendants()
+        .find(|n| n.attribute("data-setting") == Some("devices"))
+        .and_then(|n| n.text());
+    assert_eq!(devices, Some("1000"));
 
     let charts: Vec<&str> = doc
         .descendants()
