@@ -46,6 +46,10 @@ pub use event_ref::{EventRef, EventRefError, Labels, MetricRef, PayloadRef, Toke
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/raw/testbed.v1.IngestService.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/raw/client/testbed.v1.IngestService.rs"
+    ));
 }
 
 pub use generated::{ingest_service_client, ingest_service_server};
