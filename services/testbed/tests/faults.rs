@@ -186,6 +186,56 @@ impl Split {
 }
 
 /// How long a simulator run of the suite may take, verification included.
+/// The local TCP ports of process `pid`'s sockets (from /proc), to find
+/// its connections in Redis' `CLIENT LIST`.
+fn local_ports_of(pid: u32) -> std::collections::HashSet<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let t = target.to_string_lossy();
+                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
+                continue;
+            };
+            if inodes.contains(*inode)
+                && let Some(port) = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+/// Whether one of `ports`' Redis connections has sent `command` (last
+/// command, lowercase) and waits in it: `CLIENT LIST`'s `cmd=` field.
+fn waits_in(redis: &RedisServer, ports: &std::collections::HashSet<u16>, command: &str) -> bool {
+    redis.command(&["CLIENT", "LIST"]).lines().any(|client| {
+        let field = |name: &str| {
+            client
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        let port = field("addr").and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+        port.is_some_and(|p| ports.contains(&p)) && field("cmd") == Some(command)
+    })
+}
+
 const SIM_LIMIT: Duration = Duration::from_secs(90);
 
 /// The suite's tests, in a module of their own so that the test command
@@ -480,5 +530,78 @@ mod fault_suite {
         assert!(refused_after < Duration::from_secs(2), "{refused_after:?}");
         assert_eq!(code, Some(0), "{stderr}");
         assert_eq!(v["passed"], true, "{v}");
+    }
+
+    /// A worker SIGKILLed while its apply waits between WATCH and EXEC
+    /// (its EXEC held by `CLIENT PAUSE WRITE`, seen in `CLIENT LIST`),
+    /// twice, beside a second worker: the transaction counts whole or not
+    /// at all (Redis may still run an EXEC it had read once the pause
+    /// ends), the dead consumer's entries are taken over, and every
+    /// accepted event is processed exactly once. Prints, per kill, the
+    /// entries the victim held after it and the time until they were
+    /// taken over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_killed_between_watch_and_exec_applies_nothing_twice() {
+        let redis = RedisServer::start();
+        let split = Split::start(&redis, &[]).await;
+        let sim = split.sim("watch-exec", 1000, 8);
+        split.wait_processing().await;
+        let mut kills = Vec::new();
+        let mut attempt = 0;
+        while kills.len() < 2 {
+            attempt += 1;
+            assert!(attempt <= 20, "the victim was never caught in its EXEC");
+            let name = format!("victim-{attempt}");
+            let mut victim = split.another_worker(&redis, &name).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while split.pending_with(&name).await == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let ports = local_ports_of(victim.pid());
+            assert!(!ports.is_empty(), "no socket of the victim found in /proc");
+            // Writes wait (EXEC among them; WATCH and reads go on), so the
+            // victim's next apply stops at its EXEC.
+            assert_eq!(redis.command(&["CLIENT", "PAUSE", "5000", "WRITE"]), "+OK");
+            let paused = Instant::now();
+            let mut caught = false;
+            while paused.elapsed() < Duration::from_millis(1500) {
+                if waits_in(&redis, &ports, "exec") {
+                    caught = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if caught {
+                victim.kill();
+            }
+            assert_eq!(redis.command(&["CLIENT", "UNPAUSE"]), "+OK");
+            if !caught {
+                victim.kill();
+                continue;
+            }
+            let killed = Instant::now();
+            let held = split.pending_with(&name).await;
+            while split.pending_with(&name).await > 0 {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(25),
+                    "{name}'s entries not taken over after 25 s"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            kills.push((held, killed.elapsed()));
+        }
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
+        let v = &json["verification"];
+        eprintln!(
+            "worker SIGKILL between WATCH and EXEC x2 ({attempt} tries): expected {}, processed {}, \
+             dead-lettered {}; per kill (entries held, kill -> taken over): {kills:?}",
+            sum(&v["expected"]),
+            sum(&v["processed"]),
+            v["dead_lettered"],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(v["passed"], true, "{v}");
+        assert_eq!(v["expected"], v["processed"]);
+        drop(split);
     }
 }
