@@ -407,3 +407,20 @@ async fn resent_sequences_count_once() {
     .await;
     assert_eq!(ledger.processed, 30, "{ledger:?}");
 }
+
+/// A `dns:///` target (resolved, balanced) publishes and reads like a
+/// plain one.
+#[tokio::test]
+async fn dns_target_publishes_and_reads() {
+    let tb = Testbed::start(&[]).await;
+    let url = format!("dns:///127.0.0.1:{}", tb.addr.port());
+    let client = Client::connect(&url, &Options::default()).await.unwrap();
+    let batch = vec![events::metric("rs-dns-1", "rs-dev-dns", "x", 2.5, "")];
+    let reply = client
+        .publish(batch, "", 0, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.accepted_count, 1);
+    let stats = device_with(&client, "rs-dev-dns", 1).await;
+    assert_eq!(stats.totals.unwrap().metrics[0].value.unwrap().sum, 2.5);
+}

@@ -186,3 +186,45 @@ async fn linger(
         batcher.flush_generation(generation).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::events;
+
+    /// 250 events with max_batch 100 leave as batches 1 and 2 of 100 (by
+    /// size) and 3 of 50 (by linger), in sequence order; a closed batcher
+    /// refuses events.
+    #[tokio::test]
+    async fn batches_by_size_then_by_linger() {
+        let options = PublisherOptions {
+            max_batch: 100,
+            linger: Duration::from_millis(20),
+            first_sequence: 1,
+            ..PublisherOptions::default()
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let (batcher, _linger) = Batcher::start(&options, tx, Arc::default());
+        for i in 0..250 {
+            batcher
+                .push(events::metric(&format!("e-{i}"), "d", "x", 1.0, ""))
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let sealed = rx.recv().await.unwrap();
+            seen.push((sealed.sequence, sealed.events.len()));
+        }
+        assert_eq!(seen, [(1, 100), (2, 100), (3, 50)]);
+        batcher.close().await;
+        assert!(rx.recv().await.is_none());
+        assert!(matches!(
+            batcher
+                .push(events::metric("late", "d", "x", 1.0, ""))
+                .await,
+            Err(PublishError::Closed)
+        ));
+    }
+}
