@@ -297,6 +297,11 @@ async fn publisher_survives_a_restart_exactly_once() {
             .publisher(PublisherOptions {
                 max_batch: 100,
                 max_unacked: 16,
+                // Room for a slow restart on a busy CI machine (2 s waits).
+                retry: RetryPolicy {
+                    max_attempts: 30,
+                    ..PublisherOptions::default().retry
+                },
                 ..PublisherOptions::default()
             })
             .unwrap(),
