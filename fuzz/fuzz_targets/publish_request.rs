@@ -19,7 +19,11 @@ fuzz_target!(|bytes: &[u8]| {
         }
     }
     if let Ok(request) = PublishRequest::decode(bytes) {
-        assert_eq!(request.events.len(), raw.events.len(), "event counts differ");
+        assert_eq!(
+            request.events.len(),
+            raw.events.len(),
+            "event counts differ"
+        );
         assert_eq!(request.producer_id, raw.producer_id);
         assert_eq!(request.sequence, raw.sequence);
     }
