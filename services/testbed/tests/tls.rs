@@ -539,3 +539,66 @@ async fn sim_verify_over_mutual_tls_with_a_token() {
         finished.stderr
     );
 }
+
+/// The TLS handshake happens after the connection is counted against
+/// --max-connections: with a cap of one and no reserve, a client that
+/// opened TCP and sent nothing holds the only slot, so a TLS client is
+/// refused (counted as refused, not as a TLS failure) until the silent one
+/// is closed at --handshake-timeout; then it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_runs_inside_the_connection_cap() {
+    let files = Files::new("cap");
+    let ca = Ca::new("cap-ca");
+    let leaf = ca.leaf("server");
+    let all = Testbed::start(&[
+        "all",
+        "--tls-cert",
+        files.write("c.pem", &leaf.cert).to_str().unwrap(),
+        "--tls-key",
+        files.write("k.pem", &leaf.key).to_str().unwrap(),
+        "--max-connections",
+        "1",
+        "--reserved-connections",
+        "0",
+        "--handshake-timeout",
+        "1s",
+    ]);
+    let tls = client_tls(&ca.pem(), None);
+    wait_serving(all.addr, &tls).await;
+    // The readiness checks' connections are gone before the silent one.
+    let open = "server_connections_open";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(all.metrics_addr, open, "").await != 0.0 {
+        assert!(Instant::now() < deadline, "connections still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused_before = metric(all.metrics_addr, "server_connections_refused_total", "").await;
+    let mut silent = tokio::net::TcpStream::connect(all.addr).await.unwrap();
+    wait_metric(all.metrics_addr, open, "", 1.0).await;
+
+    let refused = handshake(all.addr, &ca.pem(), None).await;
+    assert!(refused.is_err(), "served past the cap: {refused:?}");
+    assert_eq!(
+        metric(all.metrics_addr, "server_connections_refused_total", "").await,
+        refused_before + 1.0
+    );
+    assert_eq!(metric(all.metrics_addr, FAILURES, "").await, 0.0);
+
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the silent connection is closed at the handshake timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_failures(&all, "timeout", 1.0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if handshake(all.addr, &ca.pem(), None).await == Ok(leaf.der.clone()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served after the slot freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

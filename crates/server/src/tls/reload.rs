@@ -196,3 +196,66 @@ impl TlsServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn leaf() -> (String, String) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (cert.cert.pem(), cert.signing_key.serialize_pem())
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A look at unchanged files changes nothing; a new pair is loaded; a
+    /// garbage or mismatched replacement is refused once (not at every
+    /// poll) and the last good configuration stays; a missing file is
+    /// refused once too.
+    #[test]
+    fn reload_swaps_only_good_changes_and_refuses_each_bad_one_once() {
+        let dir = std::env::temp_dir().join(format!("testbed-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+            client_ca: None,
+        };
+        let (cert, key) = leaf();
+        write(&files.cert, &cert);
+        write(&files.key, &key);
+        let server = TlsServer::load(files.clone(), Duration::from_secs(1)).unwrap();
+        let first = server.current.load_full();
+        assert!(matches!(server.reload(), Reload::Unchanged));
+
+        let (cert, key) = leaf();
+        write(&files.cert, &cert);
+        write(&files.key, &key);
+        assert!(matches!(server.reload(), Reload::Reloaded));
+        let second = server.current.load_full();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(matches!(server.reload(), Reload::Unchanged));
+
+        let (_, other_key) = leaf();
+        write(&files.key, &other_key);
+        assert!(matches!(
+            server.reload(),
+            Reload::Refused(TlsError::Mismatch { .. })
+        ));
+        assert!(matches!(server.reload(), Reload::Unchanged));
+        assert!(Arc::ptr_eq(&second, &server.current.load_full()));
+
+        std::fs::remove_file(&files.cert).unwrap();
+        assert!(matches!(
+            server.reload(),
+            Reload::Refused(TlsError::Read { .. })
+        ));
+        assert!(matches!(server.reload(), Reload::Unchanged));
+        assert!(Arc::ptr_eq(&second, &server.current.load_full()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
