@@ -16,6 +16,10 @@
 //! installed once, explicitly; ring builds for every architecture the
 //! images target without cmake (aws-lc-rs needs it on some).
 //!
+//! The configuration in use sits in an `arc-swap` cell (already in the
+//! build through the Redis client): every accept takes the current one
+//! without a lock, and a reload replaces it for the connections after.
+//!
 //! # Layout
 //! - [`args`]: [`TlsArgs`], the flags (`--tls-cert`, `--tls-key`,
 //!   `--tls-client-ca`, `--tls-reload-interval`).
