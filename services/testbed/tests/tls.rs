@@ -602,3 +602,93 @@ async fn the_handshake_runs_inside_the_connection_cap() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `testbed sim --serve` over TLS on both sides: its own port serves TLS
+/// (health on the plaintext probe port), and a run it starts publishes to
+/// a TLS `testbed all` through `--tls-ca`: 200 events sent, 200 accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_serve_runs_over_tls_and_serves_tls() {
+    use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
+    use testbed_proto::v1::{
+        GetRunRequest, RateLoad, RunSpec, RunState, StartRunRequest, run_spec::Load,
+    };
+
+    let files = Files::new("sim-serve");
+    let ca = Ca::new("sim-serve-ca");
+    let (target_leaf, sim_leaf) = (ca.leaf("all"), ca.leaf("sim"));
+    let all = Testbed::start(&[
+        "all",
+        "--tls-cert",
+        files.write("all.pem", &target_leaf.cert).to_str().unwrap(),
+        "--tls-key",
+        files.write("all.key", &target_leaf.key).to_str().unwrap(),
+    ]);
+    let tls = client_tls(&ca.pem(), None);
+    wait_serving(all.addr, &tls).await;
+    let target = format!("https://{}", all.addr);
+    let sim = Testbed::start(&[
+        "sim",
+        "--serve",
+        "--target",
+        &target,
+        "--tls-ca",
+        files.write("ca.pem", &ca.pem()).to_str().unwrap(),
+        "--tls-cert",
+        files.write("sim.pem", &sim_leaf.cert).to_str().unwrap(),
+        "--tls-key",
+        files.write("sim.key", &sim_leaf.key).to_str().unwrap(),
+        "--probe-addr",
+        "127.0.0.1:0",
+    ]);
+    wait_serving(sim.addr, &tls).await;
+    let probe = sim.probe_addr.expect("the probe address");
+    let plain = Channel::from_shared(format!("http://{probe}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(plain)
+        .check(HealthCheckRequest {
+            service: "testbed.v1.SimulatorService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    let mut client = SimulatorServiceClient::new(connect(sim.addr, tls).await.unwrap());
+    let spec = RunSpec {
+        run_id: "tls-serve-1".to_owned(),
+        load: Some(Load::Rate(RateLoad {
+            events_per_second: 200.0,
+            duration: Some(Duration::from_secs(1).try_into().unwrap()),
+        })),
+        devices: 8,
+        ..Default::default()
+    };
+    client
+        .start_run(StartRunRequest { spec: Some(spec) })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let run = client
+            .get_run(GetRunRequest {
+                run_id: "tls-serve-1".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        if run.state() == RunState::Completed {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "run not completed: {run:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let figures = run.figures.unwrap();
+    assert_eq!(figures.events_sent, 200, "{figures:?}");
+    assert_eq!(figures.events_accepted, 200, "{figures:?}");
+}
