@@ -24,6 +24,7 @@ pub async fn run(router: Router, listen: SocketAddr, addr_file: &Path) -> Result
     let announced = addr_file::Announced {
         grpc: bound,
         metrics: None,
+        probe: None,
     };
     addr_file::write(addr_file, &announced)
         .context(|| format!("writing {}", addr_file.display()))?;

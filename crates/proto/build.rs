@@ -25,24 +25,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("testbed_descriptor.bin"), fds.encode_to_vec())?;
 
+    // Messages and servers: the servers decode requests with
+    // `codec::ServerCodec` (an undecodable request is the client's mistake,
+    // INVALID_ARGUMENT, not prost's INTERNAL).
     tonic_prost_build::configure()
         .build_server(true)
+        .build_client(false)
+        .codec_path("crate::codec::ServerCodec")
+        .compile_fds(fds.clone())?;
+    // Clients apart, with prost's codec (a response that does not decode
+    // is the server's fault: INTERNAL), over the messages generated above.
+    let client_dir = out_dir.join("client");
+    std::fs::create_dir_all(&client_dir)?;
+    tonic_prost_build::configure()
+        .build_server(false)
         .build_client(true)
+        .out_dir(&client_dir)
+        .extern_path(".testbed.v1", "crate::v1")
+        .extern_path(".google.rpc", "crate::google::rpc")
         .compile_fds(fds)?;
 
     // IngestService once more, over requests whose events stay encoded
     // (`src/raw.rs`): same service and method names, other message types.
     let raw_dir = out_dir.join("raw");
     std::fs::create_dir_all(&raw_dir)?;
+    // Servers with `codec::ServerCodec`, clients with prost's, as above.
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .out_dir(&raw_dir)
+        .compile(&[raw_ingest("crate::codec::ServerCodec")]);
+    let raw_client_dir = raw_dir.join("client");
+    std::fs::create_dir_all(&raw_client_dir)?;
+    tonic_build::manual::Builder::new()
+        .build_server(false)
+        .out_dir(&raw_client_dir)
+        .compile(&[raw_ingest("tonic_prost::ProstCodec")]);
+    Ok(())
+}
+
+/// `testbed.v1.IngestService` over the raw requests, decoded with `codec`.
+fn raw_ingest(codec: &str) -> tonic_build::manual::Service {
     let method = |name: &str, route: &str, input: &str, output: &str| {
         tonic_build::manual::Method::builder()
             .name(name)
             .route_name(route)
             .input_type(input)
             .output_type(output)
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path(codec)
     };
-    let ingest = tonic_build::manual::Service::builder()
+    tonic_build::manual::Service::builder()
         .name("IngestService")
         .package("testbed.v1")
         .method(
@@ -65,11 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .server_streaming()
             .build(),
         )
-        .build();
-    tonic_build::manual::Builder::new()
-        .out_dir(&raw_dir)
-        .compile(&[ingest]);
-    Ok(())
+        .build()
 }
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -57,10 +57,13 @@ class Testbed:
         addrs = json.loads(addr_file.read_text())
         self.addr = addrs["grpc"]
         self.metrics_addr = addrs["metrics"]
+        # The plaintext health-only listener (--probe-addr), if any: the
+        # only port a TLS server answers in plaintext.
+        self.probe_addr = addrs.get("probe")
         self.wait_serving("")
 
     def wait_serving(self, service: str, timeout: float = 10.0) -> None:
-        with grpc.insecure_channel(self.addr) as channel:
+        with grpc.insecure_channel(self.probe_addr or self.addr) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + timeout
             while True:

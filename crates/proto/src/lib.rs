@@ -20,6 +20,8 @@
 //!   `raw/event_writer.rs` encodes an event field by field (the simulator's
 //!   generator), and `raw/tags.rs` is the one table of field numbers both
 //!   use, checked against the descriptors in a test.
+//! - [`codec`]: the servers' codec (an undecodable request is
+//!   INVALID_ARGUMENT, not prost's INTERNAL).
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus the well-known types they
 //!   import, with source info (comments) kept.
 #![forbid(unsafe_code)]
@@ -35,11 +37,14 @@ pub mod testbed {
     #[allow(missing_docs, clippy::all, clippy::pedantic)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/testbed.v1.rs"));
+        // The clients, generated apart (prost's codec; `codec`).
+        include!(concat!(env!("OUT_DIR"), "/client/testbed.v1.rs"));
     }
 }
 
 pub use testbed::v1;
 
+pub mod codec;
 pub mod raw;
 
 /// The `google.rpc` messages (status and error details).

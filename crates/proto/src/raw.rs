@@ -22,6 +22,9 @@
 //! - Writers of many events write them field by field with
 //!   [`event_writer`], splicing in parts encoded once.
 //!
+//! [`agree::disagreement`] is the rule [`EventRef`] is held to (it reads
+//! what prost reads), checked by property tests and a fuzz target.
+//!
 //! [`EventRef`] and [`event_writer`] are hand-written against the wire
 //! format; both take their field numbers from one table (`raw/tags.rs`),
 //! which a test checks against the generated descriptors, so a change to
@@ -35,6 +38,7 @@ use std::collections::HashMap;
 
 use prost::bytes::Bytes;
 
+pub mod agree;
 mod event_ref;
 pub mod event_writer;
 mod tags;
@@ -46,6 +50,10 @@ pub use event_ref::{EventRef, EventRefError, Labels, MetricRef, PayloadRef, Toke
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/raw/testbed.v1.IngestService.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/raw/client/testbed.v1.IngestService.rs"
+    ));
 }
 
 pub use generated::{ingest_service_client, ingest_service_server};

@@ -12,7 +12,7 @@
 use proptest::prelude::*;
 use testbed_proto::prost::Message as _;
 use testbed_proto::prost_types::{Duration, Timestamp};
-use testbed_proto::raw::{EventRef, PayloadRef};
+use testbed_proto::raw::{EventRef, agree};
 use testbed_proto::v1::event::Payload;
 use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage};
 
@@ -96,60 +96,21 @@ fn event() -> impl Strategy<Value = Event> {
         })
 }
 
-/// `view` holds what `event` holds (floats compared bit for bit, NaN too;
-/// labels by their distinct keys, the last of a key sent twice winning in
-/// both).
+/// `view` holds what `event` holds ([`agree::differs`]).
 fn same(view: &EventRef<'_>, event: &Event) -> Result<(), TestCaseError> {
-    prop_assert_eq!(view.event_id, event.event_id.as_bytes());
-    prop_assert_eq!(view.device_id, event.device_id.as_bytes());
-    prop_assert_eq!(view.run_id, event.run_id.as_bytes());
-    prop_assert_eq!(view.observed_at, event.observed_at);
-    let mut keys: Vec<&[u8]> = view.labels.iter().map(|(k, _)| k).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut want: Vec<&[u8]> = event.labels.keys().map(String::as_bytes).collect();
-    want.sort_unstable();
-    prop_assert_eq!(keys, want);
-    match (&view.payload, &event.payload) {
-        (None, None) => {}
-        (Some(PayloadRef::Gpu(a)), Some(Payload::Gpu(b))) => {
-            prop_assert_eq!(a.gpu_index, b.gpu_index);
-            prop_assert_eq!(a.utilization.to_bits(), b.utilization.to_bits());
-            prop_assert_eq!(a.memory_used_bytes, b.memory_used_bytes);
-            prop_assert_eq!(a.memory_total_bytes, b.memory_total_bytes);
-            prop_assert_eq!(
-                a.temperature_celsius.to_bits(),
-                b.temperature_celsius.to_bits()
-            );
-            prop_assert_eq!(a.power_watts.to_bits(), b.power_watts.to_bits());
-        }
-        (Some(PayloadRef::Tokens(a)), Some(Payload::Tokens(b))) => {
-            prop_assert_eq!(a.model, b.model.as_bytes());
-            prop_assert_eq!(a.tenant, b.tenant.as_bytes());
-            prop_assert_eq!(a.prompt_tokens, b.prompt_tokens);
-            prop_assert_eq!(a.completion_tokens, b.completion_tokens);
-            prop_assert_eq!(a.latency, b.latency);
-        }
-        (Some(PayloadRef::Metric(a)), Some(Payload::Metric(b))) => {
-            prop_assert_eq!(a.name, b.name.as_bytes());
-            prop_assert_eq!(a.value.to_bits(), b.value.to_bits());
-            prop_assert_eq!(a.unit, b.unit.as_bytes());
-        }
-        (view, event) => prop_assert!(false, "payloads differ: {view:?} / {event:?}"),
+    match agree::differs(view, event) {
+        None => Ok(()),
+        Some(why) => Err(TestCaseError::fail(why)),
     }
-    Ok(())
 }
 
 /// Decodes `bytes` both ways: never a panic, and the same fields whenever
-/// prost accepts them.
+/// prost accepts them ([`agree::disagreement`], the fuzz target's rule).
 fn agrees_with_prost(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let view = EventRef::decode(bytes);
-    if let Ok(event) = Event::decode(bytes) {
-        let view = view
-            .map_err(|e| TestCaseError::fail(format!("prost accepts, EventRef refuses: {e:?}")))?;
-        same(&view, &event)?;
+    match agree::disagreement(bytes) {
+        None => Ok(()),
+        Some(why) => Err(TestCaseError::fail(why)),
     }
-    Ok(())
 }
 
 proptest! {

@@ -30,6 +30,7 @@ use tokio::time::Sleep;
 use crate::conn::ConnIo;
 use crate::conn_metrics::ConnMetrics;
 use crate::limits::Limits;
+use crate::tls::TlsServer;
 
 /// First wait after a resource failure.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(5);
@@ -71,6 +72,8 @@ pub fn next_delay(delay: Duration) -> Duration {
 pub struct Incoming {
     listener: TcpListener,
     limits: Limits,
+    /// TLS of every connection; none: plaintext.
+    tls: Option<Arc<TlsServer>>,
     metrics: ConnMetrics,
     open: Arc<AtomicUsize>,
     /// Connections in reserved slots (past the cap, short-lived).
@@ -82,11 +85,18 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Accepts on `listener` under `limits`.
-    pub fn new(listener: TcpListener, limits: Limits, metrics: ConnMetrics) -> Self {
+    /// Accepts on `listener` under `limits`, each connection over TLS when
+    /// `tls` is given (its handshake done by [`ConnIo`], after the cap).
+    pub fn new(
+        listener: TcpListener,
+        limits: Limits,
+        tls: Option<Arc<TlsServer>>,
+        metrics: ConnMetrics,
+    ) -> Self {
         Self {
             listener,
             limits,
+            tls,
             metrics,
             open: Arc::new(AtomicUsize::new(0)),
             reserved: Arc::new(AtomicUsize::new(0)),
@@ -158,7 +168,13 @@ impl tokio_stream::Stream for Incoming {
                     count.fetch_add(1, Ordering::AcqRel);
                     this.metrics.accepted.add(1, &[]);
                     this.metrics.open.add(1, &[]);
-                    let io = ConnIo::new(stream, &limits, this.metrics.clone(), Arc::clone(count));
+                    let io = ConnIo::new(
+                        stream,
+                        this.tls.as_deref(),
+                        &limits,
+                        this.metrics.clone(),
+                        Arc::clone(count),
+                    );
                     return Poll::Ready(Some(Ok(io)));
                 }
                 Poll::Ready(Err(err)) => {

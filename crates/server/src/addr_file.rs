@@ -4,7 +4,8 @@
 //! the integration tests: one format, one writer, one reader.
 //!
 //! The file is one JSON object, `{"grpc":"HOST:PORT","metrics":"HOST:PORT"}`
-//! (`metrics` absent for a process without a `/metrics` listener), written
+//! (`metrics` absent for a process without a `/metrics` listener; `probe`
+//! present for one with a `--probe-addr` listener), written
 //! under a temporary name and renamed, so a reader polling for it never
 //! sees it half-written.
 
@@ -19,6 +20,8 @@ pub struct Announced {
     pub grpc: SocketAddr,
     /// The Prometheus `/metrics` listener, if the process has one.
     pub metrics: Option<SocketAddr>,
+    /// The plaintext health-only listener (`--probe-addr`), if any.
+    pub probe: Option<SocketAddr>,
 }
 
 /// Writes `announced` to `path` atomically (a temporary file, synced, then
@@ -27,6 +30,9 @@ pub fn write(path: &Path, announced: &Announced) -> std::io::Result<()> {
     let mut json = serde_json::json!({ "grpc": announced.grpc.to_string() });
     if let Some(metrics) = announced.metrics {
         json["metrics"] = metrics.to_string().into();
+    }
+    if let Some(probe) = announced.probe {
+        json["probe"] = probe.to_string().into();
     }
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
@@ -58,6 +64,7 @@ fn parse(bytes: &[u8]) -> Result<Announced, String> {
     Ok(Announced {
         grpc: addr("grpc")?.ok_or("no \"grpc\" address")?,
         metrics: addr("metrics")?,
+        probe: addr("probe")?,
     })
 }
 
@@ -77,6 +84,7 @@ mod tests {
             let announced = Announced {
                 grpc: "127.0.0.1:50051".parse().unwrap(),
                 metrics,
+                probe: metrics.map(|_| "127.0.0.1:8086".parse().unwrap()),
             };
             write(&path, &announced).unwrap();
             assert_eq!(read(&path), Some(Ok(announced)));

@@ -30,6 +30,9 @@ pub enum BindError {
     /// The tokens could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// The TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The bound listeners of one process.
@@ -51,6 +54,12 @@ pub struct Listeners {
     pub limits: crate::limits::Limits,
     /// The tokens of `--auth-tokens-file`/`--auth-tokens`; none: auth off.
     pub auth: Option<std::sync::Arc<crate::auth::TokenSet>>,
+    /// TLS of the gRPC listener (`--tls-cert`); none: plaintext.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsServer>>,
+    /// The plaintext health-only listener (`--probe-addr`), if asked for.
+    pub probe: Option<TcpListener>,
+    /// Its address.
+    pub probe_addr: Option<SocketAddr>,
 }
 
 /// When a client connection is closed for its age.
@@ -65,8 +74,10 @@ pub struct ConnectionAge {
 /// Binds the listeners named by `args` and, when asked, writes their
 /// addresses to `--addr-file`.
 pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
-    // Tokens first: a bad token file stops the process before it listens.
+    // Tokens and TLS files first: a bad file stops the process before it
+    // listens.
     let auth = args.auth.load()?;
+    let tls = args.tls.load()?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .map_err(|source| BindError::Bind {
@@ -91,10 +102,24 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         addr: args.metrics_addr,
         source,
     })?;
+    let (probe, probe_addr) = match args.probe_addr {
+        Some(addr) => {
+            let bind_error = |source| BindError::Bind {
+                flag: "--probe-addr",
+                addr,
+                source,
+            };
+            let probe = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let bound = probe.local_addr().map_err(bind_error)?;
+            (Some(probe), Some(bound))
+        }
+        None => (None, None),
+    };
     if let Some(path) = &args.addr_file {
         let announced = crate::addr_file::Announced {
             grpc: grpc_addr,
             metrics: Some(metrics_addr),
+            probe: probe_addr,
         };
         crate::addr_file::write(path, &announced).map_err(|source| BindError::AddrFile {
             path: path.display().to_string(),
@@ -110,6 +135,9 @@ pub async fn bind(args: &ListenArgs) -> Result<Listeners, BindError> {
         health_interval: args.health_interval,
         limits: crate::limits::Limits::from_args(args),
         auth,
+        tls,
+        probe,
+        probe_addr,
     })
 }
 

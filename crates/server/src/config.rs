@@ -204,6 +204,18 @@ pub struct ListenArgs {
     /// authentication. See [`crate::auth`].
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+
+    /// TLS and mTLS of the gRPC port (`--tls-cert`, `--tls-key`,
+    /// `--tls-client-ca`); none: plaintext. See [`crate::tls`].
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
+    /// A second, plaintext listener that serves only `grpc.health.v1`
+    /// (kubelet gRPC probes cannot speak TLS): point the probes here when
+    /// --tls-cert is on. Nothing else is served on it; reflection and the
+    /// services stay on --grpc-addr. Off by default.
+    #[arg(long, env = "TESTBED_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! hyper (through tonic) serves the connection; this wrapper sits between
 //! it and the socket and follows the HTTP/2 frame headers both ways
 //! ([`crate::frames`]). From them it enforces:
-//! - the handshake timeout: no preface and SETTINGS within
-//!   `--handshake-timeout` → closed (slowloris);
+//! - the handshake timeout: no TLS handshake (when TLS is on), preface and
+//!   SETTINGS within `--handshake-timeout` → closed (slowloris);
 //! - the idle timeout: no open call for `--idle-timeout` → GOAWAY
 //!   (`NO_ERROR`, last stream 2^31-1: whatever the client sent may still be
 //!   served), closed when the client goes or after `--max-connection-age-grace`;
@@ -41,6 +41,7 @@ use crate::conn_metrics::{CloseReason, ConnMetrics};
 use crate::frames::{self, FrameTracker, kind};
 use crate::limits::Limits;
 use crate::ping_policy::PingPolicy;
+use crate::tls::{TlsServer, Transport};
 
 /// How long a connection told "too_many_pings" may take to receive it.
 const PING_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -119,7 +120,8 @@ enum State {
 /// A client connection under its limits; see the module docs.
 #[derive(Debug)]
 pub struct ConnIo {
-    inner: TcpStream,
+    /// The socket, plain or TLS (its handshake under the handshake timer).
+    inner: Transport,
     info: ConnInfo,
     metrics: ConnMetrics,
     open: Arc<AtomicUsize>,
@@ -140,18 +142,24 @@ pub struct ConnIo {
 }
 
 impl ConnIo {
-    /// Wraps an accepted `stream`; `open` is the process's connection count,
-    /// already incremented for this one (decremented on drop).
+    /// Wraps an accepted `stream`, its TLS handshake still to come when
+    /// `tls` is given; `open` is the process's connection count, already
+    /// incremented for this one (decremented on drop).
     pub fn new(
         stream: TcpStream,
+        tls: Option<&TlsServer>,
         limits: &Limits,
         metrics: ConnMetrics,
         open: Arc<AtomicUsize>,
     ) -> Self {
         let tcp = <TcpStream as Connected>::connect_info(&stream);
         let now = tokio::time::Instant::now();
+        let inner = match tls {
+            Some(tls) => tls.accept(stream),
+            None => Transport::Plain(stream),
+        };
         Self {
-            inner: stream,
+            inner,
             info: ConnInfo {
                 tcp,
                 shared: Arc::new(ConnShared::new()),
@@ -208,7 +216,8 @@ impl ConnIo {
         if let Some(handshake) = &mut self.handshake
             && handshake.as_mut().poll(cx).is_ready()
         {
-            tracing::debug!(peer = ?self.info.tcp.remote_addr, "handshake timeout");
+            tracing::debug!(peer = ?self.info.tcp.remote_addr, tls = self.inner.is_handshaking(), "handshake timeout");
+            self.inner.timed_out();
             return Err(self.closed(CloseReason::HandshakeTimeout));
         }
         if self.state == State::Open

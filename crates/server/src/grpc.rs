@@ -1,6 +1,7 @@
 //! [`GrpcServer`]: health, reflection, serving and graceful shutdown.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use crate::health::Health;
 use crate::limits::Limits;
 use crate::shed::ShedLayer;
 use crate::streams::CallsLayer;
+use crate::tls::TlsServer;
 
 /// The health service's full name, as reflection lists it.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -58,6 +60,10 @@ pub struct GrpcServer {
     tokens: Option<std::sync::Arc<TokenSet>>,
     /// The role each RPC requires, declared by the services.
     policy: Policy,
+    /// TLS of the gRPC listener; none: plaintext.
+    tls: Option<Arc<TlsServer>>,
+    /// The plaintext health-only listener (`--probe-addr`).
+    probe: Option<TcpListener>,
 }
 
 impl Default for GrpcServer {
@@ -84,7 +90,22 @@ impl GrpcServer {
             health_service,
             tokens: None,
             policy: Policy::default(),
+            tls: None,
+            probe: None,
         }
+    }
+
+    /// Serves over TLS (`--tls-cert`; none: plaintext). The handshake is
+    /// part of each connection's handshake timeout ([`crate::tls`]); the
+    /// files are re-read while serving.
+    pub fn set_tls(&mut self, tls: Option<Arc<TlsServer>>) {
+        self.tls = tls;
+    }
+
+    /// Also serves `grpc.health.v1` alone, in plaintext, on `listener`
+    /// (`--probe-addr`: kubelet gRPC probes cannot speak TLS).
+    pub fn set_probe_listener(&mut self, listener: Option<TcpListener>) {
+        self.probe = listener;
     }
 
     /// Every method of `service` requires a token of at least `role` when
@@ -177,16 +198,18 @@ impl GrpcServer {
         server.set_probe_interval(listeners.health_interval);
         server.set_limits(listeners.limits.clone());
         server.set_tokens(listeners.auth.clone());
+        server.set_tls(listeners.tls.clone());
         server
     }
 
     /// [`GrpcServer::serve`] on the gRPC listener of `listeners`, with their
-    /// grace period.
+    /// grace period and their probe listener.
     pub async fn serve_on(
-        self,
+        mut self,
         listeners: crate::Listeners,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
+        self.set_probe_listener(listeners.probe);
         self.serve(listeners.grpc, shutdown, listeners.grace).await
     }
 
@@ -276,9 +299,27 @@ impl GrpcServer {
             max_concurrent_requests = limits.max_concurrent_requests,
             "connection limits"
         );
-        // Accept backoff, the connection cap, and each connection's
+        if let Some(tls) = &self.tls {
+            tracing::info!(mutual = tls.mutual(), "TLS on");
+            self.background
+                .spawn(Arc::clone(tls).watch(shutdown.clone()));
+        }
+        if let Some(probe) = self.probe.take() {
+            self.background.spawn(serve_probe(
+                probe,
+                limits.clone(),
+                self.health_service.clone(),
+                shutdown.clone(),
+            ));
+        }
+        // Accept backoff, the connection cap, and each connection's TLS,
         // handshake, idle, age and ping limits (crate::accept, crate::conn).
-        let incoming = Incoming::new(listener, limits.clone(), ConnMetrics::default());
+        let incoming = Incoming::new(
+            listener,
+            limits.clone(),
+            self.tls.clone(),
+            ConnMetrics::default(),
+        );
         // Connection age is enforced by crate::conn, not by tonic's
         // max_connection_age (which, with a grace, closes at age + grace
         // without ever sending GOAWAY).
@@ -351,6 +392,30 @@ impl GrpcServer {
             }
         }
         result
+    }
+}
+
+/// Serves `grpc.health.v1` alone, in plaintext, on `listener` until
+/// `shutdown` (the `--probe-addr` listener), under the same connection
+/// limits as the main port (a cap of its own).
+async fn serve_probe(
+    listener: TcpListener,
+    limits: Limits,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    shutdown: CancellationToken,
+) {
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "plaintext health-only probe listener");
+    let incoming = Incoming::new(listener, limits.clone(), None, ConnMetrics::default());
+    let served = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_size)
+        .add_service(health)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(error = %err, "probe listener failed");
     }
 }
 

@@ -6,7 +6,8 @@
 //! service, for kubelet gRPC probes), server reflection in both
 //! `grpc.reflection.v1` and `grpc.reflection.v1alpha` (grpcurl 1.8 and ghz
 //! only speak v1alpha), graceful shutdown bounded by a grace period,
-//! optional bearer-token authentication of every other RPC ([`auth`]), and the
+//! optional bearer-token authentication of every other RPC ([`auth`]),
+//! optional TLS and mTLS with certificates re-read on change ([`tls`]), and the
 //! transport defences and request limits every server shares (README
 //! "Limits"): an accept loop that backs off when out of descriptors, a
 //! connection cap, handshake and idle timeouts, connection age, a ping
@@ -51,6 +52,9 @@
 //!   with RESOURCE_EXHAUSTED.
 //! - [`conn_metrics`]: the `server_connections_*` and
 //!   `server_accept_errors_total` instruments.
+//! - [`tls`]: TLS and mTLS (rustls): the flags, the files and their
+//!   reload, the handshake inside [`conn`]'s socket; the
+//!   `--probe-addr` plaintext health listener is served by [`grpc`].
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -70,6 +74,7 @@ pub mod shed;
 pub mod signal;
 pub mod store_status;
 pub mod streams;
+pub mod tls;
 
 pub use auth::{Identity, Role};
 pub use bind::{BindError, ConnectionAge, Listeners, bind};

@@ -173,6 +173,15 @@ impl EventLog for AnyLog {
         delegate!(self, log => log.pending_of(partition, owner, count))
     }
 
+    async fn admit_devices(
+        &self,
+        partition: u32,
+        devices: &[&str],
+        cap: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        delegate!(self, log => log.admit_devices(partition, devices, cap))
+    }
+
     async fn forget_consumer(&self, partition: u32, name: &str) -> Result<bool, StoreError> {
         delegate!(self, log => log.forget_consumer(partition, name))
     }

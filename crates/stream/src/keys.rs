@@ -128,6 +128,13 @@ impl Keys {
         format!("{}:dev", self.tag(p))
     }
 
+    /// Devices ingest admitted to the partition under its cap on tracked
+    /// devices (sorted set, score: Unix ms last admitted); members leave it
+    /// a `--retention` after they were last admitted.
+    pub fn admitted(&self, p: u32) -> String {
+        format!("{}:admitted", self.tag(p))
+    }
+
     /// Devices of the partition by last-seen time (sorted set, score Unix ms).
     pub fn devices(&self, p: u32) -> String {
         format!("{}:devices", self.tag(p))

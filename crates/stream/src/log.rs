@@ -111,6 +111,18 @@ pub trait EventLog: Send + Sync {
         count: usize,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
+    /// Admits `devices` (distinct ids) to `partition`'s tracked devices,
+    /// atomically: a device already tracked is admitted (and stays tracked
+    /// a `--retention` from now), a new one only while fewer than `cap`
+    /// are tracked. Devices not admitted for a whole retention leave the
+    /// set. The answer is, per device in order, whether it is admitted.
+    fn admit_devices(
+        &self,
+        partition: u32,
+        devices: &[&str],
+        cap: u64,
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+
     /// Removes `name` from `partition`'s group if it holds no pending
     /// entry, in one atomic step; whether it was removed.
     fn forget_consumer(

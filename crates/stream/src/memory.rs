@@ -53,6 +53,8 @@ struct Part {
     producers: HashMap<String, ProducerWindow>,
     figures: PartitionFigures,
     dead: Vec<(Id, String, Stored)>,
+    /// Tracked devices (`admit_devices`): id -> Unix ms last admitted.
+    admitted: HashMap<String, u64>,
 }
 
 /// The sequences of one producer the partition remembers: the newest and
@@ -503,6 +505,34 @@ impl EventLog for MemoryLog {
             .filter(|(_, p)| p.consumer == owner)
             .take(count)
             .map(|(id, _)| id_string(*id))
+            .collect())
+    }
+
+    async fn admit_devices(
+        &self,
+        partition: u32,
+        devices: &[&str],
+        cap: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let now = now_ms();
+        let horizon = now.saturating_sub(self.inner.retention.as_millis() as u64);
+        let mut part = self.part(partition)?;
+        // The embedded log forgets expired devices all at once (the Redis
+        // script does it a bounded number per call).
+        part.admitted.retain(|_, at| *at >= horizon);
+        Ok(devices
+            .iter()
+            .map(|&device| {
+                if let Some(at) = part.admitted.get_mut(device) {
+                    *at = now;
+                    true
+                } else if (part.admitted.len() as u64) < cap {
+                    part.admitted.insert(device.to_owned(), now);
+                    true
+                } else {
+                    false
+                }
+            })
             .collect())
     }
 

@@ -138,7 +138,41 @@ conformance!(
     listed_entries_are_claimed_with_their_deliveries,
     consumers_are_listed_and_forgotten_only_when_idle_handed,
     producer_sequences_dedupe_batches,
+    tracked_devices_are_capped,
 );
+
+/// The cap on tracked devices: new devices are admitted until it is
+/// reached, then refused; tracked ones stay admitted; each partition
+/// counts its own.
+async fn tracked_devices_are_capped<F, Fut>(make: F)
+where
+    F: FnOnce(u32, u64) -> Fut,
+    Fut: std::future::Future<Output = Backend>,
+{
+    let backend = make(2, 100).await;
+    let log = &backend.log;
+    assert_eq!(
+        log.admit_devices(0, &["a", "b"], 3).await.unwrap(),
+        [true, true]
+    );
+    assert_eq!(
+        log.admit_devices(0, &["c", "d", "a"], 3).await.unwrap(),
+        [true, false, true],
+        "the fourth new device is past the cap; a tracked one is not"
+    );
+    assert_eq!(log.admit_devices(0, &["d"], 3).await.unwrap(), [false]);
+    assert_eq!(
+        log.admit_devices(0, &["d"], 4).await.unwrap(),
+        [true],
+        "a higher cap admits it"
+    );
+    assert_eq!(
+        log.admit_devices(1, &["d", "e"], 1).await.unwrap(),
+        [true, false],
+        "partitions count apart"
+    );
+    assert!(log.admit_devices(0, &[], 1).await.unwrap().is_empty());
+}
 
 async fn append_read_apply_counts_once<F, Fut>(make: F)
 where

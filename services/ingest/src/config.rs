@@ -54,6 +54,19 @@ pub struct IngestConfig {
     #[arg(long, env = "TESTBED_STREAM_WINDOW", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub stream_window: u32,
+
+    /// Most devices tracked at once (seen within --retention), over all
+    /// partitions: the events of a new device past it are rejected, naming
+    /// device_id, so that a client inventing device ids cannot exhaust
+    /// Redis memory. Each partition holds its share (rounded up). 0: no cap.
+    #[arg(long, env = "TESTBED_MAX_TRACKED_DEVICES", default_value_t = 1_000_000)]
+    pub max_tracked_devices: u64,
+
+    /// Devices this process remembers as admitted under
+    /// --max-tracked-devices (asking the store only about the others);
+    /// about 100 bytes each. 0: ask about every device of every batch.
+    #[arg(long, env = "TESTBED_TRACKED_DEVICES_CACHE", default_value_t = 100_000)]
+    pub tracked_devices_cache: usize,
 }
 
 testbed_flags::default_from_flags!(IngestConfig);

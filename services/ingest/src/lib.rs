@@ -10,6 +10,7 @@
 //! - [`api`]: the RPC handlers (`Publish`, `PublishStream`).
 //! - [`publisher`]: the write path both handlers share.
 //! - [`validate`]: per-event rules, each naming its field.
+//! - [`tracked`]: the cap on tracked devices (`--max-tracked-devices`).
 //! - [`error`]: batch-level errors and their one mapping to gRPC codes.
 //! - [`metrics`]: the service's instruments.
 //! - [`register`] / [`run`]: how the service joins a [`GrpcServer`].
@@ -20,6 +21,7 @@ mod config;
 pub mod error;
 pub mod metrics;
 pub mod publisher;
+pub mod tracked;
 pub mod validate;
 
 use testbed_proto::service_names;

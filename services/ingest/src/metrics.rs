@@ -10,8 +10,8 @@ pub struct IngestMetrics {
     pub received: Counter<u64>,
     /// `ingest_events_accepted_total`: events acknowledged (appended or duplicates).
     pub accepted: Counter<u64>,
-    /// `ingest_events_rejected_total{reason}`: validation, backpressure,
-    /// unavailable, invalid_batch.
+    /// `ingest_events_rejected_total{reason}`: validation, device_cap,
+    /// backpressure, unavailable, invalid_batch.
     pub rejected: Counter<u64>,
     /// `ingest_events_appended_total`: events newly appended to the log.
     pub appended: Counter<u64>,

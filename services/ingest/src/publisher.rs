@@ -26,6 +26,7 @@ use testbed_stream::{AnyLog, AppendEvent, EntryMeta, EventLog as _, MAX_SEQUENCE
 use crate::IngestConfig;
 use crate::error::IngestError;
 use crate::metrics::IngestMetrics;
+use crate::tracked::{self, Admitted};
 use crate::validate::{check_id, validate};
 
 /// What happened to an accepted batch.
@@ -37,6 +38,16 @@ pub struct Published {
     pub duplicates: u32,
     /// Events refused, by position.
     pub rejections: Vec<EventRejection>,
+    /// Of those, refused by the cap on tracked devices.
+    pub device_cap: u32,
+}
+
+/// A valid event on its way to its partition: its position in the
+/// request, its device and what is appended.
+struct Queued<'a> {
+    index: u32,
+    device: &'a str,
+    event: AppendEvent<'a>,
 }
 
 /// One batch to publish.
@@ -100,6 +111,8 @@ pub struct Publisher {
     config: Arc<IngestConfig>,
     metrics: IngestMetrics,
     backlogs: Arc<Backlogs>,
+    /// Devices this process had admitted under `--max-tracked-devices`.
+    admitted: Arc<Admitted>,
 }
 
 impl Publisher {
@@ -107,6 +120,7 @@ impl Publisher {
     pub fn new(log: AnyLog, config: IngestConfig) -> Self {
         Self {
             backlogs: Arc::new(Backlogs::new(log.partitions())),
+            admitted: Arc::new(Admitted::new(config.tracked_devices_cache, log.retention())),
             log,
             config: Arc::new(config),
             metrics: IngestMetrics::default(),
@@ -143,7 +157,10 @@ impl Publisher {
                     .appended
                     .add(u64::from(p.accepted - p.duplicates), &[]);
                 self.metrics.duplicates.add(u64::from(p.duplicates), &[]);
-                self.metrics.reject(p.rejections.len() as u64, "validation");
+                let capped = u64::from(p.device_cap);
+                self.metrics
+                    .reject(p.rejections.len() as u64 - capped, "validation");
+                self.metrics.reject(capped, "device_cap");
             }
             Err(IngestError::Backpressure { .. }) => {
                 self.metrics.backpressure.add(1, &[]);
@@ -177,7 +194,7 @@ impl Publisher {
         let partitions = self.log.partitions();
         let mut published = Published::default();
         // Per partition, in request order.
-        let mut by_partition: BTreeMap<u32, Vec<AppendEvent>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<u32, Vec<Queued<'_>>> = BTreeMap::new();
         // Views borrow the request's bytes: nothing is copied or allocated
         // per event unless it carries more than it holds.
         for (index, bytes) in batch.events.iter().enumerate() {
@@ -197,16 +214,21 @@ impl Publisher {
                 Ok(ids) => by_partition
                     .entry(partition_of(ids.device_id, partitions))
                     .or_default()
-                    .push(AppendEvent {
-                        event_id: ids.event_id,
-                        run_id: ids.run_id,
-                        bytes: if view.holds_everything() {
-                            Cow::Borrowed(&bytes[..])
-                        } else {
-                            // Unknown fields or a field sent twice: stored
-                            // as the view reads it (prost's encoding of the
-                            // same fields), nothing more.
-                            Cow::Owned(reencode(bytes))
+                    .push(Queued {
+                        index: index as u32,
+                        device: ids.device_id,
+                        event: AppendEvent {
+                            event_id: ids.event_id,
+                            run_id: ids.run_id,
+                            bytes: if view.holds_everything() {
+                                Cow::Borrowed(&bytes[..])
+                            } else {
+                                // Unknown fields or a field sent twice:
+                                // stored as the view reads it (prost's
+                                // encoding of the same fields), nothing
+                                // more.
+                                Cow::Owned(reencode(bytes))
+                            },
                         },
                     }),
                 Err(violation) => published.rejections.push(EventRejection {
@@ -243,6 +265,16 @@ impl Publisher {
             }
         }
 
+        // The cap on tracked devices, once the batch is let in: a refused
+        // batch admits no device.
+        if config.max_tracked_devices > 0 {
+            self.admit(&mut by_partition, &mut published).await?;
+        }
+        let by_partition: BTreeMap<u32, Vec<AppendEvent<'_>>> = by_partition
+            .into_iter()
+            .map(|(p, queued)| (p, queued.into_iter().map(|q| q.event).collect()))
+            .collect();
+
         let meta = EntryMeta {
             producer_id: batch.producer_id,
             sequence: batch.sequence,
@@ -265,6 +297,83 @@ impl Publisher {
             published.duplicates += outcome.duplicates.len() as u32;
         }
         Ok(published)
+    }
+}
+
+impl Publisher {
+    /// Drops from `by_partition` the events of devices the cap on tracked
+    /// devices refuses, as rejections naming `device_id` (see
+    /// [`crate::tracked`]); the store is asked only about devices this
+    /// process has not admitted lately.
+    async fn admit(
+        &self,
+        by_partition: &mut BTreeMap<u32, Vec<Queued<'_>>>,
+        published: &mut Published,
+    ) -> Result<(), IngestError> {
+        let now = Instant::now();
+        let total = self.config.max_tracked_devices;
+        let cap = tracked::per_partition(total, self.log.partitions());
+        let asks: Vec<(u32, Vec<&str>)> = by_partition
+            .iter()
+            .filter_map(|(&p, queued)| {
+                let mut unknown: Vec<&str> = queued
+                    .iter()
+                    .map(|q| q.device)
+                    .filter(|d| !self.admitted.is_fresh(d, now))
+                    .collect();
+                unknown.sort_unstable();
+                unknown.dedup();
+                (!unknown.is_empty()).then_some((p, unknown))
+            })
+            .collect();
+        if asks.is_empty() {
+            return Ok(());
+        }
+        let answers = futures::future::try_join_all(
+            asks.iter()
+                .map(|(p, devices)| self.log.admit_devices(*p, devices, cap)),
+        )
+        .await?;
+        for ((partition, devices), answer) in asks.iter().zip(answers) {
+            let (admitted, refused): (Vec<_>, Vec<_>) =
+                devices.iter().zip(answer).partition(|(_, ok)| *ok);
+            self.admitted.record(
+                admitted
+                    .iter()
+                    .map(|(d, _)| **d)
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+                now,
+            );
+            if refused.is_empty() {
+                continue;
+            }
+            let refused: std::collections::HashSet<&str> =
+                refused.into_iter().map(|(d, _)| *d).collect();
+            if let Some(queued) = by_partition.get_mut(partition) {
+                queued.retain(|q| {
+                    if !refused.contains(q.device) {
+                        return true;
+                    }
+                    published.device_cap += 1;
+                    published.rejections.push(EventRejection {
+                        index: q.index,
+                        event_id: q.event.event_id.to_owned(),
+                        field: format!("events[{}].device_id", q.index),
+                        reason: format!(
+                            "a new device past the cap on tracked devices: its partition already tracks its \
+                             share ({cap}) of --max-tracked-devices {total}; a device leaves the count a \
+                             --retention after its last event"
+                        ),
+                    });
+                    false
+                });
+            }
+        }
+        by_partition.retain(|_, queued| !queued.is_empty());
+        // Rejections are reported in request order.
+        published.rejections.sort_by_key(|r| r.index);
+        Ok(())
     }
 }
 
@@ -391,5 +500,79 @@ mod tests {
             (0, "events[0].run_id", "c")
         );
         assert_eq!(stored, [good]);
+    }
+
+    /// Past the cap on tracked devices, the events of new devices are
+    /// rejected by index, naming device_id, and nothing else: tracked
+    /// devices keep publishing, with or without the local memory.
+    #[tokio::test]
+    async fn new_devices_past_the_cap_are_rejected_alone() {
+        for cache in [100, 0] {
+            let log = AnyLog::Memory(MemoryLog::new(&StoreArgs {
+                partitions: 1,
+                ..StoreArgs::default()
+            }));
+            log.ensure_group().await.unwrap();
+            let publisher = Publisher::new(
+                log.clone(),
+                IngestConfig {
+                    max_tracked_devices: 2,
+                    tracked_devices_cache: cache,
+                    ..IngestConfig::default()
+                },
+            );
+            let on = |id: &str, device: &str| {
+                let mut e = event(id);
+                e.device_id = device.into();
+                Bytes::from(e.encode_to_vec())
+            };
+            let published = publisher
+                .publish(Batch {
+                    events: vec![on("1", "d1"), on("2", "d3"), on("3", "d2"), on("4", "d3")],
+                    ..Batch::default()
+                })
+                .await
+                .unwrap();
+            // The batch's new devices are admitted in id order: d1 and
+            // d2 fill the cap, d3 is past it.
+            assert_eq!(
+                published.accepted, 2,
+                "cache {cache}: {:?}",
+                published.rejections
+            );
+            assert_eq!(published.device_cap, 2);
+            let rejected: Vec<(u32, &str, &str)> = published
+                .rejections
+                .iter()
+                .map(|r| (r.index, r.field.as_str(), r.event_id.as_str()))
+                .collect();
+            assert_eq!(
+                rejected,
+                [
+                    (1, "events[1].device_id", "2"),
+                    (3, "events[3].device_id", "4")
+                ]
+            );
+            assert!(
+                published.rejections[0]
+                    .reason
+                    .contains("--max-tracked-devices 2"),
+                "{}",
+                published.rejections[0].reason
+            );
+            let again = publisher
+                .publish(Batch {
+                    events: vec![on("5", "d4"), on("6", "d2"), on("7", "d1")],
+                    ..Batch::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(again.accepted, 2, "cache {cache}");
+            let rejected: Vec<u32> = again.rejections.iter().map(|r| r.index).collect();
+            assert_eq!(rejected, [0]);
+            let stored = log.read(0, "t", 10, Duration::ZERO).await.unwrap();
+            let events: usize = stored.iter().map(|e| e.events.len()).sum();
+            assert_eq!(events, 4, "only admitted events are appended");
+        }
     }
 }

@@ -509,4 +509,159 @@ mod tests {
             assert_eq!(field_of_bytes(bytes).as_deref(), Some(field));
         }
     }
+
+    /// Validation on random events (what `cargo fuzz` would explore, as
+    /// property tests on stable Rust; `PROPTEST_CASES` raises the count):
+    /// any event, and any bytes that decode as one, is accepted or refused
+    /// naming one of the event's fields, never a panic; an accepted one
+    /// answers the ids it was sent with.
+    mod properties {
+        use proptest::prelude::*;
+        use testbed_proto::raw::EventRef;
+
+        use super::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                "[a-z0-9-]{1,12}",
+                any::<String>(),
+                "\\PC{0,300}",
+            ]
+        }
+
+        fn float() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                any::<f64>(),
+                -2.0..2.0f64,
+                Just(f64::NAN),
+                Just(f64::INFINITY)
+            ]
+        }
+
+        fn payload() -> impl Strategy<Value = Option<Payload>> {
+            let gpu = (
+                any::<u32>(),
+                float(),
+                any::<u64>(),
+                any::<u64>(),
+                float(),
+                float(),
+            )
+                .prop_map(
+                    |(gpu_index, utilization, used, total, temperature_celsius, power_watts)| {
+                        Payload::Gpu(GpuSample {
+                            gpu_index,
+                            utilization,
+                            memory_used_bytes: used,
+                            memory_total_bytes: total,
+                            temperature_celsius,
+                            power_watts,
+                        })
+                    },
+                );
+            let tokens = (
+                text(),
+                text(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<i64>(),
+                any::<i32>(),
+            )
+                .prop_map(|(model, tenant, prompt, completion, secs, nanos)| {
+                    Payload::Tokens(TokenUsage {
+                        model,
+                        tenant,
+                        prompt_tokens: prompt,
+                        completion_tokens: completion,
+                        latency: Some(prost_types::Duration {
+                            seconds: secs,
+                            nanos,
+                        }),
+                    })
+                });
+            let metric = (text(), float(), text())
+                .prop_map(|(name, value, unit)| Payload::Metric(Metric { name, value, unit }));
+            proptest::option::weighted(0.95, prop_oneof![gpu, tokens, metric])
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            (
+                (text(), text(), text()),
+                proptest::option::weighted(
+                    0.9,
+                    prop_oneof![
+                        (any::<i64>(), any::<i32>()),
+                        (1_700_000_000..1_900_000_000i64, 0..1_000_000_000i32)
+                    ],
+                ),
+                proptest::collection::hash_map(text(), text(), 0..40),
+                payload(),
+            )
+                .prop_map(|((event_id, device_id, run_id), at, labels, payload)| {
+                    Event {
+                        event_id,
+                        device_id,
+                        observed_at: at
+                            .map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                        labels,
+                        run_id,
+                        payload,
+                    }
+                })
+        }
+
+        /// The fields a violation may name: the event's own.
+        const FIELDS: [&str; 8] = [
+            "event_id",
+            "device_id",
+            "run_id",
+            "observed_at",
+            "labels",
+            "gpu",
+            "tokens",
+            "metric",
+        ];
+
+        fn check(bytes: &[u8], sent: Option<&Event>) -> Result<(), TestCaseError> {
+            let Ok(view) = EventRef::decode(bytes) else {
+                return Ok(());
+            };
+            match validate(&view, &IngestConfig::default(), now()) {
+                Ok(ids) => {
+                    if let Some(event) = sent {
+                        prop_assert_eq!(ids.event_id, event.event_id.as_str());
+                        prop_assert_eq!(ids.device_id, event.device_id.as_str());
+                        prop_assert_eq!(ids.run_id, event.run_id.as_str());
+                    }
+                }
+                Err(v) => {
+                    prop_assert!(
+                        FIELDS.iter().any(|f| v.field == *f
+                            || v.field.starts_with(&format!("{f}."))
+                            || v.field.starts_with(&format!("{f}["))),
+                        "a violation names {:?}: {}",
+                        v.field,
+                        v.reason
+                    );
+                    prop_assert!(!v.reason.is_empty());
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// Any event is accepted with its ids or refused naming its field.
+            #[test]
+            fn any_event_is_accepted_or_refused_by_field(event in event()) {
+                check(&event.encode_to_vec(), Some(&event))?;
+            }
+
+            /// Any bytes that read as an event are too.
+            #[test]
+            fn any_bytes_are_accepted_or_refused_by_field(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                check(&bytes, None)?;
+            }
+        }
+    }
 }

@@ -84,6 +84,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
+    // The one rustls crypto provider (ring), installed before any server
+    // or client builds a TLS configuration (crates/server/src/tls).
+    let _ = testbed_server::tls::provider();
     // Before the runtime starts, so that its threads inherit the class.
     let cpu_class_warning = match cpu_class(&cli.command) {
         Ok(warning) => warning,
@@ -199,9 +202,7 @@ async fn dispatch(
             testbed_worker::register(&mut server, &args.worker, log.clone(), shutdown.clone())
                 .await;
             testbed_query::register(&mut server, &args.query, log, shutdown.clone()).await;
-            server
-                .serve(listeners.grpc, shutdown, listeners.grace)
-                .await?;
+            server.serve_on(listeners, shutdown).await?;
         }
         Command::Ingest(args) => {
             let log = redis_log("ingest", &args.server).await?;

@@ -65,8 +65,6 @@ struct Case {
     codes: &'static [Code],
     /// The field that must be named, or `None` when no field is at fault.
     field: Option<&'static str>,
-    /// A known gap: why the observed code is not the ideal one (#23).
-    gap: Option<&'static str>,
 }
 
 fn case(
@@ -82,7 +80,6 @@ fn case(
         call: Box::new(call),
         codes,
         field,
-        gap: None,
     }
 }
 
@@ -220,12 +217,6 @@ fn raw(
         })
     }
 }
-
-/// Known gap (#23): tonic-prost's codec maps a request that does not decode
-/// to INTERNAL, before any service code runs; answering INVALID_ARGUMENT
-/// needs a codec of our own (wrapping `ProstCodec`) set as every service's
-/// `codec_path` in `crates/proto/build.rs`.
-const NOT_PROTOBUF_GAP: &str = "undecodable request answered INTERNAL by tonic-prost";
 
 /// Bytes that are not protobuf: wire type 7 does not exist.
 const GARBAGE: [u8; 8] = [0xff; 8];
@@ -394,16 +385,13 @@ fn ingest_cases() -> Vec<Case> {
             })
         },
     ));
-    cases.push(Case {
-        gap: Some(NOT_PROTOBUF_GAP),
-        ..case(
-            "ingest: bytes that are not protobuf",
-            a,
-            &[Code::Internal],
-            None,
-            raw("/testbed.v1.IngestService/Publish", GARBAGE.to_vec()),
-        )
-    });
+    cases.push(case(
+        "ingest: bytes that are not protobuf",
+        a,
+        INVALID,
+        Some("request"),
+        raw("/testbed.v1.IngestService/Publish", GARBAGE.to_vec()),
+    ));
     cases
 }
 
@@ -665,16 +653,13 @@ fn query_cases() -> Vec<Case> {
                 })
             },
         ),
-        Case {
-            gap: Some(NOT_PROTOBUF_GAP),
-            ..case(
-                "query: bytes that are not protobuf",
-                a,
-                &[Code::Internal],
-                None,
-                raw("/testbed.v1.QueryService/GetDeviceStats", GARBAGE.to_vec()),
-            )
-        },
+        case(
+            "query: bytes that are not protobuf",
+            a,
+            INVALID,
+            Some("request"),
+            raw("/testbed.v1.QueryService/GetDeviceStats", GARBAGE.to_vec()),
+        ),
     ]
 }
 
@@ -1000,27 +985,24 @@ fn sim_cases() -> Vec<Case> {
                 })
             },
         ),
-        Case {
-            gap: Some(NOT_PROTOBUF_GAP),
-            ..case(
-                "sim: bytes that are not protobuf",
-                s,
-                &[Code::Internal],
-                None,
-                raw(
-                    "/testbed.v1.SimulatorService/StartRun",
-                    // A valid StartRunRequest with trailing garbage.
-                    {
-                        let mut body = StartRunRequest {
-                            spec: Some(rate(1.0)),
-                        }
-                        .encode_to_vec();
-                        body.extend_from_slice(&GARBAGE);
-                        body
-                    },
-                ),
-            )
-        },
+        case(
+            "sim: bytes that are not protobuf",
+            s,
+            INVALID,
+            Some("request"),
+            raw(
+                "/testbed.v1.SimulatorService/StartRun",
+                // A valid StartRunRequest with trailing garbage.
+                {
+                    let mut body = StartRunRequest {
+                        spec: Some(rate(1.0)),
+                    }
+                    .encode_to_vec();
+                    body.extend_from_slice(&GARBAGE);
+                    body
+                },
+            ),
+        ),
     ]
 }
 
@@ -1080,19 +1062,12 @@ async fn bad_input_is_refused_with_the_field_and_the_servers_stay_serving() {
                 field: None,
                 problem: Some("no answer within 20 s".to_owned()),
             });
-        eprintln!(
-            "{:<55} {:?} field={:?}{}",
-            case.name,
-            got.code,
-            got.field,
-            case.gap
-                .map_or(String::new(), |g| format!(" [known gap: {g}]"))
-        );
+        eprintln!("{:<55} {:?} field={:?}", case.name, got.code, got.field);
         let mut wrong = Vec::new();
         if !case.codes.contains(&got.code) {
             wrong.push(format!("code {:?}, want {:?}", got.code, case.codes));
         }
-        if case.gap.is_none() && matches!(got.code, Code::Internal | Code::Unknown) {
+        if matches!(got.code, Code::Internal | Code::Unknown) {
             wrong.push(format!("{:?} for bad input", got.code));
         }
         if got.field.as_deref() != case.field {

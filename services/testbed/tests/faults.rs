@@ -2,7 +2,9 @@
 //! query, each its own `testbed` process on one Redis), faults injected
 //! while it runs, then `sim --verify` and the pipeline's own figures must
 //! show every accepted event processed exactly once (or dead-lettered, and
-//! named so). Each test prints the figures it checked (on stderr: the
+//! named so). Among the faults: a worker SIGKILLed while its EXEC (single
+//! Redis) or its apply script (Redis Cluster) waits on a paused Redis.
+//! Each test prints the figures it checked (on stderr: the
 //! test command runs this suite with `--nocapture`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +17,7 @@ use common::sim::{Finished, Sim, sum};
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
 use testbed_proto::v1::{FailureFault, Fault, FaultScope, InjectFaultRequest, fault::Effect};
 use testbed_stream::{AnyLog, EventLog as _, RedisLog, StoreArgs};
-use testbed_test_support::RedisServer;
+use testbed_test_support::{RedisCluster, RedisServer};
 
 /// Ingest, worker and query, each a process on `redis`; the worker gets
 /// `worker_flags` besides a 100 ms control interval (faults apply fast).
@@ -24,6 +26,8 @@ struct Split {
     worker: Testbed,
     query: Testbed,
     log: AnyLog,
+    /// The store flags every process was given.
+    store: Vec<String>,
 }
 
 impl Split {
@@ -33,18 +37,29 @@ impl Split {
 
     /// [`Split::start`] with `common` flags for all three.
     async fn start_with(redis: &RedisServer, common: &[&str], worker_flags: &[&str]) -> Self {
-        let url = redis.url();
-        let ingest = Testbed::start(&[&["ingest", "--redis-url", &url][..], common].concat());
-        let mut args = vec!["worker", "--redis-url", &url, "--control-interval", "100ms"];
+        Self::start_on(&redis.url(), false, common, worker_flags).await
+    }
+
+    /// [`Split::start_with`] on the Redis (or, with `cluster`, the Redis
+    /// Cluster seeds) at `url`.
+    async fn start_on(url: &str, cluster: bool, common: &[&str], worker_flags: &[&str]) -> Self {
+        let mut store = vec!["--redis-url", url];
+        if cluster {
+            store.push("--redis-cluster");
+        }
+        let ingest = Testbed::start(&[&["ingest"][..], &store, common].concat());
+        let mut args = vec!["worker", "--control-interval", "100ms"];
+        args.extend(&store);
         args.extend(common);
         args.extend(worker_flags);
         let worker = Testbed::start(&args);
-        let query = Testbed::start(&[&["query", "--redis-url", &url][..], common].concat());
+        let query = Testbed::start(&[&["query"][..], &store, common].concat());
         ingest.wait_serving("testbed.v1.IngestService").await;
         worker.wait_serving("testbed.v1.WorkerControlService").await;
         query.wait_serving("testbed.v1.QueryService").await;
         let args = StoreArgs {
-            redis_url: Some(url),
+            redis_url: Some(url.to_owned()),
+            redis_cluster: cluster,
             ..StoreArgs::default()
         };
         let log = AnyLog::Redis(RedisLog::connect(&args).await.unwrap());
@@ -53,6 +68,7 @@ impl Split {
             worker,
             query,
             log,
+            store: store.iter().map(|s| (*s).to_owned()).collect(),
         }
     }
 
@@ -72,10 +88,11 @@ impl Split {
         self.ingest.wait_serving("testbed.v1.IngestService").await;
     }
 
-    /// Another worker process on the same Redis, named `name`.
-    async fn another_worker(&self, redis: &RedisServer, name: &str) -> Testbed {
-        let url = redis.url();
-        let worker = Testbed::start(&["worker", "--redis-url", &url, "--consumer-name", name]);
+    /// Another worker process on the same store, named `name`.
+    async fn another_worker(&self, name: &str) -> Testbed {
+        let mut args = vec!["worker", "--consumer-name", name];
+        args.extend(self.store.iter().map(String::as_str));
+        let worker = Testbed::start(&args);
         worker.wait_serving("testbed.v1.WorkerControlService").await;
         worker
     }
@@ -186,6 +203,113 @@ impl Split {
 }
 
 /// How long a simulator run of the suite may take, verification included.
+/// The local TCP ports of process `pid`'s sockets (from /proc), to find
+/// its connections in Redis' `CLIENT LIST`.
+fn local_ports_of(pid: u32) -> std::collections::HashSet<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let t = target.to_string_lossy();
+                    Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
+                continue;
+            };
+            if inodes.contains(*inode)
+                && let Some(port) = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+/// Whether one of `ports`' Redis connections has sent `command` (last
+/// command, lowercase) and waits in it: `CLIENT LIST`'s `cmd=` field.
+fn waits_in(redis: &RedisServer, ports: &std::collections::HashSet<u16>, command: &str) -> bool {
+    redis.command(&["CLIENT", "LIST"]).lines().any(|client| {
+        let field = |name: &str| {
+            client
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        let port = field("addr").and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+        port.is_some_and(|p| ports.contains(&p)) && field("cmd") == Some(command)
+    })
+}
+
+/// Starts workers beside `split`'s and SIGKILLs each while it waits in
+/// `command` (all writes held on `servers` by `CLIENT PAUSE WRITE`) until
+/// two were caught so; returns the tries and, per kill, the entries the
+/// victim held after it and the time until they were taken over.
+async fn kill_twice_waiting_in(
+    split: &Split,
+    servers: &[&RedisServer],
+    command: &str,
+) -> (u32, Vec<(u64, Duration)>) {
+    let mut kills = Vec::new();
+    let mut attempt = 0;
+    while kills.len() < 2 {
+        attempt += 1;
+        assert!(attempt <= 20, "the victim was never caught in {command}");
+        let name = format!("victim-{attempt}");
+        let mut victim = split.another_worker(&name).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while split.pending_with(&name).await == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ports = local_ports_of(victim.pid());
+        assert!(!ports.is_empty(), "no socket of the victim found in /proc");
+        // Writes wait (EXEC and scripts among them; WATCH and reads go
+        // on), so the victim's next apply stops at its commit.
+        for server in servers {
+            assert_eq!(server.command(&["CLIENT", "PAUSE", "5000", "WRITE"]), "+OK");
+        }
+        let paused = Instant::now();
+        let mut caught = false;
+        while paused.elapsed() < Duration::from_millis(1500) {
+            if servers.iter().any(|s| waits_in(s, &ports, command)) {
+                caught = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        victim.kill();
+        for server in servers {
+            assert_eq!(server.command(&["CLIENT", "UNPAUSE"]), "+OK");
+        }
+        if !caught {
+            continue;
+        }
+        let killed = Instant::now();
+        let held = split.pending_with(&name).await;
+        while split.pending_with(&name).await > 0 {
+            assert!(
+                killed.elapsed() < Duration::from_secs(25),
+                "{name}'s entries not taken over after 25 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        kills.push((held, killed.elapsed()));
+    }
+    (attempt, kills)
+}
+
 const SIM_LIMIT: Duration = Duration::from_secs(90);
 
 /// The suite's tests, in a module of their own so that the test command
@@ -311,7 +435,7 @@ mod fault_suite {
             attempt += 1;
             assert!(attempt <= 20, "the victim never held entries when killed");
             let name = format!("victim-{attempt}");
-            let mut victim = split.another_worker(&redis, &name).await;
+            let mut victim = split.another_worker(&name).await;
             // Kill it while it holds entries (it may ack them between the
             // look and the kill: then it is tried again).
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -480,5 +604,67 @@ mod fault_suite {
         assert!(refused_after < Duration::from_secs(2), "{refused_after:?}");
         assert_eq!(code, Some(0), "{stderr}");
         assert_eq!(v["passed"], true, "{v}");
+    }
+
+    /// A worker SIGKILLed while its apply waits between WATCH and EXEC
+    /// (its EXEC held by `CLIENT PAUSE WRITE`, seen in `CLIENT LIST`),
+    /// twice, beside a second worker: the transaction counts whole or not
+    /// at all (Redis may still run an EXEC it had read once the pause
+    /// ends), the dead consumer's entries are taken over, and every
+    /// accepted event is processed exactly once. Prints, per kill, the
+    /// entries the victim held after it and the time until they were
+    /// taken over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_killed_between_watch_and_exec_applies_nothing_twice() {
+        let redis = RedisServer::start();
+        let split = Split::start(&redis, &[]).await;
+        let sim = split.sim("watch-exec", 1000, 8);
+        split.wait_processing().await;
+        let (attempt, kills) = kill_twice_waiting_in(&split, &[&redis], "exec").await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
+        let v = &json["verification"];
+        eprintln!(
+            "worker SIGKILL between WATCH and EXEC x2 ({attempt} tries): expected {}, processed {}, \
+             dead-lettered {}; per kill (entries held, kill -> taken over): {kills:?}",
+            sum(&v["expected"]),
+            sum(&v["processed"]),
+            v["dead_lettered"],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(v["passed"], true, "{v}");
+        assert_eq!(v["expected"], v["processed"]);
+        drop(split);
+    }
+
+    /// The same on a Redis Cluster (three masters), where the apply is one
+    /// script: a worker SIGKILLed while its apply script waits on a master
+    /// (`CLIENT PAUSE WRITE` on every master), twice: the script runs whole
+    /// or not at all, the entries are taken over, every event processed
+    /// exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_killed_in_its_apply_script_on_a_cluster_applies_nothing_twice() {
+        let cluster = RedisCluster::start();
+        let split = Split::start_on(&cluster.url(), true, &[], &[]).await;
+        let sim = split.sim("cluster-script", 1000, 8);
+        split.wait_processing().await;
+        let masters: Vec<&RedisServer> = cluster
+            .masters()
+            .iter()
+            .map(|&i| &cluster.nodes[i])
+            .collect();
+        let (attempt, kills) = kill_twice_waiting_in(&split, &masters, "evalsha").await;
+        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
+        let v = &json["verification"];
+        eprintln!(
+            "worker SIGKILL in its apply script on Redis Cluster x2 ({attempt} tries): expected {}, processed {}, \
+             dead-lettered {}; per kill (entries held, kill -> taken over): {kills:?}",
+            sum(&v["expected"]),
+            sum(&v["processed"]),
+            v["dead_lettered"],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(v["passed"], true, "{v}");
+        assert_eq!(v["expected"], v["processed"]);
+        drop(split);
     }
 }

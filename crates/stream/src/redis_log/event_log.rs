@@ -4,6 +4,11 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// Expired devices one `admit.lua` call removes at most: bounded, so a call
+/// never costs in proportion to the fleet; admissions come often enough
+/// that the set keeps up.
+const ADMIT_EXPIRED_PER_CALL: u32 = 128;
+
 impl EventLog for RedisLog {
     fn partitions(&self) -> u32 {
         self.inner.args.partitions
@@ -300,6 +305,42 @@ impl EventLog for RedisLog {
             })
             .await?;
         Ok(parse::pending_deliveries(&reply)?.into_keys().collect())
+    }
+
+    async fn admit_devices(
+        &self,
+        partition: u32,
+        devices: &[&str],
+        cap: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let horizon = now.saturating_sub(self.inner.args.retention.as_millis() as u64);
+        let mut invocation = self.inner.admit.prepare_invoke();
+        invocation
+            .key(self.inner.keys.admitted(partition))
+            .arg(cap)
+            .arg(now)
+            .arg(horizon)
+            .arg(ADMIT_EXPIRED_PER_CALL)
+            .arg(devices);
+        let admitted: Vec<i64> = self
+            .call("admit devices", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        if admitted.len() != devices.len() {
+            return Err(StoreError::Protocol(format!(
+                "admit.lua answered {} flags for {} devices",
+                admitted.len(),
+                devices.len()
+            )));
+        }
+        Ok(admitted.into_iter().map(|a| a == 1).collect())
     }
 
     async fn forget_consumer(&self, partition: u32, name: &str) -> Result<bool, StoreError> {

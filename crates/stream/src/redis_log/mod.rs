@@ -182,6 +182,8 @@ struct Inner {
     apply: Script,
     /// `forget_consumer.lua`.
     forget_consumer: Script,
+    /// `admit.lua`.
+    admit: Script,
     prune: Script,
     /// Per partition, what this process's last merged apply wrote
     /// ([`Written`]); taken out while an apply runs.
@@ -235,6 +237,7 @@ impl RedisLog {
                 apply: Script::new(include_str!("apply.lua")),
                 prune: Script::new(include_str!("prune.lua")),
                 forget_consumer: Script::new(include_str!("forget_consumer.lua")),
+                admit: Script::new(include_str!("admit.lua")),
                 written: (0..args.partitions)
                     .map(|_| std::sync::Mutex::new(None))
                     .collect(),

@@ -162,6 +162,11 @@ pub struct SimArgs {
     #[arg(long, env = "TESTBED_TOKEN", hide_env_values = true)]
     pub token: Option<Token>,
 
+    /// TLS to ingest and query (`--tls-ca`, `--tls-client-cert`,
+    /// `--tls-client-key`, `--tls-server-name`); with --serve, of its runs.
+    #[command(flatten)]
+    pub tls: crate::load::tls::ClientTlsArgs,
+
     /// `--serve` and the server's flags.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -182,6 +187,9 @@ pub struct SimArgs {
     mut_arg("addr_file", |a| a.requires("serve")),
     mut_arg("auth_tokens_file", |a| a.requires("serve")),
     mut_arg("auth_tokens", |a| a.requires("serve")),
+    mut_arg("tls_cert", |a| a.requires("serve")),
+    mut_arg("tls_client_ca", |a| a.requires("serve")),
+    mut_arg("probe_addr", |a| a.requires("serve")),
 )]
 pub struct ServeArgs {
     /// Serve testbed.v1.SimulatorService (StartRun, UpdateRun, StopRun,

@@ -127,7 +127,8 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         args.seed,
         &run_id,
     );
-    let channels = transport::channels(&args.target, args.connections).await?;
+    let tls = args.tls.client_tls();
+    let channels = transport::channels(&args.target, args.connections, tls.as_ref()).await?;
     let channels_opened = channels.len();
     let options = SendOptions {
         streams: args.streams,
@@ -185,7 +186,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
     report.settings = settings(&args, channels_opened);
 
     if args.verify {
-        let channels = transport::channels(args.query_target(), 1).await?;
+        let channels = transport::channels(args.query_target(), 1, tls.as_ref()).await?;
         let channel = channels.into_iter().next().ok_or_else(|| {
             SimError::VerifyCall(tonic::Status::invalid_argument("no query target"))
         })?;

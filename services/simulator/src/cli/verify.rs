@@ -205,6 +205,12 @@ pub fn judge(
             format!(
                 "of those {missing}, {dead} were dead-lettered (the dead-letter stream holds them) and {lost} are lost"
             )
+        } else if matches!(drained, Drained::TimedOut(_)) {
+            // Still pending or in the backlog when the wait ended: late,
+            // not known to be lost.
+            format!(
+                "{lost} acknowledged events not processed yet: none was dead-lettered, and entries were still pending or in the backlog when the wait ended"
+            )
         } else {
             format!("{lost} acknowledged events are lost: none was dead-lettered")
         });
@@ -442,6 +448,28 @@ mod tests {
         assert_eq!(
             v.diff[2],
             "of those 15, 6 were dead-lettered (the dead-letter stream holds them) and 9 are lost"
+        );
+    }
+
+    /// Events still pending when the wait times out are late, not called
+    /// lost: the pipeline may yet process them.
+    #[test]
+    fn events_pending_at_the_timeout_are_not_called_lost() {
+        let e = expectation([100, 0, 0], [0; 3]);
+        let v = judge(
+            &e,
+            [94, 0, 0],
+            0,
+            Drained::TimedOut(Duration::from_secs(20)),
+        );
+        assert!(!v.passed);
+        assert_eq!(
+            v.diff,
+            vec![
+                "gpu: processed 94, acknowledged 100 (-6): acknowledged events not processed".to_owned(),
+                "6 acknowledged events not processed yet: none was dead-lettered, and entries were still pending or in the backlog when the wait ended".to_owned(),
+                "not drained after 20s".to_owned(),
+            ]
         );
     }
 }

@@ -9,7 +9,10 @@
 //! - [`fleet`]: seeded devices and their events, encoded through
 //!   [`testbed_proto::raw::event_writer`] (the hot path).
 //! - [`runner`]: the open-loop scheduler and the stream/unary senders.
-//! - [`transport`]: targets checked and turned into channels.
+//! - [`tls`]: [`tls::ClientTls`], the channels' TLS settings, and their
+//!   flags.
+//! - [`transport`]: targets checked and turned into channels; uses
+//!   [`tls`].
 //! - [`allow`]: the allow-list of targets a served run may send to
 //!   (`--allow-target`), checked by name and after DNS resolution; here
 //!   because the command line (`cli/args.rs`) parses its entries.
@@ -20,6 +23,7 @@ pub mod fleet;
 pub mod runner;
 pub mod scenario;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 /// Devices in a run's fleet when the run does not say: `testbed sim

@@ -1,11 +1,13 @@
 //! Channels to the target: one HTTP/2 connection per `--connections`, over
-//! every address of a `dns:///` target.
+//! every address of a `dns:///` target; TLS for `https://` targets, and
+//! for `dns:///` ones when a CA is given ([`ClientTls`]).
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
 use crate::load::allow::AllowList;
+use crate::load::tls::ClientTls;
 
 /// Why the target could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +55,20 @@ pub fn parse_target(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// The scheme of the addresses a `dns:///` target resolves to: `https`
+/// when `tls` trusts a CA.
+fn dns_scheme(tls: Option<&ClientTls>) -> &'static str {
+    if tls.is_some_and(ClientTls::trusts) {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The endpoint URIs behind `target`: itself for `http(s)://`, one per
 /// resolved address for `dns:///name:port` (so streams spread over every
-/// pod of a headless Service rather than sticking to one).
+/// pod of a headless Service rather than sticking to one), `http://`
+/// ones ([`guarded_channels`] reaches them over TLS when it has a CA).
 pub async fn endpoints(target: &str) -> Result<Vec<String>, ConnectError> {
     let Some(name) = target.strip_prefix("dns:///") else {
         return Ok(vec![target.to_owned()]);
@@ -81,8 +94,18 @@ pub async fn endpoints(target: &str) -> Result<Vec<String>, ConnectError> {
 /// scale-out receive new streams and removed pods stop receiving them.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
-fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
-    Endpoint::from_shared(uri.to_owned())
+/// The endpoint of `uri`; over TLS when it is `https://`, verified as
+/// `host` (none: the URI's own host) unless `--tls-server-name` says.
+fn endpoint(
+    uri: &str,
+    tls: Option<&ClientTls>,
+    host: Option<&str>,
+) -> Result<Endpoint, ConnectError> {
+    let invalid = |reason: String| ConnectError::Invalid {
+        target: uri.to_owned(),
+        reason,
+    };
+    let e = Endpoint::from_shared(uri.to_owned())
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
@@ -90,10 +113,18 @@ fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
                 // default): a client pinging more often gets too_many_pings.
                 .http2_keep_alive_interval(Duration::from_secs(30))
         })
-        .map_err(|e| ConnectError::Invalid {
-            target: uri.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| invalid(e.to_string()))?;
+    if !uri.starts_with("https://") {
+        return Ok(e);
+    }
+    match tls.filter(|tls| tls.trusts()) {
+        Some(tls) => e
+            .tls_config(tls.config(host))
+            .map_err(|e| invalid(e.to_string())),
+        None => Err(invalid(
+            "https:// targets need --tls-ca (no system roots are loaded)".to_owned(),
+        )),
+    }
 }
 
 /// `connections` lazily-connecting channels to `target`. Lazy, so a target
@@ -105,8 +136,12 @@ fn endpoint(uri: &str) -> Result<Endpoint, ConnectError> {
 /// [`RESOLVE_EVERY`], adding and removing addresses (the task ends with the
 /// channel). Long-lived streams stay where they were opened; streams opened
 /// later (new lanes, reconnects) go to the current set of pods.
-pub async fn channels(target: &str, connections: u32) -> Result<Vec<Channel>, ConnectError> {
-    guarded_channels(target, connections, None).await
+pub async fn channels(
+    target: &str,
+    connections: u32,
+    tls: Option<&ClientTls>,
+) -> Result<Vec<Channel>, ConnectError> {
+    guarded_channels(target, connections, None, tls).await
 }
 
 /// [`channels`], where each address a `dns:///` target resolves to later
@@ -116,10 +151,11 @@ pub async fn guarded_channels(
     target: &str,
     connections: u32,
     guard: Option<AllowList>,
+    tls: Option<&ClientTls>,
 ) -> Result<Vec<Channel>, ConnectError> {
     let count = connections.max(1) as usize;
     let Some(name) = target.strip_prefix("dns:///") else {
-        let e = endpoint(target)?;
+        let e = endpoint(target, tls, None)?;
         return Ok((0..count).map(|_| e.connect_lazy()).collect());
     };
     // Fail early on a name that does not resolve at all.
@@ -127,38 +163,55 @@ pub async fn guarded_channels(
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let (channel, changes) = Channel::balance_channel::<String>(64);
-        tokio::spawn(follow_dns(name.to_owned(), changes, guard.clone()));
+        tokio::spawn(follow_dns(
+            name.to_owned(),
+            changes,
+            guard.clone(),
+            tls.cloned(),
+        ));
         out.push(channel);
     }
     Ok(out)
 }
 
-/// Keeps a balanced channel's endpoints equal to what `name` resolves to.
+/// Keeps a balanced channel's endpoints equal to what `name` resolves to
+/// (over TLS, verified as `name`'s host, when `tls` has a CA).
 async fn follow_dns(
     name: String,
     changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
     guard: Option<AllowList>,
+    tls: Option<ClientTls>,
 ) {
     use tonic::transport::channel::Change;
+    let scheme = dns_scheme(tls.as_ref());
+    let host = name.rsplit_once(':').map(|(host, _)| host.to_owned());
     let mut current: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     loop {
         match tokio::net::lookup_host(&name).await {
             Ok(addrs) => {
                 let fresh: std::collections::BTreeSet<String> =
-                    addrs.map(|a| format!("http://{a}")).collect();
+                    addrs.map(|a| format!("{scheme}://{a}")).collect();
                 for gone in current.difference(&fresh) {
                     if changes.send(Change::Remove(gone.clone())).await.is_err() {
                         return;
                     }
                 }
                 for added in fresh.difference(&current) {
+                    // The guard checks the address, whatever the scheme.
+                    let plain = added.replacen("https://", "http://", 1);
                     if let Some(guard) = &guard
-                        && let Err(refusal) = guard.check(added).await
+                        && let Err(refusal) = guard.check(&plain).await
                     {
                         tracing::warn!(%name, address = %added, ?refusal, "a new address of the target is not allowed; not sending to it");
                         continue;
                     }
-                    let Ok(e) = endpoint(added) else { continue };
+                    let e = match endpoint(added, tls.as_ref(), host.as_deref()) {
+                        Ok(e) => e,
+                        Err(err) => {
+                            tracing::warn!(%name, error = %err, "cannot reach a new address of the target");
+                            continue;
+                        }
+                    };
                     if changes
                         .send(Change::Insert(added.clone(), e))
                         .await
@@ -215,14 +268,16 @@ mod tests {
             .await;
         };
         let refusing = AllowList::new(["http://127.0.0.1:1"], []);
-        let guarded = guarded_channels(&target, 1, Some(refusing)).await.unwrap();
+        let guarded = guarded_channels(&target, 1, Some(refusing), None)
+            .await
+            .unwrap();
         call(guarded[0].clone()).await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             0,
             "a refused address was connected to"
         );
-        let open = channels(&target, 1).await.unwrap();
+        let open = channels(&target, 1, None).await.unwrap();
         call(open[0].clone()).await;
         assert!(
             accepted.load(Ordering::SeqCst) > 0,

@@ -6,8 +6,9 @@
 //!
 //! Calls refused for their token never reach here: the server's auth layer
 //! logs and counts them (`auth_requests_refused_total`, see
-//! `testbed_server::auth`). A client certificate's subject will join the
-//! identity when the servers speak mTLS (#23); they do not yet.
+//! `testbed_server::auth`). The servers speak mTLS (#23), but a client
+//! certificate's subject is not part of the identity yet: the line names
+//! the token only.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

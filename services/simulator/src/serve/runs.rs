@@ -278,12 +278,17 @@ impl Runs {
             spec.run_id = format!("run-{secs}-{:08x}", rand::random::<u32>());
         }
         // Lazy channels: only a dns:/// target is resolved here.
-        let channels = transport::guarded_channels(&spec.target, config.connections, guard)
-            .await
-            .map_err(|err| match err {
-                ConnectError::Invalid { reason, .. } => ApiError::invalid("spec.target", reason),
-                ConnectError::Resolve { .. } => ApiError::Unavailable(err.to_string()),
-            })?;
+        let channels = transport::guarded_channels(
+            &spec.target,
+            config.connections,
+            guard,
+            config.tls.as_ref(),
+        )
+        .await
+        .map_err(|err| match err {
+            ConnectError::Invalid { reason, .. } => ApiError::invalid("spec.target", reason),
+            ConnectError::Resolve { .. } => ApiError::Unavailable(err.to_string()),
+        })?;
 
         let id = spec.run_id.clone();
         let now = Instant::now();

@@ -5,6 +5,7 @@ pub mod h2;
 pub mod otlp;
 pub mod pipeline;
 pub mod sim;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ pub struct Testbed {
     pub addr: SocketAddr,
     /// The bound `/metrics` address, from the same file.
     pub metrics_addr: SocketAddr,
+    /// The plaintext health-only listener, when `--probe-addr` was given.
+    pub probe_addr: Option<SocketAddr>,
     addr_file: PathBuf,
     /// Where its stdout goes, when kept ([`Testbed::start_logged`]).
     log_file: Option<PathBuf>,
@@ -118,6 +121,7 @@ impl Testbed {
             child,
             addr,
             metrics_addr,
+            probe_addr: announced.probe,
             addr_file,
             log_file,
         }

@@ -1,6 +1,7 @@
 //! Reading a partition: the read loop, and a batch gathered in chunks
 //! (`--read-chunk`) for up to `--apply-linger`.
 
+use super::recovery::Recovery;
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
@@ -10,11 +11,10 @@ impl Consumer {
         // Events per entry seen lately: reads ask for about
         // --apply-max-events events, so a read of large entries stays small.
         let mut per_entry = 100u64;
-        // Own pending entries first: at start (a restart under the same
-        // name) and after a failed read, whose entries may have been
-        // delivered to us with the reply lost (a timeout). Otherwise they
-        // would wait --claim-idle for someone to claim them.
-        let mut recover = true;
+        // When to read our own pending entries again (`recovery`): at start
+        // (a restart under the same name) and after failed reads, whose
+        // entries may be ours with the reply lost.
+        let mut recovery = Recovery::at_start();
         let mut paused = self.local.watch_paused();
         while !shutdown.is_cancelled() {
             if *paused.borrow_and_update() {
@@ -24,33 +24,12 @@ impl Consumer {
                     _ = paused.changed() => continue,
                 }
             }
-            recover |= self.take_lost_read(partition);
-            if recover {
-                let count = self.read_size(per_entry);
-                recover = false;
-                if let Ok(entries) = self
-                    .log
-                    .read_own_pending(partition, &self.name, count)
-                    .await
-                    && !entries.is_empty()
-                {
-                    tracing::info!(
-                        partition,
-                        entries = entries.len(),
-                        "resuming own pending entries"
-                    );
-                    // Entries awaiting their retry keep their schedule.
-                    let read = entries.len();
-                    let entries: Vec<Entry> = entries
-                        .into_iter()
-                        .filter(|e| !self.retry_scheduled(partition, &e.id))
-                        .collect();
-                    // More may be waiting: read on while every read is full
-                    // of entries not scheduled.
-                    recover = read >= count && entries.len() == read;
-                    let failed = self.process(partition, entries).await;
-                    self.schedule_retries(partition, failed);
-                }
+            if self.take_lost_read(partition) {
+                recovery.failed();
+            }
+            if recovery.take_due() {
+                self.recover_own_pending(partition, per_entry, &mut recovery)
+                    .await;
             }
             // Entries that failed are retried first, once due.
             self.retry_due(partition).await;
@@ -60,6 +39,7 @@ impl Consumer {
             match read {
                 Ok(entries) => {
                     failures = 0;
+                    recovery.read_succeeded();
                     if !entries.is_empty() {
                         let events: usize = entries.iter().map(|e| e.events.len()).sum();
                         per_entry = (events / entries.len()).max(1) as u64;
@@ -71,7 +51,7 @@ impl Consumer {
                     self.schedule_retries(partition, failed);
                 }
                 Err(err) => {
-                    recover = true;
+                    recovery.failed();
                     failures = failures.saturating_add(1);
                     let delay = Duration::from_millis(50u64 << failures.min(5));
                     if failures == 1 {
@@ -84,6 +64,46 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// One pass over this consumer's own pending entries of `partition`:
+    /// processes those not awaiting a scheduled retry. A failed pass stays
+    /// due; a full one leaves the next pass due (more may be waiting).
+    async fn recover_own_pending(&self, partition: u32, per_entry: u64, recovery: &mut Recovery) {
+        let count = self.read_size(per_entry);
+        let entries = match self
+            .log
+            .read_own_pending(partition, &self.name, count)
+            .await
+        {
+            Ok(entries) => entries,
+            Err(err) => {
+                tracing::debug!(partition, error = %err, "reading own pending entries failed; again later");
+                recovery.failed();
+                return;
+            }
+        };
+        if entries.is_empty() {
+            return;
+        }
+        tracing::info!(
+            partition,
+            entries = entries.len(),
+            "resuming own pending entries"
+        );
+        // Entries awaiting their retry keep their schedule.
+        let read = entries.len();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| !self.retry_scheduled(partition, &e.id))
+            .collect();
+        // More may be waiting: read on while every read is full of
+        // entries not scheduled.
+        if read >= count && entries.len() == read {
+            recovery.more_pending();
+        }
+        let failed = self.process(partition, entries).await;
+        self.schedule_retries(partition, failed);
     }
 
     /// How long a read of `partition` may wait for new entries:
@@ -184,9 +204,10 @@ impl Consumer {
 }
 
 impl Consumer {
-    /// Marks that a read of `partition` failed where its loop cannot see
-    /// it (while gathering a batch).
-    fn mark_lost_read(&self, partition: u32) {
+    /// Marks that a read or claim of `partition` failed where its loop
+    /// cannot see it (while gathering a batch, taking over, claiming):
+    /// its entries may be ours with the reply lost.
+    pub(super) fn mark_lost_read(&self, partition: u32) {
         if let Some(flag) = self.lost_reads.get(partition as usize) {
             flag.store(true, Ordering::Relaxed);
         }

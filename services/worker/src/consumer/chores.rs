@@ -81,7 +81,11 @@ impl Consumer {
                 let failed = self.process(partition, entries).await;
                 self.schedule_retries(partition, failed);
             }
-            Err(err) => tracing::warn!(partition, error = %err, "claiming stale entries failed"),
+            Err(err) => {
+                tracing::warn!(partition, error = %err, "claiming stale entries failed");
+                // The claim may run late and make them ours unseen.
+                self.mark_lost_read(partition);
+            }
         }
         // Devices not seen within the retention leave the device index, and
         // their states with them.

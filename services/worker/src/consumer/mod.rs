@@ -12,6 +12,8 @@
 //!   fold's: `fold::entry_check`, `fold::dead_letter_ops`).
 //! - `retry`: entries whose processing failed, retried by this consumer
 //!   with backoff (`--retry-initial-delay`, `--retry-max-delay`).
+//! - `recovery`: when a read loop reads its own pending entries again
+//!   (entries delivered with the reply lost: a timed-out read runs late).
 //! - `takeover`: the entries of consumers known dead (heartbeat lapsed),
 //!   claimed within about two heartbeat intervals.
 //! - `chores`: claiming stale entries, pruning the device index, trimming.
@@ -23,6 +25,7 @@ mod apply;
 mod batching;
 mod chores;
 mod poison;
+mod recovery;
 mod retry;
 mod spans;
 mod takeover;

@@ -175,6 +175,8 @@ impl Consumer {
                 Ok(entries) => entries,
                 Err(err) => {
                     tracing::warn!(partition, error = %err, "cannot claim a dead consumer's entries");
+                    // The claim may run late and make them ours unseen.
+                    self.mark_lost_read(partition);
                     return false;
                 }
             };

@@ -1,0 +1,58 @@
+//! A Rust client for the Testbed's gRPC services (`testbed.v1`).
+//!
+//! This crate owns the client-side conveniences and nothing of the
+//! contracts: the messages and tonic clients are `testbed-proto`'s,
+//! re-exported here ([`v1`], [`google`], [`tonic`], [`prost`]) so a user
+//! depends on one crate and gets the exact versions they were built with.
+//! It does not own servers, the simulator's load model or any retry policy
+//! of the services themselves; it depends on no server or service crate.
+//!
+//! It mirrors the Python (`clients/python`, `testbed_client`) and
+//! TypeScript (`clients/typescript`) helpers, step for step:
+//! connect (plain, `dns:///` balancing; TLS is not built yet, see
+//! [`connect()`]), an optional bearer token, retries of UNAVAILABLE and
+//! RESOURCE_EXHAUSTED that wait at least the server's `google.rpc.RetryInfo`
+//! delay, decoding of rich errors (`google.rpc.BadRequest` field violations
+//! and the rest) and a batching [`Publisher`] on `PublishStream`: events in,
+//! batches out, one acknowledgement future per batch, an idempotent
+//! producer id and sequence so that re-sending a batch after a broken stream
+//! counts it once.
+//!
+//! Retries use [`backon`]: the most used async retry crate that is still
+//! maintained (the `backoff` crate is unmaintained, RUSTSEC-2025-0012), with
+//! an `adjust` hook that lets the server's `RetryInfo` lengthen a wait, and
+//! already in the workspace (the worker's store calls use it).
+//!
+//! # Layout
+//! - [`connect()`]: URL → tonic `Channel` (keepalive like the simulator's,
+//!   `dns:///NAME:PORT` resolved again every [`Options::resolve_every`]);
+//!   [`Client`] bundles the three generated clients on one channel.
+//! - [`auth`]: [`Token`] and the [`Bearer`] interceptor (`authorization:
+//!   Bearer …`).
+//! - [`errors`]: [`ErrorDetails`], one decoder for a call's `tonic::Status`
+//!   and for a stream acknowledgement's `google.rpc.Status`.
+//! - [`retry`]: [`RetryPolicy`] and [`with_retries`] for unary calls.
+//! - [`events`]: builders of the three event kinds.
+//! - [`query`]: device statistics, the pipeline watch and run ledgers.
+//! - [`publisher`]: the batching [`Publisher`] (`publisher/batcher.rs` turns
+//!   events into sealed batches, `publisher/stream.rs` sends them on
+//!   `PublishStream` and re-sends what a broken stream left unacknowledged).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod connect;
+pub mod errors;
+pub mod events;
+pub mod publisher;
+pub mod query;
+pub mod retry;
+
+pub use auth::{Bearer, Token};
+pub use connect::{AuthChannel, Client, ConnectError, Options, connect};
+pub use errors::{ErrorDetails, FieldViolation};
+pub use publisher::{
+    AckFuture, BatchAck, PublishError, Publisher, PublisherOptions, PublisherStats,
+};
+pub use retry::{RetryPolicy, with_retries};
+
+pub use testbed_proto::{google, prost, prost_types, tonic, v1};

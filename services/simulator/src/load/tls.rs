@@ -1,0 +1,162 @@
+//! [`ClientTls`]: how the simulator's channels speak TLS to `https://`
+//! (and, with `--tls-ca`, `dns:///`) targets, and its flags
+//! ([`ClientTlsArgs`]). One small type so it can move with the channel
+//! building into a client crate.
+//!
+//! tonic's `ClientTlsConfig` (rustls, the ring provider the process
+//! installs once in `main`) does the work; no system roots are loaded, so
+//! an `https://` target needs `--tls-ca`. The files are read once, when the
+//! flags are parsed (an unreadable one is a usage error, exit 2): a run
+//! uses the certificate it started with.
+
+use std::path::PathBuf;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+/// A PEM file, read when the flags are parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemFile {
+    /// Where it was read.
+    pub path: PathBuf,
+    /// What it holds.
+    pub pem: Vec<u8>,
+}
+
+/// Reads a PEM file for a flag: an error names the file and says why.
+pub fn read_pem(value: &str) -> Result<PemFile, String> {
+    let pem = std::fs::read(value).map_err(|e| format!("cannot read {value}: {e}"))?;
+    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!("{value} holds no PEM block"));
+    }
+    Ok(PemFile {
+        path: PathBuf::from(value),
+        pem,
+    })
+}
+
+/// The simulator's client TLS flags (`testbed sim`, both modes: with
+/// `--serve`, its runs connect this way).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA certificate(s) that `https://` targets' certificates must
+    /// chain to (needed for them: no system roots are loaded). With it, a
+    /// `dns:///` target's addresses are reached over TLS too, verified
+    /// against the name.
+    #[arg(long, env = "TESTBED_TLS_CA", value_parser = read_pem)]
+    pub tls_ca: Option<PemFile>,
+
+    /// PEM client certificate presented to servers that require one
+    /// (their --tls-client-ca): mutual TLS.
+    #[arg(long, env = "TESTBED_TLS_CLIENT_CERT", requires = "tls_client_key", value_parser = read_pem)]
+    pub tls_client_cert: Option<PemFile>,
+
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = "TESTBED_TLS_CLIENT_KEY", requires = "tls_client_cert", value_parser = read_pem)]
+    pub tls_client_key: Option<PemFile>,
+
+    /// The name the server's certificate is checked against, instead of
+    /// the target's host (e.g. a Service's DNS name when the target is an
+    /// address).
+    #[arg(long, env = "TESTBED_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    /// The TLS settings the flags describe; none without `--tls-ca` and a
+    /// client certificate (plain `http://` then, and `https://` refused).
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        if self.tls_ca.is_none() && self.tls_client_cert.is_none() {
+            return None;
+        }
+        let identity = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(&cert.pem, &key.pem)),
+            _ => None,
+        };
+        Some(ClientTls {
+            ca: self
+                .tls_ca
+                .as_ref()
+                .map(|ca| Certificate::from_pem(&ca.pem)),
+            identity,
+            server_name: self.tls_server_name.clone(),
+        })
+    }
+}
+
+/// Client TLS settings: the trusted CA, the client certificate, the name
+/// to verify.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    ca: Option<Certificate>,
+    identity: Option<Identity>,
+    server_name: Option<String>,
+}
+
+impl ClientTls {
+    /// Whether servers can be verified (a CA was given).
+    pub fn trusts(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// tonic's configuration for one endpoint; `host` is the name to verify
+    /// unless `--tls-server-name` overrides it (none: the URI's host).
+    pub fn config(&self, host: Option<&str>) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca {
+            config = config.ca_certificate(ca.clone());
+        }
+        if let Some(identity) = &self.identity {
+            config = config.identity(identity.clone());
+        }
+        if let Some(name) = self.server_name.as_deref().or(host) {
+            config = config.domain_name(name);
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tls: ClientTlsArgs,
+    }
+
+    /// No flag, no TLS; an unreadable or non-PEM file is a parse error
+    /// naming it; a client key needs its certificate.
+    #[test]
+    fn flags_are_checked_when_parsed() {
+        assert!(
+            Cli::try_parse_from(["x"])
+                .unwrap()
+                .tls
+                .client_tls()
+                .is_none()
+        );
+        let err = Cli::try_parse_from(["x", "--tls-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        let path = std::env::temp_dir().join(format!("sim-tls-{}.pem", std::process::id()));
+        std::fs::write(&path, "not pem").unwrap();
+        let err = Cli::try_parse_from(["x", "--tls-ca", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("holds no PEM block"), "{err}");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["x", "--tls-ca", path.to_str().unwrap()]).unwrap();
+        assert!(cli.tls.client_tls().is_some_and(|t| t.trusts()));
+        let err =
+            Cli::try_parse_from(["x", "--tls-client-key", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("--tls-client-cert"), "{err}");
+        let _ = std::fs::remove_file(path);
+    }
+}
