@@ -1,18 +1,16 @@
 //! From a URL to a channel: `http://HOST:PORT` (or a bare `HOST:PORT`)
 //! plaintext, `dns:///NAME:PORT` balanced over every address the name
 //! resolves to (as `testbed sim` does, so calls spread over every pod of a
-//! headless Service), `https://` refused until TLS is built (below).
+//! headless Service), `https://HOST:PORT` over TLS ([`Options::tls`], which
+//! must trust a CA; with one, a `dns:///` target's addresses are reached
+//! over TLS too, verified as the name).
 //!
 //! Channels connect lazily: a server that is not up yet shows up as
 //! UNAVAILABLE on the first calls, which [`crate::with_retries`] and the
 //! [`crate::Publisher`] retry, rather than as a failed `connect`.
 //!
-//! TLS is a TODO: the workspace's tonic is built without a TLS feature, and
-//! turning one on picks a crypto provider (ring or aws-lc-rs) for every
-//! crate of the workspace; that choice belongs with the servers' TLS (being
-//! added separately). Once tonic has `tls-ring` (or `tls-aws-lc`) and
-//! `tls-native-roots`, `https://` becomes `Endpoint::tls_config(
-//! ClientTlsConfig::new().with_native_roots())` in [`endpoint`].
+//! TLS is rustls with ring through tonic ([`crate::ClientTls`], the type
+//! the simulator's `--tls-*` flags build too).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,6 +23,7 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::{Bearer, Token};
+use crate::tls::ClientTls;
 
 /// A channel that sends the bearer token (if any) with every call.
 pub type AuthChannel = InterceptedService<Channel, Bearer>;
@@ -45,6 +44,9 @@ pub struct Options {
     /// How often a `dns:///` name is resolved again, so pods added by a
     /// scale-out receive new calls and removed ones stop receiving them.
     pub resolve_every: Duration,
+    /// TLS for `https://` targets (needs a CA), and for the addresses of
+    /// `dns:///` ones when it trusts a CA.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             resolve_every: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -70,11 +73,10 @@ pub enum ConnectError {
         /// Why.
         reason: String,
     },
-    /// `https://`: TLS is not built into this client yet (see the module docs).
-    #[error(
-        "{url}: TLS is not supported by this build of testbed-client yet; use http:// or dns:///"
-    )]
-    TlsUnsupported {
+    /// `https://` without a CA to trust in [`Options::tls`] (no system
+    /// roots are loaded).
+    #[error("{url}: https:// needs Options::tls with a CA to trust (ClientTls::with_ca)")]
+    TlsNeedsCa {
         /// The URL.
         url: String,
     },
@@ -94,8 +96,8 @@ pub enum ConnectError {
 /// [`Options::resolve_every`] and adds or removes addresses; it ends when
 /// the last clone of the channel is dropped.
 pub async fn connect(url: &str, options: &Options) -> Result<Channel, ConnectError> {
-    if url.starts_with("https://") {
-        return Err(ConnectError::TlsUnsupported {
+    if url.starts_with("https://") && !options.tls.as_ref().is_some_and(ClientTls::trusts) {
+        return Err(ConnectError::TlsNeedsCa {
             url: url.to_owned(),
         });
     }
@@ -108,25 +110,41 @@ pub async fn connect(url: &str, options: &Options) -> Result<Channel, ConnectErr
             });
         }
         // Fail early on a name that does not resolve at all.
-        let first = resolve(name).await?;
+        let first = resolve(name, scheme(options)).await?;
         let (channel, changes) = Channel::balance_channel::<String>(64);
         for address in &first {
-            let e = endpoint(address, options)?;
+            let e = endpoint(address, options, Some(host))?;
             // The receiver is the channel just made: a send fails only if it is gone.
             let _ = changes.send(Change::Insert(address.clone(), e)).await;
         }
         tokio::spawn(follow_dns(name.to_owned(), first, changes, options.clone()));
         return Ok(channel);
     }
-    let uri = if url.starts_with("http://") {
+    let uri = if url.starts_with("http://") || url.starts_with("https://") {
         url.to_owned()
     } else {
         format!("http://{url}")
     };
-    Ok(endpoint(&uri, options)?.connect_lazy())
+    Ok(endpoint(&uri, options, None)?.connect_lazy())
 }
 
-fn endpoint(uri: &str, options: &Options) -> Result<Endpoint, ConnectError> {
+/// The scheme of a `dns:///` target's addresses: `https` when
+/// [`Options::tls`] trusts a CA.
+fn scheme(options: &Options) -> &'static str {
+    if options.tls.as_ref().is_some_and(ClientTls::trusts) {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The endpoint of `uri`; over TLS when it is `https://`, verified as
+/// `verify_as` (none: the URI's host) unless the TLS settings name another.
+fn endpoint(
+    uri: &str,
+    options: &Options,
+    verify_as: Option<&str>,
+) -> Result<Endpoint, ConnectError> {
     let endpoint = Endpoint::from_shared(uri.to_owned()).map_err(|e| ConnectError::InvalidUrl {
         url: uri.to_owned(),
         reason: e.to_string(),
@@ -137,21 +155,32 @@ fn endpoint(uri: &str, options: &Options) -> Result<Endpoint, ConnectError> {
             reason: "missing host".to_owned(),
         });
     }
-    Ok(endpoint
+    let endpoint = endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(options.keepalive_interval)
-        .keep_alive_timeout(options.keepalive_timeout))
+        .keep_alive_timeout(options.keepalive_timeout);
+    match (&options.tls, uri.starts_with("https://")) {
+        (Some(tls), true) => {
+            endpoint
+                .tls_config(tls.config(verify_as))
+                .map_err(|e| ConnectError::InvalidUrl {
+                    url: uri.to_owned(),
+                    reason: e.to_string(),
+                })
+        }
+        _ => Ok(endpoint),
+    }
 }
 
-async fn resolve(name: &str) -> Result<BTreeSet<String>, ConnectError> {
+async fn resolve(name: &str, scheme: &str) -> Result<BTreeSet<String>, ConnectError> {
     let addresses: BTreeSet<String> = tokio::net::lookup_host(name)
         .await
         .map_err(|e| ConnectError::Resolve {
             name: name.to_owned(),
             reason: e.to_string(),
         })?
-        .map(|a| format!("http://{a}"))
+        .map(|a| format!("{scheme}://{a}"))
         .collect();
     if addresses.is_empty() {
         return Err(ConnectError::Resolve {
@@ -160,6 +189,11 @@ async fn resolve(name: &str) -> Result<BTreeSet<String>, ConnectError> {
         });
     }
     Ok(addresses)
+}
+
+/// The host of a `NAME:PORT`.
+fn host(name: &str) -> &str {
+    name.rsplit_once(':').map_or(name, |(host, _)| host)
 }
 
 /// Keeps a balanced channel's endpoints equal to what `name` resolves to;
@@ -175,7 +209,7 @@ async fn follow_dns(
             () = changes.closed() => return,
             () = tokio::time::sleep(options.resolve_every) => {}
         }
-        let fresh = match resolve(&name).await {
+        let fresh = match resolve(&name, scheme(&options)).await {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::warn!(%name, %error, "re-resolving the target failed; keeping the last addresses");
@@ -188,7 +222,7 @@ async fn follow_dns(
             }
         }
         for added in fresh.difference(&current) {
-            let Ok(e) = endpoint(added, &options) else {
+            let Ok(e) = endpoint(added, &options, Some(host(&name))) else {
                 continue;
             };
             if changes
@@ -252,7 +286,7 @@ mod tests {
         assert!(connect("dns:///localhost:1", &options).await.is_ok());
         assert!(matches!(
             connect("https://127.0.0.1:1", &options).await,
-            Err(ConnectError::TlsUnsupported { .. })
+            Err(ConnectError::TlsNeedsCa { .. })
         ));
         assert!(matches!(
             connect("dns:///localhost", &options).await,

@@ -9,8 +9,8 @@
 //!
 //! It mirrors the Python (`clients/python`, `testbed_client`) and
 //! TypeScript (`clients/typescript`) helpers, step for step:
-//! connect (plain, `dns:///` balancing; TLS is not built yet, see
-//! [`connect()`]), an optional bearer token, retries of UNAVAILABLE and
+//! connect (plain, TLS and mutual TLS with [`ClientTls`], `dns:///`
+//! balancing; see [`connect()`]), an optional bearer token, retries of UNAVAILABLE and
 //! RESOURCE_EXHAUSTED that wait at least the server's `google.rpc.RetryInfo`
 //! delay, decoding of rich errors (`google.rpc.BadRequest` field violations
 //! and the rest) and a batching [`Publisher`] on `PublishStream`: events in,
@@ -27,6 +27,8 @@
 //! - [`connect()`]: URL → tonic `Channel` (keepalive like the simulator's,
 //!   `dns:///NAME:PORT` resolved again every [`Options::resolve_every`]);
 //!   [`Client`] bundles the three generated clients on one channel.
+//! - [`tls`]: [`ClientTls`], the CA, client certificate and name a TLS
+//!   channel uses (the simulator's `--tls-*` flags build it too).
 //! - [`auth`]: [`Token`] and the [`Bearer`] interceptor (`authorization:
 //!   Bearer …`).
 //! - [`errors`]: [`ErrorDetails`], one decoder for a call's `tonic::Status`
@@ -46,6 +48,7 @@ pub mod events;
 pub mod publisher;
 pub mod query;
 pub mod retry;
+pub mod tls;
 
 pub use auth::{Bearer, Token};
 pub use connect::{AuthChannel, Client, ConnectError, Options, connect};
@@ -54,5 +57,6 @@ pub use publisher::{
     AckFuture, BatchAck, PublishError, Publisher, PublisherOptions, PublisherStats,
 };
 pub use retry::{RetryPolicy, with_retries};
+pub use tls::ClientTls;
 
 pub use testbed_proto::{google, prost, prost_types, tonic, v1};

@@ -429,3 +429,68 @@ async fn dns_target_publishes_and_reads() {
     let stats = device_with(&client, "rs-dev-dns", 1).await;
     assert_eq!(stats.totals.unwrap().metrics[0].value.unwrap().sum, 2.5);
 }
+
+/// Over TLS: with the CA (and, for a server requiring one, a client
+/// certificate) a publish is accepted; without the client certificate the
+/// call fails; without a CA, `https://` is refused before any connection.
+#[tokio::test]
+async fn publishes_over_mutual_tls() {
+    use testbed_client::ClientTls;
+    use testbed_test_support::tls::{Ca, Files};
+
+    let files = Files::new("rust-client-mtls");
+    let ca = Ca::new("testbed-ca");
+    let server = ca.leaf("testbed");
+    let client_leaf = ca.leaf("client");
+    let ca_file = files.write("ca.crt", &ca.pem());
+    let cert = files.write("server.crt", &server.cert);
+    let key = files.write("server.key", &server.key);
+    let tb = Testbed::start(&[
+        "--tls-cert",
+        &cert.display().to_string(),
+        "--tls-key",
+        &key.display().to_string(),
+        "--tls-client-ca",
+        &ca_file.display().to_string(),
+        "--probe-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let url = format!("https://localhost:{}", tb.addr.port());
+    let event = |id: &str| vec![events::metric(id, "rs-dev-tls", "x", 1.0, "")];
+    let trusted = ClientTls::default().with_ca(ca.pem());
+    let mutual = Options {
+        tls: Some(
+            trusted
+                .clone()
+                .with_identity(&client_leaf.cert, &client_leaf.key),
+        ),
+        ..Options::default()
+    };
+    let client = Client::connect(&url, &mutual).await.unwrap();
+    let reply = client
+        .publish(event("rs-tls-1"), "", 0, &RetryPolicy::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.accepted_count, 1);
+    let no_identity = Options {
+        tls: Some(trusted),
+        ..Options::default()
+    };
+    let anonymous = Client::connect(&url, &no_identity).await.unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    assert!(
+        anonymous
+            .publish(event("rs-tls-2"), "", 0, &policy)
+            .await
+            .is_err(),
+        "a client without a certificate was served"
+    );
+    assert!(matches!(
+        Client::connect(&url, &Options::default()).await,
+        Err(testbed_client::ConnectError::TlsNeedsCa { .. })
+    ));
+}

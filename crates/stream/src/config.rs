@@ -27,6 +27,23 @@ pub struct StoreArgs {
     #[arg(long, env = "TESTBED_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<std::path::PathBuf>,
 
+    /// PEM file of the CA certificate(s) a `rediss://` Redis's certificate
+    /// must chain to, instead of the system's roots (a Redis whose
+    /// certificate a private CA signed, e.g. cert-manager's). Read at every
+    /// (re)connect, so a rotated Secret is used from the next connection.
+    #[arg(long, env = "TESTBED_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate to present to a `rediss://` Redis that asks
+    /// for one (`tls-auth-clients yes`, Redis' default), with
+    /// --redis-tls-key. Read at every (re)connect.
+    #[arg(long, env = "TESTBED_REDIS_TLS_CERT", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "TESTBED_REDIS_TLS_KEY", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<std::path::PathBuf>,
+
     /// Number of partitions (streams). An event's partition is a stable hash
     /// of its device_id. Changing it re-routes devices: drain first.
     #[arg(long, env = "TESTBED_PARTITIONS", default_value_t = 4,
@@ -99,6 +116,34 @@ pub struct StoreArgs {
 testbed_flags::default_from_flags!(StoreArgs);
 
 impl StoreArgs {
+    /// The certificates of `--redis-tls-ca`, `--redis-tls-cert` and
+    /// `--redis-tls-key` (read now), if any is given: `None` leaves
+    /// `rediss://` to the system's roots and no client certificate.
+    pub(crate) fn redis_tls(&self) -> Result<Option<redis::TlsCertificates>, crate::StoreError> {
+        if self.redis_tls_ca.is_none() && self.redis_tls_cert.is_none() {
+            return Ok(None);
+        }
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| crate::StoreError::Config(format!("{flag} {}: {e}", path.display())))
+        };
+        let root_cert = match &self.redis_tls_ca {
+            Some(path) => Some(read("--redis-tls-ca", path)?),
+            None => None,
+        };
+        let client_tls = match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("--redis-tls-cert", cert)?,
+                client_key: read("--redis-tls-key", key)?,
+            }),
+            _ => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
     /// Flags that contradict one another: replicas awaited without a
     /// Redis (the embedded log has none), or for longer than every call
     /// may take.
@@ -108,6 +153,17 @@ impl StoreArgs {
                 return Err("--redis-password-file needs --redis-url".to_owned());
             }
             self.redis_password().map_err(|e| e.to_string())?;
+        }
+        if self.redis_tls_ca.is_some() || self.redis_tls_cert.is_some() {
+            let Some(url) = &self.redis_url else {
+                return Err("--redis-tls-ca and --redis-tls-cert need --redis-url".to_owned());
+            };
+            if let Some(plain) = url.split(',').find(|u| !u.starts_with("rediss://")) {
+                return Err(format!(
+                    "--redis-tls-ca and --redis-tls-cert are for TLS: {plain} must be a rediss:// URL"
+                ));
+            }
+            self.redis_tls().map_err(|e| e.to_string())?;
         }
         if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
             return Err(format!(

@@ -40,6 +40,9 @@ pub struct Testbed {
     child: Child,
     /// The bound gRPC address.
     pub addr: SocketAddr,
+    /// The plaintext health listener (`--probe-addr`), when started with
+    /// one (a TLS server's health is checked there).
+    pub probe: Option<SocketAddr>,
     args: Vec<String>,
     addr_file: PathBuf,
 }
@@ -93,12 +96,16 @@ impl Testbed {
             .spawn()
             .expect("spawn testbed");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let grpc = loop {
+        let (grpc, probe) = loop {
             let announced = std::fs::read_to_string(&addr_file)
                 .ok()
                 .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
             if let Some(grpc) = announced.as_ref().and_then(|v| v["grpc"].as_str()) {
-                break grpc.parse::<SocketAddr>().unwrap();
+                let probe = announced.as_ref().and_then(|v| v["probe"].as_str());
+                break (
+                    grpc.parse::<SocketAddr>().unwrap(),
+                    probe.map(|p| p.parse::<SocketAddr>().unwrap()),
+                );
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("testbed exited before listening: {status}");
@@ -112,14 +119,17 @@ impl Testbed {
         Self {
             child,
             addr: grpc,
+            probe,
             args,
             addr_file,
         }
     }
 
-    /// Polls health until ingest and query are SERVING (10 s at most).
+    /// Polls health (on the probe port, if any) until ingest and query
+    /// are SERVING (10 s at most).
     async fn wait_serving(&self) {
-        let channel = tonic::transport::Endpoint::from_shared(self.url())
+        let at = self.probe.unwrap_or(self.addr);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))
             .unwrap()
             .connect_lazy();
         let mut health = HealthClient::new(channel);

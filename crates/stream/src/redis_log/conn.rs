@@ -58,6 +58,18 @@ fn connection_info(args: &StoreArgs, url: &str) -> Result<ConnectionInfo, StoreE
     Ok(info.set_redis_settings(redis))
 }
 
+/// A client of the single Redis at `url`, over TLS with the certificates
+/// of `--redis-tls-*` when given (`rediss://` alone uses the system's
+/// roots).
+fn client(args: &StoreArgs, url: &str) -> Result<redis::Client, StoreError> {
+    let info = connection_info(args, url)?;
+    match args.redis_tls()? {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
+    .map_err(StoreError::from_redis)
+}
+
 /// Opens a connection to a single Redis that does not reconnect by itself
 /// (unlike [`connect`]'s): for state that lives on one connection, such as
 /// `WATCH`, which a silent reconnect would drop while later commands went
@@ -71,8 +83,7 @@ pub(crate) async fn connect_dedicated(
         .as_deref()
         .ok_or_else(|| StoreError::Unavailable("no --redis-url".to_owned()))?;
     let connect_timeout = args.redis_timeout.max(Duration::from_millis(100));
-    let client =
-        redis::Client::open(connection_info(args, url)?).map_err(StoreError::from_redis)?;
+    let client = client(args, url)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(connect_timeout))
         .set_response_timeout(Some(response_timeout));
@@ -98,20 +109,21 @@ pub(crate) async fn connect(
                 .split(',')
                 .map(|seed| connection_info(args, seed))
                 .collect::<Result<Vec<_>, _>>()?;
-            let client = redis::cluster::ClusterClient::builder(seeds)
+            let mut builder = redis::cluster::ClusterClient::builder(seeds)
                 .connection_timeout(connect_timeout)
                 .response_timeout(response_timeout)
-                .retries(2)
-                .build()
-                .map_err(StoreError::from_redis)?;
+                .retries(2);
+            if let Some(certs) = args.redis_tls()? {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(StoreError::from_redis)?;
             client
                 .get_async_connection()
                 .await
                 .map(Conn::Cluster)
                 .map_err(StoreError::from_redis)
         } else {
-            let client =
-                redis::Client::open(connection_info(args, url)?).map_err(StoreError::from_redis)?;
+            let client = client(args, url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout))

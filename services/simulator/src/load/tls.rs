@@ -1,7 +1,7 @@
-//! [`ClientTls`]: how the simulator's channels speak TLS to `https://`
-//! (and, with `--tls-ca`, `dns:///`) targets, and its flags
-//! ([`ClientTlsArgs`]). One small type so it can move with the channel
-//! building into a client crate.
+//! The simulator's client TLS flags ([`ClientTlsArgs`]), which build the
+//! Rust client's [`ClientTls`] (one type for every client of the project):
+//! how its channels speak TLS to `https://` (and, with `--tls-ca`,
+//! `dns:///`) targets.
 //!
 //! tonic's `ClientTlsConfig` (rustls, the ring provider the process
 //! installs once in `main`) does the work; no system roots are loaded, so
@@ -10,8 +10,6 @@
 //! uses the certificate it started with.
 
 use std::path::PathBuf;
-
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A PEM file, read when the flags are parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,52 +66,21 @@ impl ClientTlsArgs {
         if self.tls_ca.is_none() && self.tls_client_cert.is_none() {
             return None;
         }
-        let identity = match (&self.tls_client_cert, &self.tls_client_key) {
-            (Some(cert), Some(key)) => Some(Identity::from_pem(&cert.pem, &key.pem)),
-            _ => None,
-        };
-        Some(ClientTls {
-            ca: self
-                .tls_ca
-                .as_ref()
-                .map(|ca| Certificate::from_pem(&ca.pem)),
-            identity,
-            server_name: self.tls_server_name.clone(),
-        })
+        let mut tls = ClientTls::default();
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.with_ca(&ca.pem);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+            tls = tls.with_identity(&cert.pem, &key.pem);
+        }
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.with_server_name(name.clone());
+        }
+        Some(tls)
     }
 }
 
-/// Client TLS settings: the trusted CA, the client certificate, the name
-/// to verify.
-#[derive(Debug, Clone)]
-pub struct ClientTls {
-    ca: Option<Certificate>,
-    identity: Option<Identity>,
-    server_name: Option<String>,
-}
-
-impl ClientTls {
-    /// Whether servers can be verified (a CA was given).
-    pub fn trusts(&self) -> bool {
-        self.ca.is_some()
-    }
-
-    /// tonic's configuration for one endpoint; `host` is the name to verify
-    /// unless `--tls-server-name` overrides it (none: the URI's host).
-    pub fn config(&self, host: Option<&str>) -> ClientTlsConfig {
-        let mut config = ClientTlsConfig::new();
-        if let Some(ca) = &self.ca {
-            config = config.ca_certificate(ca.clone());
-        }
-        if let Some(identity) = &self.identity {
-            config = config.identity(identity.clone());
-        }
-        if let Some(name) = self.server_name.as_deref().or(host) {
-            config = config.domain_name(name);
-        }
-        config
-    }
-}
+pub use testbed_client::ClientTls;
 
 #[cfg(test)]
 mod tests {

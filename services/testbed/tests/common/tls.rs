@@ -2,95 +2,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A certificate authority of the test.
-pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-pub struct Leaf {
-    /// The certificate.
-    pub cert: String,
-    /// Its private key.
-    pub key: String,
-    /// The certificate, DER (what a peer sees).
-    pub der: Vec<u8>,
-}
-
-impl Ca {
-    /// A new self-signed CA named `name`.
-    pub fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    /// The CA certificate, PEM.
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate for `localhost` and 127.0.0.1 signed by this CA
-    /// (servers and clients alike).
-    pub fn leaf(&self, name: &str) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
-    }
-}
-
-/// A directory of PEM files, removed on drop.
-pub struct Files {
-    /// The directory.
-    pub dir: PathBuf,
-}
-
-impl Files {
-    /// A fresh directory named after `test`.
-    pub fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("testbed-tls-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self { dir }
-    }
-
-    /// Writes `text` to `name` (replacing it) and returns its path.
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// The path of `name`.
-    pub fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+#[allow(unused_imports)] // Each test binary uses its own part of this harness.
+pub use testbed_test_support::tls::{Ca, Files, Leaf};
 
 /// A client's TLS settings: the CA it trusts, and its own certificate.
 pub fn client_tls(ca: &str, identity: Option<&Leaf>) -> ClientTlsConfig {
