@@ -13,32 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import Testbed, tool
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def make_pki(dir: pathlib.Path) -> dict:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client
-    certificate, all P-256, signed by the CA."""
-    ca_key, ca = dir / "ca.key", dir / "ca.crt"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-            "-subj", "/CN=interop-ca")
-    out = {"ca": ca}
-    for name, ext in [("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-                      ("client", "subjectAltName=DNS:interop-client")]:
-        key, csr, crt = dir / f"{name}.key", dir / f"{name}.csr", dir / f"{name}.crt"
-        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
-        extfile = dir / f"{name}.ext"
-        extfile.write_text(ext + "\n")
-        openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-                "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(extfile))
-        out[name] = (crt, key)
-    return out
+from conftest import Testbed, make_pki, tool
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ _spec = importlib.util.spec_from_file_location("interop_harness", ROOT / "tests"
 _harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_harness)
 Testbed = _harness.Testbed
+make_pki = _harness.make_pki
 
 # A write token and an admin token for the auth tests (secrets >= 16 bytes).
 WRITE_TOKEN = "py-client-write-secret-0001"

@@ -170,3 +170,21 @@ def test_dns_target_with_round_robin(testbed):
         assert reply.accepted_count == 1
         stats = wait_device_events(client, "py-dev-dns", 1)
         assert stats.totals.event_count == 1
+
+
+def test_mutual_tls(testbed_mtls):
+    """Over mutual TLS, with the CA and a client certificate, a publish is
+    accepted; without the client certificate the server refuses the
+    connection (UNAVAILABLE)."""
+    pki = testbed_mtls.pki
+    url = "https://localhost:" + testbed_mtls.addr.rsplit(":", 1)[1]
+    client_cert, client_key = pki["client"]
+    with tc.connect(url, root_certificates=pki["ca"], certificate_chain=client_cert,
+                    private_key=client_key) as client:
+        reply = tc.publish(client, [tc.metric_event("py-tls-1", "py-dev-tls", "x", 1.0, "1")])
+        assert reply.accepted_count == 1
+    with tc.connect(url, root_certificates=pki["ca"]) as anonymous:
+        with pytest.raises(grpc.RpcError) as refused:
+            tc.publish(anonymous, [tc.metric_event("py-tls-2", "py-dev-tls", "x", 1.0, "1")],
+                       policy=tc.RetryPolicy(max_attempts=1), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -84,17 +84,21 @@ def connect(
     token: str | None = None,
     tls: bool | None = None,
     root_certificates: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> Client:
     """Opens a sync channel to ``url`` (see ``_parse`` for the forms).
 
     ``token`` is sent as ``authorization: Bearer <token>`` on every call;
     ``root_certificates`` (PEM) replaces the system roots for TLS;
-    ``options`` are extra gRPC channel options."""
+    ``certificate_chain`` and ``private_key`` (PEM) are this client's
+    certificate for servers that require one (``--tls-client-ca``: mutual
+    TLS); ``options`` are extra gRPC channel options."""
     target = _parse(url, tls)
     opts = [*target.options, *options]
     if target.tls:
-        channel = grpc.secure_channel(target.address, grpc.ssl_channel_credentials(root_certificates), opts)
+        channel = grpc.secure_channel(target.address, grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain), opts)
     else:
         channel = grpc.insecure_channel(target.address, opts)
     if token:
@@ -108,6 +112,8 @@ def aconnect(
     token: str | None = None,
     tls: bool | None = None,
     root_certificates: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> AsyncClient:
     """The ``grpc.aio`` form of ``connect``; call it inside a running event
@@ -117,7 +123,7 @@ def aconnect(
     interceptors = aio_bearer_interceptors(token) if token else None
     if target.tls:
         channel = grpc.aio.secure_channel(
-            target.address, grpc.ssl_channel_credentials(root_certificates), opts, interceptors=interceptors
+            target.address, grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain), opts, interceptors=interceptors
         )
     else:
         channel = grpc.aio.insecure_channel(target.address, opts, interceptors=interceptors)
