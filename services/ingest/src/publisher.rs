@@ -316,13 +316,11 @@ impl Publisher {
         let asks: Vec<(u32, Vec<&str>)> = by_partition
             .iter()
             .filter_map(|(&p, queued)| {
-                let mut unknown: Vec<&str> = queued
-                    .iter()
-                    .map(|q| q.device)
-                    .filter(|d| !self.admitted.is_fresh(d, now))
-                    .collect();
-                unknown.sort_unstable();
-                unknown.dedup();
+                // Distinct devices first, then one look at the memory.
+                let mut devices: Vec<&str> = queued.iter().map(|q| q.device).collect();
+                devices.sort_unstable();
+                devices.dedup();
+                let unknown = self.admitted.unknown(devices, now);
                 (!unknown.is_empty()).then_some((p, unknown))
             })
             .collect();

@@ -47,13 +47,18 @@ impl Admitted {
         }
     }
 
-    /// Whether `device` was admitted within the trusted time.
-    pub fn is_fresh(&self, device: &str, now: Instant) -> bool {
-        self.devices.lock().is_ok_and(|devices| {
-            devices
-                .get(device)
-                .is_some_and(|at| now.duration_since(*at) < self.fresh_for)
-        })
+    /// Of `devices`, those not admitted within the trusted time, under one
+    /// lock (a batch's devices at once, not a lock per event).
+    pub fn unknown<'a>(&self, mut devices: Vec<&'a str>, now: Instant) -> Vec<&'a str> {
+        let Ok(admitted) = self.devices.lock() else {
+            return devices;
+        };
+        devices.retain(|device| {
+            admitted
+                .get(*device)
+                .is_none_or(|at| now.duration_since(*at) >= self.fresh_for)
+        });
+        devices
     }
 
     /// Records devices the store admitted at `at`.
@@ -83,22 +88,31 @@ pub fn per_partition(cap: u64, partitions: u32) -> u64 {
 mod tests {
     use super::*;
 
+    fn fresh(cache: &Admitted, device: &str, now: Instant) -> bool {
+        cache.unknown(vec![device], now).is_empty()
+    }
+
     /// An admission is trusted for half the retention, and forgotten when
     /// the memory is full.
     #[test]
     fn admissions_are_trusted_for_half_the_retention() {
         let cache = Admitted::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(!cache.is_fresh("d1", t0));
+        assert!(!fresh(&cache, "d1", t0));
         cache.record(["d1"].into_iter(), t0);
-        assert!(cache.is_fresh("d1", t0 + Duration::from_secs(29)));
-        assert!(!cache.is_fresh("d1", t0 + Duration::from_secs(30)));
+        assert!(fresh(&cache, "d1", t0 + Duration::from_secs(29)));
+        assert!(!fresh(&cache, "d1", t0 + Duration::from_secs(30)));
+        assert_eq!(
+            cache.unknown(vec!["d1", "d2"], t0),
+            ["d2"],
+            "one lock, the unknown ones"
+        );
         cache.record(["d2", "d3"].into_iter(), t0);
-        assert!(!cache.is_fresh("d1", t0), "cleared when full");
-        assert!(cache.is_fresh("d3", t0));
+        assert!(!fresh(&cache, "d1", t0), "cleared when full");
+        assert!(fresh(&cache, "d3", t0));
         let off = Admitted::new(0, Duration::from_secs(60));
         off.record(["d1"].into_iter(), t0);
-        assert!(!off.is_fresh("d1", t0));
+        assert!(!fresh(&off, "d1", t0));
     }
 
     /// The cap is shared out rounding up, so the whole is at least the cap.
