@@ -27,8 +27,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ pub struct ConnShared {
     active: AtomicUsize,
     /// Milliseconds from `born` to the moment the last call ended.
     idle_since_ms: AtomicU64,
+    /// The subject of the client's certificate (mTLS), set once the
+    /// handshake and the HTTP/2 preface are done, before the first call.
+    client_subject: OnceLock<String>,
 }
 
 impl ConnShared {
@@ -62,7 +65,14 @@ impl ConnShared {
             born: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            client_subject: OnceLock::new(),
         }
+    }
+
+    /// The subject of the client certificate this connection presented
+    /// (RFC 4514, e.g. `CN=ci-runner, O=acme`); `None` without mTLS.
+    pub fn client_subject(&self) -> Option<&str> {
+        self.client_subject.get().map(String::as_str)
     }
 
     /// Calls open now.
@@ -103,6 +113,16 @@ pub struct ConnInfo {
     pub tcp: TcpConnectInfo,
     /// The connection's call count.
     pub shared: Arc<ConnShared>,
+}
+
+/// The subject of the client certificate of the connection a request came
+/// on (mutual TLS; see [`ConnShared::client_subject`]), for audit lines.
+/// `None` on a plaintext or server-only TLS connection.
+pub fn client_subject(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<ConnInfo>()
+        .and_then(|info| info.shared.client_subject())
+        .map(str::to_owned)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,8 +303,11 @@ impl ConnIo {
             _ => {}
         });
         self.last_client_stream = last_stream;
-        if settings && self.read.preface_done() {
-            self.handshake = None;
+        if settings && self.read.preface_done() && self.handshake.take().is_some() {
+            // Once, before hyper reads the first request in these bytes.
+            if let Some(subject) = self.inner.peer_subject() {
+                let _ = self.info.shared.client_subject.set(subject);
+            }
         }
         let now = Instant::now();
         let active = self.info.shared.active();

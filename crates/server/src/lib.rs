@@ -79,6 +79,7 @@ pub mod tls;
 pub use auth::{Identity, Role};
 pub use bind::{BindError, ConnectionAge, Listeners, bind};
 pub use config::ListenArgs;
+pub use conn::client_subject;
 pub use dependency::watch_dependency;
 pub use grpc::{GrpcServer, ServeError};
 pub use health::Health;

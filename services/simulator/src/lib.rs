@@ -144,6 +144,6 @@ pub fn serve_config(args: &SimArgs) -> ServeConfig {
         rate_window: serve.rate_window,
         retry_after: serve.retry_after,
         token: args.token.clone(),
-        tls: args.tls.client_tls(),
+        tls: crate::load::tls::ReloadingTls::new(&args.tls).map(std::sync::Arc::new),
     }
 }

@@ -609,9 +609,6 @@ async fn the_handshake_runs_inside_the_connection_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_serve_runs_over_tls_and_serves_tls() {
     use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
-    use testbed_proto::v1::{
-        GetRunRequest, RateLoad, RunSpec, RunState, StartRunRequest, run_spec::Load,
-    };
 
     let files = Files::new("sim-serve");
     let ca = Ca::new("sim-serve-ca");
@@ -658,10 +655,25 @@ async fn sim_serve_runs_over_tls_and_serves_tls() {
     assert_eq!(status, ServingStatus::Serving);
 
     let mut client = SimulatorServiceClient::new(connect(sim.addr, tls).await.unwrap());
+    let figures = run_to_completion(&mut client, "tls-serve-1", 200).await;
+    assert_eq!(figures.events_sent, 200, "{figures:?}");
+    assert_eq!(figures.events_accepted, 200, "{figures:?}");
+}
+
+/// Starts a 1 s run of `rate` events/s on 8 devices through `client` (a
+/// `sim --serve`) and waits for it to complete; its figures.
+async fn run_to_completion(
+    client: &mut testbed_proto::v1::simulator_service_client::SimulatorServiceClient<Channel>,
+    run_id: &str,
+    rate: u32,
+) -> testbed_proto::v1::RunFigures {
+    use testbed_proto::v1::{
+        GetRunRequest, RateLoad, RunSpec, RunState, StartRunRequest, run_spec::Load,
+    };
     let spec = RunSpec {
-        run_id: "tls-serve-1".to_owned(),
+        run_id: run_id.to_owned(),
         load: Some(Load::Rate(RateLoad {
-            events_per_second: 200.0,
+            events_per_second: f64::from(rate),
             duration: Some(Duration::from_secs(1).try_into().unwrap()),
         })),
         devices: 8,
@@ -672,10 +684,10 @@ async fn sim_serve_runs_over_tls_and_serves_tls() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let run = loop {
+    loop {
         let run = client
             .get_run(GetRunRequest {
-                run_id: "tls-serve-1".to_owned(),
+                run_id: run_id.to_owned(),
             })
             .await
             .unwrap()
@@ -683,12 +695,161 @@ async fn sim_serve_runs_over_tls_and_serves_tls() {
             .run
             .unwrap();
         if run.state() == RunState::Completed {
-            break run;
+            return run.figures.unwrap();
         }
         assert!(Instant::now() < deadline, "run not completed: {run:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `sim --serve` reads its client certificate files again for each run:
+/// the target's client CA and the simulator's certificate are both
+/// rotated to a new CA between two runs, and the second run is served
+/// with the new certificate (with the one read at start it would be
+/// refused in the handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_serve_runs_use_a_rotated_client_certificate() {
+    use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
+
+    let files = Files::new("sim-rotate");
+    let server_ca = Ca::new("rotate-server-ca");
+    let (old_ca, new_ca) = (Ca::new("rotate-old-ca"), Ca::new("rotate-new-ca"));
+    let (server, old, new) = (
+        server_ca.leaf("all"),
+        old_ca.leaf("sim-old"),
+        new_ca.leaf("sim-new"),
+    );
+    let all = Testbed::start(&[
+        "all",
+        "--tls-cert",
+        files.write("all.pem", &server.cert).to_str().unwrap(),
+        "--tls-key",
+        files.write("all.key", &server.key).to_str().unwrap(),
+        "--tls-client-ca",
+        files
+            .write("client-ca.pem", &old_ca.pem())
+            .to_str()
+            .unwrap(),
+        "--tls-reload-interval",
+        "100ms",
+    ]);
+    wait_serving(all.addr, &client_tls(&server_ca.pem(), Some(&old))).await;
+    let target = format!("https://{}", all.addr);
+    let sim = Testbed::start(&[
+        "sim",
+        "--serve",
+        "--target",
+        &target,
+        "--tls-ca",
+        files
+            .write("server-ca.pem", &server_ca.pem())
+            .to_str()
+            .unwrap(),
+        "--tls-client-cert",
+        files.write("sim.pem", &old.cert).to_str().unwrap(),
+        "--tls-client-key",
+        files.write("sim.key", &old.key).to_str().unwrap(),
+    ]);
+    sim.wait_serving("testbed.v1.SimulatorService").await;
+    let mut client = SimulatorServiceClient::new(sim.channel().await);
+    let first = run_to_completion(&mut client, "rotate-1", 100).await;
+    assert_eq!(first.events_accepted, 100, "{first:?}");
+
+    let replace = |name: &str, text: &str| {
+        let tmp = files.write(&format!("{name}.tmp"), text);
+        std::fs::rename(tmp, files.dir.join(name)).unwrap();
     };
-    let figures = run.figures.unwrap();
-    assert_eq!(figures.events_sent, 200, "{figures:?}");
-    assert_eq!(figures.events_accepted, 200, "{figures:?}");
+    let reloaded = metric(all.metrics_addr, RELOADS, "result=\"ok\"").await;
+    replace("client-ca.pem", &new_ca.pem());
+    wait_metric(all.metrics_addr, RELOADS, "result=\"ok\"", reloaded + 1.0).await;
+    assert!(
+        health(all.addr, client_tls(&server_ca.pem(), Some(&old)), "")
+            .await
+            .is_err(),
+        "the old client certificate is still accepted"
+    );
+    replace("sim.key", &new.key);
+    replace("sim.pem", &new.cert);
+
+    let second = run_to_completion(&mut client, "rotate-2", 100).await;
+    assert_eq!(second.events_accepted, 100, "{second:?}");
+}
+
+/// Under mutual TLS the audit lines of `sim --serve` name the client
+/// certificate's subject beside the token: on a StartRun that is served
+/// and on one the auth layer refuses for its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_name_the_client_certificate() {
+    use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
+    use testbed_proto::v1::{RateLoad, RunSpec, StartRunRequest, run_spec::Load};
+
+    let files = Files::new("audit-subject");
+    let ca = Ca::new("audit-ca");
+    let (server, runner) = (ca.leaf("sim"), ca.leaf("ci-runner"));
+    let secret = "writer-secret-0123456789";
+    let tokens = files.write("tokens", &format!("ci-writer:write:{secret}\n"));
+    let all = Testbed::start(&["all"]);
+    all.wait_serving("testbed.v1.IngestService").await;
+    let target = format!("http://{}", all.addr);
+    let sim = Testbed::start_logged(
+        &[
+            "sim",
+            "--serve",
+            "--target",
+            &target,
+            "--tls-cert",
+            files.write("sim.pem", &server.cert).to_str().unwrap(),
+            "--tls-key",
+            files.write("sim.key", &server.key).to_str().unwrap(),
+            "--tls-client-ca",
+            files.write("ca.pem", &ca.pem()).to_str().unwrap(),
+            "--auth-tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let tls = client_tls(&ca.pem(), Some(&runner));
+    wait_serving(sim.addr, &tls).await;
+    let mut client = SimulatorServiceClient::new(connect(sim.addr, tls).await.unwrap());
+    let start = |run_id: &str, token: &str| {
+        let mut request = Request::new(StartRunRequest {
+            spec: Some(RunSpec {
+                run_id: run_id.to_owned(),
+                load: Some(Load::Rate(RateLoad {
+                    events_per_second: 50.0,
+                    duration: Some(Duration::from_millis(200).try_into().unwrap()),
+                })),
+                devices: 2,
+                ..Default::default()
+            }),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    client.start_run(start("audited-1", secret)).await.unwrap();
+    let refused = client
+        .start_run(start("audited-2", "wrong-secret-0123456789ab"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (served, denied) = loop {
+        let log = sim.log();
+        let line = |needle: &str| log.lines().find(|l| l.contains(needle)).map(str::to_owned);
+        if let (Some(served), Some(denied)) = (
+            line("sim StartRun by ci-writer"),
+            line("call refused by authentication"),
+        ) {
+            break (served, denied);
+        }
+        assert!(Instant::now() < deadline, "no audit lines in:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(served.contains("certificate=CN=ci-runner"), "{served}");
+    assert!(served.contains("run_id=audited-1"), "{served}");
+    assert!(denied.contains("certificate=CN=ci-runner"), "{denied}");
+    assert!(denied.contains("peer=127.0.0.1:"), "{denied}");
 }

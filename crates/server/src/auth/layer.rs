@@ -182,7 +182,19 @@ where
                         KeyValue::new("rpc.service", service),
                     ],
                 );
-                tracing::warn!(target: "testbed::audit", rpc = %path, reason = refused.reason(), "call refused by authentication");
+                let peer = request
+                    .extensions()
+                    .get::<crate::conn::ConnInfo>()
+                    .and_then(|info| info.tcp.remote_addr)
+                    .map(|addr| addr.to_string())
+                    .unwrap_or_default();
+                let certificate =
+                    crate::conn::client_subject(request.extensions()).unwrap_or_default();
+                tracing::warn!(
+                    target: "testbed::audit",
+                    rpc = %path, reason = refused.reason(), peer = %peer, certificate = %certificate,
+                    "call refused by authentication"
+                );
                 let response = refused.to_status(&path).into_http::<R>();
                 Box::pin(async move { Ok(response) })
             }

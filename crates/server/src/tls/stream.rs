@@ -109,6 +109,18 @@ impl Transport {
         }
     }
 
+    /// The subject of the client's end-entity certificate (mTLS), RFC 4514
+    /// (`CN=..., O=...`), once the handshake is done. The certificate
+    /// verified against `--tls-client-ca` already; one that x509-parser
+    /// cannot read is named `<unparsable certificate>` rather than dropped.
+    pub fn peer_subject(&self) -> Option<String> {
+        let leaf = self.peer_certificates()?.first()?;
+        Some(match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+            Ok((_, cert)) => cert.subject().to_string(),
+            Err(_) => "<unparsable certificate>".to_owned(),
+        })
+    }
+
     /// Drives the handshake; ready once the socket can carry data.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {

@@ -5,11 +5,15 @@
 //!
 //! tonic's `ClientTlsConfig` (rustls, the ring provider the process
 //! installs once in `main`) does the work; no system roots are loaded, so
-//! an `https://` target needs `--tls-ca`. The files are read once, when the
-//! flags are parsed (an unreadable one is a usage error, exit 2): a run
-//! uses the certificate it started with.
+//! an `https://` target needs `--tls-ca`. The files are read when the
+//! flags are parsed (an unreadable one is a usage error, exit 2); a CLI run
+//! uses the certificate it started with. `sim --serve` lives for weeks
+//! while cert-manager rotates the files, so [`ReloadingTls`] reads them
+//! again at each run's start, keeping the last good ones when a file is
+//! unreadable mid-rotation.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 /// A PEM file, read when the flags are parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +84,67 @@ impl ClientTlsArgs {
     }
 }
 
+impl ClientTlsArgs {
+    /// The same flags with every file read again; an error names the file.
+    fn reread(&self) -> Result<Self, String> {
+        let again = |file: &Option<PemFile>| {
+            file.as_ref()
+                .map(|f| read_pem(&f.path.to_string_lossy()))
+                .transpose()
+        };
+        Ok(Self {
+            tls_ca: again(&self.tls_ca)?,
+            tls_client_cert: again(&self.tls_client_cert)?,
+            tls_client_key: again(&self.tls_client_key)?,
+            tls_server_name: self.tls_server_name.clone(),
+        })
+    }
+}
+
+/// The client TLS flags of `sim --serve`, whose files are read again for
+/// every run (see the module docs).
+#[derive(Debug)]
+pub struct ReloadingTls {
+    /// The flags as last read without error.
+    good: Mutex<ClientTlsArgs>,
+}
+
+impl ReloadingTls {
+    /// Watches the files of `args`; `None` when the flags ask for no TLS.
+    pub fn new(args: &ClientTlsArgs) -> Option<Self> {
+        args.client_tls()?;
+        Some(Self {
+            good: Mutex::new(args.clone()),
+        })
+    }
+
+    /// The TLS settings from the files as they are now, or, when one cannot
+    /// be read (a rotation half-written, a Secret remounting), from the
+    /// last good read, with a warning.
+    pub fn current(&self) -> ClientTls {
+        let mut good = self.good.lock().unwrap_or_else(PoisonError::into_inner);
+        match good.reread() {
+            Ok(fresh) => *good = fresh,
+            Err(err) => tracing::warn!(
+                error = %err,
+                "client TLS files unreadable: this run uses the last good ones"
+            ),
+        }
+        // Some: `new` checked the flags ask for TLS, and a reread keeps
+        // which files are given.
+        good.client_tls().unwrap_or_default()
+    }
+
+    /// The flags as last read without error (for tests).
+    #[cfg(test)]
+    fn last_good(&self) -> ClientTlsArgs {
+        self.good
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 pub use testbed_client::ClientTls;
 
 #[cfg(test)]
@@ -125,5 +190,31 @@ mod tests {
             Cli::try_parse_from(["x", "--tls-client-key", path.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("--tls-client-cert"), "{err}");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// A rewritten file is read again at the next run; one that is gone
+    /// or no longer PEM leaves the last good contents in use.
+    #[test]
+    fn served_runs_read_the_files_again() {
+        let path = std::env::temp_dir().join(format!("sim-tls-reload-{}.pem", std::process::id()));
+        let first = "-----BEGIN CERTIFICATE-----\nAQ==\n-----END CERTIFICATE-----\n";
+        let second = "-----BEGIN CERTIFICATE-----\nAg==\n-----END CERTIFICATE-----\n";
+        std::fs::write(&path, first).unwrap();
+        let cli = Cli::try_parse_from(["x", "--tls-ca", path.to_str().unwrap()]).unwrap();
+        let tls = ReloadingTls::new(&cli.tls).unwrap();
+        let ca = |tls: &ReloadingTls| tls.last_good().tls_ca.unwrap().pem;
+
+        std::fs::write(&path, second).unwrap();
+        assert!(tls.current().trusts());
+        assert_eq!(ca(&tls), second.as_bytes());
+
+        std::fs::write(&path, "half-written").unwrap();
+        assert!(tls.current().trusts());
+        assert_eq!(ca(&tls), second.as_bytes());
+        std::fs::remove_file(&path).unwrap();
+        assert!(tls.current().trusts());
+        assert_eq!(ca(&tls), second.as_bytes());
+
+        assert!(ReloadingTls::new(&Cli::try_parse_from(["x"]).unwrap().tls).is_none());
     }
 }

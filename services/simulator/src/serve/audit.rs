@@ -1,14 +1,12 @@
 //! The audit trail of the calls that aim load: one structured log line
 //! (target `testbed::audit`) and one span per StartRun, UpdateRun and
-//! StopRun, with who asked (peer address, token name), what for (run,
-//! target, rate) and how it ended; and `sim_requests_refused_total`, the
-//! refused calls by reason.
+//! StopRun, with who asked (peer address, token name, and under mutual TLS
+//! the client certificate's subject), what for (run, target, rate) and how
+//! it ended; and `sim_requests_refused_total`, the refused calls by reason.
 //!
 //! Calls refused for their token never reach here: the server's auth layer
 //! logs and counts them (`auth_requests_refused_total`, see
-//! `testbed_server::auth`). The servers speak mTLS (#23), but a client
-//! certificate's subject is not part of the identity yet: the line names
-//! the token only.
+//! `testbed_server::auth`).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -27,6 +25,8 @@ pub struct Caller {
     pub peer: Option<SocketAddr>,
     /// The token's name; `anonymous` when authentication is off.
     pub identity: String,
+    /// The client certificate's subject (mutual TLS), empty otherwise.
+    pub certificate: String,
 }
 
 impl Caller {
@@ -39,6 +39,7 @@ impl Caller {
                 .extensions()
                 .get::<Identity>()
                 .map_or_else(|| "anonymous".to_owned(), |who| who.name.clone()),
+            certificate: testbed_server::client_subject(request.extensions()).unwrap_or_default(),
         }
     }
 }
@@ -111,6 +112,7 @@ pub fn span(rpc: &'static str, caller: &Caller, asked: &Asked) -> tracing::Span 
         rpc,
         peer = caller.peer.map(|p| p.to_string()).unwrap_or_default(),
         identity = %caller.identity,
+        certificate = %caller.certificate,
         run_id = %asked.run_id,
         target = %asked.target,
         rate = asked.rate,
@@ -133,8 +135,8 @@ pub fn record(
             tracing::Span::current().record("outcome", "ok");
             tracing::info!(
                 target: "testbed::audit",
-                rpc, peer, identity = %caller.identity, run_id = %run.run_id,
-                target, rate = asked.rate, outcome = "ok",
+                rpc, peer, identity = %caller.identity, certificate = %caller.certificate,
+                run_id = %run.run_id, target, rate = asked.rate, outcome = "ok",
                 "sim {rpc} by {} from {peer}", caller.identity
             );
         }
@@ -143,8 +145,8 @@ pub fn record(
             tracing::Span::current().record("outcome", reason);
             tracing::warn!(
                 target: "testbed::audit",
-                rpc, peer, identity = %caller.identity, run_id = %asked.run_id,
-                target = %asked.target, rate = asked.rate, outcome = reason, error = %err,
+                rpc, peer, identity = %caller.identity, certificate = %caller.certificate,
+                run_id = %asked.run_id, target = %asked.target, rate = asked.rate, outcome = reason, error = %err,
                 "sim {rpc} by {} from {peer} refused: {reason}", caller.identity
             );
             refused().add(

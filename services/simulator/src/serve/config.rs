@@ -46,8 +46,9 @@ pub struct ServeConfig {
     pub allow: AllowList,
     /// The bearer token runs send to ingest (`--token`).
     pub token: Option<Token>,
-    /// TLS of the runs' channels (`--tls-ca` and the client certificate).
-    pub tls: Option<crate::load::tls::ClientTls>,
+    /// TLS of the runs' channels (`--tls-ca` and the client certificate),
+    /// its files read again at each run's start.
+    pub tls: Option<std::sync::Arc<crate::load::tls::ReloadingTls>>,
     /// The window of a run's achieved rate (`--rate-window`).
     pub rate_window: Duration,
     /// The retry delay suggested when `max_runs` are active

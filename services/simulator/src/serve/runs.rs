@@ -277,18 +277,18 @@ impl Runs {
                 .map_or(0, |d| d.as_secs());
             spec.run_id = format!("run-{secs}-{:08x}", rand::random::<u32>());
         }
-        // Lazy channels: only a dns:/// target is resolved here.
-        let channels = transport::guarded_channels(
-            &spec.target,
-            config.connections,
-            guard,
-            config.tls.as_ref(),
-        )
-        .await
-        .map_err(|err| match err {
-            ConnectError::Invalid { reason, .. } => ApiError::invalid("spec.target", reason),
-            ConnectError::Resolve { .. } => ApiError::Unavailable(err.to_string()),
-        })?;
+        // Lazy channels: only a dns:/// target is resolved here. The TLS
+        // files are read again for each run (rotation).
+        let tls = config.tls.as_ref().map(|tls| tls.current());
+        let channels =
+            transport::guarded_channels(&spec.target, config.connections, guard, tls.as_ref())
+                .await
+                .map_err(|err| match err {
+                    ConnectError::Invalid { reason, .. } => {
+                        ApiError::invalid("spec.target", reason)
+                    }
+                    ConnectError::Resolve { .. } => ApiError::Unavailable(err.to_string()),
+                })?;
 
         let id = spec.run_id.clone();
         let now = Instant::now();
