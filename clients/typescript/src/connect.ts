@@ -14,8 +14,15 @@ export interface ConnectOptions {
   token?: string;
   /** Overrides what the URL's scheme says (`https://` is TLS). */
   tls?: boolean;
-  /** PEM roots replacing the system ones for TLS. */
+  /** PEM roots replacing the system ones for TLS (the testbed's CA). */
   rootCerts?: Buffer;
+  /** PEM client certificate chain, for mutual TLS (with `privateKey`). */
+  certChain?: Buffer;
+  /** PEM private key of `certChain`. */
+  privateKey?: Buffer;
+  /** The name to verify the server's certificate for, instead of the
+   * URL's host (e.g. the Service's DNS name when dialling an IP). */
+  serverName?: string;
   /** Extra grpc-js channel options. */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -59,13 +66,31 @@ function bearer(token: string): grpc.Interceptor {
     });
 }
 
+/**
+ * The channel credentials `opts` ask for: plaintext, or TLS verified
+ * against `rootCerts` (the system roots without), with a client
+ * certificate for mutual TLS. A certificate without its key (or the
+ * reverse) is refused here rather than failing in the handshake.
+ */
+function channelCredentials(tls: boolean, opts: ConnectOptions): grpc.ChannelCredentials {
+  if ((opts.certChain === undefined) !== (opts.privateKey === undefined)) {
+    throw new Error("certChain and privateKey go together (mutual TLS needs both)");
+  }
+  if (!tls) {
+    if (opts.certChain || opts.rootCerts || opts.serverName) {
+      throw new Error("TLS options given for a plaintext target: use an https:// URL or tls: true");
+    }
+    return grpc.credentials.createInsecure();
+  }
+  return grpc.credentials.createSsl(opts.rootCerts ?? null, opts.privateKey ?? null, opts.certChain ?? null);
+}
+
 /** Opens a channel to `url` and the ingest, query and worker clients on it. */
 export function connect(url: string, opts: ConnectOptions = {}): TestbedClient {
   const target = parseTarget(url, opts.tls);
-  const credentials = target.tls
-    ? grpc.credentials.createSsl(opts.rootCerts ?? null)
-    : grpc.credentials.createInsecure();
+  const credentials = channelCredentials(target.tls, opts);
   const clientOptions: grpc.ClientOptions = {
+    ...(opts.serverName ? { "grpc.ssl_target_name_override": opts.serverName } : {}),
     ...target.options,
     ...opts.channelOptions,
     interceptors: opts.token ? [bearer(opts.token)] : [],

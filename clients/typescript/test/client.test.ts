@@ -2,9 +2,13 @@
  * The Node client against a live `testbed all`: unary publish with a
  * partial rejection, an envelope error's BadRequest decoded, a bidi
  * PublishStream with per-batch acknowledgements, device stats, a pipeline
- * watch, and a bearer token.
+ * watch, a bearer token, and mutual TLS.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { type ServiceError, status } from "@grpc/grpc-js";
 
@@ -137,4 +141,49 @@ describe("testbed all with tokens", () => {
     await publisher.close();
     writer.close();
   });
+});
+
+/** A CA, a server certificate for localhost and a client certificate
+ * (P-256), made by the openssl CLI as the interop suite makes them. */
+function makePki(dir: string): Record<string, string> {
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { stdio: "pipe" });
+  const at = (name: string) => join(dir, name);
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl("req", "-x509", ...ec, "-keyout", at("ca.key"), "-out", at("ca.crt"), "-days", "2", "-subj", "/CN=ts-ca");
+  for (const [name, san] of [["server", "DNS:localhost"], ["client", "DNS:ts-client"]]) {
+    openssl("req", "-new", ...ec, "-keyout", at(`${name}.key`), "-out", at(`${name}.csr`), "-subj", `/CN=${name}`);
+    writeFileSync(at(`${name}.ext`), `subjectAltName=${san}\n`);
+    openssl("x509", "-req", "-in", at(`${name}.csr`), "-CA", at("ca.crt"), "-CAkey", at("ca.key"),
+      "-CAcreateserial", "-out", at(`${name}.crt`), "-days", "2", "-extfile", at(`${name}.ext`));
+  }
+  return { ca: at("ca.crt"), cert: at("server.crt"), key: at("server.key"), clientCert: at("client.crt"), clientKey: at("client.key") };
+}
+
+test("mutual TLS: rootCerts + certChain/privateKey (+ serverName for an IP target) publish; without the client certificate UNAVAILABLE", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "testbed-ts-pki-"));
+  const pki = makePki(dir);
+  const server = await Testbed.start("all", "--tls-cert", pki.cert, "--tls-key", pki.key,
+    "--tls-client-ca", pki.ca, "--probe-addr", "127.0.0.1:0");
+  try {
+    const url = `https://${server.addr}`;
+    const rootCerts = readFileSync(pki.ca);
+    // The certificate names localhost, the URL an address: serverName says what to verify.
+    const serverName = "localhost";
+    const client = tb.connect(url, { rootCerts, serverName, certChain: readFileSync(pki.clientCert), privateKey: readFileSync(pki.clientKey) });
+    const reply = await tb.publish(client, [tb.metricEvent("ts-mtls-1", "ts-dev-mtls", "x", 1)]);
+    assert.equal(reply.acceptedCount, 1);
+    client.close();
+
+    const anonymous = tb.connect(url, { rootCerts, serverName });
+    const err = await tb.publish(anonymous, [tb.metricEvent("ts-mtls-2", "ts-dev-mtls", "x", 1)], { policy: { maxAttempts: 1 } })
+      .then(() => assert.fail("served without a client certificate"), (e: ServiceError) => e);
+    assert.equal(err.code, status.UNAVAILABLE, err.message);
+    anonymous.close();
+
+    assert.throws(() => tb.connect(url, { rootCerts, certChain: readFileSync(pki.clientCert) }), /go together/);
+    assert.throws(() => tb.connect(`http://${server.addr}`, { rootCerts }), /plaintext target/);
+  } finally {
+    assert.equal(await server.stop(), 0);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -2,7 +2,7 @@
  * Runs the real `testbed` binary for the tests: TESTBED_BIN (default
  * target/debug/testbed), bound to 127.0.0.1:0, its port read from
  * --addr-file, ready once grpc.health.v1 answers SERVING (polled, never a
- * fixed sleep).
+ * fixed sleep; on the plaintext --probe-addr when the server has one).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
@@ -57,8 +57,11 @@ export class Testbed {
       if (Date.now() > deadline) throw new Error("testbed did not bind within 30 s");
       await pause(20);
     }
-    const addr = JSON.parse(readFileSync(addrFile, "utf8")).grpc as string;
-    while (!(await healthy(addr))) {
+    const addrs = JSON.parse(readFileSync(addrFile, "utf8"));
+    const addr = addrs.grpc as string;
+    // A TLS server answers plaintext health only on its --probe-addr.
+    const probe = (addrs.probe as string | undefined) ?? addr;
+    while (!(await healthy(probe))) {
       if (Date.now() > deadline) throw new Error(`testbed not SERVING: ${readFileSync(join(dir, "testbed.log"))}`);
       await pause(20);
     }
