@@ -499,6 +499,13 @@ where
     assert_eq!(total, 4, "{histogram:?}");
 }
 
+/// The device cap's admission script (admit.lua) on a three-master Redis
+/// Cluster: one script per partition, each on its own slot's master.
+#[tokio::test]
+async fn tracked_devices_are_capped_on_a_cluster() {
+    tracked_devices_are_capped(cluster).await;
+}
+
 /// The core cases hold on a three-master Redis Cluster, with partitions
 /// spread over its slots.
 #[tokio::test]

@@ -637,3 +637,87 @@ async fn poison_entries_are_dead_lettered() {
     assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
     pipe.stop().await;
 }
+
+/// The device cap (`--max-tracked-devices`) on the PublishStream path and
+/// on a three-master Redis Cluster (admission is one script per
+/// partition, each on its slot's master): a batch of 40 new devices under
+/// a cap of 8 (2 per partition) is acknowledged OK with every event
+/// accepted or rejected alone, each rejection naming its
+/// `events[i].device_id`; the admitted devices keep publishing while new
+/// ones are still refused; the worker processes exactly what was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cap_rejections_reach_stream_acks_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let log = redis_log(cluster.url(), true).await;
+    let minute = test_minute();
+    let ingest = IngestConfig {
+        max_tracked_devices: 8,
+        ..IngestConfig::default()
+    };
+    let pipe = InProcess::start(&log, ingest, Some(fast_worker())).await;
+    let mut client = pipe.client().await;
+    let batch = |sequence: u64, events: Vec<Event>| PublishStreamRequest {
+        sequence,
+        events,
+        producer_id: String::new(),
+        trace_context: Default::default(),
+    };
+    let first: Vec<Event> = (0..40).map(|i| event("cap", i, 40, minute)).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(batch(1, first.clone())).await.unwrap();
+    let ack = acks.next().await.unwrap().unwrap();
+    assert!(ack.status.is_none(), "batch refused: {:?}", ack.status);
+    assert_eq!(ack.sequence, 1);
+    let accepted = ack.accepted_count as usize;
+    assert_eq!(accepted + ack.rejections.len(), 40, "{ack:?}");
+    assert!(
+        (4..=8).contains(&accepted),
+        "at most 2 per partition, and 40 devices fill most of 4 partitions: {accepted}"
+    );
+    for r in &ack.rejections {
+        let i = r.index as usize;
+        assert_eq!(r.field, format!("events[{i}].device_id"), "{r:?}");
+        assert_eq!(r.event_id, first[i].event_id);
+        assert!(r.reason.contains("--max-tracked-devices 8"), "{r:?}");
+    }
+    let refused: std::collections::HashSet<u32> = ack.rejections.iter().map(|r| r.index).collect();
+    let admitted: Vec<&Event> = (0..40)
+        .filter(|i| !refused.contains(&(*i as u32)))
+        .map(|i| &first[i])
+        .collect();
+
+    // Admitted devices again (new event ids), then one new device.
+    let mut second: Vec<Event> = admitted
+        .iter()
+        .map(|e| Event {
+            event_id: format!("{}-again", e.event_id),
+            ..(*e).clone()
+        })
+        .collect();
+    second.push(Event {
+        event_id: "cap-new".to_owned(),
+        device_id: "dev-new".to_owned(),
+        ..first[0].clone()
+    });
+    tx.send(batch(2, second.clone())).await.unwrap();
+    let ack = acks.next().await.unwrap().unwrap();
+    assert!(ack.status.is_none(), "batch refused: {:?}", ack.status);
+    let last = second.len() - 1;
+    assert_eq!(ack.accepted_count as usize, last, "{ack:?}");
+    assert_eq!(ack.rejections.len(), 1, "{ack:?}");
+    assert_eq!(ack.rejections[0].field, format!("events[{last}].device_id"));
+    drop(tx);
+    assert!(acks.next().await.is_none());
+
+    let figures = wait_drained(&log, 2 * accepted as u64, Duration::from_secs(60)).await;
+    assert_eq!(
+        (figures.ingested, figures.processed, figures.duplicates),
+        (2 * accepted as u64, 2 * accepted as u64, 0)
+    );
+    pipe.stop().await;
+}
