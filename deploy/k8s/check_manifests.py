@@ -25,7 +25,12 @@ problem found:
   that match pods, HPA / ScaledObject targets, KEDA triggers for every
   partition, Redis Cluster partitions spread evenly over the masters, the
   OTLP endpoint pointing at the collector Service of the observability
-  overlay, NetworkPolicies that allow DNS over UDP and TCP.
+  overlay, NetworkPolicies that allow DNS over UDP and TCP;
+- TLS (check_tls.py): a server serving TLS answers its probes on a
+  plaintext TESTBED_PROBE_ADDR port, which no Service exposes; TLS files
+  come from volume mounts without subPath; simulator targets and TLS
+  settings fit the servers they call; cert-manager.example.yaml makes the
+  Secrets the overlays mount.
 
 Usage: check_manifests.py --bin TESTBED --rendered DIR [--live]
 """
@@ -46,6 +51,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+import check_tls
 
 SUBCOMMANDS = ("all", "ingest", "worker", "query", "sim")
 SERVERS = ("ingest", "worker", "query")
@@ -312,6 +319,7 @@ def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registe
             fail(f"{name}: Namespace/{ns_name}", "does not enforce the restricted Pod Security Standard")
 
     memory_requests = 0.0
+    testbed_containers = []  # (workload, pod spec, container, subcommand, its environment)
     autoscaled = {o["spec"]["scaleTargetRef"]["name"] for o in by_kind.get("HorizontalPodAutoscaler", [])}
     autoscaled |= {o["spec"]["scaleTargetRef"]["name"] for o in by_kind.get("ScaledObject", [])}
     for w in workloads:
@@ -358,8 +366,11 @@ def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registe
             if policy == "Never" and name != "kind":
                 fail(cwhere, "imagePullPolicy Never outside the kind overlay")
             if TESTBED_IMAGE.search(image):
-                check_testbed_container(cwhere, w, spec, c, configmaps, binary, helps, registered, services,
-                                        collector, margin)
+                found = check_testbed_container(cwhere, w, spec, c, configmaps, binary, helps, registered,
+                                                services, collector, margin)
+                if found:
+                    testbed_containers.append((w, spec, c, *found))
+    check_overlay_tls(name, testbed_containers, services)
     if memory_requests:
         print(f"  {name}: testbed namespace memory requests at minimum replicas: {memory_requests:.0f} MiB")
     if memory_requests > MEMORY_REQUEST_BUDGET_MI:
@@ -478,6 +489,16 @@ def check_testbed_container(where, w, spec, c, configmaps, binary, helps, regist
                 fail(where, f"env {e['name']}: ConfigMap {ref['name']} has no key {ref['key']}")
             else:
                 values[e["name"]] = data[ref["key"]]
+    env_flag = helps[sub][3]
+    # Flags given as args override the environment, as clap does.
+    env_of = {flag: env for env, flag in env_flag.items()}
+    for i, a in enumerate(args[1:], start=1):
+        flag, eq, value = a.partition("=")
+        if flag in env_of:
+            if eq:
+                values[env_of[flag]] = value
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                values[env_of[flag]] = args[i + 1]
     blob = helps["binary"]
     for var in values:
         if var in envs:
@@ -485,9 +506,10 @@ def check_testbed_container(where, w, spec, c, configmaps, binary, helps, regist
         if var in RUNTIME_ENV and var.encode() in blob:
             continue
         fail(where, f"env {var} is neither in `testbed {sub} --help` nor read by the binary")
-    env_flag = helps[sub][3]
+    for problem in check_tls.file_problems(where, values, c, spec):
+        fail(*problem)
     if sub == "sim":
-        return
+        return sub, values
     # Ports: what the process binds is what the pod declares and probes.
     grpc_port = int((values.get("TESTBED_GRPC_ADDR") or defaults["--grpc-addr"]).rsplit(":", 1)[1])
     metrics_port = int((values.get("TESTBED_METRICS_ADDR") or defaults["--metrics-addr"]).rsplit(":", 1)[1])
@@ -496,15 +518,22 @@ def check_testbed_container(where, w, spec, c, configmaps, binary, helps, regist
         fail(where, f"containerPort grpc is {ports.get('grpc')}, the process listens on {grpc_port}")
     if ports.get("metrics") != metrics_port:
         fail(where, f"containerPort metrics is {ports.get('metrics')}, the process serves /metrics on {metrics_port}")
-    # Probes: native gRPC, on the gRPC port, the right service names.
+    # TLS: the probes on the plaintext probe port (check_tls.py).
+    tls = "TESTBED_TLS_CERT" in values
+    probe_port = check_tls.addr_port(values.get("TESTBED_PROBE_ADDR"))
+    for problem in check_tls.server_problems(where, values, c, grpc_port):
+        fail(*problem)
+    # Probes: native gRPC, on the gRPC (or plaintext probe) port, the right
+    # service names.
     want_ready = registered.get(sub) if registered is not None else None
     for kind, want in (("startupProbe", {""}), ("livenessProbe", {""}), ("readinessProbe", want_ready)):
         probe = c.get(kind)
         if not probe or "grpc" not in probe:
             fail(where, f"{kind} must be a native grpc probe")
             continue
-        if probe["grpc"].get("port") != grpc_port:
-            fail(where, f"{kind} port {probe['grpc'].get('port')} is not the gRPC port {grpc_port}")
+        if not tls and probe["grpc"].get("port") not in (grpc_port, probe_port):
+            fail(where, f"{kind} port {probe['grpc'].get('port')} is not the gRPC port {grpc_port}"
+                        + (f" or the probe port {probe_port}" if probe_port else ""))
         service = probe["grpc"].get("service", "")
         if kind == "readinessProbe":
             if service in ("", None):
@@ -540,6 +569,62 @@ def check_testbed_container(where, w, spec, c, configmaps, binary, helps, regist
         if not m or (m.group(1), m.group(2), int(m.group(3))) != collector:
             fail(where, f"OTEL_EXPORTER_OTLP_ENDPOINT {endpoint} is not the observability overlay's collector "
                         f"{collector[0]}.{collector[1]}.svc.cluster.local:{collector[2]} by its full name")
+    return sub, values
+
+
+def check_overlay_tls(name: str, containers: list, services: dict) -> None:
+    """The rules across containers (check_tls.py): simulator targets fit the
+    servers behind them, no Service exposes a probe port, and the
+    cert-manager example makes every Secret mounted for TLS."""
+    def servers_of(host: str, namespace: str | None) -> list[tuple[dict, dict, dict, dict]]:
+        parts = host.split(".")
+        svc = services.get((parts[1] if len(parts) > 1 else namespace, parts[0]))
+        if svc is None or not svc["spec"].get("selector"):
+            return []
+        return [(w, spec, c, values) for w, spec, c, sub, values in containers
+                if sub != "sim" and o_namespace(w) == o_namespace(svc)
+                and matches({"matchLabels": svc["spec"]["selector"]}, pod_labels(w))]
+
+    certificates = check_tls.cert_manager_certificates()
+    server_names: dict[str, set[str]] = {}  # server Secret -> names the simulator checks
+    client_secrets: set[str] = set()
+    for w, spec, c, sub, values in containers:
+        where = f"{name}: {w['kind']}/{w['metadata']['name']} container {c['name']}"
+        if sub != "sim":
+            secret = check_tls.secret_of(values.get("TESTBED_TLS_CERT"), c, spec)
+            if secret:
+                server_names.setdefault(secret, set())
+            continue
+        for problem in check_tls.sim_problems(where, values, lambda h, ns: [s[3] for s in servers_of(h, ns)],
+                                              o_namespace(w)):
+            fail(*problem)
+        for env in check_tls.SIM_TARGETS:
+            scheme, host = check_tls.target_host(values.get(env, ""))
+            for _, sspec, sc, svalues in servers_of(host, o_namespace(w)):
+                secret = check_tls.secret_of(svalues.get("TESTBED_TLS_CERT"), sc, sspec)
+                if secret and scheme in ("https", "dns"):
+                    server_names.setdefault(secret, set()).add(values.get("TESTBED_TLS_SERVER_NAME") or host)
+        client = check_tls.secret_of(values.get("TESTBED_TLS_CLIENT_CERT"), c, spec)
+        if client:
+            client_secrets.add(client)
+            for problem in check_tls.example_problems(where, client, "client auth", set(), certificates):
+                fail(*problem)
+    for secret, names in sorted(server_names.items()):
+        for problem in check_tls.example_problems(name, secret, "server auth", names, certificates):
+            fail(*problem)
+    probe_ports = {}
+    for w, spec, c, sub, values in containers:
+        port = check_tls.addr_port(values.get("TESTBED_PROBE_ADDR"))
+        if port:
+            probe_ports[(o_namespace(w), frozenset(pod_labels(w).items()))] = port
+    for problem in check_tls.probe_service_problems(name, services, probe_ports):
+        fail(*problem)
+    serving = sorted(w["metadata"]["name"] for w, _, _, sub, v in containers if sub != "sim" and "TESTBED_TLS_CERT" in v)
+    if serving:
+        clients = sorted(w["metadata"]["name"] for w, _, _, sub, v in containers if sub == "sim" and "TESTBED_TLS_CA" in v)
+        print(f"  {name}: TLS served by {serving} (probes on their probe ports), "
+              f"TLS clients {clients}; Secrets {sorted(server_names)} (server), {sorted(client_secrets)} (client) "
+              f"made by {check_tls.CERT_MANAGER_EXAMPLE.name}")
 
 
 def check_compose(path: Path, helps: dict) -> None:
