@@ -78,13 +78,19 @@ def fail(where: str, msg: str) -> None:
 
 # --- the binary ------------------------------------------------------------
 
+# Where an option's entry starts in clap's --help: the flag indented by 2
+# ("  -h, --help") or 6 spaces; wrapped descriptions are indented by 10, and
+# one starting with a flag's name ("--shutdown-grace") starts no entry.
+HELP_ENTRY = re.compile(r"\n(?= {2,6}(?:-\w, )?--[a-z])")
+
+
 def help_of(binary: str, sub: str) -> tuple[set[str], set[str], dict[str, str]]:
     """Flags, env vars and flag defaults of `testbed SUB --help`."""
     out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True, check=True).stdout
     flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", out, re.M))
     envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", out))
     defaults = {}
-    for block in re.split(r"\n(?=\s+(?:-\w, )?--)", out):
+    for block in re.split(HELP_ENTRY, out):
         m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
         d = re.search(r"\[default: ([^\]]+)\]", block)
         if m and d:
@@ -96,7 +102,7 @@ def env_of_flag(binary: str, sub: str) -> dict[str, str]:
     """env var -> flag, from `--help`."""
     out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True, check=True).stdout
     mapping = {}
-    for block in re.split(r"\n(?=\s+(?:-\w, )?--)", out):
+    for block in re.split(HELP_ENTRY, out):
         m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
         e = re.search(r"\[env: ([A-Z0-9_]+)[=\]]", block)
         if m and e:

@@ -161,8 +161,9 @@ def probe_service_problems(overlay: str, services: dict, probe_ports: dict) -> P
     return out
 
 
-def cert_manager_certificates(path: Path = CERT_MANAGER_EXAMPLE) -> dict[str, dict]:
+def cert_manager_certificates(path: Path | None = None) -> dict[str, dict]:
     """secretName -> spec of each Certificate in the example ({} if absent)."""
+    path = path or CERT_MANAGER_EXAMPLE
     if not path.exists():
         return {}
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
