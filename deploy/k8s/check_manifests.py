@@ -126,24 +126,11 @@ def registered_services(binary: str) -> dict[str, set[str]]:
         ProtoReflectionDescriptorDatabase,
     )
 
-    redis_server = shutil.which("redis-server")
-    if not redis_server:
-        sys.exit("check_manifests: redis-server not found (scripts/setup-tools installs it)")
     work = Path(tempfile.mkdtemp(prefix="check-manifests-"))
     procs: list[subprocess.Popen] = []
     found: dict[str, set[str]] = {}
     try:
-        for attempt in range(5):
-            port = free_port()
-            redis = subprocess.Popen(
-                [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(work)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(redis)
-            if wait_for(lambda: redis.poll() is not None or redis_ping(port), 10) and redis.poll() is None:
-                break
-        else:
-            sys.exit("check_manifests: could not start redis-server on a free port")
+        port = start_redis(work, procs)
         for sub in SERVERS:
             addr_file = work / f"{sub}.json"
             env = {k: v for k, v in os.environ.items() if not k.startswith(("TESTBED_", "OTEL_", "REDIS_"))}
@@ -186,15 +173,39 @@ def registered_services(binary: str) -> dict[str, set[str]]:
             if code != 0:
                 fail(f"testbed {sub}", f"SIGTERM: exit {code}, expected 0 within the grace")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
     return found
+
+
+def start_redis(work: Path, procs: list[subprocess.Popen]) -> int:
+    """A redis-server of the caller's own on a free loopback port, kept in
+    procs (stop_all ends it); returns the port."""
+    redis_server = shutil.which("redis-server")
+    if not redis_server:
+        sys.exit("check_manifests: redis-server not found (scripts/setup-tools installs it)")
+    for _ in range(5):
+        port = free_port()
+        redis = subprocess.Popen(
+            [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(work)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(redis)
+        if wait_for(lambda: redis.poll() is not None or redis_ping(port), 10) and redis.poll() is None:
+            return port
+    sys.exit("check_manifests: could not start redis-server on a free port")
+
+
+def stop_all(procs: list[subprocess.Popen], work: Path) -> None:
+    """Ends the processes started (SIGTERM, then SIGKILL after 10 s) and
+    removes their folder."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def redis_ping(port: int) -> bool:

@@ -28,8 +28,8 @@ reports them with the rest.
 from __future__ import annotations
 
 import posixpath
-import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 import yaml
 
@@ -115,9 +115,12 @@ def file_problems(where: str, values: dict, container: dict, spec: dict) -> Prob
 
 
 def target_host(target: str) -> tuple[str, str]:
-    """(scheme, host) of a simulator target: https://H:P, http://H:P, dns:///H:P."""
-    m = re.match(r"([a-z]+):(?://[^/]*/|//)?([^:/]+)", target)
-    return (m.group(1), m.group(2)) if m else ("", "")
+    """(scheme, host) of a simulator target: https://H:P, http://H:P,
+    dns:///H:P (or dns://RESOLVER/H:P)."""
+    url = urlparse(target)
+    if url.scheme == "dns":
+        return "dns", url.path.lstrip("/").rsplit(":", 1)[0]
+    return url.scheme, url.hostname or ""
 
 
 def sim_problems(where: str, values: dict, servers_of, namespace: str | None) -> Problems:

@@ -31,21 +31,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_manifests import free_port, pod_spec, redis_ping, wait_for  # noqa: E402
+from check_manifests import pod_spec, start_redis, stop_all, wait_for  # noqa: E402
 
 SERVERS = ("ingest", "worker", "query")
 
@@ -179,13 +177,7 @@ def main() -> None:
         secret_volume(server_mount, server_files, 1)
         secret_volume(sim_mount, sim_files, 1)
 
-        port = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", str(work)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(redis)
-        if not wait_for(lambda: redis.poll() is not None or redis_ping(port), 10) or redis.poll() is not None:
-            die("redis-server did not start")
+        port = start_redis(work, procs)
 
         addrs: dict[str, dict] = {}
         for sub in SERVERS:
@@ -274,14 +266,7 @@ def main() -> None:
             if proc.wait(timeout=15) != 0:
                 die(f"testbed {sub}: SIGTERM: exit {proc.returncode}")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 if __name__ == "__main__":
