@@ -260,8 +260,13 @@ async fn bind_and_announce(
     // last figures until the very end.
     if let Some(metrics) = listeners.metrics.take() {
         // The live status page at `/` asks this process's own gRPC API.
-        let status = status::LoopbackStatus::new(role, listeners.grpc_addr)
-            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn testbed_telemetry::StatusSource>);
+        let status = status::LoopbackStatus::new(
+            role,
+            listeners.grpc_addr,
+            listen.tls.tls_cert.is_some(),
+            listeners.probe_addr,
+        )
+        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn testbed_telemetry::StatusSource>);
         let serving = telemetry.serve_metrics_and_status(metrics, status, shutdown.clone());
         tokio::spawn(async move {
             if let Err(err) = serving.await {

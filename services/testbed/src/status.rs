@@ -8,7 +8,9 @@
 //! client would see. Each call is bounded by [`CALL_TIMEOUT`]; a call that
 //! fails shows its status on the page instead of a figure. With
 //! authentication on, the pipeline and worker calls need a token the page
-//! does not have: it says so.
+//! does not have: it says so. With TLS on the gRPC port the page cannot
+//! call it in plaintext: health comes from the `--probe-addr` listener
+//! when there is one, and the page says why the rest is not shown.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,6 +36,12 @@ pub struct LoopbackStatus {
     role: &'static str,
     services: Vec<&'static str>,
     channel: Channel,
+    /// Where health is asked: the gRPC port, or with TLS on it the
+    /// plaintext probe listener (none: not shown).
+    health_channel: Option<Channel>,
+    /// The gRPC port speaks TLS only: the pipeline and worker calls are
+    /// not made.
+    tls_only: bool,
     /// Ingested and processed totals at the previous snapshot, for the
     /// per-stage throughput.
     last: Mutex<Option<(Instant, u64, u64)>>,
@@ -54,8 +62,15 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 impl LoopbackStatus {
-    /// The status of the `role` process serving gRPC on `grpc_addr`.
-    pub fn new(role: &'static str, grpc_addr: SocketAddr) -> Option<Self> {
+    /// The status of the `role` process serving gRPC on `grpc_addr`, in
+    /// TLS only when `tls_only` (then health is asked on `probe`, the
+    /// `--probe-addr` listener, if any).
+    pub fn new(
+        role: &'static str,
+        grpc_addr: SocketAddr,
+        tls_only: bool,
+        probe: Option<SocketAddr>,
+    ) -> Option<Self> {
         let services = match role {
             "all" => vec![INGEST, WORKER, QUERY],
             "ingest" => vec![INGEST],
@@ -64,17 +79,35 @@ impl LoopbackStatus {
             "sim" => vec![SIM],
             _ => Vec::new(),
         };
-        let endpoint = Endpoint::from_shared(format!("http://{}", loopback(grpc_addr))).ok()?;
+        let lazy = |addr: SocketAddr| {
+            Endpoint::from_shared(format!("http://{}", loopback(addr)))
+                .ok()
+                .map(|e| e.timeout(CALL_TIMEOUT).connect_lazy())
+        };
+        let channel = lazy(grpc_addr)?;
+        let health_channel = if tls_only {
+            probe.and_then(lazy)
+        } else {
+            Some(channel.clone())
+        };
         Some(Self {
             role,
             services,
-            channel: endpoint.timeout(CALL_TIMEOUT).connect_lazy(),
+            channel,
+            health_channel,
+            tls_only,
             last: Mutex::new(None),
         })
     }
 
     async fn health(&self) -> Vec<(String, String)> {
-        let mut client = HealthClient::new(self.channel.clone());
+        let Some(channel) = &self.health_channel else {
+            return vec![(
+                String::new(),
+                "not shown (TLS only, no --probe-addr)".to_owned(),
+            )];
+        };
+        let mut client = HealthClient::new(channel.clone());
         let mut out = Vec::new();
         for service in std::iter::once("").chain(self.services.iter().copied()) {
             let status = match client
@@ -261,10 +294,23 @@ impl StatusSource for LoopbackStatus {
     fn snapshot(&self) -> Pin<Box<dyn Future<Output = StatusPage> + Send + '_>> {
         Box::pin(async move {
             let mut sections = Vec::new();
-            if self.services.contains(&QUERY) {
+            if self.tls_only && (self.services.contains(&QUERY) || self.services.contains(&WORKER))
+            {
+                sections.push(StatusSection {
+                    title: "Pipeline".to_owned(),
+                    columns: Vec::new(),
+                    rows: Vec::new(),
+                    note: Some(
+                        "not shown: the gRPC port serves TLS only and this page asks it in \
+                         plaintext; read GetPipelineStats and GetStatus with grpcurl and the CA \
+                         (and a client certificate under mTLS), or the same figures at /metrics"
+                            .to_owned(),
+                    ),
+                });
+            } else if self.services.contains(&QUERY) {
                 sections.extend(self.pipeline().await);
             }
-            if self.services.contains(&WORKER) {
+            if !self.tls_only && self.services.contains(&WORKER) {
                 sections.extend(self.workers().await);
             }
             StatusPage {

@@ -87,3 +87,42 @@ async fn status_page_shows_health_and_pipeline_figures() {
     assert!(html.contains(r#"<span id="role">all</span>"#));
     assert!(html.contains(r#"<td class="k">ingest (appended)</td><td class="n">6</td>"#));
 }
+
+/// With TLS on the gRPC port the page asks health on the plaintext
+/// `--probe-addr` listener (every service SERVING) and says why the
+/// pipeline is not shown, instead of reporting the services unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_health_comes_from_the_probe_port() {
+    use common::tls::{Ca, Files};
+    let files = Files::new("status-tls");
+    let leaf = Ca::new("status-ca").leaf("all");
+    let tb = Testbed::start(&[
+        "all",
+        "--tls-cert",
+        files.write("c.pem", &leaf.cert).to_str().unwrap(),
+        "--tls-key",
+        files.write("k.pem", &leaf.key).to_str().unwrap(),
+        "--probe-addr",
+        "127.0.0.1:0",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let (head, body) = common::http_get(tb.metrics_addr, "/status.json").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if page["health"][0][1] == "SERVING" {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "never SERVING: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let health = page["health"].as_array().unwrap();
+    assert_eq!(health.len(), 4, "{page}");
+    assert!(health.iter().all(|h| h[1] == "SERVING"), "{page}");
+    let sections = page["sections"].as_array().unwrap();
+    assert_eq!(sections.len(), 1, "{page}");
+    assert!(
+        sections[0]["note"].as_str().unwrap().contains("TLS only"),
+        "{page}"
+    );
+}
