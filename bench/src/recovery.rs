@@ -118,7 +118,7 @@ pub async fn run(env: &ProbeEnv, o: &RecoveryOptions, label: String) -> Result<R
 
 /// How long a newly started second worker runs before it is killed: 1 s
 /// plus a random share of another, so that the age of its last heartbeat
-/// at the kill is spread over a whole `--heartbeat-interval` (1 s), as
+/// at the kill is spread over a whole `--heartbeat-interval` (500 ms), as
 /// for a worker that dies at any moment.
 fn settle() -> Duration {
     use std::hash::{BuildHasher as _, Hasher as _};

@@ -120,9 +120,13 @@ pub struct WorkerConfig {
           value_parser = humantime::parse_duration)]
     pub control_interval: Duration,
 
-    /// How often each worker publishes its heartbeat; a worker silent for
-    /// five intervals drops out of GetStatus.
-    #[arg(long, env = "TESTBED_HEARTBEAT_INTERVAL", default_value = "1s",
+    /// How often each worker publishes its heartbeat. A worker whose
+    /// heartbeat is two intervals old, and that has not read for one
+    /// interval (at least two --read-block), is dead: its entries are taken
+    /// over (about 1-1.5 s after a SIGKILL at 500ms). A worker silent for
+    /// five intervals drops out of GetStatus. Every worker should use the
+    /// same value: the lapse is judged by the reader's own interval.
+    #[arg(long, env = "TESTBED_HEARTBEAT_INTERVAL", default_value = "500ms",
           value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 

@@ -4,8 +4,9 @@
 //! follower hands the consumer the names whose heartbeat is younger than
 //! [`LAPSE_INTERVALS`] intervals ([`Consumer::set_live_consumers`], each
 //! `--control-interval`). A member of the group that is not among them,
-//! and has not read for a whole interval (the store's own idle time; a
-//! live worker reads every `--read-block` at most, so a worker that has
+//! and has not read for a whole interval nor two `--read-block`s (the
+//! store's own idle time; a live worker reads every `--read-block` at
+//! most, so a worker that has
 //! just started and not yet beaten, or whose heartbeat write failed while
 //! it reads, is left alone), is dead: its pending entries are claimed by
 //! whoever notices first (every quarter interval), each claim a counted
@@ -124,7 +125,12 @@ impl Consumer {
                 return;
             }
         };
-        let silent = self.config.heartbeat_interval;
+        // A live worker reads every --read-block at most: one silent for
+        // two of them (and a heartbeat interval) is not reading.
+        let silent = self
+            .config
+            .heartbeat_interval
+            .max(self.config.read_block * 2);
         // Not yet silent long enough to be judged: look again next round.
         if consumers.iter().any(|c| {
             *c.name != *self.name && !live.contains(&c.name) && c.pending > 0 && c.idle < silent
