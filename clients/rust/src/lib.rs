@@ -27,6 +27,11 @@
 //! - [`connect()`]: URL → tonic `Channel` (keepalive like the simulator's,
 //!   `dns:///NAME:PORT` resolved again every [`Options::resolve_every`]);
 //!   [`Client`] bundles the three generated clients on one channel.
+//! - [`endpoint`]: [`Options`] (with the [`AddressGuard`] of `dns:///`
+//!   targets), [`ConnectError`], one address → tonic `Endpoint`.
+//! - [`dns`]: the `dns:///` balanced channel and the one loop that follows
+//!   the name, checking each new address with the guard (the simulator's
+//!   channels are built here too, its allow-list as the guard).
 //! - [`tls`]: [`ClientTls`], the CA, client certificate and name a TLS
 //!   channel uses (the simulator's `--tls-*` flags build it too).
 //! - [`auth`]: [`Token`] and the [`Bearer`] interceptor (`authorization:
@@ -43,6 +48,8 @@
 
 pub mod auth;
 pub mod connect;
+pub mod dns;
+pub mod endpoint;
 pub mod errors;
 pub mod events;
 pub mod publisher;
@@ -51,7 +58,8 @@ pub mod retry;
 pub mod tls;
 
 pub use auth::{Bearer, Token};
-pub use connect::{AuthChannel, Client, ConnectError, Options, connect};
+pub use connect::{AuthChannel, Client, connect};
+pub use endpoint::{AddressGuard, ConnectError, Options};
 pub use errors::{ErrorDetails, FieldViolation};
 pub use publisher::{
     AckFuture, BatchAck, PublishError, Publisher, PublisherOptions, PublisherStats,

@@ -11,8 +11,9 @@
 //! - [`runner`]: the open-loop scheduler and the stream/unary senders.
 //! - [`tls`]: [`tls::ClientTls`], the channels' TLS settings, and their
 //!   flags.
-//! - [`transport`]: targets checked and turned into channels; uses
-//!   [`tls`].
+//! - [`transport`]: targets checked and turned into channels (by the Rust
+//!   client's `connect`, with [`allow`] as the address guard of served
+//!   runs); uses [`tls`].
 //! - [`allow`]: the allow-list of targets a served run may send to
 //!   (`--allow-target`), checked by name and after DNS resolution; here
 //!   because the command line (`cli/args.rs`) parses its entries.

@@ -1,10 +1,14 @@
 //! Channels to the target: one HTTP/2 connection per `--connections`, over
 //! every address of a `dns:///` target; TLS for `https://` targets, and
 //! for `dns:///` ones when a CA is given ([`ClientTls`]).
+//!
+//! The Rust client builds them ([`testbed_client::connect()`]: endpoint
+//! settings, the `dns:///` resolve-and-follow loop); this module adds the
+//! simulator's side: its target syntax, its errors, and the allow-list as
+//! the client's [`AddressGuard`] for served runs.
 
-use std::time::Duration;
-
-use tonic::transport::{Channel, Endpoint};
+use testbed_client::{AddressGuard, Options};
+use tonic::transport::Channel;
 
 use crate::load::allow::AllowList;
 use crate::load::tls::ClientTls;
@@ -28,6 +32,23 @@ pub enum ConnectError {
         /// Why.
         reason: String,
     },
+}
+
+impl From<testbed_client::ConnectError> for ConnectError {
+    fn from(err: testbed_client::ConnectError) -> Self {
+        use testbed_client::ConnectError as Client;
+        match err {
+            Client::InvalidUrl { url, reason } => Self::Invalid {
+                target: url,
+                reason,
+            },
+            Client::TlsNeedsCa { url } => Self::Invalid {
+                target: url,
+                reason: "https:// targets need --tls-ca (no system roots are loaded)".to_owned(),
+            },
+            Client::Resolve { name, reason } => Self::Resolve { name, reason },
+        }
+    }
 }
 
 /// Checks a target: `http(s)://HOST:PORT` or `dns:///NAME:PORT` (the
@@ -55,16 +76,6 @@ pub fn parse_target(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
-/// The scheme of the addresses a `dns:///` target resolves to: `https`
-/// when `tls` trusts a CA.
-fn dns_scheme(tls: Option<&ClientTls>) -> &'static str {
-    if tls.is_some_and(ClientTls::trusts) {
-        "https"
-    } else {
-        "http"
-    }
-}
-
 /// The endpoint URIs behind `target`: itself for `http(s)://`, one per
 /// resolved address for `dns:///name:port` (so streams spread over every
 /// pod of a headless Service rather than sticking to one), `http://`
@@ -73,58 +84,11 @@ pub async fn endpoints(target: &str) -> Result<Vec<String>, ConnectError> {
     let Some(name) = target.strip_prefix("dns:///") else {
         return Ok(vec![target.to_owned()]);
     };
-    let addrs: Vec<String> = tokio::net::lookup_host(name)
-        .await
-        .map_err(|e| ConnectError::Resolve {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?
+    let addresses = testbed_client::dns::resolve(name).await?;
+    Ok(addresses
+        .into_iter()
         .map(|addr| format!("http://{addr}"))
-        .collect();
-    if addrs.is_empty() {
-        return Err(ConnectError::Resolve {
-            name: name.to_owned(),
-            reason: "no addresses".to_owned(),
-        });
-    }
-    Ok(addrs)
-}
-
-/// How often a `dns:///` target is resolved again, so pods added by a
-/// scale-out receive new streams and removed pods stop receiving them.
-pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
-
-/// The endpoint of `uri`; over TLS when it is `https://`, verified as
-/// `host` (none: the URI's own host) unless `--tls-server-name` says.
-fn endpoint(
-    uri: &str,
-    tls: Option<&ClientTls>,
-    host: Option<&str>,
-) -> Result<Endpoint, ConnectError> {
-    let invalid = |reason: String| ConnectError::Invalid {
-        target: uri.to_owned(),
-        reason,
-    };
-    let e = Endpoint::from_shared(uri.to_owned())
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                // Within the servers' ping policy (--ping-min-interval, 10 s by
-                // default): a client pinging more often gets too_many_pings.
-                .http2_keep_alive_interval(Duration::from_secs(30))
-        })
-        .map_err(|e| invalid(e.to_string()))?;
-    if !uri.starts_with("https://") {
-        return Ok(e);
-    }
-    match tls.filter(|tls| tls.trusts()) {
-        Some(tls) => e
-            .tls_config(tls.config(host))
-            .map_err(|e| invalid(e.to_string())),
-        None => Err(invalid(
-            "https:// targets need --tls-ca (no system roots are loaded)".to_owned(),
-        )),
-    }
+        .collect())
 }
 
 /// `connections` lazily-connecting channels to `target`. Lazy, so a target
@@ -133,9 +97,10 @@ fn endpoint(
 ///
 /// For `dns:///name:port`, each channel balances calls over every address
 /// the name resolves to, and a background task resolves it again every
-/// [`RESOLVE_EVERY`], adding and removing addresses (the task ends with the
-/// channel). Long-lived streams stay where they were opened; streams opened
-/// later (new lanes, reconnects) go to the current set of pods.
+/// [`Options::resolve_every`] (10 s), adding and removing addresses (the
+/// task ends with the channel). Long-lived streams stay where they were
+/// opened; streams opened later (new lanes, reconnects) go to the current
+/// set of pods.
 pub async fn channels(
     target: &str,
     connections: u32,
@@ -144,8 +109,8 @@ pub async fn channels(
     guarded_channels(target, connections, None, tls).await
 }
 
-/// [`channels`], where each address a `dns:///` target resolves to later
-/// is added only if `guard` allows it (a served run whose name was allowed
+/// [`channels`], where each address a `dns:///` target resolves to is
+/// added only if `guard` allows it (a served run whose name was allowed
 /// for its addresses, not by name: it must not drift to others).
 pub async fn guarded_channels(
     target: &str,
@@ -153,91 +118,40 @@ pub async fn guarded_channels(
     guard: Option<AllowList>,
     tls: Option<&ClientTls>,
 ) -> Result<Vec<Channel>, ConnectError> {
-    let count = connections.max(1) as usize;
-    let Some(name) = target.strip_prefix("dns:///") else {
-        let e = endpoint(target, tls, None)?;
-        return Ok((0..count).map(|_| e.connect_lazy()).collect());
+    // The client's defaults are the simulator's connection settings: 5 s
+    // connects, a 30 s PING (within the servers' --ping-min-interval), a
+    // 20 s PING timeout, no token on the channel (the senders add it).
+    let options = Options {
+        tls: tls.cloned(),
+        guard: guard.map(address_guard),
+        ..Options::default()
     };
-    // Fail early on a name that does not resolve at all.
-    endpoints(target).await?;
+    let count = connections.max(1) as usize;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let (channel, changes) = Channel::balance_channel::<String>(64);
-        tokio::spawn(follow_dns(
-            name.to_owned(),
-            changes,
-            guard.clone(),
-            tls.cloned(),
-        ));
-        out.push(channel);
+        out.push(testbed_client::connect(target, &options).await?);
     }
     Ok(out)
 }
 
-/// Keeps a balanced channel's endpoints equal to what `name` resolves to
-/// (over TLS, verified as `name`'s host, when `tls` has a CA).
-async fn follow_dns(
-    name: String,
-    changes: tokio::sync::mpsc::Sender<tonic::transport::channel::Change<String, Endpoint>>,
-    guard: Option<AllowList>,
-    tls: Option<ClientTls>,
-) {
-    use tonic::transport::channel::Change;
-    let scheme = dns_scheme(tls.as_ref());
-    let host = name.rsplit_once(':').map(|(host, _)| host.to_owned());
-    let mut current: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    loop {
-        match tokio::net::lookup_host(&name).await {
-            Ok(addrs) => {
-                let fresh: std::collections::BTreeSet<String> =
-                    addrs.map(|a| format!("{scheme}://{a}")).collect();
-                for gone in current.difference(&fresh) {
-                    if changes.send(Change::Remove(gone.clone())).await.is_err() {
-                        return;
-                    }
-                }
-                for added in fresh.difference(&current) {
-                    // The guard checks the address, whatever the scheme.
-                    let plain = added.replacen("https://", "http://", 1);
-                    if let Some(guard) = &guard
-                        && let Err(refusal) = guard.check(&plain).await
-                    {
-                        tracing::warn!(%name, address = %added, ?refusal, "a new address of the target is not allowed; not sending to it");
-                        continue;
-                    }
-                    let e = match endpoint(added, tls.as_ref(), host.as_deref()) {
-                        Ok(e) => e,
-                        Err(err) => {
-                            tracing::warn!(%name, error = %err, "cannot reach a new address of the target");
-                            continue;
-                        }
-                    };
-                    if changes
-                        .send(Change::Insert(added.clone(), e))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                if fresh != current {
-                    tracing::info!(%name, addresses = fresh.len(), "target addresses changed");
-                }
-                current = fresh;
-            }
-            Err(err) => {
-                tracing::warn!(%name, error = %err, "re-resolving the target failed; keeping the last addresses")
-            }
+/// The allow-list as the client's guard: an address passes as the
+/// `http://` target it is, whatever the scheme the channel speaks.
+fn address_guard(list: AllowList) -> AddressGuard {
+    AddressGuard::new(move |address| {
+        let list = list.clone();
+        async move {
+            list.check(&format!("http://{address}"))
+                .await
+                .map(drop)
+                .map_err(|refusal| format!("{refusal:?}"))
         }
-        tokio::select! {
-            () = changes.closed() => return,
-            () = tokio::time::sleep(RESOLVE_EVERY) => {}
-        }
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// A guarded dns:/// channel never connects to an address the guard
