@@ -1,4 +1,5 @@
-//! Test harness: real `redis-server` processes on free ports.
+//! Test harness: real `redis-server` processes on free ports, and the
+//! `testbed` binary's process harness ([`process`]).
 //!
 //! Tests never use a Redis they did not start: each gets its own server (or
 //! a three-master Redis Cluster, with replicas where failover is tested) on
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
 pub mod tls;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

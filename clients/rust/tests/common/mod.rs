@@ -7,13 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
 
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+pub use testbed_test_support::process::eventually;
+use testbed_test_support::process::{self, Announced, Launch, Process};
 
 /// The `testbed` binary to run.
 pub fn testbed_bin() -> PathBuf {
@@ -35,23 +32,34 @@ pub fn testbed_bin() -> PathBuf {
     bin
 }
 
+/// The address file, through the server crate's reader (the format's one
+/// reader); a malformed one fails the test.
+fn read_addr_file(path: &Path) -> Option<Announced> {
+    let announced = testbed_server::addr_file::read(path)?.expect("addr file format");
+    Some(Announced {
+        grpc: announced.grpc,
+        metrics: announced.metrics.expect("a metrics address"),
+        probe: announced.probe,
+    })
+}
+
 /// A `testbed all` process; killed on drop.
 pub struct Testbed {
-    child: Child,
+    process: Process,
     /// The bound gRPC address.
     pub addr: SocketAddr,
     /// The plaintext health listener (`--probe-addr`), when started with
     /// one (a TLS server's health is checked there).
     pub probe: Option<SocketAddr>,
     args: Vec<String>,
-    addr_file: PathBuf,
 }
 
 impl Testbed {
     /// Starts `testbed all <args>` on 127.0.0.1:0 and waits until its
     /// ingest and query services are SERVING.
     pub async fn start(args: &[&str]) -> Self {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.insert(0, "all".to_owned());
         let tb = Self::spawn(args, "127.0.0.1:0");
         tb.wait_serving().await;
         tb
@@ -60,9 +68,7 @@ impl Testbed {
     /// SIGKILLs the process and starts it again with the same arguments on
     /// the same port (as a pod restarted behind its Service).
     pub async fn restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let _ = std::fs::remove_file(&self.addr_file);
+        self.process.kill();
         let addr = self.addr.to_string();
         *self = Self::spawn(std::mem::take(&mut self.args), &addr);
         self.wait_serving().await;
@@ -74,54 +80,20 @@ impl Testbed {
     }
 
     fn spawn(args: Vec<String>, addr: &str) -> Self {
-        let addr_file = std::env::temp_dir().join(format!(
-            "testbed-rust-client-it-{}-{}.json",
-            std::process::id(),
-            unique()
-        ));
-        let _ = std::fs::remove_file(&addr_file);
-        let stdout = if std::env::var_os("TESTBED_IT_LOGS").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let mut child = Command::new(testbed_bin())
-            .arg("all")
-            .args(&args)
-            .args(["--grpc-addr", addr, "--metrics-addr", "127.0.0.1:0"])
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .stdout(stdout)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn testbed");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (grpc, probe) = loop {
-            let announced = std::fs::read_to_string(&addr_file)
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-            if let Some(grpc) = announced.as_ref().and_then(|v| v["grpc"].as_str()) {
-                let probe = announced.as_ref().and_then(|v| v["probe"].as_str());
-                break (
-                    grpc.parse::<SocketAddr>().unwrap(),
-                    probe.map(|p| p.parse::<SocketAddr>().unwrap()),
-                );
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("testbed exited before listening: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "testbed did not bind within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let process = Process::spawn(Launch {
+            bin: &testbed_bin(),
+            args: &args,
+            env: &[],
+            grpc_addr: addr,
+            stdout: process::default_stdout(),
+            log_file: None,
+            read_addr_file,
+        });
         Self {
-            child,
-            addr: grpc,
-            probe,
+            addr: process.addr,
+            probe: process.probe_addr,
+            process,
             args,
-            addr_file,
         }
     }
 
@@ -129,59 +101,6 @@ impl Testbed {
     /// are SERVING (10 s at most).
     async fn wait_serving(&self) {
         let at = self.probe.unwrap_or(self.addr);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))
-            .unwrap()
-            .connect_lazy();
-        let mut health = HealthClient::new(channel);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for service in ["testbed.v1.IngestService", "testbed.v1.QueryService"] {
-            loop {
-                let status = health
-                    .check(HealthCheckRequest {
-                        service: service.to_owned(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().status());
-                if matches!(status, Ok(ServingStatus::Serving)) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{service} not SERVING: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.addr_file);
-    }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Polls `probe` every 50 ms until it returns `Some` (`limit` at most):
-/// waiting for the asynchronous worker, never a fixed sleep.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        process::wait_serving(at, &["testbed.v1.IngestService", "testbed.v1.QueryService"]).await;
     }
 }
