@@ -56,6 +56,10 @@
 //! - [`keys`]: every key name, in one place.
 //! - [`aggregates`]: every field name inside the aggregate keys.
 //! - [`memory`], [`redis_log`]: the backends.
+//! - [`recent`]: [`recent::RecentKeys`], a bounded memory of what this
+//!   process knows the store holds (ingest's admitted devices, the worker's
+//!   written index memberships), so it need not ask or write again; uses
+//!   nothing else of the crate.
 //!
 //! Dependencies point down: the backends use `log`, `kv`, `model` and
 //! `keys`; `any` uses the backends; nothing uses `any` but callers.
@@ -70,6 +74,7 @@ mod kv;
 mod log;
 pub mod memory;
 pub mod model;
+pub mod recent;
 pub mod redis_log;
 
 pub use any::AnyLog;

@@ -23,58 +23,35 @@
 //! appended. It takes a full cap, a lost answer and an expiry in the same
 //! moment; README's "Limits" says so.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use testbed_stream::recent::RecentKeys;
 
 /// Devices this process had admitted lately.
 #[derive(Debug)]
 pub struct Admitted {
-    devices: Mutex<HashMap<String, Instant>>,
-    /// How long an admission is trusted: half the retention.
-    fresh_for: Duration,
-    /// Devices remembered at most; past it the memory is cleared.
-    capacity: usize,
+    /// Admissions, trusted for half the retention; cleared past the
+    /// capacity.
+    devices: RecentKeys<()>,
 }
 
 impl Admitted {
     /// Remembers up to `capacity` devices, each for half of `retention`.
     pub fn new(capacity: usize, retention: Duration) -> Self {
         Self {
-            devices: Mutex::new(HashMap::new()),
-            fresh_for: retention / 2,
-            capacity,
+            devices: RecentKeys::new(capacity, retention / 2),
         }
     }
 
     /// Of `devices`, those not admitted within the trusted time, under one
     /// lock (a batch's devices at once, not a lock per event).
-    pub fn unknown<'a>(&self, mut devices: Vec<&'a str>, now: Instant) -> Vec<&'a str> {
-        let Ok(admitted) = self.devices.lock() else {
-            return devices;
-        };
-        devices.retain(|device| {
-            admitted
-                .get(*device)
-                .is_none_or(|at| now.duration_since(*at) >= self.fresh_for)
-        });
-        devices
+    pub fn unknown<'a>(&self, devices: Vec<&'a str>, now: Instant) -> Vec<&'a str> {
+        self.devices.stale(devices, now)
     }
 
     /// Records devices the store admitted at `at`.
     pub fn record<'a>(&self, admitted: impl ExactSizeIterator<Item = &'a str>, at: Instant) {
-        if self.capacity == 0 {
-            return;
-        }
-        let Ok(mut devices) = self.devices.lock() else {
-            return;
-        };
-        if devices.len() + admitted.len() > self.capacity {
-            devices.clear();
-        }
-        for device in admitted {
-            devices.insert(device.to_owned(), at);
-        }
+        self.devices.record(admitted.map(|device| (device, ())), at);
     }
 }
 

@@ -14,56 +14,37 @@
 //! memberships are recorded only once the apply that wrote them has been
 //! applied; an apply that failed or raced writes them again next time.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use testbed_stream::recent::RecentKeys;
 
 /// Which devices' index memberships are known written, with which labels.
 #[derive(Debug)]
 pub struct Indexed {
-    written: Mutex<HashMap<String, (u64, Instant)>>,
-    /// How long a write is trusted: half the retention.
-    fresh_for: Duration,
-    /// Devices remembered at most (`--index-cache`); past it the memory is
-    /// cleared and the next applies write their devices again.
-    capacity: usize,
+    /// Device → the hash of the labels written, trusted for half the
+    /// retention; past `--index-cache` devices the memory is cleared and
+    /// the next applies write their devices again.
+    written: RecentKeys<u64>,
 }
 
 impl Indexed {
     /// Remembers up to `capacity` devices, each for half of `retention`.
     pub fn new(capacity: usize, retention: Duration) -> Self {
         Self {
-            written: Mutex::new(HashMap::new()),
-            fresh_for: retention / 2,
-            capacity,
+            written: RecentKeys::new(capacity, retention / 2),
         }
     }
 
     /// Whether `device`'s memberships were written with labels `labels`
     /// (a hash of them; `None`: any) within the trusted time.
     pub fn is_fresh(&self, device: &str, labels: Option<u64>, now: Instant) -> bool {
-        let Ok(written) = self.written.lock() else {
-            return false;
-        };
-        written.get(device).is_some_and(|(hash, at)| {
-            labels.is_none_or(|l| l == *hash) && now.duration_since(*at) < self.fresh_for
-        })
+        self.written
+            .is_fresh(device, now, |hash| labels.is_none_or(|l| l == *hash))
     }
 
     /// Records the memberships an applied apply wrote: (device, labels hash).
     pub fn record(&self, devices: Vec<(String, u64)>, at: Instant) {
-        if self.capacity == 0 {
-            return;
-        }
-        let Ok(mut written) = self.written.lock() else {
-            return;
-        };
-        if written.len() + devices.len() > self.capacity {
-            written.clear();
-        }
-        for (device, hash) in devices {
-            written.insert(device, (hash, at));
-        }
+        self.written.record(devices.into_iter(), at);
     }
 }
 
