@@ -12,8 +12,18 @@
 //! every error and for trailers-only responses); a successful stream's
 //! final status travels in trailers after the body, so streams are recorded
 //! when their response starts, as OK.
+//!
+//! One layer and one service for both ends ([`CallLayer`], [`CallService`],
+//! generic over the [`Side`]); one clock and one recording of a call
+//! (`Measured`). What stays per side is its `call`: which calls are traced,
+//! the trace context extracted or injected, the span entered or not around
+//! the inner call, the code of a failure below gRPC. Each side also writes
+//! its own `info_span!`: a span's name and fields are static metadata fixed
+//! where the macro is written, so the two declarations (different names,
+//! kinds, and the server's `otel.status_code`) cannot be one generic one.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -65,90 +75,196 @@ fn status_code<R, E>(result: &Result<http::Response<R>, E>, on_error: i64) -> i6
     }
 }
 
-/// Records one call in `histogram` with the semantic-convention attributes
-/// (inside the call's span, which the exemplar refers to).
-fn record(
-    histogram: &ExemplarHistogram,
+/// One call being measured: what its histogram point needs.
+struct Measured {
+    duration: ExemplarHistogram,
     started: Instant,
     service: String,
     method: String,
-    code: i64,
-) {
-    histogram.record(
-        started.elapsed().as_secs_f64(),
-        &[
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", service),
-            KeyValue::new("rpc.method", method),
-            KeyValue::new("rpc.grpc.status_code", code),
-        ],
-    );
 }
 
-/// Adds [`RpcService`] around a gRPC service.
+impl Measured {
+    /// Starts the clock of a call to `service`/`method`.
+    fn start(duration: &ExemplarHistogram, service: String, method: String) -> Self {
+        Self {
+            duration: duration.clone(),
+            started: Instant::now(),
+            service,
+            method,
+        }
+    }
+
+    /// Awaits `future` inside `span`; when the response starts, records its
+    /// status code on the span (and, with `mark_error`, `otel.status_code`
+    /// ERROR when it is not OK) and the call in the histogram with the
+    /// semantic-convention attributes (inside the span, which the exemplar
+    /// refers to). `transport_failure` is the code of a call that failed
+    /// below gRPC.
+    fn finish<F, R, E>(
+        self,
+        future: F,
+        span: tracing::Span,
+        transport_failure: i64,
+        mark_error: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send>>
+    where
+        F: Future<Output = Result<http::Response<R>, E>> + Send + 'static,
+    {
+        Box::pin(
+            async move {
+                let result = future.await;
+                let code = status_code(&result, transport_failure);
+                let current = tracing::Span::current();
+                current.record("rpc.grpc.status_code", code);
+                if mark_error && code != 0 {
+                    current.record("otel.status_code", "ERROR");
+                }
+                self.duration.record(
+                    self.started.elapsed().as_secs_f64(),
+                    &[
+                        KeyValue::new("rpc.system", "grpc"),
+                        KeyValue::new("rpc.service", self.service),
+                        KeyValue::new("rpc.method", self.method),
+                        KeyValue::new("rpc.grpc.status_code", code),
+                    ],
+                );
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// What a call returns from [`Side::call`]: the inner service's response,
+/// boxed.
+pub type CallFuture<S, B> = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    <S as tower_service::Service<http::Request<B>>>::Response,
+                    <S as tower_service::Service<http::Request<B>>>::Error,
+                >,
+            > + Send,
+    >,
+>;
+
+/// Which end of a call a layer measures: [`Server`] or [`Client`]. The
+/// layer and its service are one code for both ([`CallLayer`],
+/// [`CallService`]); a side says what its histogram is and how it traces
+/// one call, which is where the two ends differ (which calls are traced,
+/// context extracted or injected, the code of a failure below gRPC, the
+/// span's error status).
+pub trait Side: Clone + Send + Sync + 'static {
+    /// The histogram's name (`rpc.server.duration`, `rpc.client.duration`).
+    const DURATION: &'static str;
+    /// The histogram's description.
+    const DESCRIPTION: &'static str;
+
+    /// Calls `inner` with `request` inside the call's span, and records the
+    /// call in `duration` when its response starts.
+    fn call<S, B, R>(
+        inner: &mut S,
+        request: http::Request<B>,
+        duration: &ExemplarHistogram,
+    ) -> CallFuture<S, B>
+    where
+        S: tower_service::Service<http::Request<B>, Response = http::Response<R>> + Send,
+        S::Future: Send + 'static;
+}
+
+/// Adds a [`CallService`] of side `D` around a gRPC service.
 #[derive(Debug, Clone)]
-pub struct RpcLayer {
+pub struct CallLayer<D> {
     duration: ExemplarHistogram,
+    side: PhantomData<D>,
 }
 
-impl Default for RpcLayer {
+impl<D: Side> Default for CallLayer<D> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl RpcLayer {
+impl<D: Side> CallLayer<D> {
     /// A layer recording into the global meter provider.
     pub fn new() -> Self {
         Self {
-            duration: duration_histogram(
-                "rpc.server.duration",
-                "Duration of inbound RPCs, to the response headers",
-            ),
+            duration: duration_histogram(D::DURATION, D::DESCRIPTION),
+            side: PhantomData,
         }
     }
 }
 
-impl<S> tower_layer::Layer<S> for RpcLayer {
-    type Service = RpcService<S>;
+impl<S, D: Side> tower_layer::Layer<S> for CallLayer<D> {
+    type Service = CallService<S, D>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcService {
+        CallService {
             inner,
             duration: self.duration.clone(),
+            side: PhantomData,
         }
     }
 }
 
-/// The service [`RpcLayer`] produces.
+/// The service [`CallLayer`] produces.
 #[derive(Debug, Clone)]
-pub struct RpcService<S> {
+pub struct CallService<S, D> {
     inner: S,
     duration: ExemplarHistogram,
+    side: PhantomData<D>,
 }
 
-/// Whether a path is a probe or tooling call that is not traced.
-fn is_infrastructure(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for RpcService<S>
+impl<S, B, R, D: Side> tower_service::Service<http::Request<B>> for CallService<S, D>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<R>> + Send,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = CallFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        D::call(&mut self.inner, request, &self.duration)
+    }
+}
+
+/// The server side: a span of kind server per call, continuing the
+/// caller's W3C context, and the `rpc.server.duration` histogram; health
+/// and reflection calls pass untraced.
+#[derive(Debug, Clone, Copy)]
+pub struct Server;
+
+/// Traces and measures every RPC a server answers.
+pub type RpcLayer = CallLayer<Server>;
+/// The service [`RpcLayer`] produces.
+pub type RpcService<S> = CallService<S, Server>;
+
+/// Whether a path is a probe or tooling call that is not traced.
+fn is_infrastructure(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+impl Side for Server {
+    const DURATION: &'static str = "rpc.server.duration";
+    const DESCRIPTION: &'static str = "Duration of inbound RPCs, to the response headers";
+
+    fn call<S, B, R>(
+        inner: &mut S,
+        request: http::Request<B>,
+        duration: &ExemplarHistogram,
+    ) -> CallFuture<S, B>
+    where
+        S: tower_service::Service<http::Request<B>, Response = http::Response<R>> + Send,
+        S::Future: Send + 'static,
+    {
         let path = request.uri().path().to_owned();
         if is_infrastructure(&path) {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
         let (service, method) = split_path(&path);
         let span = tracing::info_span!(
@@ -163,27 +279,59 @@ where
         );
         let parent = crate::propagation::extract_headers(request.headers());
         let _ = span.set_parent(parent);
-        let started = Instant::now();
-        let duration = self.duration.clone();
+        let call = Measured::start(duration, service, method);
+        // Entered, so what the layers below do before their first await is
+        // inside the call's span.
         let future = {
             let _entered = span.enter();
-            self.inner.call(request)
+            inner.call(request)
         };
-        Box::pin(
-            async move {
-                let result = future.await;
-                // A failure below gRPC: UNKNOWN.
-                let code = status_code(&result, 2);
-                let current = tracing::Span::current();
-                current.record("rpc.grpc.status_code", code);
-                if code != 0 {
-                    current.record("otel.status_code", "ERROR");
-                }
-                record(&duration, started, service, method, code);
-                result
-            }
-            .instrument(span),
-        )
+        // A failure below gRPC: UNKNOWN; a failed call's span is an error.
+        call.finish(future, span, 2, true)
+    }
+}
+
+/// The client side: a span of kind client per call, W3C context injected
+/// into the request headers, and the `rpc.client.duration` histogram
+/// (seconds, to the response headers) with the same attributes as the
+/// server side.
+#[derive(Debug, Clone, Copy)]
+pub struct Client;
+
+/// Traces and measures every RPC a client sends.
+pub type RpcClientLayer = CallLayer<Client>;
+/// The service [`RpcClientLayer`] produces.
+pub type RpcClientService<S> = CallService<S, Client>;
+
+impl Side for Client {
+    const DURATION: &'static str = "rpc.client.duration";
+    const DESCRIPTION: &'static str = "Duration of outbound RPCs, to the response headers";
+
+    fn call<S, B, R>(
+        inner: &mut S,
+        mut request: http::Request<B>,
+        duration: &ExemplarHistogram,
+    ) -> CallFuture<S, B>
+    where
+        S: tower_service::Service<http::Request<B>, Response = http::Response<R>> + Send,
+        S::Future: Send + 'static,
+    {
+        let path = request.uri().path().to_owned();
+        let (service, method) = split_path(&path);
+        let span = tracing::info_span!(
+            "rpc client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        span.in_scope(|| crate::propagation::inject_headers(request.headers_mut()));
+        let call = Measured::start(duration, service, method);
+        let future = inner.call(request);
+        // Unreachable or broken transport: UNAVAILABLE.
+        call.finish(future, span, 14, false)
     }
 }
 
@@ -199,93 +347,5 @@ mod tests {
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
         ));
         assert!(!is_infrastructure("/testbed.v1.IngestService/Publish"));
-    }
-}
-
-/// The client side: a span of kind client per call, W3C context injected
-/// into the request headers, and the `rpc.client.duration` histogram
-/// (seconds, to the response headers) with the same attributes as the
-/// server side.
-#[derive(Debug, Clone)]
-pub struct RpcClientLayer {
-    duration: ExemplarHistogram,
-}
-
-impl Default for RpcClientLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl RpcClientLayer {
-    /// A layer recording into the global meter provider.
-    pub fn new() -> Self {
-        Self {
-            duration: duration_histogram(
-                "rpc.client.duration",
-                "Duration of outbound RPCs, to the response headers",
-            ),
-        }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for RpcClientLayer {
-    type Service = RpcClientService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcClientService {
-            inner,
-            duration: self.duration.clone(),
-        }
-    }
-}
-
-/// The service [`RpcClientLayer`] produces.
-#[derive(Debug, Clone)]
-pub struct RpcClientService<S> {
-    inner: S,
-    duration: ExemplarHistogram,
-}
-
-impl<S, B, R> tower_service::Service<http::Request<B>> for RpcClientService<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let (service, method) = split_path(&path);
-        let span = tracing::info_span!(
-            "rpc client",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        span.in_scope(|| crate::propagation::inject_headers(request.headers_mut()));
-        let started = Instant::now();
-        let duration = self.duration.clone();
-        let future = self.inner.call(request);
-        Box::pin(
-            async move {
-                let result = future.await;
-                // Unreachable or broken transport: UNAVAILABLE.
-                let code = status_code(&result, 14);
-                tracing::Span::current().record("rpc.grpc.status_code", code);
-                record(&duration, started, service, method, code);
-                result
-            }
-            .instrument(span),
-        )
     }
 }
