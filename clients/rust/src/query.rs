@@ -5,6 +5,7 @@
 //! nothing, so another attempt is always safe. Events are processed
 //! asynchronously: a device is NOT_FOUND until a worker applied its events.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures::Stream;
@@ -17,6 +18,27 @@ use crate::{Client, RetryPolicy, with_retries};
 
 fn duration(d: Option<Duration>) -> Option<prost_types::Duration> {
     d.and_then(|d| prost_types::Duration::try_from(d).ok())
+}
+
+/// One unary call, `call` on a clone of `client` with `request`, retried
+/// per `policy` (each attempt under its timeout); the reply's message.
+async fn retried<C, Q, R, F, Fut>(
+    client: &C,
+    policy: &RetryPolicy,
+    request: Q,
+    call: F,
+) -> Result<R, tonic::Status>
+where
+    C: Clone,
+    Q: Clone,
+    F: Fn(C, tonic::Request<Q>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    with_retries(policy, || {
+        call(client.clone(), policy.request(request.clone()))
+    })
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 impl Client {
@@ -38,16 +60,12 @@ impl Client {
             producer_id: producer_id.to_owned(),
             sequence,
         };
-        with_retries(policy, || {
-            let mut ingest = self.ingest.clone();
-            let request = policy.request(request.clone());
-            async move {
-                ingest
-                    .publish(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
+        retried(
+            &self.ingest,
+            policy,
+            request,
+            |mut ingest, request| async move { ingest.publish(request).await },
+        )
         .await
     }
 
@@ -63,16 +81,12 @@ impl Client {
             window: duration(window),
         };
         let policy = RetryPolicy::default();
-        with_retries(&policy, || {
-            let mut query = self.query.clone();
-            let request = policy.request(request.clone());
-            async move {
-                query
-                    .get_device_stats(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
+        retried(
+            &self.query,
+            &policy,
+            request,
+            |mut query, request| async move { query.get_device_stats(request).await },
+        )
         .await
     }
 
@@ -82,16 +96,12 @@ impl Client {
             run_id: run_id.to_owned(),
         };
         let policy = RetryPolicy::default();
-        with_retries(&policy, || {
-            let mut query = self.query.clone();
-            let request = policy.request(request.clone());
-            async move {
-                query
-                    .get_run_stats(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
+        retried(
+            &self.query,
+            &policy,
+            request,
+            |mut query, request| async move { query.get_run_stats(request).await },
+        )
         .await
     }
 
