@@ -78,12 +78,23 @@ fn events<'a>(ids: &[&'a str]) -> Vec<AppendEvent<'a>> {
 /// Appends each of `ids` as an entry of its own to partition 0 and reads
 /// them all for consumer `c`: entries pending, ready to apply.
 async fn pending(log: &AnyLog, ids: &[&str]) -> Vec<testbed_stream::Entry> {
+    append_each(log, ids).await;
+    read_new(log, "c", 10).await
+}
+
+/// Appends each of `ids` as an entry of its own to partition 0.
+async fn append_each(log: &AnyLog, ids: &[&str]) {
     for id in ids {
         log.append(0, &EntryMeta::default(), &events(&[id]))
             .await
             .unwrap();
     }
-    log.read(0, "c", 10, Duration::from_millis(100))
+}
+
+/// Reads up to `count` new entries of partition 0 for `consumer`, waiting
+/// 100 ms at most for the first.
+async fn read_new(log: &AnyLog, consumer: &str, count: usize) -> Vec<testbed_stream::Entry> {
+    log.read(0, consumer, count, Duration::from_millis(100))
         .await
         .unwrap()
 }
@@ -280,10 +291,7 @@ where
     assert_eq!(out.duplicates, vec![0]);
     assert_eq!(out.backlog, Some(3));
 
-    let read = log
-        .read(0, "c", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let read = read_new(log, "c", 10).await;
     let all: Vec<Vec<u8>> = read
         .iter()
         .flat_map(|e| e.events.iter().map(|b| b.to_vec()))
@@ -327,10 +335,7 @@ where
     log.append(0, &EntryMeta::default(), &events(&["a", "b"]))
         .await
         .unwrap();
-    let taken = log
-        .read(0, "dead-worker", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let taken = read_new(log, "dead-worker", 10).await;
     assert_eq!(taken.len(), 1);
     // Not idle long enough yet.
     let none = log
@@ -380,10 +385,7 @@ where
     log.append(0, &EntryMeta::default(), &events(&["x", "y", "z"]))
         .await
         .unwrap();
-    let read = log
-        .read(0, "c", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let read = read_new(log, "c", 10).await;
     assert_eq!(
         log.dead_letter(&read[0], 3, "undecodable", &Ops::default())
             .await
@@ -424,14 +426,8 @@ where
             .await
             .unwrap();
     }
-    let first = log
-        .read(0, "c", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
-    let rest = log
-        .read(0, "c", 1000, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let first = read_new(log, "c", 1).await;
+    let rest = read_new(log, "c", 1000).await;
     assert_eq!(rest.len(), 299);
     let ops = Ops::default();
     for entry in &rest {
@@ -458,10 +454,7 @@ where
     // Now everything is acked and may be trimmed; new appends still flow.
     log.trim(0).await.unwrap();
     log.append(0, &meta, &events(&["late"])).await.unwrap();
-    let late = log
-        .read(0, "c", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let late = read_new(log, "c", 10).await;
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].events, vec![b"payload-late".to_vec()]);
     assert_eq!(log.figures(0).await.unwrap().processed, 300);
@@ -477,10 +470,7 @@ where
     log.append(0, &EntryMeta::default(), &events(&["a", "b", "c", "d"]))
         .await
         .unwrap();
-    let read = log
-        .read(0, "c", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let read = read_new(log, "c", 10).await;
     let mut ops = Ops::default();
     let key = ops.key(log.keys().e2e(0, 1));
     ops.e2e = vec![(key, 0, 4)];
@@ -735,10 +725,7 @@ async fn run_ledgers_count_duplicates_and_dead_letters() {
             .await
             .unwrap();
         assert_eq!(out.duplicates, vec![0, 1]);
-        let read = log
-            .read(0, "c", 10, Duration::from_millis(100))
-            .await
-            .unwrap();
+        let read = read_new(log, "c", 10).await;
         let mut ops = Ops::default();
         let run = ops.key(log.keys().run(0, "r1"));
         ops.push(Op::HashIncr(run, "dead_lettered".into(), 2));
@@ -775,15 +762,8 @@ where
 {
     let b = make(1, 1000).await;
     let log = &b.log;
-    for id in ["a", "b", "c"] {
-        log.append(0, &EntryMeta::default(), &events(&[id]))
-            .await
-            .unwrap();
-    }
-    let read = log
-        .read(0, "c", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
+    append_each(log, &["a", "b", "c"]).await;
+    let read = read_new(log, "c", 10).await;
     assert_eq!(read.len(), 3);
     // The middle entry is acked on its own first (as if another consumer
     // claimed and applied it).
@@ -961,14 +941,8 @@ where
     log.append(0, &EntryMeta::default(), &events(&["b"]))
         .await
         .unwrap();
-    let first = log
-        .read(0, "c1", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
-    let second = log
-        .read(0, "c2", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let first = read_new(log, "c1", 1).await;
+    let second = read_new(log, "c2", 1).await;
     let again = log.read_own_pending(0, "c1", 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, first[0].id);
@@ -996,15 +970,8 @@ where
 {
     let b = make(1, 1000).await;
     let log = &b.log;
-    for id in ["a", "b", "c"] {
-        log.append(0, &EntryMeta::default(), &events(&[id]))
-            .await
-            .unwrap();
-    }
-    let read = log
-        .read(0, "c1", 2, Duration::from_millis(100))
-        .await
-        .unwrap();
+    append_each(log, &["a", "b", "c"]).await;
+    let read = read_new(log, "c1", 2).await;
     assert_eq!(read.len(), 2);
     assert!(read.iter().all(|e| e.deliveries == 1));
     let ids: Vec<String> = read.iter().map(|e| e.id.clone()).collect();
@@ -1023,10 +990,7 @@ where
 
     // Another consumer takes both over: the acked one is left out, and an
     // entry never delivered (the third) is not pending, so not claimed.
-    let third = log
-        .read(0, "c3", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let third = read_new(log, "c3", 1).await;
     log.apply(0, &third, 1, &ops).await.unwrap();
     let mut listed = ids.clone();
     listed.push(third[0].id.clone());
@@ -1052,19 +1016,9 @@ where
 {
     let b = make(1, 1000).await;
     let log = &b.log;
-    for id in ["a", "b", "c"] {
-        log.append(0, &EntryMeta::default(), &events(&[id]))
-            .await
-            .unwrap();
-    }
-    let mine = log
-        .read(0, "c1", 2, Duration::from_millis(100))
-        .await
-        .unwrap();
-    let theirs = log
-        .read(0, "c2", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
+    append_each(log, &["a", "b", "c"]).await;
+    let mine = read_new(log, "c1", 2).await;
+    let theirs = read_new(log, "c2", 1).await;
     let listed = log.consumers(0).await.unwrap();
     let pending: Vec<(&str, u64)> = listed
         .iter()
@@ -1182,10 +1136,7 @@ where
     let out = log.append(0, &other, &events(&["a"])).await.unwrap();
     assert!(out.duplicates.is_empty());
 
-    let read = log
-        .read(0, "c", 100, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let read = read_new(log, "c", 100).await;
     let all: Vec<String> = read
         .iter()
         .flat_map(|e| {

@@ -8,12 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pipeline::{
-    InProcess, actual, event, expected, fast_worker, test_minute, totals, wait_drained,
+    InProcess, assert_folded, event, fast_worker, memory_log, test_minute, totals, wait_drained,
 };
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest};
 use testbed_stream::AggregateStore as _;
-use testbed_stream::{AnyLog, EventLog as _, MemoryLog, RedisLog, StoreArgs};
+use testbed_stream::{AnyLog, EventLog as _, RedisLog, StoreArgs};
 use testbed_test_support::{RedisCluster, RedisServer};
 use tokio_stream::StreamExt as _;
 use tonic_types::StatusExt as _;
@@ -79,15 +79,14 @@ async fn exact_counts_on(log: AnyLog) {
         (figures.ingested, figures.processed, figures.duplicates),
         (3000, 3000, 0)
     );
-    let want = expected(&events);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &events, minute).await;
     pipe.stop().await;
 }
 
 /// Exact counts on the embedded in-memory log (what `testbed all` uses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counts_in_memory() {
-    exact_counts_on(AnyLog::Memory(MemoryLog::new(&StoreArgs::default()))).await;
+    exact_counts_on(memory_log()).await;
 }
 
 /// Exact counts on a real Redis.
@@ -183,8 +182,7 @@ async fn republished_event_ids_count_once() {
         (110, 110, 150)
     );
     let all: Vec<Event> = (0..110).map(|i| event("dup", i, 5, minute)).collect();
-    let want = expected(&all);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &all, minute).await;
     pipe.stop().await;
 }
 
@@ -250,8 +248,7 @@ async fn idempotent_producer_retries_count_once() {
     );
     let mut all = events.clone();
     all.extend(others);
-    let want = expected(&all);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &all, minute).await;
     pipe.stop().await;
 }
 
@@ -259,7 +256,7 @@ async fn idempotent_producer_retries_count_once() {
 /// ones reported by index with field and reason.
 #[tokio::test]
 async fn invalid_events_are_rejected_by_index() {
-    let log = AnyLog::Memory(MemoryLog::new(&StoreArgs::default()));
+    let log = memory_log();
     let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
     let minute = test_minute();
     let mut events: Vec<Event> = (0..6).map(|i| event("inv", i, 2, minute)).collect();
@@ -296,15 +293,14 @@ async fn invalid_events_are_rejected_by_index() {
         .filter(|(i, _)| *i != 1 && *i != 4)
         .map(|(_, e)| e)
         .collect();
-    let want = expected(&valid);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &valid, minute).await;
     pipe.stop().await;
 }
 
 /// Envelope errors are INVALID_ARGUMENT with BadRequest naming the field.
 #[tokio::test]
 async fn empty_and_oversized_batches_are_invalid_argument() {
-    let log = AnyLog::Memory(MemoryLog::new(&StoreArgs::default()));
+    let log = memory_log();
     let config = IngestConfig {
         max_batch: 3,
         ..IngestConfig::default()
@@ -495,8 +491,7 @@ async fn half_failed_append_retried_counts_exactly() {
     let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
     let figures = wait_drained(&log, 200, Duration::from_secs(30)).await;
     assert_eq!((figures.ingested, figures.processed), (200, 200));
-    let want = expected(&events);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &events, minute).await;
     pipe.stop().await;
 }
 
@@ -633,8 +628,7 @@ async fn poison_entries_are_dead_lettered() {
     assert_eq!((figures.processed, figures.dead_lettered), (50, 1));
     let dlq = log.keys().dead_letter(0);
     assert_eq!(redis.command(&["XLEN", &dlq]), ":1");
-    let want = expected(&events);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &events, minute).await;
     pipe.stop().await;
 }
 

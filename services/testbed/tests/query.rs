@@ -8,7 +8,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::pipeline::{InProcess, event, expected, fast_worker, test_minute, wait_drained};
+use common::pipeline::{
+    InProcess, event, expected, fast_worker, memory_log, test_minute, wait_drained,
+};
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::{
@@ -16,9 +18,7 @@ use testbed_proto::v1::{
     GetTokenUsageRequest, ListDevicesRequest, PipelineStats, PublishRequest, TokenGroupBy,
     TopDevicesRequest, TopMetric, WatchPipelineStatsRequest, event::Payload,
 };
-use testbed_stream::{
-    AnyLog, MemoryLog, RedisLog, StoreArgs, latency_bucket, latency_bucket_upper,
-};
+use testbed_stream::{AnyLog, RedisLog, StoreArgs, latency_bucket, latency_bucket_upper};
 use testbed_test_support::RedisServer;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -33,10 +33,6 @@ async fn redis_log(url: String) -> AnyLog {
         ..StoreArgs::default()
     };
     AnyLog::Redis(RedisLog::connect(&args).await.unwrap())
-}
-
-fn memory_log() -> AnyLog {
-    AnyLog::Memory(MemoryLog::new(&StoreArgs::default()))
 }
 
 async fn query_client(pipe: &InProcess) -> Query {

@@ -18,8 +18,8 @@ use testbed_ingest::IngestConfig;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::{
     GetDeviceStatsRequest, GetPipelineStatsRequest, GetRunStatsRequest, GetTokenUsageRequest,
-    ListDevicesRequest, PublishRequest, TokenGroupBy, TopDevicesRequest, TopMetric,
-    WatchPipelineStatsRequest,
+    ListDevicesRequest, ListDevicesResponse, PublishRequest, TokenGroupBy, TopDevicesRequest,
+    TopMetric, WatchPipelineStatsRequest,
 };
 use testbed_stream::{AnyLog, RedisLog, StoreArgs};
 use testbed_test_support::RedisServer;
@@ -195,6 +195,22 @@ async fn fill(url: &str) {
     pipe.stop().await;
 }
 
+/// A page of 10 devices matching `filter`, from `page_token`.
+async fn list_devices(
+    q: &mut QueryServiceClient<tonic::transport::Channel>,
+    filter: &str,
+    page_token: String,
+) -> ListDevicesResponse {
+    q.list_devices(ListDevicesRequest {
+        page_size: 10,
+        filter: filter.to_owned(),
+        page_token,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// Every query RPC's Redis commands are bounded; TopDevices is the one
 /// read still walking a fleet-sized hash (#32 item 3), and is named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,48 +231,17 @@ async fn every_query_command_is_bounded() {
         redis.command(&["ECHO", &marker]);
         calls.push((name, monitor.until(&marker)));
     };
-    let first = q
-        .list_devices(ListDevicesRequest {
-            page_size: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let first = list_devices(&mut q, "", String::new()).await;
     assert_eq!(first.devices.len(), 10);
     mark("ListDevices", &mut calls);
-    let next = q
-        .list_devices(ListDevicesRequest {
-            page_size: 10,
-            page_token: first.next_page_token,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let next = list_devices(&mut q, "", first.next_page_token).await;
     assert_eq!(next.devices.len(), 10);
     mark("ListDevices next page", &mut calls);
-    let arm = q
-        .list_devices(ListDevicesRequest {
-            page_size: 10,
-            filter: "arch=arm64".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let arm = list_devices(&mut q, "arch=arm64", String::new()).await;
     assert_eq!(arm.devices.len(), 10);
     assert!(arm.devices.iter().all(|d| d.labels["arch"] == "arm64"));
     mark("ListDevices arch=arm64", &mut calls);
-    let none = q
-        .list_devices(ListDevicesRequest {
-            page_size: 10,
-            filter: "arch=riscv".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let none = list_devices(&mut q, "arch=riscv", String::new()).await;
     assert!(none.devices.is_empty() && none.next_page_token.is_empty());
     mark("ListDevices arch=riscv", &mut calls);
     q.get_device_stats(GetDeviceStatsRequest {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::Testbed;
 use common::tls::{
-    Ca, Files, client_tls, connect, handshake, health, metric, presented, wait_metric, wait_serving,
+    Ca, Files, Leaf, client_tls, connect, handshake, health, metric, presented, wait_metric,
+    wait_serving,
 };
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
 use testbed_proto::v1::{Event, Metric, PublishRequest, event::Payload};
@@ -49,6 +50,24 @@ fn publish_request(id: &str, token: Option<&str>) -> Request<PublishRequest> {
     request
 }
 
+/// `testbed all` serving TLS with `leaf` (written to `c.pem` and `k.pem`
+/// in `files`), plus `extra` flags.
+fn start_tls(files: &Files, leaf: &Leaf, extra: &[&str]) -> Testbed {
+    let (cert, key) = (
+        files.write("c.pem", &leaf.cert),
+        files.write("k.pem", &leaf.key),
+    );
+    let mut args = vec![
+        "all",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Testbed::start(&args)
+}
+
 /// Publishes one event on `channel`; the accepted count or the status code.
 async fn publish(channel: Channel, id: &str, token: Option<&str>) -> Result<u32, Code> {
     IngestServiceClient::new(channel)
@@ -78,17 +97,7 @@ async fn tls_serves_tls_clients_and_refuses_plaintext_and_untrusting_ones() {
     let files = Files::new("basic");
     let ca = Ca::new("basic-ca");
     let leaf = ca.leaf("server");
-    let (cert, key) = (
-        files.write("c.pem", &leaf.cert),
-        files.write("k.pem", &leaf.key),
-    );
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let all = start_tls(&files, &leaf, &[]);
     let tls = client_tls(&ca.pem(), None);
     wait_serving(all.addr, &tls).await;
 
@@ -142,15 +151,12 @@ async fn mtls_requires_a_client_certificate_of_the_client_ca() {
     let server_ca = Ca::new("server-ca");
     let client_ca = Ca::new("client-ca");
     let leaf = server_ca.leaf("server");
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("c.pem", &leaf.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("k.pem", &leaf.key).to_str().unwrap(),
-        "--tls-client-ca",
-        files.write("ca.pem", &client_ca.pem()).to_str().unwrap(),
-    ]);
+    let client_ca_file = files.write("ca.pem", &client_ca.pem());
+    let all = start_tls(
+        &files,
+        &leaf,
+        &["--tls-client-ca", client_ca_file.to_str().unwrap()],
+    );
     let client = client_ca.leaf("client");
     let good = client_tls(&server_ca.pem(), Some(&client));
     wait_serving(all.addr, &good).await;
@@ -193,17 +199,16 @@ async fn tokens_over_tls_and_the_plaintext_probe_port() {
     let leaf = ca.leaf("server");
     let secret = "writer-secret-0123456789";
     let tokens = files.write("tokens", &format!("ci-writer:write:{secret}\n"));
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("c.pem", &leaf.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("k.pem", &leaf.key).to_str().unwrap(),
-        "--auth-tokens-file",
-        tokens.to_str().unwrap(),
-        "--probe-addr",
-        "127.0.0.1:0",
-    ]);
+    let all = start_tls(
+        &files,
+        &leaf,
+        &[
+            "--auth-tokens-file",
+            tokens.to_str().unwrap(),
+            "--probe-addr",
+            "127.0.0.1:0",
+        ],
+    );
     let tls = client_tls(&ca.pem(), None);
     wait_serving(all.addr, &tls).await;
     let channel = connect(all.addr, tls.clone()).await.unwrap();
@@ -256,15 +261,7 @@ async fn silent_tls_clients_are_closed_at_the_handshake_timeout() {
     let files = Files::new("silent");
     let ca = Ca::new("silent-ca");
     let leaf = ca.leaf("server");
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("c.pem", &leaf.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("k.pem", &leaf.key).to_str().unwrap(),
-        "--handshake-timeout",
-        "300ms",
-    ]);
+    let all = start_tls(&files, &leaf, &["--handshake-timeout", "300ms"]);
     wait_serving(all.addr, &client_tls(&ca.pem(), None)).await;
     let start = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(all.addr).await.unwrap();
@@ -298,19 +295,7 @@ async fn rotated_certificates_reach_new_connections_and_garbage_is_refused() {
     let files = Files::new("rotate");
     let (old_ca, new_ca) = (Ca::new("old-ca"), Ca::new("new-ca"));
     let (old, new) = (old_ca.leaf("server-old"), new_ca.leaf("server-new"));
-    let (cert, key) = (
-        files.write("c.pem", &old.cert),
-        files.write("k.pem", &old.key),
-    );
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--tls-reload-interval",
-        "100ms",
-    ]);
+    let all = start_tls(&files, &old, &["--tls-reload-interval", "100ms"]);
     wait_serving(all.addr, &client_tls(&old_ca.pem(), None)).await;
     assert_eq!(
         presented(all.addr, &old_ca.pem()).await,
@@ -434,23 +419,18 @@ async fn sim_verify_over_mutual_tls_with_a_token() {
     let (server_ca, client_ca) = (Ca::new("sim-server-ca"), Ca::new("sim-client-ca"));
     let (leaf, client) = (server_ca.leaf("server"), client_ca.leaf("sim"));
     let secret = "writer-secret-0123456789";
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("c.pem", &leaf.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("k.pem", &leaf.key).to_str().unwrap(),
-        "--tls-client-ca",
-        files
-            .write("client-ca.pem", &client_ca.pem())
-            .to_str()
-            .unwrap(),
-        "--auth-tokens-file",
-        files
-            .write("tokens", &format!("ci-writer:write:{secret}\n"))
-            .to_str()
-            .unwrap(),
-    ]);
+    let client_ca_file = files.write("client-ca.pem", &client_ca.pem());
+    let tokens = files.write("tokens", &format!("ci-writer:write:{secret}\n"));
+    let all = start_tls(
+        &files,
+        &leaf,
+        &[
+            "--tls-client-ca",
+            client_ca_file.to_str().unwrap(),
+            "--auth-tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
     wait_serving(all.addr, &client_tls(&server_ca.pem(), Some(&client))).await;
     let target = format!("https://{}", all.addr);
     let ca = files.write("ca.pem", &server_ca.pem());
@@ -550,19 +530,18 @@ async fn the_handshake_runs_inside_the_connection_cap() {
     let files = Files::new("cap");
     let ca = Ca::new("cap-ca");
     let leaf = ca.leaf("server");
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("c.pem", &leaf.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("k.pem", &leaf.key).to_str().unwrap(),
-        "--max-connections",
-        "1",
-        "--reserved-connections",
-        "0",
-        "--handshake-timeout",
-        "1s",
-    ]);
+    let all = start_tls(
+        &files,
+        &leaf,
+        &[
+            "--max-connections",
+            "1",
+            "--reserved-connections",
+            "0",
+            "--handshake-timeout",
+            "1s",
+        ],
+    );
     let tls = client_tls(&ca.pem(), None);
     wait_serving(all.addr, &tls).await;
     // The readiness checks' connections are gone before the silent one.
@@ -613,13 +592,7 @@ async fn sim_serve_runs_over_tls_and_serves_tls() {
     let files = Files::new("sim-serve");
     let ca = Ca::new("sim-serve-ca");
     let (target_leaf, sim_leaf) = (ca.leaf("all"), ca.leaf("sim"));
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("all.pem", &target_leaf.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("all.key", &target_leaf.key).to_str().unwrap(),
-    ]);
+    let all = start_tls(&files, &target_leaf, &[]);
     let tls = client_tls(&ca.pem(), None);
     wait_serving(all.addr, &tls).await;
     let target = format!("https://{}", all.addr);

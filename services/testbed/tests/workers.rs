@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Testbed;
-use common::pipeline::{InProcess, actual, event, expected, test_minute, totals, wait_drained};
+use common::pipeline::{InProcess, assert_folded, event, test_minute, totals, wait_drained};
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::{Event, PublishRequest};
 use testbed_stream::{AnyLog, RedisLog, StoreArgs};
@@ -90,8 +90,7 @@ async fn sigkilled_worker_loses_and_doubles_nothing() {
         (figures.ingested, figures.processed, figures.dead_lettered),
         (6000, 6000, 0)
     );
-    let want = expected(&events);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &events, minute).await;
     drop(worker);
     pipe.stop().await;
 }
@@ -111,8 +110,7 @@ async fn two_workers_share_the_group_exactly() {
         .unwrap();
     let figures = wait_drained(&log, 4000, Duration::from_secs(60)).await;
     assert_eq!((figures.ingested, figures.processed), (4000, 4000));
-    let want = expected(&events);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &events, minute).await;
     // Both consumers joined the group of every partition.
     let stream = testbed_stream::EventLog::keys(&log).stream(0);
     let consumers = redis.command(&["XINFO", "CONSUMERS", &stream, "workers"]);
@@ -192,8 +190,7 @@ async fn cpu_class_idle_covers_every_worker_thread() {
         .unwrap();
     let figures = wait_drained(&log, 400, Duration::from_secs(60)).await;
     assert_eq!((figures.ingested, figures.processed), (400, 400));
-    let want = expected(&events);
-    assert_eq!(actual(&log, want.keys().cloned(), minute).await, want);
+    assert_folded(&log, &events, minute).await;
     drop(idle);
     pipe.stop().await;
 }

@@ -11,7 +11,7 @@ use testbed_proto::v1::ingest_service_client::IngestServiceClient;
 use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
 use testbed_server::{CancellationToken, GrpcServer};
 use testbed_stream::AggregateStore as _;
-use testbed_stream::{AnyLog, EventLog as _, PartitionFigures, partition_of};
+use testbed_stream::{AnyLog, EventLog as _, MemoryLog, PartitionFigures, StoreArgs, partition_of};
 use testbed_worker::WorkerConfig;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -213,6 +213,18 @@ pub async fn actual(
         );
     }
     out
+}
+
+/// Asserts that the aggregates of `minute` are, device by device, what
+/// `events` make.
+pub async fn assert_folded(log: &AnyLog, events: &[Event], minute: i64) {
+    let want = expected(events);
+    assert_eq!(actual(log, want.keys().cloned(), minute).await, want);
+}
+
+/// A fresh in-memory log with the default settings.
+pub fn memory_log() -> AnyLog {
+    AnyLog::Memory(MemoryLog::new(&StoreArgs::default()))
 }
 
 /// Pipeline counters summed over partitions.
