@@ -24,10 +24,22 @@ use tonic_health::pb::health_client::HealthClient;
 pub struct Announced {
     /// The gRPC listener.
     pub grpc: SocketAddr,
-    /// The `/metrics` listener.
-    pub metrics: SocketAddr,
+    /// The `/metrics` listener (the harness asks for one: never `None`
+    /// from a process it started).
+    pub metrics: Option<SocketAddr>,
     /// The plaintext health-only listener (`--probe-addr`), if any.
     pub probe: Option<SocketAddr>,
+}
+
+impl Announced {
+    /// The addresses read from a file.
+    pub fn new(grpc: SocketAddr, metrics: Option<SocketAddr>, probe: Option<SocketAddr>) -> Self {
+        Self {
+            grpc,
+            metrics,
+            probe,
+        }
+    }
 }
 
 /// Reads an address file: `None` while it is not there yet.
@@ -126,7 +138,7 @@ impl Process {
         Self {
             child,
             addr: announced.grpc,
-            metrics_addr: announced.metrics,
+            metrics_addr: announced.metrics.expect("a metrics address"),
             probe_addr: announced.probe,
             addr_file,
             log_file: launch.log_file,

@@ -35,12 +35,8 @@ impl DerefMut for Testbed {
 /// The address file, through the server crate's reader (the format's one
 /// reader); a malformed one fails the test.
 fn read_addr_file(path: &Path) -> Option<Announced> {
-    let announced = testbed_server::addr_file::read(path)?.expect("addr file format");
-    Some(Announced {
-        grpc: announced.grpc,
-        metrics: announced.metrics.expect("a metrics address"),
-        probe: announced.probe,
-    })
+    let a = testbed_server::addr_file::read(path)?.expect("addr file format");
+    Some(Announced::new(a.grpc, a.metrics, a.probe))
 }
 
 impl Testbed {
