@@ -65,6 +65,23 @@ async fn cluster(partitions: u32, window: u64) -> Backend {
     }
 }
 
+/// The backend a conformance case runs on.
+#[derive(Clone, Copy)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+impl Kind {
+    /// A fresh backend of this kind: `partitions`, dedupe `window`.
+    async fn start(self, partitions: u32, window: u64) -> Backend {
+        match self {
+            Kind::Memory => memory(partitions, window).await,
+            Kind::Redis => redis(partitions, window).await,
+        }
+    }
+}
+
 fn events<'a>(ids: &[&'a str]) -> Vec<AppendEvent<'a>> {
     ids.iter()
         .map(|id| AppendEvent {
@@ -122,14 +139,14 @@ macro_rules! conformance {
             $(
                 /// Conformance case on the embedded log.
                 #[tokio::test]
-                async fn $name() { super::$name(super::memory).await }
+                async fn $name() { super::$name(super::Kind::Memory).await }
             )*
         }
         mod redis_backend {
             $(
                 /// Conformance case on a real single Redis.
                 #[tokio::test]
-                async fn $name() { super::$name(super::redis).await }
+                async fn $name() { super::$name(super::Kind::Redis).await }
             )*
         }
     };
@@ -155,12 +172,8 @@ conformance!(
 /// The cap on tracked devices: new devices are admitted until it is
 /// reached, then refused; tracked ones stay admitted; each partition
 /// counts its own.
-async fn tracked_devices_are_capped<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let backend = make(2, 100).await;
+async fn tracked_devices_are_capped(kind: Kind) {
+    let backend = kind.start(2, 100).await;
     let log = &backend.log;
     assert_eq!(
         log.admit_devices(0, &["a", "b"], 3).await.unwrap(),
@@ -185,12 +198,8 @@ where
     assert!(log.admit_devices(0, &[], 1).await.unwrap().is_empty());
 }
 
-async fn append_read_apply_counts_once<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(2, 1000).await;
+async fn append_read_apply_counts_once(kind: Kind) {
+    let b = kind.start(2, 1000).await;
     let log = &b.log;
     let meta = EntryMeta {
         producer_id: "p".into(),
@@ -268,12 +277,8 @@ where
     assert_eq!(log.pending(1).await.unwrap().entries, 0);
 }
 
-async fn duplicates_are_dropped_at_append<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn duplicates_are_dropped_at_append(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     let meta = EntryMeta::default();
     let out = log.append(0, &meta, &events(&["a", "b"])).await.unwrap();
@@ -308,12 +313,8 @@ where
     assert_eq!((figures.ingested, figures.duplicates), (3, 3));
 }
 
-async fn dedupe_window_is_bounded<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 2).await;
+async fn dedupe_window_is_bounded(kind: Kind) {
+    let b = kind.start(1, 2).await;
     let log = &b.log;
     let meta = EntryMeta::default();
     log.append(0, &meta, &events(&["a", "b", "c"]))
@@ -325,12 +326,8 @@ where
     assert_eq!(log.figures(0).await.unwrap().ingested, 4);
 }
 
-async fn stale_entries_are_claimed_and_applied_once<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn stale_entries_are_claimed_and_applied_once(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     log.append(0, &EntryMeta::default(), &events(&["a", "b"]))
         .await
@@ -375,12 +372,8 @@ where
     assert!(counters(log, 0).await.contains(&("n".into(), "2".into())));
 }
 
-async fn dead_letter_acks_and_counts<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn dead_letter_acks_and_counts(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     log.append(0, &EntryMeta::default(), &events(&["x", "y", "z"]))
         .await
@@ -412,12 +405,8 @@ where
     );
 }
 
-async fn trim_keeps_unacknowledged_entries<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn trim_keeps_unacknowledged_entries(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     let meta = EntryMeta::default();
     // Many entries so Redis' approximate trimming has whole nodes to drop.
@@ -460,12 +449,8 @@ where
     assert_eq!(log.figures(0).await.unwrap().processed, 300);
 }
 
-async fn e2e_latency_is_recorded<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn e2e_latency_is_recorded(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     log.append(0, &EntryMeta::default(), &events(&["a", "b", "c", "d"]))
         .await
@@ -755,12 +740,8 @@ async fn run_ledgers_count_duplicates_and_dead_letters() {
 
 /// A batch of entries is applied and acked as one step; if one of them was
 /// already acked, nothing of the batch is applied, and the outcome names it.
-async fn batch_apply_is_all_or_nothing<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn batch_apply_is_all_or_nothing(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     append_each(log, &["a", "b", "c"]).await;
     let read = read_new(log, "c", 10).await;
@@ -807,12 +788,8 @@ where
 
 /// Every kind of write, including one field written twice in a batch and
 /// a large hash, gives the same values on every backend.
-async fn merges_agree_across_backends<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn merges_agree_across_backends(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     let read = pending(log, &["a", "b"]).await;
     let hash = log.keys().aggregate(0, "test:merge");
@@ -928,12 +905,8 @@ fn check_merged(fields: std::collections::HashMap<String, String>) {
 
 /// A consumer can read again what was delivered to it and not acked (a
 /// read whose reply was lost); other consumers' entries are not included.
-async fn own_pending_entries_can_be_read_again<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn own_pending_entries_can_be_read_again(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     log.append(0, &EntryMeta::default(), &events(&["a"]))
         .await
@@ -963,12 +936,8 @@ where
 /// its delivery count; an entry acked meanwhile is left out, and so is an
 /// id that was never delivered. Reading one's own pending entries counts
 /// a delivery too.
-async fn listed_entries_are_claimed_with_their_deliveries<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn listed_entries_are_claimed_with_their_deliveries(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     append_each(log, &["a", "b", "c"]).await;
     let read = read_new(log, "c1", 2).await;
@@ -1009,12 +978,8 @@ where
 
 /// The group's consumers are listed with what they hold; a consumer's
 /// pending ids can be listed; one is forgotten only when it holds nothing.
-async fn consumers_are_listed_and_forgotten_only_when_idle_handed<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn consumers_are_listed_and_forgotten_only_when_idle_handed(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     append_each(log, &["a", "b", "c"]).await;
     let mine = read_new(log, "c1", 2).await;
@@ -1062,12 +1027,8 @@ where
 /// not compared across batches, and a sequence older than the window is
 /// refused. The jumps below slide the window by less than its width, by
 /// more, and across its wrap-around.
-async fn producer_sequences_dedupe_batches<F, Fut>(make: F)
-where
-    F: FnOnce(u32, u64) -> Fut,
-    Fut: std::future::Future<Output = Backend>,
-{
-    let b = make(1, 1000).await;
+async fn producer_sequences_dedupe_batches(kind: Kind) {
+    let b = kind.start(1, 1000).await;
     let log = &b.log;
     let meta = |sequence: u64| EntryMeta {
         producer_id: "sim-1".into(),
