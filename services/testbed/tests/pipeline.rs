@@ -28,6 +28,13 @@ async fn redis_log(url: String, cluster: bool) -> AnyLog {
     AnyLog::Redis(RedisLog::connect(&args).await.unwrap())
 }
 
+/// A `redis-server` of the test's own and the log over it.
+async fn single_redis() -> (RedisServer, AnyLog) {
+    let redis = RedisServer::start();
+    let log = redis_log(redis.url(), false).await;
+    (redis, log)
+}
+
 /// Publishes `events` over `streams` concurrent PublishStreams in batches
 /// of `batch`, and checks every batch was acknowledged in order.
 async fn publish_streams(pipe: &InProcess, events: &[Event], streams: usize, batch: usize) {
@@ -107,8 +114,7 @@ async fn exact_counts_on_redis_cluster() {
 /// processed, the streams shrink with nobody else calling trim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_entries_are_trimmed() {
-    let redis = RedisServer::start();
-    let log = redis_log(redis.url(), false).await;
+    let (redis, log) = single_redis().await;
     let minute = test_minute();
     let events: Vec<Event> = (0..2000).map(|i| event("trim", i, 16, minute)).collect();
     let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
@@ -139,8 +145,7 @@ async fn acknowledged_entries_are_trimmed() {
 /// Re-publishing the same event ids is acknowledged and counted once.
 #[tokio::test]
 async fn republished_event_ids_count_once() {
-    let redis = RedisServer::start();
-    let log = redis_log(redis.url(), false).await;
+    let (_redis, log) = single_redis().await;
     let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
     let minute = test_minute();
     let events: Vec<Event> = (0..100).map(|i| event("dup", i, 5, minute)).collect();
@@ -368,8 +373,7 @@ async fn empty_and_oversized_batches_are_invalid_argument() {
 /// of the refused request appended.
 #[tokio::test]
 async fn backlog_over_limit_is_resource_exhausted_and_appends_nothing() {
-    let redis = RedisServer::start();
-    let log = redis_log(redis.url(), false).await;
+    let (_redis, log) = single_redis().await;
     let config = IngestConfig {
         backlog_limit: 5,
         retry_after: Duration::from_millis(700),
@@ -446,8 +450,7 @@ async fn backlog_over_limit_is_resource_exhausted_and_appends_nothing() {
 /// broken) is an error; once fixed, the retry counts every event exactly once.
 #[tokio::test]
 async fn half_failed_append_retried_counts_exactly() {
-    let redis = RedisServer::start();
-    let log = redis_log(redis.url(), false).await;
+    let (redis, log) = single_redis().await;
     log.ensure_group().await.unwrap();
     // Break partition 1's stream: XADD fails there, other partitions work.
     let broken = log.keys().stream(1);
@@ -503,8 +506,7 @@ async fn redis_outage_is_unavailable_then_recovers() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let mut redis = RedisServer::start();
-    let log = redis_log(redis.url(), false).await;
+    let (mut redis, log) = single_redis().await;
     let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", pipe.addr))
         .unwrap()
@@ -604,8 +606,7 @@ async fn redis_outage_is_unavailable_then_recovers() {
 /// and does not block the partition.
 #[tokio::test]
 async fn poison_entries_are_dead_lettered() {
-    let redis = RedisServer::start();
-    let log = redis_log(redis.url(), false).await;
+    let (redis, log) = single_redis().await;
     log.ensure_group().await.unwrap();
     let poison = testbed_stream::AppendEvent {
         run_id: "",
