@@ -13,17 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Testbed;
+use common::sim_api::{Client, get, start};
 use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
 use testbed_proto::v1::update_run_request::Change;
 use testbed_proto::v1::{
-    GetRunRequest, RateLoad, Run, RunSpec, RunState, StartRunRequest, StopRunRequest,
-    UpdateRunRequest, run_spec::Load,
+    RateLoad, RunSpec, RunState, StopRunRequest, UpdateRunRequest, run_spec::Load,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
-
-type Client = SimulatorServiceClient<Channel>;
 
 /// A TCP listener that counts the connections it accepts: the `OTHER`
 /// address of the issue, which nothing may reach.
@@ -86,25 +83,6 @@ fn spec(target: &str, rate: f64, duration: Option<f64>) -> RunSpec {
     }
 }
 
-async fn start(client: &mut Client, spec: RunSpec) -> Result<Run, Status> {
-    let response = client
-        .start_run(StartRunRequest { spec: Some(spec) })
-        .await?;
-    Ok(response.into_inner().run.unwrap())
-}
-
-async fn get(client: &mut Client, run_id: &str) -> Run {
-    let response = client
-        .get_run(GetRunRequest {
-            run_id: run_id.to_owned(),
-        })
-        .await
-        .unwrap();
-    response.into_inner().run.unwrap()
-}
-
-/// Asserts PERMISSION_DENIED with ErrorInfo TARGET_NOT_ALLOWED naming
-/// `target`; returns the metadata.
 fn assert_not_allowed(status: &Status, target: &str) -> std::collections::HashMap<String, String> {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let info = status.get_details_error_info().expect("ErrorInfo");
@@ -211,7 +189,7 @@ async fn an_allowed_run_completes() {
     start(&mut client, run_spec).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let run = loop {
-        let run = get(&mut client, "allowed-1").await;
+        let run = get(&mut client, "allowed-1").await.unwrap();
         if run.state() != RunState::Running {
             break run;
         }
@@ -321,7 +299,7 @@ async fn an_open_run_ends_at_the_longest_duration() {
     start(&mut client, open).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let run = loop {
-        let run = get(&mut client, "open-capped").await;
+        let run = get(&mut client, "open-capped").await.unwrap();
         if run.state() != RunState::Running {
             break run;
         }

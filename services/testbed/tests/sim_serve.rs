@@ -8,18 +8,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Testbed;
+use common::sim_api::{Client, get, start, stop, update};
 use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
 use testbed_proto::v1::update_run_request::Change;
 use testbed_proto::v1::{
-    GetRunRequest, HoldPhase, Phase, RateLoad, Run, RunSpec, RunState, Scenario, StartRunRequest,
-    StopRunRequest, UpdateRunRequest, WatchRunRequest, phase, run_spec::Load,
+    HoldPhase, Phase, RateLoad, Run, RunSpec, RunState, Scenario, WatchRunRequest, phase,
+    run_spec::Load,
 };
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
-
-type Client = SimulatorServiceClient<Channel>;
 
 /// A `testbed all` to send to, and a `testbed sim --serve` pointed at it.
 struct Setup {
@@ -59,42 +57,6 @@ fn rate_spec(run_id: &str, rate: f64, duration: Option<f64>) -> RunSpec {
         devices: 8,
         ..Default::default()
     }
-}
-
-async fn start(client: &mut Client, spec: RunSpec) -> Result<Run, Status> {
-    let response = client
-        .start_run(StartRunRequest { spec: Some(spec) })
-        .await?;
-    Ok(response.into_inner().run.unwrap())
-}
-
-async fn get(client: &mut Client, run_id: &str) -> Result<Run, Status> {
-    let response = client
-        .get_run(GetRunRequest {
-            run_id: run_id.to_owned(),
-        })
-        .await?;
-    Ok(response.into_inner().run.unwrap())
-}
-
-async fn update(client: &mut Client, run_id: &str, change: Change) -> Result<Run, Status> {
-    let response = client
-        .update_run(UpdateRunRequest {
-            run_id: run_id.to_owned(),
-            change: Some(change),
-        })
-        .await?;
-    Ok(response.into_inner().run.unwrap())
-}
-
-async fn stop(client: &mut Client, run_id: &str) -> Run {
-    let response = client
-        .stop_run(StopRunRequest {
-            run_id: run_id.to_owned(),
-        })
-        .await
-        .unwrap();
-    response.into_inner().run.unwrap()
 }
 
 /// Polls GetRun until `done` holds (within `limit`), returning that run.

@@ -5,6 +5,7 @@ pub mod h2;
 pub mod otlp;
 pub mod pipeline;
 pub mod sim;
+pub mod sim_api;
 pub mod tls;
 
 use std::ops::{Deref, DerefMut};
