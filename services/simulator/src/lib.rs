@@ -98,6 +98,7 @@
 pub mod cli;
 pub mod load;
 pub mod serve;
+pub mod thresholds;
 
 pub use cli::{Dedupe, OutputFormat, ServeArgs, SimArgs, SimError, run};
 pub use serve::SimulatorApi;
