@@ -11,8 +11,12 @@
 //! exits 0. From SIGTERM to exit: at most the sum of the two, plus the
 //! moment it takes to stop the runtime.
 //!
-//! Exit codes: 0 after a clean shutdown; 1 when a server cannot start or
-//! fails; 2 for bad flags (clap's convention).
+//! Exit codes: 0 after a clean shutdown (or a `testbed sim` run whose
+//! checks all passed); 1 when a server cannot start or fails, and when a
+//! `testbed sim` run fails its --verify check or leaves events
+//! undelivered; 2 for bad flags (clap's convention), including a
+//! malformed `--threshold`; 99 when a `testbed sim` run crosses a
+//! `--threshold` (k6's code).
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -171,6 +175,12 @@ async fn run(cli: Cli, cpu_class_warning: Option<String>) -> Stopped {
         Err(err @ MainError::NeedsRedis(_)) => {
             eprintln!("testbed: {err}");
             ExitCode::from(2)
+        }
+        // A run's verdict: thresholds crossed (99), a usage error (2).
+        Err(MainError::Sim(err)) if err.exit_code() != 1 => {
+            tracing::error!(error = %err, "testbed sim failed");
+            eprintln!("testbed: {err}");
+            ExitCode::from(err.exit_code())
         }
         Err(err) => {
             // One line, no backtrace: the message names the flag and value.

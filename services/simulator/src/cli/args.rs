@@ -10,6 +10,7 @@ use testbed_server::auth::client::Token;
 use crate::load::allow::AllowEntry;
 use crate::load::fleet::{self, Mix};
 use crate::load::transport::parse_target;
+use crate::thresholds::{LiveSettings, Threshold, parse_threshold};
 
 /// Report formats of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +168,31 @@ pub struct SimArgs {
     #[command(flatten)]
     pub tls: crate::load::tls::ClientTlsArgs,
 
+    /// A pass/fail threshold (repeat, or comma-separate in the env var):
+    /// `METRIC OP VALUE[UNIT]`, e.g. `ack_p99<10ms`, `errors<0.1%`,
+    /// `achieved>=99%`, `retried<10`, `e2e_p99<1s` or `verify` (these two
+    /// need --verify). Metrics: ack_p50/p90/p99/p999/max/mean (us, ms, s),
+    /// e2e_p50/p90/p99/max, errors, rejected, failed, achieved (% or a
+    /// fraction), achieved_rate (events/s), retried (batches), verify.
+    /// Checked at the end; with `:abort` (`ack_p99<50ms:abort`) also live
+    /// over --threshold-window after --threshold-warmup, stopping the run
+    /// when crossed. A crossed threshold exits with status 99.
+    #[arg(long = "threshold", env = "TESTBED_SIM_THRESHOLD", value_delimiter = ',',
+          value_parser = parse_threshold)]
+    pub thresholds: Vec<Threshold>,
+
+    /// How long a run goes before `:abort` thresholds are checked live
+    /// (with --serve: for every run).
+    #[arg(long, env = "TESTBED_SIM_THRESHOLD_WARMUP", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub threshold_warmup: Duration,
+
+    /// The sliding window over which `:abort` thresholds are checked live
+    /// (with --serve: for every run).
+    #[arg(long, env = "TESTBED_SIM_THRESHOLD_WINDOW", default_value = "5s",
+          value_parser = parse_window)]
+    pub threshold_window: Duration,
+
     /// `--serve` and the server's flags.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -199,6 +225,7 @@ pub struct ServeArgs {
         "rate", "duration", "devices", "verify", "output",
         "output_file", "scenario", "batch_size", "mix", "seed", "run_id",
         "verify_timeout", "dedupe", "stream_max_age", "sample_interval",
+        "thresholds",
     ])]
     pub serve: bool,
 
@@ -347,6 +374,14 @@ fn parse_arch_mix(value: &str) -> Result<ArchMix, String> {
 }
 
 impl SimArgs {
+    /// How `:abort` thresholds are checked live.
+    pub fn live_thresholds(&self) -> LiveSettings {
+        LiveSettings {
+            warmup: self.threshold_warmup,
+            window: self.threshold_window,
+        }
+    }
+
     /// The query endpoint: --query-target, or --target when not given.
     pub fn query_target(&self) -> &str {
         self.query_target.as_deref().unwrap_or(&self.target)
@@ -422,6 +457,37 @@ mod tests {
         assert_eq!(cli.sim.devices, 64);
         assert!(cli.sim.verify);
         assert_eq!(cli.sim.output, OutputFormat::GhzJson);
+    }
+
+    /// `--threshold` repeats, and a malformed one is refused at start
+    /// naming the part that failed to parse.
+    #[test]
+    fn thresholds_parse_or_name_the_bad_part() {
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--threshold",
+            "ack_p99<10ms",
+            "--threshold",
+            "errors<0.1%:abort,achieved>=99%",
+        ])
+        .unwrap();
+        let given: Vec<&str> = cli
+            .sim
+            .thresholds
+            .iter()
+            .map(|t| t.expression.as_str())
+            .collect();
+        assert_eq!(
+            given,
+            ["ack_p99<10ms", "errors<0.1%:abort", "achieved>=99%"]
+        );
+        assert!(cli.sim.thresholds[1].abort);
+        assert_eq!(cli.sim.live_thresholds().warmup, Duration::from_secs(5));
+        let err = Cli::try_parse_from(["sim", "--threshold", "ack_p99<10parsecs"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("\"parsecs\""), "{err}");
+        let err = Cli::try_parse_from(["sim", "--serve", "--threshold", "verify"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     /// Bad values are rejected with the flag named.

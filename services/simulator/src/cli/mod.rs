@@ -39,6 +39,7 @@ use crate::load::runner::{self, Progress, SendOptions};
 use crate::load::scenario::{Scenario, ScenarioError};
 use crate::load::stats::RunFigures;
 use crate::load::transport;
+use crate::thresholds::{self, Threshold, live::LiveCheck};
 
 /// Why a simulator run failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,62 @@ pub enum SimError {
         "{0} events were never acknowledged (see the status codes and re-sent batches in the report)"
     )]
     Undelivered(u64),
+    /// The flags or the scenario file ask for something impossible (a
+    /// threshold on what --verify measures, without --verify; a malformed
+    /// threshold in the scenario file).
+    #[error("{0}")]
+    Usage(String),
+    /// Thresholds were crossed (the report shows each with its value).
+    #[error("thresholds crossed: {0}")]
+    ThresholdsCrossed(String),
+}
+
+impl SimError {
+    /// The process's exit status for this error: [`EXIT_THRESHOLDS`] for
+    /// crossed thresholds, [`EXIT_USAGE`] for a usage error, 1 for the
+    /// rest (verification failed, events undelivered, a target or file
+    /// unusable).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::ThresholdsCrossed(_) => EXIT_THRESHOLDS,
+            Self::Usage(_) => EXIT_USAGE,
+            _ => 1,
+        }
+    }
+}
+
+/// Exit status of a run whose thresholds were crossed (k6's code).
+pub const EXIT_THRESHOLDS: u8 = 99;
+/// Exit status of a usage error (clap's code for bad flags).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The thresholds of a run: the flags', then the scenario file's (with
+/// its path and line in errors); those that need --verify are refused
+/// without it.
+fn thresholds(args: &SimArgs, file: Vec<(String, usize)>) -> Result<Vec<Threshold>, SimError> {
+    let mut all = args.thresholds.clone();
+    let path = args
+        .scenario
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    for (i, (text, line)) in file.into_iter().enumerate() {
+        let threshold: Threshold = text.parse().map_err(|e| {
+            SimError::Usage(format!(
+                "invalid scenario {path}: line {line}: thresholds[{i}]: {e}"
+            ))
+        })?;
+        all.push(threshold);
+    }
+    if !args.verify
+        && let Some(t) = all.iter().find(|t| t.metric.needs_verify())
+    {
+        return Err(SimError::Usage(format!(
+            "threshold {:?} needs --verify, which measures it",
+            t.expression
+        )));
+    }
+    Ok(all)
 }
 
 /// The flags that shaped the load, for the report.
@@ -109,10 +166,14 @@ fn settings(args: &SimArgs, connections: usize) -> std::collections::BTreeMap<St
 /// Runs one load run as `args` describe it, writes the report, and returns
 /// an error when verification fails or events were not delivered.
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimError> {
-    let scenario = match &args.scenario {
-        Some(path) => Scenario::load(path)?,
-        None => Scenario::steady(args.rate, args.duration),
+    let (scenario, file_thresholds) = match &args.scenario {
+        Some(path) => {
+            let file = Scenario::load_file(path)?;
+            (file.scenario, file.thresholds)
+        }
+        None => (Scenario::steady(args.rate, args.duration), Vec::new()),
     };
+    let thresholds = thresholds(&args, file_thresholds)?;
     let run_id = args.run_id.clone().unwrap_or_else(|| {
         let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -156,6 +217,19 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
     let started = SystemTime::now();
     let reporter = progress::spawn(scenario.clone(), figures.clone(), live.clone());
     let sampler = timeline::spawn(args.sample_interval, figures.clone(), live.clone());
+    // A crossed `:abort` threshold stops the schedule as a signal would;
+    // the batches in flight still drain.
+    let stop = shutdown.child_token();
+    let watcher = LiveCheck::new(
+        &thresholds,
+        args.live_thresholds(),
+        std::time::Instant::now(),
+    )
+    .map(|check| {
+        let live = live.clone();
+        let rate = move || live.lock().map(|p| p.target_rate).unwrap_or_default();
+        thresholds::live::spawn(check, figures.clone(), rate, stop.clone())
+    });
     let scheduled = runner::run(
         &scenario,
         fleet,
@@ -163,9 +237,13 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         options,
         figures.clone(),
         live,
-        shutdown,
+        stop,
     )
     .await;
+    let aborted = match watcher {
+        Some(watcher) => watcher.finish().await,
+        None => None,
+    };
     let samples = sampler.finish().await;
     reporter.finish();
     let figures = figures
@@ -201,6 +279,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         .map_err(SimError::VerifyCall)?;
         report.verification = Some(verification);
     }
+    report.thresholds = report.check(&thresholds, &figures.total, aborted);
 
     let body = match args.output {
         OutputFormat::Text => report.text(),
@@ -230,6 +309,15 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> Result<(), SimEr
         && !v.passed
     {
         return Err(SimError::VerifyFailed(v.diff.join("; ")));
+    }
+    let crossed: Vec<String> = report
+        .thresholds
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| format!("{} (observed {})", o.expression, o.observed_text))
+        .collect();
+    if !crossed.is_empty() {
+        return Err(SimError::ThresholdsCrossed(crossed.join(", ")));
     }
     let undelivered = figures.total.failed + figures.total.unanswered();
     if undelivered > 0 {

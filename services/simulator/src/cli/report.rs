@@ -14,6 +14,8 @@ use crate::cli::timeline::Sample;
 use crate::cli::verify::Verification;
 use crate::load::scenario::Scenario;
 use crate::load::stats::{Figures, RunFigures};
+use crate::thresholds::eval::Latencies;
+use crate::thresholds::{Observed, Outcome, Threshold};
 
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -180,6 +182,8 @@ pub struct Report {
     /// The flags that shaped the load (devices, mix, connections,
     /// streams, batch size...), as given.
     pub settings: std::collections::BTreeMap<String, String>,
+    /// Each threshold with the value it saw and whether it held.
+    pub thresholds: Vec<Outcome>,
 }
 
 impl Report {
@@ -216,10 +220,12 @@ impl Report {
             arch: testbed_build_info::arch().to_owned(),
             start_time: humantime::format_rfc3339_millis(start).to_string(),
             end_time: humantime::format_rfc3339_millis(end).to_string(),
+            // A run stopped early (a signal, an `:abort` threshold) is
+            // held to what its schedule had planned by then.
             total: Section::of(
                 "total",
                 scheduled,
-                scenario.planned_events(),
+                scenario.truncated(scheduled).planned_events(),
                 &figures.total,
             ),
             phases,
@@ -227,7 +233,37 @@ impl Report {
             timeline: Vec::new(),
             distribution: distribution(&figures.total),
             settings: std::collections::BTreeMap::new(),
+            thresholds: Vec::new(),
         }
+    }
+
+    /// `thresholds` checked against the whole run (`total`, with this
+    /// report's rates and verification); one crossed live (`aborted`)
+    /// keeps the window's figures that stopped the run.
+    pub fn check(
+        &self,
+        thresholds: &[Threshold],
+        total: &Figures,
+        aborted: Option<Outcome>,
+    ) -> Vec<Outcome> {
+        let mut observed = Observed::of(total, self.total.target_rate, self.total.achieved_rate);
+        if let Some(v) = &self.verification {
+            observed.verified = Some(v.passed);
+            observed.end_to_end = v.end_to_end.as_ref().map(|e| Latencies {
+                p50: e.p50_us as f64 / 1000.0,
+                p90: e.p90_us as f64 / 1000.0,
+                p99: e.p99_us as f64 / 1000.0,
+                max: e.max_us as f64 / 1000.0,
+                ..Latencies::default()
+            });
+        }
+        thresholds
+            .iter()
+            .map(|t| match &aborted {
+                Some(crossed) if crossed.expression == t.expression => crossed.clone(),
+                _ => Outcome::check(t, &observed),
+            })
+            .collect()
     }
 
     /// The human table.
@@ -300,6 +336,12 @@ impl Report {
                 ));
             }
         }
+        if !self.thresholds.is_empty() {
+            out.push_str("thresholds\n");
+            for o in &self.thresholds {
+                out.push_str(&format!("         {}\n", o.line()));
+            }
+        }
         out
     }
 
@@ -312,9 +354,25 @@ impl Report {
             .iter()
             .map(|p| json!({ "percentage": p, "latency": ns(p / 100.0) }))
             .collect();
+        let thresholds: Vec<serde_json::Value> = self
+            .thresholds
+            .iter()
+            .map(|o| {
+                json!({
+                    "expression": o.expression,
+                    "observed": o.observed,
+                    "observedText": o.observed_text,
+                    "passed": o.passed,
+                    "aborted": o.aborted,
+                })
+            })
+            .collect();
+        let aborted = self.thresholds.iter().any(|o| o.aborted);
         json!({
             "name": format!("testbed sim {}", self.run_id),
-            "endReason": "normal",
+            // ghz's reason for a run stopped before its end.
+            "endReason": if aborted { "cancel" } else { "normal" },
+            "thresholds": thresholds,
             "date": self.start_time,
             "count": batches,
             "total": total_ns,

@@ -282,8 +282,13 @@ pub async fn run_live(
     }
     // The schedule's span: its planned length (to the end of the last
     // scenario followed), or longer if dispatching fell behind (then the
-    // achieved rate shows it).
-    let scheduled = (start - began + current.duration()).max(began.elapsed());
+    // achieved rate shows it); a schedule stopped early (a signal, StopRun,
+    // an `:abort` threshold) spans until it stopped.
+    let scheduled = if shutdown.is_cancelled() {
+        began.elapsed()
+    } else {
+        (start - began + current.duration()).max(began.elapsed())
+    };
     // Lanes hold a sender of their own (for retries): closing ours lets
     // each lane finish once it has nothing in flight or queued.
     drop(senders);

@@ -24,6 +24,14 @@
 //! kind = "pause"     # no load
 //! duration = "10s"
 //! ```
+//!
+//! A file may also carry the run's pass/fail thresholds (checked by
+//! [`crate::thresholds`], which this module does not know: it hands them
+//! on as text, with their lines):
+//!
+//! ```toml
+//! thresholds = ["ack_p99<10ms", "errors<0.1%", "achieved>=99%:abort"]
+//! ```
 
 use std::path::Path;
 use std::time::Duration;
@@ -158,6 +166,18 @@ struct File {
     name: String,
     #[serde(default)]
     phase: Vec<toml::Spanned<PhaseSpec>>,
+    #[serde(default)]
+    thresholds: Vec<toml::Spanned<String>>,
+}
+
+/// A scenario file: its scenario and its thresholds, as text with the
+/// 1-based line of each, for errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioFile {
+    /// The load.
+    pub scenario: Scenario,
+    /// `thresholds = [...]`: each expression and its line.
+    pub thresholds: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +208,11 @@ impl Scenario {
     /// Parses TOML text; `path` names the source in errors, which carry
     /// the line and the field.
     pub fn parse(text: &str, path: &str) -> Result<Self, ScenarioError> {
+        Self::parse_file(text, path).map(|file| file.scenario)
+    }
+
+    /// Parses TOML text with its thresholds.
+    pub fn parse_file(text: &str, path: &str) -> Result<ScenarioFile, ScenarioError> {
         let invalid = |message: String| ScenarioError::Invalid {
             path: path.to_owned(),
             message,
@@ -268,20 +293,32 @@ impl Scenario {
             };
             phases.push(phase);
         }
-        Ok(Self {
-            name: file.name,
-            phases,
+        Ok(ScenarioFile {
+            scenario: Self {
+                name: file.name,
+                phases,
+            },
+            thresholds: file
+                .thresholds
+                .into_iter()
+                .map(|t| (t.get_ref().clone(), line_of(text, t.span().start)))
+                .collect(),
         })
     }
 
     /// Reads and parses a scenario file.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        Self::load_file(path).map(|file| file.scenario)
+    }
+
+    /// Reads and parses a scenario file with its thresholds.
+    pub fn load_file(path: &Path) -> Result<ScenarioFile, ScenarioError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &shown)
+        Self::parse_file(&text, &shown)
     }
 
     /// Total length.
@@ -338,6 +375,52 @@ impl Scenario {
     }
 
     /// Events the schedule asks for in total (the integral of the rate).
+    /// The scenario's first `length` (the whole when longer): what a run
+    /// stopped early had planned so far. A cut ramp ends at the rate it
+    /// had reached.
+    pub fn truncated(&self, length: Duration) -> Self {
+        let mut phases = Vec::new();
+        let mut left = length;
+        for phase in &self.phases {
+            if left.is_zero() {
+                break;
+            }
+            let d = phase.duration();
+            if d <= left {
+                phases.push(phase.clone());
+                left -= d;
+                continue;
+            }
+            let frac = left.as_secs_f64() / d.as_secs_f64();
+            phases.push(match phase.clone() {
+                Phase::Ramp { from, to, .. } => Phase::Ramp {
+                    from,
+                    to: from + (to - from) * frac,
+                    duration: left,
+                },
+                Phase::Hold { rate, .. } => Phase::Hold {
+                    rate,
+                    duration: left,
+                },
+                Phase::Burst { multiplier, .. } => Phase::Burst {
+                    multiplier,
+                    duration: left,
+                },
+                Phase::Spike { rate, .. } => Phase::Spike {
+                    rate,
+                    duration: left,
+                },
+                Phase::Pause { .. } => Phase::Pause { duration: left },
+            });
+            break;
+        }
+        Self {
+            name: self.name.clone(),
+            phases,
+        }
+    }
+
+    /// Events the schedule plans over the whole scenario.
     pub fn planned_events(&self) -> f64 {
         let mut base = 0.0;
         let mut total = 0.0;
@@ -396,6 +479,46 @@ duration = "2s"
         assert_eq!(s.rate_at(Duration::from_secs(17)), Some((0.0, 3)));
         assert_eq!(s.rate_at(Duration::from_secs(18)), None);
         assert_eq!(s.planned_events(), 2000.0 + 3000.0 + 1000.0);
+    }
+
+    /// A scenario cut short plans what it had reached.
+    #[test]
+    fn truncated_plans_what_it_reached() {
+        let s = Scenario {
+            name: "t".into(),
+            phases: vec![
+                Phase::Ramp {
+                    from: 0.0,
+                    to: 100.0,
+                    duration: Duration::from_secs(10),
+                },
+                Phase::Hold {
+                    rate: 100.0,
+                    duration: Duration::from_secs(10),
+                },
+            ],
+        };
+        assert_eq!(s.truncated(Duration::from_secs(5)).planned_events(), 125.0);
+        assert_eq!(
+            s.truncated(Duration::from_secs(15)).planned_events(),
+            1000.0
+        );
+        assert_eq!(s.truncated(Duration::from_secs(60)), s);
+    }
+
+    /// A file's thresholds come with their lines.
+    #[test]
+    fn thresholds_with_lines() {
+        let file = Scenario::parse_file(
+            "thresholds = [\n  \"ack_p99<10ms\",\n  \"errors<1%\",\n]\n[[phase]]\nkind = \"pause\"\nduration = \"1s\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            file.thresholds,
+            [("ack_p99<10ms".to_owned(), 2), ("errors<1%".to_owned(), 3)]
+        );
+        assert_eq!(file.scenario.phases.len(), 1);
     }
 
     /// A bad file names the line and the field.

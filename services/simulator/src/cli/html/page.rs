@@ -313,6 +313,30 @@ fn chart_section(out: &mut String, report: &Report) {
     }
 }
 
+/// Each threshold with the value it saw: a crossed one in red.
+fn thresholds(out: &mut String, report: &Report) {
+    if report.thresholds.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<h2>Thresholds</h2><table id=\"thresholds\"><tr><th>threshold</th><th>observed</th><th>verdict</th></tr>",
+    );
+    for o in &report.thresholds {
+        let (class, verdict) = match (o.passed, o.aborted) {
+            (true, _) => ("passed", "passed"),
+            (false, false) => ("failed", "crossed"),
+            (false, true) => ("failed", "crossed live: run stopped early"),
+        };
+        let _ = write!(
+            out,
+            r#"<tr class="{class}"><td><code>{}</code></td><td class="n">{}</td><td>{verdict}</td></tr>"#,
+            escape(&o.expression),
+            escape(&o.observed_text),
+        );
+    }
+    out.push_str("</table>");
+}
+
 /// The whole page.
 pub fn render(report: &Report) -> String {
     let mut out = String::with_capacity(64 * 1024);
@@ -336,6 +360,7 @@ pub fn render(report: &Report) -> String {
          (with --verify) is the pipeline's time from append to aggregates applied.</p>",
     );
     summary(&mut out, report);
+    thresholds(&mut out, report);
     chart_section(&mut out, report);
     settings(&mut out, report);
     out.push_str("</body></html>\n");

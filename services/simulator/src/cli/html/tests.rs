@@ -177,3 +177,35 @@ fn an_unverified_run_says_so() {
     assert!(!html.contains(r#"data-series="processed""#));
     assert!(!html.contains(r#"id="e2e-p50""#));
 }
+
+/// The thresholds table shows each threshold with the value it saw and
+/// its verdict, a crossed one marked as such.
+#[test]
+fn thresholds_show_their_observed_values() {
+    let mut report = report(true);
+    let t: Vec<crate::thresholds::Threshold> = ["ack_p99<10s", "ack_p99<0.001ms", "verify"]
+        .iter()
+        .map(|e| e.parse().unwrap())
+        .collect();
+    let mut figures = RunFigures::new(0);
+    for ms in 1..=100u64 {
+        figures.total.record_latency(Duration::from_millis(ms));
+    }
+    report.thresholds = report.check(&t, &figures.total, None);
+    let html = super::render(&report);
+    let doc = roxmltree::Document::parse_with_options(
+        &html,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        by_id(&doc, "thresholds"),
+        "thresholdobservedverdict\
+         ack_p99<10s99.007mspassed\
+         ack_p99<0.001ms99.007mscrossed\
+         verifypassedpassed"
+    );
+}
