@@ -144,6 +144,7 @@ pub fn serve_config(args: &SimArgs) -> ServeConfig {
         ),
         rate_window: serve.rate_window,
         retry_after: serve.retry_after,
+        live_thresholds: args.live_thresholds(),
         token: args.token.clone(),
         tls: crate::load::tls::ReloadingTls::new(&args.tls).map(std::sync::Arc::new),
     }

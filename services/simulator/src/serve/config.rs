@@ -54,6 +54,9 @@ pub struct ServeConfig {
     /// The retry delay suggested when `max_runs` are active
     /// (`--retry-after`).
     pub retry_after: Duration,
+    /// How runs' `:abort` thresholds are checked live
+    /// (`--threshold-warmup`, `--threshold-window`).
+    pub live_thresholds: crate::thresholds::LiveSettings,
 }
 
 /// What a run may ask for (the `--max-*` serve flags).

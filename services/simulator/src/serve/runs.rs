@@ -28,6 +28,8 @@ use crate::serve::config::{Limits, ServeConfig};
 use crate::serve::error::ApiError;
 use crate::serve::live::{self, LoadClock, RateWindow};
 use crate::serve::spec::{self, Change, StartSpec};
+use crate::thresholds::live::LiveCheck;
+use crate::thresholds::{self, Observed, Outcome, Threshold};
 
 /// How many samples of the accepted counter a rate window holds.
 const SAMPLES_PER_WINDOW: u32 = 12;
@@ -82,6 +84,29 @@ struct Live {
     peak: f64,
     /// Start + `--max-run-duration`: no load goes on past it.
     hard_end: Instant,
+    /// The events its load asked for so far, for the `achieved` threshold.
+    offered: Offered,
+    /// Checked when the run ends (`:abort` ones also live, by the runner's
+    /// task).
+    thresholds: Vec<Threshold>,
+}
+
+/// The events a run's loads asked for: each load's schedule up to when
+/// it was replaced (UpdateRun) or stopped, exactly.
+#[derive(Debug, Clone, Copy)]
+struct Offered {
+    /// When the run's schedule started.
+    started: Instant,
+    /// The events of the loads replaced so far.
+    before: f64,
+}
+
+impl Offered {
+    /// The events `load` asked for until `until`, plus those before it.
+    fn total(&self, load: &LoadClock, until: Instant) -> f64 {
+        let length = until.saturating_duration_since(load.since);
+        self.before + load.scenario.truncated(length).planned_events()
+    }
 }
 
 /// Whether `state` is final (COMPLETED, FAILED or CANCELLED).
@@ -269,6 +294,7 @@ impl Runs {
             mut spec,
             load,
             mix,
+            thresholds,
         } = spec::start(spec, &config.limits)?;
         spec.target = target;
         if spec.run_id.is_empty() {
@@ -353,22 +379,39 @@ impl Runs {
             config.device_prefix.clone(),
             config.arch_mix.clone(),
         );
+        let live_settings = config.live_thresholds;
         let runner = {
             let (id, figures, cancel) = (id.clone(), figures.clone(), cancel.clone());
+            let thresholds = thresholds.clone();
             tokio::spawn(async move {
                 // Built here, off the request path: a large fleet takes a while.
                 let fleet = Fleet::new(devices, &prefix, &arch_mix, mix, seed, &id);
                 let progress = Arc::new(Mutex::new(Progress::default()));
-                runner::run_live(
+                // A crossed `:abort` threshold stops the schedule through
+                // a token of its own, so the run ends FAILED, not CANCELLED.
+                let abort = cancel.child_token();
+                let watcher =
+                    LiveCheck::new(&thresholds, live_settings, Instant::now()).map(|check| {
+                        let progress = progress.clone();
+                        let rate =
+                            move || progress.lock().map(|p| p.target_rate).unwrap_or_default();
+                        thresholds::live::spawn(check, figures.clone(), rate, abort.clone())
+                    });
+                let scheduled = runner::run_live(
                     scenario_rx,
                     fleet,
                     channels,
                     options,
                     figures,
                     progress,
-                    cancel,
+                    abort,
                 )
-                .await
+                .await;
+                let aborted = match watcher {
+                    Some(watcher) => watcher.finish().await,
+                    None => None,
+                };
+                (scheduled, aborted)
             })
         };
         let driver = tokio::spawn(self.clone().drive(id.clone(), runner, figures.clone()));
@@ -391,6 +434,11 @@ impl Runs {
                 },
                 deadline,
                 rate: RateWindow::new(config.rate_window, now),
+                offered: Offered {
+                    started: now,
+                    before: 0.0,
+                },
+                thresholds,
                 scenario: scenario_tx,
                 cancel,
                 driver: Some(driver),
@@ -412,7 +460,12 @@ impl Runs {
 
     /// Follows the runner: samples the accepted rate until it returns, then
     /// records the final state.
-    async fn drive(self, id: String, mut runner: JoinHandle<Duration>, figures: Shared) {
+    async fn drive(
+        self,
+        id: String,
+        mut runner: JoinHandle<(Duration, Option<Outcome>)>,
+        figures: Shared,
+    ) {
         let every = self.inner.config.rate_window / SAMPLES_PER_WINDOW;
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -427,15 +480,20 @@ impl Runs {
                 }
             }
         };
-        if let Err(err) = &joined {
-            tracing::error!(run_id = id, error = %err, "sim runner stopped unexpectedly");
+        match joined {
+            Ok((scheduled, aborted)) => self.finish(&id, Some((scheduled, aborted))),
+            Err(err) => {
+                tracing::error!(run_id = id, error = %err, "sim runner stopped unexpectedly");
+                self.finish(&id, None);
+            }
         }
-        self.finish(&id, joined.is_err());
     }
 
     /// Records the final state of a run whose runner has returned, and
     /// forgets the oldest finished runs beyond `--keep-finished`.
-    fn finish(&self, id: &str, panicked: bool) {
+    fn finish(&self, id: &str, ended: Option<(Duration, Option<Outcome>)>) {
+        let panicked = ended.is_none();
+        let (scheduled, aborted) = ended.unwrap_or_default();
         let config = &self.inner.config;
         let now = Instant::now();
         let mut table = self.table();
@@ -445,15 +503,43 @@ impl Runs {
         let Some(mut live) = entry.live.take() else {
             return;
         };
+        let thresholds;
         let (state, reason, run_figures) = {
             let figures = lock(&live.figures);
             let t = &figures.total;
             live.rate.record(now, t.accepted);
             let achieved = live.rate.rate(now, t.accepted);
             let unacknowledged = t.sent.saturating_sub(t.accepted + t.rejected + t.failed);
+            // Held to what the schedule asked for while it ran.
+            let secs = scheduled.as_secs_f64().max(1e-9);
+            let offered = live
+                .offered
+                .total(&live.load, live.offered.started + scheduled);
+            let observed = Observed::of(t, offered / secs, t.accepted as f64 / secs);
+            thresholds = live
+                .thresholds
+                .iter()
+                .map(|th| match &aborted {
+                    Some(crossed) if crossed.expression == th.expression => crossed.clone(),
+                    _ => Outcome::check(th, &observed),
+                })
+                .map(|o| pb::Threshold {
+                    expression: o.expression,
+                    observed: o.observed,
+                    observed_text: o.observed_text,
+                    passed: o.passed,
+                    aborted: o.aborted,
+                })
+                .collect();
             let (state, reason) = if panicked {
                 let reason = "internal error: the run's scheduler stopped; see the server log";
                 (pb::RunState::Failed, reason.to_owned())
+            } else if let Some(crossed) = &aborted {
+                let reason = format!(
+                    "threshold {} crossed (observed {} over the last --threshold-window): the run was stopped",
+                    crossed.expression, crossed.observed_text
+                );
+                (pb::RunState::Failed, reason)
             } else if live.cancel.is_cancelled() {
                 (pb::RunState::Cancelled, String::new())
             } else if t.failed > 0 {
@@ -490,6 +576,7 @@ impl Runs {
         entry.run.end_time = Some(SystemTime::now().into());
         entry.run.failure_reason = reason;
         entry.run.figures = Some(run_figures);
+        entry.run.thresholds = thresholds;
         entry.set_state(state, now);
         table.active = table.active.saturating_sub(1);
         table.finished.push_back(id.to_owned());
@@ -588,6 +675,7 @@ impl Runs {
             }
         };
         tracing::info!(run_id = id, load = ?scenario, "sim run updated");
+        live.offered.before = live.offered.total(&live.load, now);
         live.load.scenario = scenario.clone();
         live.load.since = now;
         live.scenario.send_replace(scenario);

@@ -13,6 +13,7 @@ use crate::load::scenario::{Phase, Scenario};
 use crate::load::{DEFAULT_BATCH_SIZE, DEFAULT_DEVICES};
 use crate::serve::config::Limits;
 use crate::serve::error::ApiError;
+use crate::thresholds::Threshold;
 
 /// The length of a load that runs "until stopped": a century, so that
 /// instants and sums built on it cannot overflow.
@@ -63,6 +64,8 @@ pub struct StartSpec {
     pub load: Load,
     /// The payload mix.
     pub mix: Mix,
+    /// The run's thresholds, checked.
+    pub thresholds: Vec<Threshold>,
 }
 
 /// A checked `UpdateRunRequest.change`.
@@ -330,7 +333,40 @@ pub fn start(spec: Option<pb::RunSpec>, limits: &Limits) -> Result<StartSpec, Ap
     while spec.seed == 0 {
         spec.seed = rand::random();
     }
-    Ok(StartSpec { spec, load, mix })
+    let thresholds = thresholds(&spec.thresholds)?;
+    Ok(StartSpec {
+        spec,
+        load,
+        mix,
+        thresholds,
+    })
+}
+
+/// `spec.thresholds`, each parsed; the metrics only `--verify` measures
+/// are refused, as a served run does not verify.
+fn thresholds(given: &[String]) -> Result<Vec<Threshold>, ApiError> {
+    given
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let field = format!("spec.thresholds[{i}]");
+            let threshold: Threshold =
+                text.parse()
+                    .map_err(|e: crate::thresholds::expr::ParseError| {
+                        ApiError::invalid(&field, e.to_string())
+                    })?;
+            if threshold.metric.needs_verify() {
+                return Err(ApiError::invalid(
+                    &field,
+                    format!(
+                        "{:?} needs verification, which only `testbed sim --verify` does",
+                        threshold.expression
+                    ),
+                ));
+            }
+            Ok(threshold)
+        })
+        .collect()
 }
 
 /// Checks an `UpdateRunRequest.change`.

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atestbed/v1/simulator.proto\x12\ntestbed.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x08RateLoad\x12\x19\n\x11\x65vents_per_second\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\\\n\tRampPhase\x12\x11\n\tfrom_rate\x18\x01 \x01(\x01\x12\x0f\n\x07to_rate\x18\x02 \x01(\x01\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\tHoldPhase\x12\x0c\n\x04rate\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\nBurstPhase\x12\x12\n\nmultiplier\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\nSpikePhase\x12\x0c\n\x04rate\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\nPausePhase\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd8\x01\n\x05Phase\x12%\n\x04ramp\x18\x01 \x01(\x0b\x32\x15.testbed.v1.RampPhaseH\x00\x12%\n\x04hold\x18\x02 \x01(\x0b\x32\x15.testbed.v1.HoldPhaseH\x00\x12\'\n\x05\x62urst\x18\x03 \x01(\x0b\x32\x16.testbed.v1.BurstPhaseH\x00\x12\'\n\x05spike\x18\x04 \x01(\x0b\x32\x16.testbed.v1.SpikePhaseH\x00\x12\'\n\x05pause\x18\x05 \x01(\x0b\x32\x16.testbed.v1.PausePhaseH\x00\x42\x06\n\x04kind\";\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x06phases\x18\x02 \x03(\x0b\x32\x11.testbed.v1.Phase\"9\n\nPayloadMix\x12\x0b\n\x03gpu\x18\x01 \x01(\x01\x12\x0e\n\x06tokens\x18\x02 \x01(\x01\x12\x0e\n\x06metric\x18\x03 \x01(\x01\"\xd9\x01\n\x07RunSpec\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04rate\x18\x02 \x01(\x0b\x32\x14.testbed.v1.RateLoadH\x00\x12(\n\x08scenario\x18\x03 \x01(\x0b\x32\x14.testbed.v1.ScenarioH\x00\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\r\x12#\n\x03mix\x18\x05 \x01(\x0b\x32\x16.testbed.v1.PayloadMix\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x12\n\nbatch_size\x18\x08 \x01(\rB\x06\n\x04load\"\xd5\x01\n\nSimLatency\x12&\n\x03p50\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p90\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04p999\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xce\x02\n\nRunFigures\x12\x13\n\x0b\x65vents_sent\x18\x01 \x01(\x04\x12\x17\n\x0f\x65vents_accepted\x18\x02 \x01(\x04\x12\x17\n\x0f\x65vents_rejected\x18\x03 \x01(\x04\x12\x16\n\x0e\x65vents_retried\x18\x04 \x01(\x04\x12\x13\n\x0btarget_rate\x18\x05 \x01(\x01\x12\x15\n\rachieved_rate\x18\x06 \x01(\x01\x12\x15\n\rcurrent_phase\x18\x07 \x01(\t\x12+\n\x0b\x61\x63k_latency\x18\x08 \x01(\x0b\x32\x16.testbed.v1.SimLatency\x12=\n\x0cstatus_codes\x18\t \x03(\x0b\x32\'.testbed.v1.RunFigures.StatusCodesEntry\x1a\x32\n\x10StatusCodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xfc\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.testbed.v1.RunSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.testbed.v1.RunState\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07\x66igures\x18\x06 \x01(\x0b\x32\x16.testbed.v1.RunFigures\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\"4\n\x0fStartRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.testbed.v1.RunSpec\"0\n\x10StartRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\"s\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1b\n\x11\x65vents_per_second\x18\x02 \x01(\x01H\x00\x12(\n\x08scenario\x18\x03 \x01(\x0b\x32\x14.testbed.v1.ScenarioH\x00\x42\x08\n\x06\x63hange\"1\n\x11UpdateRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0fStopRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\"N\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"0\n\x10WatchRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run*\xb3\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x16\n\x12RUN_STATE_STOPPING\x10\x03\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x06\x32\xf1\x02\n\x10SimulatorService\x12\x45\n\x08StartRun\x12\x1b.testbed.v1.StartRunRequest\x1a\x1c.testbed.v1.StartRunResponse\x12H\n\tUpdateRun\x12\x1c.testbed.v1.UpdateRunRequest\x1a\x1d.testbed.v1.UpdateRunResponse\x12\x42\n\x07StopRun\x12\x1a.testbed.v1.StopRunRequest\x1a\x1b.testbed.v1.StopRunResponse\x12?\n\x06GetRun\x12\x19.testbed.v1.GetRunRequest\x1a\x1a.testbed.v1.GetRunResponse\x12G\n\x08WatchRun\x12\x1b.testbed.v1.WatchRunRequest\x1a\x1c.testbed.v1.WatchRunResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atestbed/v1/simulator.proto\x12\ntestbed.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x08RateLoad\x12\x19\n\x11\x65vents_per_second\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\\\n\tRampPhase\x12\x11\n\tfrom_rate\x18\x01 \x01(\x01\x12\x0f\n\x07to_rate\x18\x02 \x01(\x01\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\tHoldPhase\x12\x0c\n\x04rate\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\nBurstPhase\x12\x12\n\nmultiplier\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\nSpikePhase\x12\x0c\n\x04rate\x18\x01 \x01(\x01\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\nPausePhase\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd8\x01\n\x05Phase\x12%\n\x04ramp\x18\x01 \x01(\x0b\x32\x15.testbed.v1.RampPhaseH\x00\x12%\n\x04hold\x18\x02 \x01(\x0b\x32\x15.testbed.v1.HoldPhaseH\x00\x12\'\n\x05\x62urst\x18\x03 \x01(\x0b\x32\x16.testbed.v1.BurstPhaseH\x00\x12\'\n\x05spike\x18\x04 \x01(\x0b\x32\x16.testbed.v1.SpikePhaseH\x00\x12\'\n\x05pause\x18\x05 \x01(\x0b\x32\x16.testbed.v1.PausePhaseH\x00\x42\x06\n\x04kind\";\n\x08Scenario\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x06phases\x18\x02 \x03(\x0b\x32\x11.testbed.v1.Phase\"9\n\nPayloadMix\x12\x0b\n\x03gpu\x18\x01 \x01(\x01\x12\x0e\n\x06tokens\x18\x02 \x01(\x01\x12\x0e\n\x06metric\x18\x03 \x01(\x01\"\xed\x01\n\x07RunSpec\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04rate\x18\x02 \x01(\x0b\x32\x14.testbed.v1.RateLoadH\x00\x12(\n\x08scenario\x18\x03 \x01(\x0b\x32\x14.testbed.v1.ScenarioH\x00\x12\x0f\n\x07\x64\x65vices\x18\x04 \x01(\r\x12#\n\x03mix\x18\x05 \x01(\x0b\x32\x16.testbed.v1.PayloadMix\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12\x12\n\nthresholds\x18\t \x03(\tB\x06\n\x04load\"i\n\tThreshold\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x10\n\x08observed\x18\x02 \x01(\x01\x12\x15\n\robserved_text\x18\x03 \x01(\t\x12\x0e\n\x06passed\x18\x04 \x01(\x08\x12\x0f\n\x07\x61\x62orted\x18\x05 \x01(\x08\"\xd5\x01\n\nSimLatency\x12&\n\x03p50\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p90\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04p999\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xce\x02\n\nRunFigures\x12\x13\n\x0b\x65vents_sent\x18\x01 \x01(\x04\x12\x17\n\x0f\x65vents_accepted\x18\x02 \x01(\x04\x12\x17\n\x0f\x65vents_rejected\x18\x03 \x01(\x04\x12\x16\n\x0e\x65vents_retried\x18\x04 \x01(\x04\x12\x13\n\x0btarget_rate\x18\x05 \x01(\x01\x12\x15\n\rachieved_rate\x18\x06 \x01(\x01\x12\x15\n\rcurrent_phase\x18\x07 \x01(\t\x12+\n\x0b\x61\x63k_latency\x18\x08 \x01(\x0b\x32\x16.testbed.v1.SimLatency\x12=\n\x0cstatus_codes\x18\t \x03(\x0b\x32\'.testbed.v1.RunFigures.StatusCodesEntry\x1a\x32\n\x10StatusCodesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa7\x02\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.testbed.v1.RunSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.testbed.v1.RunState\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07\x66igures\x18\x06 \x01(\x0b\x32\x16.testbed.v1.RunFigures\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12)\n\nthresholds\x18\x08 \x03(\x0b\x32\x15.testbed.v1.Threshold\"4\n\x0fStartRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.testbed.v1.RunSpec\"0\n\x10StartRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\"s\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1b\n\x11\x65vents_per_second\x18\x02 \x01(\x01H\x00\x12(\n\x08scenario\x18\x03 \x01(\x0b\x32\x14.testbed.v1.ScenarioH\x00\x42\x08\n\x06\x63hange\"1\n\x11UpdateRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"/\n\x0fStopRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\".\n\x0eGetRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run\"N\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"0\n\x10WatchRunResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.testbed.v1.Run*\xb3\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x16\n\x12RUN_STATE_STOPPING\x10\x03\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x06\x32\xf1\x02\n\x10SimulatorService\x12\x45\n\x08StartRun\x12\x1b.testbed.v1.StartRunRequest\x1a\x1c.testbed.v1.StartRunResponse\x12H\n\tUpdateRun\x12\x1c.testbed.v1.UpdateRunRequest\x1a\x1d.testbed.v1.UpdateRunResponse\x12\x42\n\x07StopRun\x12\x1a.testbed.v1.StopRunRequest\x1a\x1b.testbed.v1.StopRunResponse\x12?\n\x06GetRun\x12\x19.testbed.v1.GetRunRequest\x1a\x1a.testbed.v1.GetRunResponse\x12G\n\x08WatchRun\x12\x1b.testbed.v1.WatchRunRequest\x1a\x1c.testbed.v1.WatchRunResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNFIGURES_STATUSCODESENTRY']._loaded_options = None
   _globals['_RUNFIGURES_STATUSCODESENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=2502
-  _globals['_RUNSTATE']._serialized_end=2681
+  _globals['_RUNSTATE']._serialized_start=2672
+  _globals['_RUNSTATE']._serialized_end=2851
   _globals['_RATELOAD']._serialized_start=107
   _globals['_RATELOAD']._serialized_end=189
   _globals['_RAMPPHASE']._serialized_start=191
@@ -56,35 +56,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYLOADMIX']._serialized_start=848
   _globals['_PAYLOADMIX']._serialized_end=905
   _globals['_RUNSPEC']._serialized_start=908
-  _globals['_RUNSPEC']._serialized_end=1125
-  _globals['_SIMLATENCY']._serialized_start=1128
-  _globals['_SIMLATENCY']._serialized_end=1341
-  _globals['_RUNFIGURES']._serialized_start=1344
-  _globals['_RUNFIGURES']._serialized_end=1678
-  _globals['_RUNFIGURES_STATUSCODESENTRY']._serialized_start=1628
-  _globals['_RUNFIGURES_STATUSCODESENTRY']._serialized_end=1678
-  _globals['_RUN']._serialized_start=1681
-  _globals['_RUN']._serialized_end=1933
-  _globals['_STARTRUNREQUEST']._serialized_start=1935
-  _globals['_STARTRUNREQUEST']._serialized_end=1987
-  _globals['_STARTRUNRESPONSE']._serialized_start=1989
-  _globals['_STARTRUNRESPONSE']._serialized_end=2037
-  _globals['_UPDATERUNREQUEST']._serialized_start=2039
-  _globals['_UPDATERUNREQUEST']._serialized_end=2154
-  _globals['_UPDATERUNRESPONSE']._serialized_start=2156
-  _globals['_UPDATERUNRESPONSE']._serialized_end=2205
-  _globals['_STOPRUNREQUEST']._serialized_start=2207
-  _globals['_STOPRUNREQUEST']._serialized_end=2239
-  _globals['_STOPRUNRESPONSE']._serialized_start=2241
-  _globals['_STOPRUNRESPONSE']._serialized_end=2288
-  _globals['_GETRUNREQUEST']._serialized_start=2290
-  _globals['_GETRUNREQUEST']._serialized_end=2321
-  _globals['_GETRUNRESPONSE']._serialized_start=2323
-  _globals['_GETRUNRESPONSE']._serialized_end=2369
-  _globals['_WATCHRUNREQUEST']._serialized_start=2371
-  _globals['_WATCHRUNREQUEST']._serialized_end=2449
-  _globals['_WATCHRUNRESPONSE']._serialized_start=2451
-  _globals['_WATCHRUNRESPONSE']._serialized_end=2499
-  _globals['_SIMULATORSERVICE']._serialized_start=2684
-  _globals['_SIMULATORSERVICE']._serialized_end=3053
+  _globals['_RUNSPEC']._serialized_end=1145
+  _globals['_THRESHOLD']._serialized_start=1147
+  _globals['_THRESHOLD']._serialized_end=1252
+  _globals['_SIMLATENCY']._serialized_start=1255
+  _globals['_SIMLATENCY']._serialized_end=1468
+  _globals['_RUNFIGURES']._serialized_start=1471
+  _globals['_RUNFIGURES']._serialized_end=1805
+  _globals['_RUNFIGURES_STATUSCODESENTRY']._serialized_start=1755
+  _globals['_RUNFIGURES_STATUSCODESENTRY']._serialized_end=1805
+  _globals['_RUN']._serialized_start=1808
+  _globals['_RUN']._serialized_end=2103
+  _globals['_STARTRUNREQUEST']._serialized_start=2105
+  _globals['_STARTRUNREQUEST']._serialized_end=2157
+  _globals['_STARTRUNRESPONSE']._serialized_start=2159
+  _globals['_STARTRUNRESPONSE']._serialized_end=2207
+  _globals['_UPDATERUNREQUEST']._serialized_start=2209
+  _globals['_UPDATERUNREQUEST']._serialized_end=2324
+  _globals['_UPDATERUNRESPONSE']._serialized_start=2326
+  _globals['_UPDATERUNRESPONSE']._serialized_end=2375
+  _globals['_STOPRUNREQUEST']._serialized_start=2377
+  _globals['_STOPRUNREQUEST']._serialized_end=2409
+  _globals['_STOPRUNRESPONSE']._serialized_start=2411
+  _globals['_STOPRUNRESPONSE']._serialized_end=2458
+  _globals['_GETRUNREQUEST']._serialized_start=2460
+  _globals['_GETRUNREQUEST']._serialized_end=2491
+  _globals['_GETRUNRESPONSE']._serialized_start=2493
+  _globals['_GETRUNRESPONSE']._serialized_end=2539
+  _globals['_WATCHRUNREQUEST']._serialized_start=2541
+  _globals['_WATCHRUNREQUEST']._serialized_end=2619
+  _globals['_WATCHRUNRESPONSE']._serialized_start=2621
+  _globals['_WATCHRUNRESPONSE']._serialized_end=2669
+  _globals['_SIMULATORSERVICE']._serialized_start=2854
+  _globals['_SIMULATORSERVICE']._serialized_end=3223
 # @@protoc_insertion_point(module_scope)

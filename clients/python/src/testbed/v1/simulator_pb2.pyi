@@ -109,7 +109,7 @@ class PayloadMix(_message.Message):
     def __init__(self, gpu: _Optional[float] = ..., tokens: _Optional[float] = ..., metric: _Optional[float] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "rate", "scenario", "devices", "mix", "seed", "target", "batch_size")
+    __slots__ = ("run_id", "rate", "scenario", "devices", "mix", "seed", "target", "batch_size", "thresholds")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class RunSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     rate: RateLoad
     scenario: Scenario
@@ -126,7 +127,22 @@ class RunSpec(_message.Message):
     seed: int
     target: str
     batch_size: int
-    def __init__(self, run_id: _Optional[str] = ..., rate: _Optional[_Union[RateLoad, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., devices: _Optional[int] = ..., mix: _Optional[_Union[PayloadMix, _Mapping]] = ..., seed: _Optional[int] = ..., target: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    thresholds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., rate: _Optional[_Union[RateLoad, _Mapping]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., devices: _Optional[int] = ..., mix: _Optional[_Union[PayloadMix, _Mapping]] = ..., seed: _Optional[int] = ..., target: _Optional[str] = ..., batch_size: _Optional[int] = ..., thresholds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Threshold(_message.Message):
+    __slots__ = ("expression", "observed", "observed_text", "passed", "aborted")
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_TEXT_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_FIELD_NUMBER: _ClassVar[int]
+    expression: str
+    observed: float
+    observed_text: str
+    passed: bool
+    aborted: bool
+    def __init__(self, expression: _Optional[str] = ..., observed: _Optional[float] = ..., observed_text: _Optional[str] = ..., passed: _Optional[bool] = ..., aborted: _Optional[bool] = ...) -> None: ...
 
 class SimLatency(_message.Message):
     __slots__ = ("p50", "p90", "p99", "p999", "max")
@@ -172,7 +188,7 @@ class RunFigures(_message.Message):
     def __init__(self, events_sent: _Optional[int] = ..., events_accepted: _Optional[int] = ..., events_rejected: _Optional[int] = ..., events_retried: _Optional[int] = ..., target_rate: _Optional[float] = ..., achieved_rate: _Optional[float] = ..., current_phase: _Optional[str] = ..., ack_latency: _Optional[_Union[SimLatency, _Mapping]] = ..., status_codes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "spec", "state", "start_time", "end_time", "figures", "failure_reason")
+    __slots__ = ("run_id", "spec", "state", "start_time", "end_time", "figures", "failure_reason", "thresholds")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +196,7 @@ class Run(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     FIGURES_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     spec: RunSpec
     state: RunState
@@ -187,7 +204,8 @@ class Run(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     figures: RunFigures
     failure_reason: str
-    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., figures: _Optional[_Union[RunFigures, _Mapping]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
+    thresholds: _containers.RepeatedCompositeFieldContainer[Threshold]
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., figures: _Optional[_Union[RunFigures, _Mapping]] = ..., failure_reason: _Optional[str] = ..., thresholds: _Optional[_Iterable[_Union[Threshold, _Mapping]]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("spec",)

@@ -243,6 +243,43 @@ export interface RunSpec {
    * ingest server's maximum batch size (default 1000).
    */
   batchSize: number;
+  /**
+   * Pass/fail thresholds of the run, as `testbed sim --threshold` takes
+   * them: `METRIC OP VALUE[UNIT]`, e.g. `ack_p99<10ms`, `errors<0.1%`,
+   * `achieved>=99%`, `retried<10`. Metrics: ack_p50, ack_p90, ack_p99,
+   * ack_p999, ack_max, ack_mean (us, ms or s); errors (non-OK Publish
+   * answers), rejected, failed (of the events sent), achieved (accepted
+   * rate of the target rate), as `%` or a fraction; achieved_rate
+   * (events/s); retried (re-sent batches). Checked when the run ends
+   * (Run.thresholds); with `:abort` (`ack_p99<50ms:abort`) also while it
+   * runs, over the server's --threshold-window after its
+   * --threshold-warmup: a crossed one stops the run, which ends
+   * RUN_STATE_FAILED. The end-to-end metrics and `verify` of the CLI are
+   * refused (a served run does not verify). A malformed one is
+   * INVALID_ARGUMENT naming `spec.thresholds[i]`.
+   */
+  thresholds: string[];
+}
+
+/** One threshold of a run and what it saw. */
+export interface Threshold {
+  /** The expression, as given in RunSpec.thresholds. */
+  expression: string;
+  /**
+   * The value seen, in the metric's unit: milliseconds for latencies, a
+   * fraction for errors, rejected, failed and achieved, events/s for
+   * achieved_rate, a count for retried.
+   */
+  observed: number;
+  /** The value seen with its unit, e.g. `12.345ms` or `0.120%`. */
+  observedText: string;
+  /** Whether the threshold held. */
+  passed: boolean;
+  /**
+   * Whether it was crossed while the run went (an `:abort` threshold over
+   * its window) and stopped the run.
+   */
+  aborted: boolean;
 }
 
 /**
@@ -338,6 +375,12 @@ export interface Run {
     | undefined;
   /** Why the run failed; empty unless state is RUN_STATE_FAILED. */
   failureReason: string;
+  /**
+   * The verdict of each of spec.thresholds, in their order: filled when
+   * the run reaches a final state (or an `:abort` threshold stops it);
+   * empty before, and for a run without thresholds.
+   */
+  thresholds: Threshold[];
 }
 
 /** Request of SimulatorService.StartRun. */
@@ -1279,6 +1322,7 @@ function createBaseRunSpec(): RunSpec {
     seed: 0,
     target: "",
     batchSize: 0,
+    thresholds: [],
   };
 }
 
@@ -1307,6 +1351,9 @@ export const RunSpec: MessageFns<RunSpec> = {
     }
     if (message.batchSize !== 0) {
       writer.uint32(64).uint32(message.batchSize);
+    }
+    for (const v of message.thresholds) {
+      writer.uint32(74).string(v!);
     }
     return writer;
   },
@@ -1388,6 +1435,14 @@ export const RunSpec: MessageFns<RunSpec> = {
             message.batchSize = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.thresholds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1418,6 +1473,9 @@ export const RunSpec: MessageFns<RunSpec> = {
         : isSet(object.batch_size)
         ? globalThis.Number(object.batch_size)
         : 0,
+      thresholds: globalThis.Array.isArray(object?.thresholds)
+        ? object.thresholds.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1447,6 +1505,9 @@ export const RunSpec: MessageFns<RunSpec> = {
     if (message.batchSize !== 0) {
       obj.batchSize = Math.round(message.batchSize);
     }
+    if (message.thresholds?.length) {
+      obj.thresholds = message.thresholds;
+    }
     return obj;
   },
 
@@ -1465,6 +1526,144 @@ export const RunSpec: MessageFns<RunSpec> = {
     message.seed = object.seed ?? 0;
     message.target = object.target ?? "";
     message.batchSize = object.batchSize ?? 0;
+    message.thresholds = object.thresholds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseThreshold(): Threshold {
+  return { expression: "", observed: 0, observedText: "", passed: false, aborted: false };
+}
+
+export const Threshold: MessageFns<Threshold> = {
+  encode(message: Threshold, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.expression !== "") {
+      writer.uint32(10).string(message.expression);
+    }
+    if (message.observed !== 0) {
+      writer.uint32(17).double(message.observed);
+    }
+    if (message.observedText !== "") {
+      writer.uint32(26).string(message.observedText);
+    }
+    if (message.passed !== false) {
+      writer.uint32(32).bool(message.passed);
+    }
+    if (message.aborted !== false) {
+      writer.uint32(40).bool(message.aborted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Threshold {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseThreshold();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.expression = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.observed = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.observedText = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.passed = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.aborted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Threshold {
+    return {
+      expression: isSet(object.expression) ? globalThis.String(object.expression) : "",
+      observed: isSet(object.observed) ? globalThis.Number(object.observed) : 0,
+      observedText: isSet(object.observedText)
+        ? globalThis.String(object.observedText)
+        : isSet(object.observed_text)
+        ? globalThis.String(object.observed_text)
+        : "",
+      passed: isSet(object.passed) ? globalThis.Boolean(object.passed) : false,
+      aborted: isSet(object.aborted) ? globalThis.Boolean(object.aborted) : false,
+    };
+  },
+
+  toJSON(message: Threshold): unknown {
+    const obj: any = {};
+    if (message.expression !== "") {
+      obj.expression = message.expression;
+    }
+    if (message.observed !== 0) {
+      obj.observed = floatToJson(message.observed);
+    }
+    if (message.observedText !== "") {
+      obj.observedText = message.observedText;
+    }
+    if (message.passed !== false) {
+      obj.passed = message.passed;
+    }
+    if (message.aborted !== false) {
+      obj.aborted = message.aborted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Threshold>, I>>(base?: I): Threshold {
+    return Threshold.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Threshold>, I>>(object: I): Threshold {
+    const message = createBaseThreshold();
+    message.expression = object.expression ?? "";
+    message.observed = object.observed ?? 0;
+    message.observedText = object.observedText ?? "";
+    message.passed = object.passed ?? false;
+    message.aborted = object.aborted ?? false;
     return message;
   },
 };
@@ -1980,6 +2179,7 @@ function createBaseRun(): Run {
     endTime: undefined,
     figures: undefined,
     failureReason: "",
+    thresholds: [],
   };
 }
 
@@ -2005,6 +2205,9 @@ export const Run: MessageFns<Run> = {
     }
     if (message.failureReason !== "") {
       writer.uint32(58).string(message.failureReason);
+    }
+    for (const v of message.thresholds) {
+      Threshold.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -2078,6 +2281,14 @@ export const Run: MessageFns<Run> = {
             message.failureReason = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.thresholds.push(Threshold.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2115,6 +2326,9 @@ export const Run: MessageFns<Run> = {
         : isSet(object.failure_reason)
         ? globalThis.String(object.failure_reason)
         : "",
+      thresholds: globalThis.Array.isArray(object?.thresholds)
+        ? object.thresholds.map((e: any) => Threshold.fromJSON(e))
+        : [],
     };
   },
 
@@ -2141,6 +2355,9 @@ export const Run: MessageFns<Run> = {
     if (message.failureReason !== "") {
       obj.failureReason = message.failureReason;
     }
+    if (message.thresholds?.length) {
+      obj.thresholds = message.thresholds.map((e) => Threshold.toJSON(e));
+    }
     return obj;
   },
 
@@ -2158,6 +2375,7 @@ export const Run: MessageFns<Run> = {
       ? RunFigures.fromPartial(object.figures)
       : undefined;
     message.failureReason = object.failureReason ?? "";
+    message.thresholds = object.thresholds?.map((e) => Threshold.fromPartial(e)) || [];
     return message;
   },
 };
