@@ -22,7 +22,8 @@
 //! # Layout
 //! Two modes over one load engine. Dependencies point down this picture,
 //! never up or sideways: [`load`] knows neither mode, and [`cli`] and
-//! [`serve`] do not know each other.
+//! [`serve`] do not know each other; [`thresholds`] knows [`load`]'s
+//! figures only (a scenario file's thresholds reach it as text).
 //!
 //! ```text
 //!              lib.rs: run / serve_config (the flags -> ServeConfig)
@@ -31,6 +32,8 @@
 //!   args, run, report, verify,           config, api, audit, spec,
 //!   progress, timeline, html/            runs, live, error
 //!              \                                   /
+//!               thresholds/: expr, eval, live (both modes')
+//!                                    |
 //!               load/: scenario, fleet, runner, transport, allow, stats
 //! ```
 //!
@@ -45,6 +48,12 @@
 //!   - [`load::allow`]: the allow-list of a served run's targets
 //!     (`--allow-target`), checked by name and after DNS resolution.
 //!   - [`load::stats`]: HDR latency histograms and counters.
+//! - [`thresholds`]: pass/fail thresholds of a run, for both modes.
+//!   - [`thresholds::expr`]: the grammar (`ack_p99<10ms`, `errors<0.1%`,
+//!     `achieved>=99%:abort`), malformed parts named.
+//!   - [`thresholds::eval`]: a threshold checked against a run's figures.
+//!   - [`thresholds::live`]: `:abort` thresholds checked over a sliding
+//!     window while the run goes.
 //! - [`cli`]: `testbed sim` without `--serve`.
 //!   - [`cli::args`]: every flag of `testbed sim`, both modes ([`SimArgs`]
 //!     with [`ServeArgs`] flattened in): the CLI contract.

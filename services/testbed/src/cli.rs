@@ -45,6 +45,14 @@ pub enum Command {
     /// The load simulator: drives ingest with a simulated fleet and measures
     /// it. With --serve, a server of testbed.v1.SimulatorService that runs
     /// loads on request instead.
+    #[command(after_help = "Exit status of a run:\n  \
+        0   the run ended and every check passed (--verify, --threshold)\n  \
+        1   --verify found a difference, events were never acknowledged, or the target, \
+        the scenario file or the report file was unusable\n  \
+        2   usage error: bad flags, a malformed --threshold, a threshold needing --verify \
+        without it, a malformed threshold in the scenario file\n  \
+        99  a --threshold was crossed (the report names each with its observed value); \
+        a --verify failure exits 1 instead")]
     Sim(SimArgs),
 }
 

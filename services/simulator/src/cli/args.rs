@@ -177,7 +177,7 @@ pub struct SimArgs {
     /// Checked at the end; with `:abort` (`ack_p99<50ms:abort`) also live
     /// over --threshold-window after --threshold-warmup, stopping the run
     /// when crossed. A crossed threshold exits with status 99.
-    #[arg(long = "threshold", env = "TESTBED_SIM_THRESHOLD", value_delimiter = ',',
+    #[arg(long = "threshold", value_name = "EXPR", env = "TESTBED_SIM_THRESHOLD", value_delimiter = ',',
           value_parser = parse_threshold)]
     pub thresholds: Vec<Threshold>,
 

@@ -482,6 +482,29 @@ mod tests {
         );
     }
 
+    /// Thresholds are parsed in order; a malformed one, or one only
+    /// `--verify` measures, is refused naming `spec.thresholds[i]`.
+    #[test]
+    fn thresholds_are_checked() {
+        let mut spec = rate_spec(50.0, secs(2));
+        spec.thresholds = vec!["ack_p99<10ms".into(), "errors<0.1%:abort".into()];
+        let s = start(Some(spec.clone()), &LIMITS).unwrap();
+        let given: Vec<(&str, bool)> = s
+            .thresholds
+            .iter()
+            .map(|t| (t.expression.as_str(), t.abort))
+            .collect();
+        assert_eq!(
+            given,
+            [("ack_p99<10ms", false), ("errors<0.1%:abort", true)]
+        );
+        for bad in ["ack_p99 < ten", "e2e_p99<1s", "verify"] {
+            spec.thresholds = vec!["ack_p99<10ms".into(), bad.into()];
+            let err = start(Some(spec.clone()), &LIMITS).unwrap_err();
+            assert_eq!(field_of(err), "spec.thresholds[1]", "{bad}");
+        }
+    }
+
     /// Bad rates, lengths, ids and limits name the field.
     #[test]
     fn bad_specs_name_the_field() {
