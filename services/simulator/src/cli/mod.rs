@@ -159,6 +159,21 @@ fn settings(args: &SimArgs, connections: usize) -> std::collections::BTreeMap<St
         ),
     ]
     .into_iter()
+    .chain(
+        // How `:abort` thresholds were checked, when there were any.
+        args.thresholds
+            .iter()
+            .any(|t| t.abort)
+            .then(|| {
+                [
+                    ("threshold warm-up", args.threshold_warmup),
+                    ("threshold window", args.threshold_window),
+                ]
+                .map(|(k, d)| (k, humantime::format_duration(d).to_string()))
+            })
+            .into_iter()
+            .flatten(),
+    )
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }

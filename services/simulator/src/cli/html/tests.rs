@@ -82,6 +82,18 @@ fn report(verified: bool) -> Report {
     report
 }
 
+/// The page as XML (it is well-formed, its doctype aside).
+fn parse(html: &str) -> roxmltree::Document<'_> {
+    roxmltree::Document::parse_with_options(
+        html,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 fn by_id(doc: &roxmltree::Document<'_>, id: &str) -> String {
     let node = doc
         .descendants()
@@ -98,14 +110,7 @@ fn by_id(doc: &roxmltree::Document<'_>, id: &str) -> String {
 #[test]
 fn a_verified_run_reads_back_from_the_page() {
     let html = super::render(&report(true));
-    let doc = roxmltree::Document::parse_with_options(
-        &html,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let doc = parse(&html);
     assert_eq!(
         by_id(&doc, "verdict"),
         "Verification PASSED: 4000 events processed exactly once; 2 batches refused or unanswered and re-sent (UNAVAILABLE 2)"
@@ -193,14 +198,7 @@ fn thresholds_show_their_observed_values() {
     }
     report.thresholds = report.check(&t, &figures.total, None);
     let html = super::render(&report);
-    let doc = roxmltree::Document::parse_with_options(
-        &html,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let doc = parse(&html);
     assert_eq!(
         by_id(&doc, "thresholds"),
         "thresholdobservedverdict\
