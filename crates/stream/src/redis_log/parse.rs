@@ -54,7 +54,9 @@ fn entry(value: &mut Value, partition: u32) -> Result<Entry, StoreError> {
     let Some(parts) = items_mut(value) else {
         return Err(bad("stream entry", value));
     };
-    let Some(id) = parts.first().and_then(text) else {
+    // Redis never sends an empty id; one would be acked and claimed as
+    // nothing.
+    let Some(id) = parts.first().and_then(text).filter(|id| !id.is_empty()) else {
         return Err(bad("entry id", value));
     };
     let mut entry = Entry {
@@ -304,6 +306,20 @@ mod tests {
     }
 
     /// Duplicates listed in `d` are skipped.
+    /// An entry whose id is empty is a protocol error (found by the
+    /// shaped-reply property test), not an entry nobody could ack.
+    #[test]
+    fn an_empty_entry_id_is_refused() {
+        let mut value = Value::Array(vec![
+            Value::BulkString(Vec::new()),
+            Value::Array(Vec::new()),
+        ]);
+        assert!(matches!(
+            entry(&mut value, 0),
+            Err(StoreError::Protocol(_))
+        ));
+    }
+
     #[test]
     fn duplicate_positions_are_skipped() {
         let mut blob = Vec::new();
