@@ -60,6 +60,28 @@ pub mod device_minute {
     }
 }
 
+/// The rankings of devices kept per partition and minute
+/// ([`crate::keys::Keys::top`]): one sorted set per metric named here,
+/// member the device id, written by the worker's apply (atomically with
+/// the device-minute record it summarises, so a replayed entry is counted
+/// once, as everything else the apply writes) and read a few members at a
+/// time by `TopDevices`.
+pub mod top {
+    /// Events of any kind in the minute: the score is their count
+    /// (`ZINCRBY`), the record's [`super::device_minute::EVENTS`].
+    pub const EVENTS: &str = "n";
+    /// Tokens (prompt + completion) in the minute: the score is their sum
+    /// (`ZINCRBY`), for devices with token records.
+    pub const TOKENS: &str = "tok";
+    /// GPU utilisation: the score is the minute's highest sample (`ZADD
+    /// GT`), an upper bound of any mean over minutes that include it.
+    pub const GPU_UTIL: &str = "gpu.util";
+    /// GPU power: the minute's highest sample.
+    pub const GPU_POWER: &str = "gpu.power";
+    /// GPU temperature: the minute's highest sample.
+    pub const GPU_TEMP: &str = "gpu.temp";
+}
+
 /// Fields of a device's state record ([`crate::keys::Keys::device`]).
 pub mod device_state {
     /// Last seen, Unix ms (rounded to the second).

@@ -269,6 +269,18 @@ impl AggregateStore for AnyLog {
         delegate!(self, log => log.zset_len(key))
     }
 
+    async fn zset_top(&self, key: &str, limit: usize) -> Result<Vec<(String, f64)>, StoreError> {
+        delegate!(self, log => log.zset_top(key, limit))
+    }
+
+    async fn zset_scores(
+        &self,
+        key: &str,
+        members: &[String],
+    ) -> Result<Vec<Option<f64>>, StoreError> {
+        delegate!(self, log => log.zset_scores(key, members))
+    }
+
     async fn prune_index(&self, prune: Prune<'_>) -> Result<u64, StoreError> {
         delegate!(self, log => log.prune_index(prune))
     }

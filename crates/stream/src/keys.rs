@@ -115,6 +115,14 @@ impl Keys {
         format!("{}:dm/{minute}", self.tag(p))
     }
 
+    /// The ranking of partition `p`'s devices by `metric` (one of
+    /// [`crate::aggregates::top`]) in `minute`: a sorted set, member the
+    /// device id, written in the same apply as the device-minute records
+    /// and expiring with them; what `TopDevices` reads a few members of.
+    pub fn top(&self, p: u32, metric: &str, minute: i64) -> String {
+        format!("{}:top/{metric}/{minute}", self.tag(p))
+    }
+
     /// Per-device state (a record of [`Keys::device_states`]; fields in
     /// [`crate::aggregates::device_state`]).
     pub fn device(&self, p: u32, device: &str) -> String {
@@ -295,5 +303,7 @@ mod tests {
             Some(("{tb:p3}:dev", "gpu:7"))
         );
         assert_eq!(record_parts(&k.stats(3)), None);
+        assert_eq!(k.top(3, "n", 42), "{tb:p3}:top/n/42");
+        assert_eq!(record_parts(&k.top(3, "n", 42)), None);
     }
 }

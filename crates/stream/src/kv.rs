@@ -56,6 +56,23 @@ pub trait AggregateStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
+    /// The `limit` highest-scored members of the sorted set `key`, highest
+    /// first (ties in the backend's order): a ranking read whose cost is
+    /// the limit's, not the set's (Redis `ZRANGE ... BYSCORE REV LIMIT`).
+    fn zset_top(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, f64)>, StoreError>> + Send;
+
+    /// The scores of `members` in the sorted set `key`, in order; `None`
+    /// for a member not in it (Redis `ZMSCORE`).
+    fn zset_scores(
+        &self,
+        key: &str,
+        members: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<f64>>, StoreError>> + Send;
+
     /// The number of members of the sorted set `key` (0 when missing).
     fn zset_len(&self, key: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

@@ -716,6 +716,34 @@ impl AggregateStore for MemoryLog {
             .collect())
     }
 
+    async fn zset_top(&self, key: &str, limit: usize) -> Result<Vec<(String, f64)>, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(key);
+        let Some(z) = kv.zsets.get(key) else {
+            return Ok(Vec::new());
+        };
+        // A whole-set sort: the embedded log is for small fleets; Redis
+        // reads only the limit.
+        let mut members: Vec<(String, f64)> = z.iter().map(|(m, s)| (m.clone(), *s)).collect();
+        members.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        members.truncate(limit);
+        Ok(members)
+    }
+
+    async fn zset_scores(
+        &self,
+        key: &str,
+        members: &[String],
+    ) -> Result<Vec<Option<f64>>, StoreError> {
+        let mut kv = self.kv();
+        kv.purge(key);
+        let z = kv.zsets.get(key);
+        Ok(members
+            .iter()
+            .map(|m| z.and_then(|z| z.get(m)).copied())
+            .collect())
+    }
+
     async fn zset_len(&self, key: &str) -> Result<u64, StoreError> {
         let mut kv = self.kv();
         kv.purge(key);

@@ -684,6 +684,20 @@ async fn key_value_surface() {
             log.read_zset("z").await.unwrap(),
             vec![("y".into(), 1.0), ("w".into(), 2.0), ("x".into(), 3.0)]
         );
+        // A ranking read: the highest first, cut at the limit; scores of
+        // given members, `None` for one not in the set.
+        assert_eq!(
+            log.zset_top("z", 2).await.unwrap(),
+            vec![("x".into(), 3.0), ("w".into(), 2.0)]
+        );
+        assert_eq!(log.zset_top("z", 10).await.unwrap().len(), 3);
+        assert!(log.zset_top("none", 10).await.unwrap().is_empty());
+        assert_eq!(
+            log.zset_scores("z", &["w".into(), "nobody".into(), "x".into()])
+                .await
+                .unwrap(),
+            vec![Some(2.0), None, Some(3.0)]
+        );
         assert_eq!(log.zset_remove_below("z", 2.0).await.unwrap(), 1);
         assert_eq!(log.read_zset("z").await.unwrap().len(), 2);
         assert!(log.read_zset("none").await.unwrap().is_empty());

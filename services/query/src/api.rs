@@ -19,7 +19,7 @@ use crate::request::{self, DEFAULT_PIPELINE_WINDOW, DEFAULT_WINDOW};
 use crate::store::Reader;
 use crate::time::{Window, now_ms};
 use crate::watch::WatchStream;
-use crate::{QueryConfig, devices, pipeline, runs, tokens};
+use crate::{QueryConfig, devices, pipeline, runs, tokens, top};
 
 /// How much longer than the call budget one read on the query's
 /// connections may take (see [`QueryApi::with_config`]).
@@ -135,7 +135,7 @@ impl QueryService for QueryApi {
         let limit = request::limit(req.limit)?;
         let window = self.window(req.window.as_ref(), DEFAULT_WINDOW)?;
         Ok(Response::new(
-            self.within(devices::top_devices(&self.reader, metric, window, limit))
+            self.within(top::top_devices(&self.reader, metric, window, limit))
                 .await?,
         ))
     }

@@ -31,6 +31,15 @@ pub struct QueryConfig {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub query_max_scan: u32,
 
+    /// Members TopDevices reads from each partition's ranking of each
+    /// minute (at least the request's limit). Deeper reads more entries
+    /// per call and makes the answer exact for more distributions (see
+    /// the README's "What each read costs"); the cost is this many entries
+    /// per partition and minute, whatever the fleet.
+    #[arg(long, env = "TESTBED_QUERY_TOP_DEPTH", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub query_top_depth: u32,
+
     /// Budget of one unary query call. Past it the call answers DEADLINE_EXCEEDED; the store is
     /// not down, the query was too large or Redis too busy for it. Query
     /// reads use their own Redis connections, whose per-call bound is
@@ -75,6 +84,7 @@ mod tests {
             ("--query-read-concurrency", "0"),
             ("--query-watch-buffer", "0"),
             ("--query-max-scan", "0"),
+            ("--query-top-depth", "0"),
             ("--query-timeout", "0s"),
             ("--query-timeout", "11m"),
         ] {

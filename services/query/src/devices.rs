@@ -1,10 +1,7 @@
-//! Per-device queries: GetDeviceStats, ListDevices and TopDevices.
+//! Per-device queries: GetDeviceStats and ListDevices (TopDevices is
+//! `top.rs`).
 
-use std::collections::HashMap;
-
-use testbed_proto::v1::{
-    DeviceScore, GetDeviceStatsResponse, ListDevicesResponse, TopDevicesResponse, TopMetric,
-};
+use testbed_proto::v1::{GetDeviceStatsResponse, ListDevicesResponse};
 
 use crate::aggregate::{self, DeviceAcc, Fields};
 use crate::error::QueryError;
@@ -164,72 +161,6 @@ async fn index_of(
     Ok(rarest.and_then(|(keys, total)| (total > 0).then_some(keys)))
 }
 
-/// Each device's statistics over `window`, from the device-minute
-/// records of every partition and minute (one container read each).
-async fn device_totals(
-    reader: &Reader,
-    window: Window,
-) -> Result<HashMap<String, DeviceAcc>, QueryError> {
-    let containers: Vec<String> = reader
-        .partitions()
-        .flat_map(|p| window.minutes().map(move |m| (p, m)))
-        .map(|(p, m)| reader.keys().device_minutes(p, m))
-        .collect();
-    let mut totals: HashMap<String, DeviceAcc> = HashMap::new();
-    for (container, records) in containers.iter().zip(reader.records(&containers).await?) {
-        for (device, hash) in records {
-            let acc = DeviceAcc::read(&Fields::new(container, &hash))?;
-            match totals.get_mut(&device) {
-                Some(total) => total.merge(&acc),
-                None => {
-                    totals.insert(device, acc);
-                }
-            }
-        }
-    }
-    Ok(totals)
-}
-
-/// Orders by value, highest first, ties by device id, and keeps `limit`.
-fn rank(values: HashMap<String, f64>, limit: usize) -> Vec<(String, f64)> {
-    let mut ranked: Vec<(String, f64)> = values.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    ranked.truncate(limit);
-    ranked
-}
-
-/// The `limit` devices with the highest `metric` over `window`: sums for
-/// events and tokens, means (sum / samples) for the GPU metrics. Devices
-/// without data for the metric are left out.
-pub async fn top_devices(
-    reader: &Reader,
-    metric: TopMetric,
-    window: Window,
-    limit: usize,
-) -> Result<TopDevicesResponse, QueryError> {
-    if metric == TopMetric::Unspecified {
-        return Err(QueryError::invalid("metric", "must be set"));
-    }
-    let values: HashMap<String, f64> = device_totals(reader, window)
-        .await?
-        .into_iter()
-        .filter_map(|(device, acc)| acc.rank_value(metric).map(|v| (device, v)))
-        .collect();
-    let ranked = rank(values, limit);
-    let ids: Vec<String> = ranked.iter().map(|(id, _)| id.clone()).collect();
-    let states = reader.devices(&ids).await?;
-    let devices = ranked
-        .into_iter()
-        .zip(states)
-        .map(|((device_id, value), state)| DeviceScore {
-            device_id,
-            value,
-            labels: state.map(|d| d.labels).unwrap_or_default(),
-        })
-        .collect();
-    Ok(TopDevicesResponse { devices })
-}
-
 #[cfg(test)]
 mod tests {
     use testbed_stream::{AggregateStore as _, AnyLog, EventLog as _, MemoryLog, StoreArgs};
@@ -338,24 +269,6 @@ mod tests {
         assert_eq!(
             walk(&reader, 3, "arch=arm64,zone=x").await,
             vec![Vec::<String>::new()]
-        );
-    }
-
-    /// Highest first, ties by id, cut at the limit.
-    #[test]
-    fn ranking_order() {
-        let values: HashMap<String, f64> = [("b", 5.0), ("a", 5.0), ("c", 9.0), ("d", 1.0)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        let ranked = rank(values, 3);
-        assert_eq!(
-            ranked,
-            vec![
-                ("c".to_owned(), 9.0),
-                ("a".to_owned(), 5.0),
-                ("b".to_owned(), 5.0)
-            ]
         );
     }
 }

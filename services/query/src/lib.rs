@@ -8,12 +8,13 @@
 //! never scans the keyspace: every key it reads is named from the
 //! partition, the minute and the device, run or metric. Its reads run on
 //! connections of their own, each call within `--query-timeout`, and every
-//! Redis command they send is bounded whatever the fleet (but TopDevices',
-//! see the README's "What each read costs").
+//! Redis command they send is bounded whatever the fleet (see the README's
+//! "What each read costs").
 //!
 //! # Layout
 //! - [`QueryConfig`] (`config`): the `testbed query` flags (read batch,
-//!   read concurrency, watch buffer, scan budget, call budget).
+//!   read concurrency, watch buffer, scan budget, ranking depth, call
+//!   budget).
 //! - [`api`]: the RPC handlers, one per RPC (`GetDeviceStats`,
 //!   `ListDevices`, `TopDevices`, `GetTokenUsage`, `GetPipelineStats`,
 //!   `WatchPipelineStats`, `GetRunStats`).
@@ -22,8 +23,9 @@
 //! - `paging`: ListDevices' label filter and page tokens.
 //! - `index`: the per-partition device indexes (ids, label postings) read
 //!   in id order, a bounded page per partition at a time.
-//! - `devices`, `tokens`, `pipeline`, `runs`: each query, from key
-//!   names to response.
+//! - `devices`, `top`, `tokens`, `pipeline`, `runs`: each query, from key
+//!   names to response (`top`: TopDevices from the rankings kept at write
+//!   time, and when its answer is exact).
 //! - `watch`: the WatchPipelineStats producer and its stream.
 //! - `store`: batched, bounded reads of hashes and sorted sets.
 //! - `aggregate`: parsing and merging the worker's hashes.
@@ -47,6 +49,7 @@ mod runs;
 mod store;
 mod time;
 mod tokens;
+mod top;
 mod watch;
 
 use testbed_proto::service_names;

@@ -27,6 +27,7 @@ pub struct Reader {
     batch: usize,
     concurrency: usize,
     max_scan: usize,
+    top_depth: usize,
 }
 
 impl Reader {
@@ -37,6 +38,7 @@ impl Reader {
             batch: (config.query_read_batch as usize).max(1),
             concurrency: (config.query_read_concurrency as usize).max(1),
             max_scan: (config.query_max_scan as usize).max(1),
+            top_depth: (config.query_top_depth as usize).max(1),
         }
     }
 
@@ -115,15 +117,37 @@ impl Reader {
         self.max_scan
     }
 
-    /// Every record of each container, in the order of `containers`: (record
-    /// name, fields sorted by name); a missing container has none.
-    pub async fn records(
+    /// Members TopDevices reads per ranking (`--query-top-depth`).
+    pub fn top_depth(&self) -> usize {
+        self.top_depth
+    }
+
+    /// The `limit` highest-scored members of each sorted set of `keys`,
+    /// highest first, in the order of `keys`: one bounded call each.
+    pub async fn tops(
         &self,
-        containers: &[String],
-    ) -> Result<Vec<Vec<(String, Hash)>>, QueryError> {
-        let calls: Vec<_> = containers
+        keys: &[String],
+        limit: usize,
+    ) -> Result<Vec<Vec<(String, f64)>>, QueryError> {
+        let calls: Vec<_> = keys
             .iter()
-            .map(|container| self.log.read_records(container))
+            .map(|key| self.log.zset_top(key, limit))
+            .collect();
+        Ok(stream::iter(calls)
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?)
+    }
+
+    /// The scores of each (sorted set, members) of `lookups`, in order
+    /// (`None` for a member not in its set): one call each.
+    pub async fn scores(
+        &self,
+        lookups: &[(String, Vec<String>)],
+    ) -> Result<Vec<Vec<Option<f64>>>, QueryError> {
+        let calls: Vec<_> = lookups
+            .iter()
+            .map(|(key, members)| self.log.zset_scores(key, members))
             .collect();
         Ok(stream::iter(calls)
             .buffered(self.concurrency)

@@ -123,12 +123,19 @@ fn parse(line: &str) -> Option<(String, Vec<String>)> {
     Some((client, words))
 }
 
-/// Keys whose size grows with the fleet: per-minute device records, the
-/// device states, the device indexes and the label postings.
+/// Keys whose size grows with the fleet: per-minute device records and
+/// rankings, the device states, the device indexes and the label postings.
 fn fleet_sized(key: &str) -> bool {
-    [":dm/", ":dev", ":devices", ":device-ids", ":label/"]
-        .iter()
-        .any(|part| key.contains(part))
+    [
+        ":dm/",
+        ":top/",
+        ":dev",
+        ":devices",
+        ":device-ids",
+        ":label/",
+    ]
+    .iter()
+    .any(|part| key.contains(part))
 }
 
 /// Why `words` (a command and its arguments) may cost in proportion to
@@ -211,8 +218,8 @@ async fn list_devices(
     .into_inner()
 }
 
-/// Every query RPC's Redis commands are bounded; TopDevices is the one
-/// read still walking a fleet-sized hash (#32 item 3), and is named.
+/// Every query RPC's Redis commands are bounded, TopDevices' included
+/// (#32 item 3: it reads the rankings kept at write time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_command_is_bounded() {
     let redis = RedisServer::start();
@@ -291,8 +298,19 @@ async fn every_query_command_is_bounded() {
     assert_eq!(top.devices.len(), 5);
     mark("TopDevices", &mut calls);
 
+    let gpu = q
+        .top_devices(TopDevicesRequest {
+            metric: TopMetric::GpuUtilization as i32,
+            limit: 5,
+            window: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gpu.devices.len(), 5);
+    mark("TopDevices gpu", &mut calls);
+
     let mut violations: Vec<String> = Vec::new();
-    let mut top_devices: Vec<String> = Vec::new();
     for (name, commands) in &calls {
         assert!(
             commands
@@ -302,11 +320,7 @@ async fn every_query_command_is_bounded() {
         );
         for (_, words) in commands {
             if let Some(why) = unbounded(words) {
-                if *name == "TopDevices" {
-                    top_devices.push(why);
-                } else {
-                    violations.push(format!("{name}: {why}"));
-                }
+                violations.push(format!("{name}: {why}"));
             }
         }
     }
@@ -315,15 +329,18 @@ async fn every_query_command_is_bounded() {
         "unbounded commands:\n{}",
         violations.join("\n")
     );
-    // Not yet bounded (#32 item 3): TopDevices reads each minute's
-    // device-minute container whole. When rankings are kept at write
-    // time this list becomes empty and the exception goes.
-    assert!(!top_devices.is_empty());
+    // TopDevices reads the rankings kept at write time (#32 item 3), a
+    // bounded range of each, and no device-minute container whole.
+    let top_reads: Vec<&Vec<String>> = calls
+        .iter()
+        .filter(|(name, _)| name.starts_with("TopDevices"))
+        .flat_map(|(_, commands)| commands.iter().map(|(_, w)| w))
+        .collect();
     assert!(
-        top_devices
+        top_reads
             .iter()
-            .all(|why| why.starts_with("HGETALL ") && why.contains(":dm/")),
-        "{top_devices:?}"
+            .any(|w| w[0].eq_ignore_ascii_case("ZRANGE") && w[1].contains(":top/")),
+        "{top_reads:?}"
     );
 }
 

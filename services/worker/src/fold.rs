@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use prost::bytes::Bytes;
 use testbed_proto::raw::{EventRef, Labels, PayloadRef};
-use testbed_stream::aggregates::{device_minute, device_state, run as ledger, tokens};
+use testbed_stream::aggregates::{device_minute, device_state, run as ledger, tokens, top};
 use testbed_stream::keys::Keys;
 use testbed_stream::{Entry, Op, Ops, latency_bucket};
 
@@ -402,8 +402,11 @@ impl<'a> Folder<'a> {
         let keys = self.keys;
         let ttl = self.retention.as_secs().max(1);
         let mut ops = Ops::default();
+        // The rankings' keys, one per (minute, metric) of the batch.
+        let mut top_keys: FastMap<(i64, &'static str), u16> = FastMap::default();
         for ((device, minute), dm) in self.device_minutes {
             let k = ops.key(keys.device_minute(p, text(device), minute));
+            push_rankings(&mut ops, &mut top_keys, keys, p, text(device), minute, &dm);
             // A counter appears once its kind of event has.
             for (field, by, present) in [
                 (device_minute::EVENTS, dm.events, true),
@@ -443,6 +446,9 @@ impl<'a> Folder<'a> {
                     text(m.unit).to_owned(),
                 ));
             }
+            ops.push(Op::Expire(k, ttl));
+        }
+        for k in top_keys.into_values() {
             ops.push(Op::Expire(k, ttl));
         }
         let mut token_keys: FastMap<i64, u16> = FastMap::default();
@@ -551,6 +557,42 @@ impl<'a> Folder<'a> {
             ops.push(Op::Expire(hist, ttl));
         }
         (ops, indexed)
+    }
+}
+
+/// The ranking writes of one device-minute ([`top`]): its events and
+/// tokens added to the minute's sums, its GPU samples' maxima kept.
+fn push_rankings(
+    ops: &mut Ops,
+    top_keys: &mut FastMap<(i64, &'static str), u16>,
+    keys: &Keys,
+    p: u32,
+    device: &str,
+    minute: i64,
+    dm: &DeviceMinute<'_>,
+) {
+    let mut key = |metric: &'static str| {
+        *top_keys
+            .entry((minute, metric))
+            .or_insert_with(|| ops.key(keys.top(p, metric, minute)))
+    };
+    let (events, tokens) = (key(top::EVENTS), (dm.tokens > 0).then(|| key(top::TOKENS)));
+    let gpu = [
+        (top::GPU_UTIL, dm.gpu_util),
+        (top::GPU_POWER, dm.gpu_power),
+        (top::GPU_TEMP, dm.gpu_temp),
+    ]
+    .map(|(metric, s)| s.map(|s| (key(metric), s.max)));
+    ops.push(Op::ZIncr(events, device.to_owned(), dm.events as f64));
+    if let Some(k) = tokens {
+        ops.push(Op::ZIncr(
+            k,
+            device.to_owned(),
+            (dm.prompt + dm.completion) as f64,
+        ));
+    }
+    for (k, max) in gpu.into_iter().flatten() {
+        ops.push(Op::ZMax(k, device.to_owned(), max));
     }
 }
 

@@ -105,6 +105,47 @@ impl AggregateStore for RedisLog {
         .await
     }
 
+    async fn zset_top(&self, key: &str, limit: usize) -> Result<Vec<(String, f64)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = key.to_owned();
+        self.call("ZRANGE", |mut c| async move {
+            redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg("+inf")
+                .arg("-inf")
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn zset_scores(
+        &self,
+        key: &str,
+        members: &[String],
+    ) -> Result<Vec<Option<f64>>, StoreError> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = key.to_owned();
+        self.call("ZMSCORE", |mut c| async move {
+            redis::cmd("ZMSCORE")
+                .arg(&key)
+                .arg(members)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn zset_len(&self, key: &str) -> Result<u64, StoreError> {
         let key = key.to_owned();
         self.call("ZCARD", |mut c| async move {

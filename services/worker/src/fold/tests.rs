@@ -198,8 +198,21 @@ fn folds_tokens_and_metrics() {
         dm.iter()
             .any(|op| matches!(op, Op::HashSet(_, f, v) if f == "unit:fan" && v == "1"))
     );
-    // Rankings are read from the device-minute records: no sorted set
-    // per metric (the devices indexes are the only sorted sets written).
+    // The minute's rankings: 2 events, 15 tokens (prompt + completion);
+    // no GPU ranking without GPU samples. Every other sorted set is an
+    // index of devices.
+    let ranked = |metric: &str| {
+        find(&ops, &keys.top(0, metric, 0))
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::ZIncr(_, m, by) => Some((m.clone(), *by)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ranked("n"), vec![("d".to_owned(), 2.0)]);
+    assert_eq!(ranked("tok"), vec![("d".to_owned(), 15.0)]);
+    assert!(find(&ops, &keys.top(0, "gpu.util", 0)).is_empty());
     let zsets: Vec<&str> = ops
         .ops
         .iter()
@@ -212,9 +225,14 @@ fn folds_tokens_and_metrics() {
         !zsets.is_empty()
             && zsets.iter().all(|k| *k == keys.devices(0)
                 || *k == keys.device_ids(0)
-                || k.starts_with("{t:p0}:label/")),
+                || k.starts_with("{t:p0}:label/")
+                || k.starts_with("{t:p0}:top/")),
         "{zsets:?}"
     );
+    // The rankings expire with the device-minute records.
+    assert!(ops.ops.iter().any(
+        |op| matches!(op, Op::Expire(k, 60) if ops.keys[usize::from(*k)] == keys.top(0, "n", 0))
+    ));
 }
 
 /// A device's labels are those of its last event that had any; a key
@@ -327,7 +345,10 @@ fn indexed_devices_are_left_out_of_index_writes() {
         ops.ops
             .iter()
             .filter(|op| match op {
-                Op::ZMax(k, ..) => ops.keys[usize::from(*k)] != keys.devices(2),
+                Op::ZMax(k, ..) => {
+                    let key = &ops.keys[usize::from(*k)];
+                    *key != keys.devices(2) && !key.contains(":top/")
+                }
                 _ => false,
             })
             .count()
