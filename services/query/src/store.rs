@@ -85,10 +85,7 @@ impl Reader {
     /// Whole sorted sets, in the order of `keys`; a missing key is empty.
     pub async fn zsets(&self, keys: &[String]) -> Result<Vec<Vec<(String, f64)>>, QueryError> {
         let calls: Vec<_> = keys.iter().map(|key| self.log.read_zset(key)).collect();
-        Ok(stream::iter(calls)
-            .buffered(self.concurrency)
-            .try_collect()
-            .await?)
+        self.in_order(calls).await
     }
 
     /// Up to `limit` members of the sorted set `key` after `after`, in
@@ -105,6 +102,16 @@ impl Reader {
     /// The number of members of each sorted set of `keys`, in order.
     pub async fn set_lens(&self, keys: &[String]) -> Result<Vec<u64>, QueryError> {
         let calls: Vec<_> = keys.iter().map(|key| self.log.zset_len(key)).collect();
+        self.in_order(calls).await
+    }
+
+    /// Runs `calls` (built before streaming them: a closure inside the
+    /// stream would make the handler's future not provably `Send`) at most
+    /// `--query-read-concurrency` at a time; their answers in order.
+    async fn in_order<T, F>(&self, calls: Vec<F>) -> Result<Vec<T>, QueryError>
+    where
+        F: std::future::Future<Output = Result<T, testbed_stream::StoreError>>,
+    {
         Ok(stream::iter(calls)
             .buffered(self.concurrency)
             .try_collect()
@@ -133,10 +140,7 @@ impl Reader {
             .iter()
             .map(|key| self.log.zset_top(key, limit))
             .collect();
-        Ok(stream::iter(calls)
-            .buffered(self.concurrency)
-            .try_collect()
-            .await?)
+        self.in_order(calls).await
     }
 
     /// The scores of each (sorted set, members) of `lookups`, in order
@@ -149,10 +153,7 @@ impl Reader {
             .iter()
             .map(|(key, members)| self.log.zset_scores(key, members))
             .collect();
-        Ok(stream::iter(calls)
-            .buffered(self.concurrency)
-            .try_collect()
-            .await?)
+        self.in_order(calls).await
     }
 
     /// The pipeline counters and pending entries of every partition.
