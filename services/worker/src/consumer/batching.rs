@@ -40,6 +40,17 @@ impl Consumer {
                 Ok(entries) => {
                     failures = 0;
                     recovery.read_succeeded();
+                    // A read that was blocked when the pause came returns
+                    // what was appended after it: held until resumed, so a
+                    // confirmed pause processes nothing new. (On shutdown
+                    // they stay pending, taken over once this consumer's
+                    // heartbeat lapses.)
+                    if !entries.is_empty()
+                        && *paused.borrow_and_update()
+                        && !wait_resumed(&mut paused, &shutdown).await
+                    {
+                        break;
+                    }
                     if !entries.is_empty() {
                         let events: usize = entries.iter().map(|e| e.events.len()).sum();
                         per_entry = (events / entries.len()).max(1) as u64;
@@ -218,5 +229,25 @@ impl Consumer {
         self.lost_reads
             .get(partition as usize)
             .is_some_and(|flag| flag.swap(false, Ordering::Relaxed))
+    }
+}
+
+/// Waits until consumption is resumed (true) or the process shuts down
+/// (false).
+async fn wait_resumed(
+    paused: &mut tokio::sync::watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        if !*paused.borrow_and_update() {
+            return true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            changed = paused.changed() => if changed.is_err() {
+                // The sender is gone with the worker: nothing will resume.
+                return false;
+            },
+        }
     }
 }
