@@ -314,10 +314,7 @@ mod tests {
             Value::BulkString(Vec::new()),
             Value::Array(Vec::new()),
         ]);
-        assert!(matches!(
-            entry(&mut value, 0),
-            Err(StoreError::Protocol(_))
-        ));
+        assert!(matches!(entry(&mut value, 0), Err(StoreError::Protocol(_))));
     }
 
     #[test]
