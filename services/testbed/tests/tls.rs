@@ -692,20 +692,17 @@ async fn sim_serve_runs_use_a_rotated_client_certificate() {
         old_ca.leaf("sim-old"),
         new_ca.leaf("sim-new"),
     );
-    let all = Testbed::start(&[
-        "all",
-        "--tls-cert",
-        files.write("all.pem", &server.cert).to_str().unwrap(),
-        "--tls-key",
-        files.write("all.key", &server.key).to_str().unwrap(),
-        "--tls-client-ca",
-        files
-            .write("client-ca.pem", &old_ca.pem())
-            .to_str()
-            .unwrap(),
-        "--tls-reload-interval",
-        "100ms",
-    ]);
+    let client_ca_file = files.write("client-ca.pem", &old_ca.pem());
+    let all = start_tls(
+        &files,
+        &server,
+        &[
+            "--tls-client-ca",
+            client_ca_file.to_str().unwrap(),
+            "--tls-reload-interval",
+            "100ms",
+        ],
+    );
     wait_serving(all.addr, &client_tls(&server_ca.pem(), Some(&old))).await;
     let target = format!("https://{}", all.addr);
     let sim = Testbed::start(&[
