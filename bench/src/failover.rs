@@ -102,6 +102,7 @@ pub async fn run(env: &ProbeEnv, o: &FailoverOptions, label: &str) -> Result<Fai
         .await?;
         let phases = phases.unwrap_or_default();
         let report = sim::read_report(&env.work.join(&kill_spec.label).join("sim.json")).ok();
+        let longest_gap_s = report.as_ref().map(|r| r.total.longest_gap_s);
         let verification = report.and_then(|r| r.verification);
         let (acknowledged, processed) = verification.as_ref().map_or((0, 0), |v| {
             (
@@ -117,6 +118,7 @@ pub async fn run(env: &ProbeEnv, o: &FailoverOptions, label: &str) -> Result<Fai
             wait_replicas = wait,
             promoted_s = ?phases.promoted_s,
             back_to_rate_s = ?phases.back_to_rate_s,
+            longest_gap_s = ?longest_gap_s,
             acknowledged,
             lost = acknowledged.saturating_sub(processed),
             "failover"
@@ -129,6 +131,7 @@ pub async fn run(env: &ProbeEnv, o: &FailoverOptions, label: &str) -> Result<Fai
             cluster_ok_s: phases.cluster_ok_s,
             rejoined_s: phases.rejoined_s,
             back_to_rate_s: phases.back_to_rate_s,
+            longest_gap_s,
             acknowledged,
             processed,
             lost: acknowledged.saturating_sub(processed),

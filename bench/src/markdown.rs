@@ -574,14 +574,14 @@ fn render_failover(out: &mut String, record: &Record) {
     );
     let _ = writeln!(
         out,
-        "| repetition | --redis-wait-replicas | steady events/s | steady ack p50 ms | steady ack p99 ms | promoted s | cluster ok s | rejoined s | back to 90% rate s | acknowledged | lost | verified |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| repetition | --redis-wait-replicas | steady events/s | steady ack p50 ms | steady ack p99 ms | promoted s | cluster ok s | rejoined s | back to 90% rate s | longest publishing gap s | acknowledged | lost | verified |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (i, r) in record.runs.iter().enumerate() {
         let Some(f) = &r.failover else { continue };
         for run in &f.runs {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 i + 1,
                 run.wait_replicas,
                 run.steady.achieved_rate,
@@ -591,6 +591,7 @@ fn render_failover(out: &mut String, record: &Record) {
                 opt(run.cluster_ok_s, 2),
                 opt(run.rejoined_s, 2),
                 opt(run.back_to_rate_s, 2),
+                opt(run.longest_gap_s, 2),
                 run.acknowledged,
                 run.lost,
                 match run.failover.verified {
@@ -617,7 +618,8 @@ fn render_failover(out: &mut String, record: &Record) {
     let _ = writeln!(
         out,
         "\n*Back to 90% rate*: from the SIGKILL until events are appended at 90% of the offered \
-         rate over a 500 ms window. *Lost*: acknowledged to the simulator and never processed \
+         rate over a 500 ms window. *Longest publishing gap*: the simulator's longest time \
+         without an accepted batch (its report's `longest_gap_s`). *Lost*: acknowledged to the simulator and never processed \
          (with 0 replicas waited for, what a master's death can take with it). See \
          bench/README.md, \"Failover\"."
     );

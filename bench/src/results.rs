@@ -208,6 +208,10 @@ pub struct FailoverRun {
     /// Seconds from the SIGKILL until events were appended at 90% of the
     /// offered rate again (over a 500 ms window); none: not within the run.
     pub back_to_rate_s: Option<f64>,
+    /// The simulator's longest time without an accepted batch (its
+    /// report's `longest_gap_s`): the publishing gap the failover caused.
+    #[serde(default)]
+    pub longest_gap_s: Option<f64>,
     /// Events acknowledged to the simulator as accepted.
     pub acknowledged: u64,
     /// Of those, processed by the pipeline (GetRunStats).

@@ -222,6 +222,7 @@ fn renders_failovers() {
                     failover: probe(9.0, lost == 0),
                     promoted_s: Some(1.5),
                     back_to_rate_s: Some(back),
+                    longest_gap_s: Some(back - 0.1),
                     acknowledged: 100,
                     processed: 100 - lost,
                     lost,
@@ -248,7 +249,9 @@ fn renders_failovers() {
     assert_eq!(median.failover[1].verified, Some(true));
     let out = render(&record, None, None);
     assert!(
-        out.contains("| 2 | 0 | 2000 | 1.00 | 4.00 | 1.50 | – | – | 1.90 | 100 | 3 | **no** |"),
+        out.contains(
+            "| 2 | 0 | 2000 | 1.00 | 4.00 | 1.50 | – | – | 1.90 | 1.80 | 100 | 3 | **no** |"
+        ),
         "{out}"
     );
     assert!(

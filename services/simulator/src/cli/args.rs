@@ -173,7 +173,8 @@ pub struct SimArgs {
     /// `achieved>=99%`, `retried<10`, `e2e_p99<1s` or `verify` (these two
     /// need --verify). Metrics: ack_p50/p90/p99/p999/max/mean (us, ms, s),
     /// e2e_p50/p90/p99/max, errors, rejected, failed, achieved (% or a
-    /// fraction), achieved_rate (events/s), retried (batches), verify.
+    /// fraction), achieved_rate (events/s), retried (batches), verify,
+    /// gap (the longest time without an accepted batch: us, ms, s).
     /// Checked at the end; with `:abort` (`ack_p99<50ms:abort`) also live
     /// over --threshold-window after --threshold-warmup, stopping the run
     /// when crossed. A crossed threshold exits with status 99.

@@ -93,6 +93,13 @@ pub struct Section {
     pub sent_kinds: [u64; 3],
     /// Events acknowledged as accepted per kind.
     pub accepted_kinds: [u64; 3],
+    /// The longest time between two acknowledgements that accepted
+    /// events, seconds: how long publishing stopped at worst (a Redis
+    /// failover, an ingest restart). At a steady rate it is otherwise about
+    /// the time between batches.
+    pub longest_gap_s: f64,
+    /// When that gap ended, seconds from the run's start (0: no gap).
+    pub longest_gap_ended_s: f64,
 }
 
 /// One point of the latency distribution (an HDR percentile plot).
@@ -125,8 +132,18 @@ fn distribution(f: &Figures) -> Vec<Percentile> {
 }
 
 impl Section {
-    fn of(name: &str, duration: Duration, planned: f64, f: &Figures) -> Self {
+    fn of(
+        name: &str,
+        duration: Duration,
+        planned: f64,
+        f: &Figures,
+        started: Option<std::time::Instant>,
+    ) -> Self {
         let secs = duration.as_secs_f64().max(1e-9);
+        let gap_ended = match (f.longest_gap_ended, started) {
+            (Some(end), Some(start)) => end.saturating_duration_since(start).as_secs_f64(),
+            _ => 0.0,
+        };
         Self {
             name: name.to_owned(),
             duration_s: duration.as_secs_f64(),
@@ -145,6 +162,8 @@ impl Section {
             status_codes: f.status_codes.clone(),
             sent_kinds: f.sent_kinds,
             accepted_kinds: f.accepted_kinds,
+            longest_gap_s: f.longest_gap.as_secs_f64(),
+            longest_gap_ended_s: gap_ended,
         }
     }
 }
@@ -208,7 +227,13 @@ impl Report {
                     name: String::new(),
                     phases: vec![phase.clone()],
                 };
-                Section::of(phase.name(), phase.duration(), one.planned_events(), f)
+                Section::of(
+                    phase.name(),
+                    phase.duration(),
+                    one.planned_events(),
+                    f,
+                    figures.started,
+                )
             })
             .collect();
         Self {
@@ -227,6 +252,7 @@ impl Report {
                 scheduled,
                 scenario.truncated(scheduled).planned_events(),
                 &figures.total,
+                figures.started,
             ),
             phases,
             verification: None,
@@ -309,6 +335,12 @@ impl Report {
             t.latency.p999_ms,
             t.latency.max_ms
         ));
+        if t.longest_gap_s > 0.0 {
+            out.push_str(&format!(
+                "gap      longest {:.3} s without an accepted batch (ended {:.3} s into the run)\n",
+                t.longest_gap_s, t.longest_gap_ended_s
+            ));
+        }
         let codes: Vec<String> = t
             .status_codes
             .iter()
@@ -448,5 +480,46 @@ mod tests {
             serde_json::from_str(r#"{"run_id": "r0", "total": {"accepted": 5}}"#).unwrap();
         assert_eq!((old.run_id.as_str(), old.total.accepted), ("r0", 5));
         assert_eq!((old.total.unanswered, old.verification), (0, None));
+    }
+
+    /// The longest gap between accepting acknowledgements is in the
+    /// record, counted from the run's start, and in the text.
+    #[test]
+    fn the_longest_publishing_gap_is_reported() {
+        let scenario = Scenario {
+            name: "steady".into(),
+            phases: vec![Phase::Hold {
+                rate: 100.0,
+                duration: Duration::from_secs(10),
+            }],
+        };
+        let mut figures = RunFigures::new(1);
+        let t0 = figures.started.unwrap();
+        for ms in [100, 200, 2_600, 2_700] {
+            figures.update(0, |f| f.note_accepted(t0 + Duration::from_millis(ms)));
+        }
+        let start = SystemTime::UNIX_EPOCH;
+        let report = Report::new(
+            "gap",
+            &scenario,
+            1,
+            "http://ingest:50051",
+            start,
+            start + Duration::from_secs(10),
+            Duration::from_secs(10),
+            &figures,
+        );
+        for section in [&report.total, &report.phases[0]] {
+            assert!((section.longest_gap_s - 2.4).abs() < 1e-9, "{section:?}");
+            assert!(
+                (section.longest_gap_ended_s - 2.6).abs() < 1e-9,
+                "{section:?}"
+            );
+        }
+        let text = report.text();
+        assert!(
+            text.contains("longest 2.400 s without an accepted batch (ended 2.600 s into the run)"),
+            "{text}"
+        );
     }
 }

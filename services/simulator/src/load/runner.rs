@@ -496,7 +496,11 @@ fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], f
             kinds[*kind as usize] += 1;
         }
     }
+    let at = Instant::now();
     lock(figures).update(batch.phase, |f| {
+        if accepted > 0 {
+            f.note_accepted(at);
+        }
         f.record_latency(latency);
         f.count_status(Code::Ok);
         f.accepted += u64::from(accepted);

@@ -2,7 +2,7 @@
 //! overall and per phase.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -60,6 +60,13 @@ pub struct Figures {
     /// Sequences of the first [`FAILED_SAMPLE`] batches given up, so a
     /// report can name them.
     pub failed_sequences: Vec<u64>,
+    /// When the last batch with accepted events was acknowledged.
+    pub last_accepted_at: Option<Instant>,
+    /// The longest time between two acknowledgements that accepted events:
+    /// how long publishing stopped at worst (a Redis failover, a restart).
+    pub longest_gap: Duration,
+    /// When that gap ended (the acknowledgement that closed it).
+    pub longest_gap_ended: Option<Instant>,
 }
 
 /// How many given-up batch sequences a report names.
@@ -85,6 +92,9 @@ impl Default for Figures {
             protocol_errors: 0,
             resent: BTreeMap::new(),
             failed_sequences: Vec::new(),
+            last_accepted_at: None,
+            longest_gap: Duration::ZERO,
+            longest_gap_ended: None,
         }
     }
 }
@@ -99,6 +109,28 @@ impl Figures {
     /// A latency quantile (0..1).
     pub fn quantile(&self, q: f64) -> Duration {
         Duration::from_micros(self.latency.value_at_quantile(q))
+    }
+
+    /// Notes an acknowledgement that accepted events, at `at`: the gap since
+    /// the previous one may be the longest.
+    pub fn note_accepted(&mut self, at: Instant) {
+        if let Some(last) = self.last_accepted_at {
+            let gap = at.saturating_duration_since(last);
+            if gap > self.longest_gap {
+                self.longest_gap = gap;
+                self.longest_gap_ended = Some(at);
+            }
+        }
+        self.last_accepted_at = Some(at.max(self.last_accepted_at.unwrap_or(at)));
+    }
+
+    /// The longest gap between accepting acknowledgements, counting the one
+    /// still open at `now` (for checks while the schedule runs).
+    pub fn longest_gap_until(&self, now: Instant) -> Duration {
+        let open = self
+            .last_accepted_at
+            .map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
+        self.longest_gap.max(open)
     }
 
     /// Counts an outcome by status code name.
@@ -164,14 +196,18 @@ pub struct RunFigures {
     pub total: Figures,
     /// One per scenario phase.
     pub phases: Vec<Figures>,
+    /// When these figures were made, just before the run's first batch:
+    /// what the report's times are counted from.
+    pub started: Option<Instant>,
 }
 
 impl RunFigures {
-    /// Figures for `phases` phases.
+    /// Figures for `phases` phases, starting now.
     pub fn new(phases: usize) -> Self {
         Self {
             total: Figures::default(),
             phases: vec![Figures::default(); phases],
+            started: Some(Instant::now()),
         }
     }
 
@@ -198,6 +234,23 @@ mod tests {
         );
         assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
         assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+    }
+
+    /// The longest gap is the widest space between accepting
+    /// acknowledgements, and the open one counts only when asked for.
+    #[test]
+    fn longest_gap_between_accepted_acknowledgements() {
+        let t0 = Instant::now();
+        let mut f = Figures::default();
+        assert_eq!(f.longest_gap_until(t0), Duration::ZERO);
+        for ms in [0, 10, 20, 2_020, 2_030] {
+            f.note_accepted(t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(f.longest_gap, Duration::from_secs(2));
+        assert_eq!(f.longest_gap_ended, Some(t0 + Duration::from_millis(2_020)));
+        let later = t0 + Duration::from_millis(5_030);
+        assert_eq!(f.longest_gap_until(later), Duration::from_secs(3));
+        assert_eq!(f.longest_gap, Duration::from_secs(2));
     }
 
     /// Quantiles come back within the histogram's precision.

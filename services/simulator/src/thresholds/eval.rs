@@ -79,6 +79,8 @@ pub struct Observed {
     pub retried: u64,
     /// `--verify`'s verdict, when it ran.
     pub verified: Option<bool>,
+    /// The longest gap between accepting acknowledgements, ms.
+    pub gap_ms: f64,
 }
 
 impl Observed {
@@ -99,6 +101,7 @@ impl Observed {
             achieved_rate,
             retried: figures.retried,
             verified: None,
+            gap_ms: figures.longest_gap.as_secs_f64() * 1000.0,
         }
     }
 
@@ -117,6 +120,7 @@ impl Observed {
             Metric::AchievedRate => self.achieved_rate,
             Metric::Retried => self.retried as f64,
             Metric::Verify => f64::from(u8::from(self.verified?)),
+            Metric::Gap => self.gap_ms,
         })
     }
 }
@@ -230,6 +234,7 @@ mod tests {
             ..Latencies::default()
         });
         observed.verified = Some(true);
+        observed.gap_ms = 2_400.0;
         for (expr, value, passed) in [
             ("ack_p99<100ms", 99.0, true),
             ("ack_p99<0.001ms", 99.0, false),
@@ -245,6 +250,8 @@ mod tests {
             ("achieved_rate>=90", 90.0, true),
             ("retried<3", 3.0, false),
             ("verify", 1.0, true),
+            ("gap<3s", 2_400.0, true),
+            ("gap<=2s", 2_400.0, false),
         ] {
             let o = check(expr, &observed);
             // Latencies within HDR's precision.

@@ -32,6 +32,10 @@ pub enum Metric {
     Retried,
     /// `--verify` found every accepted event processed exactly once.
     Verify,
+    /// The longest time between two acknowledgements that accepted events
+    /// (how long publishing stopped at worst); checked live, it counts the
+    /// gap still open.
+    Gap,
 }
 
 /// A statistic of a latency distribution.
@@ -69,7 +73,7 @@ pub enum Kind {
 /// Every metric name, as the errors list them.
 const NAMES: &str = "ack_p50, ack_p90, ack_p99, ack_p999, ack_max, ack_mean, e2e_p50, e2e_p90, \
                      e2e_p99, e2e_max, errors, rejected, failed, achieved, achieved_rate, \
-                     retried, verify";
+                     retried, verify, gap";
 
 impl Metric {
     fn parse(name: &str) -> Option<Self> {
@@ -90,6 +94,7 @@ impl Metric {
             "achieved_rate" => Self::AchievedRate,
             "retried" => Self::Retried,
             "verify" => Self::Verify,
+            "gap" => Self::Gap,
             _ => {
                 if let Some(s) = name.strip_prefix("ack_") {
                     Self::Ack(stat(s)?)
@@ -109,7 +114,7 @@ impl Metric {
     /// The kind of number the metric is.
     pub fn kind(self) -> Kind {
         match self {
-            Self::Ack(_) | Self::EndToEnd(_) => Kind::Latency,
+            Self::Ack(_) | Self::EndToEnd(_) | Self::Gap => Kind::Latency,
             Self::Errors | Self::Rejected | Self::Failed | Self::Achieved => Kind::Ratio,
             Self::AchievedRate => Kind::Rate,
             Self::Retried => Kind::Count,

@@ -113,11 +113,15 @@ fn window(first: &Mark, last: &Mark, secs: f64) -> Observed {
     interval.failed = b.failed.saturating_sub(a.failed);
     // Retried batches count over the whole run: a budget, not a rate.
     let accepted = b.accepted.saturating_sub(a.accepted);
-    Observed::of(
+    let mut observed = Observed::of(
         &interval,
         (last.offered - first.offered) / secs,
         accepted as f64 / secs,
-    )
+    );
+    // The longest gap so far, counting the one still open: a stall ends
+    // the run while it lasts, not after publishing resumes.
+    observed.gap_ms = b.longest_gap_until(last.at).as_secs_f64() * 1000.0;
+    observed
 }
 
 /// A running live check; [`Watcher::finish`] stops it.
@@ -239,6 +243,25 @@ mod tests {
         f.accepted = 150;
         let crossed = check.observe(start + s(4), &f, 100.0).unwrap();
         assert!((crossed.observed - 0.75).abs() < 1e-9, "{crossed:?}");
+    }
+
+    /// A stall crosses `gap` while it lasts, before publishing resumes.
+    #[test]
+    fn an_open_gap_crosses_live() {
+        let t = ["gap<2s:abort".parse().unwrap()];
+        let start = Instant::now();
+        let mut check = LiveCheck::new(&t, settings(), start).unwrap();
+        let mut f = Figures::default();
+        let s = Duration::from_secs;
+        for i in 0..=3 {
+            f.note_accepted(start + s(i));
+            assert_eq!(check.observe(start + s(i), &f, 100.0), None, "{i}");
+        }
+        let later = start + Duration::from_millis(4_500);
+        assert_eq!(check.observe(later, &f, 100.0), None);
+        let crossed = check.observe(start + s(6), &f, 100.0).unwrap();
+        assert!(crossed.aborted, "{crossed:?}");
+        assert!((crossed.observed - 3_000.0).abs() < 1e-6, "{crossed:?}");
     }
 
     /// No `:abort` threshold, no live check.
