@@ -29,7 +29,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -291,6 +291,13 @@ impl ConnIo {
         Poll::Ready(Ok(()))
     }
 
+    /// Checks the connection, then writes the queued frame first if hyper
+    /// is between two frames, so hyper's bytes never follow half of ours.
+    fn ready_to_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        self.flush_out(cx)
+    }
+
     /// Follows what the client sent.
     fn on_read(&mut self, bytes: &[u8], cx: &mut Context<'_>) {
         let mut settings = false;
@@ -399,14 +406,7 @@ impl AsyncWrite for ConnIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check(cx)?;
-        if !this.out.is_empty() && this.write.at_boundary() {
-            match this.flush_out(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        ready!(this.ready_to_write(cx))?;
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
             this.on_write(&buf[..n]);
@@ -420,14 +420,7 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check(cx)?;
-        if !this.out.is_empty() && this.write.at_boundary() {
-            match this.flush_out(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        ready!(this.ready_to_write(cx))?;
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
             // h2 hands a frame header and its payload as separate slices:
