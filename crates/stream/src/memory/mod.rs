@@ -4,6 +4,18 @@
 //! Used by `testbed all` without `--redis-url`, so the first command of the
 //! README needs nothing installed. Everything is lost when the process
 //! stops; startup says so.
+//!
+//! # Layout
+//! In dependency order:
+//! - `tables`: the hashes and sorted sets (with expiry) and how an apply's
+//!   [`Op`]s change them.
+//! - `mod.rs`: [`MemoryLog`]: the streams, the consumer group, dead letters
+//!   ([`EventLog`]); holds the tables behind one lock.
+//! - `kv`: [`crate::kv::AggregateStore`] on [`MemoryLog`], the reads and
+//!   writes of the tables.
+
+mod kv;
+mod tables;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,8 +25,8 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use crate::keys::Keys;
-use crate::kv::{AggregateStore, HashFields, Prune};
 use crate::log::EventLog;
+use crate::memory::tables::Kv;
 use crate::model::{
     AppendEvent, AppendOutcome, ApplyOutcome, ConsumerInfo, Entry, EntryMeta, Op, Ops,
     PartitionFigures, PendingSummary, latency_bucket, repeated_ids,
@@ -103,93 +115,6 @@ struct Pending {
     consumer: String,
     delivered_at: Instant,
     deliveries: u64,
-}
-
-#[derive(Debug, Default)]
-struct Kv {
-    hashes: HashMap<String, HashMap<String, String>>,
-    /// Members kept in byte order, so a range by member
-    /// ([`AggregateStore::zset_range_lex`]) costs the page, as in Redis.
-    zsets: HashMap<String, BTreeMap<String, f64>>,
-    expiry: HashMap<String, Instant>,
-}
-
-impl Kv {
-    fn purge(&mut self, key: &str) {
-        if self.expiry.get(key).is_some_and(|at| *at <= Instant::now()) {
-            self.expiry.remove(key);
-            self.hashes.remove(key);
-            self.zsets.remove(key);
-        }
-    }
-
-    fn hash(&mut self, key: &str) -> &mut HashMap<String, String> {
-        self.purge(key);
-        self.hashes.entry(key.to_owned()).or_default()
-    }
-
-    fn apply(&mut self, keys: &[String], op: &Op) {
-        let key = |i: &u16| keys.get(usize::from(*i)).map(String::as_str).unwrap_or("");
-        match op {
-            Op::HashIncr(k, f, by) => {
-                let v = self
-                    .hash(key(k))
-                    .entry(f.clone())
-                    .or_insert_with(|| "0".into());
-                *v = (v.parse::<i64>().unwrap_or(0) + by).to_string();
-            }
-            Op::HashIncrFloat(k, f, by) => {
-                let v = self
-                    .hash(key(k))
-                    .entry(f.clone())
-                    .or_insert_with(|| "0".into());
-                *v = (v.parse::<f64>().unwrap_or(0.0) + by).to_string();
-            }
-            Op::HashMin(k, f, x) | Op::HashMax(k, f, x) => {
-                let min = matches!(op, Op::HashMin(..));
-                let h = self.hash(key(k));
-                let better = match h.get(f).and_then(|c| c.parse::<f64>().ok()) {
-                    None => true,
-                    Some(c) => (min && *x < c) || (!min && *x > c),
-                };
-                if better {
-                    h.insert(f.clone(), x.to_string());
-                }
-            }
-            Op::HashSet(k, f, v) => {
-                self.hash(key(k)).insert(f.clone(), v.clone());
-            }
-            Op::HashSummary(k, f, delta) => {
-                let h = self.hash(key(k));
-                let base = h.get(f).and_then(|v| crate::model::parse_summary(v));
-                let merged = crate::model::merge_summary(base, *delta);
-                h.insert(f.clone(), crate::model::summary_text(&merged));
-            }
-            Op::ZIncr(k, m, by) => {
-                let k = key(k);
-                self.purge(k);
-                *self
-                    .zsets
-                    .entry(k.to_owned())
-                    .or_default()
-                    .entry(m.clone())
-                    .or_default() += by;
-            }
-            Op::ZMax(k, m, score) => {
-                let k = key(k);
-                self.purge(k);
-                let zset = self.zsets.entry(k.to_owned()).or_default();
-                let current = zset.entry(m.clone()).or_insert(*score);
-                *current = current.max(*score);
-            }
-            Op::Expire(k, secs) => {
-                self.expiry.insert(
-                    key(k).to_owned(),
-                    Instant::now() + Duration::from_secs(*secs),
-                );
-            }
-        }
-    }
 }
 
 fn now_ms() -> u64 {
@@ -638,196 +563,6 @@ impl EventLog for MemoryLog {
 
     fn retention(&self) -> Duration {
         self.inner.retention
-    }
-}
-
-impl AggregateStore for MemoryLog {
-    async fn read_zset(&self, key: &str) -> Result<Vec<(String, f64)>, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        let mut members: Vec<(String, f64)> = kv
-            .zsets
-            .get(key)
-            .map(|z| z.iter().map(|(m, s)| (m.clone(), *s)).collect())
-            .unwrap_or_default();
-        members.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(members)
-    }
-
-    async fn write_hash(
-        &self,
-        key: &str,
-        fields: &[(String, String)],
-        ttl: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let mut kv = self.kv();
-        let hash = kv.hash(key);
-        for (f, v) in fields {
-            hash.insert(f.clone(), v.clone());
-        }
-        if let Some(ttl) = ttl {
-            kv.expiry.insert(key.to_owned(), Instant::now() + ttl);
-        }
-        Ok(())
-    }
-
-    async fn delete_hash_fields(&self, key: &str, fields: &[String]) -> Result<u64, StoreError> {
-        let mut kv = self.kv();
-        let hash = kv.hash(key);
-        Ok(fields.iter().filter(|f| hash.remove(*f).is_some()).count() as u64)
-    }
-
-    async fn zset_set(&self, key: &str, member: &str, score: f64) -> Result<(), StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        kv.zsets
-            .entry(key.to_owned())
-            .or_default()
-            .insert(member.to_owned(), score);
-        Ok(())
-    }
-
-    async fn zset_remove_below(&self, key: &str, score: f64) -> Result<u64, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        let Some(z) = kv.zsets.get_mut(key) else {
-            return Ok(0);
-        };
-        let before = z.len();
-        z.retain(|_, s| *s >= score);
-        Ok((before - z.len()) as u64)
-    }
-
-    async fn zset_range_lex(
-        &self,
-        key: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        let Some(z) = kv.zsets.get(key) else {
-            return Ok(Vec::new());
-        };
-        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        Ok(z.range::<str, _>((from, std::ops::Bound::Unbounded))
-            .take(limit)
-            .map(|(m, _)| m.clone())
-            .collect())
-    }
-
-    async fn zset_top(&self, key: &str, limit: usize) -> Result<Vec<(String, f64)>, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        let Some(z) = kv.zsets.get(key) else {
-            return Ok(Vec::new());
-        };
-        // A whole-set sort: the embedded log is for small fleets; Redis
-        // reads only the limit.
-        let mut members: Vec<(String, f64)> = z.iter().map(|(m, s)| (m.clone(), *s)).collect();
-        members.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
-        members.truncate(limit);
-        Ok(members)
-    }
-
-    async fn zset_scores(
-        &self,
-        key: &str,
-        members: &[String],
-    ) -> Result<Vec<Option<f64>>, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        let z = kv.zsets.get(key);
-        Ok(members
-            .iter()
-            .map(|m| z.and_then(|z| z.get(m)).copied())
-            .collect())
-    }
-
-    async fn zset_len(&self, key: &str) -> Result<u64, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(key);
-        Ok(kv.zsets.get(key).map_or(0, |z| z.len() as u64))
-    }
-
-    async fn prune_index(&self, prune: Prune<'_>) -> Result<u64, StoreError> {
-        let mut kv = self.kv();
-        kv.purge(prune.index);
-        let Some(z) = kv.zsets.get_mut(prune.index) else {
-            return Ok(0);
-        };
-        // In-process, a walk of the index costs no other caller a wait;
-        // what leaves per call is bounded as in Redis.
-        let mut gone: Vec<(f64, String)> = z
-            .iter()
-            .filter(|(_, s)| **s < prune.below)
-            .map(|(m, s)| (*s, m.clone()))
-            .collect();
-        gone.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        gone.truncate(prune.limit);
-        for (_, member) in &gone {
-            z.remove(member);
-        }
-        for (_, member) in &gone {
-            if let Some(ids) = kv.zsets.get_mut(prune.ids) {
-                ids.remove(member);
-            }
-            let record = kv.hashes.remove(&format!("{}#{member}", prune.records));
-            let labels: std::collections::BTreeMap<String, String> = record
-                .as_ref()
-                .and_then(|r| r.get(prune.labels))
-                .and_then(|json| serde_json::from_str(json).ok())
-                .unwrap_or_default();
-            for (k, v) in labels {
-                let key = self.inner.keys.label_devices(prune.partition, &k, &v);
-                if let Some(set) = kv.zsets.get_mut(&key) {
-                    set.remove(member);
-                }
-            }
-        }
-        Ok(gone.len() as u64)
-    }
-
-    async fn read_hashes(&self, keys: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
-        let mut kv = self.kv();
-        Ok(keys
-            .iter()
-            .map(|key| {
-                kv.purge(key);
-                let mut fields: Vec<(String, String)> = kv
-                    .hashes
-                    .get(key)
-                    .map(|h| h.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
-                    .unwrap_or_default();
-                fields.sort();
-                fields
-            })
-            .collect())
-    }
-
-    async fn read_records(&self, container: &str) -> Result<Vec<(String, HashFields)>, StoreError> {
-        let mut kv = self.kv();
-        // Records are hashes named `<container>#<record>` here.
-        let prefix = format!("{container}#");
-        let keys: Vec<String> = kv
-            .hashes
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            kv.purge(&key);
-            let Some(hash) = kv.hashes.get(&key).filter(|h| !h.is_empty()) else {
-                continue;
-            };
-            let mut fields: Vec<(String, String)> =
-                hash.iter().map(|(f, v)| (f.clone(), v.clone())).collect();
-            fields.sort();
-            out.push((key[prefix.len()..].to_owned(), fields));
-        }
-        out.sort();
-        Ok(out)
     }
 }
 
