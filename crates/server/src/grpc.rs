@@ -40,6 +40,22 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Adds a generated tonic server to a [`GrpcServer`] (an expression of type
+/// `&mut GrpcServer`) with the server's message size limits
+/// ([`GrpcServer::limits`]); generated servers share no trait for them, so
+/// this is a macro. Expands to an `.await`: use it in an `async` block.
+#[macro_export]
+macro_rules! add_limited_service {
+    ($server:expr, $service:expr $(,)?) => {{
+        let server: &mut $crate::GrpcServer = $server;
+        let limits = server.limits().clone();
+        let service = $service
+            .max_decoding_message_size(limits.max_decoding_message_size)
+            .max_encoding_message_size(limits.max_encoding_message_size);
+        server.add_service(service).await
+    }};
+}
+
 /// A gRPC server under construction: add the services, then [`serve`].
 ///
 /// Health and reflection are added by [`serve`]; reflection advertises
@@ -189,6 +205,17 @@ impl GrpcServer {
             probe,
         );
         self.spawn_background(watch);
+    }
+
+    /// Makes `service`'s health follow the event store `log`: `NOT_SERVING`
+    /// while the store is unreachable.
+    pub fn follow_store(
+        &mut self,
+        service: &'static str,
+        log: &testbed_stream::AnyLog,
+        shutdown: CancellationToken,
+    ) {
+        self.follow_dependency("event store", vec![service], shutdown, log.probe());
     }
 
     /// A server configured from bound `listeners` (probe interval,

@@ -13,7 +13,8 @@
 //! - [`tracked`]: the cap on tracked devices (`--max-tracked-devices`).
 //! - [`error`]: batch-level errors and their one mapping to gRPC codes.
 //! - [`metrics`]: the service's instruments.
-//! - [`register`] / [`run`]: how the service joins a [`GrpcServer`].
+//! - [`register`]: how the service joins a [`GrpcServer`] (served alone or
+//!   with the others by the `testbed` binary).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -25,7 +26,7 @@ pub mod tracked;
 pub mod validate;
 
 use testbed_proto::service_names;
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_server::{CancellationToken, GrpcServer};
 use testbed_stream::AnyLog;
 
 pub use api::IngestApi;
@@ -41,30 +42,9 @@ pub async fn register(
     shutdown: CancellationToken,
 ) {
     let publisher = Publisher::new(log.clone(), config.clone());
-    let limits = server.limits().clone();
-    let service = IngestApi::new(publisher, shutdown.clone())
-        .into_server()
-        .max_decoding_message_size(limits.max_decoding_message_size)
-        .max_encoding_message_size(limits.max_encoding_message_size);
-    server.add_service(service).await;
+    let service = IngestApi::new(publisher, shutdown.clone()).into_server();
+    testbed_server::add_limited_service!(server, service);
     // With tokens configured: publishing is a write.
     server.require(service_names::INGEST, testbed_server::Role::Write);
-    server.follow_dependency(
-        "event store",
-        vec![service_names::INGEST],
-        shutdown,
-        log.probe(),
-    );
-}
-
-/// Serves the ingest service alone on `listeners` until `shutdown`.
-pub async fn run(
-    config: IngestConfig,
-    log: AnyLog,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let mut server = GrpcServer::for_listeners(&listeners);
-    register(&mut server, &config, log, shutdown.clone()).await;
-    server.serve_on(listeners, shutdown).await
+    server.follow_store(service_names::INGEST, &log, shutdown);
 }

@@ -32,7 +32,8 @@
 //! - `percentiles`: latency histograms and their percentiles.
 //! - `time`: windows, minute buckets and protobuf time conversions.
 //! - [`error`]: [`QueryError`] and its one mapping to gRPC status codes.
-//! - [`register`] / [`run`]: how the service joins a [`GrpcServer`].
+//! - [`register`]: how the service joins a [`GrpcServer`] (served alone or
+//!   with the others by the `testbed` binary).
 #![forbid(unsafe_code)]
 
 mod aggregate;
@@ -53,7 +54,7 @@ mod top;
 mod watch;
 
 use testbed_proto::service_names;
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_server::{CancellationToken, GrpcServer};
 use testbed_stream::AnyLog;
 
 pub use api::QueryApi;
@@ -68,30 +69,9 @@ pub async fn register(
     log: AnyLog,
     shutdown: CancellationToken,
 ) {
-    let limits = server.limits().clone();
-    let service = QueryApi::with_config(log.clone(), config, shutdown.clone())
-        .into_server()
-        .max_decoding_message_size(limits.max_decoding_message_size)
-        .max_encoding_message_size(limits.max_encoding_message_size);
-    server.add_service(service).await;
+    let service = QueryApi::with_config(log.clone(), config, shutdown.clone()).into_server();
+    testbed_server::add_limited_service!(server, service);
     // With tokens configured: every query is a read.
     server.require(service_names::QUERY, testbed_server::Role::Read);
-    server.follow_dependency(
-        "event store",
-        vec![service_names::QUERY],
-        shutdown,
-        log.probe(),
-    );
-}
-
-/// Serves the query service alone on `listeners` until `shutdown`.
-pub async fn run(
-    config: QueryConfig,
-    log: AnyLog,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let mut server = GrpcServer::for_listeners(&listeners);
-    register(&mut server, &config, log, shutdown.clone()).await;
-    server.serve_on(listeners, shutdown).await
+    server.follow_store(service_names::QUERY, &log, shutdown);
 }

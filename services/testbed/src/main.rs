@@ -30,7 +30,7 @@ use testbed_server::{CancellationToken, GrpcServer, ListenArgs, Listeners};
 use testbed_stream::{AnyLog, EventLog as _};
 use testbed_telemetry::TelemetryGuard;
 
-use crate::cli::{Cli, Command, ServerArgs};
+use crate::cli::{Cli, Command, IngestArgs, QueryArgs, ServerArgs, WorkerArgs};
 
 /// Why the process stops with a non-zero status.
 #[derive(Debug, thiserror::Error)]
@@ -214,26 +214,9 @@ async fn dispatch(
             testbed_query::register(&mut server, &args.query, log, shutdown.clone()).await;
             server.serve_on(listeners, shutdown).await?;
         }
-        Command::Ingest(args) => {
-            let log = redis_log("ingest", &args.server).await?;
-            let listeners =
-                bind_and_announce("ingest", &args.server.listen, &log, telemetry, &shutdown)
-                    .await?;
-            testbed_ingest::run(args.ingest, log, listeners, shutdown).await?;
-        }
-        Command::Worker(args) => {
-            let log = redis_log("worker", &args.server).await?;
-            let listeners =
-                bind_and_announce("worker", &args.server.listen, &log, telemetry, &shutdown)
-                    .await?;
-            testbed_worker::run(args.worker, log, listeners, shutdown).await?;
-        }
-        Command::Query(args) => {
-            let log = redis_log("query", &args.server).await?;
-            let listeners =
-                bind_and_announce("query", &args.server.listen, &log, telemetry, &shutdown).await?;
-            testbed_query::run(args.query, log, listeners, shutdown).await?;
-        }
+        Command::Ingest(args) => serve_alone(Alone::Ingest(args), telemetry, shutdown).await?,
+        Command::Worker(args) => serve_alone(Alone::Worker(args), telemetry, shutdown).await?,
+        Command::Query(args) => serve_alone(Alone::Query(args), telemetry, shutdown).await?,
         Command::Sim(args) if args.serve.serve => {
             let listeners =
                 bind_and_announce("sim", &args.serve.listen, None, telemetry, &shutdown).await?;
@@ -242,6 +225,39 @@ async fn dispatch(
         Command::Sim(args) => testbed_sim::run(args, shutdown).await?,
     }
     tracing::info!("testbed exited cleanly");
+    Ok(())
+}
+
+/// A service served alone (split mode), with its flags.
+enum Alone {
+    Ingest(IngestArgs),
+    Worker(WorkerArgs),
+    Query(QueryArgs),
+}
+
+/// Serves one service alone on its Redis log until `shutdown`.
+async fn serve_alone(
+    service: Alone,
+    telemetry: &TelemetryGuard,
+    shutdown: CancellationToken,
+) -> Result<(), MainError> {
+    let (role, args) = match &service {
+        Alone::Ingest(a) => ("ingest", &a.server),
+        Alone::Worker(a) => ("worker", &a.server),
+        Alone::Query(a) => ("query", &a.server),
+    };
+    let log = redis_log(role, args).await?;
+    let listeners = bind_and_announce(role, &args.listen, &log, telemetry, &shutdown).await?;
+    let mut server = GrpcServer::for_listeners(&listeners);
+    let token = shutdown.clone();
+    match &service {
+        Alone::Ingest(a) => testbed_ingest::register(&mut server, &a.ingest, log, token).await,
+        Alone::Worker(a) => {
+            testbed_worker::register(&mut server, &a.worker, log, token).await;
+        }
+        Alone::Query(a) => testbed_query::register(&mut server, &a.query, log, token).await,
+    }
+    server.serve_on(listeners, shutdown).await?;
     Ok(())
 }
 

@@ -31,7 +31,8 @@
 //! - [`follower`]: the loop each replica runs to follow the desired state
 //!   and publish its heartbeat and backlog gauges; the one module that
 //!   uses both [`control`] and [`consumer`].
-//! - [`register`] / [`run`]: how the worker joins a [`GrpcServer`].
+//! - [`register`]: how the worker joins a [`GrpcServer`] (served alone or
+//!   with the others by the `testbed` binary).
 #![forbid(unsafe_code)]
 
 mod config;
@@ -44,7 +45,7 @@ pub mod indexed;
 pub mod metrics;
 
 use testbed_proto::service_names;
-use testbed_server::{CancellationToken, GrpcServer, Listeners, ServeError};
+use testbed_server::{CancellationToken, GrpcServer};
 use testbed_stream::AnyLog;
 
 pub use config::{CpuClass, QueueTraceMode, WorkerConfig};
@@ -67,12 +68,7 @@ pub async fn register(
         heartbeat_ttl,
         shutdown.clone(),
     );
-    let limits = server.limits().clone();
-    let service = api
-        .into_server()
-        .max_decoding_message_size(limits.max_decoding_message_size)
-        .max_encoding_message_size(limits.max_encoding_message_size);
-    server.add_service(service).await;
+    testbed_server::add_limited_service!(server, api.into_server());
     // With tokens configured: reading the status is a read; whatever
     // changes the pipeline (pause, concurrency, faults) needs admin.
     let control = testbed_proto::service_names::WORKER_CONTROL;
@@ -91,23 +87,6 @@ pub async fn register(
         }
         .run(shutdown.clone()),
     );
-    server.follow_dependency(
-        "event store",
-        vec![service_names::WORKER_CONTROL],
-        shutdown,
-        log.probe(),
-    );
+    server.follow_store(service_names::WORKER_CONTROL, &log, shutdown);
     consumer
-}
-
-/// Serves the worker alone on `listeners` until `shutdown`.
-pub async fn run(
-    config: WorkerConfig,
-    log: AnyLog,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let mut server = GrpcServer::for_listeners(&listeners);
-    register(&mut server, &config, log, shutdown.clone()).await;
-    server.serve_on(listeners, shutdown).await
 }

@@ -41,12 +41,7 @@ use crate::serve::runs::Runs;
 /// grace period) to drain their batches in flight.
 pub async fn register(server: &mut GrpcServer, config: &ServeConfig, shutdown: CancellationToken) {
     let runs = Runs::new(config.clone(), shutdown.clone());
-    let limits = server.limits().clone();
-    let service = SimulatorApi::new(runs.clone())
-        .into_server()
-        .max_decoding_message_size(limits.max_decoding_message_size)
-        .max_encoding_message_size(limits.max_encoding_message_size);
-    server.add_service(service).await;
+    testbed_server::add_limited_service!(server, SimulatorApi::new(runs.clone()).into_server());
     // With tokens configured: aiming load (StartRun, UpdateRun, StopRun)
     // is a write, like publishing; watching runs is a read.
     let sim = testbed_proto::service_names::SIMULATOR;
