@@ -57,101 +57,71 @@ fn verdict(report: &Report) -> (&'static str, String) {
 
 fn summary(out: &mut String, report: &Report) {
     let t: &Section = &report.total;
-    out.push_str("<h2>Summary</h2><table id=\"summary\">");
-    row(
-        out,
-        "offered-rate",
-        "offered rate (events/s, average of the schedule)",
-        &format!("{:.1}", t.target_rate),
-    );
-    row(
-        out,
-        "achieved-rate",
-        "achieved rate (events/s accepted)",
-        &format!("{:.1}", t.achieved_rate),
-    );
-    row(
-        out,
-        "achieved-share",
-        "achieved / offered",
-        &percent(t.achieved_rate, t.target_rate),
-    );
-    row(out, "events-sent", "events sent", &t.sent.to_string());
-    row(
-        out,
-        "events-accepted",
-        "events accepted",
-        &t.accepted.to_string(),
-    );
-    row(
-        out,
-        "events-rejected",
-        "events rejected (validation)",
-        &t.rejected.to_string(),
-    );
-    row(
-        out,
-        "events-duplicates",
-        "accepted duplicates of re-sent batches",
-        &t.duplicates.to_string(),
-    );
-    row(
-        out,
-        "events-failed",
-        "events given up",
-        &t.failed.to_string(),
-    );
-    row(
-        out,
-        "events-unanswered",
-        "events unanswered at the end",
-        &t.unanswered.to_string(),
-    );
-    row(
-        out,
-        "batches-retried",
-        "batches re-sent",
-        &t.retried_batches.to_string(),
-    );
     let l = &t.latency;
-    row(
-        out,
-        "ack-p50",
-        "ack latency p50 (ms)",
-        &format!("{:.3}", l.p50_ms),
-    );
-    row(
-        out,
-        "ack-p99",
-        "ack latency p99 (ms)",
-        &format!("{:.3}", l.p99_ms),
-    );
-    row(
-        out,
-        "ack-p999",
-        "ack latency p99.9 (ms)",
-        &format!("{:.3}", l.p999_ms),
-    );
-    row(
-        out,
-        "ack-max",
-        "ack latency max (ms)",
-        &format!("{:.3}", l.max_ms),
-    );
+    let ms = |v: f64| format!("{v:.3}");
+    let mut rows: Vec<(&str, &str, String)> = vec![
+        (
+            "offered-rate",
+            "offered rate (events/s, average of the schedule)",
+            format!("{:.1}", t.target_rate),
+        ),
+        (
+            "achieved-rate",
+            "achieved rate (events/s accepted)",
+            format!("{:.1}", t.achieved_rate),
+        ),
+        (
+            "achieved-share",
+            "achieved / offered",
+            percent(t.achieved_rate, t.target_rate),
+        ),
+        ("events-sent", "events sent", t.sent.to_string()),
+        ("events-accepted", "events accepted", t.accepted.to_string()),
+        (
+            "events-rejected",
+            "events rejected (validation)",
+            t.rejected.to_string(),
+        ),
+        (
+            "events-duplicates",
+            "accepted duplicates of re-sent batches",
+            t.duplicates.to_string(),
+        ),
+        ("events-failed", "events given up", t.failed.to_string()),
+        (
+            "events-unanswered",
+            "events unanswered at the end",
+            t.unanswered.to_string(),
+        ),
+        (
+            "batches-retried",
+            "batches re-sent",
+            t.retried_batches.to_string(),
+        ),
+        ("ack-p50", "ack latency p50 (ms)", ms(l.p50_ms)),
+        ("ack-p99", "ack latency p99 (ms)", ms(l.p99_ms)),
+        ("ack-p999", "ack latency p99.9 (ms)", ms(l.p999_ms)),
+        ("ack-max", "ack latency max (ms)", ms(l.max_ms)),
+    ];
     if let Some(e) = report
         .verification
         .as_ref()
         .and_then(|v| v.end_to_end.as_ref())
     {
-        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
-        row(
-            out,
-            "e2e-p50",
-            "end-to-end p50 (ms, append to aggregates applied)",
-            &ms(e.p50_us),
-        );
-        row(out, "e2e-p99", "end-to-end p99 (ms)", &ms(e.p99_us));
-        row(out, "e2e-max", "end-to-end max (ms)", &ms(e.max_us));
+        let us = |us: u64| ms(us as f64 / 1000.0);
+        rows.extend([
+            (
+                "e2e-p50",
+                "end-to-end p50 (ms, append to aggregates applied)",
+                us(e.p50_us),
+            ),
+            ("e2e-p99", "end-to-end p99 (ms)", us(e.p99_us)),
+            ("e2e-max", "end-to-end max (ms)", us(e.max_us)),
+        ]);
+    }
+    out.push_str("<h2>Summary</h2><table id=\"summary\">");
+    for (id, name, value) in rows {
+        row(out, id, name, &value);
     }
     out.push_str("</table>");
 }
@@ -226,24 +196,24 @@ fn chart_section(out: &mut String, report: &Report) {
         color,
         points: timeline.iter().map(|s| (s.t_s, f(s))).collect(),
     };
+    // The charts over the run's timeline share their x axis.
+    let over_time = |id: &str, title: &str, unit: &str, lines: &[Series<'_>]| {
+        charts::line_chart(id, title, "seconds since start", unit, XAxis::Linear, lines)
+    };
     out.push_str("<h2>Charts</h2><div class=\"charts\">");
-    out.push_str(&charts::line_chart(
+    out.push_str(&over_time(
         "rate",
         "Offered vs achieved rate",
-        "seconds since start",
         "events/s",
-        XAxis::Linear,
         &[
             series("offered", GREY, |s| s.target_rate),
             series("achieved", BLUE, |s| s.achieved_rate),
         ],
     ));
-    out.push_str(&charts::line_chart(
+    out.push_str(&over_time(
         "latency-over-time",
         "Ack latency per interval",
-        "seconds since start",
         "ms",
-        XAxis::Linear,
         &[
             series("p50", GREEN, |s| s.p50_ms),
             series("p99", ORANGE, |s| s.p99_ms),
@@ -276,12 +246,10 @@ fn chart_section(out: &mut String, report: &Report) {
         &codes,
         &[("attempts", BLUE, counts)],
     ));
-    out.push_str(&charts::line_chart(
+    out.push_str(&over_time(
         "retries",
         "Refusals and re-sent batches per interval",
-        "seconds since start",
         "count",
-        XAxis::Linear,
         &[
             series("refusals", RED, |s| s.errors as f64),
             series("re-sent batches", ORANGE, |s| s.retried as f64),
