@@ -13,6 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Testbed;
+use common::pipeline::metric_now;
 use common::sim::Sim;
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
@@ -20,14 +21,12 @@ use testbed_proto::v1::run_spec::Load;
 use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
 use testbed_proto::v1::{
-    Event, GetPipelineStatsRequest, GetRunRequest, GetStatusRequest, Metric, PauseRequest,
-    PublishRequest, RateLoad, ResumeRequest, RunSpec, RunState, StartRunRequest, event::Payload,
+    Event, GetPipelineStatsRequest, GetRunRequest, GetStatusRequest, PauseRequest, PublishRequest,
+    RateLoad, ResumeRequest, RunSpec, RunState, StartRunRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
 use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
@@ -77,28 +76,11 @@ fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &s
 }
 
 fn event(id: &str) -> Event {
-    Event {
-        event_id: id.to_owned(),
-        device_id: "auth-dev".to_owned(),
-        observed_at: Some(std::time::SystemTime::now().into()),
-        payload: Some(Payload::Metric(Metric {
-            name: "m".to_owned(),
-            value: 1.0,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
+    metric_now(id, "auth-dev")
 }
 
 async fn serving_without_token(channel: Channel, service: &str) {
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status();
+    let status = common::health_check(channel, service).await.unwrap();
     assert_eq!(status, ServingStatus::Serving, "{service}");
 }
 

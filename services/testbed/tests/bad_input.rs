@@ -31,9 +31,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
 /// What a case observed: the code, the first violated field (a BadRequest
@@ -1008,13 +1006,7 @@ fn sim_cases() -> Vec<Case> {
 
 /// Whether `service` on `tb` answers SERVING to a fresh connection.
 async fn serving(tb: &Testbed, service: &str) -> Result<(), String> {
-    let mut health = HealthClient::new(tb.channel().await);
-    let status = health
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .map(|r| r.into_inner().status());
+    let status = common::health_check(tb.channel().await, service).await;
     match status {
         Ok(ServingStatus::Serving) => Ok(()),
         other => Err(format!("{service} not SERVING: {other:?}")),

@@ -12,8 +12,8 @@ use testbed_ingest::IngestConfig;
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
 use testbed_proto::v1::{
     ClearFaultsRequest, Event, FailureFault, Fault, FaultScope, GetStatusRequest,
-    GetStatusResponse, InjectFaultRequest, PauseRequest, PublishRequest, ResumeRequest,
-    SetConcurrencyRequest, WatchStatusRequest, WorkerState, fault::Effect,
+    GetStatusResponse, InjectFaultRequest, PauseRequest, ResumeRequest, SetConcurrencyRequest,
+    WatchStatusRequest, WorkerState, fault::Effect,
 };
 use testbed_stream::{AnyLog, RedisLog, StoreArgs};
 use testbed_test_support::RedisServer;
@@ -23,23 +23,17 @@ use tonic_types::StatusExt as _;
 
 fn start_worker(redis: &RedisServer) -> Testbed {
     let url = redis.url();
-    Testbed::start(&[
-        "worker",
-        "--redis-url",
-        &url,
-        "--claim-idle",
-        "300ms",
-        "--maintenance-interval",
-        "100ms",
-        "--read-block",
-        "100ms",
+    let mut args = vec!["worker", "--redis-url", &url];
+    args.extend(common::FAST_WORKER_FLAGS);
+    args.extend([
         "--control-interval",
         "100ms",
         "--heartbeat-interval",
         "200ms",
         "--max-deliveries",
         "2",
-    ])
+    ]);
+    Testbed::start(&args)
 }
 
 async fn control(tb: &Testbed) -> WorkerControlServiceClient<Channel> {
@@ -97,11 +91,7 @@ async fn faults_active(tb: &Testbed) -> f64 {
 async fn publish(pipe: &InProcess, events: &[Event]) {
     let mut client = pipe.client().await;
     for batch in events.chunks(100) {
-        client
-            .publish(PublishRequest {
-                events: batch.to_vec(),
-                ..Default::default()
-            })
+        common::pipeline::publish(&mut client, batch.to_vec())
             .await
             .unwrap();
     }
@@ -305,11 +295,7 @@ async fn faults_apply_everywhere_and_expire() {
     let events: Vec<Event> = (0..200).map(|i| event("fault", i, 10, minute)).collect();
     let mut client = s.pipe.client().await;
     for e in &events {
-        client
-            .publish(PublishRequest {
-                events: vec![e.clone()],
-                ..Default::default()
-            })
+        common::pipeline::publish(&mut client, vec![e.clone()])
             .await
             .unwrap();
     }

@@ -259,6 +259,37 @@ fn waits_in(redis: &RedisServer, ports: &std::collections::HashSet<u16>, command
     })
 }
 
+/// [`kill_twice_waiting_in`], then `sim`'s verdict: exit 0, verification
+/// passed, every expected event processed. Prints what the kills saw,
+/// headed `what`.
+async fn kill_twice_then_verified(
+    split: &Split,
+    servers: &[&RedisServer],
+    command: &str,
+    sim: Sim,
+    what: &str,
+) {
+    let (attempt, kills) = kill_twice_waiting_in(split, servers, command).await;
+    let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
+    let v = &json["verification"];
+    eprintln!(
+        "{what} ({attempt} pauses): expected {}, processed {}, dead-lettered {}; \
+         per kill (entries held, kill -> taken over): {kills:?}",
+        sum(&v["expected"]),
+        sum(&v["processed"]),
+        v["dead_lettered"],
+    );
+    assert_exactly_once(code, &stderr, v);
+}
+
+/// The run exited 0, its verification passed, and it processed every
+/// expected event.
+fn assert_exactly_once(code: Option<i32>, stderr: &str, v: &serde_json::Value) {
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["expected"], v["processed"]);
+}
+
 /// Starts workers beside `split`'s and SIGKILLs each while it waits in
 /// `command` (all writes held on `servers` by `CLIENT PAUSE WRITE`) until
 /// two were caught so; returns the pauses it took and, per kill, the
@@ -316,16 +347,22 @@ async fn kill_twice_waiting_in(
         }
         let killed = Instant::now();
         let held = split.pending_with(&name).await;
-        while split.pending_with(&name).await > 0 {
-            assert!(
-                killed.elapsed() < Duration::from_secs(25),
-                "{name}'s entries not taken over after 25 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_taken_over(split, &name, killed).await;
         kills.push((held, killed.elapsed()));
     }
     (pauses, kills)
+}
+
+/// Waits until the worker `name`, killed at `killed`, holds no entry any
+/// more (another took them over), within 25 s of the kill.
+async fn wait_taken_over(split: &Split, name: &str, killed: Instant) {
+    while split.pending_with(name).await > 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(25),
+            "{name}'s entries not taken over after 25 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 const SIM_LIMIT: Duration = Duration::from_secs(90);
@@ -466,13 +503,7 @@ mod fault_suite {
             if stranded == 0 {
                 continue;
             }
-            while split.pending_with(&name).await > 0 {
-                assert!(
-                    killed.elapsed() < Duration::from_secs(25),
-                    "{name}'s entries not taken over after 25 s"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            wait_taken_over(&split, &name, killed).await;
             recoveries.push((stranded, killed.elapsed()));
         }
         let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
@@ -487,9 +518,7 @@ mod fault_suite {
             sum(&v["processed"]),
             v["dead_lettered"],
         );
-        assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(v["passed"], true, "{v}");
-        assert_eq!(v["expected"], v["processed"]);
+        assert_exactly_once(code, &stderr, v);
         assert!(taken > 0.0, "the surviving worker took nothing over");
         drop(split);
     }
@@ -542,9 +571,7 @@ mod fault_suite {
     async fn a_frozen_redis_fails_calls_fast_and_is_recovered_from() {
         use testbed_proto::v1::PublishRequest;
         use testbed_proto::v1::ingest_service_client::IngestServiceClient;
-        use tonic_health::pb::HealthCheckRequest;
         use tonic_health::pb::health_check_response::ServingStatus;
-        use tonic_health::pb::health_client::HealthClient;
 
         let redis = RedisServer::start();
         let common = ["--health-interval", "100ms", "--redis-timeout", "300ms"];
@@ -576,13 +603,7 @@ mod fault_suite {
         for (t, name) in services {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let mut health = HealthClient::new(t.channel().await);
-                let status = health
-                    .check(HealthCheckRequest {
-                        service: name.to_owned(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().status());
+                let status = common::health_check(t.channel().await, name).await;
                 if matches!(status, Ok(ServingStatus::NotServing)) {
                     not_serving.push(paused.elapsed());
                     break;
@@ -638,19 +659,14 @@ mod fault_suite {
         let split = Split::start(&redis, &[]).await;
         let sim = split.sim("watch-exec", 1000, 12);
         split.wait_processing().await;
-        let (attempt, kills) = kill_twice_waiting_in(&split, &[&redis], "exec").await;
-        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
-        let v = &json["verification"];
-        eprintln!(
-            "worker SIGKILL between WATCH and EXEC x2 ({attempt} pauses): expected {}, processed {}, \
-             dead-lettered {}; per kill (entries held, kill -> taken over): {kills:?}",
-            sum(&v["expected"]),
-            sum(&v["processed"]),
-            v["dead_lettered"],
-        );
-        assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(v["passed"], true, "{v}");
-        assert_eq!(v["expected"], v["processed"]);
+        kill_twice_then_verified(
+            &split,
+            &[&redis],
+            "exec",
+            sim,
+            "worker SIGKILL between WATCH and EXEC x2",
+        )
+        .await;
         drop(split);
     }
 
@@ -670,19 +686,14 @@ mod fault_suite {
             .iter()
             .map(|&i| &cluster.nodes[i])
             .collect();
-        let (attempt, kills) = kill_twice_waiting_in(&split, &masters, "evalsha").await;
-        let Finished { code, stderr, json } = sim.finish(SIM_LIMIT).await;
-        let v = &json["verification"];
-        eprintln!(
-            "worker SIGKILL in its apply script on Redis Cluster x2 ({attempt} pauses): expected {}, processed {}, \
-             dead-lettered {}; per kill (entries held, kill -> taken over): {kills:?}",
-            sum(&v["expected"]),
-            sum(&v["processed"]),
-            v["dead_lettered"],
-        );
-        assert_eq!(code, Some(0), "{stderr}");
-        assert_eq!(v["passed"], true, "{v}");
-        assert_eq!(v["expected"], v["processed"]);
+        kill_twice_then_verified(
+            &split,
+            &masters,
+            "evalsha",
+            sim,
+            "worker SIGKILL in its apply script on Redis Cluster x2",
+        )
+        .await;
         drop(split);
     }
 }

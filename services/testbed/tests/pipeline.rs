@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pipeline::{
-    InProcess, assert_folded, event, fast_worker, memory_log, test_minute, totals, wait_drained,
+    InProcess, assert_folded, event, fast_worker, memory_log, publish, test_minute, totals,
+    wait_drained,
 };
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest};
@@ -150,35 +151,14 @@ async fn republished_event_ids_count_once() {
     let minute = test_minute();
     let events: Vec<Event> = (0..100).map(|i| event("dup", i, 5, minute)).collect();
     let mut client = pipe.client().await;
-    let first = client
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let first = publish(&mut client, events.clone()).await.unwrap();
     assert_eq!((first.accepted_count, first.duplicate_count), (100, 0));
     // The whole batch again, then half of it mixed with 10 new events.
-    let again = client
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = publish(&mut client, events.clone()).await.unwrap();
     assert_eq!((again.accepted_count, again.duplicate_count), (100, 100));
     let mut mixed: Vec<Event> = events[..50].to_vec();
     mixed.extend((100..110).map(|i| event("dup", i, 5, minute)));
-    let third = client
-        .publish(PublishRequest {
-            events: mixed,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let third = publish(&mut client, mixed).await.unwrap();
     assert_eq!((third.accepted_count, third.duplicate_count), (60, 50));
 
     let figures = wait_drained(&log, 110, Duration::from_secs(30)).await;
@@ -267,16 +247,9 @@ async fn invalid_events_are_rejected_by_index() {
     let mut events: Vec<Event> = (0..6).map(|i| event("inv", i, 2, minute)).collect();
     events[1].device_id = String::new();
     events[4].observed_at = None;
-    let response = pipe
-        .client()
+    let response = publish(&mut pipe.client().await, events.clone())
         .await
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(response.accepted_count, 4);
     let rejected: Vec<(u32, &str, &str)> = response
         .rejections
@@ -320,13 +293,7 @@ async fn empty_and_oversized_batches_are_invalid_argument() {
     );
     let minute = test_minute();
     let events: Vec<Event> = (0..4).map(|i| event("big", i, 2, minute)).collect();
-    let err = client
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = publish(&mut client, events.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("at most 3"), "{}", err.message());
     // On a stream the refusal is the ack's status, and the stream goes on.
@@ -389,20 +356,8 @@ async fn backlog_over_limit_is_resource_exhausted_and_appends_nothing() {
             .map(|i| event("bp", i, 1, minute))
             .collect()
     };
-    client
-        .publish(PublishRequest {
-            events: batch(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let err = client
-        .publish(PublishRequest {
-            events: batch(10),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    publish(&mut client, batch(0)).await.unwrap();
+    let err = publish(&mut client, batch(10)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert_eq!(
         err.get_details_retry_info().unwrap().retry_delay,
@@ -424,15 +379,10 @@ async fn backlog_over_limit_is_resource_exhausted_and_appends_nothing() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let result = client
-            .publish(PublishRequest {
-                events: batch(10),
-                ..Default::default()
-            })
-            .await;
+        let result = publish(&mut client, batch(10)).await;
         match result {
             Ok(r) => {
-                assert_eq!(r.into_inner().accepted_count, 10);
+                assert_eq!(r.accepted_count, 10);
                 break;
             }
             Err(err) if err.code() == tonic::Code::ResourceExhausted => {
@@ -460,13 +410,7 @@ async fn half_failed_append_retried_counts_exactly() {
     let minute = test_minute();
     let events: Vec<Event> = (0..200).map(|i| event("half", i, 8, minute)).collect();
     let mut client = pipe.client().await;
-    let err = client
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = publish(&mut client, events.clone()).await.unwrap_err();
     assert!(
         matches!(err.code(), tonic::Code::Internal | tonic::Code::Unavailable),
         "{err:?}"
@@ -476,14 +420,7 @@ async fn half_failed_append_retried_counts_exactly() {
 
     redis.command(&["DEL", &broken]);
     log.ensure_group().await.unwrap();
-    let retry = client
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let retry = publish(&mut client, events.clone()).await.unwrap();
     assert_eq!(
         (retry.accepted_count, u64::from(retry.duplicate_count)),
         (200, partial)
@@ -540,21 +477,13 @@ async fn redis_outage_is_unavailable_then_recovers() {
     wait_for(ServingStatus::Serving).await;
     let minute = test_minute();
     let mut client = pipe.client().await;
-    client
-        .publish(PublishRequest {
-            events: vec![event("out", 0, 1, minute)],
-            ..Default::default()
-        })
+    publish(&mut client, vec![event("out", 0, 1, minute)])
         .await
         .unwrap();
 
     redis.stop();
     let started = Instant::now();
-    let err = client
-        .publish(PublishRequest {
-            events: vec![event("out", 1, 1, minute)],
-            ..Default::default()
-        })
+    let err = publish(&mut client, vec![event("out", 1, 1, minute)])
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
@@ -580,15 +509,9 @@ async fn redis_outage_is_unavailable_then_recovers() {
     wait_for(ServingStatus::Serving).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match client
-            .publish(PublishRequest {
-                events: vec![event("out", 2, 1, minute)],
-                ..Default::default()
-            })
-            .await
-        {
+        match publish(&mut client, vec![event("out", 2, 1, minute)]).await {
             Ok(r) => {
-                assert_eq!(r.into_inner().accepted_count, 1);
+                assert_eq!(r.accepted_count, 1);
                 break;
             }
             Err(err) => assert!(Instant::now() < deadline, "never recovered: {err:?}"),
@@ -617,12 +540,7 @@ async fn poison_entries_are_dead_lettered() {
     let minute = test_minute();
     let events: Vec<Event> = (0..50).map(|i| event("after", i, 4, minute)).collect();
     let pipe = InProcess::start(&log, IngestConfig::default(), Some(fast_worker())).await;
-    pipe.client()
-        .await
-        .publish(PublishRequest {
-            events: events.clone(),
-            ..Default::default()
-        })
+    publish(&mut pipe.client().await, events.clone())
         .await
         .unwrap();
     let figures = wait_drained(&log, 51, Duration::from_secs(30)).await;

@@ -8,21 +8,21 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use common::bad_field;
 use common::pipeline::{
-    InProcess, event, expected, fast_worker, memory_log, test_minute, wait_drained,
+    InProcess, event, expected, fast_worker, memory_log, publish_all, test_minute, wait_drained,
 };
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::{
     Event, GetDeviceStatsRequest, GetPipelineStatsRequest, GetRunStatsRequest,
-    GetTokenUsageRequest, ListDevicesRequest, PipelineStats, PublishRequest, TokenGroupBy,
-    TopDevicesRequest, TopMetric, WatchPipelineStatsRequest, event::Payload,
+    GetTokenUsageRequest, ListDevicesRequest, PipelineStats, TokenGroupBy, TopDevicesRequest,
+    TopMetric, WatchPipelineStatsRequest, event::Payload,
 };
 use testbed_stream::{AnyLog, RedisLog, StoreArgs, latency_bucket, latency_bucket_upper};
 use testbed_test_support::RedisServer;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 
 type Query = QueryServiceClient<Channel>;
 
@@ -66,29 +66,9 @@ fn proto(d: Duration) -> prost_types::Duration {
 /// worker has processed every one.
 async fn publish_and_drain(pipe: &InProcess, log: &AnyLog, events: &[Event]) {
     let mut client = pipe.client().await;
-    for batch in events.chunks(100) {
-        let response = client
-            .publish(PublishRequest {
-                events: batch.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(response.accepted_count as usize, batch.len());
-    }
+    publish_all(&mut client, events, 100).await;
     let figures = wait_drained(log, events.len() as u64, Duration::from_secs(60)).await;
     assert_eq!(figures.processed, events.len() as u64);
-}
-
-/// The field named by an INVALID_ARGUMENT's google.rpc.BadRequest.
-fn bad_field(status: &Status) -> String {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let bad = status
-        .get_details_bad_request()
-        .expect("BadRequest details");
-    assert_eq!(bad.field_violations.len(), 1, "{bad:?}");
-    bad.field_violations[0].field.clone()
 }
 
 /// Each device's `arch` label. Every event of a device carries the same

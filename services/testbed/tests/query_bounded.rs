@@ -13,13 +13,15 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::Testbed;
-use common::pipeline::{InProcess, event, fast_worker, test_minute, wait_drained};
+use common::pipeline::{
+    InProcess, event, fast_worker, publish, publish_all, test_minute, wait_drained,
+};
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::query_service_client::QueryServiceClient;
 use testbed_proto::v1::{
     GetDeviceStatsRequest, GetPipelineStatsRequest, GetRunStatsRequest, GetTokenUsageRequest,
-    ListDevicesRequest, ListDevicesResponse, PublishRequest, TokenGroupBy, TopDevicesRequest,
-    TopMetric, WatchPipelineStatsRequest,
+    ListDevicesRequest, ListDevicesResponse, TokenGroupBy, TopDevicesRequest, TopMetric,
+    WatchPipelineStatsRequest,
 };
 use testbed_stream::{AnyLog, RedisLog, StoreArgs};
 use testbed_test_support::RedisServer;
@@ -187,17 +189,7 @@ async fn fill(url: &str) {
         .map(|i| event("qbound", i, DEVICES, minute))
         .collect();
     let mut client = pipe.client().await;
-    for batch in events.chunks(100) {
-        let response = client
-            .publish(PublishRequest {
-                events: batch.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(response.accepted_count as usize, batch.len());
-    }
+    publish_all(&mut client, &events, 100).await;
     wait_drained(&log, events.len() as u64, Duration::from_secs(60)).await;
     pipe.stop().await;
 }
@@ -368,13 +360,7 @@ async fn query_reads_have_their_own_connections_and_budget() {
     let monitor = Monitor::start(redis.port);
     let minute = test_minute();
     let events: Vec<_> = (0..200).map(|i| event("own", i, 50, minute)).collect();
-    ingest
-        .publish(PublishRequest {
-            events,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    publish(&mut ingest, events).await.unwrap();
     // Until the worker has indexed them all (reads meanwhile are fine).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

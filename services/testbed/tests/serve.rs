@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Testbed;
+use common::{Testbed, health_check};
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -113,24 +113,12 @@ fn expected(services: &[&str]) -> BTreeSet<String> {
 async fn all_reports_serving_for_every_service() {
     let tb = Testbed::start(&["all"]);
     tb.wait_serving("").await;
-    let mut health = HealthClient::new(tb.channel().await);
+    let channel = tb.channel().await;
     for service in ALL_SERVICES {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
+        let status = health_check(channel.clone(), service).await.unwrap();
         assert_eq!(status, ServingStatus::Serving, "{service}");
     }
-    let unknown = health
-        .check(HealthCheckRequest {
-            service: "testbed.v1.Nope".to_owned(),
-        })
-        .await
-        .unwrap_err();
+    let unknown = health_check(channel, "testbed.v1.Nope").await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 }
 
@@ -207,17 +195,25 @@ async fn sigterm_reports_not_serving_then_exits_zero_within_grace() {
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
+/// Runs `testbed <args>` to its end, asserting it exits with `code`; its
+/// stderr.
+fn exits_with(code: i32, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    stderr
+}
+
 /// A port already in use is a one-line error and a non-zero exit, not a panic.
 #[test]
 fn port_in_use_is_a_one_line_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["all", "--grpc-addr", &addr])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let stderr = exits_with(1, &["all", "--grpc-addr", &addr]);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.starts_with(&format!("testbed: cannot listen on --grpc-addr {addr}: ")),
@@ -229,12 +225,7 @@ fn port_in_use_is_a_one_line_error() {
 /// An unparseable address is rejected by flag parsing with exit code 2.
 #[test]
 fn bad_address_exits_two() {
-    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["all", "--grpc-addr", "not-an-address"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let stderr = exits_with(2, &["all", "--grpc-addr", "not-an-address"]);
     assert!(stderr.contains("--grpc-addr"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -264,13 +255,7 @@ fn version_names_revision_and_arch() {
 #[test]
 fn split_services_need_redis() {
     for sub in ["ingest", "worker", "query"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args([sub, "--grpc-addr", "127.0.0.1:0"])
-            .env_remove("REDIS_URL")
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{sub}");
-        let stderr = String::from_utf8(output.stderr).unwrap();
+        let stderr = exits_with(2, &[sub, "--grpc-addr", "127.0.0.1:0"]);
         assert!(stderr.contains("needs --redis-url"), "{sub}: {stderr}");
     }
 }
@@ -283,22 +268,15 @@ async fn cpu_class_is_for_the_worker_only() {
     let tb = Testbed::start(&["all", "--cpu-class", "normal"]);
     tb.wait_serving("").await;
     drop(tb);
-    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["all", "--grpc-addr", "127.0.0.1:0", "--cpu-class", "idle"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let stderr = exits_with(
+        2,
+        &["all", "--grpc-addr", "127.0.0.1:0", "--cpu-class", "idle"],
+    );
     assert!(
         stderr.contains("--cpu-class applies to `testbed worker` only"),
         "{stderr}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["worker", "--cpu-class", "lowest"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let stderr = exits_with(2, &["worker", "--cpu-class", "lowest"]);
     assert!(stderr.contains("--cpu-class"), "{stderr}");
 }
 
@@ -337,14 +315,6 @@ async fn old_connections_are_closed_under_their_streams() {
     );
     drop(tx);
     // A new connection is served as usual.
-    let mut health = HealthClient::new(tb.channel().await);
-    let status = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status();
+    let status = health_check(tb.channel().await, "").await.unwrap();
     assert_eq!(status, ServingStatus::Serving);
 }

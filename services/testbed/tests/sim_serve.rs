@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Testbed;
 use common::sim_api::{Client, get, start, stop, update};
+use common::{Testbed, bad_field};
 use testbed_proto::v1::simulator_service_client::SimulatorServiceClient;
 use testbed_proto::v1::update_run_request::Change;
 use testbed_proto::v1::{
@@ -16,7 +16,7 @@ use testbed_proto::v1::{
     run_spec::Load,
 };
 use tokio_stream::StreamExt as _;
-use tonic::{Code, Status};
+use tonic::Code;
 use tonic_types::StatusExt as _;
 
 /// A `testbed all` to send to, and a `testbed sim --serve` pointed at it.
@@ -83,16 +83,6 @@ async fn wait_for(
 
 fn figures(run: &Run) -> &testbed_proto::v1::RunFigures {
     run.figures.as_ref().unwrap()
-}
-
-/// The field named by the status's BadRequest, checking it is INVALID_ARGUMENT.
-fn bad_field(status: &Status) -> String {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let bad = status
-        .get_details_bad_request()
-        .expect("BadRequest details");
-    assert_eq!(bad.field_violations.len(), 1, "{bad:?}");
-    bad.field_violations[0].field.clone()
 }
 
 /// A rate run without a duration is RUNNING with a growing events_sent and

@@ -31,32 +31,18 @@ struct Ended {
 /// `testbed sim` at 200 events/s against `tb` with `args`, its report in
 /// `format` to a file (the text summary still on stdout).
 async fn sim(tb: Option<&Testbed>, name: &str, format: &str, args: &[&str]) -> Ended {
-    let file = std::env::temp_dir().join(format!("thresholds-{name}-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&file);
     // No server: a refused start never connects.
     let target = tb.map_or("http://127.0.0.1:9".to_owned(), |tb| {
         format!("http://{}", tb.addr)
     });
     let started = Instant::now();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args([
-            "sim",
-            "--target",
-            &target,
-            "--rate",
-            "200",
-            "--devices",
-            "4",
-        ])
-        .args(["--output", format, "--output-file"])
-        .arg(&file)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let report = serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
-        .unwrap_or_default();
-    let _ = std::fs::remove_file(&file);
+    let (output, report) = common::sim::run_to_end(
+        &format!("thresholds-{name}"),
+        &["--target", &target, "--rate", "200", "--devices", "4"],
+        format,
+        args,
+    )
+    .await;
     Ended {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

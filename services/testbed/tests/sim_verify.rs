@@ -6,6 +6,7 @@
 mod common;
 
 use common::Testbed;
+use common::sim::sum;
 use testbed_proto::v1::worker_control_service_client::WorkerControlServiceClient;
 use testbed_proto::v1::{FailureFault, Fault, FaultScope, InjectFaultRequest, fault::Effect};
 use testbed_test_support::RedisServer;
@@ -34,11 +35,10 @@ async fn sim(
     run_id: &str,
     extra: &[&str],
 ) -> (std::process::Output, serde_json::Value) {
-    let report = std::env::temp_dir().join(format!("verify-{run_id}-{}.json", std::process::id()));
     let target = format!("http://{}", tb.addr);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args([
-            "sim",
+    common::sim::run_to_end(
+        &format!("verify-{run_id}"),
+        &[
             "--target",
             &target,
             "--rate",
@@ -52,19 +52,11 @@ async fn sim(
             "--verify",
             "--verify-timeout",
             "20s",
-            "--output",
-            "json",
-            "--output-file",
-        ])
-        .arg(&report)
-        .args(extra)
-        .output()
-        .await
-        .unwrap();
-    let json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
-        .unwrap_or_default();
-    let _ = std::fs::remove_file(report);
-    (output, json)
+        ],
+        "json",
+        extra,
+    )
+    .await
 }
 
 /// Every accepted event processed exactly once: exit 0, verification passed.
@@ -86,12 +78,7 @@ async fn verify_passes_on_a_healthy_pipeline() {
         assert_eq!(v["passed"], true, "{dedupe}: {v}");
         let accepted = report["total"]["accepted"].as_u64().unwrap();
         assert_eq!(accepted, 400);
-        let processed: u64 = v["processed"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .sum();
+        let processed: u64 = sum(&v["processed"]);
         assert_eq!(processed, accepted);
         assert_eq!(v["expected"], v["processed"]);
     }
@@ -128,18 +115,8 @@ async fn verify_fails_loudly_when_events_are_dropped() {
     assert!(stderr.contains("verification FAILED"), "{stderr}");
     let v = &report["verification"];
     assert_eq!(v["passed"], false);
-    let expected: u64 = v["expected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .sum();
-    let processed: u64 = v["processed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .sum();
+    let expected: u64 = sum(&v["expected"]);
+    let processed: u64 = sum(&v["processed"]);
     assert_eq!(expected, 400);
     // Device 3 gets one event in eight; the fault fails whole entries (one
     // batch's events of one partition) once the worker has picked it up

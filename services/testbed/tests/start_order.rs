@@ -137,9 +137,7 @@ async fn a_process_whose_partitions_disagree_refuses_to_start() {
 async fn settings_changed_under_a_running_ingest_stop_its_writes() {
     use testbed_proto::v1::PublishRequest;
     use testbed_proto::v1::ingest_service_client::IngestServiceClient;
-    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_types::StatusExt as _;
 
     let mut redis = RedisServer::start();
@@ -201,16 +199,11 @@ async fn settings_changed_under_a_running_ingest_stop_its_writes() {
         "{err:?}"
     );
     // And readiness says so (at the next probe).
-    let mut health = HealthClient::new(ingest.channel().await);
+    let channel = ingest.channel().await;
     loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: "testbed.v1.IngestService".into(),
-            })
+        let status = common::health_check(channel.clone(), "testbed.v1.IngestService")
             .await
-            .unwrap()
-            .into_inner()
-            .status();
+            .unwrap();
         if status == ServingStatus::NotServing {
             break;
         }

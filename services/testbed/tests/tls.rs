@@ -11,12 +11,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Testbed;
+use common::pipeline::metric_now;
 use common::tls::{
     Ca, Files, Leaf, client_tls, connect, handshake, health, metric, presented, wait_metric,
     wait_serving,
 };
+use testbed_proto::v1::PublishRequest;
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
-use testbed_proto::v1::{Event, Metric, PublishRequest, event::Payload};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -29,17 +30,7 @@ const RELOADS: &str = "server_tls_reloads_total";
 
 fn publish_request(id: &str, token: Option<&str>) -> Request<PublishRequest> {
     let mut request = Request::new(PublishRequest {
-        events: vec![Event {
-            event_id: id.to_owned(),
-            device_id: "tls-dev".to_owned(),
-            observed_at: Some(std::time::SystemTime::now().into()),
-            payload: Some(Payload::Metric(Metric {
-                name: "m".to_owned(),
-                value: 1.0,
-                ..Default::default()
-            })),
-            ..Default::default()
-        }],
+        events: vec![metric_now(id, "tls-dev")],
         ..Default::default()
     });
     if let Some(token) = token {
@@ -68,6 +59,21 @@ fn start_tls(files: &Files, leaf: &Leaf, extra: &[&str]) -> Testbed {
     Testbed::start(&args)
 }
 
+/// The TLS test `name`'s files, its CA (`<name>-ca`) and the server's leaf.
+fn material(name: &str) -> (Files, Ca, Leaf) {
+    let files = Files::new(name);
+    let ca = Ca::new(&format!("{name}-ca"));
+    let leaf = ca.leaf("server");
+    (files, ca, leaf)
+}
+
+/// [`start_tls`], waited on until it serves clients that trust `ca`.
+async fn serving_tls(files: &Files, leaf: &Leaf, ca: &Ca, extra: &[&str]) -> Testbed {
+    let all = start_tls(files, leaf, extra);
+    wait_serving(all.addr, &client_tls(&ca.pem(), None)).await;
+    all
+}
+
 /// Publishes one event on `channel`; the accepted count or the status code.
 async fn publish(channel: Channel, id: &str, token: Option<&str>) -> Result<u32, Code> {
     IngestServiceClient::new(channel)
@@ -94,12 +100,9 @@ async fn assert_failures(all: &Testbed, reason: &str, expected: f64) {
 /// by reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_tls_clients_and_refuses_plaintext_and_untrusting_ones() {
-    let files = Files::new("basic");
-    let ca = Ca::new("basic-ca");
-    let leaf = ca.leaf("server");
-    let all = start_tls(&files, &leaf, &[]);
+    let (files, ca, leaf) = material("basic");
+    let all = serving_tls(&files, &leaf, &ca, &[]).await;
     let tls = client_tls(&ca.pem(), None);
-    wait_serving(all.addr, &tls).await;
 
     let channel = connect(all.addr, tls.clone()).await.unwrap();
     assert_eq!(publish(channel, "tls-1", None).await, Ok(1));
@@ -194,23 +197,22 @@ async fn mtls_requires_a_client_certificate_of_the_client_ca() {
 /// plaintext and serves nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_over_tls_and_the_plaintext_probe_port() {
-    let files = Files::new("tokens");
-    let ca = Ca::new("tokens-ca");
-    let leaf = ca.leaf("server");
+    let (files, ca, leaf) = material("tokens");
     let secret = "writer-secret-0123456789";
     let tokens = files.write("tokens", &format!("ci-writer:write:{secret}\n"));
-    let all = start_tls(
+    let all = serving_tls(
         &files,
         &leaf,
+        &ca,
         &[
             "--auth-tokens-file",
             tokens.to_str().unwrap(),
             "--probe-addr",
             "127.0.0.1:0",
         ],
-    );
+    )
+    .await;
     let tls = client_tls(&ca.pem(), None);
-    wait_serving(all.addr, &tls).await;
     let channel = connect(all.addr, tls.clone()).await.unwrap();
     assert_eq!(publish(channel.clone(), "tok-1", Some(secret)).await, Ok(1));
     assert_eq!(
@@ -233,14 +235,7 @@ async fn tokens_over_tls_and_the_plaintext_probe_port() {
         .await
         .unwrap();
     for service in ["", "testbed.v1.IngestService", "testbed.v1.QueryService"] {
-        let status = HealthClient::new(plain.clone())
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
+        let status = common::health_check(plain.clone(), service).await.unwrap();
         assert_eq!(
             status,
             ServingStatus::Serving,
@@ -258,11 +253,8 @@ async fn tokens_over_tls_and_the_plaintext_probe_port() {
 /// --handshake-timeout, counted as a handshake timeout and a TLS failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tls_clients_are_closed_at_the_handshake_timeout() {
-    let files = Files::new("silent");
-    let ca = Ca::new("silent-ca");
-    let leaf = ca.leaf("server");
-    let all = start_tls(&files, &leaf, &["--handshake-timeout", "300ms"]);
-    wait_serving(all.addr, &client_tls(&ca.pem(), None)).await;
+    let (files, ca, leaf) = material("silent");
+    let all = serving_tls(&files, &leaf, &ca, &["--handshake-timeout", "300ms"]).await;
     let start = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(all.addr).await.unwrap();
     let mut buf = [0u8; 64];
@@ -527,12 +519,11 @@ async fn sim_verify_over_mutual_tls_with_a_token() {
 /// is closed at --handshake-timeout; then it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_runs_inside_the_connection_cap() {
-    let files = Files::new("cap");
-    let ca = Ca::new("cap-ca");
-    let leaf = ca.leaf("server");
-    let all = start_tls(
+    let (files, ca, leaf) = material("cap");
+    let all = serving_tls(
         &files,
         &leaf,
+        &ca,
         &[
             "--max-connections",
             "1",
@@ -541,9 +532,8 @@ async fn the_handshake_runs_inside_the_connection_cap() {
             "--handshake-timeout",
             "1s",
         ],
-    );
-    let tls = client_tls(&ca.pem(), None);
-    wait_serving(all.addr, &tls).await;
+    )
+    .await;
     // The readiness checks' connections are gone before the silent one.
     let open = "server_connections_open";
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -617,14 +607,9 @@ async fn sim_serve_runs_over_tls_and_serves_tls() {
         .connect()
         .await
         .unwrap();
-    let status = HealthClient::new(plain)
-        .check(HealthCheckRequest {
-            service: "testbed.v1.SimulatorService".to_owned(),
-        })
+    let status = common::health_check(plain, "testbed.v1.SimulatorService")
         .await
-        .unwrap()
-        .into_inner()
-        .status();
+        .unwrap();
     assert_eq!(status, ServingStatus::Serving);
 
     let mut client = SimulatorServiceClient::new(connect(sim.addr, tls).await.unwrap());

@@ -61,6 +61,21 @@ async fn listen(stream: &mut TcpStream, limit: Duration) -> Heard {
     }
 }
 
+/// `heard` got a GOAWAY NO_ERROR with `debug` at a time within `at`, then
+/// the close at least `grace` later.
+fn assert_goaway_then_close(
+    heard: &Heard,
+    debug: &str,
+    at: std::ops::Range<Duration>,
+    grace: Duration,
+) {
+    assert_eq!(heard.goaway, Some((frames::NO_ERROR, debug.to_owned())));
+    let goaway_at = heard.goaway_at.expect("a GOAWAY");
+    assert!(at.contains(&goaway_at), "{debug} GOAWAY at {goaway_at:?}");
+    let closed_at = heard.closed_at.expect("closed");
+    assert!(closed_at >= goaway_at + grace, "{closed_at:?}");
+}
+
 /// The sum of a counter's series whose labels contain `label`.
 async fn counter(tb: &Testbed, name: &str, label: &str) -> f64 {
     let (_, body) = scrape(tb.metrics_addr, "text/plain").await;
@@ -280,16 +295,11 @@ async fn silent_connections_are_closed() {
         );
         assert!(heard.goaway.is_none());
     }
-    assert_eq!(idle.goaway, Some((frames::NO_ERROR, "max_idle".to_owned())));
-    let goaway_at = idle.goaway_at.unwrap();
-    assert!(
-        goaway_at >= Duration::from_millis(550) && goaway_at < Duration::from_secs(2),
-        "idle GOAWAY at {goaway_at:?}"
-    );
-    let closed_at = idle.closed_at.expect("idle connection closed");
-    assert!(
-        closed_at >= goaway_at + Duration::from_millis(250),
-        "{closed_at:?}"
+    assert_goaway_then_close(
+        &idle,
+        "max_idle",
+        Duration::from_millis(550)..Duration::from_secs(2),
+        Duration::from_millis(250),
     );
 
     assert_eq!(
@@ -323,16 +333,11 @@ async fn old_connections_get_goaway_then_close() {
     let mut conn = TcpStream::connect(tb.addr).await.unwrap();
     conn.write_all(&handshake()).await.unwrap();
     let heard = listen(&mut conn, Duration::from_secs(5)).await;
-    assert_eq!(heard.goaway, Some((frames::NO_ERROR, "max_age".to_owned())));
-    let goaway_at = heard.goaway_at.unwrap();
-    assert!(
-        goaway_at >= Duration::from_millis(350) && goaway_at < Duration::from_millis(1500),
-        "GOAWAY at {goaway_at:?}"
-    );
-    let closed_at = heard.closed_at.expect("closed");
-    assert!(
-        closed_at >= goaway_at + Duration::from_millis(350),
-        "{closed_at:?}"
+    assert_goaway_then_close(
+        &heard,
+        "max_age",
+        Duration::from_millis(350)..Duration::from_millis(1500),
+        Duration::from_millis(350),
     );
     assert_eq!(
         counter(&tb, "server_connections_closed_total", "reason=\"age\"").await,

@@ -7,25 +7,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Testbed;
-use common::pipeline::{InProcess, assert_folded, event, test_minute, totals, wait_drained};
+use common::pipeline::{
+    InProcess, assert_folded, event, publish_all, test_minute, totals, wait_drained,
+};
 use testbed_ingest::IngestConfig;
-use testbed_proto::v1::{Event, PublishRequest};
+use testbed_proto::v1::Event;
 use testbed_stream::{AnyLog, RedisLog, StoreArgs};
 use testbed_test_support::RedisServer;
-
-const WORKER_FLAGS: [&str; 6] = [
-    "--claim-idle",
-    "300ms",
-    "--maintenance-interval",
-    "100ms",
-    "--read-block",
-    "100ms",
-];
 
 fn start_worker(redis: &RedisServer) -> Testbed {
     let url = redis.url();
     let mut args = vec!["worker", "--redis-url", url.as_str(), "--read-count", "4"];
-    args.extend(WORKER_FLAGS);
+    args.extend(common::FAST_WORKER_FLAGS);
     Testbed::start(&args)
 }
 
@@ -44,17 +37,7 @@ async fn publish_in_background(
 ) -> tokio::task::JoinHandle<()> {
     let mut client = pipe.client().await;
     tokio::spawn(async move {
-        for batch in events.chunks(50) {
-            let r = client
-                .publish(PublishRequest {
-                    events: batch.to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(r.accepted_count as usize, batch.len());
-        }
+        publish_all(&mut client, &events, 50).await;
     })
 }
 
@@ -151,7 +134,7 @@ async fn cpu_class_idle_covers_every_worker_thread() {
     let url = redis.url();
     let with_class = |class: &'static str| {
         let mut args = vec!["worker", "--redis-url", url.as_str(), "--cpu-class", class];
-        args.extend(WORKER_FLAGS);
+        args.extend(common::FAST_WORKER_FLAGS);
         Testbed::start(&args)
     };
     let idle = with_class("idle");

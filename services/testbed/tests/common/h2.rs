@@ -19,25 +19,26 @@ pub fn handshake() -> Vec<u8> {
     bytes
 }
 
+/// The complete frames at the start of `bytes` (which must start at a
+/// frame boundary): kind, flags, stream id and payload of each.
+fn frames_in(bytes: &[u8]) -> impl Iterator<Item = (u8, u8, u32, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = bytes.get(at..at + 9)?;
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let payload = bytes.get(at + 9..at + 9 + len)?;
+        let stream = u32::from_be_bytes(header[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        at += 9 + len;
+        Some((header[3], header[4], stream, payload))
+    })
+}
+
 /// The code and debug data of the first complete GOAWAY in `bytes`.
 pub fn goaway_in(bytes: &[u8]) -> Option<(u32, String)> {
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let len = usize::from(bytes[at]) << 16
-            | usize::from(bytes[at + 1]) << 8
-            | usize::from(bytes[at + 2]);
-        let end = at + 9 + len;
-        if end > bytes.len() {
-            return None;
-        }
-        if bytes[at + 3] == kind::GOAWAY {
-            let payload = &bytes[at + 9..end];
-            let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
-            return Some((code, String::from_utf8_lossy(&payload[8..]).into_owned()));
-        }
-        at = end;
-    }
-    None
+    let (.., payload) = frames_in(bytes).find(|f| f.0 == kind::GOAWAY)?;
+    let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+    Some((code, String::from_utf8_lossy(&payload[8..]).into_owned()))
 }
 
 /// HEADERS for a health check, HPACK without indexing.
@@ -62,51 +63,24 @@ pub fn health_check_headers(stream: u32) -> Vec<u8> {
 
 /// The parameters of the first SETTINGS frame (not an ACK) in `bytes`.
 pub fn settings_in(bytes: &[u8]) -> Option<Vec<(u16, u32)>> {
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let len = usize::from(bytes[at]) << 16
-            | usize::from(bytes[at + 1]) << 8
-            | usize::from(bytes[at + 2]);
-        let end = at + 9 + len;
-        if end > bytes.len() {
-            return None;
-        }
-        if bytes[at + 3] == kind::SETTINGS && bytes[at + 4] & 1 == 0 {
-            let params = bytes[at + 9..end]
-                .chunks(6)
-                .map(|p| {
-                    (
-                        u16::from_be_bytes([p[0], p[1]]),
-                        u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-                    )
-                })
-                .collect();
-            return Some(params);
-        }
-        at = end;
-    }
-    None
+    let (.., payload) = frames_in(bytes).find(|f| f.0 == kind::SETTINGS && f.1 & 1 == 0)?;
+    let params = payload
+        .chunks(6)
+        .map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+            )
+        })
+        .collect();
+    Some(params)
 }
 
 /// Stream id and error code of each complete RST_STREAM frame in `bytes`
 /// (which must start at a frame boundary).
 pub fn resets_in(bytes: &[u8]) -> Vec<(u32, u32)> {
-    let mut resets = Vec::new();
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let len = usize::from(bytes[at]) << 16
-            | usize::from(bytes[at + 1]) << 8
-            | usize::from(bytes[at + 2]);
-        let end = at + 9 + len;
-        if end > bytes.len() {
-            break;
-        }
-        if bytes[at + 3] == 0x3 && len == 4 {
-            let id = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
-            let code = u32::from_be_bytes(bytes[at + 9..end].try_into().unwrap());
-            resets.push((id, code));
-        }
-        at = end;
-    }
-    resets
+    frames_in(bytes)
+        .filter(|f| f.0 == 0x3 && f.3.len() == 4)
+        .map(|(_, _, stream, payload)| (stream, u32::from_be_bytes(payload.try_into().unwrap())))
+        .collect()
 }

@@ -101,6 +101,41 @@ impl Testbed {
     }
 }
 
+/// A `testbed worker`'s flags for quick tests: entries of a dead consumer
+/// claimed after 300 ms, chores every 100 ms, reads blocking 100 ms.
+pub const FAST_WORKER_FLAGS: [&str; 6] = [
+    "--claim-idle",
+    "300ms",
+    "--maintenance-interval",
+    "100ms",
+    "--read-block",
+    "100ms",
+];
+
+/// The one field an INVALID_ARGUMENT's google.rpc.BadRequest names.
+pub fn bad_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let bad = status
+        .get_details_bad_request()
+        .expect("BadRequest details");
+    assert_eq!(bad.field_violations.len(), 1, "{bad:?}");
+    bad.field_violations[0].field.clone()
+}
+
+/// `service`'s health on `channel` (no credentials), or the call's status.
+pub async fn health_check(
+    channel: Channel,
+    service: &str,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner().status())
+}
+
 /// `GET path` on the metrics port: the status and headers, and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use testbed_ingest::IngestConfig;
 use testbed_proto::v1::ingest_service_client::IngestServiceClient;
-use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
+use testbed_proto::v1::{
+    Event, GpuSample, Metric, PublishRequest, PublishResponse, TokenUsage, event::Payload,
+};
 use testbed_server::{CancellationToken, GrpcServer};
 use testbed_stream::AggregateStore as _;
 use testbed_stream::{AnyLog, EventLog as _, MemoryLog, PartitionFigures, StoreArgs, partition_of};
@@ -254,5 +256,47 @@ pub async fn wait_drained(log: &AnyLog, ingested: u64, limit: Duration) -> Parti
             "not drained within {limit:?}: {t:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Event `id` of `device`: metric `m` = 1.0, observed now.
+pub fn metric_now(id: &str, device: &str) -> Event {
+    Event {
+        event_id: id.to_owned(),
+        device_id: device.to_owned(),
+        observed_at: Some(std::time::SystemTime::now().into()),
+        payload: Some(Payload::Metric(Metric {
+            name: "m".to_owned(),
+            value: 1.0,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// One `Publish` call of `events` (no producer id): the answer or the
+/// status.
+pub async fn publish(
+    client: &mut IngestServiceClient<Channel>,
+    events: Vec<Event>,
+) -> Result<PublishResponse, tonic::Status> {
+    client
+        .publish(PublishRequest {
+            events,
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Publishes `events` in requests of `batch` events, each accepted whole.
+pub async fn publish_all(
+    client: &mut IngestServiceClient<Channel>,
+    events: &[Event],
+    batch: usize,
+) {
+    for chunk in events.chunks(batch) {
+        let response = publish(client, chunk.to_vec()).await.unwrap();
+        assert_eq!(response.accepted_count as usize, chunk.len());
     }
 }

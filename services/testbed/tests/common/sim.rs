@@ -21,6 +21,32 @@ pub struct Finished {
     pub json: serde_json::Value,
 }
 
+/// Runs `testbed sim <args> --output <format> --output-file <file> <extra>`
+/// to its end, the file a temporary one named after `name`: the process's
+/// output and the report read back (`Null` when it wrote none or no JSON).
+pub async fn run_to_end(
+    name: &str,
+    args: &[&str],
+    format: &str,
+    extra: &[&str],
+) -> (std::process::Output, serde_json::Value) {
+    let file = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .arg("sim")
+        .args(args)
+        .args(["--output", format, "--output-file"])
+        .arg(&file)
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(&file);
+    (output, report)
+}
+
 impl Sim {
     /// Starts `testbed sim <args> --run-id <run_id> --verify --output json`
     /// (`args`: target, rate, duration, ...), killed if dropped.
