@@ -30,7 +30,11 @@ problem found:
   plaintext TESTBED_PROBE_ADDR port, which no Service exposes; TLS files
   come from volume mounts without subPath; simulator targets and TLS
   settings fit the servers they call; cert-manager.example.yaml makes the
-  Secrets the overlays mount.
+  Secrets the overlays mount;
+- Redis TLS (check_redis_tls.py): an in-cluster Redis with a tls-port
+  serves TLS only, from mounted files, probed with redis-cli --tls; its
+  clients dial rediss:// with the CA and a client certificate; the
+  example's Certificates make both Secrets from one issuer.
 
 Usage: check_manifests.py --bin TESTBED --rendered DIR [--live]
 """
@@ -52,6 +56,7 @@ from pathlib import Path
 
 import yaml
 
+import check_redis_tls
 import check_tls
 
 SUBCOMMANDS = ("all", "ingest", "worker", "query", "sim")
@@ -388,6 +393,8 @@ def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registe
                 if found:
                     testbed_containers.append((w, spec, c, *found))
     check_overlay_tls(name, testbed_containers, services)
+    for problem in check_redis_tls.problems(name, objs, configmaps, testbed_containers):
+        fail(*problem)
     if memory_requests:
         print(f"  {name}: testbed namespace memory requests at minimum replicas: {memory_requests:.0f} MiB")
     if memory_requests > MEMORY_REQUEST_BUDGET_MI:

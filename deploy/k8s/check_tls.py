@@ -84,34 +84,37 @@ def server_problems(where: str, values: dict, container: dict, grpc_port: int) -
 def file_problems(where: str, values: dict, container: dict, spec: dict) -> Problems:
     """Rule (b): TLS files from a volume mount without subPath."""
     out: Problems = []
-    volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for env in TLS_FILE_ENVS:
         path = values.get(env)
-        if not path or path.startswith("<from "):
-            continue
-        path = posixpath.normpath(path)
-        mounts = [m for m in container.get("volumeMounts", [])
-                  if path == posixpath.normpath(m["mountPath"])
-                  or path.startswith(posixpath.normpath(m["mountPath"]).rstrip("/") + "/")]
-        if not mounts:
-            out.append((where, f"{env}={path} is in no volume mount (the image has no such file)"))
-            continue
-        # The innermost mount is the one the file comes from.
-        mount = max(mounts, key=lambda m: len(m["mountPath"]))
-        if "subPath" in mount or "subPathExpr" in mount:
-            out.append((where, f"{env}={path} comes through a subPath mount of volume {mount['name']}: "
-                               "subPath mounts are never updated, so a renewed certificate would not reach the pod"))
-            continue
-        relative = posixpath.relpath(path, posixpath.normpath(mount["mountPath"]))
-        secret = volumes.get(mount["name"], {}).get("secret")
-        if secret is None:
-            continue
-        items = secret.get("items")
-        names = {i["path"] for i in items} if items else SECRET_TLS_KEYS
-        if relative not in names:
-            out.append((where, f"{env}={path}: Secret {secret.get('secretName')} mounted at {mount['mountPath']} "
-                               f"holds {sorted(names)}, not {relative}"))
+        if path and not path.startswith("<from "):
+            out += path_problems(where, env, path, container, spec)
     return out
+
+
+def path_problems(where: str, what: str, path: str, container: dict, spec: dict) -> Problems:
+    """Rule (b) for one file the container reads (WHAT names the setting)."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    path = posixpath.normpath(path)
+    mounts = [m for m in container.get("volumeMounts", [])
+              if path == posixpath.normpath(m["mountPath"])
+              or path.startswith(posixpath.normpath(m["mountPath"]).rstrip("/") + "/")]
+    if not mounts:
+        return [(where, f"{what}={path} is in no volume mount (the image has no such file)")]
+    # The innermost mount is the one the file comes from.
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    if "subPath" in mount or "subPathExpr" in mount:
+        return [(where, f"{what}={path} comes through a subPath mount of volume {mount['name']}: "
+                        "subPath mounts are never updated, so a renewed certificate would not reach the pod")]
+    relative = posixpath.relpath(path, posixpath.normpath(mount["mountPath"]))
+    secret = volumes.get(mount["name"], {}).get("secret")
+    if secret is None:
+        return []
+    items = secret.get("items")
+    names = {i["path"] for i in items} if items else SECRET_TLS_KEYS
+    if relative not in names:
+        return [(where, f"{what}={path}: Secret {secret.get('secretName')} mounted at {mount['mountPath']} "
+                        f"holds {sorted(names)}, not {relative}")]
+    return []
 
 
 def target_host(target: str) -> tuple[str, str]:
