@@ -434,8 +434,16 @@ def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registe
     env = configmaps_with_prefix(configmaps, "testbed-env")
     partitions = int(env.get("TESTBED_PARTITIONS", helps["ingest"][2]["--partitions"]))
     prefix = env.get("TESTBED_KEY_PREFIX", helps["ingest"][2]["--key-prefix"])
+    in_cluster_redis = any(s["metadata"]["name"] == "redis" for s in by_kind.get("StatefulSet", []))
     for so in by_kind.get("ScaledObject", []):
         where = f"{name}: ScaledObject/{so['metadata']['name']}"
+        # components/keda's triggers name the base's Redis (a host:port,
+        # no TLS, no credentials): not an external or clustered one.
+        if not in_cluster_redis or env.get("REDIS_CLUSTER") == "true":
+            fail(where, "components/keda works only with the base's single in-cluster Redis (its triggers poll "
+                        "redis.testbed.svc.cluster.local:6379 in plaintext); it does not combine with "
+                        "external-redis or redis-cluster (deploy/README.md, \"KEDA\")")
+            continue
         streams = sorted(t["metadata"].get("stream", "") for t in so["spec"]["triggers"] if t["type"] == "redis-streams")
         want = sorted(f"{{{prefix}:p{p}}}:stream" for p in range(partitions))
         if streams != want:

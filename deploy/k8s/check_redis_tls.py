@@ -17,6 +17,8 @@ catches a mistake a cluster would only show as pods that never get ready:
   port when Redis serves TLS (redis:// when it does not), sets
   TESTBED_REDIS_TLS_CA, and with tls-auth-clients TESTBED_REDIS_TLS_CERT
   and TESTBED_REDIS_TLS_KEY;
+- a KEDA redis trigger polling that Redis in plaintext (components/keda
+  with redis-tls) is reported;
 - components/redis-tls/cert-manager.example.yaml makes Redis' Secret (server
   auth, client auth for the probes, every name REDIS_URL dials) and the
   clients' Secret (client auth) from one issuer, so each side's ca.crt
@@ -181,6 +183,15 @@ def problems(name: str, objs: list[dict], configmaps: dict, containers: list,
                 client_secrets.add(secret)
             hosts |= {m.group(1) for m in re.finditer(r"rediss://(?:[^@/,]*@)?([^:/,]+)", values.get("REDIS_URL", ""))}
     if "tls-port" in conf:
+        for so in (o for o in objs if o["kind"] == "ScaledObject"):
+            for t in so["spec"].get("triggers", []):
+                meta = t.get("metadata", {})
+                if t.get("type", "").startswith("redis") and meta.get("address", "").split(".")[0] == service \
+                        and meta.get("enableTLS") != "true":
+                    out.append((f"{name}: ScaledObject/{so['metadata']['name']}",
+                                f"trigger {t['type']} polls {meta['address']} in plaintext, Redis serves TLS "
+                                "only: components/keda does not combine with redis-tls (deploy/README.md, \"KEDA\")"))
+                    break
         if certificates is None:
             certificates = check_tls.cert_manager_certificates(CERT_MANAGER_EXAMPLE)
         server_secret = check_tls.secret_of(conf.get("tls-cert-file"), container, spec)
