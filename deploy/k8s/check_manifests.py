@@ -442,7 +442,7 @@ def check_overlay(name: str, objs: list[dict], binary: str, helps: dict, registe
         if not in_cluster_redis or env.get("REDIS_CLUSTER") == "true":
             fail(where, "components/keda works only with the base's single in-cluster Redis (its triggers poll "
                         "redis.testbed.svc.cluster.local:6379 in plaintext); it does not combine with "
-                        "external-redis or redis-cluster (deploy/README.md, \"KEDA\")")
+                        "external-redis or redis-cluster (deploy/README.md, \"Autoscaling\")")
             continue
         streams = sorted(t["metadata"].get("stream", "") for t in so["spec"]["triggers"] if t["type"] == "redis-streams")
         want = sorted(f"{{{prefix}:p{p}}}:stream" for p in range(partitions))

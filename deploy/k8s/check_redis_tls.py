@@ -190,7 +190,7 @@ def problems(name: str, objs: list[dict], configmaps: dict, containers: list,
                         and meta.get("enableTLS") != "true":
                     out.append((f"{name}: ScaledObject/{so['metadata']['name']}",
                                 f"trigger {t['type']} polls {meta['address']} in plaintext, Redis serves TLS "
-                                "only: components/keda does not combine with redis-tls (deploy/README.md, \"KEDA\")"))
+                                "only: components/keda does not combine with redis-tls (deploy/README.md, \"Autoscaling\")"))
                     break
         if certificates is None:
             certificates = check_tls.cert_manager_certificates(CERT_MANAGER_EXAMPLE)

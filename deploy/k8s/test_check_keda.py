@@ -46,7 +46,7 @@ def test_keda_with_another_redis_is_rejected(tmp_path, helps, redis):
     found = problems(render_with(tmp_path, redis, "keda"), helps, "combined")
     assert found == ["combined: ScaledObject/worker: components/keda works only with the base's single in-cluster "
                      "Redis (its triggers poll redis.testbed.svc.cluster.local:6379 in plaintext); it does not "
-                     "combine with external-redis or redis-cluster (deploy/README.md, \"KEDA\")"], found
+                     "combine with external-redis or redis-cluster (deploy/README.md, \"Autoscaling\")"], found
 
 
 def test_keda_with_redis_tls_is_rejected(tmp_path, helps):
