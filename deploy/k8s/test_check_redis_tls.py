@@ -161,3 +161,26 @@ def _redis_problems(objs: list[dict], helps: dict, certificates: dict) -> list[t
         containers.append((w, spec, c, w["metadata"]["name"], values))
     assert len(containers) == 3
     return check_redis_tls.problems("redis-tls", objs, configmaps, containers, certificates)
+
+
+def test_combines_with_tls_in_either_order(tmp_path, helps):
+    """components/tls and components/redis-tls together, in either order,
+    render the same objects but for the order of the volumes (both Secret
+    volumes on each server) and pass every rule."""
+    from test_check_keda import render_with
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = render_with(tmp_path / "a", "tls", "redis-tls")
+    second = render_with(tmp_path / "b", "redis-tls", "tls")
+    for objs in (first, second):
+        for sub in SERVERS:
+            spec = obj(objs, "Deployment", sub)["spec"]["template"]["spec"]
+            spec["volumes"].sort(key=lambda v: v["name"])
+            spec["containers"][0]["volumeMounts"].sort(key=lambda m: m["name"])
+    assert first == second
+    for sub in SERVERS:
+        spec = obj(first, "Deployment", sub)["spec"]["template"]["spec"]
+        assert sorted(v["secret"]["secretName"] for v in spec["volumes"]) == ["testbed-redis-client-tls",
+                                                                              "testbed-tls"]
+    assert problems(first, helps, "tls+redis-tls") == []
