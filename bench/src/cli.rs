@@ -28,11 +28,13 @@ pub enum Step {
     Recovery,
     /// A Redis Cluster master SIGKILLed, with and without replica waits.
     Failover,
+    /// Query reads at growing fleet sizes; ingest ack p99 with a polling client.
+    QueryScale,
 }
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::Ceiling,
         Step::Saturation,
         Step::Latency,
@@ -42,6 +44,7 @@ impl Step {
         Step::Simulator,
         Step::Recovery,
         Step::Failover,
+        Step::QueryScale,
     ];
 }
 
@@ -344,6 +347,47 @@ pub struct Cli {
           default_values_t = [0, 1])]
     pub failover_wait_replicas: Vec<u32>,
 
+    /// Query scale: fleet sizes (devices), each on a fresh stack.
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_DEVICES", value_delimiter = ',',
+          default_values_t = [1_000u64, 10_000, 100_000, 1_000_000],
+          value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    pub query_scale_devices: Vec<u64>,
+
+    /// Query scale: timed calls of each read at each size (one after
+    /// another, after one untimed call).
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_READS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub query_scale_reads: u32,
+
+    /// Query scale: the fill's offered rate, events/s (for at least 1.2
+    /// events per device and 2 s).
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_FILL_RATE", default_value_t = 100_000.0, value_parser = fraction)]
+    pub query_scale_fill_rate: f64,
+
+    /// Query scale: the longest a fill (or a write-harm run) may take to
+    /// be processed; past it the reads run anyway and a note says so.
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_FILL_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub query_scale_fill_timeout: Duration,
+
+    /// Query scale: the write-harm load at the largest size, events/s.
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_HARM_RATE", default_value_t = 20_000.0, value_parser = fraction)]
+    pub query_scale_harm_rate: f64,
+
+    /// Query scale: each write-harm run's schedule.
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_HARM_DURATION", default_value = "10s", value_parser = duration)]
+    pub query_scale_harm_duration: Duration,
+
+    /// Query scale: write-harm rounds, each a run alone then a run with
+    /// the polling client; the verdict compares the medians.
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_HARM_ROUNDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub query_scale_harm_rounds: u32,
+
+    /// Query scale: how often the polling client calls ListDevices(10)
+    /// and TopDevices(10).
+    #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
+    pub query_scale_poll_interval: Duration,
+
     /// Serve `IngestService` acking every batch without storing it, instead
     /// of running the harness (the simulator step starts this itself).
     #[arg(long, env = "TESTBED_BENCH_STUB", conflicts_with = "otlp_sink")]
@@ -404,6 +448,13 @@ impl Cli {
         self.recovery_timeout = Duration::from_secs(10);
         self.failover_duration = Duration::from_secs(6);
         self.failover_kill_after = Duration::from_secs(2);
+        self.query_scale_devices = vec![1_000];
+        self.query_scale_reads = self.query_scale_reads.min(5);
+        self.query_scale_fill_rate = 5_000.0;
+        self.query_scale_fill_timeout = Duration::from_secs(60);
+        self.query_scale_harm_rate = 1_000.0;
+        self.query_scale_harm_duration = Duration::from_secs(2);
+        self.query_scale_harm_rounds = 1;
     }
 }
 
@@ -429,6 +480,15 @@ mod tests {
             (2000.0, 0.3, 3)
         );
         assert_eq!(cli.recovery_fault_ttl, Duration::from_secs(2));
+        assert_eq!(
+            cli.query_scale_devices,
+            vec![1_000, 10_000, 100_000, 1_000_000]
+        );
+        assert_eq!(
+            (cli.query_scale_reads, cli.query_scale_harm_rate),
+            (100, 20_000.0)
+        );
+        assert_eq!(cli.query_scale_poll_interval, Duration::from_millis(100));
     }
 
     /// Steps are selected and skipped by name, and run in the fixed order.
@@ -455,6 +515,9 @@ mod tests {
         assert_eq!(cli.sustain_p99, Duration::ZERO);
         assert_eq!(cli.recovery_duration, Duration::from_secs(5));
         assert_eq!(cli.recovery_kills, 1);
+        assert_eq!(cli.query_scale_devices, vec![1_000]);
+        assert_eq!(cli.query_scale_reads, 5);
+        assert_eq!(cli.query_scale_harm_duration, Duration::from_secs(2));
     }
 
     /// Bad values name their flag; pass-through flags may start with dashes.
@@ -468,6 +531,8 @@ mod tests {
             ("--sampling", "2"),
             ("--recovery-fault-ratio", "0"),
             ("--recovery-kills", "21"),
+            ("--query-scale-devices", "0"),
+            ("--query-scale-reads", "0"),
         ] {
             let err = Cli::try_parse_from(["testbed-bench", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag}: {err}");

@@ -7,7 +7,8 @@
 //! per-process footprint, the cost of trace sampling, monolithic against
 //! split processes, the simulator's own ceiling against an acking stub, and
 //! recovery after a failure fault and after a worker's SIGKILL, and Redis
-//! Cluster failover with and without replica waits.
+//! Cluster failover with and without replica waits, and the query API's
+//! reads at fleet sizes up to a million devices.
 //! It does not own the services or the simulator (it runs the `testbed`
 //! binary as a user would), and it enforces nothing: targets are judged in
 //! the Markdown summary only.
@@ -24,6 +25,8 @@
 //!   `testbed-stream`.
 //! - [`failover`]: the failover step's probes and the master it kills,
 //!   on a [`cluster`] of `redis-server`s.
+//! - [`query_scale`]: the query-scale step's fleets, timed reads and
+//!   polling client; [`query_report`]: its figures, verdicts and section.
 //! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
 //!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
 //! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
@@ -46,6 +49,8 @@ pub mod pipeline;
 pub mod probe;
 pub mod process;
 pub mod procfs;
+pub mod query_report;
+pub mod query_scale;
 pub mod recovery;
 pub mod redis;
 pub mod results;
@@ -67,6 +72,7 @@ use crate::failover::FailoverOptions;
 use crate::machine::Machine;
 use crate::pipeline::{PipelineOptions, Topology};
 use crate::probe::{ProbeEnv, SimShape};
+use crate::query_scale::QueryScaleOptions;
 use crate::recovery::RecoveryOptions;
 use crate::results::ProbeResult;
 use crate::results::{Record, RunResult};
@@ -197,6 +203,16 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             kill_after: cli.failover_kill_after,
             wait_replicas: cli.failover_wait_replicas.clone(),
         },
+        query_scale: QueryScaleOptions {
+            sizes: cli.query_scale_devices.clone(),
+            reads: cli.query_scale_reads,
+            fill_rate: cli.query_scale_fill_rate,
+            fill_timeout: cli.query_scale_fill_timeout,
+            harm_rate: cli.query_scale_harm_rate,
+            harm_duration: cli.query_scale_harm_duration,
+            harm_rounds: cli.query_scale_harm_rounds,
+            poll_interval: cli.query_scale_poll_interval,
+        },
     };
     let settings = serde_json::json!({
         "steps": steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
@@ -219,6 +235,13 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
                       "fault_ratio": cli.recovery_fault_ratio,
                       "fault_ttl_s": cli.recovery_fault_ttl.as_secs_f64(),
                       "kills": cli.recovery_kills, "timeout_s": cli.recovery_timeout.as_secs_f64() },
+        "query_scale": { "devices": cli.query_scale_devices, "reads": cli.query_scale_reads,
+                         "fill_rate": cli.query_scale_fill_rate,
+                         "fill_timeout_s": cli.query_scale_fill_timeout.as_secs_f64(),
+                         "harm_rate": cli.query_scale_harm_rate,
+                         "harm_duration_s": cli.query_scale_harm_duration.as_secs_f64(),
+                         "harm_rounds": cli.query_scale_harm_rounds,
+                         "poll_interval_ms": cli.query_scale_poll_interval.as_secs_f64() * 1e3 },
         "rust_log": cli.rust_log,
         "extra_args": { "ingest": cli.ingest_arg, "worker": cli.worker_arg, "query": cli.query_arg },
         "work_dir": work.display().to_string(),

@@ -45,7 +45,7 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
     let off = m.telemetry.iter().find(|t| t.mode == "off");
     let tenth = m.telemetry.iter().find(|t| t.mode == "0.1");
     let recovery = m.recovery.as_ref();
-    vec![
+    let mut out = vec![
         verdict(
             "sustained end-to-end throughput >= 50% of the XADD ceiling",
             m.saturation_ratio
@@ -173,7 +173,13 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                     ))
                 }),
         ),
-    ]
+    ];
+    out.extend(
+        crate::query_report::verdicts(m.query_scale.as_ref())
+            .into_iter()
+            .map(|(target, measured)| verdict(target, measured)),
+    );
+    out
 }
 
 /// How the recovery probe's verification ended, for a verdict.
@@ -459,6 +465,8 @@ pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> Strin
     }
     render_recovery(&mut out, record);
     render_failover(&mut out, record);
+    let query_scale: Vec<_> = record.runs.iter().map(|r| r.query_scale.as_ref()).collect();
+    crate::query_report::render(&mut out, &query_scale);
     if let Some(chart) = chart {
         let _ = writeln!(
             out,

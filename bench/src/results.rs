@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::ceiling::Ceiling;
 use crate::machine::Machine;
+use crate::query_report::QueryScale;
 use crate::sim::Latency;
 use crate::telemetry::SinkCounts;
 
@@ -266,6 +267,9 @@ pub struct RunResult {
     /// Redis Cluster failover with and without replica waits.
     #[serde(default)]
     pub failover: Option<Failover>,
+    /// Query reads at fleet sizes, and the write path under a polling client.
+    #[serde(default)]
+    pub query_scale: Option<QueryScale>,
     /// Wall time of the repetition, s.
     pub wall_s: f64,
 }
@@ -441,6 +445,9 @@ pub struct Summary {
     /// Redis Cluster failover, one row per `--redis-wait-replicas`.
     #[serde(default)]
     pub failover: Vec<FailoverRow>,
+    /// The query-scale step, without the raw call times.
+    #[serde(default)]
+    pub query_scale: Option<QueryScale>,
 }
 
 /// The whole record written to `<date>-<host>.json`.

@@ -1,7 +1,8 @@
 //! One repetition of the selected steps, in order: each step is a set of
 //! probes (see [`crate::probe`]) whose rates derive from the saturation
 //! rate of the same repetition, but the recovery and failover steps',
-//! which run at fixed rates (see [`crate::recovery`], [`crate::failover`]).
+//! which run at fixed rates (see [`crate::recovery`], [`crate::failover`]),
+//! and the query-scale step's, which fills fleets (see [`crate::query_scale`]).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::error::Result;
 use crate::failover::{self, FailoverOptions};
 use crate::pipeline::Topology;
 use crate::probe::{self, ProbeEnv, ProbeSpec, Target};
+use crate::query_scale::{self, QueryScaleOptions};
 use crate::recovery::{self, RecoveryOptions};
 use crate::redis::Redis;
 use crate::results::ProbeResult;
@@ -47,6 +49,8 @@ pub struct StepOptions {
     pub recovery: RecoveryOptions,
     /// The failover step.
     pub failover: FailoverOptions,
+    /// The query-scale step.
+    pub query_scale: QueryScaleOptions,
 }
 
 /// Runs one repetition; `notes` collects what could not run.
@@ -122,6 +126,10 @@ pub async fn run_repetition(
     if has(Step::Failover) {
         let label = format!("rep{rep}-failover-{:.0}", o.failover.rate);
         r.failover = Some(failover::run(&env, &o.failover, &label).await?);
+    }
+    if has(Step::QueryScale) {
+        let label = format!("rep{rep}-query-scale");
+        r.query_scale = Some(query_scale::run(&env, &o.query_scale, &label).await?);
     }
     r.wall_s = started.elapsed().as_secs_f64();
     Ok(r)

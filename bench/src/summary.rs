@@ -209,6 +209,10 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
             .max_by(f64::total_cmp);
     }
     s.recovery = r.recovery.as_ref().map(recovery_row);
+    s.query_scale = r
+        .query_scale
+        .as_ref()
+        .map(crate::query_report::without_samples);
     if let Some(f) = &r.failover {
         s.failover = f
             .runs

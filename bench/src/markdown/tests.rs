@@ -91,6 +91,11 @@ fn judges_targets() {
             None,
             None,
             None,
+            // The query-scale step's four.
+            None,
+            None,
+            None,
+            None,
             None
         ]
     );
