@@ -270,3 +270,42 @@ fn renders_failovers() {
         .unwrap();
     assert_eq!(failover.met, Some(true), "{}", failover.measured);
 }
+
+/// A query-scale run is judged on its summary (which drops the raw call
+/// times) and rendered as its own section.
+#[test]
+fn judges_and_renders_query_scale() {
+    use crate::query_report::{FleetSize, QueryScale, figures};
+    let reads = [
+        "list",
+        "list_arm64",
+        "top_events",
+        "top_gpu",
+        "device_stats",
+    ]
+    .iter()
+    .map(|name| figures(name, vec![1.0, 2.0, 3.0], &[]))
+    .collect();
+    let run = crate::results::RunResult {
+        query_scale: Some(QueryScale {
+            reads_per_size: 3,
+            sizes: vec![FleetSize {
+                devices: 1_000_000,
+                indexed: 1_000_000,
+                reads,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let record = record_of(vec![run]);
+    let q = record.median.query_scale.as_ref().unwrap();
+    assert!(q.sizes[0].reads.iter().all(|r| r.samples_ms.is_empty()));
+    let v = verdicts(&record.median);
+    let judged: Vec<Option<bool>> = v[v.len() - 4..].iter().map(|v| v.met).collect();
+    assert_eq!(judged, vec![Some(true), Some(true), Some(true), None]);
+    let out = render(&record, None, None);
+    assert!(out.contains("## Query at fleet scale"), "{out}");
+    assert!(out.contains("| 1000000 | 2.00 / 3.00 / 3.00 |"), "{out}");
+}
