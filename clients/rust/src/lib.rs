@@ -2,7 +2,7 @@
 //!
 //! This crate owns the client-side conveniences and nothing of the
 //! contracts: the messages and tonic clients are `testbed-proto`'s,
-//! re-exported here ([`v1`], [`google`], [`tonic`], [`prost`]) so a user
+//! re-exported here ([`v1`], [`raw`], [`google`], [`tonic`], [`prost`]) so a user
 //! depends on one crate and gets the exact versions they were built with.
 //! It does not own servers, the simulator's load model or any retry policy
 //! of the services themselves; it depends on no server or service crate.
@@ -42,8 +42,12 @@
 //! - [`events`]: builders of the three event kinds.
 //! - [`query`]: device statistics, the pipeline watch and run ledgers.
 //! - [`publisher`]: the batching [`Publisher`] (`publisher/batcher.rs` turns
-//!   events into sealed batches, `publisher/stream.rs` sends them on
-//!   `PublishStream` and re-sends what a broken stream left unacknowledged).
+//!   events into sealed batches) on the one `PublishStream` sender,
+//!   [`publisher::lane`], which sends numbered batches, re-sends what a
+//!   broken stream left unacknowledged and recycles streams by age; used
+//!   directly for pre-encoded batches, an open loop, per-batch timing and
+//!   re-send reasons (the simulator's load runs on it), with
+//!   [`publisher::wire`]'s batch forms and stream openers.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -67,4 +71,4 @@ pub use publisher::{
 pub use retry::{RetryPolicy, with_retries};
 pub use tls::ClientTls;
 
-pub use testbed_proto::{google, prost, prost_types, tonic, v1};
+pub use testbed_proto::{google, prost, prost_types, raw, tonic, v1};

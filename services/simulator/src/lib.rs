@@ -34,7 +34,7 @@
 //!              \                                   /
 //!               thresholds/: expr, eval, live (both modes')
 //!                                    |
-//!               load/: scenario, fleet, runner, transport, allow, stats
+//!               load/: scenario, fleet, runner, stream, transport, allow, stats
 //! ```
 //!
 //! - [`load`]: the load, whoever asks for it.
@@ -42,8 +42,10 @@
 //!     the rate function.
 //!   - [`load::fleet`]: seeded devices and their events, encoded with
 //!     [`testbed_proto::raw::event_writer`].
-//!   - [`load::runner`]: the open-loop scheduler and the stream/unary
-//!     senders.
+//!   - [`load::runner`]: the open-loop scheduler and the unary sender.
+//!   - [`load::stream`]: the stream senders, the Rust client's
+//!     `PublishStream` lane (`testbed_client::publisher::lane`) reporting
+//!     into the run's figures.
 //!   - [`load::transport`]: targets checked, channels opened.
 //!   - [`load::allow`]: the allow-list of a served run's targets
 //!     (`--allow-target`), checked by name and after DNS resolution.

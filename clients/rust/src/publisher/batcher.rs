@@ -6,6 +6,7 @@
 //! sequences leave in order and a full channel (the stream task holding
 //! `max_unacked` batches) makes `publish` wait: the backpressure.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,23 +14,18 @@ use futures::FutureExt as _;
 use testbed_proto::v1::Event;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
+use super::lane::Outgoing;
 use super::{AckFuture, AckResult, Counters, PublishError, PublisherOptions};
 
-/// A batch ready to send.
-#[derive(Debug)]
-pub(super) struct Sealed {
-    /// Its sequence.
-    pub sequence: u64,
-    /// Its events.
-    pub events: Vec<Event>,
-    /// Where its acknowledgement goes.
-    pub ack: oneshot::Sender<AckResult>,
-}
+/// A batch ready to send: its acknowledgement goes to the handle.
+pub(super) type Sealed = Outgoing<Vec<Event>, oneshot::Sender<AckResult>>;
 
 /// The batch being filled.
 #[derive(Debug)]
 struct Open {
     events: Vec<Event>,
+    /// Sent with the batch: set by `push_batch`, empty for batched events.
+    trace_context: HashMap<String, String>,
     /// The open batch's ack channel, made with its first event.
     ack: Option<(oneshot::Sender<AckResult>, AckFuture)>,
     /// Bumped at every seal, so a linger timer set for an earlier batch
@@ -61,6 +57,7 @@ impl Batcher {
         let batcher = Arc::new(Self {
             open: Mutex::new(Open {
                 events: Vec::new(),
+                trace_context: HashMap::new(),
                 ack: None,
                 generation: 0,
                 next_sequence: options.first_sequence,
@@ -103,12 +100,18 @@ impl Batcher {
         Ok(future)
     }
 
-    /// Seals the open batch, then sends `events` as a batch of their own.
-    pub async fn push_batch(&self, events: Vec<Event>) -> Result<AckFuture, PublishError> {
+    /// Seals the open batch, then sends `events` as a batch of their own,
+    /// with `trace_context`.
+    pub async fn push_batch(
+        &self,
+        events: Vec<Event>,
+        trace_context: HashMap<String, String>,
+    ) -> Result<AckFuture, PublishError> {
         let mut open = self.open.lock().await;
         self.seal(&mut open).await?;
         let (tx, rx) = oneshot::channel();
         open.events = events;
+        open.trace_context = trace_context;
         open.ack = Some((tx, AckFuture(rx.shared())));
         let future = open.ack.as_ref().map(|(_, f)| f.clone());
         self.seal_any(&mut open).await?;
@@ -162,8 +165,9 @@ impl Batcher {
         Counters::add(&self.counters.events, events.len() as u64);
         out.send(Sealed {
             sequence,
-            events,
-            ack,
+            payload: events,
+            trace_context: std::mem::take(&mut open.trace_context),
+            handle: ack,
         })
         .await
         .map_err(|_| PublishError::Closed)
@@ -215,7 +219,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..3 {
             let sealed = rx.recv().await.unwrap();
-            seen.push((sealed.sequence, sealed.events.len()));
+            seen.push((sealed.sequence, sealed.payload.len()));
         }
         assert_eq!(seen, [(1, 100), (2, 100), (3, 50)]);
         batcher.close().await;

@@ -18,15 +18,34 @@
 //!
 //! Backpressure: at most [`PublisherOptions::max_unacked`] batches are
 //! unacknowledged at once; past that, [`Publisher::publish`] waits.
+//!
+//! # Layers
+//! - [`Publisher`] (`mod.rs`, `batcher.rs`): events in, sealed batches of
+//!   typed [`Event`]s out, one [`AckFuture`] per batch, closed loop.
+//! - [`lane`]: the one `PublishStream` sender under it: sends numbered
+//!   batches, matches answers, re-sends (broken streams, retryable
+//!   refusals, contract breaches) under the same sequence, recycles
+//!   streams by age. Use it directly for what the `Publisher` does not
+//!   do: events already encoded (`Vec<Bytes>`), an open loop that never
+//!   makes its caller wait, per-batch send and ack times, re-send reasons,
+//!   your own tower layers under the stream ([`wire::OpenStream`] takes any
+//!   generated ingest client). The simulator's load runs on it.
+//! - [`wire`]: the two batch forms, the two clients that open the stream,
+//!   and the contract every OK answer is checked against.
 
 mod batcher;
-mod stream;
+pub mod lane;
+pub mod wire;
 
+pub use lane::{LaneOptions, Outgoing, Resend, Tracker};
+pub use wire::{OpenStream, Payload, contract_violation};
+
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use futures::future::Shared;
@@ -55,6 +74,10 @@ pub struct PublisherOptions {
     /// Sends of one batch (`max_attempts`) and the waits between them;
     /// `retry_codes` are the refusals worth re-sending.
     pub retry: RetryPolicy,
+    /// Close and reopen the stream after this long (`None`: never), so
+    /// that a `dns:///` channel spreads streams over servers added since
+    /// (see [`LaneOptions::stream_max_age`]).
+    pub stream_max_age: Option<Duration>,
 }
 
 impl Default for PublisherOptions {
@@ -75,6 +98,7 @@ impl Default for PublisherOptions {
                 retry_codes: vec![Code::Unavailable, Code::ResourceExhausted, Code::Internal],
                 ..RetryPolicy::default()
             },
+            stream_max_age: None,
         }
     }
 }
@@ -94,6 +118,12 @@ pub struct BatchAck {
     pub rejections: Vec<EventRejection>,
     /// Times the batch was sent.
     pub attempts: u32,
+    /// When it was first written to a stream.
+    pub first_sent_at: Instant,
+    /// When it was last written to a stream (the send this answers).
+    pub sent_at: Instant,
+    /// When its answer was read.
+    pub acked_at: Instant,
 }
 
 /// Why a batch was not acknowledged.
@@ -200,6 +230,59 @@ impl Counters {
     }
 }
 
+/// The publisher's [`Tracker`]: counters, and each outcome to its future.
+#[derive(Debug)]
+struct Acks(Arc<Counters>);
+
+impl Tracker for Acks {
+    type Handle = oneshot::Sender<AckResult>;
+
+    fn stream_opened(&mut self) {
+        Counters::add(&self.0.streams_opened, 1);
+    }
+
+    fn sent(&mut self, _: &Self::Handle, _: u64, attempt: u32) {
+        if attempt > 1 {
+            // Sent before (or tried, when no stream could be opened).
+            Counters::add(&self.0.resent_batches, 1);
+        }
+    }
+
+    fn protocol_error(&mut self, _: &Self::Handle, sequence: u64, why: &str) {
+        tracing::warn!(
+            sequence,
+            why,
+            "an OK answer breaks the contract; re-sending the batch"
+        );
+    }
+
+    fn stray_ack(&mut self, sequence: u64) {
+        tracing::warn!(
+            sequence,
+            "ingest acknowledged a batch that is not in flight on this stream"
+        );
+    }
+
+    fn settled(
+        &mut self,
+        handle: Self::Handle,
+        _: usize,
+        outcome: Result<BatchAck, PublishError>,
+    ) {
+        match &outcome {
+            Ok(ack) => {
+                Counters::add(&self.0.acked_batches, 1);
+                Counters::add(&self.0.accepted, u64::from(ack.accepted_count));
+                Counters::add(&self.0.duplicates, u64::from(ack.duplicate_count));
+                Counters::add(&self.0.rejected, ack.rejections.len() as u64);
+            }
+            Err(_) => Counters::add(&self.0.failed_batches, 1),
+        }
+        // Nobody may be waiting for it any more: nothing to do then.
+        let _ = handle.send(outcome.map(Arc::new));
+    }
+}
+
 /// Aborts a task when dropped: the publisher's tasks live as long as it.
 #[derive(Debug)]
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -239,12 +322,23 @@ impl Publisher {
         let counters = Arc::new(Counters::default());
         let (sealed_tx, sealed_rx) = tokio::sync::mpsc::channel(1);
         let (batcher, linger) = batcher::Batcher::start(&options, sealed_tx, counters.clone());
-        let stream = tokio::spawn(stream::run(
-            client.ingest.clone(),
-            sealed_rx,
-            options.clone(),
-            counters.clone(),
-        ));
+        let lane_options = LaneOptions {
+            producer_id: options.producer_id.clone(),
+            retry: options.retry.clone(),
+            max_unacked: Some(options.max_unacked),
+            stream_max_age: options.stream_max_age,
+            unanswered_uses_attempts: true,
+        };
+        let (ingest, acks) = (client.ingest.clone(), Acks(counters.clone()));
+        let stream = tokio::spawn(async move {
+            lane::run(
+                ingest,
+                tokio_stream::wrappers::ReceiverStream::new(sealed_rx),
+                lane_options,
+                acks,
+            )
+            .await;
+        });
         Ok(Self {
             batcher,
             counters,
@@ -264,7 +358,19 @@ impl Publisher {
     /// Sends `events` as one batch of their own (after the open batch),
     /// whatever their number: the server refuses an empty or oversized one.
     pub async fn publish_batch(&self, events: Vec<Event>) -> Result<AckFuture, PublishError> {
-        self.batcher.push_batch(events).await
+        self.batcher.push_batch(events, HashMap::new()).await
+    }
+
+    /// As [`Publisher::publish_batch`], sending `trace_context` (W3C
+    /// `traceparent` and `tracestate`, e.g. from an OpenTelemetry
+    /// propagator) with the batch, so that ingest's and the worker's spans
+    /// join the caller's trace.
+    pub async fn publish_batch_traced(
+        &self,
+        events: Vec<Event>,
+        trace_context: HashMap<String, String>,
+    ) -> Result<AckFuture, PublishError> {
+        self.batcher.push_batch(events, trace_context).await
     }
 
     /// Sends the open batch now, without waiting for `linger`.

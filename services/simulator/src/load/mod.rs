@@ -8,7 +8,11 @@
 //!   function.
 //! - [`fleet`]: seeded devices and their events, encoded through
 //!   [`testbed_proto::raw::event_writer`] (the hot path).
-//! - [`runner`]: the open-loop scheduler and the stream/unary senders.
+//! - [`runner`]: the open-loop scheduler and the unary sender.
+//! - [`stream`]: the stream senders: the Rust client's lane
+//!   ([`testbed_client::publisher::lane`], the one copy of the stream's
+//!   send, ack, re-send and idempotent-producer logic), open loop, fed
+//!   pre-encoded batches, reporting into the figures.
 //! - [`tls`]: [`tls::ClientTls`], the channels' TLS settings, and their
 //!   flags.
 //! - [`transport`]: targets checked and turned into channels (by the Rust
@@ -24,6 +28,7 @@ pub mod fleet;
 pub mod runner;
 pub mod scenario;
 pub mod stats;
+pub mod stream;
 pub mod tls;
 pub mod transport;
 

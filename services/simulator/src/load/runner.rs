@@ -10,17 +10,13 @@
 //! handed over late (a slow generator, a starved process) is measured from
 //! its intended time, so the delay still counts, as it must.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt as _;
-use prost::Message as _;
 use prost::bytes::Bytes;
 use rand::Rng as _;
-use testbed_proto::google::rpc;
-use testbed_proto::raw::{RawIngestClient, RawPublishRequest, RawPublishStreamRequest};
-use testbed_proto::v1::PublishStreamResponse;
+use testbed_client::publisher::contract_violation;
+use testbed_proto::raw::{RawIngestClient, RawPublishRequest};
 use testbed_server::CancellationToken;
 use testbed_server::auth::client::{Bearer, Token};
 use tokio::sync::{mpsc, watch};
@@ -31,6 +27,7 @@ use tonic_types::StatusExt as _;
 use crate::load::fleet::{Fleet, Kind};
 use crate::load::scenario::Scenario;
 use crate::load::stats::{RunFigures, code_name};
+use crate::load::stream::{self, PROTOCOL_ERROR};
 
 /// One batch, as scheduled.
 #[derive(Debug, Clone)]
@@ -98,7 +95,7 @@ pub fn latency_origin(intended: Instant, dispatched: Instant) -> Instant {
     intended.min(dispatched)
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, RunFigures> {
+pub(crate) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, RunFigures> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -163,11 +160,11 @@ pub async fn run_live(
         // A stalled server shows up as growing latency, not a lower rate.
         let (tx, rx) = mpsc::unbounded_channel::<Batch>();
         let channel = channels[lane % channels.len()].clone();
-        let (figures, options, retry_tx) = (figures.clone(), options.clone(), tx.clone());
+        let (figures, options) = (figures.clone(), options.clone());
         if options.unary {
-            tasks.spawn(unary_lane(channel, rx, retry_tx, figures, options));
+            tasks.spawn(unary_lane(channel, rx, tx.clone(), figures, options));
         } else {
-            tasks.spawn(stream_lane(channel, rx, retry_tx, figures, options));
+            tasks.spawn(stream::stream_lane(channel, rx, figures, options));
         }
         senders.push(tx);
     }
@@ -316,17 +313,6 @@ fn retry_after(code: Code, hint: Option<Duration>, attempts: u32) -> Option<Dura
     }
 }
 
-fn rpc_retry_hint(status: &rpc::Status) -> Option<Duration> {
-    status
-        .details
-        .iter()
-        .find(|d| d.type_url.ends_with("google.rpc.RetryInfo"))
-        .and_then(|d| {
-            let info = rpc::RetryInfo::decode(d.value.as_slice()).ok()?;
-            Duration::try_from(info.retry_delay?).ok()
-        })
-}
-
 /// Either re-queues `batch` after `delay` (counted as re-sent for
 /// `reason`) or, with no delay or no retries left, records it as failed.
 fn retry_or_fail(
@@ -377,40 +363,6 @@ fn refused(
     retry_or_fail(batch, &code_name(code), delay, retry_tx, figures, options);
 }
 
-/// Why an OK answer for a batch of `events` events breaks the contract of
-/// `PublishResponse` / `PublishStreamResponse`, if it does: accepted and
-/// rejected events add up to the batch, rejections are in request order
-/// and in range, duplicates are among the accepted.
-pub fn contract_violation(
-    events: usize,
-    accepted: u32,
-    duplicates: u32,
-    rejections: &[u32],
-) -> Option<String> {
-    if accepted as usize + rejections.len() != events {
-        return Some(format!(
-            "accepted_count {accepted} + {} rejections != {events} events in the batch",
-            rejections.len()
-        ));
-    }
-    if let Some(index) = rejections.iter().find(|&&i| i as usize >= events) {
-        return Some(format!(
-            "rejection index {index} is out of range for {events} events"
-        ));
-    }
-    if rejections.windows(2).any(|w| w[0] >= w[1]) {
-        return Some(format!(
-            "rejection indexes {rejections:?} are not in request order"
-        ));
-    }
-    if duplicates > accepted {
-        return Some(format!(
-            "duplicate_count {duplicates} is over accepted_count {accepted}"
-        ));
-    }
-    None
-}
-
 /// An OK answer that broke the contract: counted as a protocol error
 /// (the first one of the run logged as a warning, with its sequence) and
 /// the batch re-sent; the idempotent producer makes the re-send exact.
@@ -439,10 +391,6 @@ fn protocol_error(
     retry_or_fail(batch, PROTOCOL_ERROR, delay, retry_tx, figures, options);
 }
 
-/// The re-send reason of a contract-breaking OK answer.
-pub const PROTOCOL_ERROR: &str = "PROTOCOL_ERROR";
-/// The re-send reason of batches unacknowledged on a stream that ended.
-pub const STREAM_BROKEN: &str = "STREAM_BROKEN";
 
 /// The simulator's instruments (`sim_events_sent_total`,
 /// `sim_events_acked_total`, `sim_batch_latency_seconds`), made once.
@@ -480,24 +428,32 @@ fn sim_metrics() -> &'static SimMetrics {
     })
 }
 
-fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], figures: &Shared) {
-    let latency = batch.origin.elapsed();
+/// Records an acknowledged batch: its latency, and its events per kind
+/// from the positions the answer names (the contract was checked: accepted
+/// and rejected add up to the batch).
+pub(crate) fn record_ack(
+    kinds: &[Kind],
+    phase: usize,
+    latency: Duration,
+    accepted: u32,
+    duplicates: u32,
+    rejected: &[u32],
+    figures: &Shared,
+) {
     let metrics = sim_metrics();
     metrics.acked.add(u64::from(accepted), &[]);
     metrics.latency.record(latency.as_secs_f64(), &[]);
-    // Per kind, from the positions the answer names (the contract was
-    // checked: accepted and rejected add up to the batch).
-    let mut kinds = [0u64; 3];
+    let mut accepted_kinds = [0u64; 3];
     let mut rejected_kinds = [0u64; 3];
-    for (i, kind) in batch.kinds.iter().enumerate() {
+    for (i, kind) in kinds.iter().enumerate() {
         if rejected.binary_search(&(i as u32)).is_ok() {
             rejected_kinds[*kind as usize] += 1;
         } else {
-            kinds[*kind as usize] += 1;
+            accepted_kinds[*kind as usize] += 1;
         }
     }
     let at = Instant::now();
-    lock(figures).update(batch.phase, |f| {
+    lock(figures).update(phase, |f| {
         if accepted > 0 {
             f.note_accepted(at);
         }
@@ -507,7 +463,7 @@ fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], f
         f.duplicates += u64::from(duplicates);
         f.rejected += rejected.len() as u64;
         for k in 0..3 {
-            f.accepted_kinds[k] += kinds[k];
+            f.accepted_kinds[k] += accepted_kinds[k];
             f.rejected_kinds[k] += rejected_kinds[k];
         }
     });
@@ -518,173 +474,6 @@ fn record_ack(batch: &Batch, accepted: u32, duplicates: u32, rejected: &[u32], f
 /// nothing is in flight.
 fn lane_done(rx: &mpsc::UnboundedReceiver<Batch>, in_flight: usize) -> bool {
     in_flight == 0 && rx.is_empty() && rx.sender_strong_count() <= 1
-}
-
-async fn stream_lane(
-    channel: Channel,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
-    retry_tx: mpsc::UnboundedSender<Batch>,
-    figures: Shared,
-    options: SendOptions,
-) {
-    let mut client = RawIngestClient::new(tower_layer::Layer::layer(
-        &testbed_telemetry::rpc::RpcClientLayer::new(),
-        Bearer::new(channel, options.token.clone()),
-    ));
-    let mut backoff = Duration::from_millis(50);
-    // Batches to send first on the next stream (unacknowledged on a broken one).
-    let mut resend: Vec<Batch> = Vec::new();
-    let request = |batch: &Batch| RawPublishStreamRequest {
-        sequence: batch.seq,
-        events: batch.events.clone(),
-        producer_id: options.producer_id.clone(),
-        trace_context: batch.trace_context.clone(),
-    };
-    loop {
-        if lane_done(&rx, resend.len()) {
-            return;
-        }
-        let (req_tx, req_rx) = mpsc::channel::<RawPublishStreamRequest>(1024);
-        let opened = client
-            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-            .await;
-        let mut responses = match opened {
-            Ok(r) => {
-                backoff = Duration::from_millis(50);
-                r.into_inner()
-            }
-            Err(status) => {
-                tracing::debug!(%status, "cannot open a publish stream; retrying");
-                lock(&figures).total.count_status(status.code());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let mut in_flight: HashMap<u64, Batch> = HashMap::new();
-        for batch in resend.drain(..) {
-            if req_tx.send(request(&batch)).await.is_ok() {
-                in_flight.insert(batch.seq, batch);
-            }
-        }
-        let opened_at = Instant::now();
-        let mut sending = Some(req_tx);
-        let mut recycled = false;
-        loop {
-            if lane_done(&rx, in_flight.len()) {
-                return;
-            }
-            if options
-                .stream_max_age
-                .is_some_and(|age| opened_at.elapsed() >= age)
-            {
-                // Half-close: the server acknowledges what it has and ends
-                // the stream; new batches wait for the next stream.
-                sending = None;
-                if in_flight.is_empty() {
-                    recycled = true;
-                    break;
-                }
-            }
-            tokio::select! {
-                Some(batch) = rx.recv(), if sending.is_some() => {
-                    let sent = match &sending {
-                        Some(tx) => tx.send(request(&batch)).await.is_ok(),
-                        None => false,
-                    };
-                    in_flight.insert(batch.seq, batch);
-                    if !sent {
-                        break;
-                    }
-                }
-                ack = responses.next() => match ack {
-                    Some(Ok(ack)) => handle_stream_ack(ack, &mut in_flight, &retry_tx, &figures, &options),
-                    Some(Err(status)) => {
-                        lock(&figures).total.count_status(status.code());
-                        break;
-                    }
-                    None => break,
-                },
-                // Re-check whether the lane is done.
-                () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-        }
-        if recycled {
-            tracing::debug!("publish stream recycled");
-            continue;
-        }
-        // The stream broke: everything unacknowledged is sent again on the
-        // next one (same event ids: the server drops what it already has).
-        let mut again: Vec<Batch> = in_flight.into_values().collect();
-        again.sort_by_key(|b| b.seq);
-        for mut batch in again {
-            let n = batch.events.len() as u64;
-            lock(&figures).update(batch.phase, |f| f.count_resent(STREAM_BROKEN, n));
-            batch.attempts += 1;
-            resend.push(batch);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn handle_stream_ack(
-    ack: PublishStreamResponse,
-    in_flight: &mut HashMap<u64, Batch>,
-    retry_tx: &mpsc::UnboundedSender<Batch>,
-    figures: &Shared,
-    options: &SendOptions,
-) {
-    let Some(batch) = in_flight.remove(&ack.sequence) else {
-        // Not a batch of this stream (or answered twice): nothing to
-        // settle, but the server broke the one-answer-per-batch contract.
-        // Logged once; later ones are counted in the report.
-        let first = {
-            let mut f = lock(figures);
-            f.total.protocol_errors += 1;
-            f.total.protocol_errors == 1
-        };
-        if first {
-            tracing::warn!(
-                sequence = ack.sequence,
-                "ingest acknowledged a sequence that is not in flight on this stream (later ones are counted in the report, not logged)"
-            );
-        }
-        return;
-    };
-    // An absent status and one with code 0 both mean OK; the contract is
-    // checked rather than trusted (a refusal once arrived as code 0).
-    match ack.status.as_ref().filter(|s| s.code != 0) {
-        None => {
-            let rejected: Vec<u32> = ack.rejections.iter().map(|r| r.index).collect();
-            match contract_violation(
-                batch.events.len(),
-                ack.accepted_count,
-                ack.duplicate_count,
-                &rejected,
-            ) {
-                None => record_ack(
-                    &batch,
-                    ack.accepted_count,
-                    ack.duplicate_count,
-                    &rejected,
-                    figures,
-                ),
-                Some(why) => protocol_error(batch, &why, retry_tx, figures, options),
-            }
-        }
-        Some(status) => {
-            let code = Code::from_i32(status.code);
-            refused(
-                batch,
-                code,
-                rpc_retry_hint(status),
-                retry_tx,
-                figures,
-                options,
-            );
-        }
-    }
 }
 
 async fn unary_lane(
@@ -726,7 +515,7 @@ async fn unary_lane(
                             let r = r.into_inner();
                             let rejected: Vec<u32> = r.rejections.iter().map(|x| x.index).collect();
                             match contract_violation(batch.events.len(), r.accepted_count, r.duplicate_count, &rejected) {
-                                None => record_ack(&batch, r.accepted_count, r.duplicate_count, &rejected, &figures),
+                                None => record_ack(&batch.kinds, batch.phase, batch.origin.elapsed(), r.accepted_count, r.duplicate_count, &rejected, &figures),
                                 Some(why) => protocol_error(batch, &why, &retry_tx, &figures, &options),
                             }
                         }
@@ -757,29 +546,5 @@ mod tests {
         assert_eq!(latency_origin(intended, early), early);
         assert_eq!(latency_origin(intended, late), intended);
         assert_eq!(latency_origin(intended, intended), intended);
-    }
-
-    /// An OK answer must account for every event of the batch; a refusal
-    /// decoded as OK (no events accepted, none rejected) does not.
-    #[test]
-    fn ok_answers_are_checked_against_the_contract() {
-        assert_eq!(contract_violation(10, 8, 2, &[3, 7]), None);
-        assert_eq!(contract_violation(10, 10, 10, &[]), None);
-        assert_eq!(
-            contract_violation(30, 0, 0, &[]).as_deref(),
-            Some("accepted_count 0 + 0 rejections != 30 events in the batch")
-        );
-        assert_eq!(
-            contract_violation(3, 2, 0, &[3]).as_deref(),
-            Some("rejection index 3 is out of range for 3 events")
-        );
-        assert_eq!(
-            contract_violation(4, 2, 0, &[2, 1]).as_deref(),
-            Some("rejection indexes [2, 1] are not in request order")
-        );
-        assert_eq!(
-            contract_violation(4, 2, 3, &[0, 1]).as_deref(),
-            Some("duplicate_count 3 is over accepted_count 2")
-        );
     }
 }
