@@ -92,9 +92,7 @@ impl IngestService for Scripted {
 }
 
 /// Starts the scripted server; returns its client (raw requests).
-async fn serve(
-    script: Scripted,
-) -> RawIngestClient<tonic::transport::Channel> {
+async fn serve(script: Scripted) -> RawIngestClient<tonic::transport::Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -146,7 +144,10 @@ fn batch(sequence: u64) -> Outgoing<Vec<Bytes>, u64> {
     // Two events, already encoded (any bytes: the server does not look).
     Outgoing {
         sequence,
-        payload: vec![Bytes::from_static(b"\x0a\x01a"), Bytes::from_static(b"\x0a\x01b")],
+        payload: vec![
+            Bytes::from_static(b"\x0a\x01a"),
+            Bytes::from_static(b"\x0a\x01b"),
+        ],
         trace_context: HashMap::from([(
             "traceparent".to_owned(),
             format!("00-{sequence:032x}-00f067aa0ba902b7-01"),

@@ -436,11 +436,8 @@ impl<P: Payload, K: Tracker> Lane<P, K> {
         };
         match next_delay(entry.backoff.next(), hint) {
             Some(delay) => {
-                self.tracker.resending(
-                    &entry.batch.handle,
-                    entry.batch.payload.events(),
-                    reason,
-                );
+                self.tracker
+                    .resending(&entry.batch.handle, entry.batch.payload.events(), reason);
                 self.schedule(sequence, Instant::now() + delay);
             }
             None => self.give_up(sequence, why),
@@ -487,12 +484,8 @@ impl<P: Payload, K: Tracker> Lane<P, K> {
         match ack.status.as_ref().filter(|s| s.code != 0) {
             None => {
                 let rejected: Vec<u32> = ack.rejections.iter().map(|r| r.index).collect();
-                match contract_violation(
-                    events,
-                    ack.accepted_count,
-                    ack.duplicate_count,
-                    &rejected,
-                ) {
+                match contract_violation(events, ack.accepted_count, ack.duplicate_count, &rejected)
+                {
                     None => {
                         let acked = std::time::Instant::now();
                         let ack = BatchAck {

@@ -263,12 +263,7 @@ impl Tracker for Acks {
         );
     }
 
-    fn settled(
-        &mut self,
-        handle: Self::Handle,
-        _: usize,
-        outcome: Result<BatchAck, PublishError>,
-    ) {
+    fn settled(&mut self, handle: Self::Handle, _: usize, outcome: Result<BatchAck, PublishError>) {
         match &outcome {
             Ok(ack) => {
                 Counters::add(&self.0.acked_batches, 1);

@@ -391,7 +391,6 @@ fn protocol_error(
     retry_or_fail(batch, PROTOCOL_ERROR, delay, retry_tx, figures, options);
 }
 
-
 /// The simulator's instruments (`sim_events_sent_total`,
 /// `sim_events_acked_total`, `sim_batch_latency_seconds`), made once.
 struct SimMetrics {
