@@ -262,6 +262,11 @@ async fn backpressure_retry_info_is_honoured() {
         (publisher.stats().resent_batches >= 1).then_some(())
     })
     .await;
+    // Counted under its reason: refused, not a broken stream or a
+    // contract breach.
+    let stats = publisher.stats();
+    assert!(stats.resent_refused >= 1, "{stats:?}");
+    assert_eq!(stats.resent_protocol_error, 0, "{stats:?}");
     client
         .worker
         .clone()

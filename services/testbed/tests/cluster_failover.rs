@@ -182,9 +182,10 @@ async fn failover_run(run: &str, departure: Departure, ingest_flags: &[&str]) ->
         "{departure:?} master ({ingest_flags:?}): replica promoted after {promoted:?}, old master back \
          as a replica after {rejoined:?}; appends back \
          at 90% of the rate {back:?} after (appends to a master, acknowledged or not); longest publishing gap {} s \
-         (the simulator's report: no accepted batch for that long); sent {}, accepted {}, failed {}, resent {}; \
+         ending {} s into the run (the simulator's report: no accepted batch for that long); sent {}, accepted {}, failed {}, resent {}; \
          acknowledged {expected}, processed {processed}, lost {}; verification {}",
         json["total"]["longest_gap_s"],
+        json["total"]["longest_gap_ended_s"],
         json["total"]["sent"],
         json["total"]["accepted"],
         json["total"]["failed"],

@@ -193,6 +193,14 @@ pub struct PublisherStats {
     pub streams_opened: u64,
     /// Times a batch was sent again (broken stream or retryable refusal).
     pub resent_batches: u64,
+    /// Re-sends decided because the batch was in flight on a stream that
+    /// ended or failed.
+    pub resent_stream_broken: u64,
+    /// Re-sends decided because the server refused the batch as a whole
+    /// with a retryable code (RESOURCE_EXHAUSTED, UNAVAILABLE...).
+    pub resent_refused: u64,
+    /// Re-sends decided because an OK answer broke the contract.
+    pub resent_protocol_error: u64,
 }
 
 /// The live counters behind [`PublisherStats`].
@@ -207,6 +215,9 @@ struct Counters {
     failed_batches: AtomicU64,
     streams_opened: AtomicU64,
     resent_batches: AtomicU64,
+    resent_stream_broken: AtomicU64,
+    resent_refused: AtomicU64,
+    resent_protocol_error: AtomicU64,
 }
 
 impl Counters {
@@ -226,6 +237,9 @@ impl Counters {
             failed_batches: get(&self.failed_batches),
             streams_opened: get(&self.streams_opened),
             resent_batches: get(&self.resent_batches),
+            resent_stream_broken: get(&self.resent_stream_broken),
+            resent_refused: get(&self.resent_refused),
+            resent_protocol_error: get(&self.resent_protocol_error),
         }
     }
 }
@@ -246,6 +260,15 @@ impl Tracker for Acks {
             // Sent before (or tried, when no stream could be opened).
             Counters::add(&self.0.resent_batches, 1);
         }
+    }
+
+    fn resending(&mut self, _: &Self::Handle, _: usize, reason: Resend) {
+        let counter = match reason {
+            Resend::StreamBroken => &self.0.resent_stream_broken,
+            Resend::Refused(_) => &self.0.resent_refused,
+            Resend::ProtocolError => &self.0.resent_protocol_error,
+        };
+        Counters::add(counter, 1);
     }
 
     fn protocol_error(&mut self, _: &Self::Handle, sequence: u64, why: &str) {

@@ -93,6 +93,21 @@ pub(crate) async fn connect_dedicated(
         .map_err(StoreError::from_redis)
 }
 
+/// The cluster client's waits before it retries a call itself (after
+/// `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, or no node for a slot): a
+/// random time from the minimum to `factor * 2^retry`, capped. The
+/// library's defaults wait 1.28 s at least, longer than the whole call
+/// may take (`--redis-timeout`, 500 ms): a call caught by a failover slept
+/// past the promotion of the replica, and the appends of its partition
+/// with it (the publishing gap of the failover fault test was 0.4-0.6 s
+/// longer than the promotion). Here the two retries wait 5-20 ms and
+/// 5-40 ms: a call still failing after them fails at once, as
+/// UNAVAILABLE, and its caller (the simulator, the client library, the
+/// worker's read loop) retries with backoff of its own.
+const CLUSTER_RETRY_WAIT_MIN_MS: u64 = 5;
+const CLUSTER_RETRY_WAIT_MAX_MS: u64 = 100;
+const CLUSTER_RETRY_WAIT_FACTOR_MS: u64 = 10;
+
 /// Opens a connection whose calls time out after `response_timeout`.
 pub(crate) async fn connect(
     args: &StoreArgs,
@@ -112,7 +127,10 @@ pub(crate) async fn connect(
             let mut builder = redis::cluster::ClusterClient::builder(seeds)
                 .connection_timeout(connect_timeout)
                 .response_timeout(response_timeout)
-                .retries(2);
+                .retries(2)
+                .min_retry_wait(CLUSTER_RETRY_WAIT_MIN_MS)
+                .max_retry_wait(CLUSTER_RETRY_WAIT_MAX_MS)
+                .retry_wait_formula(CLUSTER_RETRY_WAIT_FACTOR_MS, 2);
             if let Some(certs) = args.redis_tls()? {
                 builder = builder.certs(certs);
             }

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prost::bytes::Bytes;
-use rand::Rng as _;
+use testbed_client::RetryPolicy;
 use testbed_client::publisher::contract_violation;
+use testbed_client::retry::next_delay;
 use testbed_proto::raw::{RawIngestClient, RawPublishRequest};
 use testbed_server::CancellationToken;
 use testbed_server::auth::client::{Bearer, Token};
@@ -299,34 +300,60 @@ pub async fn run_live(
     scheduled
 }
 
-/// Whether a refusal should be retried, and after how long.
-fn retry_after(code: Code, hint: Option<Duration>, attempts: u32) -> Option<Duration> {
-    match code {
-        Code::ResourceExhausted | Code::Unavailable | Code::Aborted | Code::DeadlineExceeded => {
-            let base =
-                hint.unwrap_or_else(|| Duration::from_millis(50 * 2u64.pow(attempts.min(6))));
-            // Full jitter on top of the server's hint, so clients spread out.
-            let jitter = base.mul_f64(rand::rng().random::<f64>() * 0.5);
-            Some(base + jitter)
-        }
-        _ => None,
+/// The run's re-send policy, one for both transports: the client
+/// library's [`RetryPolicy`] (backon's exponential backoff with jitter,
+/// `RetryInfo` as a floor), 50 ms doubling to 2 s, `max_retries` re-sends
+/// of a refused batch, on RESOURCE_EXHAUSTED, UNAVAILABLE, ABORTED and
+/// DEADLINE_EXCEEDED. The stream lanes also wait up to its `max_backoff`
+/// before reopening a broken stream.
+pub fn retry_policy(options: &SendOptions) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: options.max_retries.saturating_add(1) as usize,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(2),
+        multiplier: 2.0,
+        jitter: true,
+        max_elapsed: None,
+        retry_codes: vec![
+            Code::ResourceExhausted,
+            Code::Unavailable,
+            Code::Aborted,
+            Code::DeadlineExceeded,
+        ],
+        attempt_timeout: None,
     }
 }
 
+/// Whether a unary refusal should be re-sent, and after how long: as the
+/// stream lanes decide it ([`retry_policy`]), for a batch sent `attempts`
+/// times before. `None`: not a retried code, or re-sends used up.
+fn retry_after(
+    options: &SendOptions,
+    code: Code,
+    hint: Option<Duration>,
+    attempts: u32,
+) -> Option<Duration> {
+    let policy = retry_policy(options);
+    if !policy.retries(code) {
+        return None;
+    }
+    next_delay(policy.backoff().nth(attempts as usize), hint)
+}
+
 /// Either re-queues `batch` after `delay` (counted as re-sent for
-/// `reason`) or, with no delay or no retries left, records it as failed.
+/// `reason`) or, with no delay (not retried, or re-sends used up),
+/// records it as failed.
 fn retry_or_fail(
     batch: Batch,
     reason: &str,
     delay: Option<Duration>,
     retry_tx: &mpsc::UnboundedSender<Batch>,
     figures: &Shared,
-    options: &SendOptions,
 ) {
     let phase = batch.phase;
     let n = batch.events.len() as u64;
     match delay {
-        Some(delay) if batch.attempts < options.max_retries => {
+        Some(delay) => {
             lock(figures).update(phase, |f| f.count_resent(reason, n));
             let tx = retry_tx.clone();
             let mut batch = batch;
@@ -359,8 +386,8 @@ fn refused(
     options: &SendOptions,
 ) {
     lock(figures).update(batch.phase, |f| f.count_status(code));
-    let delay = retry_after(code, hint, batch.attempts);
-    retry_or_fail(batch, &code_name(code), delay, retry_tx, figures, options);
+    let delay = retry_after(options, code, hint, batch.attempts);
+    retry_or_fail(batch, &code_name(code), delay, retry_tx, figures);
 }
 
 /// An OK answer that broke the contract: counted as a protocol error
@@ -387,8 +414,8 @@ fn protocol_error(
     } else {
         tracing::debug!(sequence = batch.seq, why, "protocol error: re-sending");
     }
-    let delay = retry_after(Code::Unavailable, None, batch.attempts);
-    retry_or_fail(batch, PROTOCOL_ERROR, delay, retry_tx, figures, options);
+    let delay = retry_after(options, Code::Unavailable, None, batch.attempts);
+    retry_or_fail(batch, PROTOCOL_ERROR, delay, retry_tx, figures);
 }
 
 /// The simulator's instruments (`sim_events_sent_total`,
@@ -545,5 +572,43 @@ mod tests {
         assert_eq!(latency_origin(intended, early), early);
         assert_eq!(latency_origin(intended, late), intended);
         assert_eq!(latency_origin(intended, intended), intended);
+    }
+
+    fn options(max_retries: u32) -> SendOptions {
+        SendOptions {
+            streams: 1,
+            unary: true,
+            max_retries,
+            max_batch: 100,
+            producer_id: "p".to_owned(),
+            drain: Duration::from_secs(1),
+            stream_max_age: None,
+            token: None,
+        }
+    }
+
+    /// Unary refusals are re-sent as the stream lanes re-send them: only
+    /// retried codes, within 50 ms..2 s plus jitter, never before the
+    /// server's RetryInfo, and `max_retries` times at most.
+    #[test]
+    fn unary_refusals_follow_the_client_retry_policy() {
+        let opts = options(3);
+        let ms = Duration::from_millis;
+        assert_eq!(retry_after(&opts, Code::InvalidArgument, None, 0), None);
+        assert_eq!(retry_after(&opts, Code::PermissionDenied, None, 0), None);
+        for code in [
+            Code::ResourceExhausted,
+            Code::Unavailable,
+            Code::Aborted,
+            Code::DeadlineExceeded,
+        ] {
+            let first = retry_after(&opts, code, None, 0).unwrap();
+            assert!(first >= ms(50) && first <= ms(100), "{code:?}: {first:?}");
+        }
+        let hinted = retry_after(&opts, Code::ResourceExhausted, Some(ms(700)), 0).unwrap();
+        assert!(hinted >= ms(700), "{hinted:?}");
+        assert!(retry_after(&opts, Code::Unavailable, None, 2).is_some());
+        assert_eq!(retry_after(&opts, Code::Unavailable, None, 3), None);
+        assert_eq!(retry_after(&options(0), Code::Unavailable, None, 0), None);
     }
 }

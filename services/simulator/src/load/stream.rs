@@ -4,20 +4,19 @@
 //! open loop, fed pre-encoded batches; this file only turns what the lane
 //! reports into the run's figures and metrics.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use prost::bytes::Bytes;
+use testbed_client::ErrorDetails;
 use testbed_client::publisher::{BatchAck, LaneOptions, Outgoing, PublishError, Resend, Tracker};
-use testbed_client::{ErrorDetails, RetryPolicy};
 use testbed_proto::raw::RawIngestClient;
 use testbed_server::auth::client::Bearer;
 use tokio::sync::mpsc;
-use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::load::fleet::Kind;
-use crate::load::runner::{Batch, SendOptions, Shared, lock, record_ack};
+use crate::load::runner::{Batch, SendOptions, Shared, lock, record_ack, retry_policy};
 use crate::load::stats::code_name;
 
 /// The re-send reason of a contract-breaking OK answer.
@@ -46,22 +45,7 @@ pub struct Meta {
 pub fn lane_options(options: &SendOptions) -> LaneOptions {
     LaneOptions {
         producer_id: options.producer_id.clone(),
-        retry: RetryPolicy {
-            max_attempts: options.max_retries.saturating_add(1) as usize,
-            initial_backoff: Duration::from_millis(50),
-            // Also the longest wait before reopening a broken stream.
-            max_backoff: Duration::from_secs(2),
-            multiplier: 2.0,
-            jitter: true,
-            max_elapsed: None,
-            retry_codes: vec![
-                Code::ResourceExhausted,
-                Code::Unavailable,
-                Code::Aborted,
-                Code::DeadlineExceeded,
-            ],
-            attempt_timeout: None,
-        },
+        retry: retry_policy(options),
         max_unacked: None,
         stream_max_age: options.stream_max_age,
         unanswered_uses_attempts: false,
