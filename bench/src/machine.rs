@@ -65,6 +65,15 @@ pub fn loadavg() -> String {
     read("/proc/loadavg")
 }
 
+/// The 1, 5 and 15 minute load averages alone (no task counts).
+pub fn loadavg_short() -> String {
+    loadavg()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Machine {
     /// Reads everything but `loadavg_end`.
     pub fn detect(testbed: &Path, redis_server: &Path) -> Self {

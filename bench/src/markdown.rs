@@ -174,6 +174,8 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                 }),
         ),
     ];
+    let (target, measured) = crate::cold_report::verdict(&m.cold_start);
+    out.push(verdict(target, measured));
     out.extend(
         crate::query_report::verdicts(m.query_scale.as_ref())
             .into_iter()
@@ -467,6 +469,9 @@ pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> Strin
     render_failover(&mut out, record);
     let query_scale: Vec<_> = record.runs.iter().map(|r| r.query_scale.as_ref()).collect();
     crate::query_report::render(&mut out, &query_scale);
+    let first_cold = record.runs.iter().find_map(|r| r.cold_start.as_ref());
+    crate::cold_report::render(&mut out, &m.cold_start, first_cold);
+    crate::k6_report::render(&mut out, m.k6.as_ref());
     if let Some(chart) = chart {
         let _ = writeln!(
             out,

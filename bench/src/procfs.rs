@@ -36,6 +36,18 @@ pub fn sample(pid: u32) -> Result<Sample> {
     })
 }
 
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`...); none once the
+/// process is gone. A child that has exited stays `Z` (its CPU times still
+/// readable, whole) until it is reaped.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_state(&stat)
+}
+
+fn parse_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 /// A `kB` line of `/proc/PID/status`.
 fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
@@ -67,6 +79,9 @@ mod tests {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     123 45 0 0 20 0 1 0 100 1000 10 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(168));
+        assert_eq!(parse_state(stat), Some('S'));
+        assert_eq!(parse_state("1 (a) Z 0"), Some('Z'));
+        assert_eq!(parse_state("garbage"), None);
     }
 
     /// kB figures of /proc/PID/status.

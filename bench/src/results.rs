@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ceiling::Ceiling;
+use crate::cold_report::{ColdStart, ColdStartRow};
+use crate::k6_report::K6Compare;
 use crate::machine::Machine;
 use crate::query_report::QueryScale;
 use crate::sim::Latency;
@@ -270,6 +272,12 @@ pub struct RunResult {
     /// Query reads at fleet sizes, and the write path under a polling client.
     #[serde(default)]
     pub query_scale: Option<QueryScale>,
+    /// Spawn to SERVING of each role, every start.
+    #[serde(default)]
+    pub cold_start: Option<ColdStart>,
+    /// The simulator against k6 on the acking stub.
+    #[serde(default)]
+    pub k6: Option<K6Compare>,
     /// Wall time of the repetition, s.
     pub wall_s: f64,
 }
@@ -448,6 +456,12 @@ pub struct Summary {
     /// The query-scale step, without the raw call times.
     #[serde(default)]
     pub query_scale: Option<QueryScale>,
+    /// Cold start, one row per role.
+    #[serde(default)]
+    pub cold_start: Vec<ColdStartRow>,
+    /// The k6 comparison (the same figures as the raw ones: they are few).
+    #[serde(default)]
+    pub k6: Option<K6Compare>,
 }
 
 /// The whole record written to `<date>-<host>.json`.

@@ -2,14 +2,18 @@
 //! probes (see [`crate::probe`]) whose rates derive from the saturation
 //! rate of the same repetition, but the recovery and failover steps',
 //! which run at fixed rates (see [`crate::recovery`], [`crate::failover`]),
-//! and the query-scale step's, which fills fleets (see [`crate::query_scale`]).
+//! and the query-scale step's, which fills fleets (see [`crate::query_scale`]),
+//! and the cold-start and k6 steps', which need no rate (see
+//! [`crate::cold_start`], [`crate::k6_compare`]).
 
 use std::time::{Duration, Instant};
 
 use crate::ceiling::{self, CeilingOptions};
 use crate::cli::Step;
+use crate::cold_start::{self, ColdStartOptions};
 use crate::error::Result;
 use crate::failover::{self, FailoverOptions};
+use crate::k6_compare::{self, K6Options};
 use crate::pipeline::Topology;
 use crate::probe::{self, ProbeEnv, ProbeSpec, Target};
 use crate::query_scale::{self, QueryScaleOptions};
@@ -51,6 +55,10 @@ pub struct StepOptions {
     pub failover: FailoverOptions,
     /// The query-scale step.
     pub query_scale: QueryScaleOptions,
+    /// The cold-start step.
+    pub cold_start: ColdStartOptions,
+    /// The k6 step.
+    pub k6: K6Options,
 }
 
 /// Runs one repetition; `notes` collects what could not run.
@@ -130,6 +138,23 @@ pub async fn run_repetition(
     if has(Step::QueryScale) {
         let label = format!("rep{rep}-query-scale");
         r.query_scale = Some(query_scale::run(&env, &o.query_scale, &label).await?);
+    }
+    if has(Step::ColdStart) {
+        let p = &env.pipeline;
+        let work = env.work.join("cold-start");
+        r.cold_start =
+            Some(cold_start::run(&p.testbed, &p.redis_server, &work, &o.cold_start).await?);
+    }
+    if has(Step::K6) {
+        let work = env.work.join("k6");
+        let k6 = k6_compare::run(&env.pipeline.testbed, &env.self_exe, &work, &o.k6).await?;
+        notes.extend(
+            k6.notes
+                .iter()
+                .filter(|n| n.starts_with("not measured"))
+                .map(|n| format!("repetition {rep}: k6 {n}")),
+        );
+        r.k6 = Some(k6);
     }
     r.wall_s = started.elapsed().as_secs_f64();
     Ok(r)

@@ -209,6 +209,12 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
             .max_by(f64::total_cmp);
     }
     s.recovery = r.recovery.as_ref().map(recovery_row);
+    s.cold_start = r
+        .cold_start
+        .as_ref()
+        .map(crate::cold_report::rows)
+        .unwrap_or_default();
+    s.k6 = r.k6.clone();
     s.query_scale = r
         .query_scale
         .as_ref()

@@ -91,6 +91,8 @@ fn judges_targets() {
             None,
             None,
             None,
+            // Cold start.
+            None,
             // The query-scale step's four.
             None,
             None,
