@@ -446,7 +446,7 @@ pub struct Cli {
     /// turn, until one is not sustained (the highest sustained is the most
     /// it sends here).
     #[arg(long, env = "TESTBED_BENCH_K6_SIM_MULTIPLES", value_delimiter = ',',
-          default_values_t = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0], value_parser = fraction)]
+          default_values_t = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0], value_parser = fraction)]
     pub k6_sim_multiples: Vec<f64>,
 
     /// Serve `IngestService` acking every batch without storing it, instead
