@@ -311,3 +311,62 @@ fn judges_and_renders_query_scale() {
     assert!(out.contains("## Query at fleet scale"), "{out}");
     assert!(out.contains("| 1000000 | 2.00 / 3.00 / 3.00 |"), "{out}");
 }
+
+/// Cold-start starts are summarised per role, judged as one target, and
+/// rendered beside the k6 comparison.
+#[test]
+fn judges_and_renders_cold_start_and_k6() {
+    use crate::cold_report::{ColdStart, ColdStartRole, ColdStartRun};
+    use crate::k6_report::{K6Compare, LoadSide};
+    let start = |ms: f64| ColdStartRun {
+        connected_ms: Some(ms - 1.0),
+        serving_ms: Some(ms),
+        ..Default::default()
+    };
+    let run = crate::results::RunResult {
+        cold_start: Some(ColdStart {
+            runs_per_role: 3,
+            poll_ms: 1.0,
+            roles: vec![ColdStartRole {
+                role: "worker".into(),
+                store: "redis".into(),
+                health_names: vec![String::new(), "testbed.v1.WorkerControlService".into()],
+                runs: vec![start(9.0), start(30.0), start(12.0)],
+                ..Default::default()
+            }],
+        }),
+        k6: Some(K6Compare {
+            batch: 50,
+            duration_s: 20.0,
+            sides: vec![LoadSide {
+                name: "k6".into(),
+                requests: 1000,
+                cpu_s: 3.0,
+                wall_s: 20.0,
+                ..Default::default()
+            }],
+            notes: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let record = record_of(vec![run]);
+    assert_eq!(record.median.cold_start[0].median_ms, Some(12.0));
+    let v = verdicts(&record.median);
+    let cold = v
+        .iter()
+        .find(|v| v.target.starts_with("cold start:"))
+        .unwrap();
+    assert_eq!(cold.met, Some(true), "{}", cold.measured);
+    assert!(
+        cold.measured.contains("slowest start 30.0 ms"),
+        "{}",
+        cold.measured
+    );
+    let out = render(&record, None, None);
+    assert!(
+        out.contains("| worker | redis | 3 (0) | 12.0 | 30.0 | 11.0 | – |"),
+        "{out}"
+    );
+    assert!(out.contains("## The simulator against k6"), "{out}");
+    assert!(out.contains("| 3.000 |"), "{out}");
+}
