@@ -34,11 +34,14 @@ pub enum Step {
     ColdStart,
     /// The simulator against k6 on the acking stub (unary Publish).
     K6,
+    /// Instructions per event of ingest and worker under callgrind (not
+    /// in `--smoke` unless named).
+    Instructions,
 }
 
 impl Step {
     /// Every step, in the order they run.
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 13] = [
         Step::Ceiling,
         Step::Saturation,
         Step::Latency,
@@ -51,6 +54,7 @@ impl Step {
         Step::QueryScale,
         Step::ColdStart,
         Step::K6,
+        Step::Instructions,
     ];
 }
 
@@ -449,6 +453,51 @@ pub struct Cli {
           default_values_t = [2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0], value_parser = fraction)]
     pub k6_sim_multiples: Vec<f64>,
 
+    /// Instructions: `valgrind` executable.
+    #[arg(long, env = "TESTBED_BENCH_VALGRIND", default_value = "valgrind")]
+    pub valgrind: PathBuf,
+
+    /// Instructions: `callgrind_control` executable (asks a running
+    /// callgrind for a dump).
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_CALLGRIND_CONTROL",
+        default_value = "callgrind_control"
+    )]
+    pub callgrind_control: PathBuf,
+
+    /// Instructions: events of the fixed workload.
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_EVENTS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub instructions_events: u64,
+
+    /// Instructions: events per batch (the simulator's rate is 100 batches a second).
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub instructions_batch_size: u32,
+
+    /// Instructions: simulated devices.
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_DEVICES", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub instructions_devices: u32,
+
+    /// Instructions: the simulator's seed.
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_SEED", default_value_t = 1)]
+    pub instructions_seed: u64,
+
+    /// Instructions: wait after the services are ready before counting.
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_SETTLE", default_value = "2s", value_parser = duration)]
+    pub instructions_settle: Duration,
+
+    /// Instructions: the idle window whose rate is subtracted from the workload's count.
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_IDLE", default_value = "10s", value_parser = duration)]
+    pub instructions_idle: Duration,
+
+    /// Instructions: the longest any phase may take under callgrind
+    /// (readiness, a dump, the workload and its verification, shutdown).
+    #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub instructions_timeout: Duration,
+
     /// Serve `IngestService` acking every batch without storing it, instead
     /// of running the harness (the simulator step starts this itself).
     #[arg(long, env = "TESTBED_BENCH_STUB", conflicts_with = "otlp_sink")]
@@ -478,6 +527,9 @@ impl Cli {
         Step::ALL
             .into_iter()
             .filter(|s| self.steps.is_empty() || self.steps.contains(s))
+            // Under callgrind the services start slowly: smoke runs it
+            // only when asked for by name.
+            .filter(|s| !(self.smoke && self.steps.is_empty() && *s == Step::Instructions))
             .filter(|s| !self.skip.contains(s))
             .collect()
     }
@@ -520,6 +572,9 @@ impl Cli {
         self.k6_duration = Duration::from_secs(2);
         self.k6_vus = self.k6_vus.min(4);
         self.k6_sim_multiples = vec![2.0];
+        self.instructions_events = self.instructions_events.min(2_000);
+        self.instructions_settle = Duration::from_millis(500);
+        self.instructions_idle = Duration::from_secs(2);
     }
 }
 

@@ -32,6 +32,9 @@
 //!   [`cold_report`]: its figures, verdict and section.
 //! - [`k6_compare`]: k6 and the simulator on the acking stub, with their
 //!   CPU; [`k6_report`]: its figures and section.
+//! - [`instructions`]: the instructions step's processes under
+//!   [`callgrind`] and its fixed workload; [`instructions_report`]: its
+//!   figures and section.
 //! - [`ceiling`]: `redis-benchmark` XADD; [`stub`] and [`telemetry`]: the
 //!   harness's own servers (`--stub`, `--otlp-sink`), via [`serve`].
 //! - [`results`], [`summary`], [`markdown`], [`chart`], [`machine`]: what is
@@ -42,6 +45,7 @@
 //! No module imports one that imports it back.
 #![forbid(unsafe_code)]
 
+pub mod callgrind;
 pub mod ceiling;
 pub mod chart;
 pub mod cli;
@@ -50,6 +54,8 @@ pub mod cold_report;
 pub mod cold_start;
 pub mod error;
 pub mod failover;
+pub mod instructions;
+pub mod instructions_report;
 pub mod k6_compare;
 pub mod k6_report;
 pub mod machine;
@@ -79,6 +85,7 @@ use crate::cli::{Cli, Step};
 use crate::cold_start::ColdStartOptions;
 use crate::error::{Context as _, Error, Result};
 use crate::failover::FailoverOptions;
+use crate::instructions::InstructionsOptions;
 use crate::k6_compare::K6Options;
 use crate::machine::Machine;
 use crate::pipeline::{PipelineOptions, Topology};
@@ -240,6 +247,19 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             sim_connections: cli.k6_sim_connections,
             sim_multiples: cli.k6_sim_multiples.clone(),
         },
+        instructions: InstructionsOptions {
+            tools: callgrind::Tools {
+                valgrind: cli.valgrind.clone(),
+                control: cli.callgrind_control.clone(),
+            },
+            events: cli.instructions_events,
+            batch_size: cli.instructions_batch_size,
+            devices: cli.instructions_devices,
+            seed: cli.instructions_seed,
+            settle: cli.instructions_settle,
+            idle: cli.instructions_idle,
+            timeout: cli.instructions_timeout,
+        },
     };
     let settings = serde_json::json!({
         "steps": steps.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
@@ -277,6 +297,12 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
                 "duration_s": cli.k6_duration.as_secs_f64(), "batch": cli.k6_batch,
                 "sim_connections": cli.k6_sim_connections,
                 "sim_multiples": cli.k6_sim_multiples },
+        "instructions": { "events": cli.instructions_events,
+                          "batch_size": cli.instructions_batch_size,
+                          "devices": cli.instructions_devices, "seed": cli.instructions_seed,
+                          "settle_s": cli.instructions_settle.as_secs_f64(),
+                          "idle_s": cli.instructions_idle.as_secs_f64(),
+                          "timeout_s": cli.instructions_timeout.as_secs_f64() },
         "rust_log": cli.rust_log,
         "extra_args": { "ingest": cli.ingest_arg, "worker": cli.worker_arg, "query": cli.query_arg },
         "work_dir": work.display().to_string(),

@@ -472,6 +472,12 @@ pub fn render(record: &Record, chart: Option<&str>, note: Option<&str>) -> Strin
     let first_cold = record.runs.iter().find_map(|r| r.cold_start.as_ref());
     crate::cold_report::render(&mut out, &m.cold_start, first_cold);
     crate::k6_report::render(&mut out, m.k6.as_ref());
+    let instructions: Vec<_> = record
+        .runs
+        .iter()
+        .map(|r| r.instructions.as_ref())
+        .collect();
+    crate::instructions_report::render(&mut out, &instructions, &mc.git_revision);
     if let Some(chart) = chart {
         let _ = writeln!(
             out,

@@ -24,7 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::cluster::RedisCluster;
 use crate::error::{Context as _, Error, Result};
-use crate::process::{Proc, inherited_settings, log_tail};
+use crate::process::{Proc, Stopped, inherited_settings, log_tail};
 use crate::redis::Redis;
 use crate::telemetry::Telemetry;
 
@@ -133,6 +133,11 @@ impl Service {
         self.proc.pid()
     }
 
+    /// SIGTERM, up to `grace` to exit, then SIGKILL.
+    pub async fn stop(self, grace: Duration) -> Result<Stopped> {
+        self.proc.terminate(grace).await
+    }
+
     /// SIGKILL, no grace: it dies holding whatever it held.
     pub async fn kill(self) -> Result<()> {
         self.proc.kill().await?;
@@ -140,19 +145,31 @@ impl Service {
     }
 }
 
-/// Spawns `testbed <role>` on `redis_url` with the pipeline's flags, plus
-/// `extra`; `name` names its log and address files. Returns the process
-/// and the address file it will announce itself in.
-fn spawn_role(
+/// How `testbed <role>` is started: its arguments, environment, the
+/// address file it will announce itself in and its log.
+#[derive(Debug, Clone)]
+pub struct RoleCommand {
+    /// `<role> --redis-url …` and the pipeline's flags.
+    pub args: Vec<String>,
+    /// Variables added to the environment.
+    pub env: Vec<(String, String)>,
+    /// Where it announces its addresses.
+    pub addr_file: PathBuf,
+    /// Where its output goes.
+    pub log: PathBuf,
+}
+
+/// The command of `testbed <role>` on `redis_url` with the pipeline's
+/// flags, plus `extra`; `name` names its log and address files.
+pub fn role_command(
     o: &PipelineOptions,
     redis_url: &str,
     dir: &Path,
     role: &'static str,
     name: &str,
     extra: &[String],
-) -> Result<(Proc, PathBuf)> {
+) -> RoleCommand {
     let addr_file = dir.join(format!("{name}.addr.json"));
-    let _ = std::fs::remove_file(&addr_file);
     let mut args: Vec<String> = vec![
         role.to_owned(),
         "--redis-url".into(),
@@ -186,19 +203,39 @@ fn spawn_role(
     let mut env = o.log_env();
     env.extend(o.telemetry.env());
     env.push(("OTEL_SERVICE_NAME".into(), format!("testbed-{role}")));
+    RoleCommand {
+        args,
+        env,
+        addr_file,
+        log: dir.join(format!("{name}.log")),
+    }
+}
+
+/// Spawns `testbed <role>` as [`role_command`] says. Returns the process
+/// and the address file it will announce itself in.
+fn spawn_role(
+    o: &PipelineOptions,
+    redis_url: &str,
+    dir: &Path,
+    role: &'static str,
+    name: &str,
+    extra: &[String],
+) -> Result<(Proc, PathBuf)> {
+    let c = role_command(o, redis_url, dir, role, name, extra);
+    let _ = std::fs::remove_file(&c.addr_file);
     let proc = Proc::spawn(
         name,
         &o.testbed,
-        &args,
-        &env,
+        &c.args,
+        &c.env,
         &inherited_settings(),
-        &dir.join(format!("{name}.log")),
+        &c.log,
     )?;
-    Ok((proc, addr_file))
+    Ok((proc, c.addr_file))
 }
 
 /// Waits until a spawned process is ready and reads what it announced.
-async fn ready(
+pub async fn ready(
     role: &'static str,
     mut proc: Proc,
     addr_file: &Path,

@@ -278,6 +278,9 @@ pub struct RunResult {
     /// The simulator against k6 on the acking stub.
     #[serde(default)]
     pub k6: Option<K6Compare>,
+    /// Instructions per event of ingest and worker under callgrind.
+    #[serde(default)]
+    pub instructions: Option<crate::instructions_report::Instructions>,
     /// Wall time of the repetition, s.
     pub wall_s: f64,
 }

@@ -13,6 +13,7 @@ use crate::cli::Step;
 use crate::cold_start::{self, ColdStartOptions};
 use crate::error::Result;
 use crate::failover::{self, FailoverOptions};
+use crate::instructions::{self, InstructionsOptions};
 use crate::k6_compare::{self, K6Options};
 use crate::pipeline::Topology;
 use crate::probe::{self, ProbeEnv, ProbeSpec, Target};
@@ -59,6 +60,8 @@ pub struct StepOptions {
     pub cold_start: ColdStartOptions,
     /// The k6 step.
     pub k6: K6Options,
+    /// The instructions step.
+    pub instructions: InstructionsOptions,
 }
 
 /// Runs one repetition; `notes` collects what could not run.
@@ -155,6 +158,16 @@ pub async fn run_repetition(
                 .map(|n| format!("repetition {rep}: k6 {n}")),
         );
         r.k6 = Some(k6);
+    }
+    if has(Step::Instructions) {
+        match o.instructions.tools.check() {
+            Ok(valgrind) => {
+                let label = format!("rep{rep}-instructions");
+                let m = instructions::run(&env, &o.instructions, &label, valgrind).await?;
+                r.instructions = Some(m);
+            }
+            Err(why) => notes.push(format!("repetition {rep}: instructions skipped: {why}")),
+        }
     }
     r.wall_s = started.elapsed().as_secs_f64();
     Ok(r)
