@@ -471,6 +471,14 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub instructions_events: u64,
 
+    /// Instructions: events sent and verified before counting (warm caches; 0: none).
+    #[arg(
+        long,
+        env = "TESTBED_BENCH_INSTRUCTIONS_WARMUP_EVENTS",
+        default_value_t = 10_000
+    )]
+    pub instructions_warmup_events: u64,
+
     /// Instructions: events per batch (the simulator's rate is 100 batches a second).
     #[arg(long, env = "TESTBED_BENCH_INSTRUCTIONS_BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -573,6 +581,7 @@ impl Cli {
         self.k6_vus = self.k6_vus.min(4);
         self.k6_sim_multiples = vec![2.0];
         self.instructions_events = self.instructions_events.min(2_000);
+        self.instructions_warmup_events = self.instructions_warmup_events.min(1_000);
         self.instructions_settle = Duration::from_millis(500);
         self.instructions_idle = Duration::from_secs(2);
     }

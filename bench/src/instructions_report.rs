@@ -22,11 +22,19 @@ pub struct ProcessCounts {
     pub idle_ir: u64,
     /// Its length, s.
     pub idle_s: f64,
-    /// From the simulator's start until it exited, verified (every event
-    /// applied by the worker).
+    /// This process's own phase (ingest's: the ingest phase; the
+    /// worker's: the worker phase), the figure's count.
     pub workload_ir: u64,
     /// Its length, s.
     pub workload_s: f64,
+    /// Both phases: the ingest phase (workers paused, the simulator's
+    /// events appended) and the worker phase (resumed until verified);
+    /// the other process's phase should cost about the idle rate.
+    #[serde(default)]
+    pub phase_ir: [u64; 2],
+    /// Their lengths, s.
+    #[serde(default)]
+    pub phase_s: [f64; 2],
     /// From then to exit (SIGTERM and graceful shutdown); none if the
     /// final dump could not be read.
     pub shutdown_ir: Option<u64>,
@@ -81,6 +89,9 @@ impl ProcessFigures {
 pub struct Instructions {
     /// Events the simulator sent (all accepted, or a note says not).
     pub events: u64,
+    /// Events sent and verified before counting.
+    #[serde(default)]
+    pub warmup_events: u64,
     /// Events per batch.
     pub batch_size: u32,
     /// Simulated devices.
@@ -89,6 +100,9 @@ pub struct Instructions {
     pub seed: u64,
     /// The simulator's rate (it sets the batch size: rate / 100).
     pub rate: f64,
+    /// Seconds into a wall-clock minute at which the ingest phase started.
+    #[serde(default)]
+    pub minute_offset_s: u64,
     /// Whether the simulator verified every event processed exactly once.
     pub verified: bool,
     /// Batches the simulator re-sent (each is work beyond the fixed
@@ -122,7 +136,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -153,7 +167,7 @@ fn thousands(x: f64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push('\u{202f}');
         }
         out.push(c);
@@ -173,18 +187,20 @@ pub fn render(out: &mut String, runs: &[Option<&Instructions>], revision: &str) 
     let _ = writeln!(out, "\n## Instructions per event (callgrind)\n");
     let _ = writeln!(
         out,
-        "`testbed ingest` and `testbed worker` each under `valgrind --tool=callgrind` ({}), on a fresh Redis; a fixed workload: `testbed sim --seed {} --devices {} --rate {:.0}` for {} events in batches of {}, verified. Counts are instructions (Ir) of every thread between callgrind dumps taken before and after the workload; *net* subtracts each process's idle rate (measured over an idle window before the load) times the workload's length, so what is left is what the events cost. Services' extra flags: `{}`.\n",
+        "`testbed ingest` and `testbed worker` each under `valgrind --tool=callgrind` ({}), on a fresh Redis; a fixed workload: `testbed sim --seed {} --devices {} --rate {:.0} --connections 1 --streams 1 --verify`, {} events in batches of {}, after a warm-up of {} events. Ingest's count is the *ingest phase* (workers paused, started {} s into a wall-clock minute, until every event is appended), the worker's the *worker phase* (resumed until the simulator verified every event applied exactly once), both between callgrind dumps (instructions, Ir, of every thread). *Net* subtracts the process's idle rate (an idle window before the load) times the phase's length; *raw* does not. Extra flags: `{}`. How to read and compare: bench/README.md, \"Instructions per event\".\n",
         first.valgrind,
         first.seed,
         first.devices,
         first.rate,
         first.events,
         first.batch_size,
-        first.service_flags.join(" ")
+        first.warmup_events,
+        first.minute_offset_s,
+        first.service_flags.join("`; `")
     );
     let _ = writeln!(
         out,
-        "| repetition | ingest net Ir/event | worker net Ir/event | ingest raw Ir/event | worker raw Ir/event | ingest idle Ir/s | worker idle Ir/s | workload s | verified, re-sent batches |"
+        "| repetition | ingest net Ir/event | worker net Ir/event | ingest raw Ir/event | worker raw Ir/event | ingest idle Ir/s | worker idle Ir/s | phase s (ingest / worker) | verified, re-sent batches |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for (i, r) in runs.iter().enumerate() {
@@ -193,14 +209,10 @@ pub fn render(out: &mut String, runs: &[Option<&Instructions>], revision: &str) 
             r.process(name)
                 .map_or_else(|| "–".to_owned(), |p| thousands(g(p)))
         };
-        let workload_s = r
-            .processes
-            .iter()
-            .map(|p| p.counts.workload_s)
-            .fold(0.0, f64::max);
+        let phase = |name: &str| r.process(name).map_or(0.0, |p| p.counts.workload_s);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {}, {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {}, {} |",
             i + 1,
             f("ingest", |p| p.ir_per_event),
             f("worker", |p| p.ir_per_event),
@@ -208,7 +220,8 @@ pub fn render(out: &mut String, runs: &[Option<&Instructions>], revision: &str) 
             f("worker", |p| p.raw_ir_per_event),
             f("ingest", |p| p.idle_ir_per_s),
             f("worker", |p| p.idle_ir_per_s),
-            workload_s,
+            phase("ingest"),
+            phase("worker"),
             if r.verified { "yes" } else { "**no**" },
             r.retried_batches
         );
@@ -236,13 +249,17 @@ pub fn render(out: &mut String, runs: &[Option<&Instructions>], revision: &str) 
     }
     let _ = writeln!(
         out,
-        "\nRow for the log in `bench/README.md` (revision, ingest and worker net Ir/event, spread over {} repetition(s)):\n\n`| {} | {} | {} | {} / {} |`",
+        "\nRow for the log in `bench/README.md` (revision; ingest and worker Ir/event, net and raw, medians; spreads over {} repetition(s)):\n\n`| {} | {} | {} | {} | {} | {} / {} | {} / {} |`",
         done.len(),
         revision,
         med(net("ingest")),
+        med(raw("ingest")),
         med(net("worker")),
+        med(raw("worker")),
         percent(spread(&net("ingest"))),
-        percent(spread(&net("worker")))
+        percent(spread(&raw("ingest"))),
+        percent(spread(&net("worker"))),
+        percent(spread(&raw("worker")))
     );
     for (i, r) in runs.iter().enumerate() {
         let Some(r) = r else { continue };
@@ -264,6 +281,8 @@ mod tests {
             idle_s: 10.0,
             workload_ir,
             workload_s: 4.0,
+            phase_ir: [workload_ir, idle_ir],
+            phase_s: [4.0, 10.0],
             shutdown_ir: Some(1_000),
         }
     }
@@ -348,8 +367,9 @@ mod tests {
             out.contains("| spread (max − min) / median | 1.00% | 1.00% |"),
             "{out}"
         );
+        // Idle counts are 0 here, so net and raw agree.
         assert!(
-            out.contains("`| abc123 | 40\u{202f}200 | 90\u{202f}000 | 1.00% / 1.00% |`"),
+            out.contains("`| abc123 | 40\u{202f}200 | 40\u{202f}200 | 90\u{202f}000 | 90\u{202f}000 | 1.00% / 1.00% | 1.00% / 1.00% |`"),
             "{out}"
         );
     }
