@@ -34,6 +34,12 @@
 //! - [`register`]: how the worker joins a [`GrpcServer`] (served alone or
 //!   with the others by the `testbed` binary).
 #![forbid(unsafe_code)]
+// The apply path's future (`consumer::apply::process`) nests deeply enough
+// that rustc 1.95 overflows the default query depth (128) computing its
+// layout when building `-p testbed` at `opt-level = "s"` or in some
+// feature combinations ("queries overflow the depth limit!"); the
+// workspace build at opt-level 3 did not. The compiler's own suggestion.
+#![recursion_limit = "256"]
 
 mod config;
 pub mod consumer;
