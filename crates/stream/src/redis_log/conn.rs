@@ -153,14 +153,45 @@ pub(crate) async fn connect(
                 .map_err(StoreError::from_redis)
         }
     };
-    tokio::time::timeout(connect_timeout, attempt)
-        .await
-        .map_err(|_| {
-            StoreError::Unavailable(format!(
-                "connecting to Redis timed out after {:?}",
-                connect_timeout
-            ))
-        })?
+    match tokio::time::timeout(connect_timeout, attempt).await {
+        Ok(connected) => connected,
+        Err(_) => Err(match why_not_connected(args).await {
+            // Wrong credentials stay wrong: not a timeout to retry.
+            Some(StoreError::Config(why)) => StoreError::Config(why),
+            Some(StoreError::Unavailable(why) | StoreError::Protocol(why)) => {
+                StoreError::Unavailable(format!(
+                    "connecting to Redis timed out after {connect_timeout:?}: {why}"
+                ))
+            }
+            Some(other) => StoreError::Unavailable(format!(
+                "connecting to Redis timed out after {connect_timeout:?}: {other}"
+            )),
+            None => StoreError::Unavailable(format!(
+                "connecting to Redis timed out after {connect_timeout:?}"
+            )),
+        }),
+    }
+}
+
+/// Why a single Redis refuses connections, or `None` when one plain
+/// attempt does not fail either (or on Redis Cluster). The reconnecting
+/// connection retries until its deadline, so its own error is lost; this
+/// attempt names the cause a user must fix (a refused client certificate,
+/// an untrusted server certificate, a wrong password, a closed port)
+/// instead of a bare timeout. Runs only after a connect timed out.
+async fn why_not_connected(args: &StoreArgs) -> Option<StoreError> {
+    if args.redis_cluster {
+        return None;
+    }
+    let timeout = args.redis_timeout.max(Duration::from_millis(100));
+    let attempt = async {
+        let mut conn = connect_dedicated(args, timeout).await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::from_redis)
+    };
+    tokio::time::timeout(timeout, attempt).await.ok()?.err()
 }
 
 /// The connection shared by all non-blocking calls: made on first use,
