@@ -357,6 +357,13 @@ pub struct Cli {
           default_values_t = [0, 1])]
     pub failover_wait_replicas: Vec<u32>,
 
+    /// Failover: the cluster's `--cluster-node-timeout` (how long a master
+    /// may be unreachable before its replica is elected; Redis' default is
+    /// 15 s, deploy's redis.conf and the fault suite use 1 s). The target
+    /// is appending at the full rate again within it + 1 s.
+    #[arg(long, env = "TESTBED_BENCH_FAILOVER_NODE_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub failover_node_timeout: Duration,
+
     /// Query scale: fleet sizes (devices), each on a fresh stack.
     #[arg(long, env = "TESTBED_BENCH_QUERY_SCALE_DEVICES", value_delimiter = ',',
           default_values_t = [1_000u64, 10_000, 100_000, 1_000_000],

@@ -1,5 +1,6 @@
 //! A Redis Cluster for the failover step: three masters and three
-//! replicas on loopback, `--cluster-node-timeout 1000`, AOF with
+//! replicas on loopback, `--cluster-node-timeout` as given (1 s by
+//! default: `--failover-node-timeout`), AOF with
 //! `appendfsync always` (the setting the README recommends with
 //! `--redis-wait-replicas`) and `repl-diskless-sync-delay 0`, joined by
 //! `redis-cli --cluster create`.
@@ -12,10 +13,6 @@ use crate::redis::{Redis, command_text};
 
 /// Masters, each with one replica.
 const MASTERS: usize = 3;
-
-/// `--cluster-node-timeout`, ms: how long a master may be unreachable
-/// before its replica is elected.
-pub const NODE_TIMEOUT_MS: u64 = 1000;
 
 /// How often the cluster's state is polled while waiting.
 const POLL: Duration = Duration::from_millis(20);
@@ -32,6 +29,8 @@ pub struct RedisCluster {
     ports: Vec<u16>,
     redis_server: PathBuf,
     dir: PathBuf,
+    /// `--cluster-node-timeout`, ms.
+    node_timeout_ms: String,
 }
 
 /// Every node's settings beyond the harness's own.
@@ -54,10 +53,11 @@ fn settings(timeout: &str) -> [&str; 10] {
 }
 
 impl RedisCluster {
-    /// Starts six nodes in `dir`, joins them, and waits until every node
+    /// Starts six nodes in `dir` with `node_timeout` as their
+    /// `--cluster-node-timeout`, joins them, and waits until every node
     /// says `cluster_state:ok` and every replica is in sync.
-    pub async fn start(redis_server: &Path, dir: &Path) -> Result<Self> {
-        let timeout = NODE_TIMEOUT_MS.to_string();
+    pub async fn start(redis_server: &Path, dir: &Path, node_timeout: Duration) -> Result<Self> {
+        let timeout = node_timeout.as_millis().to_string();
         let mut nodes = Vec::new();
         for i in 0..MASTERS * 2 {
             nodes.push(
@@ -86,6 +86,7 @@ impl RedisCluster {
             ports,
             redis_server: redis_server.to_owned(),
             dir: dir.to_owned(),
+            node_timeout_ms: timeout,
         };
         cluster.wait_ok(Duration::from_secs(30)).await?;
         for node in 0..cluster.ports.len() {
@@ -164,12 +165,11 @@ impl RedisCluster {
     /// and waits until it has rejoined as a replica in sync, `limit` at
     /// most.
     pub async fn restart(&self, node: usize, limit: Duration) -> Result<()> {
-        let timeout = NODE_TIMEOUT_MS.to_string();
         let redis = Redis::start_on(
             &self.redis_server,
             &node_dir(&self.dir, node),
             self.ports[node],
-            &settings(&timeout),
+            &settings(&self.node_timeout_ms),
         )
         .await?;
         if let Some(slot) = self.nodes().get_mut(node) {

@@ -21,7 +21,8 @@
 //!    none; with 0 some may be (Redis replicates asynchronously).
 //!
 //! The target (README, "Redis Cluster failover"): appending at the full
-//! rate again within the node timeout + 1 s (2 s here), and with
+//! rate again within the node timeout (`--failover-node-timeout`, 1 s by
+//! default) + 1 s, and with
 //! `--redis-wait-replicas 1` every acknowledged event processed exactly
 //! once.
 
@@ -60,6 +61,8 @@ pub struct FailoverOptions {
     pub kill_after: Duration,
     /// The `--redis-wait-replicas` settings compared.
     pub wait_replicas: Vec<u32>,
+    /// The cluster's `--cluster-node-timeout`.
+    pub node_timeout: Duration,
 }
 
 /// What the failover probe's side task measured.
@@ -76,6 +79,7 @@ struct Phases {
 pub async fn run(env: &ProbeEnv, o: &FailoverOptions, label: &str) -> Result<Failover> {
     let mut out = Failover {
         rate: o.rate,
+        node_timeout_s: o.node_timeout.as_secs_f64(),
         runs: Vec::new(),
     };
     for &wait in &o.wait_replicas {
@@ -83,7 +87,7 @@ pub async fn run(env: &ProbeEnv, o: &FailoverOptions, label: &str) -> Result<Fai
             duration: o.duration,
             ..env.clone()
         };
-        env.pipeline.redis_cluster = true;
+        env.pipeline.redis_cluster = Some(o.node_timeout);
         env.pipeline
             .ingest_args
             .extend(["--redis-wait-replicas".to_owned(), wait.to_string()]);

@@ -151,7 +151,7 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             testbed: cli.testbed_bin.clone(),
             redis_server: cli.redis_server.clone(),
             topology: Topology::Split,
-            redis_cluster: false,
+            redis_cluster: None,
             partitions: cli.partitions,
             shutdown_grace: cli.shutdown_grace,
             telemetry: Telemetry::default(),
@@ -220,6 +220,7 @@ pub async fn run(mut cli: Cli) -> Result<Written> {
             duration: cli.failover_duration,
             kill_after: cli.failover_kill_after,
             wait_replicas: cli.failover_wait_replicas.clone(),
+            node_timeout: cli.failover_node_timeout,
         },
         query_scale: QueryScaleOptions {
             sizes: cli.query_scale_devices.clone(),

@@ -156,7 +156,7 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
             }),
         ),
         verdict(
-            "Redis Cluster master SIGKILL: appending at 90% of the rate again <= node timeout + 1 s (2 s); with --redis-wait-replicas 1 no acknowledged event lost",
+            "Redis Cluster master SIGKILL: appending at 90% of the rate again <= node timeout + 1 s; with --redis-wait-replicas 1 no acknowledged event lost",
             m.failover
                 .iter()
                 .find(|r| r.wait_replicas == 1.0)
@@ -167,9 +167,17 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                         Some(false) => "verify FAILED",
                         None => "not verified",
                     };
+                    let limit = r.node_timeout_s + 1.0;
+                    let promoted = r
+                        .promoted_s
+                        .map(|p| format!(" (promoted {p:.2} s)"))
+                        .unwrap_or_default();
                     Some((
-                        format!("{s:.2} s; {:.0} lost; {verify}", r.lost),
-                        s <= 2.0 && r.lost == 0.0 && r.verified == Some(true),
+                        format!(
+                            "{s:.2} s{promoted} against {limit:.2} s (node timeout {:.2} s); {:.0} lost; {verify}",
+                            r.node_timeout_s, r.lost
+                        ),
+                        s <= limit && r.lost == 0.0 && r.verified == Some(true),
                     ))
                 }),
         ),
@@ -588,8 +596,8 @@ fn render_failover(out: &mut String, record: &Record) {
     }
     let _ = writeln!(
         out,
-        "\n## Redis Cluster failover (3 masters + 3 replicas, split processes, {:.0} events/s)\n",
-        record.median.failover[0].offered_rate
+        "\n## Redis Cluster failover (3 masters + 3 replicas, node timeout {} s, split processes, {:.0} events/s)\n",
+        record.median.failover[0].node_timeout_s, record.median.failover[0].offered_rate
     );
     let _ = writeln!(
         out,

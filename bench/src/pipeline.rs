@@ -48,9 +48,9 @@ pub struct PipelineOptions {
     /// Split or monolithic.
     pub topology: Topology,
     /// A Redis Cluster of three masters with a replica each
-    /// ([`RedisCluster`]) instead of one `redis-server`; the services get
-    /// `--redis-cluster`.
-    pub redis_cluster: bool,
+    /// ([`RedisCluster`]), with this `--cluster-node-timeout`, instead of
+    /// one `redis-server`; the services get `--redis-cluster`.
+    pub redis_cluster: Option<Duration>,
     /// `--partitions`.
     pub partitions: u32,
     /// `--shutdown-grace` of each service (and how long SIGTERM may take).
@@ -187,7 +187,7 @@ pub fn role_command(
         "--shutdown-grace".into(),
         humantime::format_duration(o.shutdown_grace).to_string(),
     ];
-    if o.redis_cluster {
+    if o.redis_cluster.is_some() {
         args.push("--redis-cluster".into());
     }
     if matches!(role, "ingest" | "all") {
@@ -259,9 +259,9 @@ impl Pipeline {
     /// Starts Redis and the services in `dir` and waits until all are ready.
     pub async fn start(o: &PipelineOptions, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
-        let redis = if o.redis_cluster {
+        let redis = if let Some(node_timeout) = o.redis_cluster {
             Store::Cluster(Box::new(
-                RedisCluster::start(&o.redis_server, &dir.join("redis")).await?,
+                RedisCluster::start(&o.redis_server, &dir.join("redis"), node_timeout).await?,
             ))
         } else {
             Store::Single(Redis::start(&o.redis_server, &dir.join("redis")).await?)

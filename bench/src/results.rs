@@ -231,6 +231,10 @@ pub struct FailoverRun {
 pub struct Failover {
     /// Offered events/s.
     pub rate: f64,
+    /// The cluster's `--cluster-node-timeout`, s (results before the
+    /// flag existed ran with 1 s).
+    #[serde(default = "one_second")]
+    pub node_timeout_s: f64,
     /// One per `--redis-wait-replicas` setting.
     pub runs: Vec<FailoverRun>,
 }
@@ -400,6 +404,11 @@ pub struct RecoveryRow {
     pub verified: Option<bool>,
 }
 
+/// The node timeout of results recorded before it was a flag.
+fn one_second() -> f64 {
+    1.0
+}
+
 /// One `--redis-wait-replicas` setting of the failover step, summarised.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct FailoverRow {
@@ -407,6 +416,9 @@ pub struct FailoverRow {
     pub wait_replicas: f64,
     /// Offered events/s.
     pub offered_rate: f64,
+    /// The cluster's `--cluster-node-timeout`, s.
+    #[serde(default = "one_second")]
+    pub node_timeout_s: f64,
     /// Steady probe: achieved events/s.
     pub steady_rate: f64,
     /// Steady probe: batch-ack p99, ms.

@@ -226,6 +226,7 @@ pub fn summarize(r: &RunResult, binary_bytes: Option<u64>) -> Summary {
             .map(|run| FailoverRow {
                 wait_replicas: f64::from(run.wait_replicas),
                 offered_rate: f.rate,
+                node_timeout_s: f.node_timeout_s,
                 steady_rate: run.steady.achieved_rate,
                 steady_ack_p99_ms: run.steady.ack_latency.p99_ms,
                 steady_ack_p50_ms: run.steady.ack_latency.p50_ms,

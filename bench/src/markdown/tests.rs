@@ -222,6 +222,7 @@ fn renders_failovers() {
     let run = |lost: u64, back: f64| RunResult {
         failover: Some(Failover {
             rate: 2000.0,
+            node_timeout_s: 1.0,
             runs: vec![
                 FailoverRun {
                     wait_replicas: 0,
@@ -271,6 +272,27 @@ fn renders_failovers() {
         .find(|v| v.target.starts_with("Redis Cluster master SIGKILL"))
         .unwrap();
     assert_eq!(failover.met, Some(true), "{}", failover.measured);
+    // Judged against the cluster's own node timeout: 1.8 s is too slow
+    // with 0.5 s.
+    let mut short = vec![run(0, 1.8), run(0, 1.8), run(0, 1.8)];
+    for r in &mut short {
+        if let Some(f) = &mut r.failover {
+            f.node_timeout_s = 0.5;
+        }
+    }
+    let judged = verdicts(&record_of(short).median);
+    let failover = judged
+        .iter()
+        .find(|v| v.target.starts_with("Redis Cluster master SIGKILL"))
+        .unwrap();
+    assert_eq!(failover.met, Some(false), "{}", failover.measured);
+    assert!(
+        failover
+            .measured
+            .contains("1.80 s (promoted 1.60 s) against 1.50 s (node timeout 0.50 s)"),
+        "{}",
+        failover.measured
+    );
 }
 
 /// A query-scale run is judged on its summary (which drops the raw call
