@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use testbed_test_support::DURABLE_NODE;
+
 use crate::error::{Context as _, Error, Result};
 use crate::redis::{Redis, command_text};
 
@@ -34,22 +36,17 @@ pub struct RedisCluster {
 }
 
 /// Every node's settings beyond the harness's own.
-fn settings(timeout: &str) -> [&str; 10] {
+fn settings(timeout: &str) -> Vec<&str> {
     [
-        "--cluster-enabled",
-        "yes",
-        "--cluster-node-timeout",
-        timeout,
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        // A node back after a failover gets its copy at once, not after
-        // the default 5 s wait for other replicas (deploy's redis.conf
-        // sets the same).
-        "--repl-diskless-sync-delay",
-        "0",
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            timeout,
+        ][..],
+        &DURABLE_NODE,
     ]
+    .concat()
 }
 
 impl RedisCluster {

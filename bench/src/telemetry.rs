@@ -13,27 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use testbed_test_support::otlp;
 
 use crate::error::{Context as _, Result};
 use crate::serve;
@@ -102,35 +87,20 @@ impl Counters {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct Sink(Arc<Counters>);
-
-#[tonic::async_trait]
-impl TraceService for Sink {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+/// The sink: counts what each export carries, keeps nothing.
+impl otlp::Receive for Counters {
+    fn traces(&self, request: ExportTraceServiceRequest) {
         let n = request
-            .get_ref()
             .resource_spans
             .iter()
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
-        self.0.add(&self.0.spans, n);
-        Ok(Response::new(ExportTraceServiceResponse::default()))
+        self.add(&self.spans, n);
     }
-}
 
-#[tonic::async_trait]
-impl MetricsService for Sink {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+    fn metrics(&self, request: ExportMetricsServiceRequest) {
         let n = request
-            .get_ref()
             .resource_metrics
             .iter()
             .flat_map(|r| &r.scope_metrics)
@@ -144,39 +114,19 @@ impl MetricsService for Sink {
                 None => 0,
             })
             .sum();
-        self.0.add(&self.0.metric_points, n);
-        Ok(Response::new(ExportMetricsServiceResponse::default()))
+        self.add(&self.metric_points, n);
     }
-}
 
-#[tonic::async_trait]
-impl LogsService for Sink {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let n = request
-            .get_ref()
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum();
-        self.0.add(&self.0.log_records, n);
-        Ok(Response::new(ExportLogsServiceResponse::default()))
+    fn logs(&self, request: ExportLogsServiceRequest) {
+        self.add(&self.log_records, otlp::log_records(&request));
     }
 }
 
 /// Serves the sink on `listen` until SIGTERM/SIGINT, announcing the bound
 /// address in `addr_file`, then writes the counts to `stats_file`.
 pub async fn run_sink(listen: SocketAddr, addr_file: &Path, stats_file: &Path) -> Result<()> {
-    let sink = Sink::default();
-    let counters = sink.0.clone();
-    let router = tonic::transport::Server::builder()
-        .add_service(TraceServiceServer::new(sink.clone()))
-        .add_service(MetricsServiceServer::new(sink.clone()))
-        .add_service(LogsServiceServer::new(sink));
-    serve::run(router, listen, addr_file).await?;
+    let counters = Arc::new(Counters::default());
+    serve::run(otlp::router(counters.clone()), listen, addr_file).await?;
     let counts = counters.snapshot();
     let json = serde_json::to_vec_pretty(&counts).unwrap_or_default();
     std::fs::write(stats_file, json).context(|| format!("writing {}", stats_file.display()))?;

@@ -1,5 +1,7 @@
-//! Test harness: real `redis-server` processes on free ports, and the
-//! `testbed` binary's process harness ([`process`]).
+//! Test harness: real `redis-server` processes on free ports, the
+//! `testbed` binary's process harness ([`process`]), test events
+//! ([`events`]), and an OTLP receiver ([`otlp`]) for the tests and the
+//! bench's telemetry sink.
 //!
 //! Tests never use a Redis they did not start: each gets its own server (or
 //! a three-master Redis Cluster, with replicas where failover is tested) on
@@ -11,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod events;
+pub mod otlp;
 pub mod process;
 pub mod tls;
 
@@ -19,6 +23,19 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The settings of a Redis node that keeps every acknowledged write across
+/// a restart or a failover: every write in the AOF before the reply, and a
+/// node back after a failover gets its copy at once, not after the default
+/// 5 s wait for other replicas (deploy's redis.conf sets the same).
+pub const DURABLE_NODE: [&str; 6] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--repl-diskless-sync-delay",
+    "0",
+];
 
 /// A `redis-server` on a free loopback port.
 pub struct RedisServer {
@@ -210,18 +227,7 @@ impl RedisCluster {
         let cluster = Self::create(
             6,
             1,
-            &[
-                "--cluster-node-timeout",
-                "1000",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                // A replica back after its master failed over gets its
-                // copy at once, not after the default 5 s wait.
-                "--repl-diskless-sync-delay",
-                "0",
-            ],
+            &[&["--cluster-node-timeout", "1000"][..], &DURABLE_NODE].concat(),
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         for node in &cluster.nodes {

@@ -387,30 +387,14 @@ fn reencode(bytes: &Bytes) -> Vec<u8> {
 mod tests {
     use std::time::Duration;
 
-    use testbed_proto::v1::event::Payload;
-    use testbed_proto::v1::{Event, GpuSample};
+    use testbed_proto::v1::Event;
     use testbed_stream::{EventLog as _, MemoryLog, StoreArgs};
+    use testbed_test_support::events::{gpu_event, rejected};
 
     use super::*;
 
     fn event(id: &str) -> Event {
-        let now = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Event {
-            event_id: id.into(),
-            device_id: "gpu-1".into(),
-            observed_at: Some(prost_types::Timestamp {
-                seconds: now.as_secs() as i64,
-                nanos: 0,
-            }),
-            labels: Default::default(),
-            run_id: String::new(),
-            payload: Some(Payload::Gpu(GpuSample {
-                utilization: 0.5,
-                ..Default::default()
-            })),
-        }
+        gpu_event(id, "gpu-1", SystemTime::now())
     }
 
     /// Appends `events` to a one-partition log and returns what was stored.
@@ -467,12 +451,7 @@ mod tests {
         ])
         .await;
         assert_eq!((published.accepted, published.duplicates), (2, 0));
-        let rejected: Vec<(u32, &str, &str)> = published
-            .rejections
-            .iter()
-            .map(|r| (r.index, r.field.as_str(), r.event_id.as_str()))
-            .collect();
-        assert_eq!(rejected, [(2, "events[2]", "")]);
+        assert_eq!(rejected(&published.rejections), [(2, "events[2]", "")]);
         assert!(
             published.rejections[0]
                 .reason
@@ -493,11 +472,9 @@ mod tests {
         let (published, stored) =
             publish_and_read(vec![Bytes::from(bad), Bytes::from(good.clone())]).await;
         assert_eq!(published.accepted, 1);
-        assert_eq!(published.rejections.len(), 1);
-        let r = &published.rejections[0];
         assert_eq!(
-            (r.index, r.field.as_str(), r.event_id.as_str()),
-            (0, "events[0].run_id", "c")
+            rejected(&published.rejections),
+            [(0, "events[0].run_id", "c")]
         );
         assert_eq!(stored, [good]);
     }
@@ -541,13 +518,8 @@ mod tests {
                 published.rejections
             );
             assert_eq!(published.device_cap, 2);
-            let rejected: Vec<(u32, &str, &str)> = published
-                .rejections
-                .iter()
-                .map(|r| (r.index, r.field.as_str(), r.event_id.as_str()))
-                .collect();
             assert_eq!(
-                rejected,
+                rejected(&published.rejections),
                 [
                     (1, "events[1].device_id", "2"),
                     (3, "events[3].device_id", "4")

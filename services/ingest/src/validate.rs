@@ -241,6 +241,7 @@ pub fn validate<'a>(
 mod tests {
     use testbed_proto::prost::Message as _;
     use testbed_proto::v1::{Event, GpuSample, Metric, TokenUsage, event::Payload};
+    use testbed_test_support::events;
 
     use super::*;
 
@@ -249,24 +250,9 @@ mod tests {
     }
 
     fn gpu_event() -> Event {
-        Event {
-            event_id: "ev-1".into(),
-            device_id: "gpu-node-01".into(),
-            observed_at: Some(prost_types::Timestamp {
-                seconds: 1_800_000_000,
-                nanos: 0,
-            }),
-            labels: [("arch".to_owned(), "arm64".to_owned())].into(),
-            run_id: String::new(),
-            payload: Some(Payload::Gpu(GpuSample {
-                gpu_index: 0,
-                utilization: 0.5,
-                memory_used_bytes: 1,
-                memory_total_bytes: 2,
-                temperature_celsius: 60.0,
-                power_watts: 250.0,
-            })),
-        }
+        let mut event = events::gpu_event("ev-1", "gpu-node-01", now());
+        event.labels = [("arch".to_owned(), "arm64".to_owned())].into();
+        event
     }
 
     /// The field `validate` names for `event` sent as it encodes.

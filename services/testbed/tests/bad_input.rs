@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use common::Testbed;
 use futures::future::BoxFuture;
@@ -26,6 +26,7 @@ use testbed_proto::v1::{
     StartRunRequest, TokenUsage, TopDevicesRequest, UpdateRunRequest, WatchRunRequest,
     WatchStatusRequest, event::Payload, update_run_request::Change,
 };
+use testbed_test_support::events::gpu_event;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataValue;
@@ -107,25 +108,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 /// A valid GPU event observed now, with a fresh id.
 fn good_event() -> Event {
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    Event {
-        event_id: format!("bad-input-{}-{n}", std::process::id()),
-        device_id: "bad-input-dev".to_owned(),
-        observed_at: Some(prost_types::Timestamp {
-            seconds: now.as_secs() as i64,
-            nanos: 0,
-        }),
-        labels: Default::default(),
-        run_id: String::new(),
-        payload: Some(Payload::Gpu(GpuSample {
-            gpu_index: 0,
-            utilization: 0.5,
-            memory_used_bytes: 1,
-            memory_total_bytes: 2,
-            temperature_celsius: 40.0,
-            power_watts: 100.0,
-        })),
-    }
+    let id = format!("bad-input-{}-{n}", std::process::id());
+    gpu_event(&id, "bad-input-dev", SystemTime::now())
 }
 
 /// A good event with `spoil` applied.

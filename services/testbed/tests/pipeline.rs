@@ -15,6 +15,7 @@ use testbed_ingest::IngestConfig;
 use testbed_proto::v1::{Event, PublishRequest, PublishStreamRequest};
 use testbed_stream::AggregateStore as _;
 use testbed_stream::{AnyLog, EventLog as _, RedisLog, StoreArgs};
+use testbed_test_support::events::rejected;
 use testbed_test_support::{RedisCluster, RedisServer};
 use tokio_stream::StreamExt as _;
 use tonic_types::StatusExt as _;
@@ -251,13 +252,8 @@ async fn invalid_events_are_rejected_by_index() {
         .await
         .unwrap();
     assert_eq!(response.accepted_count, 4);
-    let rejected: Vec<(u32, &str, &str)> = response
-        .rejections
-        .iter()
-        .map(|r| (r.index, r.field.as_str(), r.event_id.as_str()))
-        .collect();
     assert_eq!(
-        rejected,
+        rejected(&response.rejections),
         vec![
             (1, "events[1].device_id", "inv-1"),
             (4, "events[4].observed_at", "inv-4")

@@ -5,26 +5,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use testbed_test_support::otlp;
 
 /// What the receiver got.
 #[derive(Default)]
@@ -43,14 +29,10 @@ pub struct Received {
 #[derive(Clone, Default)]
 pub struct Collector(pub Arc<Mutex<Received>>);
 
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+impl otlp::Receive for Collector {
+    fn traces(&self, request: ExportTraceServiceRequest) {
         let mut got = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let resource = rs.resource.unwrap_or_default();
             for ss in rs.scope_spans {
                 for span in ss.spans {
@@ -58,20 +40,13 @@ impl TraceService for Collector {
                 }
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
-}
 
-#[tonic::async_trait]
-impl MetricsService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+    fn metrics(&self, request: ExportMetricsServiceRequest) {
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
         use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
         let mut got = self.0.lock().unwrap();
-        for rm in request.into_inner().resource_metrics {
+        for rm in request.resource_metrics {
             let resource = rm.resource.unwrap_or_default();
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
@@ -94,25 +69,10 @@ impl MetricsService for Collector {
                 }
             }
         }
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
-}
 
-#[tonic::async_trait]
-impl LogsService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let n: usize = request
-            .into_inner()
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum();
-        self.0.lock().unwrap().logs += n;
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    fn logs(&self, request: ExportLogsServiceRequest) {
+        self.0.lock().unwrap().logs += otlp::log_records(&request);
     }
 }
 
@@ -122,12 +82,9 @@ pub async fn start_collector() -> (Collector, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let collector = Collector::default();
-    let c = collector.clone();
+    let router = otlp::router(Arc::new(collector.clone()));
     tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(c.clone()))
-            .add_service(MetricsServiceServer::new(c.clone()))
-            .add_service(LogsServiceServer::new(c))
+        router
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .unwrap();
