@@ -63,32 +63,19 @@ async fn list_and_describe_v1alpha(tb: &Testbed, symbol: &str) -> (BTreeSet<Stri
             message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
         },
     ];
-    let mut responses = client
+    let mut answers = client
         .server_reflection_info(tokio_stream::iter(requests))
         .await
         .unwrap()
-        .into_inner();
-    let services = match responses
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-        .unwrap()
-    {
+        .into_inner()
+        .map(|answer| answer.unwrap().message_response.unwrap());
+    let services = match answers.next().await.unwrap() {
         MessageResponse::ListServicesResponse(list) => {
             list.service.into_iter().map(|s| s.name).collect()
         }
         other => panic!("unexpected reflection answer: {other:?}"),
     };
-    let described = match responses
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-        .unwrap()
-    {
+    let described = match answers.next().await.unwrap() {
         MessageResponse::FileDescriptorResponse(files) => !files.file_descriptor_proto.is_empty(),
         _ => false,
     };

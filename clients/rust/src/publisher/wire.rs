@@ -94,41 +94,33 @@ pub trait OpenStream<R>: Send + 'static {
     ) -> impl Future<Output = Result<Streaming<PublishStreamResponse>, Status>> + Send;
 }
 
-impl<T> OpenStream<PublishStreamRequest> for IngestServiceClient<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
-{
-    async fn open(
-        &mut self,
-        requests: UnboundedReceiverStream<PublishStreamRequest>,
-    ) -> Result<Streaming<PublishStreamResponse>, Status> {
-        self.publish_stream(requests)
-            .await
-            .map(tonic::Response::into_inner)
-    }
+/// Implements [`OpenStream`] for a generated client whose
+/// `publish_stream` takes a stream of `$request`: the typed and the raw
+/// client differ only in that type.
+macro_rules! open_stream {
+    ($client:ident, $request:ty) => {
+        impl<T> OpenStream<$request> for $client<T>
+        where
+            T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
+            T::Future: Send,
+            T::Error: Into<StdError>,
+            T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+            <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+        {
+            async fn open(
+                &mut self,
+                requests: UnboundedReceiverStream<$request>,
+            ) -> Result<Streaming<PublishStreamResponse>, Status> {
+                self.publish_stream(requests)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        }
+    };
 }
 
-impl<T> OpenStream<RawPublishStreamRequest> for RawIngestClient<T>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
-{
-    async fn open(
-        &mut self,
-        requests: UnboundedReceiverStream<RawPublishStreamRequest>,
-    ) -> Result<Streaming<PublishStreamResponse>, Status> {
-        self.publish_stream(requests)
-            .await
-            .map(tonic::Response::into_inner)
-    }
-}
+open_stream!(IngestServiceClient, PublishStreamRequest);
+open_stream!(RawIngestClient, RawPublishStreamRequest);
 
 /// Why an OK answer for a batch of `events` events breaks the contract of
 /// `PublishResponse` / `PublishStreamResponse`, if it does: accepted and

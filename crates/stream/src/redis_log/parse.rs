@@ -349,19 +349,24 @@ mod tests {
 
         use super::*;
 
+        /// The name of one of an entry's fields (`m`, `e`, `b`, `d`).
+        fn entry_field() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(&b"m"[..]),
+                Just(&b"e"[..]),
+                Just(&b"b"[..]),
+                Just(&b"d"[..])
+            ]
+            .prop_map(|name| Value::BulkString(name.to_vec()))
+        }
+
         /// Any RESP value, a few levels deep.
         fn value() -> impl Strategy<Value = Value> {
             let leaf = prop_oneof![
                 Just(Value::Nil),
                 any::<i64>().prop_map(Value::Int),
                 proptest::collection::vec(any::<u8>(), 0..48).prop_map(Value::BulkString),
-                prop_oneof![
-                    Just(&b"m"[..]),
-                    Just(&b"e"[..]),
-                    Just(&b"b"[..]),
-                    Just(&b"d"[..])
-                ]
-                .prop_map(|name| Value::BulkString(name.to_vec())),
+                entry_field(),
                 "[0-9]{1,3}-[0-9]{1,3}".prop_map(|id| Value::BulkString(id.into_bytes())),
                 any::<f64>().prop_map(Value::Double),
             ];
@@ -374,16 +379,7 @@ mod tests {
         /// ...]], ...]]]`) whose ids, fields and values are random, so the
         /// entry decoder itself is reached.
         fn shaped_reply() -> impl Strategy<Value = Value> {
-            let field = prop_oneof![
-                prop_oneof![
-                    Just(&b"m"[..]),
-                    Just(&b"e"[..]),
-                    Just(&b"b"[..]),
-                    Just(&b"d"[..])
-                ]
-                .prop_map(|name| Value::BulkString(name.to_vec())),
-                value(),
-            ];
+            let field = prop_oneof![entry_field(), value(),];
             let data = prop_oneof![
                 proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::BulkString),
                 "[0-9,]{0,12}".prop_map(|d| Value::BulkString(d.into_bytes())),
