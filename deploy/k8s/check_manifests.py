@@ -89,29 +89,37 @@ def fail(where: str, msg: str) -> None:
 HELP_ENTRY = re.compile(r"\n(?= {2,6}(?:-\w, )?--[a-z])")
 
 
+def help_entries(binary: str, sub: str) -> tuple[str, list[tuple[str, str]]]:
+    """`testbed SUB --help`, and each option's entry in it: (flag, text)."""
+    out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True, check=True).stdout
+    entries = []
+    for block in re.split(HELP_ENTRY, out):
+        m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
+        if m:
+            entries.append((m.group(1), block))
+    return out, entries
+
+
 def help_of(binary: str, sub: str) -> tuple[set[str], set[str], dict[str, str]]:
     """Flags, env vars and flag defaults of `testbed SUB --help`."""
-    out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True, check=True).stdout
+    out, entries = help_entries(binary, sub)
     flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", out, re.M))
     envs = set(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", out))
     defaults = {}
-    for block in re.split(HELP_ENTRY, out):
-        m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
+    for flag, block in entries:
         d = re.search(r"\[default: ([^\]]+)\]", block)
-        if m and d:
-            defaults[m.group(1)] = d.group(1)
+        if d:
+            defaults[flag] = d.group(1)
     return flags, envs, defaults
 
 
 def env_of_flag(binary: str, sub: str) -> dict[str, str]:
     """env var -> flag, from `--help`."""
-    out = subprocess.run([binary, sub, "--help"], capture_output=True, text=True, check=True).stdout
     mapping = {}
-    for block in re.split(HELP_ENTRY, out):
-        m = re.match(r"\s+(?:-\w, )?(--[a-z0-9-]+)", block)
+    for flag, block in help_entries(binary, sub)[1]:
         e = re.search(r"\[env: ([A-Z0-9_]+)[=\]]", block)
-        if m and e:
-            mapping[e.group(1)] = m.group(1)
+        if e:
+            mapping[e.group(1)] = flag
     return mapping
 
 

@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_manifests import free_port, stop_all, wait_for  # noqa: E402
 from check_redis_tls import parse_conf  # noqa: E402
-from live_tls import configmap, container, health, issue, make_ca, relocate, secret_volume  # noqa: E402
+from live_tls import clean_env, configmap, container, health, issue, make_ca, relocate, secret_volume  # noqa: E402
 
 SERVERS = ("ingest", "worker", "query")
 
@@ -92,8 +92,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="live-redis-tls-"))
     procs: list[subprocess.Popen] = []
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TESTBED_", "OTEL_", "REDIS_"))}
-    base_env["OTEL_SDK_DISABLED"] = "true"
+    base_env = clean_env()
     try:
         ca = make_ca(work)
         server = dict(zip(("tls.crt", "tls.key"), issue(

@@ -52,6 +52,15 @@ def die(msg: str) -> None:
     sys.exit(f"live_tls: {msg}")
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without testbed, OTel or Redis settings
+    and with telemetry off: what the binary runs with besides the overlay's
+    own environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TESTBED_", "OTEL_", "REDIS_"))}
+    env["OTEL_SDK_DISABLED"] = "true"
+    return env
+
+
 def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
@@ -164,8 +173,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="live-tls-"))
     procs: list[subprocess.Popen] = []
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TESTBED_", "OTEL_", "REDIS_"))}
-    base_env["OTEL_SDK_DISABLED"] = "true"
+    base_env = clean_env()
     try:
         ca = make_ca(work)
         names = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"

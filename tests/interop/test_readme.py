@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from conftest import ROOT, VENV_BIN
-from test_tools import json_stream
+from test_tools import expect_bad_request, json_stream
 
 PLACEHOLDER = "localhost:50051"
 
@@ -70,14 +70,6 @@ def expect_watch(proc):
     assert proc.returncode != 0 and "DeadlineExceeded" in proc.stderr, proc.stderr
     messages = json_stream(proc.stdout)
     assert len(messages) >= 2 and all("time" in m["stats"] for m in messages), proc.stdout
-
-
-def expect_bad_request(proc):
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "Code: InvalidArgument" in out, out
-    assert "type.googleapis.com/google.rpc.BadRequest" in out, out
-    assert '"field":"events"' in out.replace(" ", ""), out
 
 
 def expect_serving(proc):

@@ -123,6 +123,12 @@ def test_grpcurl_shows_rich_error_details(testbed_all):
     google.rpc.BadRequest details through reflection."""
     proc = run(tool("grpcurl"), "-plaintext", "-d", "{}", testbed_all.addr,
                "testbed.v1.IngestService/Publish", check=False)
+    expect_bad_request(proc)
+
+
+def expect_bad_request(proc):
+    """grpcurl failed with INVALID_ARGUMENT and the decoded BadRequest
+    details of an empty batch (field `events`)."""
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Code: InvalidArgument" in out, out
