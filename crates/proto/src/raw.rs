@@ -41,6 +41,8 @@ use prost::bytes::Bytes;
 pub mod agree;
 mod event_ref;
 pub mod event_writer;
+#[cfg(test)]
+mod samples;
 mod tags;
 
 pub use event_ref::{EventRef, EventRefError, Labels, MetricRef, PayloadRef, TokenUsageRef};
@@ -190,7 +192,7 @@ mod tests {
 
     use super::*;
     use crate::v1::event::Payload;
-    use crate::v1::{Event, Metric, PublishRequest, PublishStreamRequest, TokenUsage};
+    use crate::v1::{Event, PublishRequest, PublishStreamRequest};
 
     fn event(id: &str) -> Event {
         Event {
@@ -239,53 +241,14 @@ mod tests {
         assert_eq!(typed.trace_context, raw.trace_context);
     }
 
-    fn full_event(payload: Payload) -> Event {
-        Event {
-            event_id: "ev-1".into(),
-            device_id: "gpu-7".into(),
-            observed_at: Some(prost_types::Timestamp {
-                seconds: 1_800_000_000,
-                nanos: 5,
-            }),
-            labels: [("zone", "a"), ("node", "n-1"), ("arch", "")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .into(),
-            run_id: "run-1".into(),
-            payload: Some(payload),
-        }
-    }
-
     /// A view holds every field of the event it was decoded from, shares its
     /// buffer, and re-encodes to the same length.
     #[test]
     fn a_view_holds_the_event() {
-        let payloads = [
-            Payload::Gpu(crate::v1::GpuSample {
-                gpu_index: 3,
-                utilization: 0.25,
-                memory_used_bytes: 7,
-                memory_total_bytes: 9,
-                temperature_celsius: 61.5,
-                power_watts: 300.0,
-            }),
-            Payload::Tokens(TokenUsage {
-                model: "llama".into(),
-                tenant: "team-ü".into(),
-                prompt_tokens: 10,
-                completion_tokens: 20,
-                latency: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 2,
-                }),
-            }),
-            Payload::Metric(Metric {
-                name: "fan".into(),
-                value: -3.5,
-                unit: "rpm".into(),
-            }),
-        ];
-        for payload in payloads {
-            let event = full_event(payload);
+        for event in samples::events()
+            .into_iter()
+            .filter(|e| e.payload.is_some())
+        {
             let bytes = Bytes::from(event.encode_to_vec());
             let view = EventView::decode(bytes.clone()).unwrap();
             assert_eq!(view.encoded_len(), bytes.len(), "{event:?}");
@@ -341,12 +304,7 @@ mod tests {
     /// generated decoder would.
     #[test]
     fn extra_bytes_show_in_the_length() {
-        let event = full_event(Payload::Metric(Metric {
-            name: "m".into(),
-            value: 1.0,
-            unit: String::new(),
-        }));
-        let canonical = event.encode_to_vec();
+        let canonical = samples::events()[2].encode_to_vec(); // a metric
         // Field 99 (varint 7), unknown to both.
         let mut unknown = canonical.clone();
         unknown.extend_from_slice(&[0x98, 0x06, 7]);

@@ -35,51 +35,6 @@ pub trait Payload: Send + Sync + 'static {
     ) -> Self::Request;
 }
 
-impl Payload for Vec<Event> {
-    type Request = PublishStreamRequest;
-
-    fn events(&self) -> usize {
-        self.len()
-    }
-
-    fn request(
-        &self,
-        sequence: u64,
-        producer_id: &str,
-        trace_context: &HashMap<String, String>,
-    ) -> PublishStreamRequest {
-        PublishStreamRequest {
-            sequence,
-            events: self.clone(),
-            producer_id: producer_id.to_owned(),
-            trace_context: trace_context.clone(),
-        }
-    }
-}
-
-impl Payload for Vec<Bytes> {
-    type Request = RawPublishStreamRequest;
-
-    fn events(&self) -> usize {
-        self.len()
-    }
-
-    fn request(
-        &self,
-        sequence: u64,
-        producer_id: &str,
-        trace_context: &HashMap<String, String>,
-    ) -> RawPublishStreamRequest {
-        RawPublishStreamRequest {
-            sequence,
-            // Clones of `Bytes` share the buffer: no event is copied.
-            events: self.clone(),
-            producer_id: producer_id.to_owned(),
-            trace_context: trace_context.clone(),
-        }
-    }
-}
-
 /// A client that can open `PublishStream` with requests of type `R`.
 ///
 /// Implemented for the generated [`IngestServiceClient`] (typed requests)
@@ -94,11 +49,33 @@ pub trait OpenStream<R>: Send + 'static {
     ) -> impl Future<Output = Result<Streaming<PublishStreamResponse>, Status>> + Send;
 }
 
-/// Implements [`OpenStream`] for a generated client whose
-/// `publish_stream` takes a stream of `$request`: the typed and the raw
-/// client differ only in that type.
-macro_rules! open_stream {
-    ($client:ident, $request:ty) => {
+/// One wire form: [`Payload`] for a batch of `$event`s sent in
+/// `$request`s, and [`OpenStream`] for the generated `$client` that sends
+/// them. The typed and the raw form differ only in these types.
+macro_rules! wire_form {
+    ($event:ty, $request:ident, $client:ident) => {
+        impl Payload for Vec<$event> {
+            type Request = $request;
+
+            fn events(&self) -> usize {
+                self.len()
+            }
+
+            fn request(
+                &self,
+                sequence: u64,
+                producer_id: &str,
+                trace_context: &HashMap<String, String>,
+            ) -> $request {
+                $request {
+                    sequence,
+                    events: self.clone(),
+                    producer_id: producer_id.to_owned(),
+                    trace_context: trace_context.clone(),
+                }
+            }
+        }
+
         impl<T> OpenStream<$request> for $client<T>
         where
             T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
@@ -119,8 +96,9 @@ macro_rules! open_stream {
     };
 }
 
-open_stream!(IngestServiceClient, PublishStreamRequest);
-open_stream!(RawIngestClient, RawPublishStreamRequest);
+wire_form!(Event, PublishStreamRequest, IngestServiceClient);
+// Clones of `Bytes` share the buffer: no event is copied into a request.
+wire_form!(Bytes, RawPublishStreamRequest, RawIngestClient);
 
 /// Why an OK answer for a batch of `events` events breaks the contract of
 /// `PublishResponse` / `PublishStreamResponse`, if it does: accepted and

@@ -4,57 +4,7 @@ use prost::Message as _;
 use prost::bytes::Bytes;
 
 use super::*;
-use crate::raw::{EventView, PayloadView};
-use crate::v1::event::Payload;
-use crate::v1::{Event, Metric, TokenUsage};
-
-fn events() -> Vec<Event> {
-    let base = Event {
-        event_id: "ev-1".into(),
-        device_id: "gpu-7".into(),
-        observed_at: Some(Timestamp {
-            seconds: 1_800_000_000,
-            nanos: 5,
-        }),
-        labels: [("zone", "a"), ("node", "n-1"), ("arch", "")]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .into(),
-        run_id: "run-1".into(),
-        payload: None,
-    };
-    [
-        Payload::Gpu(GpuSample {
-            gpu_index: 3,
-            utilization: 0.25,
-            memory_used_bytes: 7,
-            memory_total_bytes: u64::MAX,
-            temperature_celsius: 61.5,
-            power_watts: 300.0,
-        }),
-        Payload::Tokens(TokenUsage {
-            model: "llama".into(),
-            tenant: "team-ü".into(),
-            prompt_tokens: 10,
-            completion_tokens: 20,
-            latency: Some(Duration {
-                seconds: 1,
-                nanos: -2,
-            }),
-        }),
-        Payload::Metric(Metric {
-            name: "fan".into(),
-            value: -3.5,
-            unit: "rpm".into(),
-        }),
-    ]
-    .into_iter()
-    .map(|payload| Event {
-        payload: Some(payload),
-        ..base.clone()
-    })
-    .chain([Event::default()])
-    .collect()
-}
+use crate::raw::{EventView, PayloadView, samples};
 
 /// Panics unless `bytes` decode to the same event as an [`EventRef`]
 /// and through prost's generated code (as an [`EventView`]), or fail
@@ -108,7 +58,7 @@ fn agree(bytes: &[u8]) -> Option<EventRef<'_>> {
 /// readers agree on it.
 #[test]
 fn encoded_events_are_read_whole() {
-    for event in events() {
+    for event in samples::events() {
         let bytes = event.encode_to_vec();
         let ours = agree(&bytes).unwrap();
         assert!(ours.holds_everything(), "{event:?}");
@@ -126,7 +76,7 @@ fn encoded_events_are_read_whole() {
 fn corrupted_events_read_as_prost_reads_them() {
     let mut decoded = 0;
     let mut failed = 0;
-    for event in events() {
+    for event in samples::events() {
         let bytes = event.encode_to_vec();
         for end in 0..=bytes.len() {
             match agree(&bytes[..end]) {
@@ -178,7 +128,7 @@ fn field(tag: u32, wire: u8, payload: &[u8]) -> Vec<u8> {
 /// protobuf says, and make the bytes more than the view holds.
 #[test]
 fn extras_are_noticed() {
-    let canonical = events()[2].encode_to_vec(); // a metric
+    let canonical = samples::events()[2].encode_to_vec(); // a metric
     let with = |extra: Vec<u8>| {
         let mut bytes = canonical.clone();
         bytes.extend_from_slice(&extra);
@@ -263,7 +213,7 @@ fn extras_are_noticed() {
 /// number 0 fail as they do with prost.
 #[test]
 fn malformed_keys_fail() {
-    let canonical = events()[0].encode_to_vec();
+    let canonical = samples::events()[0].encode_to_vec();
     let with = |extra: Vec<u8>| [canonical.clone(), extra].concat();
     for bytes in [
         with(field(1, VARINT, &[1])),
