@@ -175,17 +175,9 @@ pub(super) fn letters(writes: &[&Op]) -> String {
 /// The fields (or members), then the values, of `writes`.
 pub(super) fn push_writes(invocation: &mut redis::ScriptInvocation<'_>, writes: &[&Op]) {
     for op in writes {
-        match op {
-            Op::HashIncr(_, f, _)
-            | Op::HashIncrFloat(_, f, _)
-            | Op::HashMin(_, f, _)
-            | Op::HashMax(_, f, _)
-            | Op::HashSet(_, f, _)
-            | Op::HashSummary(_, f, _)
-            | Op::ZIncr(_, f, _)
-            | Op::ZMax(_, f, _) => invocation.arg(f),
-            Op::Expire(..) => continue,
-        };
+        if let (_, _, Some(field)) = op.target() {
+            invocation.arg(field);
+        }
     }
     for op in writes {
         match op {
