@@ -52,7 +52,7 @@ pub trait EventLog: Send + Sync {
     ) -> impl Future<Output = Result<PartitionFigures, StoreError>> + Send;
 
     /// Reads up to `count` new entries of `partition` for `consumer`,
-    /// waiting up to `block` when there are none.
+    /// waiting up to `block` when there are none (zero: not at all).
     fn read(
         &self,
         partition: u32,

@@ -62,17 +62,28 @@ pub struct WorkerConfig {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub apply_max_events: u64,
 
-    /// After a read finds entries, how long to keep gathering more before
+    /// The longest a read that found entries keeps gathering more before
     /// applying (up to `--read-count` entries and `--apply-max-events`
     /// events; a read that already filled its batch is applied at once, so
-    /// a backlog drains at the speed of the applies): the longer, the more
-    /// events each write carries, which bounds the store's cost whatever the
-    /// rate, at the price of this much end-to-end latency (Redis CPU per
-    /// event against the linger: bench/README.md, "Optimisation log"). 0
-    /// applies what each read returns at once.
-    #[arg(long, env = "TESTBED_APPLY_LINGER", default_value = "100ms",
+    /// a backlog drains at the speed of the applies). How long it actually
+    /// waits is `--apply-linger-factor` times the recent applies' duration:
+    /// short at light load, so the pipeline adds little latency, longer as
+    /// load grows, so each write carries more events and the store's cost
+    /// per event falls (Redis CPU per event and end-to-end latency against
+    /// the linger: bench/README.md, "Optimisation log"). 0 applies what
+    /// each read returns at once.
+    #[arg(long, env = "TESTBED_APPLY_LINGER", default_value = "20ms",
           value_parser = humantime::parse_duration)]
     pub apply_linger: Duration,
+
+    /// A short read lingers this many times the recent applies' mean
+    /// duration (process-wide), at most `--apply-linger`: batching by
+    /// demand, not by clock. 0: apply at once, the next batch being what
+    /// arrived while the previous apply ran (group commit); larger: fewer,
+    /// larger applies at the price of latency.
+    #[arg(long, env = "TESTBED_APPLY_LINGER_FACTOR", default_value_t = 1.0,
+          value_parser = linger_factor)]
+    pub apply_linger_factor: f64,
 
     /// How long a read waits for new entries before looking again.
     #[arg(long, env = "TESTBED_READ_BLOCK", default_value = "500ms",
@@ -178,6 +189,14 @@ pub struct WorkerConfig {
 
 testbed_flags::default_from_flags!(WorkerConfig);
 
+/// `--apply-linger-factor`: a finite number from 0 to 1000.
+fn linger_factor(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if (0.0..=1000.0).contains(&f) => Ok(f),
+        _ => Err(format!("expected a number from 0 to 1000, got {value:?}")),
+    }
+}
+
 impl WorkerConfig {
     /// The class of `testbed worker`'s threads: `--cpu-class`, `batch`
     /// when not given.
@@ -218,6 +237,16 @@ mod tests {
             format!("{parsed:?}"),
             format!("{:?}", WorkerConfig::default())
         );
+    }
+
+    /// `--apply-linger-factor` takes 0 to 1000, nothing else.
+    #[test]
+    fn linger_factor_bounds() {
+        assert_eq!(linger_factor("0"), Ok(0.0));
+        assert_eq!(linger_factor("2.5"), Ok(2.5));
+        for bad in ["-1", "1001", "NaN", "inf", "x"] {
+            assert!(linger_factor(bad).is_err(), "{bad}");
+        }
     }
 
     /// A configured name wins; a generated one carries the process id.

@@ -12,7 +12,8 @@
 //! applied and the worker folds the rest again without it. Client retries
 //! are deduplicated by event id when appended.
 //!
-//! Throughput: entries read together (gathered for `--apply-linger`) are
+//! Throughput: entries read together (gathered for a linger that follows the
+//! applies' pace: `--apply-linger-factor`, at most `--apply-linger`) are
 //! folded into one set of per-key deltas ([`fold::Folder`]) before the
 //! apply, so the store's work grows with distinct keys, not events.
 //!

@@ -114,11 +114,14 @@ impl EventLog for RedisLog {
             .arg(self.group())
             .arg(consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            // BLOCK 0 would wait forever.
-            .arg((block.as_millis() as u64).max(1))
-            .arg("STREAMS")
+            .arg(count);
+        // No wait: no BLOCK at all (BLOCK 0 would wait forever, and even
+        // BLOCK 1 can wait until the next entry: Redis checks blocked
+        // clients' timeouts only when its event loop wakes).
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg((block.as_millis() as u64).max(1));
+        }
+        cmd.arg("STREAMS")
             .arg(self.inner.keys.stream(partition))
             .arg(">");
         let mut reply =

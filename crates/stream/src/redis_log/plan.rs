@@ -18,14 +18,14 @@ pub(super) struct Group<'a> {
 
 impl<'a> Group<'a> {
     /// A group of `key` with no writes yet, and the fields it names.
-    pub(super) fn empty(key: u16, sorted_set: bool) -> (Self, std::collections::HashSet<&'a str>) {
+    pub(super) fn empty(key: u16, sorted_set: bool) -> (Self, foldhash::HashSet<&'a str>) {
         let group = Self {
             key,
             sorted_set,
             ttl: 0,
             writes: Vec::new(),
         };
-        (group, std::collections::HashSet::new())
+        (group, foldhash::HashSet::default())
     }
 }
 
@@ -35,7 +35,7 @@ pub(super) fn groups(ops: &Ops) -> Vec<Group<'_>> {
     // Per key: its groups so far; a field written again, or a full group,
     // starts a new group of the same key (applied after, so it sees the
     // first one's result).
-    let mut by_key: Vec<Vec<(Group<'_>, std::collections::HashSet<&str>)>> = Vec::new();
+    let mut by_key: Vec<Vec<(Group<'_>, foldhash::HashSet<&str>)>> = Vec::new();
     by_key.resize_with(ops.keys.len(), Vec::new);
     let mut ttl = vec![0u64; ops.keys.len()];
     let mut order = Vec::new();
@@ -108,8 +108,8 @@ pub(super) fn plan(ops: &Ops) -> (Vec<Planned<'_>>, Vec<&str>) {
     let mut containers: Vec<&str> = Vec::new();
     // Per container: its open records group (index into `out`) and the
     // records in it.
-    let mut open: std::collections::HashMap<&str, (usize, std::collections::HashSet<&str>)> =
-        std::collections::HashMap::new();
+    let mut open: foldhash::HashMap<&str, (usize, foldhash::HashSet<&str>)> =
+        foldhash::HashMap::default();
     for group in groups(ops) {
         let parts = ops
             .keys
@@ -136,7 +136,7 @@ pub(super) fn plan(ops: &Ops) -> (Vec<Planned<'_>>, Vec<&str>) {
                 ttl: 0,
                 records: Vec::new(),
             });
-            open.insert(container, (out.len() - 1, std::collections::HashSet::new()));
+            open.insert(container, (out.len() - 1, foldhash::HashSet::default()));
         }
         let Some((at, names)) = open.get_mut(container) else {
             continue;

@@ -380,7 +380,7 @@ fn written_values_expire_with_their_key() {
     let now = std::time::Instant::now();
     let key = |expires| WrittenKey {
         expires,
-        fields: [("f".to_owned(), b"1".to_vec())].into(),
+        fields: [("f".to_owned(), b"1".to_vec())].into_iter().collect(),
     };
     let written = Written {
         version: "3".into(),
@@ -389,7 +389,8 @@ fn written_values_expire_with_their_key() {
             ("soon".to_owned(), key(Some(now + EXPIRY_MARGIN / 2))),
             ("later".to_owned(), key(Some(now + EXPIRY_MARGIN * 10))),
         ]
-        .into(),
+        .into_iter()
+        .collect(),
     };
     assert_eq!(written.get("forever", "f", now), Some(&b"1"[..]));
     assert_eq!(written.get("later", "f", now), Some(&b"1"[..]));

@@ -91,7 +91,10 @@ impl Consumer {
             let span = self.apply_span(&batch, events);
             let apply = || async {
                 let _gate = self.apply_gate.acquire().await;
-                self.log.apply(partition, &entries, events, &ops).await
+                let started = std::time::Instant::now();
+                let outcome = self.log.apply(partition, &entries, events, &ops).await;
+                self.pace.record(started.elapsed());
+                outcome
             };
             let outcome = apply.retry(store_retry()).instrument(span).await;
             match outcome {

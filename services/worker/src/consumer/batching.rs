@@ -1,5 +1,6 @@
 //! Reading a partition: the read loop, and a batch gathered in chunks
-//! (`--read-chunk`) for up to `--apply-linger`.
+//! (`--read-chunk`) for a linger that follows the applies' pace (`pace`),
+//! at most `--apply-linger`.
 
 use super::recovery::Recovery;
 #[allow(clippy::wildcard_imports)]
@@ -136,8 +137,8 @@ impl Consumer {
             .clamp(1, u64::from(self.config.read_count)) as usize
     }
 
-    /// One read, then, if it found entries, more for up to
-    /// `--apply-linger` (or until shutdown), so that one apply carries more
+    /// One read, then, if it found entries, more for a linger (the factor
+    /// of recent applies, at most `--apply-linger`; or until shutdown), so that one apply carries more
     /// events; every read asks for at most `--read-chunk` entries. `None`
     /// when shutdown came first.
     pub(super) async fn read_batch(
@@ -162,14 +163,17 @@ impl Consumer {
         if entries.len() == chunk && self.read_more(partition, count, chunk, &mut entries).await {
             return Some(Ok(entries));
         }
-        if self.config.apply_linger.is_zero() {
+        let linger = self
+            .pace
+            .linger(self.config.apply_linger_factor, self.config.apply_linger);
+        if linger.is_zero() {
             return Some(Ok(entries));
         }
         // Gather for the linger, then take what arrived meanwhile (fewer
         // reads for the store than a read per new entry).
         tokio::select! {
             () = shutdown.cancelled() => return Some(Ok(entries)),
-            () = tokio::time::sleep(self.config.apply_linger) => {}
+            () = tokio::time::sleep(linger) => {}
         }
         self.read_more(partition, count, chunk, &mut entries).await;
         Some(Ok(entries))
@@ -194,9 +198,10 @@ impl Consumer {
                 return true;
             }
             let ask = (count - entries.len()).min(chunk);
+            // What is there now, without waiting: the linger was the wait.
             let Ok(more) = self
                 .log
-                .read(partition, &self.name, ask, Duration::from_millis(1))
+                .read(partition, &self.name, ask, Duration::ZERO)
                 .await
             else {
                 // Its entries may have been delivered with the reply lost

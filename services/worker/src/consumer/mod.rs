@@ -5,6 +5,7 @@
 //! - this file: [`Consumer`] (its state and accessors) and [`Consumer::run`],
 //!   which starts a read loop per partition and the chores.
 //! - `batching`: the read loop and how a batch is gathered.
+//! - `pace`: how long a short read lingers (a multiple of recent applies).
 //! - `apply`: processing a batch (the exactly-once apply, refusals); uses
 //!   `poison` and `spans`.
 //! - `poison`: injected failure faults, checking entries and
@@ -24,6 +25,7 @@
 mod apply;
 mod batching;
 mod chores;
+mod pace;
 mod poison;
 mod recovery;
 mod retry;
@@ -95,6 +97,8 @@ pub struct Consumer {
     /// shared connection would run back to back, holding up every append
     /// queued behind them (ack p99 at 100k/s: 109 → 55 ms with the gate).
     apply_gate: Arc<tokio::sync::Semaphore>,
+    /// How long applies take lately: how long a short read lingers.
+    pace: Arc<pace::ApplyPace>,
     /// Per partition, the entries this worker failed and retries.
     retries: Arc<[std::sync::Mutex<RetryQueue>]>,
     /// The consumers alive by their heartbeats, as the follower last saw.
@@ -150,6 +154,7 @@ impl Consumer {
             local,
             figures: Arc::default(),
             apply_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            pace: Arc::default(),
         }
     }
 

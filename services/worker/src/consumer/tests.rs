@@ -43,14 +43,23 @@ async fn a_read_that_fills_its_batch_does_not_linger() {
     let consumer = lingering_consumer(5).await;
     let shutdown = CancellationToken::new();
     for _ in 0..2 {
-        let read = tokio::time::timeout(
-            Duration::from_secs(30),
-            consumer.read_batch(0, 1, &shutdown),
-        )
-        .await
-        .expect("a full read waited for the linger");
-        assert_eq!(read.unwrap().unwrap().len(), 2);
+        let read = read_without_linger(&consumer, &shutdown, "a full read").await;
+        assert_eq!(read.len(), 2);
     }
+}
+
+/// One [`Consumer::read_batch`] of partition 0, which must return well
+/// before the hour-long `--apply-linger`: `what` names it if it does not.
+async fn read_without_linger(
+    consumer: &Consumer,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Vec<Entry> {
+    tokio::time::timeout(Duration::from_secs(30), consumer.read_batch(0, 1, shutdown))
+        .await
+        .unwrap_or_else(|_| panic!("{what} waited for the linger"))
+        .unwrap()
+        .unwrap()
 }
 
 /// A batch is gathered in reads of `--read-chunk` entries: a backlog
@@ -95,6 +104,30 @@ async fn a_read_short_of_its_batch_lingers() {
     )
     .await;
     assert!(read.is_err(), "returned before the linger: {read:?}");
+}
+
+/// Once applies are known, a short read lingers their mean times
+/// `--apply-linger-factor`, not the whole `--apply-linger`.
+#[tokio::test]
+async fn a_short_read_lingers_by_the_pace_of_applies() {
+    let consumer = lingering_consumer(1).await;
+    consumer.pace.record(Duration::from_millis(40));
+    let shutdown = CancellationToken::new();
+    let read = read_without_linger(&consumer, &shutdown, "a paced read").await;
+    assert_eq!(read.len(), 1);
+}
+
+/// Factor 0 applies what a read returns at once (group commit).
+#[tokio::test]
+async fn factor_zero_does_not_linger() {
+    let mut consumer = lingering_consumer(1).await;
+    let mut config = (*consumer.config).clone();
+    config.apply_linger_factor = 0.0;
+    consumer.config = Arc::new(config);
+    consumer.pace.record(Duration::from_secs(60));
+    let shutdown = CancellationToken::new();
+    let read = read_without_linger(&consumer, &shutdown, "factor 0").await;
+    assert_eq!(read.len(), 1);
 }
 
 mod retries {
