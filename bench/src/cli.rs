@@ -273,9 +273,10 @@ pub struct Cli {
     #[arg(long, env = "TESTBED_BENCH_SUSTAIN_P99", default_value = "1s", value_parser = duration)]
     pub sustain_p99: Duration,
 
-    /// Latency: fractions of the saturation rate.
+    /// Latency: fractions of the saturation rate (2% to 25% and 50% are
+    /// the end-to-end latency target's levels).
     #[arg(long, env = "TESTBED_BENCH_LATENCY_LEVELS", value_delimiter = ',',
-          default_values_t = [0.25, 0.5, 0.8], value_parser = fraction)]
+          default_values_t = [0.02, 0.25, 0.5, 0.8], value_parser = fraction)]
     pub latency_levels: Vec<f64>,
 
     /// Footprint: fraction of the saturation rate for the loaded part.
@@ -605,7 +606,7 @@ mod tests {
         assert_eq!(cli.selected(), Step::ALL.to_vec());
         assert_eq!(cli.repeat, 1);
         assert_eq!(cli.testbed_bin, PathBuf::from("target/release/testbed"));
-        assert_eq!(cli.latency_levels, vec![0.25, 0.5, 0.8]);
+        assert_eq!(cli.latency_levels, vec![0.02, 0.25, 0.5, 0.8]);
         assert_eq!(cli.sampling, vec![0.1, 1.0]);
         assert_eq!(
             (

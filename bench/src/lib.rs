@@ -58,6 +58,7 @@ pub mod instructions;
 pub mod instructions_report;
 pub mod k6_compare;
 pub mod k6_report;
+pub mod latency_report;
 pub mod machine;
 pub mod markdown;
 pub mod pipeline;

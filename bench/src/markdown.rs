@@ -182,6 +182,8 @@ pub fn verdicts(m: &Summary) -> Vec<Verdict> {
                 }),
         ),
     ];
+    let (target, measured) = crate::latency_report::verdict(&m.latency);
+    out.insert(2, verdict(target, measured));
     let (target, measured) = crate::cold_report::verdict(&m.cold_start);
     out.push(verdict(target, measured));
     out.extend(

@@ -85,6 +85,8 @@ fn judges_targets() {
         vec![
             Some(false),
             Some(true),
+            // End-to-end latency: no level has an end-to-end figure.
+            None,
             Some(true),
             Some(true),
             Some(true),
@@ -106,9 +108,10 @@ fn judges_targets() {
         v[1].measured,
         "4.00 ms at 1000 events/s (simulator and gRPC alone, against the stub: 1.25 ms)"
     );
-    assert_eq!(v[2].measured, "largest 12.0 MiB (ingest)");
+    assert!(v[2].target.starts_with("end-to-end p99"), "{}", v[2].target);
+    assert_eq!(v[3].measured, "largest 12.0 MiB (ingest)");
     assert_eq!(
-        v[4].measured,
+        v[5].measured,
         "CPU per event +4.0% (median of 3 rounds paired with OTLP off, -2.0% to +7.0%), achieved rate -1.0%"
     );
 }
@@ -132,7 +135,7 @@ fn judges_recovery() {
             ..Default::default()
         };
         let v = verdicts(&m);
-        (v[6].clone(), v[7].clone())
+        (v[7].clone(), v[8].clone())
     };
     let (fault, kill) = judged(&row);
     assert_eq!((fault.met, kill.met), (Some(true), Some(true)));
