@@ -155,22 +155,66 @@ pub(crate) async fn connect(
     };
     match tokio::time::timeout(connect_timeout, attempt).await {
         Ok(connected) => connected,
-        Err(_) => Err(match why_not_connected(args).await {
+        Err(_) => Err(match diagnosed(args).await {
             // Wrong credentials stay wrong: not a timeout to retry.
             Some(StoreError::Config(why)) => StoreError::Config(why),
-            Some(StoreError::Unavailable(why) | StoreError::Protocol(why)) => {
-                StoreError::Unavailable(format!(
-                    "connecting to Redis timed out after {connect_timeout:?}: {why}"
-                ))
-            }
             Some(other) => StoreError::Unavailable(format!(
-                "connecting to Redis timed out after {connect_timeout:?}: {other}"
+                "connecting to Redis timed out after {connect_timeout:?}: {}",
+                match other {
+                    StoreError::Unavailable(why) | StoreError::Protocol(why) => why,
+                    other => other.to_string(),
+                }
             )),
             None => StoreError::Unavailable(format!(
                 "connecting to Redis timed out after {connect_timeout:?}"
             )),
         }),
     }
+}
+
+/// How long a diagnosis of a failed connect ([`why_not_connected`]) is
+/// reused: during an outage every reconnect times out, and diagnosing each
+/// again would make each take twice `--redis-timeout`; once per this long
+/// is enough to name a cause that changes (a fixed certificate, a port
+/// opened).
+const DIAGNOSIS_REUSE: Duration = Duration::from_secs(10);
+
+/// The last diagnosis: when, of which URL, and what it found (its error's
+/// kind kept apart: wrong credentials stay a configuration error).
+type Diagnosis = (std::time::Instant, String, Option<(bool, String)>);
+
+static LAST_DIAGNOSIS: std::sync::Mutex<Option<Diagnosis>> = std::sync::Mutex::new(None);
+
+/// [`why_not_connected`], or its result of less than [`DIAGNOSIS_REUSE`]
+/// ago for the same URL.
+async fn diagnosed(args: &StoreArgs) -> Option<StoreError> {
+    let url = args.redis_url.clone().unwrap_or_default();
+    let rebuild = |(config, why): (bool, String)| {
+        if config {
+            StoreError::Config(why)
+        } else {
+            StoreError::Unavailable(why)
+        }
+    };
+    let recent = LAST_DIAGNOSIS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .filter(|(at, of, _)| *of == url && at.elapsed() < DIAGNOSIS_REUSE)
+        .map(|(_, _, found)| found.clone());
+    if let Some(found) = recent {
+        return found.map(rebuild);
+    }
+    let found = why_not_connected(args).await.map(|err| match err {
+        StoreError::Config(why) => (true, why),
+        StoreError::Unavailable(why) | StoreError::Protocol(why) => (false, why),
+        other => (false, other.to_string()),
+    });
+    *LAST_DIAGNOSIS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some((std::time::Instant::now(), url, found.clone()));
+    found.map(rebuild)
 }
 
 /// Why a single Redis refuses connections, or `None` when one plain
@@ -275,6 +319,48 @@ impl SharedConn {
         if drop_it {
             tracing::info!(error = %err, "Redis Cluster call failed; reconnecting to refresh the slot map");
             *slot = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// Args for a single Redis at a closed port: connecting is refused.
+    fn closed_port() -> StoreArgs {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        StoreArgs {
+            redis_url: Some(format!("redis://127.0.0.1:{port}")),
+            ..StoreArgs::default()
+        }
+    }
+
+    /// A diagnosis of the same URL is reused within [`DIAGNOSIS_REUSE`]
+    /// (no second attempt: the seeded one comes back, kind and all), and
+    /// made afresh once older.
+    #[tokio::test]
+    async fn a_diagnosis_is_reused_for_a_while() {
+        let args = closed_port();
+        let url = args.redis_url.clone().unwrap();
+        let seed = |age: Duration| {
+            let at = std::time::Instant::now().checked_sub(age).unwrap();
+            *LAST_DIAGNOSIS.lock().unwrap() =
+                Some((at, url.clone(), Some((true, "seeded".to_owned()))));
+        };
+        seed(Duration::ZERO);
+        match diagnosed(&args).await {
+            Some(StoreError::Config(why)) => assert_eq!(why, "seeded"),
+            other => panic!("not the seeded diagnosis: {other:?}"),
+        }
+        seed(DIAGNOSIS_REUSE + Duration::from_secs(1));
+        match diagnosed(&args).await {
+            Some(StoreError::Unavailable(why)) => assert_ne!(why, "seeded"),
+            other => panic!("not a fresh diagnosis of a closed port: {other:?}"),
         }
     }
 }
