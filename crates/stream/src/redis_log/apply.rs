@@ -132,7 +132,7 @@ impl RedisLog {
             Err(poisoned) => poisoned.into_inner().take(),
         });
         let snapshot = match written {
-            Some(w) => self.merged_with(partition, ops, &w).await?,
+            Some(w) => self.merged_with(partition, ops, w).await?,
             None => self.merged(partition, ops).await?,
         };
         let sent = std::time::Instant::now();

@@ -174,7 +174,15 @@ pub(super) fn pairs<'t>(
 /// Text of `n` that reads back as the same double (`apply.lua`'s `number`).
 fn number_text(n: f64) -> Vec<u8> {
     if n == n.floor() && n.abs() < EXACT {
-        format!("{n:.0}").into_bytes()
+        // A whole number below 2^53 is an exact i64: integer formatting,
+        // not float formatting at precision 0 (which showed in profiles),
+        // keeping the sign of a negative zero as `{:.0}` did.
+        if n == 0.0 && n.is_sign_negative() {
+            return b"-0".to_vec();
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        let whole = n as i64;
+        whole.to_string().into_bytes()
     } else {
         n.to_string().into_bytes()
     }
@@ -358,6 +366,45 @@ mod tests {
             ops.push(op);
         }
         ops
+    }
+
+    /// Whole numbers print as `{:.0}` printed them (integer formatting
+    /// now), others as `to_string`: the stored text does not change.
+    #[test]
+    fn number_text_is_the_old_text() {
+        let old = |n: f64| {
+            if n == n.floor() && n.abs() < EXACT {
+                format!("{n:.0}")
+            } else {
+                n.to_string()
+            }
+        };
+        let samples = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            42.0,
+            1e15,
+            -1e15,
+            EXACT - 1.0,
+            -(EXACT - 1.0),
+            EXACT,
+            1e300,
+            0.5,
+            -2.25,
+            123_456.789,
+            f64::MIN_POSITIVE,
+        ];
+        for n in samples {
+            assert_eq!(String::from_utf8(number_text(n)).unwrap(), old(n), "{n}");
+        }
+        proptest::proptest!(|(n in proptest::num::f64::NORMAL | proptest::num::f64::ZERO, whole in -(1i64 << 53) + 1..(1i64 << 53))| {
+            proptest::prop_assert_eq!(String::from_utf8(number_text(n)).unwrap(), old(n));
+            #[allow(clippy::cast_precision_loss)]
+            let w = whole as f64;
+            proptest::prop_assert_eq!(String::from_utf8(number_text(w)).unwrap(), old(w));
+        });
     }
 
     #[test]

@@ -382,7 +382,7 @@ fn written_values_expire_with_their_key() {
         expires,
         fields: [("f".to_owned(), b"1".to_vec())].into_iter().collect(),
     };
-    let written = Written {
+    let mut written = Written {
         version: "3".into(),
         keys: [
             ("forever".to_owned(), key(None)),
@@ -392,11 +392,12 @@ fn written_values_expire_with_their_key() {
         .into_iter()
         .collect(),
     };
-    assert_eq!(written.get("forever", "f", now), Some(&b"1"[..]));
-    assert_eq!(written.get("later", "f", now), Some(&b"1"[..]));
-    assert_eq!(written.get("soon", "f", now), None);
-    assert_eq!(written.get("later", "g", now), None);
-    assert_eq!(written.get("other", "f", now), None);
+    assert_eq!(written.take("forever", "f", now), Some(b"1".to_vec()));
+    assert_eq!(written.take("later", "f", now), Some(b"1".to_vec()));
+    assert_eq!(written.take("later", "f", now), None, "taken once");
+    assert_eq!(written.take("soon", "f", now), None);
+    assert_eq!(written.take("later", "g", now), None);
+    assert_eq!(written.take("other", "f", now), None);
 }
 
 /// A prune of the partition moves its version too.

@@ -66,14 +66,20 @@ impl Written {
         })
     }
 
-    /// The value of `field` of `key`, if written here and not about to
-    /// expire at `now`.
-    pub(super) fn get(&self, key: &str, field: &str, now: std::time::Instant) -> Option<&[u8]> {
-        let k = self.keys.get(key)?;
+    /// Takes the value of `field` of `key` out, if written here and not
+    /// about to expire at `now` (moved, not copied: the cache is used by
+    /// one apply, which leaves the next one).
+    pub(super) fn take(
+        &mut self,
+        key: &str,
+        field: &str,
+        now: std::time::Instant,
+    ) -> Option<Vec<u8>> {
+        let k = self.keys.get_mut(key)?;
         if k.expires.is_some_and(|e| e <= now + EXPIRY_MARGIN) {
             return None;
         }
-        k.fields.get(field).map(Vec::as_slice)
+        k.fields.remove(field)
     }
 }
 
@@ -86,22 +92,22 @@ impl RedisLog {
         &self,
         partition: u32,
         ops: &'o Ops,
-        written: &Written,
+        mut written: Written,
     ) -> Result<Merged<'o>, StoreError> {
         let targets = merge::targets(ops);
         let now = std::time::Instant::now();
-        let known: Vec<Vec<Option<&[u8]>>> = targets
+        let known: Vec<Vec<Option<Vec<u8>>>> = targets
             .iter()
             .map(|t| {
                 t.fields
                     .iter()
-                    .map(|(name, _)| written.get(t.key, name, now))
+                    .map(|(name, _)| written.take(t.key, name, now))
                     .collect()
             })
             .collect();
         let missing = known.iter().flatten().filter(|v| v.is_none()).count();
         let (version, mut read) = if missing == 0 {
-            (written.version.clone(), Vec::new().into_iter())
+            (written.version, Vec::new().into_iter())
         } else {
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -146,10 +152,7 @@ impl RedisLog {
             };
             let old = known
                 .into_iter()
-                .map(|k| match k {
-                    Some(v) => Some(v.to_vec()),
-                    None => fresh.next().flatten(),
-                })
+                .map(|k| k.or_else(|| fresh.next().flatten()))
                 .collect();
             let (values, moved) = merge::merge(t, old);
             merged.push(values);
