@@ -157,13 +157,9 @@ pub(crate) async fn connect(
         Ok(connected) => connected,
         Err(_) => Err(match diagnosed(args).await {
             // Wrong credentials stay wrong: not a timeout to retry.
-            Some(StoreError::Config(why)) => StoreError::Config(why),
-            Some(other) => StoreError::Unavailable(format!(
-                "connecting to Redis timed out after {connect_timeout:?}: {}",
-                match other {
-                    StoreError::Unavailable(why) | StoreError::Protocol(why) => why,
-                    other => other.to_string(),
-                }
+            Some(Diagnosis::Config(why)) => StoreError::Config(why),
+            Some(Diagnosis::Cause(why)) => StoreError::Unavailable(format!(
+                "connecting to Redis timed out after {connect_timeout:?}: {why}"
             )),
             None => StoreError::Unavailable(format!(
                 "connecting to Redis timed out after {connect_timeout:?}"
@@ -179,23 +175,24 @@ pub(crate) async fn connect(
 /// opened).
 const DIAGNOSIS_REUSE: Duration = Duration::from_secs(10);
 
-/// The last diagnosis: when, of which URL, and what it found (its error's
-/// kind kept apart: wrong credentials stay a configuration error).
-type Diagnosis = (std::time::Instant, String, Option<(bool, String)>);
+/// What [`why_not_connected`] found, kept apart from the error it came as
+/// (a `StoreError` is not `Clone`, and the last one is reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Diagnosis {
+    /// Wrong credentials or certificates: a configuration error.
+    Config(String),
+    /// Any other cause, to name in the timeout's message.
+    Cause(String),
+}
 
-static LAST_DIAGNOSIS: std::sync::Mutex<Option<Diagnosis>> = std::sync::Mutex::new(None);
+/// The last diagnosis: when, of which URL, and what it found.
+static LAST_DIAGNOSIS: std::sync::Mutex<Option<(std::time::Instant, String, Option<Diagnosis>)>> =
+    std::sync::Mutex::new(None);
 
 /// [`why_not_connected`], or its result of less than [`DIAGNOSIS_REUSE`]
 /// ago for the same URL.
-async fn diagnosed(args: &StoreArgs) -> Option<StoreError> {
+async fn diagnosed(args: &StoreArgs) -> Option<Diagnosis> {
     let url = args.redis_url.clone().unwrap_or_default();
-    let rebuild = |(config, why): (bool, String)| {
-        if config {
-            StoreError::Config(why)
-        } else {
-            StoreError::Unavailable(why)
-        }
-    };
     let recent = LAST_DIAGNOSIS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -203,18 +200,18 @@ async fn diagnosed(args: &StoreArgs) -> Option<StoreError> {
         .filter(|(at, of, _)| *of == url && at.elapsed() < DIAGNOSIS_REUSE)
         .map(|(_, _, found)| found.clone());
     if let Some(found) = recent {
-        return found.map(rebuild);
+        return found;
     }
     let found = why_not_connected(args).await.map(|err| match err {
-        StoreError::Config(why) => (true, why),
-        StoreError::Unavailable(why) | StoreError::Protocol(why) => (false, why),
-        other => (false, other.to_string()),
+        StoreError::Config(why) => Diagnosis::Config(why),
+        StoreError::Unavailable(why) | StoreError::Protocol(why) => Diagnosis::Cause(why),
+        other => Diagnosis::Cause(other.to_string()),
     });
     *LAST_DIAGNOSIS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) =
         Some((std::time::Instant::now(), url, found.clone()));
-    found.map(rebuild)
+    found
 }
 
 /// Why a single Redis refuses connections, or `None` when one plain
@@ -349,17 +346,20 @@ mod tests {
         let url = args.redis_url.clone().unwrap();
         let seed = |age: Duration| {
             let at = std::time::Instant::now().checked_sub(age).unwrap();
-            *LAST_DIAGNOSIS.lock().unwrap() =
-                Some((at, url.clone(), Some((true, "seeded".to_owned()))));
+            *LAST_DIAGNOSIS.lock().unwrap() = Some((
+                at,
+                url.clone(),
+                Some(Diagnosis::Config("seeded".to_owned())),
+            ));
         };
         seed(Duration::ZERO);
         match diagnosed(&args).await {
-            Some(StoreError::Config(why)) => assert_eq!(why, "seeded"),
+            Some(Diagnosis::Config(why)) => assert_eq!(why, "seeded"),
             other => panic!("not the seeded diagnosis: {other:?}"),
         }
         seed(DIAGNOSIS_REUSE + Duration::from_secs(1));
         match diagnosed(&args).await {
-            Some(StoreError::Unavailable(why)) => assert_ne!(why, "seeded"),
+            Some(Diagnosis::Cause(why)) => assert_ne!(why, "seeded"),
             other => panic!("not a fresh diagnosis of a closed port: {other:?}"),
         }
     }
